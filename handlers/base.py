@@ -1,0 +1,223 @@
+"""ApiHandler: the one base of every JSON endpoint (auth, body, errors, request ids, logs)."""
+
+import json
+import logging
+import re
+import secrets
+import traceback
+
+import tornado.web
+
+from pulse import apikeys
+from pulse.db import DatabaseUnavailable, block
+
+log = logging.getLogger("pulse.api")
+
+MAX_BODY_BYTES = 1024 * 1024
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+# Default code for each status we emit; handlers raise ApiError for a more specific one.
+STATUS_CODES = {
+    400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 409: "conflict", 413: "payload_too_large", 422: "missing_field",
+    429: "rate_limited", 500: "internal_error", 502: "stripe_error", 503: "service_unavailable",
+}
+MESSAGES = {
+    401: "A valid API key is required in the X-API-Key header.",
+    404: "No such endpoint.",
+    405: "Method not allowed for this endpoint.",
+    413: "Request body exceeds 1 MiB (1048576 bytes).",
+    500: "Internal server error.",
+    503: "Service unavailable.",
+}
+
+
+class ApiError(Exception):
+    """An error answered with the SPEC 3.1 envelope."""
+
+    def __init__(self, status, code, message, field=None, headers=None, extra=None):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.field, self.headers, self.extra = field, headers or {}, extra or {}
+
+
+def missing(field):
+    return ApiError(422, "missing_field", f"{field} is required", field=field)
+
+
+def invalid(field, message):
+    return ApiError(400, "invalid_field", message, field=field)
+
+
+def request_id_for(request):
+    """The client's X-Request-Id when it is sane, else a new one."""
+    given = request.headers.get("X-Request-Id", "")
+    return given if _REQUEST_ID.fullmatch(given) else "req_" + secrets.token_hex(12)
+
+
+def allowed_methods(handler_class):
+    """Methods a handler class implements, for the Allow header of a 405."""
+    base = tornado.web.RequestHandler
+    return [m for m in handler_class.SUPPORTED_METHODS
+            if getattr(handler_class, m.lower(), None) is not getattr(base, m.lower(), None)]
+
+
+@tornado.web.stream_request_body
+class ApiHandler(tornado.web.RequestHandler):
+    """Base of the JSON API: subclasses set `auth_required` and implement methods."""
+
+    auth_required = True
+    api_key = None
+    project = None
+
+    def initialize(self):
+        self.request_id = request_id_for(self.request)
+        self._chunks = []
+        self._body_size = 0
+        self._too_large = False
+        self.error_code = None
+
+    @property
+    def config(self):
+        return self.settings["config"]
+
+    def set_default_headers(self):
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    def check_xsrf_cookie(self):
+        """API clients authenticate with a key, not a cookie: no XSRF here."""
+
+    async def prepare(self):
+        self.set_header("X-Request-Id", self.request_id)
+        # Allow up to the hard cap so an oversize body reaches data_received and gets our 413.
+        self.request.connection.set_max_body_size(MAX_BODY_BYTES * 64)
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            raise ApiError(413, "payload_too_large", MESSAGES[413])
+        for hook in self.settings.get("api_prepare_hooks", ()):
+            await hook(self)
+            if self._finished:
+                return
+        if self.auth_required:
+            self.authenticate()
+        for hook in self.settings.get("api_auth_hooks", ()):
+            await hook(self)
+            if self._finished:
+                return
+
+    def authenticate(self):
+        """Resolve X-API-Key to its project or answer 401."""
+        raw = self.request.headers.get("X-API-Key", "")
+        with block():
+            found = apikeys.authenticate(raw)
+        if found is None:
+            raise ApiError(401, "unauthorized", MESSAGES[401])
+        self.api_key, self.project = found
+
+    def data_received(self, chunk):
+        if self._too_large:
+            return
+        self._body_size += len(chunk)
+        if self._body_size > MAX_BODY_BYTES:
+            # Chunked bodies have no Content-Length: stop reading and answer now.
+            self._too_large = True
+            self._chunks = []
+            self.request.connection.stream.set_close_callback(None)
+            self.send_error(413, exc_info=(ApiError, ApiError(413, "payload_too_large", MESSAGES[413]), None))
+            self.request.connection.close()
+            return
+        self._chunks.append(chunk)
+
+    @property
+    def raw_body(self):
+        return b"".join(self._chunks)
+
+    def json_body(self):
+        """The request body as a JSON object, or 400 invalid_json."""
+        raw = self.raw_body
+        if not raw.strip():
+            raise ApiError(400, "invalid_json", "Request body must be a JSON object.")
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(400, "invalid_json", "Request body is not valid JSON.") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "invalid_json", "Request body must be a JSON object.")
+        return data
+
+    def write_json(self, data, status=200):
+        self.set_status(status)
+        self.finish(json.dumps(data, separators=(",", ":"), ensure_ascii=False))
+
+    def _handle_request_exception(self, exc):
+        if isinstance(exc, DatabaseUnavailable):
+            exc = ApiError(503, "database_unavailable", "The database is unavailable; retry shortly.")
+        if isinstance(exc, ApiError):
+            if self._finished:
+                return
+            self.send_error(exc.status, exc_info=(type(exc), exc, None))
+            return
+        super()._handle_request_exception(exc)
+
+    def log_exception(self, typ, value, tb):
+        if isinstance(value, (ApiError, tornado.web.HTTPError)):
+            return
+        # One line, no traceback text: exception messages can carry data we must not log.
+        where = traceback.extract_tb(tb)[-1] if tb else None
+        log.error("unhandled %s at %s:%s", typ.__name__, where.filename if where else "?",
+                  where.lineno if where else "?", extra={"request_id": self.request_id},
+                  exc_info=(typ, value, tb) if log.isEnabledFor(logging.DEBUG) else None)
+
+    def write_error(self, status_code, **kwargs):
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ApiError):
+            status, code, message, field = exc.status, exc.code, exc.message, exc.field
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
+            extra = exc.extra
+        else:
+            status = status_code
+            code = STATUS_CODES.get(status, "internal_error" if status >= 500 else "invalid_request")
+            message = MESSAGES.get(status) or (isinstance(exc, tornado.web.HTTPError) and exc.log_message) or self._reason
+            field, extra = None, {}
+            if status == 405:
+                self.set_header("Allow", ", ".join(allowed_methods(type(self))))
+        self.error_code = code
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("X-Request-Id", self.request_id)
+        error = {"status": status, "code": code, "message": message}
+        if field:
+            error["field"] = field
+        error.update(extra)
+        self.finish(json.dumps({"error": error}, ensure_ascii=False))
+
+
+class NotFoundHandler(ApiHandler):
+    """Every unknown path: 404 in the envelope, whatever the method."""
+
+    auth_required = False
+    SUPPORTED_METHODS = ApiHandler.SUPPORTED_METHODS
+
+    def prepare(self):
+        self.set_header("X-Request-Id", self.request_id)
+        raise ApiError(404, "not_found", MESSAGES[404])
+
+
+def log_request(handler):
+    """Tornado's log_function: one structured line per request."""
+    status = handler.get_status()
+    level = logging.INFO if status < 500 else logging.ERROR
+    project = getattr(handler, "project", None)
+    logging.getLogger("pulse.access").log(level, "%s %s %s", handler.request.method, handler.request.path, status, extra={
+        "request_id": getattr(handler, "request_id", None),
+        "method": handler.request.method,
+        "path": handler.request.path,
+        "status": status,
+        "duration_ms": round(handler.request.request_time() * 1000, 2),
+        "ip": handler.request.remote_ip,
+        "project": getattr(project, "public_id", None),
+        "code": getattr(handler, "error_code", None),
+    })

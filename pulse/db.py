@@ -1,0 +1,116 @@
+"""The database handle: one Peewee proxy, opened from PULSE_DATABASE_URL."""
+
+import contextlib
+import logging
+import time
+from datetime import datetime, timezone
+
+import peewee
+from playhouse.db_url import connect
+
+log = logging.getLogger("pulse.db")
+
+database = peewee.DatabaseProxy()
+
+# Errors that mean "the database is not there", as opposed to a bad query.
+CONNECTION_ERRORS = (peewee.OperationalError, peewee.InterfaceError)
+_MYSQL_GONE = {2002, 2003, 2006, 2013, 2055, 1927, 1053}
+_PING_AFTER = 30.0
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached right now; callers answer 503."""
+
+
+def utcnow():
+    """Naive UTC now, as stored in every DateTimeField (second precision on MySQL)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
+
+
+def isoformat(value):
+    """ISO 8601 with Z for a stored naive-UTC datetime, or None."""
+    if value is None:
+        return None
+    return value.replace(microsecond=0).isoformat() + "Z"
+
+
+def from_timestamp(value):
+    """A naive-UTC datetime from a Unix timestamp (Stripe's), or None."""
+    if value in (None, ""):
+        return None
+    return datetime.fromtimestamp(int(value), timezone.utc).replace(tzinfo=None)
+
+
+def is_mysql(db=None):
+    """True when the bound database is MySQL/MariaDB."""
+    target = db or database.obj
+    return isinstance(target, peewee.MySQLDatabase)
+
+
+def open_database(url):
+    """Open (lazily) the database at `url` with the settings we rely on."""
+    if url.startswith("sqlite"):
+        db = connect(url, pragmas={
+            "journal_mode": "wal",
+            "busy_timeout": 10000,
+            "foreign_keys": 1,
+            "synchronous": "normal",
+        })
+    else:
+        params = {"charset": "utf8mb4",
+                  "connect_timeout": 5, "read_timeout": 30, "write_timeout": 30,
+                  "init_command": "SET time_zone = '+00:00', sql_mode = 'STRICT_TRANS_TABLES,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO'"}
+        db = connect(url, **params)
+    db._pulse_last_used = 0.0
+    return db
+
+
+def bind(url):
+    """Point the shared proxy at the database for `url` and return it."""
+    db = open_database(url)
+    database.initialize(db)
+    return db
+
+
+def _is_connection_error(exc):
+    if isinstance(exc, peewee.InterfaceError):
+        return True
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+    if code is not None:
+        return code in _MYSQL_GONE
+    text = str(exc).lower()
+    return "unable to open" in text or "lost connection" in text or "can't connect" in text
+
+
+def _ensure_connected(db):
+    if db.is_closed():
+        db.connect()
+    elif is_mysql(db) and time.monotonic() - db._pulse_last_used > _PING_AFTER:
+        # An idle MySQL connection may have been dropped by wait_timeout or a failover.
+        try:
+            db.connection().ping(reconnect=False)
+        except Exception:
+            db.close()
+            db.connect()
+    db._pulse_last_used = time.monotonic()
+
+
+@contextlib.contextmanager
+def block():
+    """A short synchronous database block: connects if needed, turns outages into DatabaseUnavailable.
+
+    The connection stays open between blocks (one per thread, Peewee's model), so the hot
+    path pays no connect; after a connection error it is closed and the next block reconnects.
+    Never hold a block across an `await`.
+    """
+    db = database.obj
+    try:
+        _ensure_connected(db)
+        yield db
+    except CONNECTION_ERRORS as exc:
+        if isinstance(exc, peewee.OperationalError) and not _is_connection_error(exc):
+            raise
+        log.warning("database unavailable: %s", type(exc).__name__)
+        with contextlib.suppress(Exception):
+            db.close()
+        raise DatabaseUnavailable() from None

@@ -1,0 +1,106 @@
+"""Versioned schema migrations on playhouse.migrations.
+
+A fresh database gets every table from the current models and is stamped with the newest
+version (as Alembic's "create_all + stamp head"); an existing one runs each pending step in
+order. To change the schema: change the model, then append a step that moves an existing
+database to it, e.g. `migrate(migrator.add_column("customer", "name", field))`.
+"""
+
+import contextlib
+import logging
+
+import peewee as pw
+from playhouse.migrate import MySQLMigrator, SqliteMigrator, migrate as run_operations
+
+from pulse.db import database, is_mysql, utcnow
+from pulse.models import MODELS
+
+log = logging.getLogger("pulse.migrations")
+
+
+class SchemaVersion(pw.Model):
+    version = pw.IntegerField(primary_key=True)
+    name = pw.CharField(max_length=100)
+    applied_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        database = database
+        table_name = "schema_version"
+
+
+def _initial(db, migrator):
+    db.create_tables(MODELS)
+
+
+# (version, name, step). Steps after the first receive the database and its migrator.
+STEPS = [
+    (1, "initial schema", _initial),
+]
+LATEST = STEPS[-1][0]
+
+
+def _migrator(db):
+    return MySQLMigrator(db) if is_mysql(db) else SqliteMigrator(db)
+
+
+def _set_table_options(db):
+    # Set on every run: one process (the tests) may migrate SQLite and MySQL databases in turn.
+    options = ["ENGINE=InnoDB", "DEFAULT CHARSET=utf8mb4", "COLLATE=utf8mb4_unicode_ci"] if is_mysql(db) else []
+    for model in MODELS + [SchemaVersion]:
+        model._meta.table_settings = options
+
+
+@contextlib.contextmanager
+def _migration_lock(db):
+    # Two instances starting at once must not both run the same step.
+    if is_mysql(db):
+        db.execute_sql("SELECT GET_LOCK('pulse_migrate', 60)")
+        try:
+            yield
+        finally:
+            db.execute_sql("SELECT RELEASE_LOCK('pulse_migrate')")
+    else:
+        with db.atomic("IMMEDIATE"):
+            yield
+
+
+def current_version(db=None):
+    """The applied schema version, 0 for an empty database."""
+    db = db or database.obj
+    if not db.table_exists("schema_version"):
+        return 0
+    top = SchemaVersion.select(pw.fn.MAX(SchemaVersion.version)).scalar()
+    return top or 0
+
+
+def pending(db=None):
+    """Steps not yet applied to the bound database."""
+    version = current_version(db)
+    return [step for step in STEPS if step[0] > version]
+
+
+def migrate_database(db=None):
+    """Bring the bound database to LATEST; return the list of applied step names."""
+    db = db or database.obj
+    _set_table_options(db)
+    applied = []
+    with db.connection_context() if db.is_closed() else contextlib.nullcontext():
+        with _migration_lock(db):
+            db.create_tables([SchemaVersion], safe=True)
+            version = current_version(db)
+            if version == 0 and not db.table_exists(MODELS[0]._meta.table_name):
+                db.create_tables(MODELS, safe=True)
+                for number, name, _ in STEPS:
+                    SchemaVersion.create(version=number, name=name)
+                applied = [name for _, name, _ in STEPS]
+            else:
+                migrator = _migrator(db)
+                for number, name, step in STEPS:
+                    if number <= version:
+                        continue
+                    step(db, migrator)
+                    SchemaVersion.create(version=number, name=name)
+                    applied.append(name)
+    for name in applied:
+        log.info("migration applied: %s", name)
+    return applied

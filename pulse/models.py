@@ -1,0 +1,173 @@
+"""Peewee models for every entity of SPEC 2. Times are naive UTC."""
+
+import peewee as pw
+
+from pulse.db import database, utcnow
+
+
+class LongTextField(pw.TextField):
+    """TEXT on SQLite, LONGTEXT on MySQL (Stripe payloads outgrow 64 KB)."""
+
+    field_type = "LONGTEXT"
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+class Project(BaseModel):
+    public_id = pw.CharField(max_length=40, unique=True)
+    name = pw.CharField(max_length=200)
+    stripe_secret_key = pw.TextField(null=True)  # Fernet token, see pulse.security
+    stripe_webhook_secret = pw.TextField(null=True)  # Fernet token
+    past_due_has_access = pw.BooleanField(default=True)
+    created_at = pw.DateTimeField(default=utcnow)
+    updated_at = pw.DateTimeField(default=utcnow)
+
+
+class User(BaseModel):
+    email = pw.CharField(max_length=254, unique=True)
+    password_hash = pw.CharField(max_length=100)
+    created_at = pw.DateTimeField(default=utcnow)
+    password_changed_at = pw.DateTimeField(default=utcnow)
+
+
+class Membership(BaseModel):
+    user = pw.ForeignKeyField(User, backref="memberships", on_delete="CASCADE")
+    project = pw.ForeignKeyField(Project, backref="memberships", on_delete="CASCADE")
+    role = pw.CharField(max_length=20, default="admin")
+    created_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("user", "project"), True),)
+
+
+class ApiKey(BaseModel):
+    public_id = pw.CharField(max_length=40, unique=True)
+    project = pw.ForeignKeyField(Project, backref="api_keys", on_delete="CASCADE")
+    label = pw.CharField(max_length=100, default="")
+    prefix = pw.CharField(max_length=24)
+    key_hash = pw.CharField(max_length=64, unique=True)
+    created_at = pw.DateTimeField(default=utcnow)
+    last_used_at = pw.DateTimeField(null=True)
+    expires_at = pw.DateTimeField(null=True)
+    revoked_at = pw.DateTimeField(null=True)
+
+
+class Customer(BaseModel):
+    project = pw.ForeignKeyField(Project, backref="customers", on_delete="CASCADE")
+    external_user_id = pw.CharField(max_length=255)
+    email = pw.CharField(max_length=254, default="")
+    stripe_customer_id = pw.CharField(max_length=255, null=True)
+    created_at = pw.DateTimeField(default=utcnow)
+    updated_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = (
+            (("project", "external_user_id"), True),
+            (("project", "stripe_customer_id"), False),
+            (("project", "email"), False),
+        )
+
+
+class Subscription(BaseModel):
+    project = pw.ForeignKeyField(Project, backref="subscriptions", on_delete="CASCADE")
+    customer = pw.ForeignKeyField(Customer, backref="subscriptions", on_delete="CASCADE")
+    stripe_subscription_id = pw.CharField(max_length=255)
+    plan_slug = pw.CharField(max_length=100, default="")
+    stripe_price_id = pw.CharField(max_length=255, default="")
+    interval = pw.CharField(max_length=20, default="monthly")
+    stripe_status = pw.CharField(max_length=32)  # Stripe's own word
+    status = pw.CharField(max_length=32)  # ours, SPEC 3.3
+    cancel_at_period_end = pw.BooleanField(default=False)
+    current_period_end = pw.DateTimeField(null=True)
+    cancel_at = pw.DateTimeField(null=True)
+    canceled_at = pw.DateTimeField(null=True)
+    trial_end = pw.DateTimeField(null=True)
+    started_at = pw.DateTimeField(null=True)  # Stripe's `created`
+    # Stripe `created` of the event (or fetch time) the stored snapshot came from: older never overwrites newer.
+    snapshot_at = pw.BigIntegerField(default=0)
+    synced_at = pw.DateTimeField(default=utcnow)
+    created_at = pw.DateTimeField(default=utcnow)
+    updated_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = (
+            (("project", "stripe_subscription_id"), True),
+            (("customer", "status"), False),
+            (("project", "status"), False),
+            (("project", "started_at"), False),
+        )
+
+
+class WebhookEvent(BaseModel):
+    project = pw.ForeignKeyField(Project, backref="webhook_events", null=True, on_delete="CASCADE")
+    stripe_event_id = pw.CharField(max_length=255, null=True)
+    type = pw.CharField(max_length=100, default="")
+    api_version = pw.CharField(max_length=40, null=True)
+    livemode = pw.BooleanField(default=False)
+    object_id = pw.CharField(max_length=255, null=True)  # the event's data.object id
+    stripe_customer_id = pw.CharField(max_length=255, null=True)
+    stripe_created = pw.BigIntegerField(null=True)
+    received_at = pw.DateTimeField(default=utcnow)
+    processed_at = pw.DateTimeField(null=True)
+    outcome = pw.CharField(max_length=20, default="received")  # processed|ignored|failed|invalid_signature
+    error = pw.TextField(null=True)
+    attempts = pw.IntegerField(default=1)
+    remote_ip = pw.CharField(max_length=64, null=True)
+    payload = LongTextField(null=True)
+
+    class Meta:
+        indexes = (
+            (("project", "stripe_event_id"), True),
+            (("project", "received_at"), False),
+            (("project", "outcome"), False),
+            (("project", "stripe_customer_id"), False),
+        )
+
+
+class AuditLog(BaseModel):
+    project = pw.ForeignKeyField(Project, backref="audit", null=True, on_delete="CASCADE")
+    user = pw.ForeignKeyField(User, null=True, on_delete="SET NULL")
+    actor = pw.CharField(max_length=254)  # email, "cli" or "api-key:<prefix>"
+    action = pw.CharField(max_length=64)
+    detail = pw.TextField(default="")
+    ip = pw.CharField(max_length=64, null=True)
+    created_at = pw.DateTimeField(default=utcnow, index=True)
+
+
+class Session(BaseModel):
+    token_hash = pw.CharField(max_length=64, unique=True)
+    user = pw.ForeignKeyField(User, backref="sessions", on_delete="CASCADE")
+    created_at = pw.DateTimeField(default=utcnow)
+    last_seen_at = pw.DateTimeField(default=utcnow)
+    expires_at = pw.DateTimeField()
+    ip = pw.CharField(max_length=64, null=True)
+    user_agent = pw.CharField(max_length=255, default="")
+
+
+class IdempotencyRecord(BaseModel):
+    project = pw.ForeignKeyField(Project, on_delete="CASCADE")
+    key = pw.CharField(max_length=255)
+    request_hash = pw.CharField(max_length=64)
+    status_code = pw.IntegerField(null=True)  # null while the first request is in flight
+    response_body = LongTextField(null=True)
+    created_at = pw.DateTimeField(default=utcnow, index=True)
+
+    class Meta:
+        indexes = ((("project", "key"), True),)
+
+
+class LoginFailure(BaseModel):
+    email = pw.CharField(max_length=254)
+    ip = pw.CharField(max_length=64)
+    created_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("email", "ip", "created_at"), False),)
+
+
+MODELS = [Project, User, Membership, ApiKey, Customer, Subscription, WebhookEvent,
+          AuditLog, Session, IdempotencyRecord, LoginFailure]

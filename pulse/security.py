@@ -1,0 +1,114 @@
+"""Secrets: API keys and tokens, encryption at rest, passwords, masking."""
+
+import base64
+import hashlib
+import hmac
+import secrets
+import string
+
+import bcrypt
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+BASE62 = string.digits + string.ascii_letters
+API_KEY_PREFIX = "pp_live_"
+API_KEY_RANDOM_LENGTH = 40  # ~238 bits
+DISPLAY_CHARS = 6
+
+
+def random_base62(length):
+    """`length` characters from a CSPRNG over [0-9A-Za-z]."""
+    return "".join(secrets.choice(BASE62) for _ in range(length))
+
+
+def public_id(kind, length=16):
+    """A public identifier such as `proj_7Gx2…`."""
+    return f"{kind}_{random_base62(length)}"
+
+
+def hash_token(raw):
+    """SHA-256 hex of a random token; a high-entropy key needs no slow hash."""
+    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+
+def new_api_key():
+    """Return (raw key, display prefix, hash). The raw key is shown once and never stored."""
+    raw = API_KEY_PREFIX + random_base62(API_KEY_RANDOM_LENGTH)
+    return raw, raw[: len(API_KEY_PREFIX) + DISPLAY_CHARS], hash_token(raw)
+
+
+def looks_like_api_key(raw):
+    """Cheap shape check before touching the database."""
+    body = raw[len(API_KEY_PREFIX):] if raw and raw.startswith(API_KEY_PREFIX) else ""
+    return 32 <= len(body) <= 128 and all(ch in BASE62 for ch in body)
+
+
+def same_hash(expected, actual):
+    """Constant-time comparison of two hex digests."""
+    return hmac.compare_digest(expected.encode("ascii"), actual.encode("ascii"))
+
+
+def new_session_token():
+    """Return (raw token for the cookie, hash to store)."""
+    raw = secrets.token_urlsafe(32)
+    return raw, hash_token(raw)
+
+
+class SecretBox:
+    """Fernet encryption of stored Stripe secrets, keyed from PULSE_SECRET_KEY via HKDF."""
+
+    def __init__(self, secret_key):
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"paymentpulse",
+                   info=b"stripe-secrets-at-rest").derive(secret_key.encode("utf-8"))
+        self._fernet = Fernet(base64.urlsafe_b64encode(key))
+
+    def encrypt(self, plaintext):
+        """Token for `plaintext`, or None for None/empty."""
+        if not plaintext:
+            return None
+        return self._fernet.encrypt(plaintext.encode("utf-8")).decode("ascii")
+
+    def decrypt(self, token):
+        """Plaintext of `token`, or None when empty. Raises ValueError for a foreign token."""
+        if not token:
+            return None
+        try:
+            return self._fernet.decrypt(token.encode("ascii")).decode("utf-8")
+        except InvalidToken:
+            raise ValueError("stored secret cannot be decrypted with this PULSE_SECRET_KEY") from None
+
+
+def mask_secret(value):
+    """`sk_live_…a1b2`: the kind prefix and the last four characters, never more."""
+    if not value:
+        return ""
+    kind = ""
+    for candidate in ("sk_live_", "sk_test_", "rk_live_", "rk_test_", "whsec_", "pp_live_"):
+        if value.startswith(candidate):
+            kind = candidate
+            break
+    tail = value[-4:] if len(value) - len(kind) >= 12 else ""
+    return f"{kind}…{tail}"
+
+
+def hash_password(password):
+    """bcrypt hash; slow on purpose, so call it off the event loop."""
+    return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(rounds=12)).decode("ascii")
+
+
+def check_password(password, hashed):
+    """True when `password` matches; slow on purpose, so call it off the event loop."""
+    try:
+        return bcrypt.checkpw(password.encode("utf-8"), hashed.encode("ascii"))
+    except ValueError:
+        return False
+
+
+# A valid hash to check against when the email is unknown, so timing does not reveal accounts.
+DUMMY_PASSWORD_HASH = "$2b$12$" + "C" * 53
+
+
+def generate_password():
+    """A readable random password for a generated admin account."""
+    return random_base62(20)

@@ -1,0 +1,349 @@
+"""PaymentPulse entry point: `make_app(config)` and the command line (SPEC 1)."""
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import jinja2
+import peewee
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+
+from pulse import __version__, apikeys, db, projects
+from pulse.config import ConfigError, load_config
+from pulse.logs import setup_logging
+from pulse.migrations import migrate_database
+from pulse.security import SecretBox
+
+from handlers.base import NotFoundHandler, log_request
+
+ROOT = Path(__file__).resolve().parent
+log = logging.getLogger("pulse.server")
+
+# Modules whose `default_handlers` make up the app, in matching order.
+HANDLER_MODULES = [
+    "handlers.health",
+    "console.status",
+]
+DRAIN_SECONDS = 10.0
+
+
+class PulseApplication(tornado.web.Application):
+    """Tornado Application that counts in-flight requests, so shutdown can drain them."""
+
+    inflight = 0
+
+    def find_handler(self, request, **kwargs):
+        self.inflight += 1
+        return super().find_handler(request, **kwargs)
+
+    def log_request(self, handler):
+        self.inflight = max(0, self.inflight - 1)
+        super().log_request(handler)
+
+
+def derive(secret_key, purpose):
+    """A per-purpose key from PULSE_SECRET_KEY, so one secret never serves two uses."""
+    return hmac.new(secret_key.encode(), purpose.encode(), hashlib.sha256).hexdigest()
+
+
+def make_app(config, **overrides):
+    """Build the Tornado application for `config` and bind the database it names."""
+    db.bind(config.database_url)
+    jinja_env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(ROOT / "templates")),
+                                   autoescape=jinja2.select_autoescape(default=True),
+                                   undefined=jinja2.StrictUndefined)
+    routes = []
+    for name in HANDLER_MODULES:
+        routes.extend(importlib.import_module(name).default_handlers)
+    settings = dict(
+        config=config,
+        secret_box=SecretBox(config.secret_key),
+        jinja_env=jinja_env,
+        cookie_secret=derive(config.secret_key, "cookies"),
+        xsrf_cookies=True,
+        xsrf_cookie_kwargs={"httponly": True, "samesite": "Lax"},
+        static_path=str(ROOT / "static"),
+        static_url_prefix="/static/",
+        default_handler_class=NotFoundHandler,
+        log_function=log_request,
+        api_prepare_hooks=[],
+        api_auth_hooks=[],
+        compress_response=False,
+    )
+    settings.update(overrides)
+    return PulseApplication(routes, **settings)
+
+
+# ---------------------------------------------------------------- serving
+
+
+def _worker(config, sockets):
+    """Serve on `sockets` until SIGTERM/SIGINT, then drain in-flight requests and return."""
+
+    async def main():
+        app = make_app(config)
+        server = tornado.httpserver.HTTPServer(
+            app, xheaders=config.trust_proxy, max_body_size=64 * 1024 * 1024,
+            idle_connection_timeout=60, body_timeout=30, max_header_size=64 * 1024)
+        server.add_sockets(sockets)
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        log.info("serving on http://%s:%s (pid %s)", config.host, sockets[0].getsockname()[1], os.getpid())
+        await stopping.wait()
+        server.stop()
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while app.inflight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await server.close_all_connections()
+        log.info("stopped (pid %s)", os.getpid())
+
+    asyncio.run(main())
+
+
+def _prefork(count, config, sockets):
+    """Fork `count` workers sharing the sockets; forward SIGTERM/SIGINT; restart crashed ones."""
+    children = {}
+
+    def spawn():
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            try:
+                _worker(config, sockets)
+            finally:
+                os._exit(0)
+        children[pid] = time.monotonic()
+
+    stopping = []
+
+    def forward(signum, _frame):
+        stopping.append(signum)
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for _ in range(count):
+        spawn()
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        children.pop(pid, None)
+        if not stopping and (os.WIFSIGNALED(status) or os.WEXITSTATUS(status) != 0):
+            log.error("worker %s died (status %s); starting another", pid, status)
+            spawn()
+    return 0
+
+
+def serve(config, processes=1):
+    """Migrate, bind, and serve with one or more processes."""
+    db.bind(config.database_url)
+    migrate_database()
+    db.database.close()  # children must not share the parent's connection
+    sockets = tornado.netutil.bind_sockets(config.port, config.host)
+    if processes > 1:
+        return _prefork(processes, config, sockets)
+    _worker(config, sockets)
+    return 0
+
+
+# ---------------------------------------------------------------- CLI
+
+
+class CliError(Exception):
+    """A command failed; `status` is the exit code (1 unknown thing, 2 usage)."""
+
+    def __init__(self, message, status=1):
+        super().__init__(message)
+        self.status = status
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error and exit status 2."""
+
+    def error(self, message):
+        raise CliError(message, status=2)
+
+
+def _positive(text):
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def _serve_options(parser):
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--processes", type=_positive, default=1)
+
+
+def build_parser():
+    parser = Parser(prog="run.py", description="PaymentPulse: self-hosted Stripe billing gateway.")
+    parser.add_argument("--version", action="version", version=f"PaymentPulse {__version__}")
+    _serve_options(parser)
+    sub = parser.add_subparsers(dest="command", parser_class=Parser)
+    _serve_options(sub.add_parser("serve", help="apply migrations and serve HTTP (default)"))
+
+    migrate_cmd = sub.add_parser("migrate", help="apply pending schema migrations")
+    migrate_cmd.add_argument("--json", action="store_true")
+
+    project = sub.add_parser("create-project", help="create a project, its admin and first API key")
+    project.add_argument("name")
+    project.add_argument("--admin-email", required=True)
+    project.add_argument("--admin-password")
+    project.add_argument("--stripe-secret-key")
+    project.add_argument("--stripe-webhook-secret")
+    project.add_argument("--json", action="store_true")
+
+    key = sub.add_parser("create-api-key", help="issue another API key for a project")
+    key.add_argument("project_id")
+    key.add_argument("--label", default="")
+    key.add_argument("--json", action="store_true")
+
+    stripe_cmd = sub.add_parser("set-stripe", help="store a project's Stripe secret key / webhook secret")
+    stripe_cmd.add_argument("project_id")
+    stripe_cmd.add_argument("--secret-key")
+    stripe_cmd.add_argument("--webhook-secret")
+    stripe_cmd.add_argument("--json", action="store_true")
+    return parser
+
+
+def _emit(args, data, lines):
+    if getattr(args, "json", False):
+        print(json.dumps(data))
+    else:
+        for line in lines:
+            print(line)
+
+
+def _valid_email(email):
+    local, _, domain = email.partition("@")
+    return bool(local) and "." in domain and " " not in email and len(email) <= 254
+
+
+def cmd_migrate(config, args):
+    applied = migrate_database()
+    _emit(args, {"applied": applied}, [f"applied: {name}" for name in applied] or ["database is up to date"])
+
+
+def cmd_create_project(config, args):
+    if not args.name.strip() or len(args.name) > 200:
+        raise CliError("project name must be 1-200 characters", status=2)
+    if not _valid_email(projects.normalize_email(args.admin_email)):
+        raise CliError(f"invalid --admin-email {args.admin_email!r}", status=2)
+    if args.admin_password is not None and len(args.admin_password) < 8:
+        raise CliError("--admin-password must be at least 8 characters", status=2)
+    with db.block():
+        created = projects.create_project(
+            args.name, args.admin_email, SecretBox(config.secret_key),
+            admin_password=args.admin_password, stripe_secret_key=args.stripe_secret_key,
+            stripe_webhook_secret=args.stripe_webhook_secret)
+    data = {"project_id": created.project.public_id, "name": created.project.name,
+            "api_key": created.api_key.api_key, "admin_email": created.admin.email,
+            "webhook_path": f"/api/webhook/{created.project.public_id}"}
+    if created.admin_password:
+        data["admin_password"] = created.admin_password
+    lines = [f"project {data['project_id']} ({data['name']})", f"api key: {data['api_key']}  (shown once)",
+             f"admin: {data['admin_email']}"]
+    if created.admin_password:
+        lines.append(f"admin password: {created.admin_password}  (shown once)")
+    lines.append(f"webhook path: {data['webhook_path']}")
+    _emit(args, data, lines)
+
+
+def _project(project_id):
+    try:
+        return projects.get_project(project_id)
+    except projects.NotFound:
+        raise CliError(f"no project {project_id!r}", status=1) from None
+
+
+def cmd_create_api_key(config, args):
+    with db.block():
+        project = _project(args.project_id)
+        issued = apikeys.issue(project, label=args.label)
+        projects.audit("api_key.created", project=project, actor="cli", key_id=issued.key_id, prefix=issued.prefix)
+    _emit(args, {"api_key": issued.api_key, "key_id": issued.key_id, "prefix": issued.prefix},
+          [f"api key: {issued.api_key}  (shown once)", f"key id: {issued.key_id}"])
+
+
+def cmd_set_stripe(config, args):
+    if args.secret_key is None and args.webhook_secret is None:
+        raise CliError("give --secret-key and/or --webhook-secret", status=2)
+    if args.secret_key is not None and not args.secret_key.startswith(("sk_", "rk_")):
+        raise CliError("--secret-key must be a Stripe secret key (sk_… or rk_…)", status=2)
+    if args.webhook_secret is not None and not args.webhook_secret.startswith("whsec_"):
+        raise CliError("--webhook-secret must be a Stripe signing secret (whsec_…)", status=2)
+    with db.block():
+        project = _project(args.project_id)
+        changed = projects.set_stripe(project, SecretBox(config.secret_key), secret_key=args.secret_key,
+                                      webhook_secret=args.webhook_secret)
+    _emit(args, {"project_id": project.public_id, "updated": changed},
+          [f"{name} set to {masked}" for name, masked in changed.items()])
+
+
+COMMANDS = {
+    "migrate": cmd_migrate,
+    "create-project": cmd_create_project,
+    "create-api-key": cmd_create_api_key,
+    "set-stripe": cmd_set_stripe,
+}
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = build_parser().parse_args(argv)
+        config = load_config()
+        setup_logging(config.log_level)
+        if args.command in (None, "serve"):
+            overrides = {}
+            if getattr(args, "host", None):
+                overrides["host"] = args.host
+            if getattr(args, "port", None) is not None:
+                if not 0 <= args.port <= 65535:
+                    raise CliError("--port must be between 0 and 65535", status=2)
+                overrides["port"] = args.port
+            config = load_config(**overrides) if overrides else config
+            return serve(config, getattr(args, "processes", 1))
+        db.bind(config.database_url)
+        if args.command != "migrate":
+            migrate_database()
+        COMMANDS[args.command](config, args)
+        return 0
+    except CliError as exc:
+        print(f"run.py: error: {exc}", file=sys.stderr)
+        return exc.status
+    except ConfigError as exc:
+        print(f"run.py: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except (db.DatabaseUnavailable, peewee.OperationalError, peewee.InterfaceError):
+        print("run.py: error: the database is unreachable (check PULSE_DATABASE_URL)", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"run.py: error: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

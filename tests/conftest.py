@@ -1,0 +1,137 @@
+"""Fixtures: a config and app per test on SQLite, and again on MySQL when PULSE_TEST_MYSQL_URL is set."""
+
+import json
+import os
+import secrets
+from urllib.parse import urlsplit, urlunsplit
+
+import pymysql
+import pytest
+
+from pulse import db
+from pulse.config import load_config
+from pulse.migrations import migrate_database
+from pulse.models import MODELS
+from pulse.security import SecretBox
+
+import run
+
+MYSQL_URL = os.environ.get("PULSE_TEST_MYSQL_URL")
+BACKENDS = ["sqlite"] + (["mysql"] if MYSQL_URL else [])
+TEST_SECRET = "test-secret-key-0123456789abcdef"
+
+
+def _mysql_server_url(url):
+    parts = urlsplit(url)
+    return parts, dict(host=parts.hostname or "127.0.0.1", port=parts.port or 3306,
+                       user=parts.username or "root", password=parts.password or "")
+
+
+@pytest.fixture(scope="session")
+def mysql_database_url():
+    """A fresh MySQL database for this test run, dropped at the end."""
+    if not MYSQL_URL:
+        pytest.fail("mysql backend requested without PULSE_TEST_MYSQL_URL")
+    parts, server = _mysql_server_url(MYSQL_URL)
+    name = f"pulse_test_{os.getpid()}_{secrets.token_hex(3)}"
+    conn = pymysql.connect(**server, autocommit=True)
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+    url = urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
+    db.bind(url)
+    migrate_database()
+    db.database.close()
+    yield url
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    conn.close()
+
+
+def _empty_mysql(url):
+    target = db.open_database(url)
+    with target.connection_context():
+        target.execute_sql("SET FOREIGN_KEY_CHECKS=0")
+        for model in reversed(MODELS):
+            target.execute_sql(f"DELETE FROM `{model._meta.table_name}`")
+        target.execute_sql("SET FOREIGN_KEY_CHECKS=1")
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request, tmp_path):
+    """A migrated, empty database URL: a temp SQLite file, or the run's MySQL database emptied."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'pulse.db'}"
+        db.bind(url)
+        migrate_database()
+        db.database.close()
+        return url
+    url = request.getfixturevalue("mysql_database_url")
+    _empty_mysql(url)
+    return url
+
+
+@pytest.fixture
+def config_overrides():
+    """Override in a test module to change settings for its app."""
+    return {}
+
+
+@pytest.fixture
+def config(db_url, config_overrides):
+    return load_config(environ={}, database_url=db_url, secret_key=TEST_SECRET, **config_overrides)
+
+
+@pytest.fixture
+def app(config):
+    application = run.make_app(config)
+    yield application
+    db.database.close()
+
+
+@pytest.fixture
+def box():
+    return SecretBox(TEST_SECRET)
+
+
+@pytest.fixture
+def make_project(app, box):
+    """Create projects inside the test's database: make_project(name="Acme") -> NewProject."""
+    from pulse import projects
+
+    def factory(name="Acme", admin_email=None, **kwargs):
+        email = admin_email or f"admin-{secrets.token_hex(3)}@{name.lower()}.test"
+        kwargs.setdefault("admin_password", "correct horse battery")
+        with db.block():
+            return projects.create_project(name, email, box, **kwargs)
+
+    return factory
+
+
+@pytest.fixture
+def project(make_project):
+    return make_project()
+
+
+@pytest.fixture
+def api(http_client, base_url, project):
+    """api(method, path, json=..., key=..., headers=...) -> response (errors not raised)."""
+
+    async def call(method, path, json_body=None, key=None, headers=None, body=None, **kwargs):
+        all_headers = {"X-API-Key": project.api_key.api_key if key is None else key}
+        if json_body is not None:
+            body = json.dumps(json_body)
+            all_headers["Content-Type"] = "application/json"
+        all_headers.update(headers or {})
+        if not all_headers["X-API-Key"]:
+            del all_headers["X-API-Key"]
+        if body is None and method in ("POST", "PUT", "PATCH"):
+            body = ""
+        return await http_client.fetch(base_url + path, method=method, headers=all_headers,
+                                       body=body, raise_error=False, follow_redirects=False, **kwargs)
+
+    return call
+
+
+def body_of(response):
+    """The decoded JSON body of a response."""
+    return json.loads(response.body.decode("utf-8"))
