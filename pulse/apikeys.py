@@ -1,4 +1,4 @@
-"""Project API keys: issue, authenticate, rotate, revoke."""
+"""Project API keys: issue, authenticate (with a short in-process cache), rotate, revoke."""
 
 import threading
 import time
@@ -6,13 +6,20 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from pulse import security
-from pulse.db import utcnow
+from pulse.db import database, utcnow
 from pulse.models import ApiKey, Project
 
 # last_used_at is written at most this often per key, so the hot path does not write on every request.
 LAST_USED_RESOLUTION = 60.0
 _last_used_written = {}
 _lock = threading.Lock()
+
+# A successful lookup is reused for at most this long. Revocation in this process clears the
+# cache at once; another process sees it within CACHE_TTL (SPEC promises 2 s). Failures are
+# never cached, so a new key works at once everywhere.
+CACHE_TTL = 1.0
+CACHE_MAX = 10000
+_cache = {}
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,37 @@ def authenticate(raw):
     if not security.looks_like_api_key(raw or ""):
         return None
     digest = security.hash_token(raw)
+    # Keyed by the bound database too: tests (and tools) rebind the proxy between databases.
+    slot = (id(database.obj), digest)
+    hit = _cache.get(slot)
+    mono = time.monotonic()
+    if hit is not None and hit[0] > mono:
+        row = hit[1]
+        now = utcnow()
+        # Scheduled revocation (rotation grace) and expiry are checked on every hit.
+        if (row.revoked_at is None or row.revoked_at > now) and (row.expires_at is None or row.expires_at > now):
+            return row, row.project
+        _cache.pop(slot, None)
+        return None
+    found = _lookup(digest)
+    if found is not None:
+        if len(_cache) >= CACHE_MAX:
+            _cache.clear()
+        _cache[slot] = (mono + CACHE_TTL, found[0])
+    return found
+
+
+def invalidate(project_id=None):
+    """Forget cached keys (of one project, or all): call after revoking or changing a project."""
+    if project_id is None:
+        _cache.clear()
+        return
+    for slot, (_, row) in list(_cache.items()):
+        if row.project_id == project_id:
+            _cache.pop(slot, None)
+
+
+def _lookup(digest):
     row = (ApiKey.select(ApiKey, Project).join(Project)
            .where(ApiKey.key_hash == digest).first())
     if row is None or not security.same_hash(row.key_hash, digest):
@@ -67,6 +105,7 @@ def revoke(key, grace_seconds=0):
     if key.revoked_at is None or key.revoked_at > when:
         key.revoked_at = when
         ApiKey.update(revoked_at=when).where(ApiKey.id == key.id).execute()
+    invalidate(key.project_id)
     return when
 
 

@@ -73,6 +73,7 @@ def set_stripe(project, box, *, secret_key=None, webhook_secret=None, actor="cli
     if changed:
         project.updated_at = utcnow()
         project.save()
+        apikeys.invalidate(project.id)  # cached key lookups carry the project row
         audit("settings.stripe_updated", project=project, actor=actor, user=user, ip=ip, **changed)
     return changed
 
