@@ -7,6 +7,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pymysql
 import pytest
+import tornado.httpserver
 
 from pulse import db
 from pulse.config import load_config
@@ -86,6 +87,16 @@ def app(config):
     application = run.make_app(config)
     yield application
     db.database.close()
+
+
+@pytest.fixture
+def http_server(request, io_loop, _unused_port, app):
+    """pytest-tornado's server, but with `app` as a static dependency so the db_url params apply."""
+    server = tornado.httpserver.HTTPServer(app)
+    server.add_socket(_unused_port[0])
+    yield server
+    server.stop()
+    io_loop.run_sync(server.close_all_connections, timeout=request.config.option.async_test_timeout)
 
 
 @pytest.fixture
