@@ -2,11 +2,12 @@
 
 import contextlib
 import logging
+import select
 import time
 from datetime import datetime, timezone
 
 import peewee
-from playhouse.db_url import connect
+from playhouse.db_url import connect, parse
 
 log = logging.getLogger("pulse.db")
 
@@ -16,6 +17,12 @@ database = peewee.DatabaseProxy()
 CONNECTION_ERRORS = (peewee.OperationalError, peewee.InterfaceError)
 _MYSQL_GONE = {2002, 2003, 2006, 2013, 2055, 1927, 1053}
 _PING_AFTER = 30.0
+# Connecting (TCP and the MySQL handshake) blocks the event loop: bound it tightly, then fail fast
+# for a moment, so an unreachable database costs each request milliseconds, not seconds.
+CONNECT_TIMEOUT = 2
+QUERY_TIMEOUT = 30
+_RETRY_AFTER = 1.0
+_connect_failed_at = None
 
 
 class DatabaseUnavailable(Exception):
@@ -58,11 +65,23 @@ def open_database(url):
         })
     else:
         params = {"charset": "utf8mb4",
-                  "connect_timeout": 5, "read_timeout": 30, "write_timeout": 30,
+                  "connect_timeout": CONNECT_TIMEOUT, "read_timeout": QUERY_TIMEOUT, "write_timeout": QUERY_TIMEOUT,
                   "init_command": "SET time_zone = '+00:00', sql_mode = 'STRICT_TRANS_TABLES,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO'"}
-        db = connect(url, **params)
+        params.update(parse(url))
+        db = PulseMySQLDatabase(params.pop("database"), **params)
     db._pulse_last_used = 0.0
     return db
+
+
+class PulseMySQLDatabase(peewee.MySQLDatabase):
+    """MySQL whose handshake is bounded by connect_timeout too (PyMySQL waits read_timeout for it)."""
+
+    def _connect(self):
+        params = dict(self.connect_params, read_timeout=self.connect_params.get("connect_timeout", CONNECT_TIMEOUT))
+        conn = peewee.mysql.connect(db=self.database, autocommit=True, **params)
+        # From now on queries get the longer read timeout (PyMySQL applies it on the next read).
+        conn._read_timeout = self.connect_params.get("read_timeout", QUERY_TIMEOUT)
+        return conn
 
 
 def bind(url):
@@ -82,16 +101,44 @@ def _is_connection_error(exc):
     return "unable to open" in text or "lost connection" in text or "can't connect" in text
 
 
+def _peer_closed(db):
+    """True when the server already closed our idle connection (EOF or an error packet is waiting)."""
+    sock = getattr(db.connection(), "_sock", None)
+    if sock is None:
+        return True
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+def _connect(db):
+    global _connect_failed_at
+    if _connect_failed_at is not None and time.monotonic() - _connect_failed_at < _RETRY_AFTER:
+        raise DatabaseUnavailable()
+    try:
+        db.connect()
+    except CONNECTION_ERRORS:
+        _connect_failed_at = time.monotonic()
+        raise
+    _connect_failed_at = None
+
+
 def _ensure_connected(db):
     if db.is_closed():
-        db.connect()
+        _connect(db)
+    elif is_mysql(db) and _peer_closed(db):
+        # Restarted server, failover, proxy cut: reconnect now instead of failing this request.
+        db.close()
+        _connect(db)
     elif is_mysql(db) and time.monotonic() - db._pulse_last_used > _PING_AFTER:
         # An idle MySQL connection may have been dropped by wait_timeout or a failover.
         try:
             db.connection().ping(reconnect=False)
         except Exception:
             db.close()
-            db.connect()
+            _connect(db)
     db._pulse_last_used = time.monotonic()
 
 
@@ -107,6 +154,9 @@ def block():
     try:
         _ensure_connected(db)
         yield db
+    except DatabaseUnavailable:
+        log.debug("database unavailable: not retrying yet")
+        raise
     except CONNECTION_ERRORS as exc:
         if isinstance(exc, peewee.OperationalError) and not _is_connection_error(exc):
             raise
