@@ -146,3 +146,19 @@ def api(http_client, base_url, project):
 def body_of(response):
     """The decoded JSON body of a response."""
     return json.loads(response.body.decode("utf-8"))
+
+
+@pytest.fixture
+def fake_stripe(io_loop):
+    """An in-memory Stripe server on the test's IOLoop (tests/fake_stripe.py).
+
+    To point the app at it, override in the test module:
+    `config_overrides = pytest.fixture(lambda fake_stripe: fake_stripe.config_overrides())`.
+    """
+    from pulse import billing
+    from tests.fake_stripe import FakeStripe
+
+    fake = FakeStripe().start()
+    yield fake
+    io_loop.run_sync(billing.close_clients)
+    io_loop.run_sync(fake.stop)

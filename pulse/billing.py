@@ -1,0 +1,221 @@
+"""The Stripe gateway: async StripeClients per secret key, one Stripe customer per user, sessions."""
+
+import asyncio
+import hashlib
+import logging
+import re
+import weakref
+from dataclasses import dataclass
+
+import peewee
+import stripe
+
+from pulse import projects
+from pulse.db import database, utcnow
+from pulse.models import Customer, Subscription
+from pulse.status import access_statuses
+
+log = logging.getLogger("pulse.billing")
+
+# Clients per event loop: an httpx connection pool belongs to the loop that opened it.
+_CLIENTS = weakref.WeakKeyDictionary()
+_SECRETISH = re.compile(r"\b([sr]k_(?:live|test)_)[A-Za-z0-9*]+")
+
+
+class StripeNotConfigured(Exception):
+    """Neither the project nor the deployment has a Stripe secret key (API: 503)."""
+
+
+class StripeFailure(Exception):
+    """Stripe refused or could not be reached (API: 502 stripe_error); carries Stripe's message and request id."""
+
+    def __init__(self, message, request_id=None, http_status=None, code=None):
+        super().__init__(message)
+        self.message, self.request_id, self.http_status, self.code = message, request_id, http_status, code
+
+
+@dataclass(frozen=True)
+class Checkout:
+    url: str
+    session_id: str
+
+
+class HTTPXClient(stripe.HTTPXClient):
+    """stripe's httpx client, sending the form body as `content=` (httpx deprecates raw `data=`)."""
+
+    def _get_request_args_kwargs(self, method, url, headers, post_data):
+        args, kwargs = super()._get_request_args_kwargs(method, url, headers, post_data)
+        data = kwargs.pop("data", None)
+        if data:
+            kwargs["content"] = data
+        return args, kwargs
+
+
+def _digest(*parts):
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+def customer_idempotency_key(project_public_id, external_user_id):
+    """The same Stripe idempotency key for every attempt to create this user's customer, in any process."""
+    return f"pulse-cus-{project_public_id}-{_digest(external_user_id)}"
+
+
+def secret_key_for(project, box, config):
+    """The project's Stripe key, else the deployment-wide one; raises StripeNotConfigured."""
+    key = projects.stripe_secret_key(project, box, default=config.stripe_secret_key)
+    if not key:
+        raise StripeNotConfigured()
+    return key
+
+
+def client_for(config, secret_key):
+    """The cached async StripeClient for this key and settings on the running loop."""
+    per_loop = _CLIENTS.setdefault(asyncio.get_running_loop(), {})
+    slot = (secret_key, config.stripe_api_base, config.stripe_timeout, config.stripe_max_retries)
+    client = per_loop.get(slot)
+    if client is None:
+        http = HTTPXClient(timeout=config.stripe_timeout)
+        client = stripe.StripeClient(secret_key, base_addresses={"api": config.stripe_api_base},
+                                     max_network_retries=config.stripe_max_retries, http_client=http)
+        client._pulse_http = http
+        per_loop[slot] = client
+    return client
+
+
+def project_client(project, box, config):
+    """The StripeClient for `project` (its own key, else the deployment's)."""
+    return client_for(config, secret_key_for(project, box, config))
+
+
+async def close_clients():
+    """Close the HTTP pools of this loop's clients (shutdown, tests)."""
+    per_loop = _CLIENTS.pop(asyncio.get_running_loop(), {})
+    for client in per_loop.values():
+        await client._pulse_http.close_async()
+
+
+def _scrub(text):
+    return _SECRETISH.sub(lambda m: m.group(1) + "…", text or "")
+
+
+async def call(method, *args, **kwargs):
+    """Await a StripeClient *_async method, turning Stripe errors into StripeFailure."""
+    try:
+        return await method(*args, **kwargs)
+    except stripe.StripeError as exc:
+        message = _scrub(exc.user_message) or "Stripe request failed."
+        if isinstance(exc, stripe.APIConnectionError):
+            message = "Could not reach Stripe (network error or timeout)."
+        log.warning("stripe %s: %s (request %s)", type(exc).__name__, message, exc.request_id)
+        raise StripeFailure(message, exc.request_id, exc.http_status, exc.code) from None
+
+
+# ---------------------------------------------------------------- customers (call DB parts inside a db block)
+
+
+def has_access_subscription(customer, project):
+    """True when `customer` holds a subscription that grants access under the project's policy."""
+    return (Subscription.select().where(
+        (Subscription.customer == customer)
+        & Subscription.status.in_(access_statuses(project.past_due_has_access))).exists())
+
+
+def find_customer(project, external_user_id):
+    return Customer.get_or_none((Customer.project == project) & (Customer.external_user_id == external_user_id))
+
+
+def claim_customer(project, external_user_id, email):
+    """The Customer row for this user, inserting it if new; concurrent claimers all get the one row."""
+    found = find_customer(project, external_user_id)
+    if found is not None:
+        return found
+    try:
+        with database.atomic():
+            return Customer.create(project=project, external_user_id=external_user_id, email=email)
+    except peewee.IntegrityError:
+        found = find_customer(project, external_user_id)
+        if found is None:
+            raise
+        return found
+
+
+def store_stripe_customer(customer, stripe_customer_id):
+    """Record the Stripe customer id once (all racers carry the same id, thanks to the idempotency key)."""
+    (Customer.update(stripe_customer_id=stripe_customer_id, updated_at=utcnow())
+     .where((Customer.id == customer.id) & Customer.stripe_customer_id.is_null()).execute())
+    customer.stripe_customer_id = stripe_customer_id
+
+
+def store_email(customer, email):
+    Customer.update(email=email, updated_at=utcnow()).where(Customer.id == customer.id).execute()
+    customer.email = email
+
+
+# ---------------------------------------------------------------- Stripe calls (never inside a db block)
+
+
+async def create_stripe_customer(client, project, customer):
+    """Create the Stripe customer for a claimed row; identical params and key from every process."""
+    created = await call(client.v1.customers.create_async, params={
+        "email": customer.email,
+        "metadata": {"pulse_project_id": project.public_id, "external_user_id": customer.external_user_id},
+    }, options={"idempotency_key": customer_idempotency_key(project.public_id, customer.external_user_id)})
+    return created.id
+
+
+async def update_stripe_email(client, stripe_customer_id, email):
+    await call(client.v1.customers.update_async, stripe_customer_id, params={"email": email})
+
+
+async def create_checkout(client, project, customer, *, plan_slug, price_id, interval, success_url, cancel_url,
+                          trial_days=None, idempotency_key=None):
+    """A subscription-mode Checkout Session for the customer, with PaymentPulse metadata on both levels."""
+    metadata = {"pulse_project_id": project.public_id, "external_user_id": customer.external_user_id,
+                "plan_slug": plan_slug, "interval": interval}
+    subscription_data = {"metadata": metadata}
+    if trial_days:
+        subscription_data["trial_period_days"] = trial_days
+    options = {"idempotency_key": idempotency_key} if idempotency_key else {}
+    session = await call(client.v1.checkout.sessions.create_async, params={
+        "mode": "subscription", "customer": customer.stripe_customer_id,
+        "client_reference_id": customer.external_user_id,
+        "line_items": [{"price": price_id, "quantity": 1}],
+        "success_url": success_url, "cancel_url": cancel_url,
+        "metadata": metadata, "subscription_data": subscription_data,
+    }, options=options)
+    return Checkout(url=session.url, session_id=session.id)
+
+
+async def create_portal(client, stripe_customer_id, return_url):
+    """A Customer Portal session URL."""
+    session = await call(client.v1.billing_portal.sessions.create_async,
+                         params={"customer": stripe_customer_id, "return_url": return_url})
+    return session.url
+
+
+async def retrieve_subscription(client, subscription_id):
+    """Stripe's current subscription object (as a plain dict), for sync and webhooks."""
+    sub = await call(client.v1.subscriptions.retrieve_async, subscription_id)
+    return sub.to_dict()
+
+
+async def list_subscriptions(client, stripe_customer_id):
+    """Every subscription of a Stripe customer, any status, as plain dicts (follows pagination)."""
+    found, after = [], None
+    while True:
+        params = {"customer": stripe_customer_id, "status": "all", "limit": 100}
+        if after:
+            params["starting_after"] = after
+        listing = await call(client.v1.subscriptions.list_async, params=params)
+        found.extend(sub.to_dict() for sub in listing.data)
+        if not listing.has_more or not listing.data:
+            return found
+        after = listing.data[-1].id
+
+
+async def check_connection(client):
+    """The Stripe account the key belongs to ({"id", "name"}), or StripeFailure."""
+    account = await call(client.v1.accounts.retrieve_current_async)
+    profile = account.get("business_profile") or {}
+    settings = (account.get("settings") or {}).get("dashboard") or {}
+    return {"id": account.id, "name": profile.get("name") or settings.get("display_name")}
