@@ -1,0 +1,164 @@
+"""`make bench`: start PaymentPulse, the yardstick and fake Stripe, run SPEC 6's scenarios, print and save results."""
+
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from bench import harness, report, scenarios
+
+log = logging.getLogger("bench")
+RESULTS = Path(__file__).resolve().parent / "results.json"
+DEFAULT_MYSQL = "mysql://root@127.0.0.1:3306"
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--mysql-url", default=os.environ.get("PULSE_BENCH_MYSQL_URL", DEFAULT_MYSQL),
+                        help="MySQL server (a fresh database is created on it); default $PULSE_BENCH_MYSQL_URL or "
+                             + DEFAULT_MYSQL)
+    parser.add_argument("--no-mysql", action="store_true", help="SQLite only")
+    parser.add_argument("--scenarios", default="1,2,3,4", help="comma list of scenarios to run (default all)")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run in scenario 1")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds in scenario 1")
+    parser.add_argument("--connections", type=int, default=16, help="wrk connections in scenario 1")
+    parser.add_argument("--export-rows", type=int, default=100_000)
+    parser.add_argument("--webhook-events", type=int, default=3000)
+    parser.add_argument("--stripe-latency", type=float, default=0.3)
+    parser.add_argument("--output", default=str(RESULTS))
+    return parser.parse_args(argv)
+
+
+def fetch(url, key=None):
+    request = urllib.request.Request(url, headers={"X-API-Key": key} if key else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def route_exists(base, path, key, method="GET"):
+    """False when the service answers 404/405 for an unknown route (the endpoint has not landed)."""
+    request = urllib.request.Request(base + path, method=method, headers={"X-API-Key": key}, data=b"" if method == "POST" else None)
+    try:
+        urllib.request.urlopen(request, timeout=10).read()
+        return True
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        return not (exc.code == 404 and b"No such endpoint" in body)
+
+
+class Backend:
+    """One database with a seeded project and a running service."""
+
+    def __init__(self, name, url, drop, stripe_url):
+        self.name, self.url, self.drop = name, url, drop
+        self.env = harness.service_env(url, stripe_url)
+        created = harness.cli(self.env, "create-project", "Bench", "--admin-email", "bench@example.com",
+                              "--admin-password", "bench-password-1", "--stripe-webhook-secret", harness.WEBHOOK_SECRET)
+        self.project_id, self.key = created["project_id"], created["api_key"]
+        harness.seed_customers(url, self.project_id, 1000, "bench-hot-user-")
+        self.service, self.base = harness.start_service(self.env)
+        self.export_project = None
+
+    def stop(self):
+        self.service.stop()
+        self.drop()
+
+
+def machine():
+    cpu = "unknown"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    wrk_version = "missing"
+    if harness.have_wrk():
+        out = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
+        wrk_version = (out.stdout + out.stderr).split("\n")[0].strip()
+    return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "load_generator": wrk_version,
+            "kernel": platform.release()}
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="bench: %(message)s")
+    wanted = {int(s) for s in args.scenarios.split(",") if s.strip()}
+    if not harness.have_wrk():
+        log.error("wrk is not installed (Debian: apt-get install wrk); the benchmark needs it")
+        return 2
+    results = {"machine": machine(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "args": {k: v for k, v in vars(args).items() if k != "mysql_url"}, "scenarios": {}}
+    stripe, stripe_url = harness.start_fake_stripe(args.stripe_latency)
+    backends, bare = [], None
+    try:
+        backends.append(Backend("sqlite", *harness.sqlite_fresh(), stripe_url))
+        mysql = None if args.no_mysql else harness.mysql_fresh(args.mysql_url)
+        if mysql:
+            backends.append(Backend("mysql", *mysql, stripe_url))
+        first = backends[0]
+        status, body = fetch(scenarios.hot_url(first.base), first.key)
+        hot_ready = status == 200
+        if not hot_ready:
+            log.warning("GET /api/subscription answered %s: scenario 1 measures that answer", status)
+        results["hot_path_status"] = status
+        results["hot_path_body_bytes"] = len(body)
+        bare, bare_base = harness.start_bare(body)
+        out = results["scenarios"]
+        if 1 in wanted:
+            log.info("scenario 1: hot path vs bare Tornado")
+            out["1_hot_path"] = scenarios.hot_path({b.name: b.base for b in backends}, first.key, bare_base,
+                                                   args.rounds, args.duration, args.connections)
+        for backend in backends:
+            if 2 in wanted:
+                if route_exists(backend.base, "/api/checkout", backend.key, "POST"):
+                    log.info("scenario 2 (%s): %d concurrent checkouts, Stripe at %.0f ms", backend.name, 100,
+                             args.stripe_latency * 1000)
+                    out[f"2_checkouts_{backend.name}"] = scenarios.checkouts(backend.base, backend.key)
+                else:
+                    out[f"2_checkouts_{backend.name}"] = {"skipped": "POST /api/checkout not in this build"}
+            if 3 in wanted:
+                out[f"3_export_{backend.name}"] = run_export(backend, args.export_rows)
+        if 4 in wanted:
+            target = next((b for b in backends if b.name == "mysql"), backends[0])
+            if route_exists(target.base, f"/api/webhook/{target.project_id}", target.key, "POST"):
+                log.info("scenario 4 (%s): %d signed webhook events, 10%% duplicates", target.name, args.webhook_events)
+                bodies = scenarios.webhook_events(target.project_id, "bench-hot-user-", 1000, args.webhook_events)
+                out[f"4_webhooks_{target.name}"] = scenarios.webhooks(target.base, target.project_id,
+                                                                      harness.WEBHOOK_SECRET, bodies)
+            else:
+                out[f"4_webhooks_{target.name}"] = {"skipped": "POST /api/webhook/{project_id} not in this build"}
+    finally:
+        for backend in backends:
+            backend.stop()
+        if bare:
+            bare.stop()
+        stripe.stop()
+    results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    results["targets"] = report.targets(results)
+    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    print(report.table(results))
+    print(f"\nresults written to {args.output}")
+    return 0
+
+
+def run_export(backend, rows):
+    if not route_exists(backend.base, "/api/customers/export?format=csv", backend.key):
+        return {"skipped": "GET /api/customers/export not in this build"}
+    log.info("scenario 3 (%s): seeding %d customers", backend.name, rows)
+    created = harness.cli(backend.env, "create-project", "BenchExport", "--admin-email", "bench@example.com")
+    harness.seed_customers(backend.url, created["project_id"], rows, "bench-export-")
+    log.info("scenario 3 (%s): exporting", backend.name)
+    return scenarios.export(backend.base, created["api_key"], backend.key, backend.service.pid, rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""Processes, seeding and load generation for the benchmark: the service, the yardstick, fake Stripe, wrk."""
+
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("bench")
+SECRET = "bench-secret-key-0123456789abcdef"
+WEBHOOK_SECRET = "whsec_bench0123456789abcdef"
+UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url, timeout=30.0, proc=None):
+    """Poll `url` until it answers (any status), or fail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout}s")
+
+
+class Process:
+    """A child process we started, stopped with SIGTERM (then SIGKILL) by its own pid only."""
+
+    def __init__(self, argv, env=None, stdout=None):
+        self.log_file = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **(env or {})},
+                                     stdout=stdout or self.log_file, stderr=self.log_file)
+        self.pid = self.proc.pid
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log_file.close()
+
+    def tail(self, size=2000):
+        self.log_file.seek(0)
+        return self.log_file.read()[-size:].decode(errors="replace")
+
+
+def start_fake_stripe(latency):
+    """The tests' fake Stripe in its own process; returns (Process, url)."""
+    child = Process([sys.executable, "-m", "bench.stripe_server", str(latency)], stdout=subprocess.PIPE)
+    url = child.proc.stdout.readline().decode().strip()
+    if not url.startswith("http"):
+        raise RuntimeError("fake Stripe did not start: " + child.tail())
+    return child, url
+
+
+def start_bare(body):
+    """The bare Tornado yardstick answering `body`; returns (Process, base url)."""
+    fd, path = tempfile.mkstemp(suffix=".json")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(body)
+    port = free_port()
+    child = Process([sys.executable, "-m", "bench.bare", str(port), path])
+    base = f"http://127.0.0.1:{port}"
+    wait_http(base + "/", proc=child.proc)
+    return child, base
+
+
+def service_env(database_url, stripe_url, **extra):
+    env = {"PULSE_DATABASE_URL": database_url, "PULSE_SECRET_KEY": SECRET,
+           "PULSE_STRIPE_API_BASE": stripe_url, "PULSE_STRIPE_SECRET_KEY": "sk_test_bench",
+           "PULSE_STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET, "PULSE_STRIPE_TIMEOUT": "10",
+           # The benchmark measures the service, not the limiter's 429s (the limiter still runs).
+           "PULSE_RATE_LIMIT_AUTHENTICATED": "100000000/minute", "PULSE_RATE_LIMIT_ANONYMOUS": "100000000/minute",
+           "PULSE_LOG_LEVEL": "info"}
+    env.update(extra)
+    return env
+
+
+def start_service(env, processes=1):
+    """`python run.py serve` on a free port; returns (Process, base url)."""
+    port = free_port()
+    child = Process([sys.executable, "run.py", "serve", "--port", str(port), "--processes", str(processes)], env=env)
+    base = f"http://127.0.0.1:{port}"
+    wait_http(base + "/api/health", timeout=60, proc=child.proc)
+    return child, base
+
+
+def cli(env, *args):
+    """Run a run.py command with --json and return its output object."""
+    out = subprocess.run([sys.executable, "run.py", *args, "--json"], cwd=ROOT, env={**os.environ, **env},
+                         capture_output=True, check=True, timeout=120)
+    return json.loads(out.stdout)
+
+
+# ---------------------------------------------------------------- databases
+
+
+def mysql_fresh(server_url):
+    """Create a fresh database on the MySQL server of `server_url`; returns (url, drop function), or None."""
+    import pymysql
+
+    parts = urlsplit(server_url)
+    server = dict(host=parts.hostname or "127.0.0.1", port=parts.port or 3306,
+                  user=parts.username or "root", password=parts.password or "")
+    try:
+        conn = pymysql.connect(**server, autocommit=True, connect_timeout=3)
+    except pymysql.MySQLError as exc:
+        log.warning("MySQL at %s:%s unreachable (%s): MySQL runs skipped", server["host"], server["port"], exc)
+        return None
+    name = f"pulse_bench_{os.getpid()}_{secrets.token_hex(3)}"
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+
+    def drop():
+        with conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        conn.close()
+
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, "")), drop
+
+
+def sqlite_fresh():
+    directory = tempfile.mkdtemp(prefix="pulse-bench-")
+    return f"sqlite:///{directory}/pulse.db", lambda: shutil.rmtree(directory, ignore_errors=True)
+
+
+def seed_customers(database_url, project_public_id, count, prefix, with_subscription=True, batch=2000):
+    """Insert `count` customers (each with an active subscription) straight into the database."""
+    from pulse import db
+    from pulse.models import Customer, Project, Subscription
+
+    db.bind(database_url)
+    now = db.utcnow()
+    with db.block() as conn:
+        project = Project.get(Project.public_id == project_public_id)
+        for start in range(0, count, batch):
+            ids = range(start, min(start + batch, count))
+            with conn.atomic():
+                Customer.insert_many([dict(project=project.id, external_user_id=f"{prefix}{i}",
+                                           email=f"{prefix}{i}@example.com", stripe_customer_id=f"cus_{prefix}{i}",
+                                           created_at=now, updated_at=now) for i in ids]).execute()
+                if not with_subscription:
+                    continue
+                rows = (Customer.select(Customer.id, Customer.external_user_id)
+                        .where((Customer.project == project.id)
+                               & (Customer.external_user_id.in_([f"{prefix}{i}" for i in ids]))).tuples())
+                Subscription.insert_many([dict(
+                    project=project.id, customer=cid, stripe_subscription_id=f"sub_{ext}", plan_slug="pro",
+                    stripe_price_id="price_bench_pro", interval="monthly", stripe_status="active", status="active",
+                    current_period_end=now + timedelta(days=30), started_at=now, snapshot_at=0,
+                    synced_at=now, created_at=now, updated_at=now) for cid, ext in rows]).execute()
+    db.database.close()
+
+
+# ---------------------------------------------------------------- load generation
+
+
+def _ms(text):
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
+    return float(number) * UNITS[unit]
+
+
+def parse_wrk(output):
+    """Requests/s, p50/p90/p99 (ms), request count and errors from `wrk --latency` output."""
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))}
+    for pct, value in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)$", output, re.M):
+        result[f"p{pct}_ms"] = round(_ms(value), 3)
+    result["requests"] = int(re.search(r"(\d+) requests in", output).group(1))
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    result["errors"] = sum(map(int, errors.groups())) if errors else 0
+    result["non_2xx"] = int(non2xx.group(1)) if non2xx else 0
+    return result
+
+
+def _lua(headers):
+    lines = [f'wrk.headers["{name}"] = "{value}"' for name, value in headers.items()]
+    fd, path = tempfile.mkstemp(suffix=".lua")
+    with os.fdopen(fd, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return path
+
+
+def wrk_start(url, headers=None, duration=5.0, connections=16, threads=1):
+    """Start wrk in the background; finish with wrk_result()."""
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "--timeout", "10s",
+            "-s", _lua(headers or {}), url]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def wrk_result(proc, stop=False):
+    """Wait for (or interrupt, when `stop`) a wrk run and parse what it printed."""
+    if stop and proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=120)[0].decode(errors="replace")
+    try:
+        return parse_wrk(output)
+    except (AttributeError, ValueError):
+        raise RuntimeError("could not parse wrk output:\n" + output) from None
+
+
+def wrk(url, headers=None, duration=5.0, connections=16, threads=1):
+    return wrk_result(wrk_start(url, headers, duration, connections, threads))
+
+
+def have_wrk():
+    return shutil.which("wrk") is not None
+
+
+# ---------------------------------------------------------------- memory
+
+
+def memory_kb(pid):
+    """VmRSS and VmHWM (peak) of a process, in kB."""
+    values = {}
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                name, amount = line.split()[:2]
+                values[name.rstrip(":")] = int(amount)
+    return values
+
+
+def reset_peak(pid):
+    """Reset VmHWM to the current RSS (Linux clear_refs 5); False when not permitted."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
