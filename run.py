@@ -23,8 +23,10 @@ from pulse import __version__, apikeys, db, projects
 from pulse.config import ConfigError, load_config
 from pulse.logs import setup_logging
 from pulse.migrations import migrate_database
+from pulse.ratelimit import make_limiter
 from pulse.security import SecretBox
 
+from handlers import limits, transport
 from handlers.base import NotFoundHandler, log_request
 
 ROOT = Path(__file__).resolve().parent
@@ -45,6 +47,9 @@ class PulseApplication(tornado.web.Application):
 
     def find_handler(self, request, **kwargs):
         self.inflight += 1
+        https_url = transport.redirect_target(request, self.settings["config"])
+        if https_url:
+            return self.get_handler_delegate(request, transport.HttpsRedirectHandler, {"url": https_url})
         return super().find_handler(request, **kwargs)
 
     def log_request(self, handler):
@@ -78,11 +83,12 @@ def make_app(config, **overrides):
         default_handler_class=NotFoundHandler,
         log_function=log_request,
         api_prepare_hooks=[],
-        api_auth_hooks=[],
+        api_auth_hooks=[limits.rate_limit],
+        rate_limiter=make_limiter(config),
         compress_response=False,
     )
     settings.update(overrides)
-    return PulseApplication(routes, **settings)
+    return PulseApplication(routes, transforms=[transport.hsts_transform(config)], **settings)
 
 
 # ---------------------------------------------------------------- serving

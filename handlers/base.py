@@ -1,5 +1,7 @@
 """ApiHandler: the one base of every JSON endpoint (auth, body, errors, request ids, logs)."""
 
+import functools
+import inspect
 import json
 import logging
 import re
@@ -8,7 +10,7 @@ import traceback
 
 import tornado.web
 
-from pulse import apikeys
+from pulse import apikeys, idempotency
 from pulse.db import DatabaseUnavailable, block
 
 log = logging.getLogger("pulse.api")
@@ -69,6 +71,14 @@ class ApiHandler(tornado.web.RequestHandler):
     auth_required = True
     api_key = None
     project = None
+    # Headers kept on every response of this request, error responses included (rate limits).
+    sticky_headers = None
+    _idempotency_record = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "post" in cls.__dict__:
+            cls.post = idempotent(cls.__dict__["post"])
 
     def initialize(self):
         self.request_id = request_id_for(self.request)
@@ -76,6 +86,7 @@ class ApiHandler(tornado.web.RequestHandler):
         self._body_size = 0
         self._too_large = False
         self.error_code = None
+        self.sticky_headers = {}
 
     @property
     def config(self):
@@ -85,6 +96,8 @@ class ApiHandler(tornado.web.RequestHandler):
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Content-Type-Options", "nosniff")
+        for name, value in (self.sticky_headers or {}).items():
+            self.set_header(name, value)
 
     def check_xsrf_cookie(self):
         """API clients authenticate with a key, not a cookie: no XSRF here."""
@@ -100,12 +113,19 @@ class ApiHandler(tornado.web.RequestHandler):
             await hook(self)
             if self._finished:
                 return
+        auth_error = None
         if self.auth_required:
-            self.authenticate()
+            try:
+                self.authenticate()
+            except ApiError as exc:
+                auth_error = exc
+        # Auth hooks also see failed attempts (self.project is None), so they count per IP.
         for hook in self.settings.get("api_auth_hooks", ()):
             await hook(self)
             if self._finished:
                 return
+        if auth_error is not None:
+            raise auth_error
 
     def authenticate(self):
         """Resolve X-API-Key to its project or answer 401."""
@@ -151,6 +171,25 @@ class ApiHandler(tornado.web.RequestHandler):
         self.set_status(status)
         self.finish(json.dumps(data, separators=(",", ":"), ensure_ascii=False))
 
+    def finish(self, chunk=None):
+        if self._idempotency_record is not None and not self._finished:
+            if chunk is not None:
+                self.write(chunk)
+                chunk = None
+            self._remember_outcome(b"".join(self._write_buffer))
+        return super().finish(chunk)
+
+    def _remember_outcome(self, body):
+        record_id, self._idempotency_record = self._idempotency_record, None
+        try:
+            with block():
+                if self.get_status() >= 500:
+                    idempotency.release(record_id)  # our failure: let the retry run again
+                else:
+                    idempotency.complete(record_id, self.get_status(), body.decode("utf-8"))
+        except DatabaseUnavailable:
+            log.warning("could not store the idempotent outcome", extra={"request_id": self.request_id})
+
     def _handle_request_exception(self, exc):
         if isinstance(exc, DatabaseUnavailable):
             exc = ApiError(503, "database_unavailable", "The database is unavailable; retry shortly.")
@@ -193,6 +232,43 @@ class ApiHandler(tornado.web.RequestHandler):
             error["field"] = field
         error.update(extra)
         self.finish(json.dumps({"error": error}, ensure_ascii=False))
+
+
+IDEMPOTENCY_MESSAGES = {
+    "mismatch": "This Idempotency-Key was already used with a different request body.",
+    "in_flight": "A request with this Idempotency-Key is still being processed; retry once it completes.",
+}
+
+
+def idempotent(method):
+    """Wrap an authenticated POST: replay the stored outcome for a known Idempotency-Key."""
+
+    @functools.wraps(method)
+    async def wrapper(self, *args, **kwargs):
+        key = self.request.headers.get("Idempotency-Key")
+        if key is None or self.project is None:
+            return await _maybe_await(method(self, *args, **kwargs))
+        if not 1 <= len(key) <= idempotency.MAX_KEY_LENGTH or not key.isprintable():
+            raise invalid("Idempotency-Key", "Idempotency-Key must be 1-255 printable characters.")
+        fingerprint = idempotency.request_hash(self.request.method, self.request.path, self.raw_body)
+        with block():
+            outcome = idempotency.begin(self.project, key, fingerprint)
+        if outcome.action == "conflict":
+            raise ApiError(409, "idempotency_conflict", IDEMPOTENCY_MESSAGES[outcome.reason])
+        if outcome.action == "replay":
+            self.set_header("Idempotent-Replayed", "true")
+            self.set_status(outcome.status_code)
+            self.finish(outcome.body)
+            return None
+        # finish() stores whatever this request answers, error envelopes included.
+        self._idempotency_record = outcome.record_id
+        return await _maybe_await(method(self, *args, **kwargs))
+
+    return wrapper
+
+
+async def _maybe_await(result):
+    return await result if inspect.isawaitable(result) else result
 
 
 class NotFoundHandler(ApiHandler):

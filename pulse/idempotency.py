@@ -1,0 +1,111 @@
+"""Idempotency-Key (SPEC 3.1): remember a POST's outcome per project and key for 24 hours."""
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+import peewee
+
+from pulse.db import database, utcnow
+from pulse.models import IdempotencyRecord
+
+log = logging.getLogger("pulse.idempotency")
+
+TTL = timedelta(hours=24)
+# A record still in flight after this long belongs to a request whose process died: take it over.
+STALE_IN_FLIGHT = timedelta(minutes=2)
+MAX_KEY_LENGTH = 255
+_PURGE_EVERY = 600.0
+_next_purge = 0.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What to do with a keyed request: run it (`record_id`), replay, or refuse (`conflict`)."""
+
+    action: str  # "run" | "replay" | "conflict"
+    record_id: int | None = None
+    status_code: int | None = None
+    body: str | None = None
+    reason: str | None = None  # "in_flight" | "mismatch" for conflicts
+
+
+def request_hash(method, path, body):
+    """A fingerprint of what the request asks for; JSON bodies compare by value, not key order."""
+    try:
+        canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
+    except (ValueError, UnicodeDecodeError):
+        canonical = body
+    digest = hashlib.sha256(f"{method} {path}\n".encode())
+    digest.update(canonical)
+    return digest.hexdigest()
+
+
+def begin(project, key, fingerprint, now=None):
+    """Claim `key` for a new request, or say why not. Call inside `with block():`."""
+    now = now or utcnow()
+    _maybe_purge(now)
+    for _ in range(3):
+        try:
+            with database.atomic():
+                record = IdempotencyRecord.create(project=project, key=key, request_hash=fingerprint, created_at=now)
+            return Outcome("run", record_id=record.id)
+        except peewee.IntegrityError:
+            pass
+        existing = IdempotencyRecord.get_or_none((IdempotencyRecord.project == project)
+                                                 & (IdempotencyRecord.key == key))
+        if existing is None:
+            continue  # released (a 5xx) between our insert and this read: try again
+        expired = existing.created_at <= now - TTL
+        stale = existing.status_code is None and existing.created_at <= now - STALE_IN_FLIGHT
+        if expired or (stale and existing.request_hash == fingerprint):
+            # Compare-and-set on created_at, so only one of several retries takes the key over.
+            taken = (IdempotencyRecord
+                     .update(request_hash=fingerprint, status_code=None, response_body=None, created_at=now)
+                     .where((IdempotencyRecord.id == existing.id)
+                            & (IdempotencyRecord.created_at == existing.created_at))
+                     .execute())
+            if taken:
+                return Outcome("run", record_id=existing.id)
+            continue
+        if existing.request_hash != fingerprint:
+            return Outcome("conflict", reason="mismatch")
+        if existing.status_code is None:
+            return Outcome("conflict", reason="in_flight")
+        return Outcome("replay", status_code=existing.status_code, body=existing.response_body)
+    return Outcome("conflict", reason="in_flight")
+
+
+def complete(record_id, status_code, body):
+    """Store the response of the request that claimed the record (call inside `with block():`)."""
+    (IdempotencyRecord.update(status_code=status_code, response_body=body)
+     .where(IdempotencyRecord.id == record_id).execute())
+
+
+def release(record_id):
+    """Forget a claim whose request failed on our side (5xx), so a retry runs again."""
+    IdempotencyRecord.delete().where(IdempotencyRecord.id == record_id).execute()
+
+
+def purge(now=None):
+    """Delete records older than 24 h; returns how many went."""
+    cutoff = (now or utcnow()) - TTL
+    return IdempotencyRecord.delete().where(IdempotencyRecord.created_at <= cutoff).execute()
+
+
+def _maybe_purge(now):
+    # At most every ten minutes per process: the index on created_at makes it cheap.
+    global _next_purge
+    if time.monotonic() < _next_purge:
+        return
+    _next_purge = time.monotonic() + _PURGE_EVERY
+    try:
+        removed = purge(now)
+    except peewee.DatabaseError:
+        log.warning("could not purge expired idempotency records")
+        return
+    if removed:
+        log.info("purged %s expired idempotency records", removed)
