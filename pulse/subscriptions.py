@@ -1,0 +1,165 @@
+"""Local Customer/Subscription rows from Stripe objects: one upsert, ordered by snapshot time."""
+
+import time
+
+import peewee
+
+from pulse.db import database, from_timestamp, is_mysql, utcnow
+from pulse.models import Customer, Subscription
+from pulse.status import map_status, period_end, price_of
+
+# Outcomes of upsert_subscription, counted by sync-stripe.
+CREATED, UPDATED, UNCHANGED, STALE, UNMATCHED = "created", "updated", "unchanged", "stale", "unmatched"
+
+# Fields compared to tell "updated" from "unchanged" (snapshot/sync times always move).
+_COMPARED = ("customer_id", "plan_slug", "stripe_price_id", "interval", "stripe_status", "status",
+             "cancel_at_period_end", "current_period_end", "cancel_at", "canceled_at", "trial_end",
+             "started_at")
+
+
+def clock_ms():
+    """Snapshot clock: milliseconds since the epoch (snapshot_at's unit)."""
+    return int(time.time() * 1000)
+
+
+def event_snapshot(created):
+    """snapshot_at for a payload carried by an event created at `created` (Unix seconds)."""
+    return int(created or 0) * 1000
+
+
+def transaction():
+    """A write transaction; on SQLite take the write lock up front (no deferred-upgrade deadlock)."""
+    if is_mysql():
+        return database.atomic()
+    return database.atomic("IMMEDIATE")
+
+
+def _locking(query):
+    # A locking read sees the latest committed row under MySQL's REPEATABLE READ.
+    return query.for_update() if is_mysql() else query
+
+
+def stripe_id(value):
+    """The id of a Stripe reference that may be an id string or an expanded object."""
+    if isinstance(value, dict):
+        return value.get("id")
+    return value or None
+
+
+def metadata_of(obj):
+    meta = (obj or {}).get("metadata") or {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def resolve_customer(project, stripe_customer_id=None, external_user_id=None, email=None):
+    """The project's Customer for a Stripe customer id or external user id, created if needed.
+
+    Returns None when neither identifies (or can create) a customer. Call inside a transaction.
+    """
+    customer = None
+    if stripe_customer_id:
+        customer = _locking(Customer.select().where(
+            Customer.project == project, Customer.stripe_customer_id == stripe_customer_id)).first()
+    if customer is None and external_user_id:
+        customer = _locking(Customer.select().where(
+            Customer.project == project, Customer.external_user_id == external_user_id)).first()
+        if customer is None:
+            try:
+                with database.atomic():
+                    return Customer.create(project=project, external_user_id=external_user_id,
+                                           email=email or "", stripe_customer_id=stripe_customer_id)
+            except peewee.IntegrityError:
+                # Created meanwhile by a concurrent delivery or checkout: use that one.
+                customer = _locking(Customer.select().where(
+                    Customer.project == project, Customer.external_user_id == external_user_id)).first()
+    if customer is None:
+        return None
+    changes = {}
+    if stripe_customer_id and not customer.stripe_customer_id:
+        changes["stripe_customer_id"] = stripe_customer_id
+    if email and not customer.email:
+        changes["email"] = email
+    if changes:
+        changes["updated_at"] = utcnow()
+        Customer.update(**changes).where(Customer.id == customer.id).execute()
+        for name, value in changes.items():
+            setattr(customer, name, value)
+    return customer
+
+
+def fields_of(obj):
+    """Subscription column values read from a Stripe subscription object (either API shape)."""
+    price_id, interval = price_of(obj)
+    fields = {
+        "stripe_status": obj.get("status") or "incomplete",
+        "status": map_status(obj.get("status"), obj.get("cancel_at_period_end"), obj.get("cancel_at")),
+        "cancel_at_period_end": bool(obj.get("cancel_at_period_end")),
+        "current_period_end": period_end(obj),
+        "cancel_at": from_timestamp(obj.get("cancel_at")),
+        "canceled_at": from_timestamp(obj.get("canceled_at")),
+        "trial_end": from_timestamp(obj.get("trial_end")),
+        "started_at": from_timestamp(obj.get("created") or obj.get("start_date")),
+    }
+    if price_id:
+        fields["stripe_price_id"] = price_id
+    if interval:
+        fields["interval"] = interval
+    plan_slug = metadata_of(obj).get("plan_slug")
+    if plan_slug:
+        fields["plan_slug"] = str(plan_slug)[:100]
+    return fields
+
+
+def upsert_subscription(project, obj, snapshot_at, email=None):
+    """Store Stripe subscription `obj` for `project` unless a newer snapshot is already stored.
+
+    `snapshot_at` (ms) is when `obj` was true at Stripe: a fetch's start time, or an event's
+    `created`. Returns one of CREATED, UPDATED, UNCHANGED, STALE, UNMATCHED. Call inside a
+    transaction (see `transaction()`); it never awaits.
+    """
+    sub_id = obj.get("id")
+    if not sub_id:
+        return UNMATCHED
+    meta = metadata_of(obj)
+    existing = _locking(Subscription.select().where(
+        Subscription.project == project, Subscription.stripe_subscription_id == sub_id)).first()
+    if existing is not None and existing.snapshot_at > snapshot_at:
+        return STALE
+    customer = resolve_customer(project, stripe_id(obj.get("customer")), meta.get("external_user_id"),
+                                email=email)
+    if customer is None and existing is not None:
+        customer = existing.customer
+    if customer is None:
+        return UNMATCHED
+    fields = fields_of(obj)
+    fields["customer_id"] = customer.id
+    now = utcnow()
+    if existing is None:
+        try:
+            with database.atomic():
+                Subscription.create(project=project, stripe_subscription_id=sub_id, snapshot_at=snapshot_at,
+                                    synced_at=now, **fields)
+            return CREATED
+        except peewee.IntegrityError:
+            existing = _locking(Subscription.select().where(
+                Subscription.project == project, Subscription.stripe_subscription_id == sub_id)).first()
+            if existing is None:
+                raise
+    changed = any(getattr(existing, name) != value for name, value in fields.items())
+    if changed:
+        fields["updated_at"] = now
+    # Conditional on the snapshot, so a concurrent newer write is never overwritten.
+    count = (Subscription.update(snapshot_at=snapshot_at, synced_at=now, **fields)
+             .where(Subscription.id == existing.id, Subscription.snapshot_at <= snapshot_at).execute())
+    if not count:
+        return STALE
+    return UPDATED if changed else UNCHANGED
+
+
+def mark_past_due(project, sub_id, snapshot_at):
+    """Payload-only fallback for invoice.payment_failed: an access status becomes past_due."""
+    return (Subscription.update(stripe_status="past_due", status="past_due", snapshot_at=snapshot_at,
+                                synced_at=utcnow(), updated_at=utcnow())
+            .where(Subscription.project == project, Subscription.stripe_subscription_id == sub_id,
+                   Subscription.snapshot_at <= snapshot_at,
+                   Subscription.stripe_status.in_(("active", "trialing"))).execute())
