@@ -107,7 +107,10 @@ def start_service(env, processes=1):
     port = free_port()
     child = Process([sys.executable, "run.py", "serve", "--port", str(port), "--processes", str(processes)], env=env)
     base = f"http://127.0.0.1:{port}"
-    wait_http(base + "/api/health", timeout=60, proc=child.proc)
+    try:
+        wait_http(base + "/api/health", timeout=60, proc=child.proc)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}; its log ends:\n{child.tail()}") from None
     return child, base
 
 

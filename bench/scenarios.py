@@ -14,7 +14,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from bench import harness
 
 log = logging.getLogger("bench")
-HOT_USER = "bench-hot-user"
+HOT_USER = "bench-hot-user-7"
 
 
 def hot_url(base):

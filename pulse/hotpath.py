@@ -1,12 +1,17 @@
 """The hot path, GET /api/subscription: one lean SQL query straight to the public JSON shape."""
 
+from datetime import datetime
+
 import peewee as pw
 
-from pulse.db import isoformat
+from pulse.db import database, isoformat
 from pulse.models import Customer, Project, Subscription
 from pulse.status import ACCESS_STATUSES, has_access
 
-_ACCESS = ACCESS_STATUSES + ("past_due",)
+# Stand-ins used once to compile the query; their positions in the parameter list are remembered.
+_PROJECT_MARK = -918273645
+_USER_MARK = "\x00pulse-hotpath-user\x00"
+_compiled = {}
 
 
 def _query(project_id, external_user_id):
@@ -29,16 +34,36 @@ def _query(project_id, external_user_id):
             .tuples())
 
 
+def _compile(db):
+    """(sql, params, project slot, user slot) for this database; Peewee builds it once, not per request."""
+    key = type(db)
+    if key not in _compiled:
+        sql, params = _query(_PROJECT_MARK, _USER_MARK).sql()
+        _compiled[key] = (sql, list(params), params.index(_PROJECT_MARK), params.index(_USER_MARK))
+    return _compiled[key]
+
+
+def _iso(value):
+    # SQLite hands back the stored text ("2026-01-01 00:00:00[.ffffff]"), MySQL a datetime.
+    if value is None or isinstance(value, datetime):
+        return isoformat(value)
+    return value[:19].replace(" ", "T") + "Z"
+
+
 def subscription_of(project_id, external_user_id):
     """`(customer_found, body)` for GET /api/subscription; body is None without a subscription.
 
     Call inside a db block. `customer_found` lets the handler word its 404.
     """
-    rows = list(_query(project_id, external_user_id))
-    if not rows:
+    db = database.obj
+    sql, params, project_slot, user_slot = _compile(db)
+    params = list(params)
+    params[project_slot], params[user_slot] = project_id, external_user_id
+    row = db.execute_sql(sql, params).fetchone()
+    if row is None:
         return False, None
     (ext_id, email, stripe_customer_id, past_due_access, status, plan_slug, interval, price_id,
-     period_end, cancel_at, trial_end, subscription_id) = rows[0]
+     period_end, cancel_at, trial_end, subscription_id) = row
     if subscription_id is None:
         return True, None
     return True, {
@@ -49,9 +74,9 @@ def subscription_of(project_id, external_user_id):
         "plan_slug": plan_slug or None,
         "interval": interval or None,
         "stripe_price_id": price_id or None,
-        "current_period_end": isoformat(period_end),
-        "cancel_at": isoformat(cancel_at),
-        "trial_end": isoformat(trial_end),
+        "current_period_end": _iso(period_end),
+        "cancel_at": _iso(cancel_at),
+        "trial_end": _iso(trial_end),
         "stripe_customer_id": stripe_customer_id,
         "stripe_subscription_id": subscription_id,
     }
