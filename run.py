@@ -35,6 +35,7 @@ log = logging.getLogger("pulse.server")
 # Modules whose `default_handlers` make up the app, in matching order.
 HANDLER_MODULES = [
     "handlers.health",
+    "handlers.billing",
     "handlers.webhooks",
     "console.status",
 ]

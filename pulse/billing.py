@@ -141,8 +141,10 @@ def claim_customer(project, external_user_id, email):
 
 def store_stripe_customer(customer, stripe_customer_id):
     """Record the Stripe customer id once (all racers carry the same id, thanks to the idempotency key)."""
-    (Customer.update(stripe_customer_id=stripe_customer_id, updated_at=utcnow())
-     .where((Customer.id == customer.id) & Customer.stripe_customer_id.is_null()).execute())
+    updated = (Customer.update(stripe_customer_id=stripe_customer_id, updated_at=utcnow())
+               .where((Customer.id == customer.id) & Customer.stripe_customer_id.is_null()).execute())
+    if not updated:  # someone stored it first: keep theirs
+        stripe_customer_id = Customer.get_by_id(customer.id).stripe_customer_id
     customer.stripe_customer_id = stripe_customer_id
 
 
