@@ -38,6 +38,14 @@ HANDLER_MODULES = [
     "handlers.billing",
     "handlers.webhooks",
     "console.status",
+    "console.auth",
+    "console.dashboard",
+    "console.keys",
+    "console.customers",
+    "console.exports",
+    "console.events",
+    "console.settings",
+    "console.fallback",  # the console's catch-all 404: keep it last among console modules
 ]
 DRAIN_SECONDS = 10.0
 # Tornado's HTTPServer limits against slow and hostile clients. API handlers stream their bodies and

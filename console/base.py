@@ -2,10 +2,12 @@
 
 import logging
 import traceback
+from urllib.parse import urlencode
 
 import tornado.web
 
-from pulse.db import DatabaseUnavailable
+from pulse import projects, sessions
+from pulse.db import DatabaseUnavailable, block, isoformat
 
 log = logging.getLogger("pulse.console")
 
@@ -17,12 +19,73 @@ ERROR_TITLES = {
 }
 
 
+SESSION_COOKIE = "pulse_session"
+# Flash messages are chosen by key from this table, so a URL cannot inject text into a page.
+NOTICES = {
+    "key_revoked": "The API key was revoked.",
+    "stripe_saved": "Stripe settings saved.",
+    "policy_saved": "Past-due access policy saved.",
+    "reapplied": "The event was applied again.",
+    "signed_out": "You are signed out.",
+    "password_changed": "Password changed. Every session was ended; sign in with the new password.",
+}
+
+
+def safe_next(target, default="/console/"):
+    """`target` when it is a local path (one leading `/`, no scheme or host), else `default`."""
+    if not target or not target.startswith("/") or target.startswith(("//", "/\\")):
+        return default
+    if any(ch in target for ch in "\\\r\n\t") or any(ord(ch) < 32 for ch in target):
+        return default
+    return target
+
+
 class ConsoleHandler(tornado.web.RequestHandler):
-    """Base of the HTML console and public pages."""
+    """Base of the HTML console and public pages; set `login_required` for signed-in pages."""
+
+    login_required = False
 
     @property
     def config(self):
         return self.settings["config"]
+
+    @property
+    def box(self):
+        return self.settings["secret_box"]
+
+    def get_current_user(self):
+        raw = self.get_cookie(SESSION_COOKIE)
+        if not raw:
+            return None
+        with block():
+            return sessions.session_user(raw)
+
+    def prepare(self):
+        if self.login_required and self.current_user is None:
+            if self.request.method in ("GET", "HEAD"):
+                self.redirect("/console/login?" + urlencode({"next": self.request.uri}))
+                return
+            raise tornado.web.HTTPError(403, reason="Your session has ended. Sign in again.")
+
+    def start_session(self, user):
+        """Sign `user` in on this browser with a fresh server-side session."""
+        with block():
+            raw = sessions.create_session(user, ip=self.request.remote_ip,
+                                          user_agent=self.request.headers.get("User-Agent", ""))
+        self.set_cookie(SESSION_COOKIE, raw, path="/", httponly=True, samesite="Lax",
+                        secure=self.request.protocol == "https",
+                        expires_days=sessions.ABSOLUTE_LIFETIME.total_seconds() / 86400)
+
+    def end_session(self):
+        raw = self.get_cookie(SESSION_COOKIE)
+        if raw:
+            with block():
+                sessions.end_session(raw)
+        self.clear_cookie(SESSION_COOKIE, path="/")
+
+    def audit(self, action, project=None, **detail):
+        """Record a console action by the signed-in user (inside the caller's db block)."""
+        projects.audit(action, project=project, user=self.current_user, ip=self.request.remote_ip, **detail)
 
     def set_default_headers(self):
         self.set_header("Content-Security-Policy", CSP)
@@ -33,8 +96,11 @@ class ConsoleHandler(tornado.web.RequestHandler):
 
     def template_context(self):
         """Values every template may use; subclasses add the user and project."""
+        notice = NOTICES.get(self.get_query_argument("notice", ""), "")
         return {"request": self.request, "xsrf_form_html": self.xsrf_form_html,
-                "static_url": self.static_url}
+                "static_url": self.static_url, "current_user": self.current_user,
+                "nav_projects": getattr(self, "nav_projects", []), "project": getattr(self, "project", None),
+                "section": getattr(self, "section", ""), "notice": notice, "iso": isoformat}
 
     def render_page(self, name, status=200, **context):
         template = self.settings["jinja_env"].get_template(name)
@@ -67,8 +133,47 @@ class ConsoleHandler(tornado.web.RequestHandler):
             self.finish(f"{status_code} {title}\n")
 
 
+class SignedInHandler(ConsoleHandler):
+    """A page for signed-in users; loads the project list for the switcher."""
+
+    login_required = True
+
+    def prepare(self):
+        super().prepare()
+        if self._finished:
+            return
+        with block():
+            self.nav_projects = projects.projects_of(self.current_user)
+
+
+class ProjectHandler(SignedInHandler):
+    """A page under /console/p/{project_id}/: unknown project -> 404, non-member -> 403."""
+
+    section = ""
+
+    def prepare(self):
+        super().prepare()
+        if self._finished:
+            return
+        public_id = self.path_args[0] if self.path_args else self.path_kwargs.get("project_id")
+        with block():
+            try:
+                project = projects.get_project(public_id)
+            except projects.NotFound:
+                raise tornado.web.HTTPError(404) from None
+            if not projects.is_member(self.current_user, project):
+                raise tornado.web.HTTPError(403, reason="You are not a member of this project.")
+        self.project = project  # only once membership is proven, so error pages never show it
+
+    def project_url(self, suffix=""):
+        return f"/console/p/{self.project.public_id}/{suffix}"
+
+
 class ConsoleNotFoundHandler(ConsoleHandler):
     """Unknown console paths render the 404 page."""
 
     def prepare(self):
         raise tornado.web.HTTPError(404)
+
+    def check_xsrf_cookie(self):
+        pass  # a 404 for unknown paths, whatever the method

@@ -106,7 +106,7 @@ def check_password(password, hashed):
 
 
 # A valid hash to check against when the email is unknown, so timing does not reveal accounts.
-DUMMY_PASSWORD_HASH = "$2b$12$" + "C" * 53
+DUMMY_PASSWORD_HASH = "$2b$12$Ow5oowtWh6G4AvjmCTKD/u9tKjstIakKjllnc9awUwDwrTVB50XKS"
 
 
 def generate_password():

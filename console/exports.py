@@ -1,0 +1,3 @@
+"""Customer exports from the console (wired to pulse.export)."""
+
+default_handlers = []

@@ -1,0 +1,108 @@
+"""Project settings (Stripe secrets write-only, webhook URL, connection check, past-due policy) and the audit log."""
+
+import json
+
+from console.base import ProjectHandler
+from console.dashboard import PID
+from pulse import apikeys, billing, insights, projects, security
+from pulse.db import block, utcnow
+
+
+class SettingsPage(ProjectHandler):
+    section = "settings"
+
+    def show(self, status=200, error="", check=None):
+        with block():
+            secret = projects.stripe_secret_key(self.project, self.box)
+            webhook = projects.webhook_secret(self.project, self.box)
+        self.render_page(
+            "settings.html", status=status, error=error, check=check,
+            stripe_key_masked=security.mask_secret(secret), webhook_secret_masked=security.mask_secret(webhook),
+            uses_default_key=not secret and bool(self.config.stripe_secret_key),
+            webhook_url=f"{self.request.protocol}://{self.request.host}/api/webhook/{self.project.public_id}")
+
+
+class SettingsHandler(SettingsPage):
+    def get(self, project_id):
+        self.show()
+
+
+class StripeSettingsHandler(SettingsPage):
+    def post(self, project_id):
+        secret = self.get_body_argument("stripe_secret_key", "").strip()
+        webhook = self.get_body_argument("stripe_webhook_secret", "").strip()
+        if not secret and not webhook:
+            self.show(status=400, error="Enter a new secret key or webhook secret (empty fields are left unchanged).")
+            return
+        if secret and not secret.startswith(("sk_", "rk_")):
+            self.show(status=400, error="The secret key must be a Stripe secret key (sk_… or rk_…).")
+            return
+        if webhook and not webhook.startswith("whsec_"):
+            self.show(status=400, error="The webhook secret must be a Stripe signing secret (whsec_…).")
+            return
+        with block():
+            projects.set_stripe(self.project, self.box, secret_key=secret or None, webhook_secret=webhook or None,
+                                actor=self.current_user.email, user=self.current_user, ip=self.request.remote_ip)
+        self.redirect(self.project_url("settings?notice=stripe_saved"), status=303)
+
+
+class PolicySettingsHandler(SettingsPage):
+    def post(self, project_id):
+        value = self.get_body_argument("past_due_has_access", "")
+        if value not in ("yes", "no"):
+            self.show(status=400, error="Choose whether past-due subscriptions keep access.")
+            return
+        allowed = value == "yes"
+        with block():
+            if allowed != self.project.past_due_has_access:
+                self.project.past_due_has_access = allowed
+                self.project.updated_at = utcnow()
+                self.project.save()
+                apikeys.invalidate(self.project.id)
+                self.audit("settings.past_due_policy", project=self.project, past_due_has_access=allowed)
+        self.redirect(self.project_url("settings?notice=policy_saved"), status=303)
+
+
+class CheckConnectionHandler(SettingsPage):
+    async def post(self, project_id):
+        try:
+            client = billing.project_client(self.project, self.box, self.config)
+            account = await billing.check_connection(client)
+        except billing.StripeNotConfigured:
+            check = {"ok": False, "message": "No Stripe secret key is set for this project or the deployment."}
+        except billing.StripeFailure as exc:
+            check = {"ok": False, "message": f"Stripe refused the request: {exc.message}"}
+        else:
+            name = f" ({account['name']})" if account.get("name") else ""
+            check = {"ok": True, "message": f"Connected to Stripe account {account['id']}{name}."}
+        with block():
+            self.audit("settings.connection_checked", project=self.project, ok=check["ok"])
+        self.show(check=check)
+
+
+class AuditHandler(ProjectHandler):
+    section = "audit"
+
+    def get(self, project_id):
+        try:
+            before = max(int(self.get_query_argument("before", "0") or 0), 0)
+        except ValueError:
+            before = 0
+        with block():
+            rows, cursor = insights.audit_entries(self.project, before=before)
+        for row in rows:
+            try:
+                detail = json.loads(row.detail or "{}")
+            except ValueError:
+                detail = {}
+            row.pairs = sorted(detail.items()) if isinstance(detail, dict) else []
+        self.render_page("audit.html", entries=rows, cursor=cursor, first_page=not before)
+
+
+default_handlers = [
+    (PID + r"/settings", SettingsHandler),
+    (PID + r"/settings/stripe", StripeSettingsHandler),
+    (PID + r"/settings/policy", PolicySettingsHandler),
+    (PID + r"/settings/check", CheckConnectionHandler),
+    (PID + r"/audit", AuditHandler),
+]

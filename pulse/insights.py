@@ -1,0 +1,155 @@
+"""Read-only queries behind the console: dashboard figures, customer search, event and audit lists."""
+
+from datetime import timedelta
+
+import peewee as pw
+
+from pulse.db import utcnow
+from pulse.models import AuditLog, Customer, Membership, Subscription, WebhookEvent
+from pulse.status import ALL_STATUSES
+
+PAGE_SIZE = 50
+WEEKS = 12
+OUTCOMES = ("processed", "ignored", "failed", "received", "invalid_signature")
+
+
+def status_counts(project):
+    """{status: count} over the project's subscriptions, every status present (0 when none)."""
+    counts = dict.fromkeys(ALL_STATUSES, 0)
+    rows = (Subscription.select(Subscription.status, pw.fn.COUNT(Subscription.id))
+            .where(Subscription.project == project).group_by(Subscription.status).tuples())
+    for status, count in rows:
+        counts[status] = counts.get(status, 0) + count
+    return counts
+
+
+def weekly_starts(project, now=None, weeks=WEEKS):
+    """[(week start date, count)] of subscriptions started per week, oldest first, the last week ending now."""
+    now = now or utcnow()
+    today = now.date()
+    first = today - timedelta(days=today.weekday()) - timedelta(weeks=weeks - 1)
+    buckets = [[first + timedelta(weeks=i), 0] for i in range(weeks)]
+    started = pw.fn.COALESCE(Subscription.started_at, Subscription.created_at)
+    rows = (Subscription.select(started.alias("at"))
+            .where(Subscription.project == project, started >= first).tuples())
+    for (at,) in rows:
+        if isinstance(at, str):  # SQLite hands COALESCE back as text
+            at = pw.format_date_time(at, pw.DateTimeField.formats)
+        index = (at.date() - first).days // 7
+        if 0 <= index < weeks:
+            buckets[index][1] += 1
+    return [(start, count) for start, count in buckets]
+
+
+def chart(series, width=720, height=180, pad=24):
+    """Bar geometry for an inline SVG of `series` [(label date, count)]."""
+    top = max((count for _, count in series), default=0) or 1
+    slot = (width - pad) / max(len(series), 1)
+    bars = []
+    for i, (start, count) in enumerate(series):
+        h = round((height - 2 * pad) * count / top, 1)
+        bars.append({"x": round(pad + i * slot + slot * 0.15, 1), "w": round(slot * 0.7, 1),
+                     "y": round(height - pad - h, 1), "h": h, "count": count,
+                     "label": start.strftime("%d %b"), "cx": round(pad + i * slot + slot / 2, 1)})
+    return {"width": width, "height": height, "bars": bars, "top": top, "base": height - pad}
+
+
+def last_webhook(project):
+    return (WebhookEvent.select().where(WebhookEvent.project == project)
+            .order_by(WebhookEvent.id.desc()).first())
+
+
+def recent_failures(project, limit=5):
+    return list(WebhookEvent.select().where(WebhookEvent.project == project, WebhookEvent.outcome == "failed")
+                .order_by(WebhookEvent.id.desc()).limit(limit))
+
+
+def search_customers(project, q="", status="", after=0, limit=PAGE_SIZE):
+    """(customers with .subscription, next cursor or None): prefix search, status filter, keyset by id."""
+    query = Customer.select().where(Customer.project == project)
+    q = (q or "").strip()
+    if q:
+        query = query.where(Customer.email.startswith(q.lower()) | Customer.external_user_id.startswith(q))
+    if status:
+        query = query.where(pw.fn.EXISTS(Subscription.select(Subscription.id).where(
+            Subscription.customer == Customer.id, Subscription.status == status)))
+    if after:
+        query = query.where(Customer.id > after)
+    rows = list(query.order_by(Customer.id).limit(limit + 1))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    latest = {}
+    if rows:
+        subs = (Subscription.select().where(Subscription.customer.in_([c.id for c in rows]))
+                .order_by(Subscription.id))
+        for sub in subs:
+            latest[sub.customer_id] = sub  # highest id wins: the newest subscription
+    for customer in rows:
+        customer.subscription = latest.get(customer.id)
+    return rows, (rows[-1].id if more else None)
+
+
+def customer_by_external_id(project, external_user_id):
+    return Customer.get_or_none(Customer.project == project, Customer.external_user_id == external_user_id)
+
+
+def subscriptions_of(customer):
+    return list(Subscription.select().where(Subscription.customer == customer).order_by(Subscription.id.desc()))
+
+
+def events_of_customer(project, customer, subscriptions, limit=50):
+    """Webhook events that touched this customer: by Stripe customer id or by object id."""
+    ids = [s.stripe_subscription_id for s in subscriptions]
+    cond = None
+    if customer.stripe_customer_id:
+        cond = (WebhookEvent.stripe_customer_id == customer.stripe_customer_id) | (
+            WebhookEvent.object_id == customer.stripe_customer_id)
+    if ids:
+        by_object = WebhookEvent.object_id.in_(ids)
+        cond = by_object if cond is None else (cond | by_object)
+    if cond is None:
+        return []
+    return list(WebhookEvent.select().where(WebhookEvent.project == project, cond)
+                .order_by(WebhookEvent.id.desc()).limit(limit))
+
+
+def list_events(project, type_="", outcome="", before=0, limit=PAGE_SIZE):
+    """(events newest first, next cursor or None), filtered by exact type and outcome."""
+    query = WebhookEvent.select().where(WebhookEvent.project == project)
+    if type_:
+        query = query.where(WebhookEvent.type == type_)
+    if outcome:
+        query = query.where(WebhookEvent.outcome == outcome)
+    if before:
+        query = query.where(WebhookEvent.id < before)
+    rows = list(query.order_by(WebhookEvent.id.desc()).limit(limit + 1))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (rows[-1].id if more else None)
+
+
+def event_types(project):
+    rows = (WebhookEvent.select(WebhookEvent.type).where(WebhookEvent.project == project)
+            .distinct().order_by(WebhookEvent.type).tuples())
+    return [t for (t,) in rows if t]
+
+
+def get_event(project, event_id):
+    try:
+        event_id = int(event_id)
+    except (TypeError, ValueError):
+        return None
+    return WebhookEvent.get_or_none(WebhookEvent.id == event_id, WebhookEvent.project == project)
+
+
+def audit_entries(project, before=0, limit=100):
+    """(entries newest first, next cursor): the project's log plus its members' sign-ins."""
+    members = Membership.select(Membership.user).where(Membership.project == project)
+    query = AuditLog.select().where(
+        (AuditLog.project == project) | (AuditLog.project.is_null() & AuditLog.user.in_(members)))
+    if before:
+        query = query.where(AuditLog.id < before)
+    rows = list(query.order_by(AuditLog.id.desc()).limit(limit + 1))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (rows[-1].id if more else None)
