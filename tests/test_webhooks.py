@@ -394,3 +394,118 @@ async def test_deployment_endpoint_routes_by_metadata_then_customer_else_ignores
     # The project's secret does not open the deployment endpoint, nor the reverse.
     assert (await deliver(event("customer.updated", stranger), path="/api/webhook")).code == 400
     assert (await deliver(event("customer.updated", stranger), secret=DEPLOY_WHSEC)).code == 400
+
+
+# ---------------------------------------------------------------- order does not matter (property-style)
+
+SEEDS = list(range(30))
+
+
+def _mutations(rng, period_end):
+    """A random story of one subscription at Stripe: (changes, event types it emits)."""
+    steps = []
+    for _ in range(rng.randint(2, 6)):
+        pick = rng.choice(["past_due", "recover", "cancel_period_end", "cancel_at_only", "uncancel", "upgrade",
+                           "renew", "pause", "unpaid"])
+        if pick == "past_due":
+            steps.append(({"status": "past_due"}, ["invoice.payment_failed", "customer.subscription.updated"]))
+        elif pick == "recover":
+            steps.append(({"status": "active"}, ["invoice.paid", "customer.subscription.updated"]))
+        elif pick == "cancel_period_end":
+            steps.append(({"cancel_at_period_end": True, "cancel_at": period_end},
+                          ["customer.subscription.updated"]))
+        elif pick == "cancel_at_only":  # flexible billing mode, or a portal cancellation at a date
+            steps.append(({"cancel_at_period_end": False, "cancel_at": period_end - 3600},
+                          ["customer.subscription.updated"]))
+        elif pick == "uncancel":
+            steps.append(({"cancel_at_period_end": False, "cancel_at": None}, ["customer.subscription.updated"]))
+        elif pick == "upgrade":
+            steps.append(({"price": "price_yearly", "interval": "year"}, ["customer.subscription.updated"]))
+        elif pick == "renew":
+            period_end += 30 * 86400
+            steps.append(({"current_period_end": period_end, "status": "active"},
+                          ["invoice.paid", "customer.subscription.updated"]))
+        elif pick == "pause":
+            steps.append(({"status": "paused"}, ["customer.subscription.paused"]))
+        else:
+            steps.append(({"status": "unpaid"}, ["customer.subscription.updated"]))
+    if rng.random() < 0.3:
+        steps.append(({"status": "canceled"}, ["customer.subscription.deleted"]))
+    return steps
+
+
+def _event_for(fake, kind, sub_id, api_version, session):
+    current = fake.subscription(sub_id, api_version)
+    if kind == "checkout.session.completed":
+        return event(kind, session, api_version)
+    if kind.startswith("invoice."):
+        return event(kind, invoice(current, api_version, paid=kind == "invoice.paid"), api_version)
+    return event(kind, current, api_version)
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_random_delivery_orders_end_in_stripes_state(fake_stripe, hooked, deliver):
+    """Deliveries late, early (subscription before checkout), repeated and concurrent, with Stripe changing
+    in between: every seed ends with GET /api/subscription equal to Stripe's final state."""
+    import random
+
+    for seed in SEEDS:
+        rng = random.Random(seed)
+        api_version = rng.choice(BOTH_SHAPES)
+        fake_stripe.api_version = api_version
+        user = f"prop-{seed}"
+        session, sub = new_subscription(fake_stripe, user, status=rng.choice(["active", "trialing"]))
+        period_end = fake_stripe.subscription(sub["id"], NEW_API)["items"]["data"][0]["current_period_end"]
+        pending = [_event_for(fake_stripe, kind, sub["id"], api_version, session)
+                   for kind in ("checkout.session.completed", "customer.subscription.created", "invoice.paid")]
+        delivered, story = [], _mutations(rng, period_end)
+        while story or pending:
+            roll = rng.random()
+            if story and (roll < 0.35 or not pending):
+                changes, kinds = story.pop(0)
+                fake_stripe.set_subscription(sub["id"], **changes)
+                pending += [_event_for(fake_stripe, kind, sub["id"], api_version, session) for kind in kinds]
+                continue
+            if delivered and roll < 0.5:  # Stripe redelivers something old
+                batch = [rng.choice(delivered)]
+            else:
+                rng.shuffle(pending)
+                size = rng.choice([1, 1, 2, 3])  # several at once: concurrent deliveries
+                batch, pending = pending[:size], pending[size:]
+            responses = await asyncio.gather(*(deliver(e) for e in batch))
+            assert all(r.code == 200 for r in responses), [r.body for r in responses]
+            delivered += [e for e in batch if e not in delivered]
+        found = state(hooked.project, user)
+        assert_matches_stripe(found, fake_stripe, sub["id"])
+        ids = {e["id"] for e in delivered}
+        rows = [r for r in events_of(hooked.project) if r.stripe_event_id in ids]
+        assert len(rows) == len(delivered), seed
+        assert {r.outcome for r in rows} == {"processed"}, seed
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_without_a_stripe_key_an_older_snapshot_never_overwrites_a_newer_one(fake_stripe, hooked, deliver,
+                                                                                    app):
+    """Payload-only mode (no Stripe key to re-fetch with): ordering by the event's `created`."""
+    import dataclasses
+    import random
+
+    app.settings["config"] = dataclasses.replace(app.settings["config"], stripe_secret_key=None)
+    for seed in range(10):
+        rng = random.Random(1000 + seed)
+        api_version = rng.choice(BOTH_SHAPES)
+        user = f"payload-{seed}"
+        session, sub = new_subscription(fake_stripe, user)
+        created = int(time.time()) - 1000
+        events = [event("customer.subscription.created", fake_stripe.subscription(sub["id"], api_version),
+                        api_version, created=created)]
+        for step, (changes, _) in enumerate(_mutations(rng, created + 86400 * 30), start=1):
+            fake_stripe.set_subscription(sub["id"], **changes)
+            events.append(event("customer.subscription.updated", fake_stripe.subscription(sub["id"], api_version),
+                                api_version, created=created + 10 * step))
+        schedule = events + [rng.choice(events) for _ in range(3)]
+        rng.shuffle(schedule)
+        for evt in schedule:
+            assert (await deliver(evt)).code == 200
+        assert_matches_stripe(state(hooked.project, user), fake_stripe, sub["id"])
+    assert not fake_stripe.calls("GET", "/v1/subscriptions/")
