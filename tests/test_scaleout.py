@@ -1,0 +1,168 @@
+"""Scale-out: two real server processes on one database (and Redis) stay correct together (issue 6)."""
+
+import asyncio
+import json
+import os
+import signal
+import time
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+from pulse import db
+from pulse.models import Customer, Subscription, WebhookEvent
+from tests import stripe_events
+from tests.conftest import MYSQL_URL
+from tests.fake_stripe import FAKE_SECRET_KEY
+from tests.live_server import LiveServer
+
+REDIS_URL = os.environ.get("PULSE_TEST_REDIS_URL")
+REQUIRE_ALL = os.environ.get("PULSE_TEST_REQUIRE_ALL") == "1"
+WHSEC = "whsec_scaleout_" + "d" * 24
+
+pytestmark = pytest.mark.slow
+
+
+def test_ci_provides_mysql_and_redis():
+    """CI (PULSE_TEST_REQUIRE_ALL=1) must run the two-process tests on MySQL and Redis, not only SQLite."""
+    if REQUIRE_ALL:
+        assert MYSQL_URL, "PULSE_TEST_MYSQL_URL is required for the scale-out tests"
+        assert REDIS_URL, "PULSE_TEST_REDIS_URL is required for the scale-out tests"
+
+
+def redis_url():
+    if not REDIS_URL:
+        if REQUIRE_ALL:
+            pytest.fail("PULSE_TEST_REDIS_URL is required for the cross-process rate limit test")
+        pytest.skip("cross-process rate limit test needs PULSE_TEST_REDIS_URL")
+    return REDIS_URL
+
+
+def servers(db_url, fake=None, count=2, **env):
+    """`count` LiveServers (not yet started) on one database, pointed at the fake Stripe."""
+    extra = {"PULSE_STRIPE_API_BASE": fake.url, "PULSE_STRIPE_SECRET_KEY": FAKE_SECRET_KEY,
+             "PULSE_STRIPE_MAX_RETRIES": "2"} if fake else {}
+    extra.update(env)
+    return [LiveServer(db_url, env=extra) for _ in range(count)]
+
+
+def stop_all(live):
+    for server in live:
+        server.stop()
+
+
+async def call(server, method, path, key=None, body=None, headers=None):
+    all_headers = dict(headers or {})
+    if key:
+        all_headers["X-API-Key"] = key
+    if isinstance(body, dict):
+        body = json.dumps(body)
+        all_headers["Content-Type"] = "application/json"
+    http = AsyncHTTPClient()
+    return await http.fetch(HTTPRequest(server.base_url + path, method=method, headers=all_headers, body=body,
+                                        request_timeout=30), raise_error=False)
+
+
+def checkout_body(user):
+    return {"external_user_id": user, "email": f"{user}@example.test", "plan_slug": "pro",
+            "stripe_price_id": "price_monthly", "success_url": "https://app.example.test/ok",
+            "cancel_url": "https://app.example.test/cancel"}
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_simultaneous_checkouts_in_two_processes_make_one_stripe_customer(db_url, fake_stripe):
+    live = servers(db_url, fake_stripe)
+    try:
+        for server in live:
+            server.start()
+        project = live[0].create_project("Scale")
+        fake_stripe.latency = 0.2  # widen the window in which both processes are mid-flight
+        responses = await asyncio.gather(*(call(live[i % 2], "POST", "/api/checkout", project["api_key"],
+                                                checkout_body("race-user")) for i in range(8)))
+        assert [r.code for r in responses] == [200] * 8, [r.body for r in responses]
+        assert len(fake_stripe.customers) == 1
+        (stripe_customer,) = fake_stripe.customers
+        sessions = {s["customer"] for s in fake_stripe.sessions.values()}
+        assert sessions == {stripe_customer}
+        db.bind(db_url)
+        with db.block():
+            rows = list(Customer.select().where(Customer.external_user_id == "race-user"))
+        assert [row.stripe_customer_id for row in rows] == [stripe_customer]
+    finally:
+        stop_all(live)
+        db.database.close()
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_one_webhook_delivered_to_both_processes_at_once_is_applied_once(db_url, fake_stripe):
+    live = servers(db_url, fake_stripe)
+    try:
+        for server in live:
+            server.start()
+        project = live[0].create_project("Hooks", stripe_webhook_secret=WHSEC)
+        session, sub = stripe_events.new_subscription(fake_stripe, "hook-user", project_id=project["project_id"])
+        event = stripe_events.event("checkout.session.completed", session)
+        body = stripe_events.body_of_event(event)
+        path = f"/api/webhook/{project['project_id']}"
+        responses = await asyncio.gather(*(call(live[i % 2], "POST", path, body=body, headers={
+            "Content-Type": "application/json", "Stripe-Signature": stripe_events.sign(body, WHSEC)})
+            for i in range(6)))
+        assert [r.code for r in responses] == [200] * 6, [r.body for r in responses]
+        answers = [json.loads(r.body) for r in responses]
+        assert sum(1 for a in answers if not a.get("duplicate")) == 1, answers
+        db.bind(db_url)
+        with db.block():
+            assert WebhookEvent.select().where(WebhookEvent.stripe_event_id == event["id"]).count() == 1
+            assert Subscription.select().where(Subscription.stripe_subscription_id == sub["id"]).count() == 1
+        # Both processes read the applied state (no process serves a stale copy).
+        for server in live:
+            read = await call(server, "GET", "/api/subscription?external_user_id=hook-user", project["api_key"])
+            assert read.code == 200, read.body
+            assert json.loads(read.body)["stripe_subscription_id"] == sub["id"]
+    finally:
+        stop_all(live)
+        db.database.close()
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_rate_limit_is_counted_across_processes_with_redis(db_url):
+    live = servers(db_url, PULSE_REDIS_URL=redis_url(), PULSE_RATE_LIMIT_AUTHENTICATED="10/minute")
+    try:
+        for server in live:
+            server.start()
+        project = live[0].create_project("Limited")
+        responses = await asyncio.gather(*(call(live[i % 2], "GET", "/api/subscription?external_user_id=nobody",
+                                                project["api_key"]) for i in range(20)))
+        codes = [r.code for r in responses]
+        assert codes.count(429) == 10, codes
+        assert codes.count(404) == 10, codes  # admitted: an unknown user is a 404, not a 429
+        assert {r.headers["X-RateLimit-Limit"] for r in responses} == {"10"}
+        by_server = [sum(1 for i, r in enumerate(responses) if i % 2 == n and r.code == 404) for n in (0, 1)]
+        assert sum(by_server) == 10
+    finally:
+        stop_all(live)
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_serve_with_two_processes_drains_in_flight_requests_on_sigterm(db_url, fake_stripe):
+    (server,) = servers(db_url, fake_stripe, count=1)
+    server.processes = 2
+    try:
+        server.start()
+        project = server.create_project("Drain")
+        assert server.healthy()
+        fake_stripe.latency = 1.0  # the checkout is still in flight when SIGTERM arrives
+        pending = asyncio.ensure_future(call(server, "POST", "/api/checkout", project["api_key"],
+                                             checkout_body("drain-user")))
+        while not fake_stripe.requests:
+            await asyncio.sleep(0.02)
+        server.proc.send_signal(signal.SIGTERM)
+        response = await pending
+        assert response.code == 200, response.body
+        assert json.loads(response.body)["url"]
+        deadline = time.monotonic() + 20
+        while server.proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert server.proc.returncode == 0, "\n".join(server.logs[-20:])
+    finally:
+        server.stop()
