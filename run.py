@@ -244,6 +244,10 @@ def build_parser():
     stripe_cmd.add_argument("--secret-key")
     stripe_cmd.add_argument("--webhook-secret")
     stripe_cmd.add_argument("--json", action="store_true")
+
+    sync = sub.add_parser("sync-stripe", help="re-read a project's subscriptions from Stripe (missed webhooks)")
+    sync.add_argument("project_id")
+    sync.add_argument("--json", action="store_true")
     return parser
 
 
@@ -321,11 +325,39 @@ def cmd_set_stripe(config, args):
           [f"{name} set to {masked}" for name, masked in changed.items()])
 
 
+def cmd_sync_stripe(config, args):
+    from pulse import billing, resync
+
+    with db.block():
+        project = _project(args.project_id)
+    progress = None if args.json else (lambda line: print(line, flush=True))
+
+    async def run():
+        try:
+            return await resync.sync_project(project, config=config, box=SecretBox(config.secret_key),
+                                             progress=progress)
+        finally:
+            await billing.close_clients()
+
+    try:
+        counts = asyncio.run(run())
+    except billing.StripeNotConfigured:
+        raise CliError(f"project {project.public_id} has no Stripe secret key (and none deployment-wide)") from None
+    except billing.StripeFailure as exc:
+        raise CliError(f"Stripe: {exc.message}") from None
+    _emit(args, dict(counts, project_id=project.public_id), [
+        f"synced {counts['subscriptions']} subscription(s) of {counts['customers']} customer(s): "
+        f"{counts['created']} created, {counts['updated']} updated, {counts['unchanged']} unchanged, "
+        f"{counts['stale']} newer locally, {counts['unmatched']} without a customer, "
+        f"{counts['skipped']} of other projects"])
+
+
 COMMANDS = {
     "migrate": cmd_migrate,
     "create-project": cmd_create_project,
     "create-api-key": cmd_create_api_key,
     "set-stripe": cmd_set_stripe,
+    "sync-stripe": cmd_sync_stripe,
 }
 
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from pulse import db, hotpath, webhooks
+from pulse import db, webhooks
 from pulse.models import Customer, Subscription, WebhookEvent
 from tests.conftest import body_of
 from tests.stripe_events import NEW_API, OLD_API, body_of_event, customer_object, event, invoice, \
@@ -44,10 +44,20 @@ def deliver(http_client, base_url, hooked):
     return send
 
 
-def state(project, external_user_id):
-    """What GET /api/subscription answers for the user (its one-query reader), or None."""
-    with db.block():
-        return hotpath.subscription_of(project.id, external_user_id)[1]
+@pytest.fixture
+def read(http_client, base_url):
+    """read(new_project, external_user_id) -> GET /api/subscription's body, or None on 404."""
+
+    async def get(new_project, external_user_id):
+        resp = await http_client.fetch(f"{base_url}/api/subscription?external_user_id={external_user_id}",
+                                       headers={"X-API-Key": new_project.api_key.api_key}, raise_error=False)
+        if resp.code == 404:
+            assert body_of(resp)["error"]["code"] == "not_found"
+            return None
+        assert resp.code == 200, resp.body
+        return body_of(resp)
+
+    return get
 
 
 def events_of(project=None, **where):
@@ -95,7 +105,7 @@ def assert_matches_stripe(found, fake, sub_id):
 
 @pytest.mark.gen_test(timeout=30)
 @pytest.mark.parametrize("api_version", BOTH_SHAPES)
-async def test_checkout_then_lifecycle_events_in_either_payload_shape(fake_stripe, hooked, deliver, api_version):
+async def test_checkout_then_lifecycle_events_in_either_payload_shape(read, fake_stripe, hooked, deliver, api_version):
     fake_stripe.api_version = api_version
     session, sub = new_subscription(fake_stripe, "user-1", project_id=hooked.project.public_id,
                                     email="one@example.test")
@@ -107,7 +117,7 @@ async def test_checkout_then_lifecycle_events_in_either_payload_shape(fake_strip
     resp = await deliver(event("checkout.session.completed", session, api_version))
     assert resp.code == 200, resp.body
     assert body_of(resp) == {"received": True, "outcome": "processed"}
-    found = state(hooked.project, "user-1")
+    found = await read(hooked, "user-1")
     assert_matches_stripe(found, fake_stripe, sub["id"])
     assert found["status"] == "active" and found["email"] == "one@example.test"
     assert found["plan_slug"] == "pro" and found["interval"] == "monthly"
@@ -116,38 +126,38 @@ async def test_checkout_then_lifecycle_events_in_either_payload_shape(fake_strip
     current = fake_stripe.set_subscription(sub["id"], status="past_due")
     resp = await deliver(event("invoice.payment_failed", invoice(current, api_version, paid=False), api_version))
     assert body_of(resp)["outcome"] == "processed"
-    assert state(hooked.project, "user-1")["status"] == "past_due"
+    assert (await read(hooked, "user-1"))["status"] == "past_due"
 
     current = fake_stripe.set_subscription(sub["id"], status="active")
     resp = await deliver(event("invoice.paid", invoice(current, api_version), api_version))
-    assert state(hooked.project, "user-1")["status"] == "active"
+    assert (await read(hooked, "user-1"))["status"] == "active"
 
     current = fake_stripe.set_subscription(sub["id"], status="paused", pause_collection={"behavior": "void"})
     await deliver(event("customer.subscription.paused", current, api_version))
-    assert state(hooked.project, "user-1")["status"] == "paused"
-    assert state(hooked.project, "user-1")["has_access"] is False
+    assert (await read(hooked, "user-1"))["status"] == "paused"
+    assert (await read(hooked, "user-1"))["has_access"] is False
 
     current = fake_stripe.set_subscription(sub["id"], status="active", pause_collection=None)
     await deliver(event("customer.subscription.resumed", current, api_version))
-    assert state(hooked.project, "user-1")["status"] == "active"
+    assert (await read(hooked, "user-1"))["status"] == "active"
 
     # Classic portal cancellation: cancel_at_period_end.
     current = fake_stripe.set_subscription(sub["id"], cancel_at_period_end=True,
                                            cancel_at=current["items"]["data"][0].get("current_period_end")
                                            or current["current_period_end"])
     await deliver(event("customer.subscription.updated", current, api_version))
-    found = state(hooked.project, "user-1")
+    found = await read(hooked, "user-1")
     assert found["status"] == "cancelling" and found["has_access"] is True
     assert_matches_stripe(found, fake_stripe, sub["id"])
 
     cus = fake_stripe.dispatch("POST", f"customers/{sub['customer']}", {"email": "new@example.test"})
     resp = await deliver(event("customer.updated", cus, api_version))
     assert body_of(resp)["outcome"] == "processed"
-    assert state(hooked.project, "user-1")["email"] == "new@example.test"
+    assert (await read(hooked, "user-1"))["email"] == "new@example.test"
 
     current = fake_stripe.set_subscription(sub["id"], status="canceled", cancel_at_period_end=False)
     await deliver(event("customer.subscription.deleted", current, api_version))
-    found = state(hooked.project, "user-1")
+    found = await read(hooked, "user-1")
     assert found["status"] == "cancelled" and found["has_access"] is False
     assert_matches_stripe(found, fake_stripe, sub["id"])
 
@@ -178,7 +188,7 @@ STATUS_CASES = [
 
 @pytest.mark.gen_test(timeout=30)
 @pytest.mark.parametrize("api_version", BOTH_SHAPES)
-async def test_every_status_mapping_in_either_payload_shape(fake_stripe, hooked, deliver, api_version):
+async def test_every_status_mapping_in_either_payload_shape(read, fake_stripe, hooked, deliver, api_version):
     fake_stripe.api_version = api_version
     for n, (stripe_status, at_period_end, cancel_at, ours, access) in enumerate(STATUS_CASES):
         user = f"status-{n}"
@@ -191,7 +201,7 @@ async def test_every_status_mapping_in_either_payload_shape(fake_stripe, hooked,
         current = fake_stripe.set_subscription(sub["id"], **changes)
         resp = await deliver(event("customer.subscription.updated", current, api_version))
         assert resp.code == 200, resp.body
-        found = state(hooked.project, user)
+        found = await read(hooked, user)
         assert (found["status"], found["has_access"]) == (ours, access), (stripe_status, at_period_end, cancel_at)
         assert found["current_period_end"] == iso(period_end)
         assert found["cancel_at"] == (iso(period_end - 86400) if cancel_at else None)
@@ -199,11 +209,11 @@ async def test_every_status_mapping_in_either_payload_shape(fake_stripe, hooked,
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_subscription_event_before_checkout_creates_customer_from_metadata(fake_stripe, hooked, deliver):
+async def test_subscription_event_before_checkout_creates_customer_from_metadata(read, fake_stripe, hooked, deliver):
     session, sub = new_subscription(fake_stripe, "early-bird", status="trialing", trial_days=7)
     resp = await deliver(event("customer.subscription.created", sub))
     assert body_of(resp)["outcome"] == "processed"
-    found = state(hooked.project, "early-bird")
+    found = await read(hooked, "early-bird")
     assert found["status"] == "trialing" and found["stripe_customer_id"] == sub["customer"]
     assert found["trial_end"] == iso(sub["trial_end"])
     # The checkout event arriving late links the same customer and fills its email; still one row each.
@@ -212,14 +222,14 @@ async def test_subscription_event_before_checkout_creates_customer_from_metadata
         customers = list(Customer.select().where(Customer.project == hooked.project))
         assert len(customers) == 1 and customers[0].email == "early-bird@example.test"
         assert Subscription.select().where(Subscription.project == hooked.project).count() == 1
-    assert_matches_stripe(state(hooked.project, "early-bird"), fake_stripe, sub["id"])
+    assert_matches_stripe(await read(hooked, "early-bird"), fake_stripe, sub["id"])
 
 
 # ---------------------------------------------------------------- duplicates and concurrency
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_duplicate_delivery_has_no_effect(fake_stripe, hooked, deliver):
+async def test_duplicate_delivery_has_no_effect(read, fake_stripe, hooked, deliver):
     session, sub = new_subscription(fake_stripe, "dup")
     evt = event("checkout.session.completed", session)
     first = await deliver(evt)
@@ -230,12 +240,12 @@ async def test_duplicate_delivery_has_no_effect(fake_stripe, hooked, deliver):
     assert again.code == 200 and body_of(again) == {"received": True, "duplicate": True}
     # Not applied again: no Stripe read, state untouched, one inbox row.
     assert len(fake_stripe.calls("GET", "/v1/subscriptions")) == before
-    assert state(hooked.project, "dup")["status"] == "active"
+    assert (await read(hooked, "dup"))["status"] == "active"
     assert len(events_of(hooked.project, stripe_event_id=evt["id"])) == 1
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_twenty_simultaneous_deliveries_apply_once(fake_stripe, hooked, deliver):
+async def test_twenty_simultaneous_deliveries_apply_once(read, fake_stripe, hooked, deliver):
     session, sub = new_subscription(fake_stripe, "burst")
     evt = event("checkout.session.completed", session)
     fake_stripe.latency = 0.05  # every delivery is in flight at the same time
@@ -249,14 +259,14 @@ async def test_twenty_simultaneous_deliveries_apply_once(fake_stripe, hooked, de
     with db.block():
         assert Customer.select().where(Customer.project == hooked.project).count() == 1
         assert Subscription.select().where(Subscription.project == hooked.project).count() == 1
-    assert_matches_stripe(state(hooked.project, "burst"), fake_stripe, sub["id"])
+    assert_matches_stripe(await read(hooked, "burst"), fake_stripe, sub["id"])
 
 
 # ---------------------------------------------------------------- failures and retries
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_stripe_failure_is_recorded_and_the_retry_applies_it(fake_stripe, hooked, deliver):
+async def test_stripe_failure_is_recorded_and_the_retry_applies_it(read, fake_stripe, hooked, deliver):
     session, sub = new_subscription(fake_stripe, "flaky")
     evt = event("checkout.session.completed", session)
     fake_stripe.fail_next(1, status=500, path="/v1/subscriptions")
@@ -266,18 +276,18 @@ async def test_stripe_failure_is_recorded_and_the_retry_applies_it(fake_stripe, 
     [row] = events_of(hooked.project, stripe_event_id=evt["id"])
     assert row.outcome == "failed" and row.attempts == 1 and "500" in row.error
     assert "sk_" not in row.error
-    assert state(hooked.project, "flaky") is None
+    assert await read(hooked, "flaky") is None
 
     retry = await deliver(evt)  # Stripe's retry: not a duplicate
     assert body_of(retry) == {"received": True, "outcome": "processed"}
     [row] = events_of(hooked.project, stripe_event_id=evt["id"])
     assert row.outcome == "processed" and row.attempts == 2 and row.error is None
-    assert_matches_stripe(state(hooked.project, "flaky"), fake_stripe, sub["id"])
+    assert_matches_stripe(await read(hooked, "flaky"), fake_stripe, sub["id"])
     assert body_of(await deliver(evt)) == {"received": True, "duplicate": True}
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_failure_while_applying_rolls_back_and_reapply_recovers(fake_stripe, hooked, deliver, monkeypatch,
+async def test_failure_while_applying_rolls_back_and_reapply_recovers(read, fake_stripe, hooked, deliver, monkeypatch,
                                                                        app):
     session, sub = new_subscription(fake_stripe, "broken")
     evt = event("customer.subscription.created", sub)
@@ -294,13 +304,13 @@ async def test_failure_while_applying_rolls_back_and_reapply_recovers(fake_strip
     [row] = events_of(hooked.project, stripe_event_id=evt["id"])
     assert row.outcome == "failed" and row.attempts == 2
     assert row.error == "RuntimeError while applying the event"
-    assert state(hooked.project, "broken") is None  # the apply transaction rolled back
+    assert await read(hooked, "broken") is None  # the apply transaction rolled back
     with db.block():
         assert Customer.select().where(Customer.project == hooked.project).count() == 0
 
     outcome = await webhooks.reapply(row.id, config=app.settings["config"], box=app.settings["secret_box"])
     assert outcome == "processed"
-    assert_matches_stripe(state(hooked.project, "broken"), fake_stripe, sub["id"])
+    assert_matches_stripe(await read(hooked, "broken"), fake_stripe, sub["id"])
     assert await webhooks.reapply(row.id, config=app.settings["config"], box=app.settings["secret_box"]) \
         == "processed"
     assert body_of(await deliver(evt)) == {"received": True, "duplicate": True}
@@ -310,7 +320,7 @@ async def test_failure_while_applying_rolls_back_and_reapply_recovers(fake_strip
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_invalid_signatures_are_rejected_recorded_and_not_applied(fake_stripe, hooked, deliver):
+async def test_invalid_signatures_are_rejected_recorded_and_not_applied(read, fake_stripe, hooked, deliver):
     session, _ = new_subscription(fake_stripe, "forged")
     evt = event("checkout.session.completed", session)
     body = body_of_event(evt)
@@ -330,7 +340,7 @@ async def test_invalid_signatures_are_rejected_recorded_and_not_applied(fake_str
     assert all(r.remote_ip == "127.0.0.1" and r.received_at and r.error for r in rows)
     assert [r.error for r in rows][:3] == ["missing Stripe-Signature header", "no matching v1 signature",
                                           "timestamp outside the tolerance zone"]
-    assert state(hooked.project, "forged") is None
+    assert await read(hooked, "forged") is None
     assert not events_of(hooked.project, stripe_event_id=evt["id"])
     # A rolled secret: Stripe sends one v1 per active secret, and any may match.
     rolled = sign(body, "whsec_old") + "," + sign(body, WHSEC).split(",")[1]
@@ -361,7 +371,7 @@ async def test_unknown_project_and_missing_secrets(fake_stripe, make_project, de
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_deployment_endpoint_routes_by_metadata_then_customer_else_ignores(fake_stripe, hooked, make_project,
+async def test_deployment_endpoint_routes_by_metadata_then_customer_else_ignores(read, fake_stripe, hooked, make_project,
                                                                                  deliver):
     other = make_project(name="Other")
     wide = dict(path="/api/webhook", secret=DEPLOY_WHSEC)
@@ -369,20 +379,20 @@ async def test_deployment_endpoint_routes_by_metadata_then_customer_else_ignores
     session, sub = new_subscription(fake_stripe, "routed", project_id=other.project.public_id)
     resp = await deliver(event("checkout.session.completed", session), **wide)
     assert body_of(resp) == {"received": True, "outcome": "processed"}
-    assert_matches_stripe(state(other.project, "routed"), fake_stripe, sub["id"])
-    assert state(hooked.project, "routed") is None
+    assert_matches_stripe(await read(other, "routed"), fake_stripe, sub["id"])
+    assert await read(hooked, "routed") is None
     # 2. An invoice whose only project hint is its parent's subscription metadata (new shape).
     current = fake_stripe.set_subscription(sub["id"], status="past_due")
     inv = invoice(current, NEW_API, paid=False)
     inv["metadata"] = {}
     resp = await deliver(event("invoice.payment_failed", inv), **wide)
-    assert state(other.project, "routed")["status"] == "past_due"
+    assert (await read(other, "routed"))["status"] == "past_due"
     # 3. No metadata at all: by the Stripe customer id we know.
     cus = fake_stripe.dispatch("POST", f"customers/{sub['customer']}", {"email": "moved@example.test"})
     cus = customer_object(cus["id"], cus["email"])
     resp = await deliver(event("customer.updated", cus), **wide)
     assert body_of(resp)["outcome"] == "processed"
-    assert state(other.project, "routed")["email"] == "moved@example.test"
+    assert (await read(other, "routed"))["email"] == "moved@example.test"
     [row] = events_of(other.project, type="customer.updated")
     # 4. Belongs to nobody: recorded as ignored without a project, answered 200.
     stranger = customer_object("cus_stranger", "who@example.test")
@@ -444,7 +454,7 @@ def _event_for(fake, kind, sub_id, api_version, session):
 
 
 @pytest.mark.gen_test(timeout=120)
-async def test_random_delivery_orders_end_in_stripes_state(fake_stripe, hooked, deliver):
+async def test_random_delivery_orders_end_in_stripes_state(read, fake_stripe, hooked, deliver):
     """Deliveries late, early (subscription before checkout), repeated and concurrent, with Stripe changing
     in between: every seed ends with GET /api/subscription equal to Stripe's final state."""
     import random
@@ -475,7 +485,7 @@ async def test_random_delivery_orders_end_in_stripes_state(fake_stripe, hooked, 
             responses = await asyncio.gather(*(deliver(e) for e in batch))
             assert all(r.code == 200 for r in responses), [r.body for r in responses]
             delivered += [e for e in batch if e not in delivered]
-        found = state(hooked.project, user)
+        found = await read(hooked, user)
         assert_matches_stripe(found, fake_stripe, sub["id"])
         ids = {e["id"] for e in delivered}
         rows = [r for r in events_of(hooked.project) if r.stripe_event_id in ids]
@@ -484,7 +494,7 @@ async def test_random_delivery_orders_end_in_stripes_state(fake_stripe, hooked, 
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_without_a_stripe_key_an_older_snapshot_never_overwrites_a_newer_one(fake_stripe, hooked, deliver,
+async def test_without_a_stripe_key_an_older_snapshot_never_overwrites_a_newer_one(read, fake_stripe, hooked, deliver,
                                                                                     app):
     """Payload-only mode (no Stripe key to re-fetch with): ordering by the event's `created`."""
     import dataclasses
@@ -507,5 +517,5 @@ async def test_without_a_stripe_key_an_older_snapshot_never_overwrites_a_newer_o
         rng.shuffle(schedule)
         for evt in schedule:
             assert (await deliver(evt)).code == 200
-        assert_matches_stripe(state(hooked.project, user), fake_stripe, sub["id"])
+        assert_matches_stripe(await read(hooked, user), fake_stripe, sub["id"])
     assert not fake_stripe.calls("GET", "/v1/subscriptions/")
