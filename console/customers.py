@@ -23,7 +23,7 @@ class CustomersHandler(ProjectHandler):
             after = 0
         with block():
             rows, cursor = insights.search_customers(self.project, q=q, status=status, after=after)
-        self.render_page("customers.html", customers=rows, cursor=cursor, q=q, status=status,
+        self.render_page("customers.html", customers=rows, cursor=cursor, q=q, status_filter=status,
                          statuses=ALL_STATUSES, first_page=not after)
 
 

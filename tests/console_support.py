@@ -1,5 +1,6 @@
 """A cookie-keeping console client for handler tests, and seed data for console pages."""
 
+import json
 import re
 import secrets
 from datetime import timedelta
@@ -83,8 +84,16 @@ def seed(project, count=3, status="active"):
         failed = WebhookEvent.create(project=project, stripe_event_id="evt_bad", type="customer.updated",
                                      outcome="failed", error="ValueError while applying the event",
                                      object_id="cus_seed0", stripe_customer_id="cus_seed0",
-                                     payload='{"id": "evt_bad", "secret": "<script>x</script>"}')
+                                     payload=json.dumps(failed_event_payload()))
     return customers, failed
+
+
+def failed_event_payload(event_id="evt_bad", customer_id="cus_seed0", email="renamed@example.com"):
+    """A customer.updated event that applies cleanly (no Stripe key: the payload is used as is)."""
+    return {"id": event_id, "object": "event", "api_version": "2025-08-27.basil", "created": 1700000000,
+            "livemode": False, "type": "customer.updated",
+            "data": {"object": {"id": customer_id, "object": "customer", "email": email,
+                                "name": "<script>alert(1)</script>"}}}
 
 
 def new_key_in(body):

@@ -1,0 +1,245 @@
+"""Console pages: each renders for a member, refuses non-members, and does its job."""
+
+import re
+from datetime import timedelta
+
+import pytest
+
+from pulse import apikeys, db
+from pulse.db import utcnow
+from pulse.models import ApiKey, AuditLog, Customer, Project, WebhookEvent
+from tests.console_support import Console, new_key_in, seed, text
+
+PAGES = ["", "keys", "customers", "customers?q=user-00&status=active", "customers/user-000", "events",
+         "events?outcome=failed&type=customer.updated", "events/{failed}", "settings", "audit",
+         "export?format=csv", "export?format=json"]
+POSTS = ["keys", "keys/{key}/rotate", "keys/{key}/revoke", "events/{failed}/reapply", "settings/stripe",
+         "settings/policy", "settings/check"]
+
+
+@pytest.fixture
+def console(http_client, base_url):
+    return Console(http_client, base_url)
+
+
+@pytest.fixture
+def seeded(project):
+    customers, failed = seed(project.project)
+    return {"failed": failed.id, "key": project.api_key.key_id}
+
+
+def url(project, suffix, seeded):
+    return f"/console/p/{project.project.public_id}/" + suffix.format(**seeded)
+
+
+@pytest.mark.gen_test
+async def test_every_page_renders_for_a_member_with_security_headers(console, project, seeded):
+    await console.login(project.admin.email)
+    for suffix in PAGES:
+        response = await console.get(url(project, suffix, seeded))
+        assert response.code == 200, suffix
+        headers = response.headers
+        assert "script-src 'self'" in headers["Content-Security-Policy"] and "unsafe-inline" not in \
+            headers["Content-Security-Policy"]
+        assert headers["X-Frame-Options"] == "DENY" and headers["X-Content-Type-Options"] == "nosniff"
+        assert headers["Referrer-Policy"] == "same-origin"
+        if headers["Content-Type"].startswith("text/html"):
+            body = text(response)
+            assert "<script>" not in body and "style=" not in body and " on" + "click=" not in body, suffix
+            assert project.project.name in body
+    for path in ("/console/", "/console/account"):
+        response = await console.get(path)
+        assert response.code in (200, 302)
+
+
+@pytest.mark.gen_test
+async def test_pages_need_a_session(console, project, seeded):
+    for suffix in PAGES:
+        response = await console.get(url(project, suffix, seeded))
+        assert response.code == 302, suffix
+        assert response.headers["Location"].startswith("/console/login?next=%2Fconsole%2Fp%2F")
+    for suffix in POSTS:
+        assert (await console.post(url(project, suffix, seeded))).code == 403, suffix
+
+
+@pytest.mark.gen_test
+async def test_non_members_get_403_on_every_project_page(console, project, seeded, make_project):
+    stranger = make_project(name="Other")
+    await console.login(stranger.admin.email)
+    for suffix in PAGES:
+        response = await console.get(url(project, suffix, seeded))
+        assert response.code == 403, suffix
+        assert project.project.name not in text(response)  # not even the name leaks
+    for suffix in POSTS:
+        assert (await console.post(url(project, suffix, seeded), {"label": "x", "grace": "now"})).code == 403
+    with db.block():
+        assert ApiKey.select().where(ApiKey.project == project.project).count() == 1
+        assert apikeys.status(ApiKey.get(ApiKey.public_id == project.api_key.key_id)) == "active"
+    # The switcher and the index only list the user's own projects.
+    response = await console.get("/console/")
+    assert response.headers["Location"] == f"/console/p/{stranger.project.public_id}/"
+
+
+@pytest.mark.gen_test
+async def test_unknown_things_are_404_pages(console, project, seeded):
+    await console.login(project.admin.email)
+    for path in ("/console/p/proj_doesnotexist/", "/console/p/proj_doesnotexist/keys", "/console/nope",
+                 url(project, "customers/nobody", seeded), url(project, "events/999999", seeded),
+                 url(project, "keys/key_unknown/revoke", seeded)):
+        response = await console.get(path) if "revoke" not in path else await console.post(path)
+        assert response.code == 404, path
+        assert "Page not found" in text(response) or "No " in text(response)
+        assert "Traceback" not in text(response)
+
+
+@pytest.mark.gen_test
+async def test_a_user_with_two_projects_switches_between_them(console, project, make_project, seeded):
+    second = make_project(name="Second", admin_email=project.admin.email)
+    await console.login(project.admin.email)
+    response = await console.get("/console/")
+    assert response.code == 200
+    assert project.project.public_id in text(response) and second.project.public_id in text(response)
+    page = text(await console.get(url(project, "keys", seeded)))
+    assert f"/console/p/{second.project.public_id}/" in page  # the switcher
+
+
+@pytest.mark.gen_test
+async def test_keys_create_rotate_revoke_with_audit(console, project, seeded):
+    await console.login(project.admin.email)
+    response = await console.post(url(project, "keys", seeded), {"label": "staging"})
+    assert response.code == 201
+    raw = new_key_in(text(response))
+    assert raw and "shown <strong>only once</strong>" in text(response)
+    listing = text(await console.get(url(project, "keys", seeded)))
+    assert raw not in listing and "staging" in listing and raw[:14] in listing  # the prefix only
+    with db.block():
+        created = ApiKey.get(ApiKey.label == "staging")
+        assert apikeys.authenticate(raw) is not None
+
+    old = project.api_key.api_key
+    response = await console.post(url(project, f"keys/{project.api_key.key_id}/rotate", seeded), {"grace": "1h"})
+    assert response.code == 201 and "after 1 hour" in text(response)
+    replacement = new_key_in(text(response))
+    with db.block():
+        assert apikeys.authenticate(old) is not None  # still inside the grace period
+        assert apikeys.authenticate(replacement) is not None
+        revoked_at = ApiKey.get(ApiKey.public_id == project.api_key.key_id).revoked_at
+        assert timedelta(minutes=59) < revoked_at - utcnow() <= timedelta(hours=1)
+
+    response = await console.post(url(project, f"keys/{created.public_id}/rotate", seeded), {"grace": "now"})
+    assert response.code == 201
+    with db.block():
+        assert apikeys.authenticate(raw) is None
+
+    assert (await console.post(url(project, f"keys/{created.public_id}/rotate", seeded),
+                               {"grace": "now"})).code == 409
+    assert (await console.post(url(project, f"keys/{project.api_key.key_id}/rotate", seeded),
+                               {"grace": "forever"})).code == 400
+    response = await console.post(url(project, f"keys/{project.api_key.key_id}/revoke", seeded))
+    assert response.code == 303
+    with db.block():
+        assert apikeys.authenticate(old) is None
+        actions = [a.action for a in AuditLog.select().where(AuditLog.project == project.project,
+                                                             AuditLog.user == project.admin)]
+    assert actions.count("api_key.created") == 1 and actions.count("api_key.rotated") == 2
+    assert actions.count("api_key.revoked") == 1
+    audit = text(await console.get(url(project, "audit", seeded)))
+    assert "api_key.rotated" in audit and "console.signed_in" in audit and raw not in audit
+
+
+@pytest.mark.gen_test
+async def test_key_label_is_required_and_escaped(console, project, seeded):
+    await console.login(project.admin.email)
+    assert (await console.post(url(project, "keys", seeded), {"label": " "})).code == 400
+    response = await console.post(url(project, "keys", seeded), {"label": "<b>x</b>"})
+    assert "<b>x</b>" not in text(response) and "&lt;b&gt;x&lt;/b&gt;" in text(response)
+
+
+@pytest.mark.gen_test
+async def test_customer_search_filter_and_keyset_pages(console, project, seeded):
+    with db.block():
+        for i in range(60):
+            Customer.create(project=project.project, external_user_id=f"bulk-{i:03d}", email=f"bulk{i}@example.com")
+    await console.login(project.admin.email)
+    page = text(await console.get(url(project, "customers?q=person1", seeded)))
+    assert "user-001" in page and "user-000" not in page
+    page = text(await console.get(url(project, "customers?q=USER-002", seeded)))  # case-insensitive prefix
+    assert "user-002" in page and "person2@example.com" in page and "user-001" not in page
+    page = text(await console.get(url(project, "customers?q=%25", seeded)))  # LIKE wildcards are literal
+    assert "user-000" not in page
+    page = text(await console.get(url(project, "customers?status=active", seeded)))
+    assert "user-000" in page and "bulk-000" not in page
+    assert "user-000" not in text(await console.get(url(project, "customers?status=past_due", seeded)))
+    first = text(await console.get(url(project, "customers?q=bulk", seeded)))
+    assert first.count("/customers/bulk-") == 50
+    cursor = re.search(r"after=(\d+)", first).group(1)
+    second = text(await console.get(url(project, f"customers?q=bulk&after={cursor}", seeded)))
+    assert second.count("/customers/bulk-") == 10 and "bulk-059" in second and "bulk-049" not in second
+    assert "after=" not in second
+
+
+@pytest.mark.gen_test
+async def test_customer_page_shows_subscription_and_events(console, project, seeded):
+    await console.login(project.admin.email)
+    page = text(await console.get(url(project, "customers/user-000", seeded)))
+    assert "sub_seed0" in page and "pro" in page and "has access" in page
+    assert "evt_ok" in page and "evt_bad" in page
+
+
+@pytest.mark.gen_test
+async def test_events_filter_payload_and_reapply(console, project, seeded):
+    await console.login(project.admin.email)
+    page = text(await console.get(url(project, "events?outcome=failed", seeded)))
+    assert "evt_bad" in page and "evt_ok" not in page
+    page = text(await console.get(url(project, "events?type=invoice.paid", seeded)))
+    assert "evt_ok" in page and "evt_bad" not in page
+    detail = text(await console.get(url(project, "events/{failed}", seeded)))
+    assert "Re-apply event" in detail and "&lt;script&gt;alert(1)&lt;/script&gt;" in detail
+    response = await console.post(url(project, "events/{failed}/reapply", seeded))
+    assert response.code == 303
+    with db.block():
+        assert WebhookEvent.get_by_id(seeded["failed"]).outcome == "processed"
+        assert Customer.get(Customer.stripe_customer_id == "cus_seed0").email == "renamed@example.com"
+    detail = text(await console.get(response.headers["Location"]))
+    assert "applied again" in detail and "Re-apply event" not in detail
+    assert (await console.post(url(project, "events/{failed}/reapply", seeded))).code == 409
+
+
+@pytest.mark.gen_test
+async def test_dashboard_counts_chart_and_failures(console, project, seeded):
+    await console.login(project.admin.email)
+    page = text(await console.get(url(project, "", seeded)))
+    assert re.search(r'stat-label">active</span><span class="stat-value">3<', page)
+    assert page.count("<rect ") == 12 and "<svg" in page
+    assert "customer.updated" in page  # the recent failure
+
+
+@pytest.mark.gen_test
+async def test_settings_are_write_only_and_audited(console, project, seeded, box):
+    await console.login(project.admin.email)
+    secret = "sk_test_" + "A1b2" * 8
+    response = await console.post(url(project, "settings/stripe", seeded),
+                                  {"stripe_secret_key": secret, "stripe_webhook_secret": ""})
+    assert response.code == 303
+    page = text(await console.get(url(project, "settings", seeded)))
+    assert secret not in page and "sk_test_…A1b2" in page
+    assert re.search(rf'value="http://[a-z0-9.]+:\d+/api/webhook/{project.project.public_id}"', page)
+    assert (await console.post(url(project, "settings/stripe", seeded),
+                               {"stripe_secret_key": "nonsense"})).code == 400
+    assert (await console.post(url(project, "settings/stripe", seeded), {})).code == 400
+    response = await console.post(url(project, "settings/policy", seeded), {"past_due_has_access": "no"})
+    assert response.code == 303
+    with db.block():
+        assert Project.get_by_id(project.project.id).past_due_has_access is False
+        assert box.decrypt(Project.get_by_id(project.project.id).stripe_secret_key) == secret
+        logged = [a.detail for a in AuditLog.select().where(AuditLog.project == project.project)]
+    assert not any(secret in detail for detail in logged)
+    audit = text(await console.get(url(project, "audit", seeded)))
+    assert "settings.stripe_updated" in audit and "settings.past_due_policy" in audit
+
+
+@pytest.mark.gen_test
+async def test_check_connection_without_a_key_says_so(console, project, seeded):
+    await console.login(project.admin.email)
+    response = await console.post(url(project, "settings/check", seeded))
+    assert response.code == 200 and "No Stripe secret key is set" in text(response)
