@@ -7,6 +7,7 @@ Usage (see the `fake_stripe` fixture in conftest.py):
     fake.latency = 0.3                       # every request waits this long
     fake.fail_next(2, status=500)            # the next 2 requests fail (kind="drop": processed, then hung up)
     fake.requests                            # [(method, path, params, headers), ...]
+    fake.responses                           # [(method, path, status or None if dropped), ...]
     sub = fake.complete_checkout(session_id, status="trialing")
     fake.set_subscription(sub["id"], status="past_due", cancel_at_period_end=True)
     fake.api_version = "2024-06-20"          # old shape: billing period on the subscription, not the items
@@ -54,11 +55,12 @@ class FakeStripe:
         self.customers, self.sessions, self.portal_sessions, self.subscriptions = {}, {}, {}, {}
         self.prices = {}
         self.requests = []
+        self.responses = []  # (method, path, status), status None for a dropped connection
         self.latency = 0.0
         self.api_version = NEW_API_VERSION
         self.api_keys = None  # None accepts any sk_/rk_ key; else a set of the accepted ones
         self.faults = []
-        self.idempotent = {}  # (api key, idempotency key) -> ((path, params), status, body)
+        self.idempotent = {}  # (api key, idempotency key) -> ((path, params), status, body), None while in flight
         self._seq = itertools.count()
         self.server = None
         self.url = None
@@ -264,6 +266,7 @@ class _Handler(tornado.web.RequestHandler):
         await self._serve(path)
 
     def _answer(self, status, body, headers=None):
+        self.fake.responses.append((self.request.method, self.request.path, status))
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.set_header("Request-Id", self.request_id)
@@ -273,6 +276,7 @@ class _Handler(tornado.web.RequestHandler):
         self.finish(json.dumps(body))
 
     def _hang_up(self):
+        self.fake.responses.append((self.request.method, self.request.path, None))
         self._finished = True  # we answer nothing: the client sees the connection drop
         self.request.connection.stream.close()
 
@@ -288,8 +292,21 @@ class _Handler(tornado.web.RequestHandler):
             message = ("You did not provide an API key." if not key else
                        f"Invalid API Key provided: {key[:8]}{'*' * 8}{key[-4:]}")
             return self._answer(401, objects.error_body(message))
-        if fake.latency:
-            await asyncio.sleep(fake.latency)
+        idem = self.request.headers.get("Idempotency-Key") if self.request.method == "POST" else None
+        if idem and fake.idempotent.get((key, idem), ()) is None:
+            # Like Stripe: a key whose first request is still running answers 409 (clients retry these).
+            return self._answer(409, objects.error_body(
+                "There is currently another in-progress request using this Idempotent Key (that probably means "
+                f"you submitted twice, and the other request is still going through): {idem}. Please try again "
+                "later.", "idempotency_error"))
+        if idem and (key, idem) not in fake.idempotent:
+            fake.idempotent[(key, idem)] = None  # in flight while we wait out the latency
+        try:
+            if fake.latency:
+                await asyncio.sleep(fake.latency)
+        finally:
+            if idem and fake.idempotent.get((key, idem), ()) is None:
+                del fake.idempotent[(key, idem)]
         fault = next((f for f in fake.faults if f.path is None or ("/v1/" + path).startswith(f.path)), None)
         if fault:
             fake.faults.remove(fault)
@@ -305,7 +322,7 @@ class _Handler(tornado.web.RequestHandler):
         fake = self.fake
         idem = self.request.headers.get("Idempotency-Key") if self.request.method == "POST" else None
         slot = (api_key, idem)
-        if idem and slot in fake.idempotent:
+        if idem and fake.idempotent.get(slot) is not None:
             stored = fake.idempotent[slot]
             if stored[0] != (path, params):
                 return 400, objects.error_body("Keys for idempotent requests can only be used with the same "

@@ -157,7 +157,9 @@ async def test_reuses_customer_and_updates_email(api, fake_stripe):
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_concurrent_checkouts_make_one_customer(api, fake_stripe):
+@pytest.mark.parametrize("latency", [0, 0.2])  # with latency, Stripe answers 409 "in progress" and clients retry
+async def test_concurrent_checkouts_make_one_customer(api, fake_stripe, latency):
+    fake_stripe.latency = latency
     responses = await asyncio.gather(*[api("POST", "/api/checkout", checkout_body()) for _ in range(20)])
     assert [r.code for r in responses] == [200] * 20, [r.body for r in responses if r.code != 200][:2]
     assert len(fake_stripe.customers) == 1
@@ -165,6 +167,8 @@ async def test_concurrent_checkouts_make_one_customer(api, fake_stripe):
         rows = list(Customer.select())
     assert len(rows) == 1 and rows[0].stripe_customer_id == next(iter(fake_stripe.customers))
     assert len({body_of(r)["session_id"] for r in responses}) == 20
+    if latency:
+        assert ("POST", "/v1/customers", 409) in fake_stripe.responses  # the race really happened
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -110,3 +110,20 @@ async def test_faults_http_and_drop(client, fake_stripe):
     posts = fake_stripe.calls("POST", "/v1/customers")
     assert posts[-1][3]["Idempotency-Key"] == posts[-2][3]["Idempotency-Key"]
     assert retried.id in fake_stripe.customers and len(fake_stripe.customers) == 2
+
+
+@pytest.mark.gen_test
+async def test_same_key_in_flight_is_409(client, fake_stripe):
+    import asyncio
+    fake_stripe.latency = 0.2
+    sc = client()
+    create = sc.v1.customers.create_async
+    first = asyncio.ensure_future(create(params={"email": "a@x.test"}, options={"idempotency_key": "k"}))
+    while not fake_stripe.requests:
+        await asyncio.sleep(0.01)
+    with pytest.raises(stripe.APIError) as caught:
+        await create(params={"email": "a@x.test"}, options={"idempotency_key": "k"})
+    assert caught.value.http_status == 409 and "in-progress" in caught.value.user_message
+    made = await first
+    again = await create(params={"email": "a@x.test"}, options={"idempotency_key": "k"})
+    assert again.id == made.id and len(fake_stripe.customers) == 1
