@@ -16,6 +16,9 @@ from pulse.db import DatabaseUnavailable, block
 log = logging.getLogger("pulse.api")
 
 MAX_BODY_BYTES = 1024 * 1024
+# An oversize body up to this size is read and thrown away before the 413 goes out: closing on a
+# client that is still sending makes its kernel discard our answer (a reset instead of a 413).
+DRAIN_BYTES = MAX_BODY_BYTES * 64
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 # Default code for each status we emit; handlers raise ApiError for a more specific one.
@@ -79,6 +82,9 @@ class ApiHandler(tornado.web.RequestHandler):
         super().__init_subclass__(**kwargs)
         if "post" in cls.__dict__:
             cls.post = idempotent(cls.__dict__["post"])
+        for name in ("post", "put", "patch", "delete"):
+            if name in cls.__dict__:
+                setattr(cls, name, body_checked(cls.__dict__[name]))
 
     def initialize(self):
         self.request_id = request_id_for(self.request)
@@ -105,10 +111,14 @@ class ApiHandler(tornado.web.RequestHandler):
     async def prepare(self):
         self.set_header("X-Request-Id", self.request_id)
         # Allow up to the hard cap so an oversize body reaches data_received and gets our 413.
-        self.request.connection.set_max_body_size(MAX_BODY_BYTES * 64)
+        self.request.connection.set_max_body_size(DRAIN_BYTES)
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            raise ApiError(413, "payload_too_large", MESSAGES[413])
+            expecting = self.request.headers.get("Expect", "").lower() == "100-continue"
+            if expecting or int(length) > DRAIN_BYTES:
+                raise ApiError(413, "payload_too_large", MESSAGES[413])  # nothing sent yet, or too much to read
+            self._too_large = True  # drained by data_received, answered when the method would run
+            return
         for hook in self.settings.get("api_prepare_hooks", ()):
             await hook(self)
             if self._finished:
@@ -141,12 +151,9 @@ class ApiHandler(tornado.web.RequestHandler):
             return
         self._body_size += len(chunk)
         if self._body_size > MAX_BODY_BYTES:
-            # Chunked bodies have no Content-Length: stop reading and answer now.
+            # Chunked bodies have no Content-Length: keep only the verdict, drop the rest as it comes.
             self._too_large = True
             self._chunks = []
-            self.request.connection.stream.set_close_callback(None)
-            self.send_error(413, exc_info=(ApiError, ApiError(413, "payload_too_large", MESSAGES[413]), None))
-            self.request.connection.close()
             return
         self._chunks.append(chunk)
 
@@ -232,6 +239,18 @@ class ApiHandler(tornado.web.RequestHandler):
             error["field"] = field
         error.update(extra)
         self.finish(json.dumps({"error": error}, ensure_ascii=False))
+
+
+def body_checked(method):
+    """Answer 413 instead of running `method` when the body was over 1 MiB (it has been drained)."""
+
+    @functools.wraps(method)
+    async def wrapper(self, *args, **kwargs):
+        if self._too_large:
+            raise ApiError(413, "payload_too_large", MESSAGES[413])
+        return await _maybe_await(method(self, *args, **kwargs))
+
+    return wrapper
 
 
 IDEMPOTENCY_MESSAGES = {
