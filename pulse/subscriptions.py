@@ -35,8 +35,17 @@ def transaction():
 
 
 def _locking(query):
-    # A locking read sees the latest committed row under MySQL's REPEATABLE READ.
+    # After a duplicate-key error: a locking read sees the latest committed row under MySQL's
+    # REPEATABLE READ, where a plain read would still show the transaction's older snapshot.
     return query.for_update() if is_mysql() else query
+
+
+def retryable(exc):
+    """A deadlock or lock timeout (MySQL), or a busy SQLite: the whole transaction may be retried."""
+    if not isinstance(exc, peewee.OperationalError):
+        return False
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+    return code in (1205, 1213) or "database is locked" in str(exc).lower()
 
 
 def stripe_id(value):
@@ -58,11 +67,9 @@ def resolve_customer(project, stripe_customer_id=None, external_user_id=None, em
     """
     customer = None
     if stripe_customer_id:
-        customer = _locking(Customer.select().where(
-            Customer.project == project, Customer.stripe_customer_id == stripe_customer_id)).first()
+        customer = Customer.get_or_none(Customer.project == project, Customer.stripe_customer_id == stripe_customer_id)
     if customer is None and external_user_id:
-        customer = _locking(Customer.select().where(
-            Customer.project == project, Customer.external_user_id == external_user_id)).first()
+        customer = Customer.get_or_none(Customer.project == project, Customer.external_user_id == external_user_id)
         if customer is None:
             try:
                 with database.atomic():
@@ -121,8 +128,9 @@ def upsert_subscription(project, obj, snapshot_at, email=None):
     if not sub_id:
         return UNMATCHED
     meta = metadata_of(obj)
-    existing = _locking(Subscription.select().where(
-        Subscription.project == project, Subscription.stripe_subscription_id == sub_id)).first()
+    # A plain read: a locking read of a missing row would take gap locks that deadlock concurrent
+    # inserts on MySQL. The conditional UPDATE below re-checks the snapshot on the latest row.
+    existing = Subscription.get_or_none(Subscription.project == project, Subscription.stripe_subscription_id == sub_id)
     if existing is not None and existing.snapshot_at > snapshot_at:
         return STALE
     customer = resolve_customer(project, stripe_id(obj.get("customer")), meta.get("external_user_id"),

@@ -312,27 +312,29 @@ async def process(project, event, raw, *, config, box, remote_ip=None):
     try:
         fetched = {"at": subs.clock_ms()}
         if project is not None and event["type"] in HANDLED:
-            with block():
-                key = stripe_key(project, config, box)
-            fetched = await fetch(event, key, config)
+            fetched = await fetch(event, stripe_key(project, config, box), config)
     except Exception as exc:  # a Stripe outage: record, 500, Stripe retries later
         _record_failure(project, event, raw, remote_ip, exc)
         raise WebhookError(500, "webhook_failed", "The event could not be applied; it will be retried.") from None
-    with block():
-        try:
-            with subs.transaction():
-                row = _claim(project, event, raw, remote_ip)
-                outcome = apply(project, event, fetched) if project is not None else IGNORED
-                WebhookEvent.update(outcome=outcome, processed_at=utcnow(), error=None).where(
-                    WebhookEvent.id == row.id).execute()
-        except _Duplicate:
-            return {"received": True, "duplicate": True}
-        except DatabaseUnavailable:
-            raise
-        except Exception as exc:
-            failure = exc
-        else:
-            return {"received": True, "outcome": outcome}
+    for _ in range(3):  # a deadlock between concurrent deliveries is retried, not failed
+        with block():
+            try:
+                with subs.transaction():
+                    row = _claim(project, event, raw, remote_ip)
+                    outcome = apply(project, event, fetched) if project is not None else IGNORED
+                    WebhookEvent.update(outcome=outcome, processed_at=utcnow(), error=None).where(
+                        WebhookEvent.id == row.id).execute()
+            except _Duplicate:
+                return {"received": True, "duplicate": True}
+            except DatabaseUnavailable:
+                raise
+            except Exception as exc:
+                failure = exc
+            else:
+                return {"received": True, "outcome": outcome}
+        if not subs.retryable(failure):
+            break
+        log.info("webhook %s: transaction retried after %s", event["id"], type(failure).__name__)
     _record_failure(project, event, raw, remote_ip, failure)
     raise WebhookError(500, "webhook_failed", "The event could not be applied; it will be retried.")
 

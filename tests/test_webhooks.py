@@ -519,3 +519,42 @@ async def test_without_a_stripe_key_an_older_snapshot_never_overwrites_a_newer_o
             assert (await deliver(evt)).code == 200
         assert_matches_stripe(await read(hooked, user), fake_stripe, sub["id"])
     assert not fake_stripe.calls("GET", "/v1/subscriptions/")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_concurrent_deliveries_on_separate_connections_like_two_processes(read, fake_stripe, hooked, app):
+    """Each thread has its own event loop and database connection, as two server processes would:
+    the same event four times plus the other events of a brand-new subscription, all at once."""
+    import concurrent.futures
+
+    session, sub = new_subscription(fake_stripe, "twoproc")
+    events = [event("checkout.session.completed", session), event("customer.subscription.created", sub),
+              event("invoice.paid", invoice(sub))]
+    deliveries = [events[0]] * 4 + events[1:] * 2
+    config, box = app.settings["config"], app.settings["secret_box"]
+    start = __import__("threading").Barrier(len(deliveries))
+
+    def in_other_process(evt):
+        async def go():
+            from pulse import billing
+            try:
+                return await webhooks.process(hooked.project, evt, body_of_event(evt), config=config, box=box)
+            finally:
+                await billing.close_clients()
+        start.wait()
+        try:
+            return asyncio.run(go())
+        finally:
+            db.database.close()
+
+    loop = asyncio.get_running_loop()
+    with concurrent.futures.ThreadPoolExecutor(len(deliveries)) as pool:
+        results = await asyncio.gather(*(loop.run_in_executor(pool, in_other_process, e) for e in deliveries))
+    assert sorted(r.get("outcome", "duplicate") for r in results) == ["duplicate"] * 5 + ["processed"] * 3
+    rows = events_of(hooked.project)
+    assert sorted(r.type for r in rows) == sorted(e["type"] for e in events)
+    assert {r.outcome for r in rows} == {"processed"} and {r.attempts for r in rows} == {1}
+    with db.block():
+        assert Customer.select().where(Customer.project == hooked.project).count() == 1
+        assert Subscription.select().where(Subscription.project == hooked.project).count() == 1
+    assert_matches_stripe(await read(hooked, "twoproc"), fake_stripe, sub["id"])
