@@ -35,6 +35,8 @@ log = logging.getLogger("pulse.server")
 # Modules whose `default_handlers` make up the app, in matching order.
 HANDLER_MODULES = [
     "handlers.health",
+    "handlers.export",
+    "handlers.openapi",
     "handlers.billing",
     "handlers.webhooks",
     "console.status",

@@ -1,0 +1,41 @@
+"""GET /api/customers/export: every customer of the project with its current subscription, streamed."""
+
+import logging
+
+from tornado.iostream import StreamClosedError
+
+from pulse import export
+from pulse.db import DatabaseUnavailable
+
+from handlers.base import ApiHandler, invalid
+
+log = logging.getLogger("pulse.export")
+
+
+class ExportHandler(ApiHandler):
+    async def get(self):
+        fmt = self.get_query_argument("format", "json")
+        if fmt not in export.FORMATS:
+            raise invalid("format", "format must be json or csv")
+        self.set_header("Content-Type", export.FORMATS[fmt])
+        self.set_header("Content-Disposition", f'attachment; filename="{export.filename(self.project, fmt)}"')
+        sent = False
+        try:
+            for chunk in export.chunks(self.project, fmt):
+                self.write(chunk)
+                await self.flush()  # one page at a time on the wire: memory stays at one page
+                sent = True
+        except StreamClosedError:
+            return  # the client went away: stop reading pages
+        except DatabaseUnavailable:
+            if not sent:
+                raise
+            # Headers and part of the body are out: cut the connection so the client sees a truncated
+            # transfer instead of a well-formed but incomplete file.
+            log.warning("export interrupted: database unavailable", extra={"request_id": self.request_id})
+            self.request.connection.stream.close()
+
+
+default_handlers = [
+    (r"/api/customers/export", ExportHandler),
+]
