@@ -9,8 +9,8 @@ import time
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
-from pulse import db
-from pulse.models import Customer, Subscription, WebhookEvent
+from pulse import apikeys, db
+from pulse.models import ApiKey, Customer, Project, Subscription, WebhookEvent
 from tests import stripe_events
 from tests.conftest import MYSQL_URL
 from tests.fake_stripe import FAKE_SECRET_KEY
@@ -114,11 +114,26 @@ async def test_one_webhook_delivered_to_both_processes_at_once_is_applied_once(d
         with db.block():
             assert WebhookEvent.select().where(WebhookEvent.stripe_event_id == event["id"]).count() == 1
             assert Subscription.select().where(Subscription.stripe_subscription_id == sub["id"]).count() == 1
-        # Both processes read the applied state (no process serves a stale copy).
+        # Both processes read the applied state (and now hold it in their short read cache).
         for server in live:
             read = await call(server, "GET", "/api/subscription?external_user_id=hook-user", project["api_key"])
             assert read.code == 200, read.body
             assert json.loads(read.body)["stripe_subscription_id"] == sub["id"]
+            assert json.loads(read.body)["has_access"] is True
+
+        # A cancellation applied by process A: A shows it at once, B within the 2 s SPEC allows.
+        fake_stripe.set_subscription(sub["id"], status="canceled")
+        update = stripe_events.body_of_event(stripe_events.event("customer.subscription.updated",
+                                                                 fake_stripe.subscription(sub["id"])))
+        applied = await call(live[0], "POST", path, body=update, headers={
+            "Content-Type": "application/json", "Stripe-Signature": stripe_events.sign(update, WHSEC)})
+        assert applied.code == 200, applied.body
+        read = await call(live[0], "GET", "/api/subscription?external_user_id=hook-user", project["api_key"])
+        assert json.loads(read.body)["status"] == "cancelled"
+        await asyncio.sleep(2.0)
+        read = await call(live[1], "GET", "/api/subscription?external_user_id=hook-user", project["api_key"])
+        assert json.loads(read.body)["status"] == "cancelled"
+        assert json.loads(read.body)["has_access"] is False
     finally:
         stop_all(live)
         db.database.close()
@@ -166,3 +181,29 @@ async def test_serve_with_two_processes_drains_in_flight_requests_on_sigterm(db_
         assert server.proc.returncode == 0, "\n".join(server.logs[-20:])
     finally:
         server.stop()
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_key_revoked_by_another_process_stops_working_within_two_seconds(db_url):
+    (server,) = servers(db_url, count=1)
+    try:
+        server.start()
+        project = server.create_project("Revoke")
+        path = "/api/subscription?external_user_id=nobody"
+        assert (await call(server, "GET", path, project["api_key"])).code == 404  # authenticated (and cached)
+        db.bind(db_url)
+        with db.block():
+            (key,) = list(ApiKey.select().join(Project).where(Project.public_id == project["project_id"]))
+            apikeys.revoke(key)
+        await asyncio.sleep(2.0)
+        assert (await call(server, "GET", path, project["api_key"])).code == 401
+    finally:
+        server.stop()
+        db.database.close()
+
+
+def test_key_revoked_in_this_process_stops_working_at_once(app, project):
+    with db.block():
+        assert apikeys.authenticate(project.api_key.api_key) is not None  # now cached
+        apikeys.revoke(project.api_key.record)
+        assert apikeys.authenticate(project.api_key.api_key) is None
