@@ -69,7 +69,10 @@ def search_customers(project, q="", status="", after=0, limit=PAGE_SIZE):
     query = Customer.select().where(Customer.project == project)
     q = (q or "").strip()
     if q:
-        query = query.where(Customer.email.startswith(q.lower()) | Customer.external_user_id.startswith(q))
+        # Emails are stored lower-case; external ids are exact (binary on MySQL), so their prefix is a
+        # case-sensitive range on both databases, which the (project, external_user_id) index serves.
+        by_id = (Customer.external_user_id >= q) & (Customer.external_user_id < q + "\U0010ffff")
+        query = query.where(Customer.email.startswith(q.lower()) | by_id)
     if status:
         query = query.where(pw.fn.EXISTS(Subscription.select(Subscription.id).where(
             Subscription.customer == Customer.id, Subscription.status == status)))

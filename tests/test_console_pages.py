@@ -163,7 +163,11 @@ async def test_customer_search_filter_and_keyset_pages(console, project, seeded)
     await console.login(project.admin.email)
     page = text(await console.get(url(project, "customers?q=person1", seeded)))
     assert "user-001" in page and "user-000" not in page
-    page = text(await console.get(url(project, "customers?q=USER-002", seeded)))  # case-insensitive prefix
+    page = text(await console.get(url(project, "customers?q=USER-002", seeded)))  # ids are exact
+    assert "user-002" not in page
+    page = text(await console.get(url(project, "customers?q=PERSON2", seeded)))  # emails are not
+    assert "user-002" in page and "user-001" not in page
+    page = text(await console.get(url(project, "customers?q=user-002", seeded)))
     assert "user-002" in page and "person2@example.com" in page and "user-001" not in page
     page = text(await console.get(url(project, "customers?q=%25", seeded)))  # LIKE wildcards are literal
     assert "user-000" not in page
