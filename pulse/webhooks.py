@@ -2,6 +2,7 @@
 
 import json
 import logging
+import time
 
 import peewee
 import stripe
@@ -13,6 +14,8 @@ from pulse.models import Customer, Project, WebhookEvent
 log = logging.getLogger("pulse.webhooks")
 
 TOLERANCE = 300
+INVALID_RECORDS_PER_MINUTE = 60
+_invalid_counts = {}
 PROCESSED, IGNORED, FAILED, INVALID_SIGNATURE = "processed", "ignored", "failed", "invalid_signature"
 SUBSCRIPTION_EVENTS = {"customer.subscription.created", "customer.subscription.updated",
                        "customer.subscription.deleted", "customer.subscription.paused",
@@ -57,10 +60,23 @@ def verify(raw, header, secret):
 
 
 def record_invalid(project, reason, remote_ip):
-    """Keep a trace of a rejected delivery (no payload: it is unauthenticated input)."""
+    """Keep a trace of a rejected delivery (no payload: it is unauthenticated input).
+
+    Unsigned requests are not rate limited (Stripe's bursts must pass), so the trace is capped per
+    client IP and minute (per process, no query): a flood of forgeries cannot fill the table.
+    """
+    minute, ip = int(time.time() // 60), (remote_ip or "")[:64]
+    if _invalid_counts.get("minute") != minute:
+        _invalid_counts.clear()
+        _invalid_counts["minute"] = minute
+    _invalid_counts[ip] = _invalid_counts.get(ip, 0) + 1
+    if _invalid_counts[ip] > INVALID_RECORDS_PER_MINUTE:
+        log.warning("invalid webhook signature from %s not recorded (over %s/minute): %s",
+                    ip, INVALID_RECORDS_PER_MINUTE, reason)
+        return
     with block():
-        WebhookEvent.create(project=project, outcome=INVALID_SIGNATURE, error=reason[:200],
-                            remote_ip=(remote_ip or "")[:64], processed_at=utcnow())
+        WebhookEvent.create(project=project, outcome=INVALID_SIGNATURE, error=reason[:200], remote_ip=ip or None,
+                            processed_at=utcnow())
 
 
 def parse(raw):
@@ -294,7 +310,7 @@ def _record_failure(project, event, raw, remote_ip, exc):
             except peewee.IntegrityError:
                 pass
             WebhookEvent.update(outcome=FAILED, error=error, attempts=WebhookEvent.attempts + 1).where(
-                WebhookEvent.id == _lookup(project, event["id"]).first().id,
+                WebhookEvent.id == subs._locking(_lookup(project, event["id"])).first().id,
                 WebhookEvent.outcome != PROCESSED, WebhookEvent.outcome != IGNORED).execute()
 
 

@@ -320,7 +320,9 @@ async def test_failure_while_applying_rolls_back_and_reapply_recovers(read, fake
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_invalid_signatures_are_rejected_recorded_and_not_applied(read, fake_stripe, hooked, deliver):
+async def test_invalid_signatures_are_rejected_recorded_and_not_applied(read, fake_stripe, hooked, deliver,
+                                                                       monkeypatch):
+    monkeypatch.setattr(webhooks, "_invalid_counts", {})  # other tests' forgeries don't count
     session, _ = new_subscription(fake_stripe, "forged")
     evt = event("checkout.session.completed", session)
     body = body_of_event(evt)
@@ -558,3 +560,14 @@ async def test_concurrent_deliveries_on_separate_connections_like_two_processes(
         assert Customer.select().where(Customer.project == hooked.project).count() == 1
         assert Subscription.select().where(Subscription.project == hooked.project).count() == 1
     assert_matches_stripe(await read(hooked, "twoproc"), fake_stripe, sub["id"])
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_flood_of_forgeries_is_answered_but_recorded_only_up_to_a_cap(fake_stripe, hooked, deliver,
+                                                                               monkeypatch):
+    monkeypatch.setattr(webhooks, "INVALID_RECORDS_PER_MINUTE", 3)
+    monkeypatch.setattr(webhooks, "_invalid_counts", {})
+    for _ in range(6):
+        resp = await deliver('{"id": "evt_x"}', secret="whsec_forged")
+        assert resp.code == 400 and body_of(resp)["error"]["code"] == "invalid_signature"
+    assert len(events_of(hooked.project, outcome="invalid_signature")) == 3
