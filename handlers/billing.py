@@ -146,7 +146,7 @@ class PortalHandler(BillingHandler):
 
 class SubscriptionHandler(ApiHandler):
     def get(self):
-        user = self.get_query_argument("external_user_id", None)
+        user = self.get_query_argument("external_user_id", None, strip=False)
         if user is None:
             raise missing("external_user_id")
         external_user_id(user)

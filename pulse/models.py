@@ -2,13 +2,34 @@
 
 import peewee as pw
 
-from pulse.db import database, utcnow
+from pulse.db import database, is_mysql, utcnow
 
 
 class LongTextField(pw.TextField):
     """TEXT on SQLite, LONGTEXT on MySQL (Stripe payloads outgrow 64 KB)."""
 
     field_type = "LONGTEXT"
+
+
+def exact_collation(db):
+    """The binary, no-pad utf8mb4 collation of this MySQL/MariaDB server."""
+    if db.server_version is None:
+        db.connect(reuse_if_open=True)
+    version = db.server_version or (0,)
+    if version[0] >= 10:  # MariaDB numbers itself 10.x and up
+        return "utf8mb4_nopad_bin"
+    return "utf8mb4_0900_bin" if version[0] >= 8 else "utf8mb4_bin"
+
+
+class ExactCharField(pw.CharField):
+    """VARCHAR compared byte for byte: MySQL's default collation would make "User-1", "user-1" and "user-1 " one id."""
+
+    def ddl_datatype(self, ctx):
+        datatype = super().ddl_datatype(ctx)
+        if is_mysql():
+            collation = exact_collation(database.obj)
+            return pw.NodeList((datatype, pw.SQL(f"CHARACTER SET utf8mb4 COLLATE {collation}")))
+        return datatype
 
 
 class BaseModel(pw.Model):
@@ -58,7 +79,7 @@ class ApiKey(BaseModel):
 
 class Customer(BaseModel):
     project = pw.ForeignKeyField(Project, backref="customers", on_delete="CASCADE")
-    external_user_id = pw.CharField(max_length=255)
+    external_user_id = ExactCharField(max_length=255)  # the tenant's opaque id
     email = pw.CharField(max_length=254, default="")
     stripe_customer_id = pw.CharField(max_length=255, null=True)
     created_at = pw.DateTimeField(default=utcnow)

@@ -249,3 +249,15 @@ async def test_slow_stripe_does_not_block_the_hot_path(api, fake_stripe, project
     assert read.code == 200
     assert not checkout.done()  # answered while the checkout was still waiting on Stripe
     assert (await checkout).code == 200
+
+
+@pytest.mark.gen_test
+async def test_ids_differing_in_case_or_trailing_space_are_different_users(api, fake_stripe):
+    # Tenants' ids are opaque: MySQL's default collation must not merge "user-1", "User-1" and "user-1 ".
+    ids = ["user-1", "User-1", "user-1 ", "usér-1"]
+    for user in ids:
+        response = await api("POST", "/api/checkout", checkout_body(external_user_id=user))
+        assert response.code == 200, (user, response.body)
+    assert len(fake_stripe.customers) == 4
+    with db.block():
+        assert sorted(c.external_user_id for c in Customer.select()) == sorted(ids)

@@ -106,3 +106,12 @@ async def test_any_string_id(api, project):
 async def test_requires_api_key(api):
     response = await api("GET", "/api/subscription?external_user_id=x", key="")
     assert response.code == 401
+
+
+@pytest.mark.gen_test
+async def test_ids_are_exact(api, project):
+    # On MySQL too: another case or a trailing space is another user, never this one's subscription.
+    add_subscription(add_customer(project.project, "user-1"), "active")
+    for other in ("User-1", "user-1 ", "USER-1"):
+        assert (await read(api, other)).code == 404, repr(other)
+    assert (await read(api, "user-1")).code == 200
