@@ -12,8 +12,8 @@ import stripe
 
 from pulse import projects
 from pulse.db import database, utcnow
-from pulse.models import Customer, Subscription
-from pulse.status import access_statuses
+from pulse.models import Customer, Project, Subscription
+from pulse.status import ACCESS_STATUSES
 
 log = logging.getLogger("pulse.billing")
 
@@ -115,9 +115,13 @@ async def call(method, *args, **kwargs):
 
 def has_access_subscription(customer, project):
     """True when `customer` holds a subscription that grants access under the project's policy."""
-    return (Subscription.select().where(
-        (Subscription.customer == customer)
-        & Subscription.status.in_(access_statuses(project.past_due_has_access))).exists())
+    # The policy is read in the same query: `project` may come from the API-key cache.
+    past_due = (Subscription.status == "past_due") & (Project.past_due_has_access == True)  # noqa: E712
+    return (Subscription.select()
+            .join(Project, on=(Project.id == Subscription.project))
+            .where((Subscription.customer == customer) & (Subscription.project == project.id)
+                   & (Subscription.status.in_(ACCESS_STATUSES) | past_due))
+            .exists())
 
 
 def find_customer(project, external_user_id):

@@ -122,7 +122,6 @@ async def test_body_must_be_json_object(api, fake_stripe):
 async def test_already_subscribed(api, fake_stripe, project, stripe_status, past_due_policy, expected):
     with db.block():
         Project.update(past_due_has_access=past_due_policy).where(Project.id == project.project.id).execute()
-    project.project.past_due_has_access = past_due_policy
     customer = add_customer(project.project, "user-1", stripe_customer_id=None)
     add_subscription(customer, stripe_status)
     response = await api("POST", "/api/checkout", checkout_body())
@@ -261,3 +260,13 @@ async def test_ids_differing_in_case_or_trailing_space_are_different_users(api, 
     assert len(fake_stripe.customers) == 4
     with db.block():
         assert sorted(c.external_user_id for c in Customer.select()) == sorted(ids)
+
+
+@pytest.mark.gen_test
+async def test_past_due_policy_is_read_fresh(api, fake_stripe, project):
+    add_subscription(add_customer(project.project, "user-1", stripe_customer_id=None), "past_due")
+    assert (await api("POST", "/api/checkout", checkout_body())).code == 409  # the key (and project) now cached
+    with db.block():
+        Project.update(past_due_has_access=False).where(Project.id == project.project.id).execute()
+    response = await api("POST", "/api/checkout", checkout_body())
+    assert response.code == 200, response.body
