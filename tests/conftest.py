@@ -162,3 +162,52 @@ def fake_stripe(io_loop):
     yield fake
     io_loop.run_sync(billing.close_clients)
     io_loop.run_sync(fake.stop)
+
+
+# ---------------------------------------------------------------- no secret in any log line of the run
+
+_SHAPED_SECRET = __import__("re").compile(
+    r"pp_live_[0-9A-Za-z]{32,}|(?:sk|rk)_(?:live|test)_[0-9A-Za-z_]{12,}|whsec_[0-9A-Za-z_]{12,}")
+
+
+class _SecretWatch(__import__("logging").Handler):
+    """Sees every record the app logs during the run, raw and as production formats it."""
+
+    def __init__(self, known):
+        super().__init__()
+        from pulse.logs import JsonFormatter
+        self.formatter_ = JsonFormatter()
+        self.known = known
+        self.leaks = []
+
+    def emit(self, record):
+        if record.name.startswith("tests"):
+            return
+        try:
+            raw = record.getMessage()
+            if record.exc_info:
+                raw += "\n" + __import__("logging").Formatter().formatException(record.exc_info)
+            line = self.formatter_.format(record)
+        except Exception:  # a broken record is not our concern here
+            return
+        found = [name for name, value in self.known.items() if value in raw or value in line]
+        found += _SHAPED_SECRET.findall(raw) + _SHAPED_SECRET.findall(line)
+        if found and len(self.leaks) < 20:
+            self.leaks.append(f"{record.name}: {found} in {line[:300]}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secrets_in_logs():
+    """Every log record of the whole test run (INFO and up, as served) must be free of test secrets."""
+    import logging
+    from tests.fake_stripe import FAKE_SECRET_KEY
+    watch = _SecretWatch({"PULSE_SECRET_KEY": TEST_SECRET, "Stripe key": FAKE_SECRET_KEY,
+                          "admin password": "correct horse battery"})
+    root = logging.getLogger()
+    previous = root.level
+    root.setLevel(min(previous, logging.INFO) if previous else logging.INFO)
+    root.addHandler(watch)
+    yield watch
+    root.removeHandler(watch)
+    root.setLevel(previous)
+    assert not watch.leaks, "secrets in log lines during the test run:\n" + "\n".join(watch.leaks)
