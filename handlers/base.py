@@ -267,8 +267,8 @@ def idempotent(method):
         key = self.request.headers.get("Idempotency-Key")
         if key is None or self.project is None:
             return await _maybe_await(method(self, *args, **kwargs))
-        if not 1 <= len(key) <= idempotency.MAX_KEY_LENGTH or not key.isprintable():
-            raise invalid("Idempotency-Key", "Idempotency-Key must be 1-255 printable characters.")
+        if not idempotency.valid_key(key):
+            raise invalid("Idempotency-Key", "Idempotency-Key must be 1-255 printable ASCII characters.")
         fingerprint = idempotency.request_hash(self.request.method, self.request.path, self.raw_body)
         with block():
             outcome = idempotency.begin(self.project, key, fingerprint)

@@ -1,13 +1,228 @@
-"""GET /api/openapi.json: the OpenAPI 3.1 description of this API."""
+"""GET /api/openapi.json: the OpenAPI 3.1 description of this API (kept in step with the routes by a test)."""
+
+import functools
+
+from pulse import __version__, idempotency
 
 from handlers.base import ApiHandler
+
+NULLABLE_STRING = {"type": ["string", "null"]}
+NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+EXTERNAL_USER_ID = {"type": "string", "minLength": 1, "maxLength": 255,
+                    "description": "Your own id for the user: any string of 1-255 characters."}
+# What the server accepts, no more and no less (the schema is fuzzed against the running API).
+HTTP_URL = {"type": "string", "maxLength": 2048,
+            "pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(:[0-9]{1,5})?([/?#][^\s]*)?$",
+            "description": "An absolute http(s) URL."}
+EMAIL = {"type": "string", "maxLength": 254, "pattern": r"^[^@\s]+@[^@\s]+\.[^@\s.]+$"}
+
+SCHEMAS = {
+    "Error": {
+        "type": "object", "required": ["error"],
+        "properties": {"error": {
+            "type": "object", "required": ["status", "code", "message"],
+            "properties": {
+                "status": {"type": "integer", "description": "Equals the HTTP status."},
+                "code": {"type": "string", "pattern": "^[a-z_]+$", "description": "Stable snake_case code."},
+                "message": {"type": "string"},
+                "field": {"type": "string", "description": "The offending field, for validation errors."},
+                "stripe_request_id": NULLABLE_STRING,
+            }}},
+    },
+    "CheckoutRequest": {
+        "type": "object",
+        "required": ["external_user_id", "email", "plan_slug", "stripe_price_id", "success_url", "cancel_url"],
+        "properties": {
+            "external_user_id": EXTERNAL_USER_ID,
+            "email": EMAIL,
+            "plan_slug": {"type": "string", "minLength": 1, "maxLength": 100},
+            "stripe_price_id": {"type": "string", "pattern": "^price_.", "maxLength": 255},
+            "success_url": HTTP_URL,
+            "cancel_url": HTTP_URL,
+            "interval": {"type": "string", "enum": ["monthly", "yearly"], "default": "monthly"},
+            "trial_days": {"type": "integer", "minimum": 1, "maximum": 730},
+        },
+    },
+    "CheckoutResponse": {"type": "object", "required": ["url", "session_id"],
+                         "properties": {"url": {"type": "string"}, "session_id": {"type": "string"}}},
+    "PortalRequest": {"type": "object", "required": ["external_user_id", "return_url"],
+                      "properties": {"external_user_id": EXTERNAL_USER_ID, "return_url": HTTP_URL}},
+    "PortalResponse": {"type": "object", "required": ["url"], "properties": {"url": {"type": "string"}}},
+    "SubscriptionFields": {
+        "type": "object",
+        "required": ["status", "has_access", "plan_slug", "interval", "stripe_price_id", "current_period_end",
+                     "cancel_at", "trial_end", "stripe_subscription_id"],
+        "properties": {
+            "status": {"type": "string", "enum": ["active", "trialing", "cancelling", "past_due", "unpaid",
+                                                  "cancelled", "incomplete", "paused"]},
+            "has_access": {"type": "boolean"},
+            "plan_slug": NULLABLE_STRING,
+            "interval": {"type": ["string", "null"], "enum": ["monthly", "yearly", None]},
+            "stripe_price_id": NULLABLE_STRING,
+            "current_period_end": NULLABLE_TIME,
+            "cancel_at": NULLABLE_TIME,
+            "trial_end": NULLABLE_TIME,
+            "stripe_subscription_id": {"type": "string"},
+        },
+    },
+    "Subscription": {
+        "allOf": [{"$ref": "#/components/schemas/SubscriptionFields"}, {
+            "type": "object", "required": ["external_user_id", "email", "stripe_customer_id"],
+            "properties": {"external_user_id": {"type": "string"}, "email": {"type": "string"},
+                           "stripe_customer_id": NULLABLE_STRING}}],
+    },
+    "ExportedCustomer": {
+        "type": "object", "required": ["external_user_id", "email", "stripe_customer_id", "created_at", "subscription"],
+        "properties": {
+            "external_user_id": {"type": "string"}, "email": {"type": "string"},
+            "stripe_customer_id": NULLABLE_STRING, "created_at": {"type": "string", "format": "date-time"},
+            "subscription": {"oneOf": [{"$ref": "#/components/schemas/SubscriptionFields"}, {"type": "null"}]},
+        },
+    },
+    "Export": {"type": "object", "required": ["customers"],
+               "properties": {"customers": {"type": "array", "items": {"$ref": "#/components/schemas/ExportedCustomer"}}}},
+    "Health": {"type": "object", "required": ["status", "database", "version"],
+               "properties": {"status": {"type": "string", "enum": ["ok", "unavailable"]},
+                              "database": {"type": "string", "enum": ["ok", "error"]},
+                              "version": {"type": "string"}}},
+    "WebhookReceipt": {"type": "object", "required": ["received"],
+                       "properties": {"received": {"type": "boolean"}, "duplicate": {"type": "boolean"},
+                                      "outcome": {"type": "string"}}},
+    "StripeEvent": {"type": "object", "description": "A Stripe Event object, exactly as Stripe sent it.",
+                    "additionalProperties": True},
+}
+
+HEADERS = {
+    "X-Request-Id": {"description": "The request id (yours when you sent a sane X-Request-Id).",
+                     "required": True, "schema": {"type": "string"}},
+    "X-RateLimit-Limit": {"description": "Requests allowed in any window (per project, or per IP unauthenticated).",
+                          "schema": {"type": "integer"}},
+    "X-RateLimit-Remaining": {"description": "Requests left in the current window.", "schema": {"type": "integer"}},
+    "X-RateLimit-Reset": {"description": "Unix time (seconds) at which the next slot frees.",
+                          "schema": {"type": "integer"}},
+}
+ERROR_TEXT = {
+    400: "Invalid JSON or an invalid field (`invalid_json`, `invalid_field`).",
+    401: "Missing, unknown, revoked or expired API key (`unauthorized`).",
+    404: "Not found (`not_found`).",
+    405: "Method not allowed (`method_not_allowed`).",
+    409: "Conflict (`already_subscribed`, `idempotency_conflict`).",
+    413: "Body over 1 MiB (`payload_too_large`).",
+    422: "A required field is missing (`missing_field`).",
+    429: "Rate limit exceeded (`rate_limited`); see Retry-After.",
+    500: "Internal error (for webhooks: the event was recorded and Stripe will retry).",
+    502: "Stripe answered with an error (`stripe_error`, with Stripe's request id).",
+    503: "Stripe not configured, webhook secret not configured, or database unavailable.",
+}
+RATE_LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+
+
+def _ref(name):
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _headers(rate_limited=True):
+    names = ("X-Request-Id",) + (RATE_LIMIT_HEADERS if rate_limited else ())
+    return {name: HEADERS[name] for name in names}
+
+
+def _json(schema, description, rate_limited=True, extra_headers=None):
+    return {"description": description, "headers": {**_headers(rate_limited), **(extra_headers or {})},
+            "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes, rate_limited=True):
+    out = {}
+    for code in codes:
+        extra = {"Retry-After": {"description": "Seconds to wait.", "required": True, "schema": {"type": "integer"}}} \
+            if code == 429 else None
+        out[str(code)] = _json(_ref("Error"), ERROR_TEXT[code], rate_limited, extra)
+    return out
+
+
+IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
+                   "description": "Same key and body within 24 h: the stored response, without calling Stripe again.",
+                   "schema": {"type": "string", "pattern": f"^{idempotency.KEY_PATTERN}$"}}
+AUTH_ERRORS = (401, 429)
+
+
+def _post(summary, request, response, *errors):
+    return {"summary": summary, "parameters": [IDEMPOTENCY_KEY],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(request)}}},
+            "responses": {"200": _json(_ref(response), "OK"),
+                          **_errors(400, 401, 409, 413, 422, 429, 502, 503, *errors)}}
+
+
+def _webhook(summary, parameters):
+    return {"post": {
+        "summary": summary, "security": [], "parameters": parameters,
+        "description": "Verified with the Stripe-Signature header. Not rate limited: Stripe delivers in bursts.",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("StripeEvent")}}},
+        "responses": {"200": _json(_ref("WebhookReceipt"), "Recorded (processed, ignored or duplicate)", False),
+                      **_errors(400, 404, 413, 500, 503, rate_limited=False)}}}
+
+
+@functools.lru_cache(maxsize=1)
+def document():
+    """The OpenAPI 3.1 document, as a dict."""
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "PaymentPulse", "version": __version__,
+                 "description": "Self-hosted, multi-tenant Stripe billing gateway. Every error has the shape "
+                                "{\"error\": {\"status\", \"code\", \"message\", \"field\"?}}."},
+        "security": [{"ApiKey": []}],
+        "paths": {
+            "/api/health": {
+                "get": {"summary": "Liveness and database reachability", "security": [],
+                        "responses": {"200": _json(_ref("Health"), "Up"),
+                                      "302": {"description": "Browsers (Accept prefers text/html) go to the status page",
+                                              "headers": {"Location": {"schema": {"type": "string"}}}},
+                                      "503": _json(_ref("Health"), "The database is unreachable"),
+                                      **_errors(429)}},
+                "head": {"summary": "Liveness", "security": [],
+                         "responses": {"200": {"description": "Up"}, "503": {"description": "Database unreachable"},
+                                       "429": {"description": "Rate limited"}}},
+            },
+            "/api/checkout": {"post": _post("Start a subscription in Stripe Checkout", "CheckoutRequest",
+                                            "CheckoutResponse")},
+            "/api/portal": {"post": _post("Open the Stripe Customer Portal for a user", "PortalRequest",
+                                          "PortalResponse", 404)},
+            "/api/subscription": {"get": {
+                "summary": "A user's current subscription (access first, then most recent)",
+                "parameters": [{"name": "external_user_id", "in": "query", "required": True, "schema": EXTERNAL_USER_ID}],
+                "responses": {"200": _json(_ref("Subscription"), "OK"), **_errors(400, 401, 404, 422, 429, 503)}}},
+            "/api/customers/export": {"get": {
+                "summary": "Every customer with its current subscription, streamed",
+                "parameters": [{"name": "format", "in": "query", "required": False,
+                                "schema": {"type": "string", "enum": ["json", "csv"], "default": "json"}}],
+                "responses": {
+                    "200": {"description": "An attachment: customers-<project>-<date>.json|csv",
+                            "headers": {**_headers(), "Content-Disposition": {"required": True,
+                                                                              "schema": {"type": "string"}}},
+                            "content": {"application/json": {"schema": _ref("Export")},
+                                        "text/csv": {"schema": {"type": "string"}}}},
+                    **_errors(400, 401, 429, 503)}}},
+            "/api/webhook": _webhook("Stripe events for the deployment-wide endpoint", []),
+            "/api/webhook/{project_id}": _webhook("Stripe events for one project", [
+                {"name": "project_id", "in": "path", "required": True,
+                 "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,40}$"}}]),
+            "/api/openapi.json": {"get": {"summary": "This document", "security": [],
+                                          "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1"),
+                                                        **_errors(429)}}},
+        },
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                                           "description": "pp_live_… (one project)."}},
+        },
+    }
 
 
 class OpenApiHandler(ApiHandler):
     auth_required = False
 
     def get(self):
-        self.write_json({"openapi": "3.1.0", "info": {"title": "PaymentPulse", "version": "0"}, "paths": {}})
+        self.write_json(document())
 
 
 default_handlers = [

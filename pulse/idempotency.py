@@ -3,6 +3,7 @@
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,7 +18,9 @@ log = logging.getLogger("pulse.idempotency")
 TTL = timedelta(hours=24)
 # A record still in flight after this long belongs to a request whose process died: take it over.
 STALE_IN_FLIGHT = timedelta(minutes=2)
-MAX_KEY_LENGTH = 255
+# Printable ASCII, no surrounding spaces (HTTP strips them anyway); also the pattern in the OpenAPI document.
+KEY_PATTERN = r"[\x21-\x7e]([\x20-\x7e]{0,253}[\x21-\x7e])?"
+_KEY = re.compile(KEY_PATTERN)
 _PURGE_EVERY = 600.0
 _next_purge = 0.0
 
@@ -31,6 +34,11 @@ class Outcome:
     status_code: int | None = None
     body: str | None = None
     reason: str | None = None  # "in_flight" | "mismatch" for conflicts
+
+
+def valid_key(key):
+    """Keys are 1-255 printable ASCII characters (a UUID is the usual choice)."""
+    return bool(_KEY.fullmatch(key))
 
 
 def request_hash(method, path, body):
