@@ -5,7 +5,7 @@ from collections import Counter
 from pulse import billing, subscriptions as subs
 from pulse.db import block, utcnow
 from pulse.models import Customer
-from pulse.webhooks import plain
+from pulse.events import plain
 
 
 def _belongs(project, stripe_customer, subscription=None):
