@@ -30,7 +30,7 @@ class LoginHandler(ConsoleHandler):
         email = projects.normalize_email(self.get_body_argument("email", ""))[:254]
         password = self.get_body_argument("password", "")
         target = safe_next(self.get_body_argument("next", ""))
-        ip = self.request.remote_ip or ""
+        ip = self.client_ip
         with block():
             locked = sessions.locked_until(email, ip) is not None
             user = None if locked else sessions.find_user(email)
@@ -61,7 +61,7 @@ class LogoutHandler(ConsoleHandler):
         user = self.current_user
         if user is not None:
             with block():
-                projects.audit("console.signed_out", user=user, ip=self.request.remote_ip)
+                projects.audit("console.signed_out", user=user, ip=self.client_ip)
         self.end_session()
         self.redirect("/console/login?notice=signed_out")
 
@@ -85,7 +85,7 @@ class AccountHandler(SignedInHandler):
         new_hash = await IOLoop.current().run_in_executor(None, security.hash_password, new)
         with block():
             sessions.set_password(user, new_hash)
-            projects.audit("console.password_changed", user=user, ip=self.request.remote_ip)
+            projects.audit("console.password_changed", user=user, ip=self.client_ip)
         self.clear_cookie(SESSION_COOKIE, path="/")
         self.redirect("/console/login?notice=password_changed")
 

@@ -6,6 +6,7 @@ from urllib.parse import urlencode
 
 import tornado.web
 
+from handlers import transport
 from pulse import projects, sessions
 from pulse.db import DatabaseUnavailable, block, isoformat
 
@@ -53,6 +54,15 @@ class ConsoleHandler(tornado.web.RequestHandler):
     def box(self):
         return self.settings["secret_box"]
 
+    @property
+    def client_ip(self):
+        """The client's address (X-Forwarded-For only behind a trusted proxy): lockout and audit key."""
+        return transport.client_ip(self.request, self.config.trust_proxy)[:64]
+
+    @property
+    def over_https(self):
+        return transport.over_https(self.request, self.config)
+
     def get_current_user(self):
         raw = self.get_cookie(SESSION_COOKIE)
         if not raw:
@@ -70,10 +80,10 @@ class ConsoleHandler(tornado.web.RequestHandler):
     def start_session(self, user):
         """Sign `user` in on this browser with a fresh server-side session."""
         with block():
-            raw = sessions.create_session(user, ip=self.request.remote_ip,
+            raw = sessions.create_session(user, ip=self.client_ip,
                                           user_agent=self.request.headers.get("User-Agent", ""))
         self.set_cookie(SESSION_COOKIE, raw, path="/", httponly=True, samesite="Lax",
-                        secure=self.request.protocol == "https",
+                        secure=self.over_https,
                         expires_days=sessions.ABSOLUTE_LIFETIME.total_seconds() / 86400)
 
     def end_session(self):
@@ -85,7 +95,7 @@ class ConsoleHandler(tornado.web.RequestHandler):
 
     def audit(self, action, project=None, **detail):
         """Record a console action by the signed-in user (inside the caller's db block)."""
-        projects.audit(action, project=project, user=self.current_user, ip=self.request.remote_ip, **detail)
+        projects.audit(action, project=project, user=self.current_user, ip=self.client_ip, **detail)
 
     def set_default_headers(self):
         self.set_header("Content-Security-Policy", CSP)

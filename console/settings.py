@@ -19,7 +19,7 @@ class SettingsPage(ProjectHandler):
             "settings.html", status=status, error=error, check=check,
             stripe_key_masked=security.mask_secret(secret), webhook_secret_masked=security.mask_secret(webhook),
             uses_default_key=not secret and bool(self.config.stripe_secret_key),
-            webhook_url=f"{self.request.protocol}://{self.request.host}/api/webhook/{self.project.public_id}")
+            webhook_url=f"{'https' if self.over_https else 'http'}://{self.request.host}/api/webhook/{self.project.public_id}")
 
 
 class SettingsHandler(SettingsPage):
@@ -42,7 +42,7 @@ class StripeSettingsHandler(SettingsPage):
             return
         with block():
             projects.set_stripe(self.project, self.box, secret_key=secret or None, webhook_secret=webhook or None,
-                                actor=self.current_user.email, user=self.current_user, ip=self.request.remote_ip)
+                                actor=self.current_user.email, user=self.current_user, ip=self.client_ip)
         self.redirect(self.project_url("settings?notice=stripe_saved"), status=303)
 
 

@@ -32,7 +32,7 @@ def test_safe_next(target, expected):
     assert safe_next(target) == expected
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=60)
 async def test_sign_in_sets_a_hardened_session_cookie_and_redirects_to_next(console, project):
     response = await console.login(project.admin.email, next_path=f"/console/p/{project.project.public_id}/keys")
     assert response.code == 302
@@ -49,13 +49,13 @@ async def test_sign_in_sets_a_hardened_session_cookie_and_redirects_to_next(cons
     assert (await console.get("/console/account")).code == 200
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=60)
 async def test_open_redirect_is_refused(console, project):
     response = await console.login(project.admin.email, next_path="//evil.example/phish")
     assert response.code == 302 and response.headers["Location"] == "/console/"
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=60)
 async def test_failure_message_is_generic(console, project):
     wrong = await console.login(project.admin.email, password="not the password")
     unknown = await console.login("nobody@example.com", password="not the password")
@@ -64,7 +64,7 @@ async def test_failure_message_is_generic(console, project):
     assert SESSION_COOKIE not in console.cookies
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=60)
 async def test_five_failures_lock_the_email_and_ip_for_15_minutes(console, project):
     email = project.admin.email
     for _ in range(4):
@@ -82,7 +82,7 @@ async def test_five_failures_lock_the_email_and_ip_for_15_minutes(console, proje
     assert (await console.login(email)).code == 302
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=60)
 async def test_lockout_page_is_429_from_a_template(console, project):
     for _ in range(5):
         await console.login("ghost@example.com", password="wrong password")
@@ -90,7 +90,7 @@ async def test_lockout_page_is_429_from_a_template(console, project):
     assert response.code == 429 and "<html" in text(response) and "Traceback" not in text(response)
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=60)
 async def test_forms_without_the_xsrf_token_are_refused(console, project):
     response = await console.post("/console/login", {"email": project.admin.email, "password": PASSWORD},
                                   xsrf=False)
@@ -101,7 +101,7 @@ async def test_forms_without_the_xsrf_token_are_refused(console, project):
     assert (await console.get("/console/account")).code == 200  # still signed in
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=60)
 async def test_sign_out_ends_the_session_server_side(console, project):
     await console.login(project.admin.email)
     raw = console.cookies[SESSION_COOKIE]
@@ -114,7 +114,7 @@ async def test_sign_out_ends_the_session_server_side(console, project):
     assert response.code == 302 and response.headers["Location"].startswith("/console/login?next=")
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=60)
 async def test_password_change_ends_every_session(console, http_client, base_url, project):
     other = Console(http_client, base_url)
     await other.login(project.admin.email)
@@ -135,7 +135,7 @@ async def test_password_change_ends_every_session(console, http_client, base_url
     assert (await console.login(project.admin.email, password="a new long password")).code == 302
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=60)
 async def test_expired_and_idle_sessions_end(console, project):
     await console.login(project.admin.email)
     with db.block():
@@ -149,7 +149,7 @@ async def test_expired_and_idle_sessions_end(console, project):
     assert (await console.get("/console/account")).code == 302
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=60)
 async def test_signed_in_user_visiting_login_is_sent_on(console, project):
     await console.login(project.admin.email)
     response = await console.get("/console/login?next=/console/account")

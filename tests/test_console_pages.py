@@ -32,7 +32,7 @@ def url(project, suffix, seeded):
     return f"/console/p/{project.project.public_id}/" + suffix.format(**seeded)
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=60)
 async def test_every_page_renders_for_a_member_with_security_headers(console, project, seeded):
     await console.login(project.admin.email)
     for suffix in PAGES:
@@ -52,7 +52,7 @@ async def test_every_page_renders_for_a_member_with_security_headers(console, pr
         assert response.code in (200, 302)
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=60)
 async def test_pages_need_a_session(console, project, seeded):
     for suffix in PAGES:
         response = await console.get(url(project, suffix, seeded))
@@ -62,7 +62,7 @@ async def test_pages_need_a_session(console, project, seeded):
         assert (await console.post(url(project, suffix, seeded))).code == 403, suffix
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=60)
 async def test_non_members_get_403_on_every_project_page(console, project, seeded, make_project):
     stranger = make_project(name="Other")
     await console.login(stranger.admin.email)
@@ -80,7 +80,7 @@ async def test_non_members_get_403_on_every_project_page(console, project, seede
     assert response.headers["Location"] == f"/console/p/{stranger.project.public_id}/"
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=60)
 async def test_unknown_things_are_404_pages(console, project, seeded):
     await console.login(project.admin.email)
     for path in ("/console/p/proj_doesnotexist/", "/console/p/proj_doesnotexist/keys", "/console/nope",
@@ -92,7 +92,7 @@ async def test_unknown_things_are_404_pages(console, project, seeded):
         assert "Traceback" not in text(response)
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=60)
 async def test_a_user_with_two_projects_switches_between_them(console, project, make_project, seeded):
     second = make_project(name="Second", admin_email=project.admin.email)
     await console.login(project.admin.email)
@@ -103,7 +103,7 @@ async def test_a_user_with_two_projects_switches_between_them(console, project, 
     assert f"/console/p/{second.project.public_id}/" in page  # the switcher
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=60)
 async def test_keys_create_rotate_revoke_with_audit(console, project, seeded):
     await console.login(project.admin.email)
     response = await console.post(url(project, "keys", seeded), {"label": "staging"})
@@ -147,7 +147,7 @@ async def test_keys_create_rotate_revoke_with_audit(console, project, seeded):
     assert "api_key.rotated" in audit and "console.signed_in" in audit and raw not in audit
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=60)
 async def test_key_label_is_required_and_escaped(console, project, seeded):
     await console.login(project.admin.email)
     assert (await console.post(url(project, "keys", seeded), {"label": " "})).code == 400
@@ -155,7 +155,7 @@ async def test_key_label_is_required_and_escaped(console, project, seeded):
     assert "<b>x</b>" not in text(response) and "&lt;b&gt;x&lt;/b&gt;" in text(response)
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=60)
 async def test_customer_search_filter_and_keyset_pages(console, project, seeded):
     with db.block():
         for i in range(60):
@@ -182,7 +182,7 @@ async def test_customer_search_filter_and_keyset_pages(console, project, seeded)
     assert "after=" not in second
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=60)
 async def test_customer_page_shows_subscription_and_events(console, project, seeded):
     await console.login(project.admin.email)
     page = text(await console.get(url(project, "customers/user-000", seeded)))
@@ -190,7 +190,7 @@ async def test_customer_page_shows_subscription_and_events(console, project, see
     assert "evt_ok" in page and "evt_bad" in page
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=60)
 async def test_events_filter_payload_and_reapply(console, project, seeded):
     await console.login(project.admin.email)
     page = text(await console.get(url(project, "events?outcome=failed", seeded)))
@@ -209,7 +209,7 @@ async def test_events_filter_payload_and_reapply(console, project, seeded):
     assert (await console.post(url(project, "events/{failed}/reapply", seeded))).code == 409
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=60)
 async def test_dashboard_counts_chart_and_failures(console, project, seeded):
     await console.login(project.admin.email)
     page = text(await console.get(url(project, "", seeded)))
@@ -218,7 +218,7 @@ async def test_dashboard_counts_chart_and_failures(console, project, seeded):
     assert "customer.updated" in page  # the recent failure
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=60)
 async def test_settings_are_write_only_and_audited(console, project, seeded, box):
     await console.login(project.admin.email)
     secret = "sk_test_" + "A1b2" * 8
@@ -242,7 +242,7 @@ async def test_settings_are_write_only_and_audited(console, project, seeded, box
     assert "settings.stripe_updated" in audit and "settings.past_due_policy" in audit
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=60)
 async def test_check_connection_without_a_key_says_so(console, project, seeded):
     await console.login(project.admin.email)
     response = await console.post(url(project, "settings/check", seeded))

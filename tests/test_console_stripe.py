@@ -18,7 +18,7 @@ def console(http_client, base_url):
     return Console(http_client, base_url)
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=60)
 async def test_check_connection_reports_the_account(console, project, fake_stripe):
     await console.login(project.admin.email)
     path = f"/console/p/{project.project.public_id}/settings/check"
@@ -32,7 +32,7 @@ async def test_check_connection_reports_the_account(console, project, fake_strip
     assert "sk_test_fake_" not in text(response)
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=60)
 async def test_exports_stream_every_customer_as_csv_and_json(console, project):
     seed(project.project, count=3)
     with db.block():
