@@ -52,6 +52,7 @@ class LoginHandler(ConsoleHandler):
         with block():
             sessions.clear_failures(email, ip)
             projects.audit("console.signed_in", user=user, ip=ip)
+        self.end_session()  # a session cookie from before never carries over into this sign-in
         self.start_session(user)
         self.redirect(target)
 

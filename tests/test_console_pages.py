@@ -247,3 +247,21 @@ async def test_check_connection_without_a_key_says_so(console, project, seeded):
     await console.login(project.admin.email)
     response = await console.post(url(project, "settings/check", seeded))
     assert response.code == 200 and "No Stripe secret key is set" in text(response)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_errors_render_the_error_page_never_a_traceback(console, project, seeded, monkeypatch):
+    from pulse import insights
+
+    def broken(project):
+        raise RuntimeError("secret internals /etc/passwd")
+
+    monkeypatch.setattr(insights, "status_counts", broken)
+    await console.login(project.admin.email)
+    response = await console.get(url(project, "", seeded))
+    assert response.code == 500
+    body = text(response)
+    assert "Something went wrong" in body and "secret internals" not in body and "Traceback" not in body
+    assert response.headers["Content-Security-Policy"].startswith("default-src 'self'")
+    response = await console.get("/console/logout")
+    assert response.code == 405 and "Method not allowed" in text(response)
