@@ -1,14 +1,16 @@
-"""Customer exports from the console: CSV or JSON, streamed page by page."""
+"""Customer exports from the console: the API's streaming export (pulse.export), behind a session."""
+
+import logging
 
 import tornado.web
+from tornado.iostream import StreamClosedError
 
 from console.base import ProjectHandler
 from console.dashboard import PID
-from pulse import console_export
-from pulse.db import utcnow
+from pulse import export
+from pulse.db import DatabaseUnavailable
 
-FORMATS = {"csv": ("text/csv; charset=utf-8", console_export.csv_chunks),
-           "json": ("application/json; charset=utf-8", console_export.json_chunks)}
+log = logging.getLogger("pulse.console")
 
 
 class ExportHandler(ProjectHandler):
@@ -16,17 +18,24 @@ class ExportHandler(ProjectHandler):
 
     async def get(self, project_id):
         fmt = self.get_query_argument("format", "csv")
-        if fmt not in FORMATS:
+        if fmt not in export.FORMATS:
             raise tornado.web.HTTPError(400, reason="Unknown export format: choose csv or json.")
-        content_type, chunks = FORMATS[fmt]
-        name = f"customers-{self.project.public_id}-{utcnow():%Y-%m-%d}.{fmt}"
-        self.set_header("Content-Type", content_type)
-        self.set_header("Content-Disposition", f'attachment; filename="{name}"')
-        # Each chunk is read in its own short db block; flushing between them keeps memory flat
-        # and lets the loop serve other requests.
-        for chunk in chunks(self.project):
-            self.write(chunk)
-            await self.flush()
+        self.set_header("Content-Type", export.FORMATS[fmt])
+        self.set_header("Content-Disposition", f'attachment; filename="{export.filename(self.project, fmt)}"')
+        sent = False
+        try:
+            for chunk in export.chunks(self.project, fmt):
+                self.write(chunk)
+                await self.flush()  # one page in memory at a time; the loop serves others meanwhile
+                sent = True
+        except StreamClosedError:
+            return
+        except DatabaseUnavailable:
+            if not sent:
+                raise
+            log.warning("console export interrupted: database unavailable")
+            self.request.connection.stream.close()  # a truncated transfer, not a well-formed partial file
+            return
         self.finish()
 
 
