@@ -87,6 +87,8 @@ def parse(raw):
         raise WebhookError(400, "invalid_payload", "Event has no id.")
     if not isinstance(event.get("type"), str) or not event["type"]:
         raise WebhookError(400, "invalid_payload", "Event has no type.")
+    if "created" in event and (not isinstance(event["created"], int) or isinstance(event["created"], bool)):
+        raise WebhookError(400, "invalid_payload", "Event created must be a Unix timestamp.")
     data = event.get("data")
     if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
         raise WebhookError(400, "invalid_payload", "Event has no data.object.")

@@ -225,6 +225,23 @@ async def test_subscription_event_before_checkout_creates_customer_from_metadata
     assert_matches_stripe(await read(hooked, "early-bird"), fake_stripe, sub["id"])
 
 
+@pytest.mark.gen_test(timeout=30)
+async def test_events_about_things_we_do_not_manage_are_ignored(read, fake_stripe, hooked, deliver):
+    session, sub = new_subscription(fake_stripe, "payer")
+    one_off = dict(session, mode="payment", subscription=None)
+    assert body_of(await deliver(event("checkout.session.completed", one_off))) == {"received": True,
+                                                                                  "outcome": "ignored"}
+    # A subscription created outside PaymentPulse: no metadata, a Stripe customer we never saw.
+    stranger = dict(sub, id="sub_stranger", customer="cus_stranger", metadata={})
+    assert body_of(await deliver(event("customer.subscription.updated", stranger)))["outcome"] == "ignored"
+    no_sub = invoice(sub)
+    no_sub["parent"] = None
+    assert body_of(await deliver(event("invoice.paid", no_sub)))["outcome"] == "ignored"
+    assert await read(hooked, "payer") is None
+    with db.block():
+        assert Subscription.select().count() == 0
+
+
 # ---------------------------------------------------------------- duplicates and concurrency
 
 
@@ -353,7 +370,9 @@ async def test_invalid_signatures_are_rejected_recorded_and_not_applied(read, fa
 async def test_signed_but_malformed_payloads_are_400_not_500(fake_stripe, hooked, deliver):
     bodies = ["not json", "[]", json.dumps({"type": "x", "data": {"object": {}}}),
               json.dumps({"id": "evt_1", "data": {"object": {}}}), json.dumps({"id": "evt_1", "type": "x"}),
-              json.dumps({"id": "evt_1", "type": "x", "data": {"object": "nope"}})]
+              json.dumps({"id": "evt_1", "type": "x", "data": {"object": "nope"}}),
+              json.dumps({"id": "evt_1", "type": "x", "created": "yesterday", "data": {"object": {}}}),
+              "\ufeff" + json.dumps({"id": "evt_1", "type": "x", "data": []})]
     for body in bodies:
         resp = await deliver(body)
         assert resp.code == 400, body
