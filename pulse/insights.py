@@ -6,7 +6,7 @@ import peewee as pw
 
 from pulse.db import utcnow
 from pulse.models import AuditLog, Customer, Membership, Subscription, WebhookEvent
-from pulse.status import ALL_STATUSES
+from pulse.status import ALL_STATUSES, has_access
 
 PAGE_SIZE = 50
 WEEKS = 12
@@ -81,15 +81,21 @@ def search_customers(project, q="", status="", after=0, limit=PAGE_SIZE):
     rows = list(query.order_by(Customer.id).limit(limit + 1))
     more = len(rows) > limit
     rows = rows[:limit]
-    latest = {}
+    by_customer = {}
     if rows:
-        subs = (Subscription.select().where(Subscription.customer.in_([c.id for c in rows]))
-                .order_by(Subscription.id))
-        for sub in subs:
-            latest[sub.customer_id] = sub  # highest id wins: the newest subscription
+        for sub in Subscription.select().where(Subscription.customer.in_([c.id for c in rows])):
+            by_customer.setdefault(sub.customer_id, []).append(sub)
     for customer in rows:
-        customer.subscription = latest.get(customer.id)
+        customer.subscription = current(by_customer.get(customer.id, []), project.past_due_has_access)
     return rows, (rows[-1].id if more else None)
+
+
+def current(subscriptions, past_due_has_access=True):
+    """The subscription the API reports: one with access first, then the latest started, then the newest row."""
+    def rank(sub):
+        started = sub.started_at.timestamp() if sub.started_at else 0
+        return (not has_access(sub.status, past_due_has_access), sub.started_at is None, -started, -sub.id)
+    return min(subscriptions, key=rank) if subscriptions else None
 
 
 def customer_by_external_id(project, external_user_id):

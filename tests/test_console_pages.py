@@ -265,3 +265,16 @@ async def test_errors_render_the_error_page_never_a_traceback(console, project, 
     assert response.headers["Content-Security-Policy"].startswith("default-src 'self'")
     response = await console.get("/console/logout")
     assert response.code == 405 and "Method not allowed" in text(response)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_customer_list_shows_the_subscription_the_api_reports(console, project, seeded):
+    from pulse.models import Subscription
+    with db.block():
+        customer = Customer.get(Customer.external_user_id == "user-000")
+        # A newer row that has ended must not hide the active subscription.
+        Subscription.create(project=project.project, customer=customer, stripe_subscription_id="sub_old_cancelled",
+                            stripe_status="canceled", status="cancelled", started_at=utcnow())
+    await console.login(project.admin.email)
+    page = text(await console.get(url(project, "customers?q=user-000", seeded)))
+    assert 'badge-ok">active' in page and ">cancelled<" not in page
