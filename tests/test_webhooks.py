@@ -362,7 +362,8 @@ async def test_invalid_signatures_are_rejected_recorded_and_not_applied(read, fa
     assert await read(hooked, "forged") is None
     assert not events_of(hooked.project, stripe_event_id=evt["id"])
     # A rolled secret: Stripe sends one v1 per active secret, and any may match.
-    rolled = sign(body, "whsec_old") + "," + sign(body, WHSEC).split(",")[1]
+    now = int(time.time())
+    rolled = sign(body, "whsec_old", now) + "," + sign(body, WHSEC, now).split(",")[1]
     assert (await deliver(body, signature=rolled)).code == 200
 
 
