@@ -87,6 +87,10 @@ def parse(raw):
         raise WebhookError(400, "invalid_payload", "Event has no id.")
     if not isinstance(event.get("type"), str) or not event["type"]:
         raise WebhookError(400, "invalid_payload", "Event has no type.")
+    created = event.get("created")
+    if created is not None and (isinstance(created, bool) or not isinstance(created, int) or not 0 <= created < 2 ** 40):
+        # Stored in a BIGINT and used for ordering: out of range, it crashed even the failure record.
+        raise WebhookError(400, "invalid_payload", "Event created must be a Unix timestamp.")
     if "created" in event and (not isinstance(event["created"], int) or isinstance(event["created"], bool)):
         raise WebhookError(400, "invalid_payload", "Event created must be a Unix timestamp.")
     data = event.get("data")
