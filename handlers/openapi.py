@@ -14,7 +14,8 @@ EXTERNAL_USER_ID = {"type": "string", "minLength": 1, "maxLength": 255,
 HTTP_URL = {"type": "string", "maxLength": 2048,
             "pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(:[0-9]{1,5})?([/?#][^\s]*)?$",
             "description": "An absolute http(s) URL."}
-EMAIL = {"type": "string", "maxLength": 254, "pattern": r"^[^@\s]+@[^@\s]+\.[^@\s.]+$"}
+_EMAIL_PART = r"[^@\s\x00-\x20\x7f-\x9f]"
+EMAIL = {"type": "string", "maxLength": 254, "pattern": rf"^{_EMAIL_PART}+@{_EMAIL_PART}+\.[^@\s.\x00-\x20\x7f-\x9f]+$"}
 
 SCHEMAS = {
     "Error": {
