@@ -66,6 +66,8 @@ def checkout_request(data):
     elif interval not in INTERVALS:
         raise invalid("interval", "interval must be monthly or yearly")
     trial_days = data.get("trial_days")
+    if isinstance(trial_days, float) and trial_days.is_integer():
+        trial_days = int(trial_days)  # JSON has one number type: 14.0 is the integer 14
     if trial_days is not None:
         if isinstance(trial_days, bool) or not isinstance(trial_days, int):
             raise invalid("trial_days", "trial_days must be an integer")
