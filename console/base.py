@@ -107,8 +107,12 @@ class ConsoleHandler(tornado.web.RequestHandler):
     def template_context(self):
         """Values every template may use; subclasses add the user and project."""
         notice = NOTICES.get(self.get_query_argument("notice", ""), "")
+        try:
+            user = self.current_user
+        except DatabaseUnavailable:
+            user = None  # the 503 and status pages still render while the database is down
         return {"request": self.request, "xsrf_form_html": self.xsrf_form_html,
-                "static_url": self.static_url, "current_user": self.current_user,
+                "static_url": self.static_url, "current_user": user,
                 "nav_projects": getattr(self, "nav_projects", []), "project": getattr(self, "project", None),
                 "section": getattr(self, "section", ""), "notice": notice, "iso": isoformat}
 

@@ -278,3 +278,21 @@ async def test_customer_list_shows_the_subscription_the_api_reports(console, pro
     await console.login(project.admin.email)
     page = text(await console.get(url(project, "customers?q=user-000", seeded)))
     assert 'badge-ok">active<' in page and 'badge ">cancelled<' not in page
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_database_outage_gives_a_503_page_and_the_status_page_still_renders(console, project, seeded,
+                                                                                   monkeypatch):
+    from pulse import sessions
+    from pulse.db import DatabaseUnavailable
+
+    await console.login(project.admin.email)
+
+    def down(raw):
+        raise DatabaseUnavailable()
+
+    monkeypatch.setattr(sessions, "session_user", down)
+    response = await console.get(url(project, "keys", seeded))
+    assert response.code == 503 and "Service unavailable" in text(response)
+    response = await console.get("/status")
+    assert response.code == 200 and "Service status" in text(response)
