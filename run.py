@@ -278,6 +278,9 @@ def cmd_create_project(config, args):
         raise CliError(f"invalid --admin-email {args.admin_email!r}", status=2)
     if args.admin_password is not None and len(args.admin_password) < 8:
         raise CliError("--admin-password must be at least 8 characters", status=2)
+    if args.admin_password is not None and len(args.admin_password.encode("utf-8")) > 72:
+        # bcrypt 5 refuses longer passwords (older versions silently truncated them).
+        raise CliError("--admin-password must be at most 72 bytes", status=2)
     with db.block():
         created = projects.create_project(
             args.name, args.admin_email, SecretBox(config.secret_key),
