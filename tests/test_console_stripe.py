@@ -51,3 +51,28 @@ async def test_exports_stream_every_customer_as_csv_and_json(console, project):
     assert [c["external_user_id"] for c in data["customers"]][:3] == ["user-000", "user-001", "user-002"]
     assert data["customers"][0]["subscription"]["status"] == "active" and data["customers"][3]["subscription"] is None
     assert (await console.get(base + "?format=xml")).code == 400
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_reapply_that_fails_again_says_so_and_a_later_one_succeeds(console, project, fake_stripe):
+    from pulse.models import Subscription, WebhookEvent
+    from tests import stripe_events
+
+    _, sub = stripe_events.new_subscription(fake_stripe, "zed", project_id=project.project.public_id)
+    event = stripe_events.event("customer.subscription.updated", sub)
+    with db.block():
+        row = WebhookEvent.create(project=project.project, stripe_event_id=event["id"], type=event["type"],
+                                  outcome="failed", error="Stripe APIError (http 500, code -)",
+                                  object_id=sub["id"], payload=json.dumps(event))
+    await console.login(project.admin.email)
+    path = f"/console/p/{project.project.public_id}/events/{row.id}/reapply"
+    fake_stripe.fail_next(1, status=500, path="/v1/subscriptions")
+    response = await console.post(path)
+    assert response.code == 502 and "failed again" in text(response)
+    with db.block():
+        assert WebhookEvent.get_by_id(row.id).outcome == "failed"
+    response = await console.post(path)
+    assert response.code == 303
+    with db.block():
+        assert WebhookEvent.get_by_id(row.id).outcome == "processed"
+        assert Subscription.get(Subscription.stripe_subscription_id == sub["id"]).status == "active"
