@@ -95,7 +95,8 @@ class AuditHandler(ProjectHandler):
                 detail = json.loads(row.detail or "{}")
             except ValueError:
                 detail = {}
-            row.pairs = sorted(detail.items()) if isinstance(detail, dict) else []
+            row.pairs = [(k, {True: "yes", False: "no"}.get(v, v) if isinstance(v, bool) else v)
+                         for k, v in sorted(detail.items())] if isinstance(detail, dict) else []
         self.render_page("audit.html", entries=rows, cursor=cursor, first_page=not before)
 
 

@@ -28,6 +28,8 @@ def create_session(user, ip=None, user_agent=""):
     """Start a session for `user`; returns the raw token for the cookie (only its hash is stored)."""
     raw, digest = security.new_session_token()
     now = utcnow()
+    # Sessions nobody presents again are never looked up; drop the ones past their absolute end here.
+    Session.delete().where(Session.expires_at <= now).execute()
     Session.create(token_hash=digest, user=user, created_at=now, last_seen_at=now,
                    expires_at=now + ABSOLUTE_LIFETIME, ip=ip, user_agent=(user_agent or "")[:255])
     return raw

@@ -154,3 +154,14 @@ async def test_signed_in_user_visiting_login_is_sent_on(console, project):
     await console.login(project.admin.email)
     response = await console.get("/console/login?next=/console/account")
     assert response.code == 302 and response.headers["Location"] == "/console/account"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_new_sign_in_prunes_sessions_past_their_end(console, http_client, base_url, project):
+    await console.login(project.admin.email)
+    with db.block():
+        row = Session.get()
+        Session.update(expires_at=row.created_at).execute()
+    await Console(http_client, base_url).login(project.admin.email)
+    with db.block():
+        assert Session.select().count() == 1 and Session.get().token_hash != row.token_hash
