@@ -23,7 +23,7 @@ def invoice_subscription_id(invoice):
     sub = subs.stripe_id(invoice.get("subscription"))
     if sub:
         return sub
-    details = (invoice.get("parent") or {}).get("subscription_details") or {}
+    details = subs.dict_of(subs.dict_of(invoice.get("parent")).get("subscription_details"))
     return subs.stripe_id(details.get("subscription"))
 
 
@@ -31,7 +31,7 @@ def subscription_id_of(event):
     """The subscription an event is about, or None."""
     obj, kind = obj_of(event), event["type"]
     if kind in SUBSCRIPTION_EVENTS:
-        return obj.get("id")
+        return subs.stripe_id(obj.get("id"))
     if kind in INVOICE_EVENTS:
         return invoice_subscription_id(obj)
     if kind == "checkout.session.completed" and obj.get("mode", "subscription") == "subscription":
@@ -39,10 +39,15 @@ def subscription_id_of(event):
     return None
 
 
+def customer_id_of(obj):
+    """The Stripe customer an event's object belongs to (the object itself for customer events)."""
+    return subs.stripe_id(obj.get("id") if obj.get("object") == "customer" else obj.get("customer"))
+
+
 def _metadatas(obj):
     yield subs.metadata_of(obj)
     yield subs.metadata_of(obj.get("subscription_details"))
-    yield subs.metadata_of((obj.get("parent") or {}).get("subscription_details"))
+    yield subs.metadata_of(subs.dict_of(obj.get("parent")).get("subscription_details"))
     if isinstance(obj.get("subscription"), dict):
         yield subs.metadata_of(obj["subscription"])
 
@@ -56,10 +61,10 @@ def route(event):
             project = Project.get_or_none(Project.public_id == str(public_id))
             if project is not None:
                 return project
-    customer_id = obj.get("id") if obj.get("object") == "customer" else subs.stripe_id(obj.get("customer"))
+    customer_id = customer_id_of(obj)
     if customer_id:
         ids = {c.project_id for c in Customer.select(Customer.project).where(
-            Customer.stripe_customer_id == customer_id).limit(2)}
+            Customer.stripe_customer_id == str(customer_id)).distinct().limit(2)}
         if len(ids) == 1:
             return Project.get_by_id(ids.pop())
     return None
@@ -85,8 +90,9 @@ async def _read(client, event):
     try:
         if sub_id:
             found["subscription"] = plain(await billing.call(client.v1.subscriptions.retrieve_async, sub_id))
-        if event["type"] == "customer.updated" and obj_of(event).get("id"):
-            found["customer"] = plain(await billing.call(client.v1.customers.retrieve_async, obj_of(event)["id"]))
+        if event["type"] == "customer.updated" and customer_id_of(obj_of(event)):
+            found["customer"] = plain(await billing.call(client.v1.customers.retrieve_async,
+                                                         customer_id_of(obj_of(event))))
     except billing.StripeFailure as exc:
         if exc.code != "resource_missing":
             raise
@@ -140,7 +146,7 @@ def _apply_checkout(project, event, fetched):
 
 def _apply_customer(project, event, fetched):
     obj = fetched.get("customer") or obj_of(event)
-    if obj.get("deleted") or not obj.get("id"):
+    if obj.get("deleted") or not subs.stripe_id(obj.get("id")):
         return IGNORED
     email = (obj.get("email") or "")[:254]
     customer = Customer.get_or_none(Customer.project == project, Customer.stripe_customer_id == obj["id"])

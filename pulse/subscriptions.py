@@ -51,13 +51,17 @@ def retryable(exc):
 def stripe_id(value):
     """The id of a Stripe reference that may be an id string or an expanded object."""
     if isinstance(value, dict):
-        return value.get("id")
-    return value or None
+        value = value.get("id")
+    return value if isinstance(value, str) and value else None
+
+
+def dict_of(value):
+    """`value` when it is a JSON object, else {} (a signed payload may still hold surprises)."""
+    return value if isinstance(value, dict) else {}
 
 
 def metadata_of(obj):
-    meta = (obj or {}).get("metadata") or {}
-    return meta if isinstance(meta, dict) else {}
+    return dict_of(dict_of(obj).get("metadata"))
 
 
 def resolve_customer(project, stripe_customer_id=None, external_user_id=None, email=None):
@@ -124,7 +128,7 @@ def upsert_subscription(project, obj, snapshot_at, email=None):
     `created`. Returns one of CREATED, UPDATED, UNCHANGED, STALE, UNMATCHED. Call inside a
     transaction (see `transaction()`); it never awaits.
     """
-    sub_id = obj.get("id")
+    sub_id = stripe_id(obj.get("id"))
     if not sub_id:
         return UNMATCHED
     meta = metadata_of(obj)

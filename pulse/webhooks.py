@@ -111,10 +111,10 @@ def _lookup(project, event_id):
 
 def _row_fields(event, raw):
     obj = events.obj_of(event)
-    customer = obj.get("id") if obj.get("object") == "customer" else subs.stripe_id(obj.get("customer"))
+    customer = events.customer_id_of(obj)
     return dict(stripe_event_id=event["id"], type=event["type"][:100],
                 api_version=(event.get("api_version") or None) and str(event["api_version"])[:40],
-                livemode=bool(event.get("livemode")), object_id=(obj.get("id") or None) and str(obj["id"])[:255],
+                livemode=bool(event.get("livemode")), object_id=(subs.stripe_id(obj.get("id")) or "")[:255] or None,
                 stripe_customer_id=customer and str(customer)[:255], stripe_created=event.get("created")
                 if isinstance(event.get("created"), int) else None, payload=raw)
 
