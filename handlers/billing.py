@@ -109,28 +109,33 @@ class CheckoutHandler(BillingHandler):
                                "send them to the customer portal (POST /api/portal) to change it.")
             if customer is None:
                 customer = billing.claim_customer(project, user, address)
-        if not customer.stripe_customer_id:
-            # Every concurrent request for a new user sends the same key and params: Stripe makes one customer.
-            stripe_id = await billing.create_stripe_customer(client, project, customer)
-            with block():
-                billing.store_stripe_customer(customer, stripe_id)
-        if customer.email != address:
-            await billing.update_stripe_email(client, customer.stripe_customer_id, address)
-            with block():
-                billing.store_email(customer, address)
-        session = await billing.create_checkout(
-            client, project, customer, plan_slug=fields["plan_slug"], price_id=fields["price_id"],
-            interval=fields["interval"], success_url=fields["success_url"], cancel_url=fields["cancel_url"],
-            trial_days=fields["trial_days"], idempotency_key=self._checkout_key(fields))
+        replacing = None
+        while True:
+            try:
+                # Concurrent requests for a new user all send the same key and params: Stripe makes one customer.
+                await billing.ensure_stripe_customer(client, project, customer, address, replacing)
+                session = await billing.create_checkout(
+                    client, project, customer, plan_slug=fields["plan_slug"], price_id=fields["price_id"],
+                    interval=fields["interval"], success_url=fields["success_url"],
+                    cancel_url=fields["cancel_url"], trial_days=fields["trial_days"],
+                    idempotency_key=self._checkout_key(fields, customer))
+                break
+            except billing.StripeFailure as exc:
+                if replacing or not exc.missing_customer or not customer.stripe_customer_id:
+                    raise
+                # Deleted in Stripe, or the project moved to another account or to live mode: make a new one, once.
+                replacing = customer.stripe_customer_id
+                with block():
+                    billing.forget_stripe_customer(customer)
         self.write_json({"url": session.url, "session_id": session.session_id})
 
-    def _checkout_key(self, fields):
+    def _checkout_key(self, fields, customer):
         """With a client Idempotency-Key, retries of the same request reach Stripe with the same key."""
         given = self.request.headers.get("Idempotency-Key")
         if not given:
             return None  # stripe-python still sends one random key, reused across its own retries
-        digest = hashlib.sha256(json.dumps([given, fields], sort_keys=True).encode()).hexdigest()[:32]
-        return f"pulse-cs-{self.project.public_id}-{digest}"
+        payload = json.dumps([given, fields, customer.stripe_customer_id], sort_keys=True)
+        return f"pulse-cs-{self.project.public_id}-{hashlib.sha256(payload.encode()).hexdigest()[:32]}"
 
 
 class PortalHandler(BillingHandler):

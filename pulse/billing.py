@@ -11,7 +11,7 @@ import peewee
 import stripe
 
 from pulse import projects
-from pulse.db import database, utcnow
+from pulse.db import block, database, utcnow
 from pulse.models import Customer, Project, Subscription
 from pulse.status import ACCESS_STATUSES
 
@@ -29,9 +29,15 @@ class StripeNotConfigured(Exception):
 class StripeFailure(Exception):
     """Stripe refused or could not be reached (API: 502 stripe_error); carries Stripe's message and request id."""
 
-    def __init__(self, message, request_id=None, http_status=None, code=None):
+    def __init__(self, message, request_id=None, http_status=None, code=None, param=None):
         super().__init__(message)
         self.message, self.request_id, self.http_status, self.code = message, request_id, http_status, code
+        self.param = param
+
+    @property
+    def missing_customer(self):
+        """Stripe no longer knows the customer we stored (deleted, or the project switched accounts or modes)."""
+        return self.code == "resource_missing" and self.param in ("customer", "id")
 
 
 @dataclass(frozen=True)
@@ -55,9 +61,10 @@ def _digest(*parts):
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 
-def customer_idempotency_key(project_public_id, external_user_id):
+def customer_idempotency_key(project_public_id, external_user_id, replacing=None):
     """The same Stripe idempotency key for every attempt to create this user's customer, in any process."""
-    return f"pulse-cus-{project_public_id}-{_digest(external_user_id)}"
+    key = f"pulse-cus-{project_public_id}-{_digest(external_user_id)}"
+    return f"{key}-r{_digest(replacing)[:16]}" if replacing else key
 
 
 def secret_key_for(project, box, config):
@@ -107,7 +114,8 @@ async def call(method, *args, **kwargs):
         if isinstance(exc, stripe.APIConnectionError):
             message = "Could not reach Stripe (network error or timeout)."
         log.warning("stripe %s: %s (request %s)", type(exc).__name__, message, exc.request_id)
-        raise StripeFailure(message, exc.request_id, exc.http_status, exc.code) from None
+        param = getattr(exc, "param", None) or (exc.error.get("param") if exc.error else None)
+        raise StripeFailure(message, exc.request_id, exc.http_status, exc.code, param) from None
 
 
 # ---------------------------------------------------------------- customers (call DB parts inside a db block)
@@ -152,6 +160,14 @@ def store_stripe_customer(customer, stripe_customer_id):
     customer.stripe_customer_id = stripe_customer_id
 
 
+def forget_stripe_customer(customer):
+    """Drop a Stripe customer id Stripe no longer knows, unless another request already replaced it."""
+    stale = customer.stripe_customer_id
+    updated = (Customer.update(stripe_customer_id=None, updated_at=utcnow())
+               .where((Customer.id == customer.id) & (Customer.stripe_customer_id == stale)).execute())
+    customer.stripe_customer_id = None if updated else Customer.get_by_id(customer.id).stripe_customer_id
+
+
 def store_email(customer, email):
     Customer.update(email=email, updated_at=utcnow()).where(Customer.id == customer.id).execute()
     customer.email = email
@@ -160,13 +176,26 @@ def store_email(customer, email):
 # ---------------------------------------------------------------- Stripe calls (never inside a db block)
 
 
-async def create_stripe_customer(client, project, customer):
+async def create_stripe_customer(client, project, customer, replacing=None):
     """Create the Stripe customer for a claimed row; identical params and key from every process."""
+    key = customer_idempotency_key(project.public_id, customer.external_user_id, replacing)
     created = await call(client.v1.customers.create_async, params={
         "email": customer.email,
         "metadata": {"pulse_project_id": project.public_id, "external_user_id": customer.external_user_id},
-    }, options={"idempotency_key": customer_idempotency_key(project.public_id, customer.external_user_id)})
+    }, options={"idempotency_key": key})
     return created.id
+
+
+async def ensure_stripe_customer(client, project, customer, email, replacing=None):
+    """Give the claimed row its one Stripe customer, with `email`; no db block spans an await."""
+    if not customer.stripe_customer_id:
+        stripe_id = await create_stripe_customer(client, project, customer, replacing)
+        with block():
+            store_stripe_customer(customer, stripe_id)
+    if customer.email != email:
+        await update_stripe_email(client, customer.stripe_customer_id, email)
+        with block():
+            store_email(customer, email)
 
 
 async def update_stripe_email(client, stripe_customer_id, email):

@@ -270,3 +270,28 @@ async def test_past_due_policy_is_read_fresh(api, fake_stripe, project):
         Project.update(past_due_has_access=False).where(Project.id == project.project.id).execute()
     response = await api("POST", "/api/checkout", checkout_body())
     assert response.code == 200, response.body
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("email", ["ada@example.test", "ada@changed.example.test"])
+async def test_customer_unknown_to_stripe_is_replaced_once(api, fake_stripe, project, email):
+    # E.g. the project switched from a test-mode key to live: the stored cus_ id means nothing there.
+    add_customer(project.project, "user-1", email="ada@example.test", stripe_customer_id="cus_from_test_mode")
+    response = await api("POST", "/api/checkout", checkout_body(email=email))
+    assert response.code == 200, response.body
+    assert len(fake_stripe.customers) == 1
+    new_id = next(iter(fake_stripe.customers))
+    assert fake_stripe.session(body_of(response)["session_id"])["customer"] == new_id
+    assert fake_stripe.customer(new_id)["email"] == email
+    with db.block():
+        assert Customer.get(Customer.external_user_id == "user-1").stripe_customer_id == new_id
+    key = next(r[3]["Idempotency-Key"] for r in fake_stripe.requests if r[:2] == ("POST", "/v1/customers"))
+    assert key.startswith(customer_idempotency_key(project.project.public_id, "user-1") + "-r")
+
+
+@pytest.mark.gen_test
+async def test_other_missing_resources_are_not_retried(api, fake_stripe, project):
+    fake_stripe.fail_next(1, status=404, path="/v1/checkout/sessions", message="No such price: 'price_pro_monthly'")
+    response = await api("POST", "/api/checkout", checkout_body())
+    assert response.code == 502
+    assert len(fake_stripe.calls("POST", "/v1/checkout/sessions")) == 1
