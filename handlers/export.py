@@ -1,5 +1,6 @@
 """GET /api/customers/export: every customer of the project with its current subscription, streamed."""
 
+import asyncio
 import logging
 
 from tornado.iostream import StreamClosedError
@@ -25,6 +26,9 @@ class ExportHandler(ApiHandler):
                 self.write(chunk)
                 await self.flush()  # one page at a time on the wire: memory stays at one page
                 sent = True
+                # A flush the socket takes at once is an already-done future, and awaiting it does
+                # not yield: without this the whole export would run before any other request.
+                await asyncio.sleep(0)
         except StreamClosedError:
             return  # the client went away: stop reading pages
         except DatabaseUnavailable:
