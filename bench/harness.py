@@ -70,13 +70,18 @@ class Process:
         return self.log_file.read()[-size:].decode(errors="replace")
 
 
-def start_fake_stripe(latency):
-    """The tests' fake Stripe in its own process; returns (Process, url)."""
-    child = Process([sys.executable, "-m", "bench.stripe_server", str(latency)], stdout=subprocess.PIPE)
-    url = child.proc.stdout.readline().decode().strip()
-    if not url.startswith("http"):
-        raise RuntimeError("fake Stripe did not start: " + child.tail())
-    return child, url
+class FakeStripeProcess(Process):
+    """The tests' fake Stripe in its own process: `.url`, and `.set_latency(seconds)`."""
+
+    def __init__(self, latency):
+        super().__init__([sys.executable, "-m", "bench.stripe_server", str(latency)], stdout=subprocess.PIPE)
+        line = self.proc.stdout.readline().decode().split()
+        if len(line) != 2:
+            raise RuntimeError("fake Stripe did not start: " + self.tail())
+        self.url, self.control = line
+
+    def set_latency(self, seconds):
+        urllib.request.urlopen(f"{self.control}/latency?seconds={seconds}", timeout=5).read()
 
 
 def start_bare(body):
@@ -192,7 +197,7 @@ def _ms(text):
 def parse_wrk(output):
     """Requests/s, p50/p90/p99 (ms), request count and errors from `wrk --latency` output."""
     result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))}
-    for pct, value in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)$", output, re.M):
+    for pct, value in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)\s*$", output, re.M):
         result[f"p{pct}_ms"] = round(_ms(value), 3)
     result["requests"] = int(re.search(r"(\d+) requests in", output).group(1))
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
@@ -223,8 +228,10 @@ def wrk_result(proc, stop=False):
         proc.send_signal(signal.SIGINT)
     output = proc.communicate(timeout=120)[0].decode(errors="replace")
     try:
-        return parse_wrk(output)
-    except (AttributeError, ValueError):
+        result = parse_wrk(output)
+        result["p99_ms"]
+        return result
+    except (AttributeError, ValueError, KeyError):
         raise RuntimeError("could not parse wrk output:\n" + output) from None
 
 

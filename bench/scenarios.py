@@ -28,20 +28,22 @@ def client():
 # ---------------------------------------------------------------- 1. hot path vs bare Tornado
 
 
-def hot_path(targets, key, bare_base, rounds=3, duration=5.0, connections=16):
+def hot_path(targets, bare_base, rounds=3, duration=5.0, connections=16):
     """Alternate wrk runs over the bare handler and each backend's hot path; medians and ratios.
 
-    `targets` maps a backend name to its service base URL.
+    `targets` maps a backend name to (service base URL, API key). Both sides get the same wrk
+    settings and the same X-API-Key header.
     """
     runs = {"bare": []}
     runs.update({name: [] for name in targets})
-    headers = {"X-API-Key": key}
+    any_key = next(iter(targets.values()))[1]
     for round_no in range(rounds):
-        order = [("bare", bare_base + "/api/subscription")] + [(n, hot_url(b)) for n, b in targets.items()]
+        order = [("bare", bare_base + "/api/subscription", any_key)]
+        order += [(name, hot_url(base), key) for name, (base, key) in targets.items()]
         if round_no % 2:
             order.reverse()  # alternate who goes first so drift hurts both sides alike
-        for name, url in order:
-            result = harness.wrk(url, headers, duration, connections)
+        for name, url, key in order:
+            result = harness.wrk(url, {"X-API-Key": key}, duration, connections)
             if result["non_2xx"] or result["errors"]:
                 log.warning("%s: %d non-2xx answers, %d socket errors", name, result["non_2xx"], result["errors"])
             runs[name].append(result)
