@@ -19,6 +19,7 @@ log = logging.getLogger("pulse.billing")
 
 # Clients per event loop: an httpx connection pool belongs to the loop that opened it.
 _CLIENTS = weakref.WeakKeyDictionary()
+CLIENT_REFERENCE_MAX = 200  # Stripe's limit for client_reference_id
 _SECRETISH = re.compile(r"\b([sr]k_(?:live|test)_)[A-Za-z0-9*]+")
 
 
@@ -211,13 +212,15 @@ async def create_checkout(client, project, customer, *, plan_slug, price_id, int
     if trial_days:
         subscription_data["trial_period_days"] = trial_days
     options = {"idempotency_key": idempotency_key} if idempotency_key else {}
-    session = await call(client.v1.checkout.sessions.create_async, params={
+    params = {
         "mode": "subscription", "customer": customer.stripe_customer_id,
-        "client_reference_id": customer.external_user_id,
         "line_items": [{"price": price_id, "quantity": 1}],
         "success_url": success_url, "cancel_url": cancel_url,
         "metadata": metadata, "subscription_data": subscription_data,
-    }, options=options)
+    }
+    if len(customer.external_user_id) <= CLIENT_REFERENCE_MAX:
+        params["client_reference_id"] = customer.external_user_id  # longer ids travel in the metadata only
+    session = await call(client.v1.checkout.sessions.create_async, params=params, options=options)
     return Checkout(url=session.url, session_id=session.id)
 
 

@@ -237,6 +237,9 @@ class FakeStripe:
             raise StripeError(400, objects.error_body("Missing required param: line_items.", param="line_items"))
         if not params.get("success_url"):
             raise StripeError(400, objects.error_body("Missing required param: success_url.", param="success_url"))
+        if len(params.get("client_reference_id") or "") > 200:
+            raise StripeError(400, objects.error_body("Invalid string: must be at most 200 characters",
+                                                      code="string_length_too_long", param="client_reference_id"))
         if params.get("customer"):
             self._get(self.customers, "customer", params["customer"], param="customer")
         trial = (params.get("subscription_data") or {}).get("trial_period_days")

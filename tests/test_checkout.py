@@ -109,6 +109,17 @@ async def test_valid_edge_values(api, fake_stripe, changes):
 
 
 @pytest.mark.gen_test
+@pytest.mark.parametrize("length", [200, 201, 255])
+async def test_long_ids_travel_in_metadata(api, fake_stripe, length):
+    user = "u" * length
+    response = await api("POST", "/api/checkout", checkout_body(external_user_id=user))
+    assert response.code == 200, response.body
+    session = fake_stripe.session(body_of(response)["session_id"])
+    assert session["client_reference_id"] == (user if length <= 200 else None)  # Stripe's limit is 200
+    assert session["metadata"]["external_user_id"] == user
+
+
+@pytest.mark.gen_test
 async def test_body_must_be_json_object(api, fake_stripe):
     response = await api("POST", "/api/checkout", body="[1, 2]", headers={"Content-Type": "application/json"})
     assert response.code == 400 and error_of(response)["code"] == "invalid_json"
