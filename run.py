@@ -58,20 +58,38 @@ HTTP_SERVER_LIMITS = dict(max_body_size=2 * 1024 * 1024, idle_connection_timeout
 
 
 class PulseApplication(tornado.web.Application):
-    """Tornado Application that counts in-flight requests, so shutdown can drain them."""
+    """Tornado Application that tracks in-flight requests, so shutdown can drain them."""
 
-    inflight = 0
+    _open_requests = None
+
+    @property
+    def inflight(self):
+        """Requests still being served to a connected client.
+
+        A request whose client hung up mid-body (or was cut by body_timeout) never reaches
+        log_request: counting it would make every shutdown wait the full drain time.
+        """
+        self._open_requests = {r for r in self._open_requests or () if _client_connected(r)}
+        return len(self._open_requests)
 
     def find_handler(self, request, **kwargs):
-        self.inflight += 1
+        if self._open_requests is None:
+            self._open_requests = set()
+        self._open_requests.add(request)
         https_url = transport.redirect_target(request, self.settings["config"])
         if https_url:
             return self.get_handler_delegate(request, transport.HttpsRedirectHandler, {"url": https_url})
         return super().find_handler(request, **kwargs)
 
     def log_request(self, handler):
-        self.inflight = max(0, self.inflight - 1)
+        if self._open_requests is not None:
+            self._open_requests.discard(handler.request)
         super().log_request(handler)
+
+
+def _client_connected(request):
+    stream = getattr(request.connection, "stream", None)
+    return stream is not None and not stream.closed()
 
 
 def derive(secret_key, purpose):
@@ -128,6 +146,8 @@ def _worker(config, sockets):
         deadline = time.monotonic() + DRAIN_SECONDS
         while app.inflight > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        if app.inflight:
+            log.warning("drain timed out after %.0f s: closing %d unfinished requests", DRAIN_SECONDS, app.inflight)
         await server.close_all_connections()
         log.info("stopped (pid %s)", os.getpid())
 
