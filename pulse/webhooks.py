@@ -91,8 +91,6 @@ def parse(raw):
     if created is not None and (isinstance(created, bool) or not isinstance(created, int) or not 0 <= created < 2 ** 40):
         # Stored in a BIGINT and used for ordering: out of range, it crashed even the failure record.
         raise WebhookError(400, "invalid_payload", "Event created must be a Unix timestamp.")
-    if "created" in event and (not isinstance(event["created"], int) or isinstance(event["created"], bool)):
-        raise WebhookError(400, "invalid_payload", "Event created must be a Unix timestamp.")
     data = event.get("data")
     if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
         raise WebhookError(400, "invalid_payload", "Event has no data.object.")
@@ -148,18 +146,23 @@ def short_error(exc):
 def _record_failure(project, event, raw, remote_ip, exc):
     error = short_error(exc)
     log.warning("webhook %s (%s) failed: %s", event["id"], event["type"], error)
-    with block():
-        with subs.transaction():
-            try:
-                with subs.database.atomic():
-                    WebhookEvent.create(project=project, outcome=FAILED, error=error, remote_ip=remote_ip,
-                                        **_row_fields(event, raw))
-                    return
-            except peewee.IntegrityError:
-                pass
-            WebhookEvent.update(outcome=FAILED, error=error, attempts=WebhookEvent.attempts + 1).where(
-                WebhookEvent.id == subs._locking(_lookup(project, event["id"])).first().id,
-                WebhookEvent.outcome != PROCESSED, WebhookEvent.outcome != IGNORED).execute()
+    try:
+        with block():
+            with subs.transaction():
+                try:
+                    with subs.database.atomic():
+                        WebhookEvent.create(project=project, outcome=FAILED, error=error, remote_ip=remote_ip,
+                                            **_row_fields(event, raw))
+                        return
+                except peewee.IntegrityError:
+                    pass
+                WebhookEvent.update(outcome=FAILED, error=error, attempts=WebhookEvent.attempts + 1).where(
+                    WebhookEvent.id == subs._locking(_lookup(project, event["id"])).first().id,
+                    WebhookEvent.outcome != PROCESSED, WebhookEvent.outcome != IGNORED).execute()
+    except DatabaseUnavailable:
+        raise
+    except Exception as record_exc:  # still answer 500 (Stripe retries); never a crash page
+        log.error("webhook %s: the failure could not be recorded (%s)", event["id"], type(record_exc).__name__)
 
 
 async def process(project, event, raw, *, config, box, remote_ip=None):
