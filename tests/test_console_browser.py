@@ -14,7 +14,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from tests import stripe_events
 from tests.fake_stripe import FakeStripe
-from tests.live_server import ROOT, TEST_SECRET, LiveServer
+from tests.live_server import ROOT, LiveServer
 
 pytestmark = pytest.mark.browser
 

@@ -214,7 +214,7 @@ async def test_dashboard_counts_chart_and_failures(console, project, seeded):
     await console.login(project.admin.email)
     page = text(await console.get(url(project, "", seeded)))
     assert re.search(r'stat-label">active</span><span class="stat-value">3<', page)
-    assert page.count("<rect ") == 12 and "<svg" in page
+    assert page.count("<rect ") == 12 and "<svg" in page and "(3 in total)" in page
     assert "customer.updated" in page  # the recent failure
 
 
