@@ -296,3 +296,34 @@ async def test_database_outage_gives_a_503_page_and_the_status_page_still_render
     assert response.code == 503 and "Service unavailable" in text(response)
     response = await console.get("/status")
     assert response.code == 200 and "Service status" in text(response)
+
+
+def test_weekly_starts_buckets_by_monday_weeks(project):
+    from pulse import insights
+    from pulse.models import Subscription
+    now = utcnow()
+    monday = (now - timedelta(days=now.weekday())).replace(hour=0, minute=0, second=0)
+    with db.block():
+        customer = Customer.create(project=project.project, external_user_id="w")
+        for n, started in enumerate([now, monday, monday - timedelta(seconds=1), monday - timedelta(weeks=11),
+                                     monday - timedelta(weeks=11, seconds=1)]):
+            Subscription.create(project=project.project, customer=customer, stripe_subscription_id=f"sub_w{n}",
+                                stripe_status="active", status="active", started_at=started)
+        series = insights.weekly_starts(project.project, now=now)
+    assert len(series) == 12 and series[-1][0] == monday.date()
+    assert [count for _, count in series] == [1] + [0] * 9 + [1, 2]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_every_form_needs_the_xsrf_token(console, project, seeded):
+    await console.login(project.admin.email)
+    for suffix in POSTS:
+        response = await console.post(url(project, suffix, seeded), {"label": "x", "grace": "now"}, xsrf=False)
+        assert response.code == 403, suffix
+    assert (await console.post("/console/account", {}, xsrf=False)).code == 403
+    with db.block():
+        assert ApiKey.select().where(ApiKey.project == project.project).count() == 1
+        assert WebhookEvent.get_by_id(seeded["failed"]).outcome == "failed"
+    for page in ("", "keys", "events/{failed}", "settings"):
+        body = text(await console.get(url(project, page, seeded)))
+        assert body.count('method="post"') == body.count('name="_xsrf"') > 0, page
