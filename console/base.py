@@ -105,7 +105,7 @@ class ConsoleHandler(tornado.web.RequestHandler):
         self.set_header("Cache-Control", "no-store")
 
     def template_context(self):
-        """Values every template may use; subclasses add the user and project."""
+        """Values every template may use: the user, the switcher's projects, the current project, a notice."""
         notice = NOTICES.get(self.get_query_argument("notice", ""), "")
         try:
             user = self.current_user
