@@ -265,7 +265,8 @@ def idempotent(method):
     @functools.wraps(method)
     async def wrapper(self, *args, **kwargs):
         key = self.request.headers.get("Idempotency-Key")
-        if key is None or self.project is None:
+        if key is None or self.project is None or self._idempotency_record is not None:
+            # No key, no project (webhooks), or an overriding post() already claimed the key via super().
             return await _maybe_await(method(self, *args, **kwargs))
         if not idempotency.valid_key(key):
             raise invalid("Idempotency-Key", "Idempotency-Key must be 1-255 printable ASCII characters.")

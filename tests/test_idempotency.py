@@ -127,3 +127,17 @@ async def test_bad_keys_and_requests_without_a_key(api):
     assert (await charge(api, {"amount": 5}, key=None)).code == 201
     assert (await charge(api, {"amount": 5}, key=None)).code == 201
     assert len(CALLS) == 2
+
+
+class LoggedCharge(Charge):
+    async def post(self):
+        await super().post()
+
+
+@pytest.mark.gen_test
+async def test_an_overriding_post_calling_super_claims_the_key_once(api, app):
+    app.add_handlers(r".*", [(r"/api/_test/logged", LoggedCharge)])
+    first = await api("POST", "/api/_test/logged", json_body={"amount": 3}, headers={"Idempotency-Key": "k"})
+    again = await api("POST", "/api/_test/logged", json_body={"amount": 3}, headers={"Idempotency-Key": "k"})
+    assert first.code == again.code == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert len(CALLS) == 1
