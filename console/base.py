@@ -111,9 +111,16 @@ class ConsoleHandler(tornado.web.RequestHandler):
             user = self.current_user
         except DatabaseUnavailable:
             user = None  # the 503 and status pages still render while the database is down
+        nav = getattr(self, "nav_projects", None)
+        if nav is None and user is not None:  # public and 404 pages: the switcher still lists the projects
+            try:
+                with block():
+                    nav = self.nav_projects = projects.projects_of(user)
+            except DatabaseUnavailable:
+                nav = []
         return {"request": self.request, "xsrf_form_html": self.xsrf_form_html,
                 "static_url": self.static_url, "current_user": user,
-                "nav_projects": getattr(self, "nav_projects", []), "project": getattr(self, "project", None),
+                "nav_projects": nav or [], "project": getattr(self, "project", None),
                 "section": getattr(self, "section", ""), "notice": notice, "iso": isoformat}
 
     def render_page(self, name, status=200, **context):

@@ -327,3 +327,11 @@ async def test_every_form_needs_the_xsrf_token(console, project, seeded):
     for page in ("", "keys", "events/{failed}", "settings"):
         body = text(await console.get(url(project, page, seeded)))
         assert body.count('method="post"') == body.count('name="_xsrf"') > 0, page
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_switcher_is_there_on_public_and_404_pages_too(console, project, seeded):
+    await console.login(project.admin.email)
+    for path in ("/status", "/console/no-such-page"):
+        body = text(await console.get(path))
+        assert f'href="/console/p/{project.project.public_id}/"' in body, path
