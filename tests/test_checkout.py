@@ -306,3 +306,11 @@ async def test_other_missing_resources_are_not_retried(api, fake_stripe, project
     response = await api("POST", "/api/checkout", checkout_body())
     assert response.code == 502
     assert len(fake_stripe.calls("POST", "/v1/checkout/sessions")) == 1
+
+
+@pytest.mark.gen_test
+async def test_subscription_read_never_calls_stripe(api, fake_stripe, project):
+    add_subscription(add_customer(project.project, "reader"), "active")
+    for user in ("reader", "nobody"):
+        await api("GET", "/api/subscription?external_user_id=" + user)
+    assert fake_stripe.requests == []

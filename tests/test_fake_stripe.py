@@ -127,3 +127,17 @@ async def test_same_key_in_flight_is_409(client, fake_stripe):
     made = await first
     again = await create(params={"email": "a@x.test"}, options={"idempotency_key": "k"})
     assert again.id == made.id and len(fake_stripe.customers) == 1
+
+
+@pytest.mark.gen_test
+async def test_old_api_version_shape_over_http(client, fake_stripe):
+    fake_stripe.api_version = "2024-06-20"
+    sc = client()
+    cus = await sc.v1.customers.create_async(params={"email": "a@x.test"})
+    session = await sc.v1.checkout.sessions.create_async(params={
+        "mode": "subscription", "customer": cus.id, "line_items": [{"price": "price_a", "quantity": 1}],
+        "success_url": "https://a.test/ok"})
+    sub = fake_stripe.complete_checkout(session.id, status="active")
+    fetched = (await sc.v1.subscriptions.retrieve_async(sub["id"])).to_dict()
+    assert fetched["current_period_end"] > fetched["created"]
+    assert "current_period_end" not in fetched["items"]["data"][0]
