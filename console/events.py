@@ -47,7 +47,9 @@ class EventPage(ProjectHandler):
             payload = json.dumps(json.loads(event.payload), indent=2, sort_keys=True) if event.payload else ""
         except ValueError:
             payload = event.payload
-        self.render_page("event.html", status=status, event=event, payload=payload, error=error)
+        with block():
+            customer = insights.customer_of_event(self.project, event)
+        self.render_page("event.html", status=status, event=event, payload=payload, error=error, customer=customer)
 
 
 class EventHandler(EventPage):

@@ -122,6 +122,13 @@ def events_of_customer(project, customer, subscriptions, limit=50):
                 .order_by(WebhookEvent.id.desc()).limit(limit))
 
 
+def customer_of_event(project, event):
+    """The local customer an event is about (by Stripe customer id), or None."""
+    if not event.stripe_customer_id:
+        return None
+    return Customer.get_or_none(Customer.project == project, Customer.stripe_customer_id == event.stripe_customer_id)
+
+
 def list_events(project, type_="", outcome="", before=0, limit=PAGE_SIZE):
     """(events newest first, next cursor or None), filtered by exact type and outcome."""
     query = WebhookEvent.select().where(WebhookEvent.project == project)

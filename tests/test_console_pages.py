@@ -199,6 +199,7 @@ async def test_events_filter_payload_and_reapply(console, project, seeded):
     assert "evt_ok" in page and "evt_bad" not in page
     detail = text(await console.get(url(project, "events/{failed}", seeded)))
     assert "Re-apply event" in detail and "&lt;script&gt;alert(1)&lt;/script&gt;" in detail
+    assert f'href="/console/p/{project.project.public_id}/customers/user-000"' in detail
     response = await console.post(url(project, "events/{failed}/reapply", seeded))
     assert response.code == 303
     with db.block():
@@ -335,3 +336,15 @@ async def test_the_switcher_is_there_on_public_and_404_pages_too(console, projec
     for path in ("/status", "/console/no-such-page"):
         body = text(await console.get(path))
         assert f'href="/console/p/{project.project.public_id}/"' in body, path
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_external_ids_with_slashes_and_spaces_link_to_their_page(console, project, seeded):
+    with db.block():
+        Customer.create(project=project.project, external_user_id="team/42 a?b", email="t@example.com")
+    await console.login(project.admin.email)
+    listing = text(await console.get(url(project, "customers?q=team", seeded)))
+    link = re.search(r'href="(/console/p/[^"]+/customers/team[^"]*)"', listing).group(1)
+    assert link.endswith("/customers/team%2F42%20a%3Fb")
+    page = await console.get(link)
+    assert page.code == 200 and "t@example.com" in text(page)
