@@ -2,6 +2,7 @@
 
 import asyncio
 import hashlib
+import json
 import logging
 import re
 import weakref
@@ -231,10 +232,15 @@ async def create_portal(client, stripe_customer_id, return_url):
     return session.url
 
 
+def plain(obj):
+    """A StripeObject as the plain JSON dict Stripe sent (StripeObject.to_dict is deprecated and shallow)."""
+    response = getattr(obj, "last_response", None)
+    return response.data if response is not None else json.loads(str(obj))
+
+
 async def retrieve_subscription(client, subscription_id):
     """Stripe's current subscription object (as a plain dict), for sync and webhooks."""
-    sub = await call(client.v1.subscriptions.retrieve_async, subscription_id)
-    return sub.to_dict()
+    return plain(await call(client.v1.subscriptions.retrieve_async, subscription_id))
 
 
 async def list_subscriptions(client, stripe_customer_id):
@@ -244,11 +250,11 @@ async def list_subscriptions(client, stripe_customer_id):
         params = {"customer": stripe_customer_id, "status": "all", "limit": 100}
         if after:
             params["starting_after"] = after
-        listing = await call(client.v1.subscriptions.list_async, params=params)
-        found.extend(sub.to_dict() for sub in listing.data)
-        if not listing.has_more or not listing.data:
+        listing = plain(await call(client.v1.subscriptions.list_async, params=params))
+        found.extend(listing["data"])
+        if not listing["has_more"] or not listing["data"]:
             return found
-        after = listing.data[-1].id
+        after = listing["data"][-1]["id"]
 
 
 async def check_connection(client):

@@ -1,8 +1,13 @@
 """The fake Stripe server behaves like Stripe for the calls PaymentPulse makes, through stripe-python."""
 
+import dataclasses
+from collections import OrderedDict
+
 import pytest
 import stripe
 
+from pulse import billing
+from tests.fake_stripe import FAKE_SECRET_KEY
 from tests.fake_stripe_objects import decode_form
 
 
@@ -138,6 +143,26 @@ async def test_old_api_version_shape_over_http(client, fake_stripe):
         "mode": "subscription", "customer": cus.id, "line_items": [{"price": "price_a", "quantity": 1}],
         "success_url": "https://a.test/ok"})
     sub = fake_stripe.complete_checkout(session.id, status="active")
-    fetched = (await sc.v1.subscriptions.retrieve_async(sub["id"])).to_dict()
+    fetched = billing.plain(await sc.v1.subscriptions.retrieve_async(sub["id"]))
     assert fetched["current_period_end"] > fetched["created"]
     assert "current_period_end" not in fetched["items"]["data"][0]
+
+
+@pytest.mark.gen_test
+async def test_gateway_reads_subscriptions_as_plain_dicts(fake_stripe, config):
+    client = billing.client_for(dataclasses.replace(config, **fake_stripe.config_overrides()), FAKE_SECRET_KEY)
+    cus = await client.v1.customers.create_async(params={"email": "a@x.test"})
+    subs = []
+    for _ in range(3):
+        session = await client.v1.checkout.sessions.create_async(params={
+            "mode": "subscription", "customer": cus.id, "line_items": [{"price": "price_a", "quantity": 1}],
+            "success_url": "https://a.test/ok"})
+        subs.append(fake_stripe.complete_checkout(session.id))
+    fake_stripe.set_subscription(subs[0]["id"], status="canceled")
+    listed = await billing.list_subscriptions(client, cus.id)
+    assert sorted(s["id"] for s in listed) == sorted(s["id"] for s in subs)
+    assert all(type(s["items"]["data"][0]["price"]) in (dict, OrderedDict) for s in listed)  # no StripeObjects
+    one = await billing.retrieve_subscription(client, subs[0]["id"])
+    assert one["status"] == "canceled" and type(one["items"]) in (dict, OrderedDict)
+    account = await billing.check_connection(client)
+    assert account["id"].startswith("acct_") and account["name"] == "Fake Stripe"
