@@ -22,6 +22,8 @@ _PING_AFTER = 30.0
 CONNECT_TIMEOUT = 2
 QUERY_TIMEOUT = 30
 _RETRY_AFTER = 1.0
+# How long SQLite waits for another process's write lock (blocking the loop) before "database is locked".
+SQLITE_BUSY_TIMEOUT_MS = 10000
 _connect_failed_at = None
 
 
@@ -59,7 +61,7 @@ def open_database(url):
     if url.startswith("sqlite"):
         db = connect(url, pragmas={
             "journal_mode": "wal",
-            "busy_timeout": 10000,
+            "busy_timeout": SQLITE_BUSY_TIMEOUT_MS,
             "foreign_keys": 1,
             "synchronous": "normal",
         })
@@ -98,7 +100,10 @@ def _is_connection_error(exc):
     if code is not None:
         return code in _MYSQL_GONE
     text = str(exc).lower()
-    return "unable to open" in text or "lost connection" in text or "can't connect" in text
+    # SQLite: another process holds the write lock past busy_timeout (a backup, a shell, a long write):
+    # the database is unavailable for now, which is a 503 to retry, not a 500.
+    return ("unable to open" in text or "lost connection" in text or "can't connect" in text
+            or "database is locked" in text or "database is busy" in text)
 
 
 def _peer_closed(db):
