@@ -216,7 +216,12 @@ def _lua(headers):
 
 
 def wrk_start(url, headers=None, duration=5.0, connections=16, threads=1):
-    """Start wrk in the background; finish with wrk_result()."""
+    """Start wrk (or, without it, bench.loadgen) in the background; finish with wrk_result()."""
+    if not have_wrk():
+        argv = [sys.executable, "-m", "bench.loadgen", url, "--duration", str(duration),
+                "--connections", str(connections)]
+        argv += [arg for name, value in (headers or {}).items() for arg in ("--header", f"{name}: {value}")]
+        return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "--timeout", "10s",
             "-s", _lua(headers or {}), url]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -227,6 +232,8 @@ def wrk_result(proc, stop=False):
     if stop and proc.poll() is None:
         proc.send_signal(signal.SIGINT)
     output = proc.communicate(timeout=120)[0].decode(errors="replace")
+    if not have_wrk():
+        return json.loads(output)
     try:
         result = parse_wrk(output)
         result["p99_ms"]
