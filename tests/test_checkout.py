@@ -102,6 +102,7 @@ async def test_invalid_field(api, fake_stripe, field, value):
     {"external_user_id": "x" * 255}, {"external_user_id": "ünïcode 🙂 id with spaces"},
     {"external_user_id": "ada@example.test"}, {"trial_days": 1}, {"trial_days": 730},
     {"success_url": "http://localhost:3000/ok?x=1#y"}, {"email": "Ada.Lovelace+pp@sub.example.co.uk"},
+    {"success_url": "https://app.test/ok?session_id={CHECKOUT_SESSION_ID}"},
 ])
 async def test_valid_edge_values(api, fake_stripe, changes):
     response = await api("POST", "/api/checkout", checkout_body(**changes))
