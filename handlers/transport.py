@@ -3,6 +3,7 @@
 import ipaddress
 
 import tornado.web
+from tornado.netutil import is_valid_ip
 
 HSTS = "max-age=31536000; includeSubDomains"
 # Any of these means a proxy stands between us and the client: loopback is then not the client.
@@ -21,9 +22,10 @@ def client_ip(request, trust_proxy):
     gives the same answer and also holds for servers built without xheaders (tests).
     """
     if trust_proxy:
-        forwarded = request.headers.get("X-Forwarded-For") or request.headers.get("X-Real-Ip")
-        if forwarded and _last(forwarded):
-            return _last(forwarded)
+        # Same precedence as Tornado's xheaders, so both paths agree.
+        forwarded = request.headers.get("X-Real-Ip") or _last(request.headers.get("X-Forwarded-For", ""))
+        if forwarded and is_valid_ip(forwarded):
+            return forwarded
     return request.remote_ip or ""
 
 
@@ -37,7 +39,7 @@ def _is_loopback(ip):
 def over_https(request, config):
     """True when the request arrived over TLS (per X-Forwarded-Proto only when the proxy is trusted)."""
     if config.trust_proxy:
-        proto = _last(request.headers.get("X-Forwarded-Proto") or request.headers.get("X-Scheme") or "").lower()
+        proto = _last(request.headers.get("X-Scheme") or request.headers.get("X-Forwarded-Proto") or "").lower()
         if proto in ("http", "https"):
             return proto == "https"
     return request.protocol == "https"

@@ -80,3 +80,10 @@ async def test_loopback_without_proxy_headers_is_served_without_hsts(api):
     response = await api("GET", "/api/health", key="")
     assert response.code == 200
     assert "Strict-Transport-Security" not in response.headers
+
+
+def test_client_ip_ignores_garbage_and_matches_tornado_precedence():
+    req = request(remote_ip="10.0.0.2", headers={"X-Forwarded-For": "not-an-ip"})
+    assert client_ip(req, trust_proxy=True) == "10.0.0.2"
+    req = request(remote_ip="10.0.0.2", headers={"X-Forwarded-For": "203.0.113.7", "X-Real-Ip": "198.51.100.9"})
+    assert client_ip(req, trust_proxy=True) == "198.51.100.9"
