@@ -24,7 +24,6 @@ QUERY_TIMEOUT = 30
 _RETRY_AFTER = 1.0
 # How long SQLite waits for another process's write lock (blocking the loop) before "database is locked".
 SQLITE_BUSY_TIMEOUT_MS = 10000
-_connect_failed_at = None
 
 
 class DatabaseUnavailable(Exception):
@@ -119,15 +118,16 @@ def _peer_closed(db):
 
 
 def _connect(db):
-    global _connect_failed_at
-    if _connect_failed_at is not None and time.monotonic() - _connect_failed_at < _RETRY_AFTER:
+    # Kept on the database object: another database bound in the same process is not "down".
+    failed_at = getattr(db, "_pulse_connect_failed_at", None)
+    if failed_at is not None and time.monotonic() - failed_at < _RETRY_AFTER:
         raise DatabaseUnavailable()
     try:
         db.connect()
     except CONNECTION_ERRORS:
-        _connect_failed_at = time.monotonic()
+        db._pulse_connect_failed_at = time.monotonic()
         raise
-    _connect_failed_at = None
+    db._pulse_connect_failed_at = None
 
 
 def _ensure_connected(db):
