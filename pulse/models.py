@@ -108,7 +108,8 @@ class Subscription(BaseModel):
     canceled_at = pw.DateTimeField(null=True)
     trial_end = pw.DateTimeField(null=True)
     started_at = pw.DateTimeField(null=True)  # Stripe's `created`
-    # Stripe `created` of the event (or fetch time) the stored snapshot came from: older never overwrites newer.
+    # Milliseconds since the epoch of the stored snapshot (event `created` x 1000, or the start of
+    # the Stripe fetch it came from): an older snapshot never overwrites a newer one.
     snapshot_at = pw.BigIntegerField(default=0)
     synced_at = pw.DateTimeField(default=utcnow)
     created_at = pw.DateTimeField(default=utcnow)
