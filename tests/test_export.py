@@ -6,6 +6,7 @@ import json
 from datetime import datetime
 
 import pytest
+from tornado.simple_httpclient import HTTPStreamClosedError
 
 from pulse import db, export
 from pulse.models import Customer, Subscription
@@ -137,3 +138,38 @@ async def test_100k_customers_are_streamed_page_by_page(api, project, make_proje
             assert len(customers) == 100_000
             ids_seen = {c["external_user_id"] for c in customers}
         assert len(ids_seen) == 100_000 and "user-intruder" not in ids_seen
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_database_outage_mid_export_truncates_instead_of_faking_a_complete_file(api, project, monkeypatch):
+    from pulse.db import DatabaseUnavailable
+
+    with db.block():
+        Customer.insert_many([{"project": project.project.id, "external_user_id": f"u{i}"}
+                              for i in range(export.PAGE_SIZE + 10)]).execute()
+    real_page, calls = export.page, []
+
+    def failing_page(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise DatabaseUnavailable()
+        return real_page(*args, **kwargs)
+
+    monkeypatch.setattr(export, "page", failing_page)
+    with pytest.raises(HTTPStreamClosedError):  # the connection is cut: never a well-formed but partial file
+        await api("GET", "/api/customers/export?format=json")
+    monkeypatch.setattr(export, "page", real_page)
+    assert (await api("GET", "/api/health", key="")).code == 200
+
+
+@pytest.mark.gen_test
+async def test_database_outage_before_the_first_page_is_a_clean_503(api, monkeypatch):
+    from pulse.db import DatabaseUnavailable
+
+    def down(*args, **kwargs):
+        raise DatabaseUnavailable()
+
+    monkeypatch.setattr(export, "page", down)
+    response = await api("GET", "/api/customers/export?format=csv")
+    assert response.code == 503 and body_of(response)["error"]["code"] == "database_unavailable"
+    assert "Content-Disposition" not in response.headers
