@@ -20,6 +20,7 @@ MAX_BODY_BYTES = 1024 * 1024
 # client that is still sending makes its kernel discard our answer (a reset instead of a 413).
 DRAIN_BYTES = MAX_BODY_BYTES * 64
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
 
 # Default code for each status we emit; handlers raise ApiError for a more specific one.
 STATUS_CODES = {
@@ -172,6 +173,12 @@ class ApiHandler(tornado.web.RequestHandler):
             raise ApiError(400, "invalid_json", "Request body is not valid JSON.") from None
         if not isinstance(data, dict):
             raise ApiError(400, "invalid_json", "Request body must be a JSON object.")
+        if _SURROGATE_ESCAPE.search(raw):
+            # "\udc00" alone is valid JSON but not text: it would blow up later in the database or Stripe.
+            try:
+                json.dumps(data, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                raise ApiError(400, "invalid_json", "Request body contains an unpaired \\u surrogate escape.") from None
         return data
 
     def write_json(self, data, status=200):

@@ -19,9 +19,16 @@ class Sink(ApiHandler):
         self.write_json({"bytes": len(self.raw_body)})
 
 
+class JsonEcho(ApiHandler):
+    auth_required = False
+
+    def post(self):
+        self.write_json(self.json_body())
+
+
 @pytest.fixture
 def app(app):
-    app.add_handlers(r".*", [(r"/api/_test/sink", Sink)])
+    app.add_handlers(r".*", [(r"/api/_test/sink", Sink), (r"/api/_test/json", JsonEcho)])
     return app
 
 
@@ -93,3 +100,16 @@ async def test_exactly_one_mebibyte_is_accepted(api):
     assert response.code == 200 and body_of(response) == {"bytes": MIB}
     over = await api("POST", "/api/_test/sink", key="", body=b"a" * (MIB + 1))
     assert over.code == 413 and body_of(over)["error"]["code"] == "payload_too_large"
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("text", ['"\\udc00x"', '"a\\uD800"', '"\\ud800\\u0041"'])
+async def test_unpaired_surrogate_escapes_are_invalid_json_not_a_500(api, text):
+    response = await api("POST", "/api/_test/json", key="", body='{"external_user_id": %s}' % text)
+    assert response.code == 400 and body_of(response)["error"]["code"] == "invalid_json"
+
+
+@pytest.mark.gen_test
+async def test_escaped_surrogate_pairs_are_fine(api):
+    response = await api("POST", "/api/_test/json", key="", body='{"name": "\\ud83d\\ude00"}')
+    assert response.code == 200 and body_of(response) == {"name": "\U0001F600"}
