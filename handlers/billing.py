@@ -10,7 +10,10 @@ from pulse.db import block
 
 from handlers.base import ApiError, ApiHandler, invalid, missing
 
-_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s.]+")
+# Control characters (\x00-\x1f, \x7f-\x9f) are never part of an address or URL; the OpenAPI
+# document states the same patterns, so the fuzzer and the server agree on what is valid.
+_EMAIL = re.compile(r"[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s\x00-\x1f\x7f-\x9f]+\.[^@\s.\x00-\x1f\x7f-\x9f]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 INTERVALS = ("monthly", "yearly")
 MAX_URL = 2048
 
@@ -42,9 +45,13 @@ def email(data, field="email"):
 
 def url(data, field):
     value = _required(data, field)
-    parts = urlsplit(value)
-    if (parts.scheme not in ("http", "https") or not parts.hostname or len(value) > MAX_URL
-            or any(ch.isspace() for ch in value)):
+    try:
+        parts = urlsplit(value)
+        hostname = parts.hostname
+    except ValueError:  # e.g. "http://[" (an unclosed IPv6 literal)
+        parts, hostname = None, None
+    if (parts is None or parts.scheme not in ("http", "https") or not hostname or len(value) > MAX_URL
+            or any(ch.isspace() for ch in value) or _CONTROL.search(value)):
         raise invalid(field, f"{field} must be an absolute http(s) URL")
     return value
 

@@ -12,10 +12,11 @@ EXTERNAL_USER_ID = {"type": "string", "minLength": 1, "maxLength": 255,
                     "description": "Your own id for the user: any string of 1-255 characters."}
 # What the server accepts, no more and no less (the schema is fuzzed against the running API).
 HTTP_URL = {"type": "string", "maxLength": 2048,
-            "pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(:[0-9]{1,5})?([/?#][^\s]*)?$",
+            "pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(:[0-9]{1,5})?([/?#][^\s\x00-\x1f\x7f-\x9f]*)?$",
             "description": "An absolute http(s) URL."}
-_EMAIL_PART = r"[^@\s\x00-\x20\x7f-\x9f]"
-EMAIL = {"type": "string", "maxLength": 254, "pattern": rf"^{_EMAIL_PART}+@{_EMAIL_PART}+\.[^@\s.\x00-\x20\x7f-\x9f]+$"}
+_EMAIL_PART = r"[^@\s\x00-\x1f\x7f-\x9f]"
+EMAIL = {"type": "string", "maxLength": 254,
+         "pattern": rf"^{_EMAIL_PART}+@{_EMAIL_PART}+\.[^@\s.\x00-\x1f\x7f-\x9f]+$"}
 
 SCHEMAS = {
     "Error": {

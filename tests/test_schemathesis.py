@@ -39,7 +39,7 @@ async def test_schemathesis_all_checks(http_server, base_url, make_project, tmp_
     process = await asyncio.create_subprocess_exec(
         str(SCHEMATHESIS), "--config-file", str(tmp_path / "schemathesis.toml"), "run", f"{base_url}/api/openapi.json",
         "--header", f"X-API-Key: {project.api_key.api_key}",
-        "--max-examples", "30", "--phases", "examples,coverage,fuzzing", "--seed", "20261124",
+        "--max-examples", "60", "--phases", "examples,coverage,fuzzing", "--seed", "20261124",
         "--workers", "1", "--request-timeout", "20", "--suppress-health-check", "too_slow",
         "--no-color",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp_path,
