@@ -5,7 +5,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 
-from pulse import security
+from pulse import hotpath, security
 from pulse.db import database, utcnow
 from pulse.models import ApiKey, Project
 
@@ -16,7 +16,8 @@ _lock = threading.Lock()
 
 # A successful lookup is reused for at most this long. Revocation in this process clears the
 # cache at once; another process sees it within CACHE_TTL (SPEC promises 2 s). Failures are
-# never cached, so a new key works at once everywhere.
+# never cached, so a new key works at once everywhere. Any write through this process's
+# database handle also retires entries (their project row may have changed: settings, keys).
 CACHE_TTL = 1.0
 CACHE_MAX = 10000
 _cache = {}
@@ -49,7 +50,7 @@ def authenticate(raw):
     slot = (id(database.obj), digest)
     hit = _cache.get(slot)
     mono = time.monotonic()
-    if hit is not None and hit[0] > mono:
+    if hit is not None and hit[0] > mono and hit[2] == hotpath.generation():
         row = hit[1]
         now = utcnow()
         # Scheduled revocation (rotation grace) and expiry are checked on every hit.
@@ -61,7 +62,7 @@ def authenticate(raw):
     if found is not None:
         if len(_cache) >= CACHE_MAX:
             _cache.clear()
-        _cache[slot] = (mono + CACHE_TTL, found[0])
+        _cache[slot] = (mono + CACHE_TTL, found[0], hotpath.generation())
     return found
 
 
@@ -70,7 +71,7 @@ def invalidate(project_id=None):
     if project_id is None:
         _cache.clear()
         return
-    for slot, (_, row) in list(_cache.items()):
+    for slot, (_, row, _) in list(_cache.items()):
         if row.project_id == project_id:
             _cache.pop(slot, None)
 

@@ -102,6 +102,11 @@ def _watch(db):
     return state
 
 
+def generation():
+    """A number that changes whenever this process writes through the bound database handle."""
+    return _watch(database.obj).generation
+
+
 def subscription_of(project_id, external_user_id):
     """`(customer_found, body)` for GET /api/subscription; body is None without a subscription.
 
