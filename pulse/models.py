@@ -22,7 +22,10 @@ def exact_collation(db):
 
 
 class ExactCharField(pw.CharField):
-    """VARCHAR compared byte for byte: MySQL's default collation would make "User-1", "user-1" and "user-1 " one id."""
+    """VARCHAR compared byte for byte: MySQL's default collation would make "User-1", "user-1" and "user-1 " one id.
+
+    Used for every identifier we did not mint: tenants' user ids, Stripe ids, idempotency keys.
+    """
 
     def ddl_datatype(self, ctx):
         datatype = super().ddl_datatype(ctx)
@@ -81,7 +84,7 @@ class Customer(BaseModel):
     project = pw.ForeignKeyField(Project, backref="customers", on_delete="CASCADE")
     external_user_id = ExactCharField(max_length=255)  # the tenant's opaque id
     email = pw.CharField(max_length=254, default="")
-    stripe_customer_id = pw.CharField(max_length=255, null=True)
+    stripe_customer_id = ExactCharField(max_length=255, null=True)
     created_at = pw.DateTimeField(default=utcnow)
     updated_at = pw.DateTimeField(default=utcnow)
 
@@ -96,7 +99,7 @@ class Customer(BaseModel):
 class Subscription(BaseModel):
     project = pw.ForeignKeyField(Project, backref="subscriptions", on_delete="CASCADE")
     customer = pw.ForeignKeyField(Customer, backref="subscriptions", on_delete="CASCADE")
-    stripe_subscription_id = pw.CharField(max_length=255)
+    stripe_subscription_id = ExactCharField(max_length=255)
     plan_slug = pw.CharField(max_length=100, default="")
     stripe_price_id = pw.CharField(max_length=255, default="")
     interval = pw.CharField(max_length=20, default="monthly")
@@ -126,12 +129,12 @@ class Subscription(BaseModel):
 
 class WebhookEvent(BaseModel):
     project = pw.ForeignKeyField(Project, backref="webhook_events", null=True, on_delete="CASCADE")
-    stripe_event_id = pw.CharField(max_length=255, null=True)
+    stripe_event_id = ExactCharField(max_length=255, null=True)
     type = pw.CharField(max_length=100, default="")
     api_version = pw.CharField(max_length=40, null=True)
     livemode = pw.BooleanField(default=False)
-    object_id = pw.CharField(max_length=255, null=True)  # the event's data.object id
-    stripe_customer_id = pw.CharField(max_length=255, null=True)
+    object_id = ExactCharField(max_length=255, null=True)  # the event's data.object id
+    stripe_customer_id = ExactCharField(max_length=255, null=True)
     stripe_created = pw.BigIntegerField(null=True)
     received_at = pw.DateTimeField(default=utcnow)
     processed_at = pw.DateTimeField(null=True)
@@ -172,7 +175,7 @@ class Session(BaseModel):
 
 class IdempotencyRecord(BaseModel):
     project = pw.ForeignKeyField(Project, on_delete="CASCADE")
-    key = pw.CharField(max_length=255)
+    key = ExactCharField(max_length=255)  # clients' Idempotency-Key: case matters
     request_hash = pw.CharField(max_length=64)
     status_code = pw.IntegerField(null=True)  # null while the first request is in flight
     response_body = LongTextField(null=True)

@@ -74,3 +74,24 @@ def test_mysql_tables_are_innodb_utf8mb4(db_url):
     with db.block():
         project = Project.create(public_id="proj_emoji", name="Café ☕ 🚀")
         assert Project.get_by_id(project.id).name == "Café ☕ 🚀"
+
+
+def test_identifiers_we_did_not_mint_compare_byte_for_byte(db_url):
+    """Stripe ids, tenants' user ids and idempotency keys differ by case alone; MySQL must not merge them."""
+    db.bind(db_url)
+    exact = [("customer", "external_user_id"), ("customer", "stripe_customer_id"),
+             ("subscription", "stripe_subscription_id"), ("webhook_event", "stripe_event_id"),
+             ("idempotency_record", "key")]
+    with db.block():
+        project = Project.create(public_id="proj_case", name="Case")
+        Customer.create(project=project, external_user_id="cus-A", stripe_customer_id="cus_AbC")
+        Customer.create(project=project, external_user_id="cus-a", stripe_customer_id="cus_abc")
+        assert Customer.get(Customer.stripe_customer_id == "cus_abc").external_user_id == "cus-a"
+    if not db.is_mysql():
+        return
+    with db.block() as database:
+        for table, column in exact:
+            collation = database.execute_sql(
+                "SELECT collation_name FROM information_schema.columns "
+                "WHERE table_schema = DATABASE() AND table_name = %s AND column_name = %s", (table, column)).fetchone()[0]
+            assert collation.endswith("_bin"), (table, column, collation)
