@@ -50,3 +50,40 @@ def test_cli_refuses_a_password_bcrypt_would_not_take(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == "run.py: error: --admin-password must be at most 72 bytes"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_every_console_post_route_refuses_a_form_without_the_xsrf_token(app, http_client, base_url,
+                                                                              make_project):
+    """CSRF: a signed-in admin's browser posting from another site (no token) changes nothing."""
+    from pulse import db
+    from pulse.models import ApiKey
+    from tests.console_support import seed
+    from tests.test_isolation import fill
+
+    owner = make_project(name="Owned", admin_email="owner@example.test")
+    customers, failed = seed(owner.project, count=1)
+    with db.block():
+        key_id = ApiKey.get(ApiKey.project == owner.project).public_id
+    console = Console(http_client, base_url)
+    assert (await console.login(owner.admin.email, PASSWORD)).code in (302, 303)
+    tried = 0
+    for rule in app.wildcard_router.rules:
+        handler = rule.target
+        if not isinstance(handler, type) or "post" not in {n for c in handler.__mro__[:-2] for n in vars(c)}:
+            continue
+        pattern = rule.matcher.regex.pattern.rstrip("$")
+        if not pattern.startswith("/console"):
+            continue
+        path = fill(pattern, owner.project.public_id, key_id, failed.id, customers[0].external_user_id)
+        response = await console.post(path, {"grace": "0", "label": "csrf", "stripe_secret_key": "sk_test_csrf",
+                                             "past_due_has_access": "no", "current_password": PASSWORD,
+                                             "new_password": "x" * 12, "confirm_password": "x" * 12},
+                                      xsrf=False)
+        assert response.code == 403, f"POST {path} without an XSRF token -> {response.code}"
+        tried += 1
+    assert tried >= 8
+    with db.block():
+        assert ApiKey.select().where(ApiKey.project == owner.project).count() == 1
+        assert ApiKey.get(ApiKey.project == owner.project).revoked_at is None
+    assert (await console.get(f"/console/p/{owner.project.public_id}/")).code == 200  # still signed in
