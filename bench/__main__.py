@@ -69,7 +69,6 @@ class Backend:
         self.project_id, self.key = created["project_id"], created["api_key"]
         harness.seed_customers(url, self.project_id, 1000, "bench-hot-user-")
         self.service, self.base = harness.start_service(self.env)
-        self.export_project = None
 
     def stop(self):
         self.service.stop()
@@ -79,7 +78,8 @@ class Backend:
 def machine():
     cpu = "unknown"
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     wrk_version = "bench.loadgen (Python fallback: wrk missing)"
