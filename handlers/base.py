@@ -24,7 +24,7 @@ _SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
 
 # Default code for each status we emit; handlers raise ApiError for a more specific one.
 STATUS_CODES = {
-    400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    400: "invalid_field", 401: "unauthorized", 403: "forbidden", 404: "not_found",
     405: "method_not_allowed", 409: "conflict", 413: "payload_too_large", 422: "missing_field",
     429: "rate_limited", 500: "internal_error", 502: "stripe_error", 503: "service_unavailable",
 }
@@ -232,7 +232,7 @@ class ApiHandler(tornado.web.RequestHandler):
             extra = exc.extra
         else:
             status = status_code
-            code = STATUS_CODES.get(status, "internal_error" if status >= 500 else "invalid_request")
+            code = STATUS_CODES.get(status, "internal_error" if status >= 500 else "invalid_field")
             message = MESSAGES.get(status) or (isinstance(exc, tornado.web.HTTPError) and exc.log_message) or self._reason
             field, extra = None, {}
             if status == 405:

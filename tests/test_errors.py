@@ -131,3 +131,9 @@ async def test_request_id_echoed_or_generated(api):
     assert response.headers["X-Request-Id"].startswith("req_")
     error = await api("GET", "/api/nope", headers={"X-Request-Id": "trace-9"})
     assert error.headers["X-Request-Id"] == "trace-9"
+
+
+@pytest.mark.gen_test
+async def test_undecodable_query_string_is_invalid_field(api):
+    response = await api("GET", "/api/subscription?external_user_id=%ED%B0%80")
+    assert_envelope(response, 400, "invalid_field")
