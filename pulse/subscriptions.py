@@ -40,12 +40,19 @@ def _locking(query):
     return query.for_update() if is_mysql() else query
 
 
+def _code(exc):
+    return exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+
+
 def retryable(exc):
-    """A deadlock or lock timeout (MySQL), or a busy SQLite: the whole transaction may be retried."""
-    if not isinstance(exc, peewee.OperationalError):
-        return False
-    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
-    return code in (1205, 1213) or "database is locked" in str(exc).lower()
+    """A MySQL deadlock: the server rolled back at once, so the whole transaction may be retried."""
+    return isinstance(exc, peewee.OperationalError) and _code(exc) == 1213
+
+
+def lock_timeout(exc):
+    """A lock we already waited for (MySQL lock wait timeout, SQLite busy_timeout): retrying would wait again."""
+    return isinstance(exc, peewee.OperationalError) and (
+        _code(exc) == 1205 or "database is locked" in str(exc).lower())
 
 
 def stripe_id(value):

@@ -196,6 +196,10 @@ async def process(project, event, raw, *, config, box, remote_ip=None):
             except DatabaseUnavailable:
                 raise
             except Exception as exc:
+                if subs.lock_timeout(exc):
+                    # The loop already waited out the lock once: answer 503 now (Stripe retries)
+                    # instead of waiting again to retry or to record the failure.
+                    raise DatabaseUnavailable() from None
                 failure = exc
             else:
                 return {"received": True, "outcome": outcome}

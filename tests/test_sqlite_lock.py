@@ -47,3 +47,42 @@ async def test_write_lock_held_elsewhere_is_503_and_clears(db_url, api, app, pro
         holder.close()
     response = await api("POST", "/api/checkout", checkout_body(), request_timeout=20)
     assert response.code == 200, response.body
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_webhook_waits_out_a_held_lock_once_then_503_and_the_retry_applies(
+        db_url, app, make_project, fake_stripe, http_client, base_url, monkeypatch):
+    from pulse import webhooks
+    from tests.stripe_events import body_of_event, event, new_subscription, sign
+
+    secret = "whsec_locktest_" + "c" * 20
+    hooked = make_project(name="Locked", stripe_webhook_secret=secret)
+    _, sub = new_subscription(fake_stripe, "user-lock", project_id=hooked.project.public_id)
+    body = body_of_event(event("customer.subscription.updated", sub))
+    attempts = []
+    original_transaction = webhooks.subs.transaction
+    monkeypatch.setattr(webhooks.subs, "transaction", lambda: attempts.append(1) or original_transaction())
+    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 300)
+    db.database.close()
+    db.bind(db_url)
+
+    async def deliver():
+        return await http_client.fetch(f"{base_url}/api/webhook/{hooked.project.public_id}", method="POST",
+                                       body=body, headers={"Stripe-Signature": sign(body, secret)},
+                                       raise_error=False, request_timeout=30)
+
+    holder = sqlite3.connect(db_url[len("sqlite:///"):], isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        response = await deliver()
+        assert response.code == 503, response.body
+        assert body_of(response)["error"]["code"] == "database_unavailable"
+        assert len(attempts) == 1  # waited for the lock once: no retries stalling the loop again
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    response = await deliver()
+    assert response.code == 200 and body_of(response).get("duplicate") is None, response.body
+    read = await http_client.fetch(f"{base_url}/api/subscription?external_user_id=user-lock",
+                                   headers={"X-API-Key": hooked.api_key.api_key}, raise_error=False)
+    assert read.code == 200 and body_of(read)["status"] == "active"
