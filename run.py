@@ -7,10 +7,7 @@ import hmac
 import importlib
 import json
 import logging
-import os
-import signal
 import sys
-import time
 from pathlib import Path
 
 import jinja2
@@ -28,6 +25,7 @@ from pulse.security import SecretBox
 
 from handlers import limits, transport
 from handlers.base import NotFoundHandler, log_request
+from server import HTTP_SERVER_LIMITS, serve  # noqa: F401  (tests tune HTTP_SERVER_LIMITS through run)
 
 ROOT = Path(__file__).resolve().parent
 log = logging.getLogger("pulse.server")
@@ -49,14 +47,6 @@ HANDLER_MODULES = [
     "console.settings",
     "console.fallback",  # the console's catch-all 404: keep it last among console modules
 ]
-DRAIN_SECONDS = 10.0
-# Tornado's HTTPServer limits against slow and hostile clients. API handlers stream their bodies and
-# cut them at 1 MiB themselves; every other handler's body is buffered in RAM, so the server-wide cap
-# stays small (a console form is a few hundred bytes). Tests shorten the timeouts.
-HTTP_SERVER_LIMITS = dict(max_body_size=2 * 1024 * 1024, idle_connection_timeout=60, body_timeout=30,
-                          max_header_size=64 * 1024)
-
-
 class PulseApplication(tornado.web.Application):
     """Tornado Application that tracks in-flight requests, so shutdown can drain them."""
 
@@ -124,87 +114,6 @@ def make_app(config, **overrides):
     )
     settings.update(overrides)
     return PulseApplication(routes, transforms=[transport.hsts_transform(config)], **settings)
-
-
-# ---------------------------------------------------------------- serving
-
-
-def _worker(config, sockets):
-    """Serve on `sockets` until SIGTERM/SIGINT, then drain in-flight requests and return."""
-
-    async def main():
-        app = make_app(config)
-        server = tornado.httpserver.HTTPServer(app, xheaders=config.trust_proxy, **HTTP_SERVER_LIMITS)
-        server.add_sockets(sockets)
-        stopping = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stopping.set)
-        log.info("serving on http://%s:%s (pid %s)", config.host, sockets[0].getsockname()[1], os.getpid())
-        await stopping.wait()
-        server.stop()
-        deadline = time.monotonic() + DRAIN_SECONDS
-        while app.inflight > 0 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        if app.inflight:
-            log.warning("drain timed out after %.0f s: closing %d unfinished requests", DRAIN_SECONDS, app.inflight)
-        await server.close_all_connections()
-        log.info("stopped (pid %s)", os.getpid())
-
-    asyncio.run(main())
-
-
-def _prefork(count, config, sockets):
-    """Fork `count` workers sharing the sockets; forward SIGTERM/SIGINT; restart crashed ones."""
-    children = {}
-
-    def spawn():
-        pid = os.fork()
-        if pid == 0:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            try:
-                _worker(config, sockets)
-            finally:
-                os._exit(0)
-        children[pid] = time.monotonic()
-
-    stopping = []
-
-    def forward(signum, _frame):
-        stopping.append(signum)
-        for pid in list(children):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for _ in range(count):
-        spawn()
-    while children:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        children.pop(pid, None)
-        if not stopping and (os.WIFSIGNALED(status) or os.WEXITSTATUS(status) != 0):
-            log.error("worker %s died (status %s); starting another", pid, status)
-            spawn()
-    return 0
-
-
-def serve(config, processes=1):
-    """Migrate, bind, and serve with one or more processes."""
-    db.bind(config.database_url)
-    migrate_database()
-    db.database.close()  # children must not share the parent's connection
-    sockets = tornado.netutil.bind_sockets(config.port, config.host)
-    if processes > 1:
-        return _prefork(processes, config, sockets)
-    _worker(config, sockets)
-    return 0
 
 
 # ---------------------------------------------------------------- CLI
@@ -401,7 +310,7 @@ def main(argv=None):
                     raise CliError("--port must be between 0 and 65535", status=2)
                 overrides["port"] = args.port
             config = load_config(**overrides) if overrides else config
-            return serve(config, getattr(args, "processes", 1))
+            return serve(make_app, config, getattr(args, "processes", 1))
         db.bind(config.database_url)
         if args.command != "migrate":
             migrate_database()

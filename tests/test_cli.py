@@ -164,3 +164,47 @@ def test_sigterm_finishes_in_flight_requests(cli_env, tmp_path):
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def _children(pid):
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def test_a_worker_that_dies_is_replaced(cli_env, tmp_path):
+    port = free_port()
+    with open(tmp_path / "server.log", "w") as log:
+        server = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "serve", "--port", str(port),
+                                   "--processes", "2"], env=cli_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        wait_for_port(port, server)
+        deadline = time.monotonic() + 20
+        while len(_children(server.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first = _children(server.pid)
+        assert len(first) == 2
+        os.kill(first[0], signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            now = _children(server.pid)
+            if len(now) == 2 and first[0] not in now:
+                break
+            time.sleep(0.05)
+        now = _children(server.pid)
+        assert len(now) == 2 and first[0] not in now, now
+        for _ in range(4):
+            assert http_get(port, "/api/health")[0] == 200
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=20) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
