@@ -13,31 +13,39 @@ from handlers.base import ApiHandler, invalid
 log = logging.getLogger("pulse.export")
 
 
+async def stream(handler, project, fmt):
+    """Send `project`'s export in `fmt` through `handler` page by page (the API's and the console's download)."""
+    handler.set_header("Content-Type", export.FORMATS[fmt])
+    handler.set_header("Content-Disposition", f'attachment; filename="{export.filename(project, fmt)}"')
+    sent = False
+    try:
+        for chunk in export.chunks(project, fmt):
+            handler.write(chunk)
+            await handler.flush()  # one page at a time on the wire: memory stays at one page
+            sent = True
+            # A flush the socket takes at once is an already-done future, and awaiting it does
+            # not yield: without this the whole export would run before any other request.
+            await asyncio.sleep(0)
+    except StreamClosedError:
+        return  # the client went away: stop reading pages
+    except DatabaseUnavailable:
+        if not sent:
+            raise
+        # Headers and part of the body are out: cut the connection so the client sees a truncated
+        # transfer instead of a well-formed but incomplete file.
+        log.warning("export interrupted: database unavailable",
+                    extra={"request_id": getattr(handler, "request_id", None)})
+        handler.request.connection.stream.close()
+        return
+    handler.finish()
+
+
 class ExportHandler(ApiHandler):
     async def get(self):
         fmt = self.get_query_argument("format", "json")
         if fmt not in export.FORMATS:
             raise invalid("format", "format must be json or csv")
-        self.set_header("Content-Type", export.FORMATS[fmt])
-        self.set_header("Content-Disposition", f'attachment; filename="{export.filename(self.project, fmt)}"')
-        sent = False
-        try:
-            for chunk in export.chunks(self.project, fmt):
-                self.write(chunk)
-                await self.flush()  # one page at a time on the wire: memory stays at one page
-                sent = True
-                # A flush the socket takes at once is an already-done future, and awaiting it does
-                # not yield: without this the whole export would run before any other request.
-                await asyncio.sleep(0)
-        except StreamClosedError:
-            return  # the client went away: stop reading pages
-        except DatabaseUnavailable:
-            if not sent:
-                raise
-            # Headers and part of the body are out: cut the connection so the client sees a truncated
-            # transfer instead of a well-formed but incomplete file.
-            log.warning("export interrupted: database unavailable", extra={"request_id": self.request_id})
-            self.request.connection.stream.close()
+        await stream(self, self.project, fmt)
 
 
 default_handlers = [
