@@ -17,7 +17,7 @@ from tests.conftest import TEST_SECRET
 from tests.fake_stripe import FAKE_SECRET_KEY
 from tests.live_server import LiveServer
 from tests.stripe_events import body_of_event, new_subscription, sign
-from tests.test_webhooks import truth
+from tests.webhook_support import truth
 
 WHSEC = "whsec_crash_" + "d" * 24
 USERS = 12

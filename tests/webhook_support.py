@@ -1,0 +1,98 @@
+"""Fixtures and helpers for webhook tests: signed deliveries, reads, and Stripe's truth."""
+
+import time
+
+import pytest
+
+from pulse import db
+from pulse.models import WebhookEvent
+from tests.conftest import body_of
+from tests.stripe_events import NEW_API, OLD_API, body_of_event, sign
+
+
+WHSEC = "whsec_project_" + "a" * 24
+DEPLOY_WHSEC = "whsec_deploy_" + "b" * 24
+BOTH_SHAPES = [OLD_API, NEW_API]
+
+
+@pytest.fixture
+def config_overrides(fake_stripe):
+    return fake_stripe.config_overrides(stripe_webhook_secret=DEPLOY_WHSEC, stripe_max_retries=0)
+
+
+@pytest.fixture
+def hooked(make_project):
+    """A project with a webhook signing secret (Stripe key: the deployment's, i.e. the fake's)."""
+    return make_project(name="Hooked", stripe_webhook_secret=WHSEC)
+
+
+@pytest.fixture
+def deliver(http_client, base_url, hooked):
+    """deliver(event_or_body, path=None, secret=WHSEC, timestamp=None, headers=None) -> response."""
+
+    async def send(evt, path=None, secret=WHSEC, timestamp=None, headers=None, signature=None):
+        body = evt if isinstance(evt, (str, bytes)) else body_of_event(evt)
+        all_headers = {"Content-Type": "application/json",
+                       "Stripe-Signature": signature or sign(body, secret, timestamp)}
+        all_headers.update(headers or {})
+        all_headers = {k: v for k, v in all_headers.items() if v is not None}
+        return await http_client.fetch(base_url + (path or f"/api/webhook/{hooked.project.public_id}"),
+                                       method="POST", body=body, headers=all_headers, raise_error=False)
+
+    return send
+
+
+@pytest.fixture
+def read(http_client, base_url):
+    """read(new_project, external_user_id) -> GET /api/subscription's body, or None on 404."""
+
+    async def get(new_project, external_user_id):
+        resp = await http_client.fetch(f"{base_url}/api/subscription?external_user_id={external_user_id}",
+                                       headers={"X-API-Key": new_project.api_key.api_key}, raise_error=False)
+        if resp.code == 404:
+            assert body_of(resp)["error"]["code"] == "not_found"
+            return None
+        assert resp.code == 200, resp.body
+        return body_of(resp)
+
+    return get
+
+
+def events_of(project=None, **where):
+    with db.block():
+        query = WebhookEvent.select().order_by(WebhookEvent.id)
+        if project is not None:
+            query = query.where(WebhookEvent.project == project)
+        for name, value in where.items():
+            query = query.where(getattr(WebhookEvent, name) == value)
+        return list(query)
+
+
+def iso(ts):
+    return None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+STATUS_WORDS = {"active": "active", "trialing": "trialing", "past_due": "past_due", "unpaid": "unpaid",
+                "canceled": "cancelled", "incomplete_expired": "cancelled", "incomplete": "incomplete",
+                "paused": "paused"}
+
+
+def truth(fake, sub_id):
+    """Stripe's current subscription as our API must show it (computed here, independently of pulse)."""
+    sub = fake.subscription(sub_id, NEW_API)
+    item = sub["items"]["data"][0]
+    status = STATUS_WORDS[sub["status"]]
+    if sub["status"] in ("active", "trialing") and (sub["cancel_at_period_end"] or sub["cancel_at"]):
+        status = "cancelling"
+    return {"status": status, "has_access": status in ("active", "trialing", "cancelling", "past_due"),
+            "stripe_price_id": item["price"]["id"],
+            "interval": {"month": "monthly", "year": "yearly"}[item["price"]["recurring"]["interval"]],
+            "current_period_end": iso(item["current_period_end"]), "cancel_at": iso(sub["cancel_at"]),
+            "trial_end": iso(sub["trial_end"]), "plan_slug": sub["metadata"].get("plan_slug"),
+            "stripe_subscription_id": sub_id, "stripe_customer_id": sub["customer"]}
+
+
+def assert_matches_stripe(found, fake, sub_id):
+    assert found is not None
+    expected = truth(fake, sub_id)
+    assert {k: found[k] for k in expected} == expected
