@@ -59,6 +59,14 @@ def last_webhook(project):
             .order_by(WebhookEvent.id.desc()).first())
 
 
+def _keyset_page(query, id_field, cursor, limit, newest_first):
+    """One page of `query` past `cursor` by `id_field`: (rows, next cursor or None); one extra row tells if more follow."""
+    if cursor:
+        query = query.where(id_field < cursor if newest_first else id_field > cursor)
+    rows = list(query.order_by(id_field.desc() if newest_first else id_field).limit(limit + 1))
+    return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
+
+
 def recent_failures(project, limit=5):
     return list(WebhookEvent.select().where(WebhookEvent.project == project, WebhookEvent.outcome == "failed")
                 .order_by(WebhookEvent.id.desc()).limit(limit))
@@ -76,18 +84,14 @@ def search_customers(project, q="", status="", after=0, limit=PAGE_SIZE):
     if status:
         query = query.where(pw.fn.EXISTS(Subscription.select(Subscription.id).where(
             Subscription.customer == Customer.id, Subscription.status == status)))
-    if after:
-        query = query.where(Customer.id > after)
-    rows = list(query.order_by(Customer.id).limit(limit + 1))
-    more = len(rows) > limit
-    rows = rows[:limit]
+    rows, cursor = _keyset_page(query, Customer.id, after, limit, newest_first=False)
     by_customer = {}
     if rows:
         for sub in Subscription.select().where(Subscription.customer.in_([c.id for c in rows])):
             by_customer.setdefault(sub.customer_id, []).append(sub)
     for customer in rows:
         customer.subscription = current(by_customer.get(customer.id, []), project.past_due_has_access)
-    return rows, (rows[-1].id if more else None)
+    return rows, cursor
 
 
 def current(subscriptions, past_due_has_access=True):
@@ -136,12 +140,7 @@ def list_events(project, type_="", outcome="", before=0, limit=PAGE_SIZE):
         query = query.where(WebhookEvent.type == type_)
     if outcome:
         query = query.where(WebhookEvent.outcome == outcome)
-    if before:
-        query = query.where(WebhookEvent.id < before)
-    rows = list(query.order_by(WebhookEvent.id.desc()).limit(limit + 1))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return rows, (rows[-1].id if more else None)
+    return _keyset_page(query, WebhookEvent.id, before, limit, newest_first=True)
 
 
 def event_types(project):
@@ -163,9 +162,4 @@ def audit_entries(project, before=0, limit=100):
     members = Membership.select(Membership.user).where(Membership.project == project)
     query = AuditLog.select().where(
         (AuditLog.project == project) | (AuditLog.project.is_null() & AuditLog.user.in_(members)))
-    if before:
-        query = query.where(AuditLog.id < before)
-    rows = list(query.order_by(AuditLog.id.desc()).limit(limit + 1))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return rows, (rows[-1].id if more else None)
+    return _keyset_page(query, AuditLog.id, before, limit, newest_first=True)
