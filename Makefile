@@ -2,23 +2,29 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+RUNTIME := $(VENV)/.installed-runtime
+TESTING := $(VENV)/.installed-test
 
 .PHONY: run test bench clean
 
-$(STAMP): setup.cfg pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
-	touch $(STAMP)
+# `make run` installs only what serving needs; `make test` adds the test extra on top.
+$(RUNTIME): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) -e .
+	touch $(RUNTIME)
 
-run: $(STAMP)
+$(TESTING): $(RUNTIME)
+	$(PIP) -e '.[test]'
+	touch $(TESTING)
+
+run: $(RUNTIME)
 	$(PY) run.py serve
 
-test: $(STAMP)
+test: $(TESTING)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(TESTING)
 	$(PY) -m bench $(BENCH_ARGS)
 
 clean:

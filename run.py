@@ -16,7 +16,7 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from pulse import __version__, apikeys, db, projects
+from pulse import __version__, apikeys, db, projects, security
 from pulse.config import ConfigError, load_config
 from pulse.logs import setup_logging
 from pulse.migrations import migrate_database
@@ -90,6 +90,7 @@ def derive(secret_key, purpose):
 def make_app(config, **overrides):
     """Build the Tornado application for `config` and bind the database it names."""
     db.bind(config.database_url)
+    security.configure_bcrypt(config.bcrypt_rounds)
     jinja_env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(ROOT / "templates")),
                                    autoescape=jinja2.select_autoescape(default=True),
                                    undefined=jinja2.StrictUndefined)
@@ -312,6 +313,7 @@ def main(argv=None):
             config = load_config(**overrides) if overrides else config
             return serve(make_app, config, getattr(args, "processes", 1))
         db.bind(config.database_url)
+        security.BCRYPT_ROUNDS = config.bcrypt_rounds
         if args.command != "migrate":
             migrate_database()
         COMMANDS[args.command](config, args)

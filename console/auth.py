@@ -38,7 +38,7 @@ class LoginHandler(ConsoleHandler):
             self.render_page("login.html", status=429, email=email, error=LOCKED, next=target)
             return
         # Unknown emails are checked against a dummy hash so the answer takes as long.
-        ok = await check_off_loop(password, user.password_hash if user else security.DUMMY_PASSWORD_HASH)
+        ok = await check_off_loop(password, user.password_hash if user else security.dummy_password_hash())
         if not ok or user is None:
             with block():
                 sessions.record_failure(email, ip)

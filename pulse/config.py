@@ -47,6 +47,7 @@ class Config:
     redis_url: str | None = None
     status_page_url: str = "/status"
     log_level: str = "info"
+    bcrypt_rounds: int = 12
 
 
 # Every variable load_config() reads; the README test checks each one is documented.
@@ -55,7 +56,7 @@ SETTINGS = (
     "PULSE_STRIPE_SECRET_KEY", "PULSE_STRIPE_WEBHOOK_SECRET", "PULSE_STRIPE_API_BASE",
     "PULSE_STRIPE_TIMEOUT", "PULSE_STRIPE_MAX_RETRIES", "PULSE_FORCE_HTTPS",
     "PULSE_TRUST_PROXY", "PULSE_RATE_LIMIT_AUTHENTICATED", "PULSE_RATE_LIMIT_ANONYMOUS",
-    "PULSE_REDIS_URL", "PULSE_STATUS_PAGE_URL", "PULSE_LOG_LEVEL",
+    "PULSE_REDIS_URL", "PULSE_STATUS_PAGE_URL", "PULSE_LOG_LEVEL", "PULSE_BCRYPT_ROUNDS",
 )
 
 _UNITS = {"second": 1, "sec": 1, "s": 1, "minute": 60, "min": 60, "m": 60,
@@ -187,6 +188,8 @@ def load_config(environ=None, **overrides):
         if level not in LOG_LEVELS:
             raise ConfigError(f"PULSE_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)} (got {level!r})")
         values["log_level"] = level
+    if get("PULSE_BCRYPT_ROUNDS"):
+        values["bcrypt_rounds"] = parse_int("PULSE_BCRYPT_ROUNDS", get("PULSE_BCRYPT_ROUNDS"), 4, 16)
     values.update(overrides)
     database_url = values.get("database_url", DEFAULT_DATABASE_URL)
     if "secret_key" not in values:

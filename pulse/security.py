@@ -92,9 +92,23 @@ def mask_secret(value):
     return f"{kind}…{tail}"
 
 
+# The bcrypt cost (log2 of its iterations); `configure_bcrypt` sets it from PULSE_BCRYPT_ROUNDS.
+BCRYPT_ROUNDS = 12
+_dummy_hashes = {}
+
+
+def configure_bcrypt(rounds):
+    """Use `rounds` (4..16) for new hashes and for the unknown-email dummy check."""
+    global BCRYPT_ROUNDS
+    if not 4 <= rounds <= 16:
+        raise ValueError("bcrypt rounds must be between 4 and 16")
+    BCRYPT_ROUNDS = rounds
+    dummy_password_hash()  # made now, at start-up, so no request pays for it on the event loop
+
+
 def hash_password(password):
-    """bcrypt hash; slow on purpose, so call it off the event loop."""
-    return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(rounds=12)).decode("ascii")
+    """bcrypt hash at BCRYPT_ROUNDS; slow on purpose, so call it off the event loop."""
+    return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(rounds=BCRYPT_ROUNDS)).decode("ascii")
 
 
 def check_password(password, hashed):
@@ -105,8 +119,12 @@ def check_password(password, hashed):
         return False
 
 
-# A valid hash to check against when the email is unknown, so timing does not reveal accounts.
-DUMMY_PASSWORD_HASH = "$2b$12$Ow5oowtWh6G4AvjmCTKD/u9tKjstIakKjllnc9awUwDwrTVB50XKS"
+def dummy_password_hash():
+    """A valid hash at the current cost, checked when the email is unknown so timing reveals no accounts."""
+    hashed = _dummy_hashes.get(BCRYPT_ROUNDS)
+    if hashed is None:
+        hashed = _dummy_hashes[BCRYPT_ROUNDS] = hash_password(random_base62(24))
+    return hashed
 
 
 def generate_password():

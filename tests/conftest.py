@@ -20,6 +20,8 @@ import run
 MYSQL_URL = os.environ.get("PULSE_TEST_MYSQL_URL")
 BACKENDS = ["sqlite"] + (["mysql"] if MYSQL_URL else [])
 TEST_SECRET = "test-secret-key-0123456789abcdef"
+# bcrypt at its minimum cost: half the suite's time went on cost 12. Subprocess servers inherit it.
+os.environ.setdefault("PULSE_BCRYPT_ROUNDS", "4")
 
 
 def _mysql_server_url(url):
@@ -79,7 +81,8 @@ def config_overrides():
 
 @pytest.fixture
 def config(db_url, config_overrides):
-    return load_config(environ={}, database_url=db_url, secret_key=TEST_SECRET, **config_overrides)
+    overrides = {"bcrypt_rounds": 4, **config_overrides}
+    return load_config(environ={}, database_url=db_url, secret_key=TEST_SECRET, **overrides)
 
 
 @pytest.fixture

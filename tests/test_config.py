@@ -27,7 +27,7 @@ def test_every_setting_is_read(tmp_path):
         "PULSE_STRIPE_MAX_RETRIES": "0", "PULSE_FORCE_HTTPS": "0", "PULSE_TRUST_PROXY": "yes",
         "PULSE_RATE_LIMIT_AUTHENTICATED": "10/second", "PULSE_RATE_LIMIT_ANONYMOUS": "5/hour",
         "PULSE_REDIS_URL": "redis://localhost:6379/1", "PULSE_STATUS_PAGE_URL": "https://status.example.com",
-        "PULSE_LOG_LEVEL": "DEBUG",
+        "PULSE_LOG_LEVEL": "DEBUG", "PULSE_BCRYPT_ROUNDS": "10",
     }
     assert set(env) == set(SETTINGS)
     config = load_config(environ=env)
@@ -42,6 +42,7 @@ def test_every_setting_is_read(tmp_path):
     assert config.redis_url == "redis://localhost:6379/1"
     assert config.status_page_url == "https://status.example.com"
     assert config.log_level == "debug"
+    assert config.bcrypt_rounds == 10
 
 
 @pytest.mark.parametrize("name,value,needle", [

@@ -15,11 +15,26 @@ def console(http_client, base_url):
     return Console(http_client, base_url)
 
 
-def test_dummy_hash_is_a_real_bcrypt_hash():
-    # An invalid dummy hash would fail instantly and reveal which emails exist.
-    assert security.DUMMY_PASSWORD_HASH.startswith("$2b$12$")
-    import bcrypt
-    assert bcrypt.checkpw(b"nope", security.DUMMY_PASSWORD_HASH.encode()) is False
+@pytest.mark.parametrize("rounds", [4, 12])
+def test_dummy_hash_is_a_real_bcrypt_hash_at_the_configured_cost(rounds):
+    # An invalid or cheaper dummy hash would answer faster and reveal which emails exist.
+    saved = security.BCRYPT_ROUNDS
+    try:
+        security.configure_bcrypt(rounds)
+        assert security.dummy_password_hash().startswith(f"$2b${rounds:02d}$")
+        assert security.hash_password("x").startswith(f"$2b${rounds:02d}$")
+        import bcrypt
+        assert bcrypt.checkpw(b"nope", security.dummy_password_hash().encode()) is False
+    finally:
+        security.configure_bcrypt(saved)
+
+
+def test_bcrypt_rounds_setting_defaults_to_12_and_refuses_below_4():
+    from pulse.config import ConfigError, load_config
+    assert load_config(environ={}, secret_key="k" * 20).bcrypt_rounds == 12
+    assert load_config(environ={"PULSE_BCRYPT_ROUNDS": "5"}, secret_key="k" * 20).bcrypt_rounds == 5
+    with pytest.raises(ConfigError, match="PULSE_BCRYPT_ROUNDS must be between 4 and 16"):
+        load_config(environ={"PULSE_BCRYPT_ROUNDS": "3"}, secret_key="k" * 20)
 
 
 @pytest.mark.parametrize("target, expected", [

@@ -82,4 +82,4 @@ def test_password_hashing():
     hashed = security.hash_password("correct horse")
     assert security.check_password("correct horse", hashed)
     assert not security.check_password("wrong horse", hashed)
-    assert not security.check_password("anything", security.DUMMY_PASSWORD_HASH)
+    assert not security.check_password("anything", security.dummy_password_hash())
