@@ -11,7 +11,10 @@ from pathlib import Path
 
 from tests import fake_stripe_objects as objects
 
-FIXTURES = Path("/work/shared/fixtures/stripe-openapi-fixtures3.json")
+# shared/ sits beside the checkout (and beside CI's fresh clone); /work/shared is the workspace's copy.
+_FIXTURE = Path("fixtures/stripe-openapi-fixtures3.json")
+FIXTURES = next((base / _FIXTURE for base in (Path(__file__).resolve().parents[2] / "shared", Path("/work/shared"))
+                 if (base / _FIXTURE).exists()), Path("/work/shared") / _FIXTURE)
 OLD_API = "2024-06-20"
 NEW_API = "2025-08-27.basil"
 
