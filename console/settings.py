@@ -94,7 +94,8 @@ class AuditHandler(ProjectHandler):
 
     def get(self, project_id):
         with block():
-            page = insights.audit_entries(self.project, before=self.cursor_arg("before"), after=self.cursor_arg("after"))
+            page = insights.audit_entries(self.project, before=self.cursor_arg("before"),
+                                          after=self.cursor_arg("after"))
         rows = page.rows
         for row in rows:
             try:
