@@ -159,15 +159,14 @@ def test_sigterm_finishes_in_flight_requests(cli_env, tmp_path):
         wait_for_port(port, server)
         wait_until_serving(tmp_path / "server.log", server)  # on a loaded machine start-up takes seconds
         # A chunked upload that we finish only after SIGTERM keeps a request in flight.
-        sock = socket.create_connection(("127.0.0.1", port))
-        sock.sendall(b"POST /api/health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n")
-        time.sleep(0.3)
-        server.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
-        assert server.poll() is None, "exited with a request still in flight"
-        sock.sendall(b"0\r\n\r\n")
-        reply = sock.recv(65536).decode()
-        sock.close()
+        with socket.create_connection(("127.0.0.1", port)) as sock:  # closed even when an assert fails
+            sock.sendall(b"POST /api/health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n")
+            time.sleep(0.3)
+            server.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            assert server.poll() is None, "exited with a request still in flight"
+            sock.sendall(b"0\r\n\r\n")
+            reply = sock.recv(65536).decode()
         assert reply.startswith("HTTP/1.1 405"), reply
         assert server.wait(timeout=15) == 0
     finally:
