@@ -10,7 +10,6 @@ import logging
 import sys
 from pathlib import Path
 
-import jinja2
 import peewee
 import tornado.httpserver
 import tornado.netutil
@@ -23,6 +22,7 @@ from pulse.migrations import migrate_database
 from pulse.ratelimit import make_limiter
 from pulse.security import SecretBox
 
+from console.base import make_jinja_env
 from handlers import limits, transport
 from handlers.base import NotFoundHandler, log_request
 from server import HTTP_SERVER_LIMITS, serve  # noqa: F401  (tests tune HTTP_SERVER_LIMITS through run)
@@ -91,9 +91,7 @@ def make_app(config, **overrides):
     """Build the Tornado application for `config` and bind the database it names."""
     db.bind(config.database_url)
     security.configure_bcrypt(config.bcrypt_rounds)
-    jinja_env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(ROOT / "templates")),
-                                   autoescape=jinja2.select_autoescape(default=True),
-                                   undefined=jinja2.StrictUndefined)
+    jinja_env = make_jinja_env(ROOT / "templates")
     routes = []
     for name in HANDLER_MODULES:
         routes.extend(importlib.import_module(name).default_handlers)

@@ -2,15 +2,20 @@
 
 import logging
 import traceback
+from datetime import datetime
 from urllib.parse import urlencode
 
+import jinja2
 import tornado.web
+from markupsafe import Markup, escape
 
 from handlers import transport
 from pulse import projects, sessions
-from pulse.db import DatabaseUnavailable, block, isoformat
+from pulse.db import DatabaseUnavailable, block, isoformat, utcnow
 
 log = logging.getLogger("pulse.console")
+
+PID = r"/console/p/(proj_[0-9A-Za-z]+)"  # the project part of every project page's route
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
@@ -30,6 +35,44 @@ NOTICES = {
     "signed_out": "You are signed out.",
     "password_changed": "Password changed. Every session was ended; sign in with the new password.",
 }
+
+
+def relative(value, now=None):
+    """'3 minutes ago' / 'in 2 days' for a naive-UTC datetime."""
+    seconds = int(((now or utcnow()) - value).total_seconds())
+    future, seconds = seconds < 0, abs(seconds)
+    if seconds < 45:
+        return "just now"
+    for size, unit in ((86400 * 365, "year"), (86400 * 30, "month"), (86400, "day"), (3600, "hour"), (60, "minute")):
+        if seconds >= size:
+            n = round(seconds / size) if unit != "year" else seconds // size
+            text = f"{n} {unit}{'' if n == 1 else 's'}"
+            return f"in {text}" if future else f"{text} ago"
+    return "just now"
+
+
+def timestamp(value, seconds=False):
+    """Every console timestamp: `2026-11-30 14:07 UTC` (seconds on request), machine time and relative time
+    in the tag. `value` is a naive-UTC datetime or its ISO form (`…Z`); None renders a dash."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.removesuffix("Z"))
+        except ValueError:
+            return escape(value)
+    if value is None:
+        return Markup('<span class="muted">—</span>')
+    if value.tzinfo is not None:
+        value = value.replace(tzinfo=None) - value.utcoffset()
+    shown = value.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
+    return Markup('<time datetime="{}" title="{}">{} UTC</time>').format(isoformat(value), relative(value), shown)
+
+
+def make_jinja_env(template_dir):
+    """The console's Jinja environment: autoescaped, strict, with `timestamp` for every template and macro."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir)),
+                             autoescape=jinja2.select_autoescape(default=True), undefined=jinja2.StrictUndefined)
+    env.globals.update(timestamp=timestamp)
+    return env
 
 
 def safe_next(target, default="/console/"):
@@ -188,6 +231,18 @@ class ProjectHandler(SignedInHandler):
 
     def project_url(self, suffix=""):
         return f"/console/p/{self.project.public_id}/{suffix}"
+
+    def webhook_url(self):
+        """The project's webhook endpoint as Stripe must be told it (scheme and host of this request)."""
+        scheme = "https" if self.over_https else "http"
+        return f"{scheme}://{self.request.host}/api/webhook/{self.project.public_id}"
+
+    def cursor_arg(self, name):
+        """A page cursor from the query string: a row id, or 0 when absent or not a whole number."""
+        try:
+            return max(int(self.get_query_argument(name, "0") or 0), 0)
+        except ValueError:
+            return 0
 
 
 class ConsoleNotFoundHandler(ConsoleHandler):

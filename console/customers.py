@@ -1,9 +1,8 @@
-"""Customers: prefix search, status filter, keyset pages of 50, and the customer page."""
+"""Customers: prefix search, status filter, keyset pages of 50 newest first, and the customer page."""
 
 import tornado.web
 
-from console.base import ProjectHandler
-from console.dashboard import PID
+from console.base import PID, ProjectHandler
 from pulse import insights
 from pulse.db import block
 from pulse.status import ALL_STATUSES, has_access
@@ -17,14 +16,11 @@ class CustomersHandler(ProjectHandler):
         status = self.get_query_argument("status", "")
         if status not in ALL_STATUSES:
             status = ""
-        try:
-            after = max(int(self.get_query_argument("after", "0") or 0), 0)
-        except ValueError:
-            after = 0
         with block():
-            rows, cursor = insights.search_customers(self.project, q=q, status=status, after=after)
-        self.render_page("customers.html", customers=rows, cursor=cursor, q=q, status_filter=status,
-                         statuses=ALL_STATUSES, first_page=not after)
+            page, total = insights.search_customers(self.project, q=q, status=status,
+                                                    before=self.cursor_arg("before"), after=self.cursor_arg("after"))
+        self.render_page("customers.html", customers=page.rows, page=page, total=total, q=q,
+                         status_filter=status, statuses=ALL_STATUSES)
 
 
 class CustomerHandler(ProjectHandler):

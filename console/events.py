@@ -5,8 +5,7 @@ import logging
 
 import tornado.web
 
-from console.base import ProjectHandler
-from console.dashboard import PID
+from console.base import PID, ProjectHandler
 from pulse import insights, webhooks
 from pulse.db import block
 
@@ -21,15 +20,12 @@ class EventsHandler(ProjectHandler):
         outcome = self.get_query_argument("outcome", "")
         if outcome not in insights.OUTCOMES:
             outcome = ""
-        try:
-            before = max(int(self.get_query_argument("before", "0") or 0), 0)
-        except ValueError:
-            before = 0
         with block():
-            rows, cursor = insights.list_events(self.project, type_=type_, outcome=outcome, before=before)
+            page = insights.list_events(self.project, type_=type_, outcome=outcome,
+                                        before=self.cursor_arg("before"), after=self.cursor_arg("after"))
             types = insights.event_types(self.project)
-        self.render_page("events.html", events=rows, cursor=cursor, type=type_, outcome=outcome,
-                         types=types, outcomes=insights.OUTCOMES, first_page=not before)
+        self.render_page("events.html", events=page.rows, page=page, type=type_, outcome=outcome,
+                         types=types, outcomes=insights.OUTCOMES)
 
 
 class EventPage(ProjectHandler):

@@ -2,8 +2,7 @@
 
 import tornado.web
 
-from console.base import ProjectHandler
-from console.dashboard import PID
+from console.base import PID, ProjectHandler
 from handlers.export import stream
 from pulse import export
 

@@ -1,38 +1,41 @@
-"""API keys: list, create, rotate with a grace period, revoke (the new key is shown once)."""
+"""API keys: list, create, rotate with a grace period, revoke (the new key is shown once).
+
+Revoking and rotating with no grace stop a key at once, so both first answer with a confirmation page
+(a plain form, no JavaScript needed); only a POST carrying `confirmed=yes` acts.
+"""
 
 import tornado.web
 
-from console.base import ProjectHandler
-from console.dashboard import PID
+from console.base import PID, ProjectHandler
 from pulse import apikeys
 from pulse.db import block, database
-from pulse.models import ApiKey
 
 GRACES = {"now": ("now", 0), "1h": ("after 1 hour", 3600), "24h": ("after 24 hours", 86400),
           "7d": ("after 7 days", 7 * 86400)}
 
 
 class KeysPage(ProjectHandler):
-    """The keys page, with an optional once-only new key and an error."""
+    """The keys page, with an optional once-only new key, a notice and an error."""
 
     section = "keys"
 
-    def keys(self):
+    def show(self, status=200, new_key=None, new_key_note="", error="", done=""):
         with block():
-            rows = list(ApiKey.select().where(ApiKey.project == self.project).order_by(ApiKey.id.desc()))
-        for row in rows:
-            row.state = apikeys.status(row)
-        return rows
-
-    def show(self, status=200, new_key=None, new_key_note="", error=""):
-        self.render_page("keys.html", status=status, keys=self.keys(), graces=GRACES, new_key=new_key,
-                         new_key_note=new_key_note, error=error)
-
+            keys = apikeys.keys_of(self.project)
+        self.render_page("keys.html", status=status, keys=keys, graces=GRACES, new_key=new_key,
+                         new_key_note=new_key_note, error=error, done=done)
 
 
 class KeysHandler(KeysPage):
     def get(self, project_id):
-        self.show()
+        done = ""
+        revoked = self.get_query_argument("revoked", "")
+        if revoked:
+            with block():
+                key = apikeys.key_of(self.project, revoked)
+            if key is not None:
+                done = f"Key “{key.label or key.prefix}” ({key.prefix}…) was revoked; requests with it now get 401."
+        self.show(done=done)
 
     def post(self, project_id):
         label = self.get_body_argument("label", "").strip()[:100]
@@ -50,35 +53,36 @@ class KeysHandler(KeysPage):
 class KeyActionHandler(KeysPage):
     def key(self, key_id):
         with block():
-            key = ApiKey.get_or_none(ApiKey.public_id == key_id, ApiKey.project == self.project)
+            key = apikeys.key_of(self.project, key_id)
         if key is None:
             raise tornado.web.HTTPError(404)
         return key
 
     def post(self, project_id, key_id, action):
         key = self.key(key_id)
-        page = self.show
         if apikeys.status(key) in ("revoked", "expired"):
-            page(status=409, error="That key no longer works; there is nothing to " + action + ".")
+            self.show(status=409, error="That key no longer works; there is nothing to " + action + ".")
+            return
+        grace = self.get_body_argument("grace", "") if action == "rotate" else "now"
+        if grace not in GRACES:
+            self.show(status=400, error="Choose when the old key stops working.")
+            return
+        if grace == "now" and self.get_body_argument("confirmed", "") != "yes":
+            self.render_page("confirm_key.html", key=key, action=action, grace=grace)
             return
         if action == "revoke":
             with block(), database.atomic():
                 apikeys.revoke(key)
                 self.audit("api_key.revoked", project=self.project, key_id=key.public_id, prefix=key.prefix)
-            self.redirect(self.project_url("keys?notice=key_revoked"), status=303)
-            return
-        grace = self.get_body_argument("grace", "")
-        if grace not in GRACES:
-            page(status=400, error="Choose when the old key stops working.")
+            self.redirect(self.project_url(f"keys?revoked={key.public_id}"), status=303)
             return
         words, seconds = GRACES[grace]
         with block(), database.atomic():
-            key.project = self.project
             issued = apikeys.rotate(key, seconds)
             self.audit("api_key.rotated", project=self.project, key_id=key.public_id, prefix=key.prefix,
                        new_key_id=issued.key_id, new_prefix=issued.prefix, grace=grace)
-        page(status=201, new_key=issued,
-             new_key_note=f"Key “{key.label}” rotated; the old key {key.prefix}… stops working {words}.")
+        self.show(status=201, new_key=issued,
+                  new_key_note=f"Key “{key.label}” rotated; the old key {key.prefix}… stops working {words}.")
 
 
 default_handlers = [

@@ -2,10 +2,16 @@
 
 import json
 
-from console.base import ProjectHandler
-from console.dashboard import PID
-from pulse import apikeys, billing, insights, projects, security
-from pulse.db import block, utcnow
+from console.base import PID, ProjectHandler
+from pulse import billing, insights, projects, security
+from pulse.db import block
+
+
+def is_local_host(host):
+    """True for a Host header Stripe could never deliver to (loopback names and addresses)."""
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]").lower()
+    return name in ("localhost", "::1", "0.0.0.0") or name.startswith("127.") or name.endswith(".localhost")
 
 
 class SettingsPage(ProjectHandler):
@@ -19,7 +25,8 @@ class SettingsPage(ProjectHandler):
             "settings.html", status=status, error=error, check=check,
             stripe_key_masked=security.mask_secret(secret), webhook_secret_masked=security.mask_secret(webhook),
             uses_default_key=not secret and bool(self.config.stripe_secret_key),
-            webhook_url=f"{'https' if self.over_https else 'http'}://{self.request.host}/api/webhook/{self.project.public_id}")
+            has_stored_secret=bool(self.project.stripe_secret_key or self.project.stripe_webhook_secret),
+            webhook_url=self.webhook_url(), local_host=is_local_host(self.request.host))
 
 
 class SettingsHandler(SettingsPage):
@@ -40,6 +47,14 @@ class StripeSettingsHandler(SettingsPage):
         if webhook and not webhook.startswith("whsec_"):
             self.show(status=400, error="The webhook secret must be a Stripe signing secret (whsec_…).")
             return
+        replacing = [name for name, new, stored in (("secret key", secret, self.project.stripe_secret_key),
+                                                     ("webhook signing secret", webhook,
+                                                      self.project.stripe_webhook_secret)) if new and stored]
+        if replacing and self.get_body_argument("confirm", "").strip().lower() != "replace":
+            # A typed word, not a dialog: the confirmation works without JavaScript.
+            self.show(status=400, error=f"This replaces the current {' and '.join(replacing)} at once. "
+                                        "To confirm, type replace in the confirmation box and save again.")
+            return
         with block():
             projects.set_stripe(self.project, self.box, secret_key=secret or None, webhook_secret=webhook or None,
                                 actor=self.current_user.email, user=self.current_user, ip=self.client_ip)
@@ -52,14 +67,8 @@ class PolicySettingsHandler(SettingsPage):
         if value not in ("yes", "no"):
             self.show(status=400, error="Choose whether past-due subscriptions keep access.")
             return
-        allowed = value == "yes"
         with block():
-            if allowed != self.project.past_due_has_access:
-                self.project.past_due_has_access = allowed
-                self.project.updated_at = utcnow()
-                self.project.save()
-                apikeys.invalidate(self.project.id)
-                self.audit("settings.past_due_policy", project=self.project, past_due_has_access=allowed)
+            projects.set_past_due_policy(self.project, value == "yes", user=self.current_user, ip=self.client_ip)
         self.redirect(self.project_url("settings?notice=policy_saved"), status=303)
 
 
@@ -84,12 +93,10 @@ class AuditHandler(ProjectHandler):
     section = "audit"
 
     def get(self, project_id):
-        try:
-            before = max(int(self.get_query_argument("before", "0") or 0), 0)
-        except ValueError:
-            before = 0
         with block():
-            rows, cursor = insights.audit_entries(self.project, before=before)
+            page = insights.audit_entries(self.project, before=self.cursor_arg("before"),
+                                          after=self.cursor_arg("after"))
+        rows = page.rows
         for row in rows:
             try:
                 detail = json.loads(row.detail or "{}")
@@ -97,7 +104,7 @@ class AuditHandler(ProjectHandler):
                 detail = {}
             row.pairs = [(k, {True: "yes", False: "no"}.get(v, v) if isinstance(v, bool) else v)
                          for k, v in sorted(detail.items())] if isinstance(detail, dict) else []
-        self.render_page("audit.html", entries=rows, cursor=cursor, first_page=not before)
+        self.render_page("audit.html", entries=rows, page=page)
 
 
 default_handlers = [

@@ -125,3 +125,20 @@ def status(key, now=None):
     if key.expires_at is not None and key.expires_at <= now:
         return "expired"
     return "active"
+
+
+def keys_of(project):
+    """The project's keys, newest first, each with `.state` (see `status`). Call inside a db block."""
+    rows = list(ApiKey.select().where(ApiKey.project == project).order_by(ApiKey.id.desc()))
+    now = utcnow()
+    for row in rows:
+        row.state = status(row, now)
+    return rows
+
+
+def key_of(project, key_id):
+    """The project's key with public id `key_id` (`key_…`), or None. Call inside a db block."""
+    key = ApiKey.get_or_none(ApiKey.public_id == key_id, ApiKey.project == project)
+    if key is not None:
+        key.project = project  # callers audit and rotate with the project row they already hold
+    return key

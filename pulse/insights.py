@@ -1,6 +1,7 @@
 """Read-only queries behind the console: dashboard figures, customer search, event and audit lists."""
 
 from datetime import timedelta
+from typing import NamedTuple
 
 import peewee as pw
 
@@ -41,39 +42,48 @@ def weekly_starts(project, now=None, weeks=WEEKS):
     return [(start, count) for start, count in buckets]
 
 
-def chart(series, width=720, height=180, pad=24):
-    """Bar geometry for an inline SVG of `series` [(label date, count)]."""
-    top = max((count for _, count in series), default=0) or 1
-    slot = (width - pad) / max(len(series), 1)
-    bars = []
-    for i, (start, count) in enumerate(series):
-        h = round((height - 2 * pad) * count / top, 1)
-        bars.append({"x": round(pad + i * slot + slot * 0.15, 1), "w": round(slot * 0.7, 1),
-                     "y": round(height - pad - h, 1), "h": h, "count": count,
-                     "label": start.strftime("%d %b"), "cx": round(pad + i * slot + slot / 2, 1)})
-    return {"width": width, "height": height, "bars": bars, "top": top, "base": height - pad}
-
-
 def last_webhook(project):
     return (WebhookEvent.select().where(WebhookEvent.project == project)
             .order_by(WebhookEvent.id.desc()).first())
 
 
-def _keyset_page(query, id_field, cursor, limit, newest_first):
-    """One page of `query` past `cursor` by `id_field`: (rows, next cursor or None); one extra row tells if more follow."""
-    if cursor:
-        query = query.where(id_field < cursor if newest_first else id_field > cursor)
-    rows = list(query.order_by(id_field.desc() if newest_first else id_field).limit(limit + 1))
-    return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
+class Page(NamedTuple):
+    """One keyset page, newest first: `older` / `newer` are the cursors of the pages beside it (None at an end)."""
+
+    rows: list
+    older: int | None
+    newer: int | None
+
+
+def keyset_page(query, id_field, before=0, after=0, limit=PAGE_SIZE):
+    """The page of `query` just older than id `before`, just newer than id `after`, or the newest page.
+
+    Rows come newest first (by `id_field`, which only grows). One extra row tells whether more follow in
+    the direction of travel; one EXISTS query answers the other direction.
+    """
+    if after:
+        rows = list(query.where(id_field > after).order_by(id_field).limit(limit + 1))
+        more_newer = len(rows) > limit
+        rows = rows[:limit][::-1]
+        more_older = bool(rows) and query.where(id_field < rows[-1].id).exists()
+    else:
+        page = query.where(id_field < before) if before else query
+        rows = list(page.order_by(id_field.desc()).limit(limit + 1))
+        more_older = len(rows) > limit
+        rows = rows[:limit]
+        more_newer = bool(before) and bool(rows) and query.where(id_field > rows[0].id).exists()
+    return Page(rows, rows[-1].id if more_older else None, rows[0].id if more_newer else None)
 
 
 def recent_failures(project, limit=5):
-    return list(WebhookEvent.select().where(WebhookEvent.project == project, WebhookEvent.outcome == "failed")
+    """The latest failed and bad-signature deliveries, newest first."""
+    return list(WebhookEvent.select().where(WebhookEvent.project == project,
+                                            WebhookEvent.outcome.in_(("failed", "invalid_signature")))
                 .order_by(WebhookEvent.id.desc()).limit(limit))
 
 
-def search_customers(project, q="", status="", after=0, limit=PAGE_SIZE):
-    """(customers with .subscription, next cursor or None): prefix search, status filter, keyset by id."""
+def search_customers(project, q="", status="", before=0, after=0, limit=PAGE_SIZE):
+    """(Page of customers newest first, each with .subscription; total matching): prefix search, status filter."""
     query = Customer.select().where(Customer.project == project)
     q = (q or "").strip()
     if q:
@@ -84,14 +94,15 @@ def search_customers(project, q="", status="", after=0, limit=PAGE_SIZE):
     if status:
         query = query.where(pw.fn.EXISTS(Subscription.select(Subscription.id).where(
             Subscription.customer == Customer.id, Subscription.status == status)))
-    rows, cursor = _keyset_page(query, Customer.id, after, limit, newest_first=False)
+    page = keyset_page(query, Customer.id, before=before, after=after, limit=limit)
+    rows = page.rows
     by_customer = {}
     if rows:
         for sub in Subscription.select().where(Subscription.customer.in_([c.id for c in rows])):
             by_customer.setdefault(sub.customer_id, []).append(sub)
     for customer in rows:
         customer.subscription = current(by_customer.get(customer.id, []), project.past_due_has_access)
-    return rows, cursor
+    return page, query.count()
 
 
 def current(subscriptions, past_due_has_access=True):
@@ -133,14 +144,14 @@ def customer_of_event(project, event):
     return Customer.get_or_none(Customer.project == project, Customer.stripe_customer_id == event.stripe_customer_id)
 
 
-def list_events(project, type_="", outcome="", before=0, limit=PAGE_SIZE):
-    """(events newest first, next cursor or None), filtered by exact type and outcome."""
+def list_events(project, type_="", outcome="", before=0, after=0, limit=PAGE_SIZE):
+    """A Page of events newest first, filtered by exact type and outcome."""
     query = WebhookEvent.select().where(WebhookEvent.project == project)
     if type_:
         query = query.where(WebhookEvent.type == type_)
     if outcome:
         query = query.where(WebhookEvent.outcome == outcome)
-    return _keyset_page(query, WebhookEvent.id, before, limit, newest_first=True)
+    return keyset_page(query, WebhookEvent.id, before=before, after=after, limit=limit)
 
 
 def event_types(project):
@@ -157,9 +168,9 @@ def get_event(project, event_id):
     return WebhookEvent.get_or_none(WebhookEvent.id == event_id, WebhookEvent.project == project)
 
 
-def audit_entries(project, before=0, limit=100):
-    """(entries newest first, next cursor): the project's log plus its members' sign-ins."""
+def audit_entries(project, before=0, after=0, limit=100):
+    """A Page of entries newest first: the project's log plus its members' sign-ins."""
     members = Membership.select(Membership.user).where(Membership.project == project)
     query = AuditLog.select().where(
         (AuditLog.project == project) | (AuditLog.project.is_null() & AuditLog.user.in_(members)))
-    return _keyset_page(query, AuditLog.id, before, limit, newest_first=True)
+    return keyset_page(query, AuditLog.id, before=before, after=after, limit=limit)

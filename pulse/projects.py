@@ -96,3 +96,16 @@ def projects_of(user):
 def is_member(user, project):
     """True when `user` belongs to `project`."""
     return Membership.select().where(Membership.user == user, Membership.project == project).exists()
+
+
+def set_past_due_policy(project, allowed, *, user=None, ip=None):
+    """Whether past-due subscriptions keep access (SPEC: the project's setting); audited. Returns True if changed."""
+    allowed = bool(allowed)
+    if allowed == project.past_due_has_access:
+        return False
+    project.past_due_has_access = allowed
+    project.updated_at = utcnow()
+    project.save()
+    apikeys.invalidate(project.id)  # cached key lookups carry the project row, and with it the policy
+    audit("settings.past_due_policy", project=project, user=user, ip=ip, past_due_has_access=allowed)
+    return True

@@ -142,22 +142,31 @@ def test_unreachable_database_is_one_line(cli_env):
     assert result.stderr.strip().splitlines()[-1].startswith("run.py: error: the database is unreachable")
 
 
+def wait_until_serving(log_path, process, timeout=20.0):
+    """The port accepts connections as soon as it is bound; the server handles SIGTERM once it logs this."""
+    deadline = time.monotonic() + timeout
+    while "serving on" not in log_path.read_text():
+        assert process.poll() is None, "server exited"
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+
+
 def test_sigterm_finishes_in_flight_requests(cli_env, tmp_path):
     """A request in flight when SIGTERM arrives still gets its answer; then exit 0."""
     port = free_port()
     server = start_server(cli_env, port, tmp_path / "server.log")
     try:
         wait_for_port(port, server)
+        wait_until_serving(tmp_path / "server.log", server)  # on a loaded machine start-up takes seconds
         # A chunked upload that we finish only after SIGTERM keeps a request in flight.
-        sock = socket.create_connection(("127.0.0.1", port))
-        sock.sendall(b"POST /api/health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n")
-        time.sleep(0.3)
-        server.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
-        assert server.poll() is None, "exited with a request still in flight"
-        sock.sendall(b"0\r\n\r\n")
-        reply = sock.recv(65536).decode()
-        sock.close()
+        with socket.create_connection(("127.0.0.1", port)) as sock:  # closed even when an assert fails
+            sock.sendall(b"POST /api/health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n")
+            time.sleep(0.3)
+            server.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            assert server.poll() is None, "exited with a request still in flight"
+            sock.sendall(b"0\r\n\r\n")
+            reply = sock.recv(65536).decode()
         assert reply.startswith("HTTP/1.1 405"), reply
         assert server.wait(timeout=15) == 0
     finally:

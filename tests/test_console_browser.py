@@ -4,6 +4,7 @@ import asyncio
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -19,7 +20,11 @@ from tests.live_server import ROOT, LiveServer
 pytestmark = pytest.mark.browser
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("PULSE_TEST_CHROMIUM", "/usr/bin/chromium")
+if not os.access(CHROMIUM, os.X_OK) and os.environ.get("PULSE_TEST_REQUIRE_ALL") != "1":
+    # Local runs without a browser skip; CI sets PULSE_TEST_REQUIRE_ALL=1, and then a missing Chromium fails.
+    pytest.skip(f"browser tests need Chromium at {CHROMIUM}: apt-get install chromium fonts-dejavu-core "
+                "(or set PULSE_TEST_CHROMIUM)", allow_module_level=True)
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 PASSWORD = "browser test password"
@@ -127,7 +132,8 @@ def test_tenant_admin_tasks_in_a_real_browser(stack, tmp_path):
             # Dashboard: counts, chart, the failed webhook.
             page.click("nav.tabs >> text=Dashboard")
             expect(page.locator(".stat", has_text="active")).to_contain_text("2")
-            expect(page.locator("svg.chart rect")).to_have_count(12)
+            expect(page.locator("svg.chart-wide rect")).to_have_count(12)
+            expect(page.locator("svg.chart-narrow")).to_be_hidden()  # the phone variant
             expect(page.locator("text=Recent failures").locator("..")).to_contain_text("checkout.session.completed")
             shot(page, "02-dashboard")
 
@@ -137,6 +143,11 @@ def test_tenant_admin_tasks_in_a_real_browser(stack, tmp_path):
             row = page.locator("tr", has_text="default")
             row.locator("select[name=grace]").select_option("now")
             row.get_by_role("button", name="Rotate").click()
+            # "now" is destructive: a confirmation page first, and the old key still works meanwhile.
+            expect(page.locator("h1")).to_have_text("Rotate key “default”?")
+            assert api_status(server, old_key, "bob") == 200
+            shot(page, "03-keys-confirm-rotate")
+            page.get_by_role("button", name="Rotate now").click()
             new_key = page.locator("#new-key").input_value()
             assert new_key.startswith("pp_live_") and new_key != old_key
             expect(page.locator(".js-copy")).to_be_visible()  # the copy button appears with JavaScript
@@ -217,7 +228,71 @@ def test_pages_work_without_javascript(stack):
             page.click("button:has-text('Create key')")
             assert page.locator("#new-key").input_value().startswith("pp_live_")
             expect(page.locator(".js-copy")).to_be_hidden()  # nothing broken, just no copy button
+            # Revoking asks first, with a plain form: no JavaScript dialog involved.
+            page.goto(f"{server.base_url}/console/p/{created['project_id']}/keys")
+            page.locator("tr", has_text="no-js").get_by_role("button", name="Revoke").click()
+            expect(page.locator("h1")).to_have_text("Revoke key “no-js”?")
+            page.get_by_role("button", name="Revoke key now").click()
+            expect(page.get_by_role("status")).to_contain_text("Key “no-js”")
+            expect(page.locator("tr", has_text="no-js")).to_contain_text("revoked")
             page.locator("summary", has_text="Acme Browser").click()  # the switcher is plain <details>
             expect(page.locator(".switcher a")).to_have_count(1)
         finally:
             browser.close()
+
+
+PAGES = ["/console/login", "", "keys", "keys/{key}/revoke", "customers", "customers/bob", "events", "events/{event}",
+         "settings", "audit", "/console/account", "/console/", "/status", "/console/no-such-page"]
+VIEWPORTS = {"390": {"width": 390, "height": 844}, "1366": {"width": 1366, "height": 860}}
+
+
+def test_every_page_fits_a_phone_and_a_laptop_without_sideways_scrolling(stack):
+    """Each console page at 390 px and 1366 px: no horizontal scroll; screenshots land in tests/artifacts/."""
+    server, created, fake = stack
+    project_id, base = created["project_id"], server.base_url
+    # Long values are what break narrow layouts: a long external id and email, and a second project.
+    long_id = "customer-with-a-rather-long-external-id-0123456789"
+    session, _ = stripe_events.new_subscription(fake, long_id, project_id=project_id,
+                                                email="someone.with.a.long.address@subdomain.example.test")
+    assert send_event(server, project_id, stripe_events.event("checkout.session.completed", session))[0] == 200
+    cli(server.env, "create-project", "Second project with a long name", "--admin-email", "owner@acme.test")
+    failures = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            for size, viewport in VIEWPORTS.items():
+                page = browser.new_context(viewport=viewport).new_page()
+                page.goto(f"{base}/console/login")
+                shot(page, f"{size}-login")
+                page.fill("input[name=email]", "owner@acme.test")
+                page.fill("input[name=password]", PASSWORD)
+                page.click("button[type=submit]")
+                page.goto(f"{base}/console/p/{project_id}/keys")
+                key = page.locator("form[action$='/revoke']").first.get_attribute("action").split("/")[-2]
+                page.goto(f"{base}/console/p/{project_id}/events")
+                event = page.locator("tbody a").first.get_attribute("href").rsplit("/", 1)[-1]
+                for path in PAGES[1:]:
+                    target = path if path.startswith("/") else f"/console/p/{project_id}/{path}"
+                    target = target.format(key=key, event=event)
+                    if path.endswith("/revoke"):  # the confirmation page answers the Revoke button's POST
+                        page.goto(f"{base}/console/p/{project_id}/keys")
+                        page.locator("form[action$='/revoke'] button").first.click()
+                        expect(page.locator("h1")).to_contain_text("Revoke key")
+                    else:
+                        page.goto(base + target)
+                    name = path.strip("/").replace("/", "-").replace("{", "").replace("}", "") or "dashboard"
+                    shot(page, f"{size}-{name}")
+                    scroll = page.evaluate("document.documentElement.scrollWidth")
+                    if scroll > viewport["width"]:
+                        failures.append(f"{target} at {size} px: scrollWidth {scroll}")
+                # Phones get the narrow chart, whose labels stay at a readable size.
+                page.goto(f"{base}/console/p/{project_id}/")
+                chart = "svg.chart-narrow" if size == "390" else "svg.chart-wide"
+                expect(page.locator(chart)).to_be_visible()
+                label_px = page.evaluate(f"""() => Math.min(...[...document.querySelectorAll('{chart} text')]
+                                            .map(t => t.getBoundingClientRect().height))""")
+                assert label_px >= 9, (size, label_px)
+                page.context.close()
+        finally:
+            browser.close()
+    assert not failures, failures

@@ -126,19 +126,34 @@ async def test_keys_create_rotate_revoke_with_audit(console, project, seeded):
         revoked_at = ApiKey.get(ApiKey.public_id == project.api_key.key_id).revoked_at
         assert timedelta(minutes=59) < revoked_at - utcnow() <= timedelta(hours=1)
 
-    response = await console.post(url(project, f"keys/{created.public_id}/rotate", seeded), {"grace": "now"})
+    # Rotating with no grace first asks, in a plain form; only the confirmed POST acts.
+    confirm = await console.post(url(project, f"keys/{created.public_id}/rotate", seeded), {"grace": "now"})
+    assert confirm.code == 200 and "Rotate key “staging”?" in text(confirm) and new_key_in(text(confirm)) is None
+    assert 'name="confirmed" value="yes"' in text(confirm) and 'name="grace" value="now"' in text(confirm)
+    with db.block():
+        assert apikeys.authenticate(raw) is not None
+    response = await console.post(url(project, f"keys/{created.public_id}/rotate", seeded),
+                                  {"grace": "now", "confirmed": "yes"})
     assert response.code == 201
     with db.block():
         assert apikeys.authenticate(raw) is None
 
     assert (await console.post(url(project, f"keys/{created.public_id}/rotate", seeded),
-                               {"grace": "now"})).code == 409
+                               {"grace": "now", "confirmed": "yes"})).code == 409
     assert (await console.post(url(project, f"keys/{project.api_key.key_id}/rotate", seeded),
                                {"grace": "forever"})).code == 400
-    response = await console.post(url(project, f"keys/{project.api_key.key_id}/revoke", seeded))
+    revoke = url(project, f"keys/{project.api_key.key_id}/revoke", seeded)
+    confirm = await console.post(revoke)
+    assert confirm.code == 200 and "Revoke key “default”?" in text(confirm) and "cannot be undone" in text(confirm)
+    with db.block():
+        assert apikeys.authenticate(old) is not None  # asking changed nothing
+    response = await console.post(revoke, {"confirmed": "yes"})
     assert response.code == 303
     with db.block():
         assert apikeys.authenticate(old) is None
+    done = text(await console.get(response.headers["Location"]))
+    assert f"Key “default” ({project.api_key.prefix}…) was revoked" in done  # the notice names the key
+    with db.block():
         actions = [a.action for a in AuditLog.select().where(AuditLog.project == project.project,
                                                              AuditLog.user == project.admin)]
     assert actions.count("api_key.created") == 1 and actions.count("api_key.rotated") == 2
@@ -174,12 +189,22 @@ async def test_customer_search_filter_and_keyset_pages(console, project, seeded)
     page = text(await console.get(url(project, "customers?status=active", seeded)))
     assert "user-000" in page and "bulk-000" not in page
     assert "user-000" not in text(await console.get(url(project, "customers?status=past_due", seeded)))
+    # Newest first, with the total, and Older / Newer links that walk back to the same first page.
     first = text(await console.get(url(project, "customers?q=bulk", seeded)))
-    assert first.count("/customers/bulk-") == 50
-    cursor = re.search(r"after=(\d+)", first).group(1)
-    second = text(await console.get(url(project, f"customers?q=bulk&after={cursor}", seeded)))
-    assert second.count("/customers/bulk-") == 10 and "bulk-059" in second and "bulk-049" not in second
-    assert "after=" not in second
+    assert first.count("/customers/bulk-") == 50 and "bulk-059" in first and "bulk-009" not in first
+    assert first.index("bulk-059") < first.index("bulk-058")
+    assert re.search(r'class="count muted">60 matching<', first) and "showing 50 of 60" in first
+    assert "Newer" not in first
+    older = re.search(r'href="\?([^"]*before=\d+)" rel="next">Older', first).group(1).replace("&amp;", "&")
+    second = text(await console.get(url(project, "customers?" + older, seeded)))
+    assert second.count("/customers/bulk-") == 10 and "bulk-000" in second and "bulk-010" not in second
+    assert "Older" not in second and "q=bulk" in older
+    newer = re.search(r'href="\?([^"]*after=\d+)" rel="prev">‹ Newer', second).group(1).replace("&amp;", "&")
+    back = text(await console.get(url(project, "customers?" + newer, seeded)))
+    assert re.findall(r"/customers/(bulk-\d+)", back) == re.findall(r"/customers/(bulk-\d+)", first)
+    everyone = text(await console.get(url(project, "customers", seeded)))
+    assert re.search(r'class="count muted">63<', everyone)
+    assert "No customers match this search" in text(await console.get(url(project, "customers?q=zzz", seeded)))
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -215,8 +240,14 @@ async def test_dashboard_counts_chart_and_failures(console, project, seeded):
     await console.login(project.admin.email)
     page = text(await console.get(url(project, "", seeded)))
     assert re.search(r'stat-label">active</span><span class="stat-value">3<', page)
-    assert page.count("<rect ") == 12 and "<svg" in page and "(3 in total)" in page
+    # Two server-rendered SVGs of the same 12 weeks: the wide one, and a narrow one with readable labels on phones.
+    assert page.count("<rect ") == 24 and page.count("<svg") == 2 and "(3 in total)" in page
     assert "customer.updated" in page  # the recent failure
+    health = page[page.index("Setup health"):page.index('class="stats"')]
+    # The seeded project has no Stripe key or signing secret and a failed event.
+    assert "No Stripe secret key" in health and f"set-stripe {project.project.public_id} --secret-key" in health
+    assert "No webhook signing secret" in health and "1 event failed to apply" in health
+    assert "outcome=failed" in health and "No webhook received yet" not in health  # evt_ok was signed
 
 
 @pytest.mark.gen_test(timeout=60)

@@ -4,11 +4,12 @@ from pathlib import Path
 
 from pulse.config import SETTINGS
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+README_PATH = Path(__file__).resolve().parent.parent / "README.md"
+README = README_PATH.read_text()
 
 
 def test_every_setting_is_documented_in_the_configuration_table():
-    table = [line for line in README.splitlines() if line.startswith("| `PULSE_")]
+    table = [line for line in README.splitlines() if line.startswith("| `PULSE_") and "`PULSE_TEST_" not in line]
     documented = {line.split("`")[1] for line in table}
     assert set(SETTINGS) <= documented, sorted(set(SETTINGS) - documented)
     assert documented <= set(SETTINGS), sorted(documented - set(SETTINGS))
@@ -18,3 +19,51 @@ def test_readme_opens_with_make_run_and_make_test():
     first_block = README.split("```", 2)[1]
     commands = [line.split("#")[0].strip() for line in first_block.splitlines() if line.strip() and not line.startswith("sh")]
     assert commands == ["make run", "make test"]
+
+
+def _code_lines():
+    """Every line of the README's fenced and indented code blocks, plus the command table's first cells."""
+    lines, fenced = [], False
+    for line in README.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif fenced or line.startswith("    "):
+            lines.append(line.strip())
+        elif line.startswith("| `") and "run.py" not in line:
+            lines.append("run.py " + line.split("`")[1])  # the "Command line" table: `serve [--host H] …`
+    return lines
+
+
+def test_every_command_in_the_readme_exists_in_the_cli_and_the_makefile():
+    import argparse
+    import re
+
+    import run
+    parser = run.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    targets = set(re.findall(r"^([a-z][\w.-]*):", (README_PATH.parent / "Makefile").read_text(), re.M))
+    checked = set()
+    for line in _code_lines():
+        for found in re.finditer(r"\brun\.py((?:\s+[^\s|;&#`']+)*)", line):
+            words = found.group(1).split()
+            if not words or words[0].startswith("-"):
+                words = ["serve"] + words  # no command: serve, with the main parser's options
+            name, options = words[0], [w.strip("[]").split("=")[0] for w in words[1:] if w.strip("[").startswith("--")]
+            if not re.fullmatch(r"[a-z][a-z-]*", name):
+                continue  # table rows of settings, not commands
+            assert name in commands, f"README runs `run.py {name}`, which the CLI does not have: {line}"
+            known = commands[name]._option_string_actions
+            assert all(o in known for o in options), f"unknown option in README: {line}"
+            checked.add(name)
+        for target in re.findall(r"(?:^|\s)make ([a-z][\w-]*)", line):
+            assert target in targets, f"README runs `make {target}`, which the Makefile does not have: {line}"
+    assert checked >= {"serve", "migrate", "create-project", "create-api-key", "set-stripe", "sync-stripe"}, checked
+
+
+def test_every_test_variable_is_documented():
+    import re
+    root = README_PATH.parent
+    sources = [p.read_text() for p in (root / "tests").glob("*.py")] + [(root / ".ci" / "run").read_text()]
+    used = set(re.findall(r"PULSE_TEST_[A-Z_]+", "\n".join(sources)))
+    table = {line.split("`")[1] for line in README.splitlines() if line.startswith("| `PULSE_TEST_")}
+    assert used and used == table, (sorted(used - table), sorted(table - used))
