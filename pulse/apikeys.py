@@ -5,7 +5,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 
-from pulse import hotpath, security
+from pulse import security
 from pulse.db import database, utcnow
 from pulse.models import ApiKey, Project
 
@@ -50,7 +50,7 @@ def authenticate(raw):
     slot = (id(database.obj), digest)
     hit = _cache.get(slot)
     mono = time.monotonic()
-    if hit is not None and hit[0] > mono and hit[2] == hotpath.generation():
+    if hit is not None and hit[0] > mono and hit[2] == database.obj.write_generation():
         row = hit[1]
         now = utcnow()
         # Scheduled revocation (rotation grace) and expiry are checked on every hit.
@@ -62,7 +62,7 @@ def authenticate(raw):
     if found is not None:
         if len(_cache) >= CACHE_MAX:
             _cache.clear()
-        _cache[slot] = (mono + CACHE_TTL, found[0], hotpath.generation())
+        _cache[slot] = (mono + CACHE_TTL, found[0], database.obj.write_generation())
     return found
 
 

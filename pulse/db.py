@@ -3,11 +3,12 @@
 import contextlib
 import logging
 import select
+import threading
 import time
 from datetime import datetime, timezone
 
 import peewee
-from playhouse.db_url import connect, parse
+from playhouse.db_url import parse
 
 log = logging.getLogger("pulse.db")
 
@@ -58,7 +59,7 @@ def is_mysql(db=None):
 def open_database(url):
     """Open (lazily) the database at `url` with the settings we rely on."""
     if url.startswith("sqlite"):
-        db = connect(url, pragmas={
+        db = PulseSqliteDatabase(**parse(url), pragmas={
             "journal_mode": "wal",
             "busy_timeout": SQLITE_BUSY_TIMEOUT_MS,
             "foreign_keys": 1,
@@ -74,8 +75,50 @@ def open_database(url):
     return db
 
 
-class PulseMySQLDatabase(peewee.MySQLDatabase):
-    """MySQL whose handshake is bounded by connect_timeout too (PyMySQL waits read_timeout for it)."""
+class WriteGeneration:
+    """Mixin: a counter that moves on every write statement and commit made through this handle.
+
+    In-process caches (API keys, the hot path) remember the generation they read at and drop an
+    answer once it has moved, so nothing read before a change committed is served after it. The
+    count moves before and after each write runs (a read that overlaps one cannot be stored) and
+    after each commit, in any thread of the process. Reads (SELECT) leave it alone.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._write_generation = 0
+        self._write_generation_lock = threading.Lock()
+
+    def write_generation(self) -> int:
+        """The current count; equal values mean no write or commit happened in between."""
+        return self._write_generation
+
+    def _wrote(self):
+        with self._write_generation_lock:
+            self._write_generation += 1
+
+    def execute_sql(self, sql, params=None, *args, **kwargs):
+        if sql.lstrip()[:6].upper() == "SELECT":
+            return super().execute_sql(sql, params, *args, **kwargs)
+        self._wrote()
+        try:
+            return super().execute_sql(sql, params, *args, **kwargs)
+        finally:
+            self._wrote()
+
+    def commit(self, *args, **kwargs):
+        try:
+            return super().commit(*args, **kwargs)
+        finally:
+            self._wrote()
+
+
+class PulseSqliteDatabase(WriteGeneration, peewee.SqliteDatabase):
+    """SQLite with the write generation."""
+
+
+class PulseMySQLDatabase(WriteGeneration, peewee.MySQLDatabase):
+    """MySQL with the write generation, and a handshake bounded by connect_timeout too (PyMySQL waits read_timeout for it)."""
 
     def _connect(self):
         params = dict(self.connect_params, read_timeout=self.connect_params.get("connect_timeout", CONNECT_TIMEOUT))
