@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from handlers.base import ApiHandler
-from tests.conftest import body_of
+from tests.support import body_of
 
 MIB = 1024 * 1024
 
