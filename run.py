@@ -17,7 +17,7 @@ import tornado.netutil
 import tornado.web
 
 from pulse import __version__, apikeys, db, projects, security
-from pulse.config import ConfigError, load_config
+from pulse.config import ConfigError, describe as describe_settings, load_config
 from pulse.logs import setup_logging
 from pulse.migrations import migrate_database
 from pulse.ratelimit import make_limiter
@@ -149,7 +149,9 @@ def _serve_options(parser):
 
 
 def build_parser():
-    parser = Parser(prog="run.py", description="PaymentPulse: self-hosted Stripe billing gateway.")
+    parser = Parser(prog="run.py", description="PaymentPulse: self-hosted Stripe billing gateway.",
+                    epilog="environment variables (default):\n" + describe_settings(),
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"PaymentPulse {__version__}")
     _serve_options(parser)
     sub = parser.add_subparsers(dest="command", parser_class=Parser)
