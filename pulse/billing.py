@@ -19,7 +19,7 @@ from pulse.status import ACCESS_STATUSES
 log = logging.getLogger("pulse.billing")
 
 # Clients per event loop: an httpx connection pool belongs to the loop that opened it.
-_CLIENTS = weakref.WeakKeyDictionary()
+_CLIENTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 CLIENT_REFERENCE_MAX = 200  # Stripe's limit for client_reference_id
 _SECRETISH = re.compile(r"\b([sr]k_(?:live|test)_)[A-Za-z0-9*]+")
 

@@ -13,7 +13,7 @@ from pulse.status import ACCESS_STATUSES, has_access
 # Stand-ins used once to compile the query; their positions in the parameter list are remembered.
 _PROJECT_MARK = -918273645
 _USER_MARK = "\x00pulse-hotpath-user\x00"
-_compiled = {}
+_compiled: dict[type, tuple[str, list, int, int]] = {}
 
 # Answers are reused for at most CACHE_TTL seconds, so another process's change (a webhook it
 # applied) shows within that time (SPEC: 2 s). A change made through this process's database
@@ -67,7 +67,7 @@ class _State:
 
 
 # Keyed by the handle itself (weakly): tests and tools rebind the proxy between databases.
-_states = weakref.WeakKeyDictionary()
+_states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _state_of(db):
