@@ -6,14 +6,11 @@ import hashlib
 import hmac
 import importlib
 import json
-import logging
 import sys
 from pathlib import Path
 
 import jinja2
 import peewee
-import tornado.httpserver
-import tornado.netutil
 import tornado.web
 
 from pulse import __version__, apikeys, db, projects, security
@@ -25,10 +22,9 @@ from pulse.security import SecretBox
 
 from handlers import limits, transport
 from handlers.base import NotFoundHandler, log_request
-from server import HTTP_SERVER_LIMITS, serve  # noqa: F401  (tests tune HTTP_SERVER_LIMITS through run)
+from server import serve
 
 ROOT = Path(__file__).resolve().parent
-log = logging.getLogger("pulse.server")
 
 # Modules whose `default_handlers` make up the app, in matching order.
 HANDLER_MODULES = [
