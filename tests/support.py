@@ -19,8 +19,12 @@ def body_of(response):
 def mysql_server_url(url):
     """(urlsplit parts, PyMySQL connect kwargs) for the MySQL server of `url`."""
     parts = urlsplit(url)
-    return parts, dict(host=parts.hostname or "127.0.0.1", port=parts.port or 3306,
-                       user=parts.username or "root", password=parts.password or "")
+    return parts, dict(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 3306,
+        user=parts.username or "root",
+        password=parts.password or "",
+    )
 
 
 def empty_mysql(url):

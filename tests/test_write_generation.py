@@ -32,7 +32,8 @@ async def test_a_write_in_this_process_shows_at_once_despite_the_read_cache(api,
     assert body_of(await api("GET", path))["has_access"] is True  # now cached for up to a second
     with db.block():
         Subscription.update(status=map_status("canceled"), stripe_status="canceled").where(
-            Subscription.id == subscription.id).execute()
+            Subscription.id == subscription.id
+        ).execute()
     assert body_of(await api("GET", path))["has_access"] is False
 
 
