@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 RUNTIME := $(VENV)/.installed-runtime
 TESTING := $(VENV)/.installed-test
+LINTING := $(VENV)/.installed-lint
 
-.PHONY: run test bench clean
+.PHONY: run test lint bench clean
 
 # `make run` installs only what serving needs; `make test` adds the test extra on top.
 $(RUNTIME): setup.cfg pyproject.toml
@@ -18,11 +19,21 @@ $(TESTING): $(RUNTIME)
 	$(PIP) -e '.[test]'
 	touch $(TESTING)
 
+$(LINTING): $(RUNTIME)
+	$(PIP) -e '.[lint]'
+	touch $(LINTING)
+
 run: $(RUNTIME)
 	$(PY) run.py serve
 
 test: $(TESTING)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Findings fail; `$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .` fixes most of them.
+lint: $(LINTING)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 bench: $(TESTING)
 	$(PY) -m bench $(BENCH_ARGS)

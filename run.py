@@ -6,17 +6,14 @@ import hashlib
 import hmac
 import importlib
 import json
-import logging
 import sys
 from pathlib import Path
 
 import peewee
-import tornado.httpserver
-import tornado.netutil
 import tornado.web
 
 from pulse import __version__, apikeys, db, projects, security
-from pulse.config import ConfigError, load_config
+from pulse.config import ConfigError, describe as describe_settings, load_config
 from pulse.logs import setup_logging
 from pulse.migrations import migrate_database
 from pulse.ratelimit import make_limiter
@@ -25,10 +22,9 @@ from pulse.security import SecretBox
 from console.base import make_jinja_env
 from handlers import limits, transport
 from handlers.base import NotFoundHandler, log_request
-from server import HTTP_SERVER_LIMITS, serve  # noqa: F401  (tests tune HTTP_SERVER_LIMITS through run)
+from server import serve
 
 ROOT = Path(__file__).resolve().parent
-log = logging.getLogger("pulse.server")
 
 # Modules whose `default_handlers` make up the app, in matching order.
 HANDLER_MODULES = [
@@ -147,7 +143,9 @@ def _serve_options(parser):
 
 
 def build_parser():
-    parser = Parser(prog="run.py", description="PaymentPulse: self-hosted Stripe billing gateway.")
+    parser = Parser(prog="run.py", description="PaymentPulse: self-hosted Stripe billing gateway.",
+                    epilog="environment variables (default):\n" + describe_settings(),
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"PaymentPulse {__version__}")
     _serve_options(parser)
     sub = parser.add_subparsers(dest="command", parser_class=Parser)

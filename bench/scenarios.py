@@ -58,7 +58,7 @@ def hot_path(targets, bare_base, rounds=3, duration=5.0, connections=16):
     for name in targets:
         # The ratio of medians, and each round's own ratio (bare and service measured back to back).
         out[name]["ratio"] = round(out[name]["rps"] / out["bare"]["rps"], 3)
-        out[name]["ratio_per_round"] = [round(s["rps"] / b["rps"], 3) for s, b in zip(runs[name], runs["bare"])]
+        out[name]["ratio_per_round"] = [round(s["rps"] / b["rps"], 3) for s, b in zip(runs[name], runs["bare"], strict=True)]
     return out
 
 

@@ -145,7 +145,6 @@ def _errors(*codes, rate_limited=True):
 IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
                    "description": "Same key and body within 24 h: the stored response, without calling Stripe again.",
                    "schema": {"type": "string", "pattern": f"^{idempotency.KEY_PATTERN}$"}}
-AUTH_ERRORS = (401, 429)
 
 
 def _post(summary, request, response, *errors):

@@ -3,15 +3,15 @@
 import threading
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from pulse import hotpath, security
+from pulse import security
 from pulse.db import database, utcnow
 from pulse.models import ApiKey, Project
 
 # last_used_at is written at most this often per key, so the hot path does not write on every request.
 LAST_USED_RESOLUTION = 60.0
-_last_used_written = {}
+_last_used_written: dict[int, float] = {}
 _lock = threading.Lock()
 
 # A successful lookup is reused for at most this long. Revocation in this process clears the
@@ -20,7 +20,7 @@ _lock = threading.Lock()
 # database handle also retires entries (their project row may have changed: settings, keys).
 CACHE_TTL = 1.0
 CACHE_MAX = 10000
-_cache = {}
+_cache: dict[tuple[int, str], tuple[float, ApiKey, int]] = {}
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class IssuedKey:
     record: ApiKey
 
 
-def issue(project, label="", expires_at=None):
+def issue(project: Project, label: str = "", expires_at: datetime | None = None) -> IssuedKey:
     """Create a key for `project` (inside the caller's db block) and return it once in full."""
     raw, prefix, digest = security.new_api_key()
     record = ApiKey.create(public_id=security.public_id("key"), project=project, label=label[:100],
@@ -41,7 +41,7 @@ def issue(project, label="", expires_at=None):
     return IssuedKey(api_key=raw, key_id=record.public_id, prefix=prefix, record=record)
 
 
-def authenticate(raw):
+def authenticate(raw: str | None) -> tuple[ApiKey, Project] | None:
     """The (ApiKey, Project) for a live key, else None. Call inside a db block."""
     if not security.looks_like_api_key(raw or ""):
         return None
@@ -50,7 +50,7 @@ def authenticate(raw):
     slot = (id(database.obj), digest)
     hit = _cache.get(slot)
     mono = time.monotonic()
-    if hit is not None and hit[0] > mono and hit[2] == hotpath.generation():
+    if hit is not None and hit[0] > mono and hit[2] == database.obj.write_generation():
         row = hit[1]
         now = utcnow()
         # Scheduled revocation (rotation grace) and expiry are checked on every hit.
@@ -62,11 +62,11 @@ def authenticate(raw):
     if found is not None:
         if len(_cache) >= CACHE_MAX:
             _cache.clear()
-        _cache[slot] = (mono + CACHE_TTL, found[0], hotpath.generation())
+        _cache[slot] = (mono + CACHE_TTL, found[0], database.obj.write_generation())
     return found
 
 
-def invalidate(project_id=None):
+def invalidate(project_id: int | None = None) -> None:
     """Forget cached keys (of one project, or all): call after revoking or changing a project."""
     if project_id is None:
         _cache.clear()
@@ -100,7 +100,7 @@ def _touch(row, now):
     ApiKey.update(last_used_at=now).where(ApiKey.id == row.id).execute()
 
 
-def revoke(key, grace_seconds=0):
+def revoke(key: ApiKey, grace_seconds: float = 0) -> datetime:
     """Stop `key` working now, or after a grace period (rotation)."""
     when = utcnow() + timedelta(seconds=grace_seconds)
     if key.revoked_at is None or key.revoked_at > when:
@@ -110,14 +110,14 @@ def revoke(key, grace_seconds=0):
     return when
 
 
-def rotate(key, grace_seconds):
+def rotate(key: ApiKey, grace_seconds: float) -> IssuedKey:
     """Issue a replacement for `key` with the same label; the old one ends after the grace."""
     issued = issue(key.project, label=key.label)
     revoke(key, grace_seconds)
     return issued
 
 
-def status(key, now=None):
+def status(key: ApiKey, now: datetime | None = None) -> str:
     """`active`, `expiring` (revocation scheduled), `revoked` or `expired`."""
     now = now or utcnow()
     if key.revoked_at is not None:

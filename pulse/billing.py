@@ -19,7 +19,7 @@ from pulse.status import ACCESS_STATUSES
 log = logging.getLogger("pulse.billing")
 
 # Clients per event loop: an httpx connection pool belongs to the loop that opened it.
-_CLIENTS = weakref.WeakKeyDictionary()
+_CLIENTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 CLIENT_REFERENCE_MAX = 200  # Stripe's limit for client_reference_id
 _SECRETISH = re.compile(r"\b([sr]k_(?:live|test)_)[A-Za-z0-9*]+")
 
@@ -116,7 +116,7 @@ async def call(method, *args, **kwargs):
         if isinstance(exc, stripe.APIConnectionError):
             message = "Could not reach Stripe (network error or timeout)."
         log.warning("stripe %s: %s (request %s)", type(exc).__name__, message, exc.request_id)
-        param = getattr(exc, "param", None) or (exc.error.get("param") if exc.error else None)
+        param = getattr(exc, "param", None) or getattr(exc.error, "param", None)
         raise StripeFailure(message, exc.request_id, exc.http_status, exc.code, param) from None
 
 
@@ -259,7 +259,7 @@ async def list_subscriptions(client, stripe_customer_id):
 
 async def check_connection(client):
     """The Stripe account the key belongs to ({"id", "name"}), or StripeFailure."""
-    account = await call(client.v1.accounts.retrieve_current_async)
+    account = plain(await call(client.v1.accounts.retrieve_current_async))
     profile = account.get("business_profile") or {}
     settings = (account.get("settings") or {}).get("dashboard") or {}
-    return {"id": account.id, "name": profile.get("name") or settings.get("display_name")}
+    return {"id": account["id"], "name": profile.get("name") or settings.get("display_name")}

@@ -1,10 +1,13 @@
 """Settings from the environment (SPEC 1), validated into one immutable Config."""
 
+import ipaddress
 import os
 import re
 import secrets
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 DEFAULT_DATABASE_URL = "sqlite:///pulse.db"
 STRIPE_API_BASE = "https://api.stripe.com"
@@ -27,43 +30,19 @@ class RateLimit:
         return f"{self.limit}/{unit}"
 
 
-@dataclass(frozen=True)
-class Config:
-    """Every setting PaymentPulse reads; build it with `load_config()`."""
-
-    database_url: str = DEFAULT_DATABASE_URL
-    host: str = "127.0.0.1"
-    port: int = 8000
-    secret_key: str = field(default="", repr=False)
-    stripe_secret_key: str | None = field(default=None, repr=False)
-    stripe_webhook_secret: str | None = field(default=None, repr=False)
-    stripe_api_base: str = STRIPE_API_BASE
-    stripe_timeout: float = 20.0
-    stripe_max_retries: int = 2
-    force_https: bool = True
-    trust_proxy: bool = False
-    rate_limit_authenticated: RateLimit = RateLimit(600, 60)
-    rate_limit_anonymous: RateLimit = RateLimit(60, 60)
-    redis_url: str | None = None
-    status_page_url: str = "/status"
-    log_level: str = "info"
-    bcrypt_rounds: int = 12
-
-
-# Every variable load_config() reads; the README test checks each one is documented.
-SETTINGS = (
-    "PULSE_DATABASE_URL", "PULSE_HOST", "PULSE_PORT", "PULSE_SECRET_KEY",
-    "PULSE_STRIPE_SECRET_KEY", "PULSE_STRIPE_WEBHOOK_SECRET", "PULSE_STRIPE_API_BASE",
-    "PULSE_STRIPE_TIMEOUT", "PULSE_STRIPE_MAX_RETRIES", "PULSE_FORCE_HTTPS",
-    "PULSE_TRUST_PROXY", "PULSE_RATE_LIMIT_AUTHENTICATED", "PULSE_RATE_LIMIT_ANONYMOUS",
-    "PULSE_REDIS_URL", "PULSE_STATUS_PAGE_URL", "PULSE_LOG_LEVEL", "PULSE_BCRYPT_ROUNDS",
-)
+Parser = Callable[[str, str], Any]
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
 _UNITS = {"second": 1, "sec": 1, "s": 1, "minute": 60, "min": 60, "m": 60,
           "hour": 3600, "h": 3600, "day": 86400, "d": 86400}
 
 
-def parse_bool(name, value):
+def parse_text(name: str, value: str) -> str:
+    """Any non-empty text, as given."""
+    return value
+
+
+def parse_bool(name: str, value: str) -> bool:
     """Read 1/0, true/false, yes/no, on/off."""
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -73,7 +52,7 @@ def parse_bool(name, value):
     raise ConfigError(f"{name} must be 1 or 0 (got {value!r})")
 
 
-def parse_int(name, value, low, high):
+def parse_int(name: str, value: str, low: int, high: int) -> int:
     """Read an integer within [low, high]."""
     try:
         number = int(value.strip())
@@ -84,7 +63,7 @@ def parse_int(name, value, low, high):
     return number
 
 
-def parse_float(name, value, low, high):
+def parse_float(name: str, value: str, low: float, high: float) -> float:
     """Read a number within [low, high]."""
     try:
         number = float(value.strip())
@@ -95,7 +74,7 @@ def parse_float(name, value, low, high):
     return number
 
 
-def parse_rate(name, value):
+def parse_rate(name: str, value: str) -> RateLimit:
     """Read `N/unit` such as `600/minute` or `10/s`."""
     match = re.fullmatch(r"\s*(\d+)\s*/\s*([a-z]+)\s*", value.lower())
     if not match or match.group(2) not in _UNITS or int(match.group(1)) < 1:
@@ -103,7 +82,50 @@ def parse_rate(name, value):
     return RateLimit(int(match.group(1)), _UNITS[match.group(2)])
 
 
-def parse_database_url(name, value):
+def parse_http_url(name: str, value: str) -> str:
+    """An http(s) base URL, without a trailing slash."""
+    base = value.rstrip("/")
+    if not re.match(r"https?://[^/\s]+", base):
+        raise ConfigError(f"{name} must be an http(s) URL (got {base!r})")
+    return base
+
+
+def parse_redis_url(name: str, value: str) -> str:
+    """A redis://, rediss:// or unix:// URL."""
+    if not re.match(r"rediss?://|unix://", value):
+        raise ConfigError(f"{name} must start with redis://, rediss:// or unix://")
+    return value
+
+
+def parse_log_level(name: str, value: str) -> str:
+    """One of LOG_LEVELS, any case."""
+    level = value.lower()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"{name} must be one of {', '.join(LOG_LEVELS)} (got {level!r})")
+    return level
+
+
+def parse_networks(name: str, value: str) -> Networks:
+    """Comma-separated IP addresses or CIDR networks (host bits allowed), IPv4 or IPv6."""
+    networks = []
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(f"{name} must be comma-separated addresses or networks such as 10.0.0.0/8 "
+                              f"(got {item.strip()!r})") from None
+    if not networks:
+        raise ConfigError(f"{name} must name at least one address or network")
+    return tuple(networks)
+
+
+def _between(parse: Callable[[str, str, Any, Any], Any], low: Any, high: Any) -> Parser:
+    return lambda name, value: parse(name, value, low, high)
+
+
+def parse_database_url(name: str, value: str) -> str:
     """Accept the sqlite and mysql URLs we support."""
     scheme = value.split(":", 1)[0].lower()
     if scheme not in ("sqlite", "mysql") or "://" not in value:
@@ -111,7 +133,7 @@ def parse_database_url(name, value):
     return value
 
 
-def sqlite_path(database_url):
+def sqlite_path(database_url: str) -> Path | None:
     """The file of a sqlite URL, or None for MySQL and in-memory databases."""
     if not database_url.startswith("sqlite:///"):
         return None
@@ -142,56 +164,121 @@ def load_secret_key(env_value, database_url):
     return key
 
 
-def load_config(environ=None, **overrides):
-    """Build the Config from environment variables; raise ConfigError on a bad value."""
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: the Config field it fills, its default, its parser and its README line."""
+
+    name: str
+    field: str
+    default: Any
+    parse: Parser | None  # None: read by a special rule in load_config (PULSE_SECRET_KEY)
+    help: str
+    shown_default: str | None = None  # when the default is not a value (generated, derived)
+
+    def default_text(self) -> str:
+        """The default as written in the README table and `--help`: `1`/`0`, `unset`, `20`, `600/minute`."""
+        value = self.default
+        if self.shown_default is not None:
+            return self.shown_default
+        if value is None:
+            return "unset"
+        if isinstance(value, bool):
+            return "1" if value else "0"
+        if isinstance(value, float):
+            return f"{value:g}"
+        if isinstance(value, tuple):
+            return ",".join(str(item) for item in value)
+        return str(value)
+
+
+# The one list of settings (SPEC 1): load_config reads it, the README test and `run.py --help` list it.
+# Parsers get (variable name, non-empty raw value) and raise ConfigError naming the variable.
+# Kept one setting per entry so it reads as a table: not reformatted.
+# fmt: off
+TABLE: tuple[Setting, ...] = (
+    Setting("PULSE_DATABASE_URL", "database_url", DEFAULT_DATABASE_URL, parse_database_url,
+            "sqlite:///path/to.db or mysql://user:pass@host:3306/db"),
+    Setting("PULSE_HOST", "host", "127.0.0.1", parse_text, "listen address (also --host)"),
+    Setting("PULSE_PORT", "port", 8000, _between(parse_int, 0, 65535), "listen port (also --port)"),
+    Setting("PULSE_SECRET_KEY", "secret_key", None, None,
+            "signs cookies and encrypts stored Stripe secrets (at least 16 characters)",
+            shown_default="generated once into pulse.secret"),
+    Setting("PULSE_STRIPE_SECRET_KEY", "stripe_secret_key", None, parse_text,
+            "deployment-wide Stripe secret key, for projects that have none of their own"),
+    Setting("PULSE_STRIPE_WEBHOOK_SECRET", "stripe_webhook_secret", None, parse_text,
+            "signing secret (whsec_...) of the deployment-wide endpoint POST /api/webhook"),
+    Setting("PULSE_STRIPE_API_BASE", "stripe_api_base", STRIPE_API_BASE, parse_http_url,
+            "base URL for Stripe API calls"),
+    Setting("PULSE_STRIPE_TIMEOUT", "stripe_timeout", 20.0, _between(parse_float, 0.1, 120),
+            "seconds before a Stripe call is abandoned"),
+    Setting("PULSE_STRIPE_MAX_RETRIES", "stripe_max_retries", 2, _between(parse_int, 0, 10),
+            "retries of a Stripe call on network errors"),
+    Setting("PULSE_FORCE_HTTPS", "force_https", True, parse_bool, "redirect plain-HTTP requests to HTTPS"),
+    Setting("PULSE_TRUST_PROXY", "trust_proxy", False, parse_bool,
+            "honour X-Forwarded-For / X-Forwarded-Proto from a reverse proxy"),
+    Setting("PULSE_TRUSTED_PROXIES", "trusted_proxies", parse_networks("default", "127.0.0.0/8,::1/128"),
+            parse_networks, "addresses or CIDR networks of the reverse proxies whose forwarding headers count"),
+    Setting("PULSE_RATE_LIMIT_AUTHENTICATED", "rate_limit_authenticated", RateLimit(600, 60), parse_rate,
+            "requests per project in any window (N/second, N/minute, N/hour, N/day)"),
+    Setting("PULSE_RATE_LIMIT_ANONYMOUS", "rate_limit_anonymous", RateLimit(60, 60), parse_rate,
+            "unauthenticated and failed-auth requests per client address"),
+    Setting("PULSE_REDIS_URL", "redis_url", None, parse_redis_url, "rate-limit counters shared by every process"),
+    Setting("PULSE_STATUS_PAGE_URL", "status_page_url", "/status", parse_text,
+            "where GET /api/health sends browsers"),
+    Setting("PULSE_LOG_LEVEL", "log_level", "info", parse_log_level, "debug, info, warning or error"),
+    Setting("PULSE_BCRYPT_ROUNDS", "bcrypt_rounds", 12, _between(parse_int, 4, 16),
+            "bcrypt cost of console passwords (4 to 16)"),
+)
+# fmt: on
+
+# Every variable load_config() reads; the README test checks each one is documented.
+SETTINGS: tuple[str, ...] = tuple(setting.name for setting in TABLE)
+_DEFAULTS: dict[str, Any] = {setting.field: setting.default for setting in TABLE}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting PaymentPulse reads (defaults and meaning in TABLE); build it with `load_config()`."""
+
+    database_url: str = _DEFAULTS["database_url"]
+    host: str = _DEFAULTS["host"]
+    port: int = _DEFAULTS["port"]
+    secret_key: str = field(default="", repr=False)
+    stripe_secret_key: str | None = field(default=_DEFAULTS["stripe_secret_key"], repr=False)
+    stripe_webhook_secret: str | None = field(default=_DEFAULTS["stripe_webhook_secret"], repr=False)
+    stripe_api_base: str = _DEFAULTS["stripe_api_base"]
+    stripe_timeout: float = _DEFAULTS["stripe_timeout"]
+    stripe_max_retries: int = _DEFAULTS["stripe_max_retries"]
+    force_https: bool = _DEFAULTS["force_https"]
+    trust_proxy: bool = _DEFAULTS["trust_proxy"]
+    trusted_proxies: Networks = _DEFAULTS["trusted_proxies"]
+    rate_limit_authenticated: RateLimit = _DEFAULTS["rate_limit_authenticated"]
+    rate_limit_anonymous: RateLimit = _DEFAULTS["rate_limit_anonymous"]
+    redis_url: str | None = _DEFAULTS["redis_url"]
+    status_page_url: str = _DEFAULTS["status_page_url"]
+    log_level: str = _DEFAULTS["log_level"]
+    bcrypt_rounds: int = _DEFAULTS["bcrypt_rounds"]
+
+
+def describe() -> str:
+    """One line per setting, `NAME (default): help`, for `run.py --help`."""
+    return "\n".join(f"  {setting.name} ({setting.default_text()}): {setting.help}" for setting in TABLE)
+
+
+def load_config(environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+    """Build the Config from environment variables (TABLE); raise ConfigError on a bad value.
+
+    An unset or empty variable takes its default. `overrides` (Config field names) win over the
+    environment; the CLI's --host/--port and the tests use them.
+    """
     env = os.environ if environ is None else environ
-
-    def get(name):
-        value = env.get(name)
-        return value if value not in (None, "") else None
-
     values = {}
-    if get("PULSE_DATABASE_URL"):
-        values["database_url"] = parse_database_url("PULSE_DATABASE_URL", get("PULSE_DATABASE_URL"))
-    if get("PULSE_HOST"):
-        values["host"] = get("PULSE_HOST")
-    if get("PULSE_PORT"):
-        values["port"] = parse_int("PULSE_PORT", get("PULSE_PORT"), 0, 65535)
-    values["stripe_secret_key"] = get("PULSE_STRIPE_SECRET_KEY")
-    values["stripe_webhook_secret"] = get("PULSE_STRIPE_WEBHOOK_SECRET")
-    if get("PULSE_STRIPE_API_BASE"):
-        base = get("PULSE_STRIPE_API_BASE").rstrip("/")
-        if not re.match(r"https?://[^/\s]+", base):
-            raise ConfigError(f"PULSE_STRIPE_API_BASE must be an http(s) URL (got {base!r})")
-        values["stripe_api_base"] = base
-    if get("PULSE_STRIPE_TIMEOUT"):
-        values["stripe_timeout"] = parse_float("PULSE_STRIPE_TIMEOUT", get("PULSE_STRIPE_TIMEOUT"), 0.1, 120)
-    if get("PULSE_STRIPE_MAX_RETRIES"):
-        values["stripe_max_retries"] = parse_int("PULSE_STRIPE_MAX_RETRIES", get("PULSE_STRIPE_MAX_RETRIES"), 0, 10)
-    if get("PULSE_FORCE_HTTPS"):
-        values["force_https"] = parse_bool("PULSE_FORCE_HTTPS", get("PULSE_FORCE_HTTPS"))
-    if get("PULSE_TRUST_PROXY"):
-        values["trust_proxy"] = parse_bool("PULSE_TRUST_PROXY", get("PULSE_TRUST_PROXY"))
-    for key in ("authenticated", "anonymous"):
-        name = f"PULSE_RATE_LIMIT_{key.upper()}"
-        if get(name):
-            values[f"rate_limit_{key}"] = parse_rate(name, get(name))
-    if get("PULSE_REDIS_URL"):
-        url = get("PULSE_REDIS_URL")
-        if not re.match(r"rediss?://|unix://", url):
-            raise ConfigError("PULSE_REDIS_URL must start with redis://, rediss:// or unix://")
-        values["redis_url"] = url
-    if get("PULSE_STATUS_PAGE_URL"):
-        values["status_page_url"] = get("PULSE_STATUS_PAGE_URL")
-    if get("PULSE_LOG_LEVEL"):
-        level = get("PULSE_LOG_LEVEL").lower()
-        if level not in LOG_LEVELS:
-            raise ConfigError(f"PULSE_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)} (got {level!r})")
-        values["log_level"] = level
-    if get("PULSE_BCRYPT_ROUNDS"):
-        values["bcrypt_rounds"] = parse_int("PULSE_BCRYPT_ROUNDS", get("PULSE_BCRYPT_ROUNDS"), 4, 16)
+    for setting in TABLE:
+        raw = env.get(setting.name)
+        if setting.parse is not None and raw not in (None, ""):
+            values[setting.field] = setting.parse(setting.name, raw)
     values.update(overrides)
-    database_url = values.get("database_url", DEFAULT_DATABASE_URL)
     if "secret_key" not in values:
-        values["secret_key"] = load_secret_key(get("PULSE_SECRET_KEY"), database_url)
+        database_url = values.get("database_url", DEFAULT_DATABASE_URL)
+        values["secret_key"] = load_secret_key(env.get("PULSE_SECRET_KEY") or None, database_url)
     return Config(**values)

@@ -1,13 +1,15 @@
 """The database handle: one Peewee proxy, opened from PULSE_DATABASE_URL."""
 
 import contextlib
+from collections.abc import Iterator
 import logging
 import select
+import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import peewee
-from playhouse.db_url import connect, parse
+from playhouse.db_url import parse
 
 log = logging.getLogger("pulse.db")
 
@@ -30,26 +32,26 @@ class DatabaseUnavailable(Exception):
     """The database cannot be reached right now; callers answer 503."""
 
 
-def utcnow():
+def utcnow() -> datetime:
     """Naive UTC now, as stored in every DateTimeField (second precision on MySQL)."""
-    return datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
+    return datetime.now(UTC).replace(tzinfo=None, microsecond=0)
 
 
-def isoformat(value):
+def isoformat(value: datetime | None) -> str | None:
     """ISO 8601 with Z for a stored naive-UTC datetime, or None."""
     if value is None:
         return None
     return value.replace(microsecond=0).isoformat() + "Z"
 
 
-def from_timestamp(value):
+def from_timestamp(value: int | str | None) -> datetime | None:
     """A naive-UTC datetime from a Unix timestamp (Stripe's), or None."""
     if value in (None, ""):
         return None
-    return datetime.fromtimestamp(int(value), timezone.utc).replace(tzinfo=None)
+    return datetime.fromtimestamp(int(value), UTC).replace(tzinfo=None)
 
 
-def is_mysql(db=None):
+def is_mysql(db: peewee.Database | None = None) -> bool:
     """True when the bound database is MySQL/MariaDB."""
     target = db or database.obj
     return isinstance(target, peewee.MySQLDatabase)
@@ -58,7 +60,7 @@ def is_mysql(db=None):
 def open_database(url):
     """Open (lazily) the database at `url` with the settings we rely on."""
     if url.startswith("sqlite"):
-        db = connect(url, pragmas={
+        db = PulseSqliteDatabase(**parse(url), pragmas={
             "journal_mode": "wal",
             "busy_timeout": SQLITE_BUSY_TIMEOUT_MS,
             "foreign_keys": 1,
@@ -67,15 +69,58 @@ def open_database(url):
     else:
         params = {"charset": "utf8mb4",
                   "connect_timeout": CONNECT_TIMEOUT, "read_timeout": QUERY_TIMEOUT, "write_timeout": QUERY_TIMEOUT,
-                  "init_command": "SET time_zone = '+00:00', sql_mode = 'STRICT_TRANS_TABLES,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO'"}
+                  "init_command": "SET time_zone = '+00:00', "
+                                  "sql_mode = 'STRICT_TRANS_TABLES,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO'"}
         params.update(parse(url))
         db = PulseMySQLDatabase(params.pop("database"), **params)
     db._pulse_last_used = 0.0
     return db
 
 
-class PulseMySQLDatabase(peewee.MySQLDatabase):
-    """MySQL whose handshake is bounded by connect_timeout too (PyMySQL waits read_timeout for it)."""
+class WriteGeneration:
+    """Mixin: a counter that moves on every write statement and commit made through this handle.
+
+    In-process caches (API keys, the hot path) remember the generation they read at and drop an
+    answer once it has moved, so nothing read before a change committed is served after it. The
+    count moves before and after each write runs (a read that overlaps one cannot be stored) and
+    after each commit, in any thread of the process. Reads (SELECT) leave it alone.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._write_generation = 0
+        self._write_generation_lock = threading.Lock()
+
+    def write_generation(self) -> int:
+        """The current count; equal values mean no write or commit happened in between."""
+        return self._write_generation
+
+    def _wrote(self):
+        with self._write_generation_lock:
+            self._write_generation += 1
+
+    def execute_sql(self, sql, params=None, *args, **kwargs):
+        if sql.lstrip()[:6].upper() == "SELECT":
+            return super().execute_sql(sql, params, *args, **kwargs)
+        self._wrote()
+        try:
+            return super().execute_sql(sql, params, *args, **kwargs)
+        finally:
+            self._wrote()
+
+    def commit(self, *args, **kwargs):
+        try:
+            return super().commit(*args, **kwargs)
+        finally:
+            self._wrote()
+
+
+class PulseSqliteDatabase(WriteGeneration, peewee.SqliteDatabase):
+    """SQLite with the write generation."""
+
+
+class PulseMySQLDatabase(WriteGeneration, peewee.MySQLDatabase):
+    """MySQL with the write generation; its handshake is bounded by connect_timeout (PyMySQL waits read_timeout)."""
 
     def _connect(self):
         params = dict(self.connect_params, read_timeout=self.connect_params.get("connect_timeout", CONNECT_TIMEOUT))
@@ -85,7 +130,7 @@ class PulseMySQLDatabase(peewee.MySQLDatabase):
         return conn
 
 
-def bind(url):
+def bind(url: str) -> peewee.Database:
     """Point the shared proxy at the database for `url` and return it."""
     db = open_database(url)
     database.initialize(db)
@@ -148,7 +193,7 @@ def _ensure_connected(db):
 
 
 @contextlib.contextmanager
-def block():
+def block() -> Iterator[peewee.Database]:
     """A short synchronous database block: connects if needed, turns outages into DatabaseUnavailable.
 
     The connection stays open between blocks (one per thread, Peewee's model), so the hot

@@ -1,6 +1,7 @@
 """The hot path, GET /api/subscription: one lean SQL query straight to the public JSON shape, cached briefly."""
 
 import time
+import weakref
 from datetime import datetime
 
 import peewee as pw
@@ -12,11 +13,11 @@ from pulse.status import ACCESS_STATUSES, has_access
 # Stand-ins used once to compile the query; their positions in the parameter list are remembered.
 _PROJECT_MARK = -918273645
 _USER_MARK = "\x00pulse-hotpath-user\x00"
-_compiled = {}
+_compiled: dict[type, tuple[str, list, int, int]] = {}
 
 # Answers are reused for at most CACHE_TTL seconds, so another process's change (a webhook it
 # applied) shows within that time (SPEC: 2 s). A change made through this process's database
-# handle empties the cache at once (see _watch).
+# handle empties the cache at once (pulse.db.WriteGeneration).
 CACHE_TTL = 1.0
 CACHE_MAX = 50000
 
@@ -62,49 +63,22 @@ class _State:
 
     def __init__(self):
         self.cache = {}
-        self.generation = 0
-
-    def changed(self):
-        self.generation += 1
-        self.cache = {}
+        self.generation = None
 
 
-def _watch(db):
-    """The cache state of `db`, hooking its writes and commits the first time.
+# Keyed by the handle itself (weakly): tests and tools rebind the proxy between databases.
+_states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    Every write statement (before and after it runs) and every commit through this handle, in
-    any thread of the process, empties the cache, so an answer read before a change committed
-    can never be served after it. Reads (SELECT) leave it alone.
-    """
-    state = getattr(db, "_pulse_hotpath", None)
-    if state is not None:
-        return state
-    state = _State()
-    execute_sql, commit = db.execute_sql, db.commit
 
-    def watched_execute_sql(sql, *args, **kwargs):
-        if sql.lstrip()[:6].upper() == "SELECT":
-            return execute_sql(sql, *args, **kwargs)
-        state.changed()
-        try:
-            return execute_sql(sql, *args, **kwargs)
-        finally:
-            state.changed()
-
-    def watched_commit(*args, **kwargs):
-        try:
-            return commit(*args, **kwargs)
-        finally:
-            state.changed()
-
-    db.execute_sql, db.commit = watched_execute_sql, watched_commit
-    db._pulse_hotpath = state
+def _state_of(db):
+    """The cache of `db`, emptied first if a write or commit went through `db` since it was filled."""
+    state = _states.get(db)
+    if state is None:
+        state = _states[db] = _State()
+    generation = db.write_generation()
+    if state.generation != generation:
+        state.cache, state.generation = {}, generation
     return state
-
-
-def generation():
-    """A number that changes whenever this process writes through the bound database handle."""
-    return _watch(database.obj).generation
 
 
 def subscription_of(project_id, external_user_id):
@@ -114,7 +88,7 @@ def subscription_of(project_id, external_user_id):
     not mutate `body` (it may be shared with later requests for up to CACHE_TTL).
     """
     db = database.obj
-    state = _watch(db)
+    state = _state_of(db)
     slot = (project_id, external_user_id)
     hit = state.cache.get(slot)
     now = time.monotonic()
@@ -122,7 +96,7 @@ def subscription_of(project_id, external_user_id):
         return hit[1]
     generation = state.generation
     answer = _read(db, project_id, external_user_id)
-    if state.generation == generation:  # nothing changed while we read
+    if db.write_generation() == generation:  # nothing changed while we read
         if len(state.cache) >= CACHE_MAX:
             state.cache = {}
         state.cache[slot] = (now + CACHE_TTL, answer)

@@ -64,7 +64,7 @@ def _migration_lock(db):
             yield
 
 
-def current_version(db=None):
+def current_version(db: pw.Database | None = None) -> int:
     """The applied schema version, 0 for an empty database."""
     db = db or database.obj
     if not db.table_exists("schema_version"):
@@ -73,13 +73,13 @@ def current_version(db=None):
     return top or 0
 
 
-def pending(db=None):
+def pending(db: pw.Database | None = None) -> list[tuple]:
     """Steps not yet applied to the bound database."""
     version = current_version(db)
     return [step for step in STEPS if step[0] > version]
 
 
-def migrate_database(db=None):
+def migrate_database(db: pw.Database | None = None) -> list[str]:
     """Bring the bound database to LATEST; return the list of applied step names."""
     db = db or database.obj
     _set_table_options(db)

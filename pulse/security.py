@@ -94,7 +94,7 @@ def mask_secret(value):
 
 # The bcrypt cost (log2 of its iterations); `configure_bcrypt` sets it from PULSE_BCRYPT_ROUNDS.
 BCRYPT_ROUNDS = 12
-_dummy_hashes = {}
+_dummy_hashes: dict[int, str] = {}
 
 
 def configure_bcrypt(rounds):

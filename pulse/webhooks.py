@@ -16,7 +16,7 @@ log = logging.getLogger("pulse.webhooks")
 
 TOLERANCE = 300
 INVALID_RECORDS_PER_MINUTE = 60
-_invalid_counts = {}
+_invalid_counts: dict = {}
 FAILED, INVALID_SIGNATURE = "failed", "invalid_signature"
 
 

@@ -1,9 +1,11 @@
 """Fixtures: a config and app per test on SQLite, and again on MySQL when PULSE_TEST_MYSQL_URL is set."""
 
 import json
+import logging
 import os
+import re
 import secrets
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlunsplit
 
 import pymysql
 import pytest
@@ -12,22 +14,17 @@ import tornado.httpserver
 from pulse import db
 from pulse.config import load_config
 from pulse.migrations import migrate_database
-from pulse.models import MODELS
 from pulse.security import SecretBox
+from tests.support import MYSQL_URL, TEST_SECRET, empty_mysql, mysql_server_url
 
 import run
 
-MYSQL_URL = os.environ.get("PULSE_TEST_MYSQL_URL")
+# Fixtures shared by several test modules, loaded here rather than imported by name.
+pytest_plugins = ["tests.webhook_support"]
+
 BACKENDS = ["sqlite"] + (["mysql"] if MYSQL_URL else [])
-TEST_SECRET = "test-secret-key-0123456789abcdef"
 # bcrypt at its minimum cost: half the suite's time went on cost 12. Subprocess servers inherit it.
 os.environ.setdefault("PULSE_BCRYPT_ROUNDS", "4")
-
-
-def _mysql_server_url(url):
-    parts = urlsplit(url)
-    return parts, dict(host=parts.hostname or "127.0.0.1", port=parts.port or 3306,
-                       user=parts.username or "root", password=parts.password or "")
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +32,7 @@ def mysql_database_url():
     """A fresh MySQL database for this test run, dropped at the end."""
     if not MYSQL_URL:
         pytest.fail("mysql backend requested without PULSE_TEST_MYSQL_URL")
-    parts, server = _mysql_server_url(MYSQL_URL)
+    parts, server = mysql_server_url(MYSQL_URL)
     name = f"pulse_test_{os.getpid()}_{secrets.token_hex(3)}"
     conn = pymysql.connect(**server, autocommit=True)
     with conn.cursor() as cur:
@@ -50,15 +47,6 @@ def mysql_database_url():
     conn.close()
 
 
-def _empty_mysql(url):
-    target = db.open_database(url)
-    with target.connection_context():
-        target.execute_sql("SET FOREIGN_KEY_CHECKS=0")
-        for model in reversed(MODELS):
-            target.execute_sql(f"DELETE FROM `{model._meta.table_name}`")
-        target.execute_sql("SET FOREIGN_KEY_CHECKS=1")
-
-
 @pytest.fixture(params=BACKENDS)
 def db_url(request, tmp_path):
     """A migrated, empty database URL: a temp SQLite file, or the run's MySQL database emptied."""
@@ -69,7 +57,7 @@ def db_url(request, tmp_path):
         db.database.close()
         return url
     url = request.getfixturevalue("mysql_database_url")
-    _empty_mysql(url)
+    empty_mysql(url)
     return url
 
 
@@ -146,11 +134,6 @@ def api(http_client, base_url, project):
     return call
 
 
-def body_of(response):
-    """The decoded JSON body of a response."""
-    return json.loads(response.body.decode("utf-8"))
-
-
 @pytest.fixture
 def fake_stripe(io_loop):
     """An in-memory Stripe server on the test's IOLoop (tests/fake_stripe.py).
@@ -169,11 +152,11 @@ def fake_stripe(io_loop):
 
 # ---------------------------------------------------------------- no secret in any log line of the run
 
-_SHAPED_SECRET = __import__("re").compile(
+_SHAPED_SECRET = re.compile(
     r"pp_live_[0-9A-Za-z]{32,}|(?:sk|rk)_(?:live|test)_[0-9A-Za-z_]{12,}|whsec_[0-9A-Za-z_]{12,}")
 
 
-class _SecretWatch(__import__("logging").Handler):
+class _SecretWatch(logging.Handler):
     """Sees every record the app logs during the run, raw and as production formats it."""
 
     def __init__(self, known):
@@ -189,7 +172,7 @@ class _SecretWatch(__import__("logging").Handler):
         try:
             raw = record.getMessage()
             if record.exc_info:
-                raw += "\n" + __import__("logging").Formatter().formatException(record.exc_info)
+                raw += "\n" + logging.Formatter().formatException(record.exc_info)
             line = self.formatter_.format(record)
         except Exception:  # a broken record is not our concern here
             return
@@ -202,7 +185,6 @@ class _SecretWatch(__import__("logging").Handler):
 @pytest.fixture(scope="session", autouse=True)
 def no_secrets_in_logs():
     """Every log record of the whole test run (INFO and up, as served) must be free of test secrets."""
-    import logging
     from tests.fake_stripe import FAKE_SECRET_KEY
     watch = _SecretWatch({"PULSE_SECRET_KEY": TEST_SECRET, "Stripe key": FAKE_SECRET_KEY,
                           "admin password": "correct horse battery"})

@@ -88,7 +88,7 @@ class FakeStripe:
                 "stripe_max_retries": 2, **extra}
 
     def client(self, api_key=FAKE_SECRET_KEY, max_network_retries=0):
-        """A real StripeClient aimed at this server (close its http client with `await c._requestor._client.close_async()`)."""
+        """A real StripeClient aimed at this server (close with `await c._requestor._client.close_async()`)."""
         return stripe.StripeClient(api_key, base_addresses={"api": self.url}, max_network_retries=max_network_retries,
                                    http_client=HTTPXClient(timeout=5))
 

@@ -29,9 +29,8 @@ class LiveServer:
         self.port = None
 
     def start(self, timeout=30):
-        code = ("import sys, run; run.HTTP_SERVER_LIMITS.update(%r); "
-                "sys.exit(run.main(['serve', '--host', '127.0.0.1', '--port', '0', '--processes', '%d']))"
-                % (self.limits, self.processes))
+        argv = ["serve", "--host", "127.0.0.1", "--port", "0", "--processes", str(self.processes)]
+        code = f"import sys, run, server; server.HTTP_SERVER_LIMITS.update({self.limits!r}); sys.exit(run.main({argv!r}))"
         self.proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=self.env,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)

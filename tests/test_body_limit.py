@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from handlers.base import ApiHandler
-from tests.conftest import body_of
+from tests.support import body_of
 
 MIB = 1024 * 1024
 
@@ -105,7 +105,7 @@ async def test_exactly_one_mebibyte_is_accepted(api):
 @pytest.mark.gen_test
 @pytest.mark.parametrize("text", ['"\\udc00x"', '"a\\uD800"', '"\\ud800\\u0041"'])
 async def test_unpaired_surrogate_escapes_are_invalid_json_not_a_500(api, text):
-    response = await api("POST", "/api/_test/json", key="", body='{"external_user_id": %s}' % text)
+    response = await api("POST", "/api/_test/json", key="", body='{"external_user_id": ' + text + "}")
     assert response.code == 400 and body_of(response)["error"]["code"] == "invalid_json"
 
 

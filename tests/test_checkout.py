@@ -9,7 +9,7 @@ from pulse import db, projects
 from pulse.billing import customer_idempotency_key
 from pulse.models import Customer, Project
 from tests.billing_support import DROP, add_customer, add_subscription, checkout_body
-from tests.conftest import body_of
+from tests.support import body_of
 from tests.fake_stripe import FAKE_SECRET_KEY
 
 

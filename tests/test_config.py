@@ -1,11 +1,13 @@
 """Every setting of SPEC 1: defaults, parsing, readable errors, the generated secret."""
 
+import dataclasses
+import ipaddress
 import os
 import stat
 
 import pytest
 
-from pulse.config import SETTINGS, ConfigError, RateLimit, load_config
+from pulse.config import SETTINGS, TABLE, Config, ConfigError, RateLimit, load_config
 
 
 def test_defaults(tmp_path):
@@ -17,6 +19,11 @@ def test_defaults(tmp_path):
     assert config.redis_url is None and config.stripe_secret_key is None
     assert config.status_page_url == "/status" and config.log_level == "info"
     assert config.stripe_api_base == "https://api.stripe.com"
+    assert [str(net) for net in config.trusted_proxies] == ["127.0.0.0/8", "::1/128"]
+
+
+def test_the_table_fills_every_config_field_once():
+    assert sorted(setting.field for setting in TABLE) == sorted(f.name for f in dataclasses.fields(Config))
 
 
 def test_every_setting_is_read(tmp_path):
@@ -27,7 +34,7 @@ def test_every_setting_is_read(tmp_path):
         "PULSE_STRIPE_MAX_RETRIES": "0", "PULSE_FORCE_HTTPS": "0", "PULSE_TRUST_PROXY": "yes",
         "PULSE_RATE_LIMIT_AUTHENTICATED": "10/second", "PULSE_RATE_LIMIT_ANONYMOUS": "5/hour",
         "PULSE_REDIS_URL": "redis://localhost:6379/1", "PULSE_STATUS_PAGE_URL": "https://status.example.com",
-        "PULSE_LOG_LEVEL": "DEBUG", "PULSE_BCRYPT_ROUNDS": "10",
+        "PULSE_LOG_LEVEL": "DEBUG", "PULSE_BCRYPT_ROUNDS": "10", "PULSE_TRUSTED_PROXIES": "10.0.0.0/8, 2001:db8::1",
     }
     assert set(env) == set(SETTINGS)
     config = load_config(environ=env)
@@ -43,6 +50,7 @@ def test_every_setting_is_read(tmp_path):
     assert config.status_page_url == "https://status.example.com"
     assert config.log_level == "debug"
     assert config.bcrypt_rounds == 10
+    assert config.trusted_proxies == (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::1/128"))
 
 
 @pytest.mark.parametrize("name,value,needle", [
@@ -57,6 +65,9 @@ def test_every_setting_is_read(tmp_path):
     ("PULSE_STRIPE_API_BASE", "ftp://x", "PULSE_STRIPE_API_BASE must be"),
     ("PULSE_STRIPE_TIMEOUT", "0", "PULSE_STRIPE_TIMEOUT must be between"),
     ("PULSE_SECRET_KEY", "short", "at least 16"),
+    ("PULSE_TRUSTED_PROXIES", "10.0.0.0/8,proxy.internal", "PULSE_TRUSTED_PROXIES must be comma-separated"),
+    ("PULSE_TRUSTED_PROXIES", " , ", "PULSE_TRUSTED_PROXIES must name at least one"),
+    ("PULSE_BCRYPT_ROUNDS", "3", "PULSE_BCRYPT_ROUNDS must be between 4 and 16"),
 ])
 def test_bad_values_name_the_variable(tmp_path, name, value, needle):
     env = {"PULSE_DATABASE_URL": f"sqlite:///{tmp_path}/pulse.db", name: value}

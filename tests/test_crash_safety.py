@@ -13,7 +13,7 @@ import tornado.httpclient
 
 from pulse import db
 from pulse.models import Customer, Subscription, WebhookEvent
-from tests.conftest import TEST_SECRET
+from tests.support import TEST_SECRET
 from tests.fake_stripe import FAKE_SECRET_KEY
 from tests.live_server import LiveServer
 from tests.stripe_events import body_of_event, new_subscription, sign

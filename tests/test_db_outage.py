@@ -12,7 +12,7 @@ import pytest
 
 from pulse import db
 from pulse.models import WebhookEvent
-from tests.conftest import MYSQL_URL, body_of
+from tests.support import MYSQL_URL, body_of
 from tests.stripe_events import body_of_event, new_subscription, sign
 from tests.tcp_proxy import TcpProxy
 
@@ -49,8 +49,8 @@ def proxy():
 def db_url(request, proxy):
     """The run's MySQL database (emptied), reached through the proxy."""
     direct = request.getfixturevalue("mysql_database_url")
-    from tests.conftest import _empty_mysql
-    _empty_mysql(direct)
+    from tests.support import empty_mysql
+    empty_mysql(direct)
     parts = urlsplit(direct)
     netloc = parts.netloc.rsplit("@", 1)
     auth = netloc[0] + "@" if len(netloc) == 2 else ""

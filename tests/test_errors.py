@@ -6,7 +6,7 @@ import pytest
 
 from handlers.base import ApiHandler, missing, invalid
 from pulse.db import DatabaseUnavailable
-from tests.conftest import body_of
+from tests.support import body_of
 
 SECRET_IN_EXCEPTION = "sk_live_THIS_MUST_NOT_LEAK_1234567890"
 

@@ -10,7 +10,7 @@ from tornado.simple_httpclient import HTTPStreamClosedError
 
 from pulse import db, export
 from pulse.models import Customer, Subscription
-from tests.conftest import body_of
+from tests.support import body_of
 
 CSV_HEADER = ("external_user_id,email,stripe_customer_id,created_at,status,has_access,plan_slug,interval,"
               "stripe_price_id,current_period_end,cancel_at,trial_end")

@@ -14,7 +14,7 @@ from pulse import db
 from pulse.config import RateLimit
 from pulse.models import Customer, Subscription, WebhookEvent
 from tests.billing_support import checkout_body
-from tests.conftest import body_of
+from tests.support import body_of
 from tests.stripe_events import body_of_event, new_subscription, sign
 
 WHSEC = "whsec_fuzz_" + "f" * 24

@@ -4,7 +4,7 @@ import pytest
 
 from handlers.health import prefers_html
 from pulse import __version__
-from tests.conftest import body_of
+from tests.support import body_of
 
 
 @pytest.mark.gen_test

@@ -8,7 +8,7 @@ import pytest
 from handlers.base import ApiHandler, missing
 from pulse import db, idempotency
 from pulse.models import IdempotencyRecord
-from tests.conftest import body_of
+from tests.support import body_of
 
 CALLS = []
 

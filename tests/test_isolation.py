@@ -13,7 +13,7 @@ import pytest
 from pulse import db
 from pulse.models import ApiKey, Customer, WebhookEvent
 from tests.billing_support import checkout_body
-from tests.conftest import body_of
+from tests.support import body_of
 from tests.console_support import PASSWORD, Console, seed
 from tests.stripe_events import sign
 

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from handlers.openapi import document
-from tests.conftest import body_of
+from tests.support import body_of
 
 
 def api_route_patterns(app):

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from tests.billing_support import add_customer, checkout_body
-from tests.conftest import body_of
+from tests.support import body_of
 from tests.fake_stripe import FAKE_SECRET_KEY
 
 

@@ -10,7 +10,7 @@ import pytest
 from handlers.base import ApiError, ApiHandler
 from pulse.config import RateLimit
 from pulse.ratelimit import MemoryLimiter, RedisLimiter
-from tests.conftest import body_of
+from tests.support import body_of
 
 REDIS_URL = os.environ.get("PULSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 

@@ -10,10 +10,10 @@ import pytest
 
 from pulse import db, resync, subscriptions as subs
 from pulse.models import Customer, Subscription
-from tests.conftest import TEST_SECRET
+from tests.support import TEST_SECRET
 from tests.fake_stripe import FAKE_SECRET_KEY
 from tests.stripe_events import NEW_API, OLD_API, event, new_subscription
-from tests.webhook_support import assert_matches_stripe, deliver, hooked, read  # noqa: F401 (fixtures)
+from tests.webhook_support import assert_matches_stripe
 
 ROOT = Path(__file__).resolve().parent.parent
 

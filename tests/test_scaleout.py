@@ -12,7 +12,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from pulse import apikeys, db
 from pulse.models import ApiKey, Customer, Project, Subscription, WebhookEvent
 from tests import stripe_events
-from tests.conftest import MYSQL_URL
+from tests.support import MYSQL_URL
 from tests.fake_stripe import FAKE_SECRET_KEY
 from tests.live_server import LiveServer
 

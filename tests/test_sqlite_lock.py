@@ -10,7 +10,7 @@ import pytest
 
 from pulse import db
 from tests.billing_support import checkout_body
-from tests.conftest import body_of
+from tests.support import body_of
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from tests.billing_support import checkout_body
-from tests.conftest import body_of
+from tests.support import body_of
 from tests.fake_stripe import FAKE_SECRET_KEY
 
 STRIPE_TIMEOUT = 0.5

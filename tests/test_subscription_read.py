@@ -8,7 +8,7 @@ import pytest
 from pulse import db
 from pulse.models import Project
 from tests.billing_support import add_customer, add_subscription
-from tests.conftest import body_of
+from tests.support import body_of
 
 
 def read(api, user):

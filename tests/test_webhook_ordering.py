@@ -1,16 +1,18 @@
 """Webhook order and concurrency: whatever Stripe delivers, and however, state ends equal to Stripe's."""
 
 import asyncio
+import threading
 import time
 
 import pytest
 
 from pulse import db, webhooks
 from pulse.models import Customer, Subscription
-from tests.conftest import body_of
+from tests.support import body_of
 from tests.stripe_events import NEW_API, body_of_event, event, invoice, new_subscription
-from tests.webhook_support import (  # noqa: F401 (config_overrides, deliver, hooked, read are fixtures)
-    BOTH_SHAPES, assert_matches_stripe, config_overrides, deliver, events_of, hooked, read)
+from tests.webhook_support import BOTH_SHAPES, assert_matches_stripe, events_of, webhook_overrides
+
+config_overrides = pytest.fixture(lambda fake_stripe: webhook_overrides(fake_stripe))
 
 
 # ---------------------------------------------------------------- order does not matter (property-style)
@@ -139,7 +141,7 @@ async def test_concurrent_deliveries_on_separate_connections_like_two_processes(
               event("invoice.paid", invoice(sub))]
     deliveries = [events[0]] * 4 + events[1:] * 2
     config, box = app.settings["config"], app.settings["secret_box"]
-    start = __import__("threading").Barrier(len(deliveries))
+    start = threading.Barrier(len(deliveries))
 
     def in_other_process(evt):
         async def go():

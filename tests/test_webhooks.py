@@ -8,11 +8,13 @@ import pytest
 
 from pulse import db, webhooks
 from pulse.models import Customer, Subscription, WebhookEvent
-from tests.conftest import body_of
+from tests.support import body_of
 from tests.stripe_events import NEW_API, OLD_API, body_of_event, customer_object, event, invoice, \
     new_subscription, sign
-from tests.webhook_support import (  # noqa: F401 (config_overrides, deliver, hooked, read are fixtures)
-    BOTH_SHAPES, DEPLOY_WHSEC, WHSEC, assert_matches_stripe, config_overrides, deliver, events_of, hooked, iso, read)
+from tests.webhook_support import BOTH_SHAPES, DEPLOY_WHSEC, WHSEC, assert_matches_stripe, events_of, iso, \
+    webhook_overrides
+
+config_overrides = pytest.fixture(lambda fake_stripe: webhook_overrides(fake_stripe))
 
 
 # ---------------------------------------------------------------- event types, both payload shapes

@@ -1,4 +1,8 @@
-"""Fixtures and helpers for webhook tests: signed deliveries, reads, and Stripe's truth."""
+"""Fixtures and helpers for webhook tests: signed deliveries, reads, and Stripe's truth.
+
+A pytest plugin (tests/conftest.py lists it in `pytest_plugins`): its fixtures reach every test
+module without imports; its helpers are imported as usual.
+"""
 
 import time
 
@@ -6,7 +10,7 @@ import pytest
 
 from pulse import db
 from pulse.models import WebhookEvent
-from tests.conftest import body_of
+from tests.support import body_of
 from tests.stripe_events import NEW_API, OLD_API, body_of_event, sign
 
 
@@ -15,8 +19,8 @@ DEPLOY_WHSEC = "whsec_deploy_" + "b" * 24
 BOTH_SHAPES = [OLD_API, NEW_API]
 
 
-@pytest.fixture
-def config_overrides(fake_stripe):
+def webhook_overrides(fake_stripe):
+    """Settings for webhook tests (a test module's `config_overrides`): the fake, the deployment secret, no retries."""
     return fake_stripe.config_overrides(stripe_webhook_secret=DEPLOY_WHSEC, stripe_max_retries=0)
 
 

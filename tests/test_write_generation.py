@@ -1,0 +1,46 @@
+"""The write generation (pulse.db.WriteGeneration) that retires the in-process caches of keys and reads."""
+
+from urllib.parse import quote
+
+import pytest
+
+from pulse import apikeys, db
+from pulse.models import ApiKey, Customer, Subscription
+from pulse.status import map_status
+from tests.billing_support import add_customer, add_subscription
+from tests.support import body_of
+
+
+def test_writes_and_commits_move_it_and_reads_do_not(app, project):
+    with db.block() as handle:
+        before = handle.write_generation()
+        Customer.select().count()
+        assert handle.write_generation() == before
+        Customer.update(email="x@example.test").where(Customer.id == 0).execute()
+        after_write = handle.write_generation()
+        assert after_write > before
+        with handle.atomic():
+            Customer.select().count()
+        assert handle.write_generation() > after_write  # the commit
+
+
+@pytest.mark.gen_test
+async def test_a_write_in_this_process_shows_at_once_despite_the_read_cache(api, project):
+    customer = add_customer(project.project, "user-1")
+    subscription = add_subscription(customer, "active")
+    path = "/api/subscription?external_user_id=" + quote("user-1")
+    assert body_of(await api("GET", path))["has_access"] is True  # now cached for up to a second
+    with db.block():
+        Subscription.update(status=map_status("canceled"), stripe_status="canceled").where(
+            Subscription.id == subscription.id
+        ).execute()
+    assert body_of(await api("GET", path))["has_access"] is False
+
+
+def test_a_write_retires_a_cached_key_lookup(app, project):
+    with db.block():
+        key = project.api_key.api_key
+        assert apikeys.authenticate(key) is not None  # now cached
+        # A direct write, not apikeys.revoke (which clears the cache itself).
+        ApiKey.update(revoked_at=db.utcnow()).execute()
+        assert apikeys.authenticate(key) is None
