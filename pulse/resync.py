@@ -2,21 +2,16 @@
 
 from collections import Counter
 
-from pulse import billing, subscriptions as subs
+from pulse import billing, ownership, subscriptions as subs
 from pulse.db import block, utcnow
 from pulse.models import Customer
 from pulse.events import plain
 
 
 def _belongs(project, stripe_customer, subscription=None):
-    """Whether a Stripe object is this project's: its pulse_project_id metadata, else a customer we know."""
-    for obj in (subscription, stripe_customer):
-        owner = subs.metadata_of(obj).get("pulse_project_id") if obj else None
-        if owner:
-            return owner == project.public_id
+    """Whether a Stripe object is this project's, by the same rule as webhooks (pulse.ownership)."""
     with block():
-        return Customer.select().where(Customer.project == project,
-                                       Customer.stripe_customer_id == stripe_customer["id"]).exists()
+        return ownership.not_owned(project, [subscription, stripe_customer], stripe_customer["id"]) is None
 
 
 async def _pages(method, params):

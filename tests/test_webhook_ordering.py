@@ -71,7 +71,8 @@ async def test_random_delivery_orders_end_in_stripes_state(read, fake_stripe, ho
         api_version = rng.choice(BOTH_SHAPES)
         fake_stripe.api_version = api_version
         user = f"prop-{seed}"
-        session, sub = new_subscription(fake_stripe, user, status=rng.choice(["active", "trialing"]))
+        session, sub = new_subscription(fake_stripe, user, project_id=hooked.project.public_id,
+                                        status=rng.choice(["active", "trialing"]))
         period_end = fake_stripe.subscription(sub["id"], NEW_API)["items"]["data"][0]["current_period_end"]
         pending = [_event_for(fake_stripe, kind, sub["id"], api_version, session)
                    for kind in ("checkout.session.completed", "customer.subscription.created", "invoice.paid")]
@@ -112,7 +113,7 @@ async def test_without_a_stripe_key_an_older_snapshot_never_overwrites_a_newer_o
         rng = random.Random(1000 + seed)
         api_version = rng.choice(BOTH_SHAPES)
         user = f"payload-{seed}"
-        session, sub = new_subscription(fake_stripe, user)
+        session, sub = new_subscription(fake_stripe, user, project_id=hooked.project.public_id)
         created = int(time.time()) - 1000
         events = [event("customer.subscription.created", fake_stripe.subscription(sub["id"], api_version),
                         api_version, created=created)]
@@ -134,7 +135,7 @@ async def test_concurrent_deliveries_on_separate_connections_like_two_processes(
     the same event four times plus the other events of a brand-new subscription, all at once."""
     import concurrent.futures
 
-    session, sub = new_subscription(fake_stripe, "twoproc")
+    session, sub = new_subscription(fake_stripe, "twoproc", project_id=hooked.project.public_id)
     events = [event("checkout.session.completed", session), event("customer.subscription.created", sub),
               event("invoice.paid", invoice(sub))]
     deliveries = [events[0]] * 4 + events[1:] * 2
