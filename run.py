@@ -20,6 +20,7 @@ from pulse import __version__, apikeys, db, projects, security
 from pulse.config import ConfigError, load_config
 from pulse.logs import setup_logging
 from pulse.migrations import migrate_database
+from pulse.outcomes import Outcome
 from pulse.ratelimit import make_limiter
 from pulse.security import SecretBox
 
@@ -94,6 +95,7 @@ def make_app(config, **overrides):
     jinja_env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(ROOT / "templates")),
                                    autoescape=jinja2.select_autoescape(default=True),
                                    undefined=jinja2.StrictUndefined)
+    jinja_env.globals["Outcome"] = Outcome  # templates name webhook outcomes as pulse/ does
     routes = []
     for name in HANDLER_MODULES:
         routes.extend(importlib.import_module(name).default_handlers)

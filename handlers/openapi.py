@@ -3,6 +3,7 @@
 import functools
 
 from pulse import __version__, idempotency
+from pulse.outcomes import Outcome
 
 from handlers.base import ApiHandler
 
@@ -89,7 +90,11 @@ SCHEMAS = {
                               "version": {"type": "string"}}},
     "WebhookReceipt": {"type": "object", "required": ["received"],
                        "properties": {"received": {"type": "boolean"}, "duplicate": {"type": "boolean"},
-                                      "outcome": {"type": "string"}}},
+                                      "outcome": {"type": "string", "enum": [Outcome.PROCESSED.value,
+                                                                             Outcome.IGNORED.value],
+                                                  "description": "ignored: not this project's (another "
+                                                  "project's, another account or mode), not handled, or stale; "
+                                                  "the reason is in the console's webhook log"}}},
     "StripeEvent": {"type": "object", "description": "A Stripe Event object, exactly as Stripe sent it.",
                     "additionalProperties": True},
 }

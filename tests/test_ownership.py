@@ -1,0 +1,271 @@
+"""Event ownership: projects sharing one Stripe account each apply only their own events (issue 10.1, 11.3)."""
+
+import json
+import secrets
+
+import pytest
+
+from pulse import db, events, ownership, subscriptions as subs
+from pulse.models import Customer, StripeCustomerHistory, Subscription
+from tests.billing_support import checkout_body
+from tests.conftest import body_of
+from tests.stripe_events import customer_object, event, invoice, new_subscription
+from tests.webhook_support import (  # noqa: F401 (config_overrides, deliver, hooked, read are fixtures)
+    DEPLOY_WHSEC, assert_matches_stripe, config_overrides, deliver, events_of, hooked, read)
+
+BRAVO_WHSEC = "whsec_bravo_" + "e" * 24
+
+
+@pytest.fixture
+def bravo(make_project):
+    """A second project on the same Stripe account (the deployment key), with its own endpoint and secret."""
+    return make_project(name="Bravo", stripe_webhook_secret=BRAVO_WHSEC)
+
+
+def state_of(project):
+    """Everything a webhook may change in a project, comparable before and after."""
+    with db.block():
+        customers = sorted(Customer.select(Customer.external_user_id, Customer.email, Customer.stripe_customer_id)
+                           .where(Customer.project == project).tuples())
+        subscriptions = sorted(Subscription.select(Subscription.stripe_subscription_id, Subscription.status,
+                                                   Subscription.customer, Subscription.snapshot_at)
+                               .where(Subscription.project == project).tuples())
+        history = sorted(StripeCustomerHistory.select(StripeCustomerHistory.stripe_customer_id)
+                         .where(StripeCustomerHistory.project == project).tuples())
+    return customers, subscriptions, history
+
+
+def reason_of(project, evt):
+    [row] = events_of(project, stripe_event_id=evt["id"])
+    return row.outcome, row.reason
+
+
+# ---------------------------------------------------------------- the rule itself
+
+
+def test_the_ownership_rule(make_project):
+    alpha, bravo = make_project(name="Alpha").project, make_project(name="Bravo").project
+    with db.block():
+        linked = Customer.create(project=alpha, external_user_id="u1", stripe_customer_id="cus_alpha")
+        gone = Customer.create(project=bravo, external_user_id="u2")
+        StripeCustomerHistory.create(project=bravo, customer=gone, stripe_customer_id="cus_deleted",
+                                     reason=subs.DELETED_IN_STRIPE)
+        mine, theirs = {"metadata": {"pulse_project_id": alpha.public_id}}, {"metadata": {"pulse_project_id": "x"}}
+        bare = {"metadata": {}}
+        # Metadata decides, whoever links the customer; the most specific object's metadata first.
+        assert ownership.not_owned(alpha, [mine], "cus_unknown") is None
+        assert "another project" in ownership.not_owned(bravo, [mine], "cus_alpha")
+        assert "another project" in ownership.not_owned(alpha, [theirs, mine], "cus_alpha")
+        assert ownership.not_owned(alpha, [None, bare, mine], "cus_alpha") is None
+        # Invoices carry it under (parent.)subscription_details.
+        assert ownership.not_owned(alpha, [{"subscription_details": mine}], None) is None
+        # No metadata: the customer must be linked to this project (now, or until Stripe deleted it).
+        assert ownership.not_owned(alpha, [bare], "cus_alpha") is None
+        assert "not linked" in ownership.not_owned(bravo, [bare], "cus_alpha")
+        assert ownership.not_owned(bravo, [bare], "cus_deleted") is None
+        assert "no Stripe customer" in ownership.not_owned(alpha, [bare], None)
+        assert linked.stripe_customer_id == "cus_alpha"
+    assert ownership.mode_mismatch({"livemode": True}, "sk_test_x") == (
+        "event is live mode but the project's Stripe key is a test key")
+    assert ownership.mode_mismatch({"livemode": False}, "rk_live_x") is not None
+    assert ownership.mode_mismatch({"livemode": False}, "sk_test_x") is None
+    assert ownership.mode_mismatch({"livemode": True}, "sk_live_x") is None
+    assert ownership.mode_mismatch({"livemode": True}, None) is None
+
+
+# ---------------------------------------------------------------- two projects, one account, every handled type
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.parametrize("alpha_endpoint", ["project", "deployment"])
+async def test_every_handled_event_changes_exactly_one_project(read, fake_stripe, hooked, bravo, deliver,
+                                                                alpha_endpoint):
+    """Stripe delivers each event to every endpoint of the account: Alpha applies it, Bravo ignores it."""
+    alpha = hooked
+    alpha_path = dict(path="/api/webhook", secret=DEPLOY_WHSEC) if alpha_endpoint == "deployment" else {}
+    bravo_path = dict(path=f"/api/webhook/{bravo.project.public_id}", secret=BRAVO_WHSEC)
+    # Bravo has its own user "42" (an unpaid checkout); Alpha's "42" pays.
+    with db.block():
+        Customer.create(project=bravo.project, external_user_id="42", email="bob@bravo.test",
+                        stripe_customer_id="cus_bravo_42")
+    session, sub = new_subscription(fake_stripe, "42", project_id=alpha.project.public_id)
+    # A subscription made outside PaymentPulse (no metadata) for a customer Alpha linked earlier.
+    _, loose = new_subscription(fake_stripe, "legacy")
+    with db.block():
+        Customer.create(project=alpha.project, external_user_id="legacy", stripe_customer_id=loose["customer"])
+    fake_stripe.set_subscription(loose["id"], metadata={"external_user_id": "", "plan_slug": "", "interval": "",
+                                                        "pulse_project_id": ""})
+
+    def story():
+        yield event("checkout.session.completed", session)
+        yield event("customer.subscription.created", fake_stripe.subscription(sub["id"]))
+        yield event("invoice.paid", invoice(fake_stripe.subscription(sub["id"])))
+        yield event("customer.subscription.updated", fake_stripe.set_subscription(sub["id"], status="past_due"))
+        yield event("invoice.payment_failed", invoice(fake_stripe.subscription(sub["id"]), paid=False))
+        yield event("customer.subscription.paused", fake_stripe.set_subscription(sub["id"], status="paused"))
+        yield event("customer.subscription.resumed", fake_stripe.set_subscription(sub["id"], status="active"))
+        yield event("customer.subscription.updated", fake_stripe.set_subscription(loose["id"], status="past_due"))
+        fake_stripe.dispatch("POST", f"customers/{sub['customer']}", {"email": "new42@alpha.test"})
+        yield event("customer.updated", customer_object(sub["customer"], "new42@alpha.test"))
+        canceled, tombstone = fake_stripe.delete_customer(sub["customer"])
+        yield event("customer.deleted", customer_object(sub["customer"], "new42@alpha.test",
+                                                        {"pulse_project_id": alpha.project.public_id}))
+        yield event("customer.subscription.deleted", canceled[0])
+
+    seen = set()
+    for evt in story():
+        seen.add(evt["type"])
+        alpha_before, bravo_before = state_of(alpha.project), state_of(bravo.project)
+        for path, expected in ((alpha_path, "processed"), (bravo_path, "ignored")):
+            resp = await deliver(evt, **path)
+            assert resp.code == 200 and body_of(resp) == {"received": True, "outcome": expected}, (evt["type"], path)
+        assert state_of(bravo.project) == bravo_before, evt["type"]
+        assert state_of(alpha.project) != alpha_before or evt["type"] == "invoice.paid", evt["type"]
+        outcome, reason = reason_of(bravo.project, evt)
+        assert outcome == "ignored" and ("another project" in reason or "not linked" in reason), (evt, reason)
+    assert seen == set(events.HANDLED)
+    found = await read(alpha, "42")
+    assert (found["status"], found["has_access"], found["email"]) == ("cancelled", False, "new42@alpha.test")
+    assert (await read(alpha, "legacy"))["status"] == "past_due"
+    assert (await read(bravo, "42")) is None and (await read(bravo, "legacy")) is None
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_session_naming_another_projects_user_is_ignored(read, fake_stripe, hooked, bravo, deliver):
+    """Alpha's checkout for its user "7" says client_reference_id "7": Bravo gains no user "7"."""
+    session, sub = new_subscription(fake_stripe, "7", project_id=hooked.project.public_id)
+    for evt in (event("customer.subscription.created", sub), event("checkout.session.completed", session)):
+        resp = await deliver(evt, path=f"/api/webhook/{bravo.project.public_id}", secret=BRAVO_WHSEC)
+        assert body_of(resp)["outcome"] == "ignored"
+    assert await read(bravo, "7") is None
+    assert state_of(bravo.project) == ([], [], [])
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_livemode_must_match_the_key_and_a_404_is_never_applied_from_the_payload(
+        read, fake_stripe, hooked, deliver, make_project):
+    session, sub = new_subscription(fake_stripe, "mode", project_id=hooked.project.public_id)
+    live = event("customer.subscription.created", sub)
+    live["livemode"] = True
+    before = len(fake_stripe.requests)
+    assert body_of(await deliver(live))["outcome"] == "ignored"
+    assert reason_of(hooked.project, live) == (
+        "ignored", "event is live mode but the project's Stripe key is a test key")
+    assert len(fake_stripe.requests) == before  # not even re-read
+    # A live-key project never applies test-mode events.
+    secret = "whsec_live_" + "f" * 24
+    live_project = make_project(name="Live", stripe_webhook_secret=secret,
+                                stripe_secret_key="sk_live_" + secrets.token_hex(12))
+    test_event = event("customer.subscription.created", sub)
+    resp = await deliver(test_event, path=f"/api/webhook/{live_project.project.public_id}", secret=secret)
+    assert body_of(resp)["outcome"] == "ignored"
+    # The payload names this project, but Stripe does not know the subscription: nothing is applied.
+    ghost = dict(sub, id="sub_ghost_" + secrets.token_hex(4))
+    evt = event("customer.subscription.created", ghost)
+    assert body_of(await deliver(evt))["outcome"] == "ignored"
+    outcome, reason = reason_of(hooked.project, evt)
+    assert "404" in reason and ghost["id"] in reason
+    assert await read(hooked, "mode") is None
+
+
+# ---------------------------------------------------------------- the attacker (security review M1)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_tenant_forging_events_with_another_tenants_ids_gets_nothing(read, fake_stripe, hooked, deliver,
+                                                                             make_project, http_client, base_url):
+    """Mallory shares the deployment key, sets her own webhook secret and signs events naming the
+    victim's cus_/sub_ ids: nothing is applied; her API shows no subscription, email or portal for them."""
+    victim = hooked
+    session, sub = new_subscription(fake_stripe, "vip7", project_id=victim.project.public_id,
+                                    email="vip7@victim-customer.test")
+    assert body_of(await deliver(event("checkout.session.completed", session)))["outcome"] == "processed"
+    # Also a subscription without metadata for the victim's linked customer (made in the Dashboard).
+    _, side = new_subscription(fake_stripe, "vip7-side")
+    fake_stripe.subscriptions[side["id"]]["customer"] = sub["customer"]
+    fake_stripe.set_subscription(side["id"], metadata={"pulse_project_id": "", "external_user_id": ""})
+    victim_before = state_of(victim.project)
+
+    secret = "whsec_mallory_" + "9" * 24
+    mallory = make_project(name="Mallory", stripe_webhook_secret=secret)
+    to_mallory = dict(path=f"/api/webhook/{mallory.project.public_id}", secret=secret)
+    spy = {"pulse_project_id": mallory.project.public_id, "external_user_id": "spy"}
+    forged = [
+        event("checkout.session.completed", {"id": session["id"], "object": "checkout.session",
+                                             "mode": "subscription", "customer": sub["customer"],
+                                             "subscription": sub["id"], "client_reference_id": "spy",
+                                             "metadata": spy}),
+        event("checkout.session.completed", {"id": "cs_forged", "object": "checkout.session",
+                                             "mode": "subscription", "customer": sub["customer"],
+                                             "subscription": side["id"], "client_reference_id": "spy",
+                                             "metadata": spy, "customer_details": {"email": "x@evil.test"}}),
+        event("customer.subscription.updated", dict(sub, metadata=spy)),
+        event("customer.subscription.created", dict(fake_stripe.subscription(side["id"]), metadata=spy)),
+        event("invoice.paid", invoice(dict(sub, metadata=spy))),
+        event("customer.updated", customer_object(sub["customer"], "vip7@victim-customer.test", spy)),
+        event("customer.deleted", customer_object(sub["customer"], "vip7@victim-customer.test", spy)),
+    ]
+    for evt in forged:
+        resp = await deliver(evt, **to_mallory)
+        assert resp.code == 200 and body_of(resp)["outcome"] == "ignored", evt["type"]
+        assert reason_of(mallory.project, evt)[1]
+    assert state_of(mallory.project) == ([], [], [])
+    assert state_of(victim.project) == victim_before
+    headers = {"X-API-Key": mallory.api_key.api_key, "Content-Type": "application/json"}
+    resp = await http_client.fetch(f"{base_url}/api/subscription?external_user_id=spy", headers=headers,
+                                   raise_error=False)
+    assert resp.code == 404
+    resp = await http_client.fetch(f"{base_url}/api/portal", method="POST", headers=headers, raise_error=False,
+                                   body='{"external_user_id": "spy", "return_url": "https://evil.test/"}')
+    assert resp.code == 404 and not fake_stripe.calls("POST", "/v1/billing_portal")
+    resp = await http_client.fetch(f"{base_url}/api/customers/export", headers=headers, raise_error=False)
+    assert resp.code == 200 and b"vip7" not in resp.body and sub["customer"].encode() not in resp.body
+    assert_matches_stripe(await read(victim, "vip7"), fake_stripe, sub["id"])
+
+
+# ---------------------------------------------------------------- customer deleted in Stripe
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_customer_deleted_unlinks_keeps_history_and_cancels(read, fake_stripe, hooked, deliver, api_client):
+    session, sub = new_subscription(fake_stripe, "ada", project_id=hooked.project.public_id)
+    assert body_of(await deliver(event("checkout.session.completed", session)))["outcome"] == "processed"
+    old_customer = sub["customer"]
+    # A forged customer.deleted for a customer Stripe still has changes nothing.
+    evt = event("customer.deleted", customer_object(old_customer, "ada@example.test"))
+    assert body_of(await deliver(evt))["outcome"] == "ignored"
+    assert reason_of(hooked.project, evt)[1] == "the customer still exists at Stripe"
+    canceled, _ = fake_stripe.delete_customer(old_customer)
+    # Stripe sends both events in any order; customer.deleted first is the harder one.
+    assert body_of(await deliver(event("customer.deleted", customer_object(old_customer, "ada@example.test"))))[
+        "outcome"] == "processed"
+    found = await read(hooked, "ada")
+    assert (found["status"], found["has_access"], found["stripe_customer_id"]) == ("cancelled", False, None)
+    assert body_of(await deliver(event("customer.subscription.deleted", canceled[0])))["outcome"] == "processed"
+    with db.block():
+        customer = Customer.get(Customer.project == hooked.project, Customer.external_user_id == "ada")
+        assert customer.stripe_customer_id is None  # the late event did not link the deleted id again
+        assert [(cid, why) for cid, why, _ in subs.previous_stripe_customers(customer)] == [
+            (old_customer, "deleted in Stripe")]
+    assert_matches_stripe(dict(found, stripe_customer_id=old_customer), fake_stripe, sub["id"])
+    resp = await api_client("POST", "/api/portal", {"external_user_id": "ada", "return_url": "https://app.test/"})
+    assert resp.code == 404 and body_of(resp)["error"]["code"] == "not_found"
+    assert "no longer exists in Stripe" in body_of(resp)["error"]["message"]
+    assert not fake_stripe.calls("POST", "/v1/billing_portal")
+    # The next checkout creates a new Stripe customer.
+    resp = await api_client("POST", "/api/checkout", checkout_body(external_user_id="ada"))
+    assert resp.code == 200, resp.body
+    with db.block():
+        new_id = Customer.get_by_id(customer.id).stripe_customer_id
+    assert new_id and new_id != old_customer and new_id in fake_stripe.customers
+    resp = await api_client("POST", "/api/portal", {"external_user_id": "ada", "return_url": "https://app.test/"})
+    assert resp.code == 200
+
+
+@pytest.fixture
+def api_client(http_client, base_url, hooked):
+    async def call(method, path, body):
+        return await http_client.fetch(base_url + path, method=method, body=json.dumps(body), raise_error=False,
+                                       headers={"X-API-Key": hooked.api_key.api_key,
+                                                "Content-Type": "application/json"})
+    return call
