@@ -3,7 +3,7 @@
 import json
 
 from pulse import billing, ownership, projects, subscriptions as subs
-from pulse.models import Customer, Project
+from pulse.models import Customer, Project, StripeCustomerHistory
 from pulse.outcomes import Outcome
 
 PROCESSED, IGNORED = Outcome.PROCESSED, Outcome.IGNORED
@@ -66,10 +66,12 @@ def route(event):
                 return project
     customer_id = customer_id_of(obj)
     if customer_id:
-        ids = {c.project_id for c in Customer.select(Customer.project).where(
-            Customer.stripe_customer_id == str(customer_id)).distinct().limit(2)}
-        if len(ids) == 1:
-            return Project.get_by_id(ids.pop())
+        # Linked now, else before Stripe deleted it (the late events of a deleted customer).
+        for model in (Customer, StripeCustomerHistory):
+            ids = {row.project_id for row in model.select(model.project).where(
+                model.stripe_customer_id == str(customer_id)).distinct().limit(2)}
+            if ids:
+                return Project.get_by_id(ids.pop()) if len(ids) == 1 else None
     return None
 
 

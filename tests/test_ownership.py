@@ -269,3 +269,71 @@ def api_client(http_client, base_url, hooked):
                                        headers={"X-API-Key": hooked.api_key.api_key,
                                                 "Content-Type": "application/json"})
     return call
+
+
+# ---------------------------------------------------------------- end to end: `run.py serve`, stripe-python, fake Stripe
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_shared_account_and_deleted_customer_through_the_real_server(db_url, fake_stripe):
+    import tornado.httpclient
+
+    from tests.fake_stripe import FAKE_SECRET_KEY
+    from tests.live_server import LiveServer
+    from tests.stripe_events import body_of_event, sign
+
+    server = LiveServer(db_url, env={"PULSE_STRIPE_API_BASE": fake_stripe.url, "PULSE_STRIPE_SECRET_KEY": FAKE_SECRET_KEY,
+                                     "PULSE_STRIPE_MAX_RETRIES": "0", "PULSE_STRIPE_WEBHOOK_SECRET": DEPLOY_WHSEC}).start()
+    client = tornado.httpclient.AsyncHTTPClient(force_instance=True)
+    secrets_of = {}
+
+    async def call(method, path, key, body=None, headers=None):
+        resp = await client.fetch(server.base_url + path, method=method, raise_error=False,
+                                  body=None if body is None else body if isinstance(body, str) else json.dumps(body),
+                                  headers={"X-API-Key": key, "Content-Type": "application/json", **(headers or {})})
+        return resp.code, json.loads(resp.body)
+
+    async def to_every_endpoint(evt):
+        """As Stripe does: the event goes to each endpoint of the account, each signed with its own secret."""
+        body, outcomes = body_of_event(evt), []
+        for path, secret in secrets_of.items():
+            code, answer = await call("POST", path, "", body, {"Stripe-Signature": sign(body, secret)})
+            assert code == 200, answer
+            outcomes.append(answer.get("outcome"))
+        return outcomes
+
+    try:
+        alpha = server.create_project("Alpha", stripe_webhook_secret="whsec_alpha_" + "1" * 24)
+        bravo = server.create_project("Bravo", stripe_webhook_secret=BRAVO_WHSEC)
+        for p in (alpha, bravo):
+            secrets_of[f"/api/webhook/{p['project_id']}"] = "whsec_alpha_" + "1" * 24 if p is alpha else BRAVO_WHSEC
+        secrets_of["/api/webhook"] = DEPLOY_WHSEC
+        portal = {"external_user_id": "42", "return_url": "https://app.test/account"}
+        assert (await call("POST", "/api/checkout", bravo["api_key"], checkout_body(external_user_id="42")))[0] == 200
+        code, started = await call("POST", "/api/checkout", alpha["api_key"], checkout_body(external_user_id="42"))
+        assert code == 200
+        sub = fake_stripe.complete_checkout(started["session_id"])
+        session = fake_stripe.session(started["session_id"])
+        # Alpha's endpoint applies it; Bravo's ignores it; the deployment endpoint routes it to Alpha (a duplicate).
+        for evt in (event("checkout.session.completed", session), event("customer.subscription.created", sub)):
+            assert await to_every_endpoint(evt) == ["processed", "ignored", None]
+        code, body = await call("GET", "/api/subscription?external_user_id=42", alpha["api_key"])
+        assert (code, body["status"], body["has_access"]) == (200, "active", True)
+        assert (await call("GET", "/api/subscription?external_user_id=42", bravo["api_key"]))[0] == 404
+
+        canceled, _ = fake_stripe.delete_customer(sub["customer"])
+        for evt in (event("customer.deleted", customer_object(sub["customer"], "ada@example.test")),
+                    event("customer.subscription.deleted", canceled[0])):
+            assert await to_every_endpoint(evt) == ["processed", "ignored", None]
+        code, body = await call("GET", "/api/subscription?external_user_id=42", alpha["api_key"])
+        assert (code, body["status"], body["has_access"], body["stripe_customer_id"]) == (200, "cancelled", False, None)
+        code, body = await call("POST", "/api/portal", alpha["api_key"], portal)
+        assert (code, body["error"]["code"]) == (404, "not_found")
+        assert (await call("POST", "/api/portal", bravo["api_key"], portal))[0] == 200  # Bravo's own customer
+        code, _ = await call("POST", "/api/checkout", alpha["api_key"], checkout_body(external_user_id="42"))
+        assert code == 200
+        assert (await call("POST", "/api/portal", alpha["api_key"], portal))[0] == 200
+        assert fake_stripe.calls("POST", "/v1/billing_portal")[-1][2]["customer"] not in (sub["customer"], None)
+    finally:
+        client.close()
+        server.stop()

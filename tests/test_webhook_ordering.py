@@ -60,11 +60,23 @@ def _event_for(fake, kind, sub_id, api_version, session):
     return event(kind, current, api_version)
 
 
-@pytest.mark.gen_test(timeout=120)
-async def test_random_delivery_orders_end_in_stripes_state(read, fake_stripe, hooked, deliver):
+SHARED_WHSEC = "whsec_shared_" + "s" * 24
+
+
+@pytest.mark.gen_test(timeout=180)
+async def test_random_delivery_orders_end_in_stripes_state(read, fake_stripe, hooked, deliver, make_project):
     """Deliveries late, early (subscription before checkout), repeated and concurrent, with Stripe changing
-    in between: every seed ends with GET /api/subscription equal to Stripe's final state."""
+    in between: every seed ends with GET /api/subscription equal to Stripe's final state.
+
+    A second project shares the Stripe account (the deployment key) and, as Stripe does, receives every
+    event at its own endpoint: it ignores each one and ends with nothing."""
     import random
+
+    other = make_project(name="Shared", stripe_webhook_secret=SHARED_WHSEC)
+    to_other = dict(path=f"/api/webhook/{other.project.public_id}", secret=SHARED_WHSEC)
+
+    def both(evt):
+        return [deliver(evt), deliver(evt, **to_other)]
 
     for seed in SEEDS:
         rng = random.Random(seed)
@@ -90,7 +102,7 @@ async def test_random_delivery_orders_end_in_stripes_state(read, fake_stripe, ho
                 rng.shuffle(pending)
                 size = rng.choice([1, 1, 2, 3])  # several at once: concurrent deliveries
                 batch, pending = pending[:size], pending[size:]
-            responses = await asyncio.gather(*(deliver(e) for e in batch))
+            responses = await asyncio.gather(*(call for e in batch for call in both(e)))
             assert all(r.code == 200 for r in responses), [r.body for r in responses]
             delivered += [e for e in batch if e not in delivered]
         found = await read(hooked, user)
@@ -99,6 +111,13 @@ async def test_random_delivery_orders_end_in_stripes_state(read, fake_stripe, ho
         rows = [r for r in events_of(hooked.project) if r.stripe_event_id in ids]
         assert len(rows) == len(delivered), seed
         assert {r.outcome for r in rows} == {"processed"}, seed
+        assert await read(other, user) is None
+        ignored = [r for r in events_of(other.project) if r.stripe_event_id in ids]
+        assert len(ignored) == len(delivered) and {r.outcome for r in ignored} == {"ignored"}, seed
+        assert all("another project" in r.reason for r in ignored), seed
+    with db.block():
+        assert not Customer.select().where(Customer.project == other.project).exists()
+        assert not Subscription.select().where(Subscription.project == other.project).exists()
 
 
 @pytest.mark.gen_test(timeout=60)
