@@ -192,8 +192,11 @@ def document():
             },
             "/api/checkout": {"post": _post("Start a subscription in Stripe Checkout", "CheckoutRequest",
                                             "CheckoutResponse")},
-            "/api/portal": {"post": _post("Open the Stripe Customer Portal for a user", "PortalRequest",
-                                          "PortalResponse", 404)},
+            "/api/portal": {"post": {**_post("Open the Stripe Customer Portal for a user", "PortalRequest",
+                                             "PortalResponse", 404),
+                                     "description": "404 not_found: the user has no Stripe customer (never "
+                                                    "checked out, or it was deleted in Stripe; the next "
+                                                    "checkout creates a new one)."}},
             "/api/subscription": {"get": {
                 "summary": "A user's current subscription (access first, then most recent)",
                 "parameters": [{"name": "external_user_id", "in": "query", "required": True, "schema": EXTERNAL_USER_ID}],
