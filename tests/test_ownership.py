@@ -168,6 +168,31 @@ async def test_livemode_must_match_the_key_and_a_404_is_never_applied_from_the_p
     assert await read(hooked, "mode") is None
 
 
+@pytest.mark.gen_test(timeout=30)
+async def test_console_reapply_uses_the_same_rule(fake_stripe, hooked, bravo, deliver, http_client, base_url):
+    """A failed delivery of Alpha's event to Bravo (Stripe down), re-applied in the console: ignored, and
+    the console says why."""
+    from tests.console_support import Console, text
+
+    session, sub = new_subscription(fake_stripe, "late", project_id=hooked.project.public_id)
+    evt = event("customer.subscription.created", sub)
+    fake_stripe.fail_next(1, status=500, path="/v1/subscriptions")
+    resp = await deliver(evt, path=f"/api/webhook/{bravo.project.public_id}", secret=BRAVO_WHSEC)
+    assert resp.code == 500
+    [row] = events_of(bravo.project, stripe_event_id=evt["id"])
+    assert row.outcome == "failed"
+    console = Console(http_client, base_url)
+    assert (await console.login(bravo.admin.email)).code == 302
+    events_url = f"/console/p/{bravo.project.public_id}/events"
+    assert (await console.post(f"{events_url}/{row.id}/reapply")).code == 303
+    outcome, reason = reason_of(bravo.project, evt)
+    assert outcome == "ignored" and "another project" in reason
+    assert state_of(bravo.project) == ([], [], [])
+    page = text(await console.get(f"{events_url}/{row.id}"))
+    assert "Why ignored" in page and f"pulse_project_id {hooked.project.public_id}" in page
+    assert "belongs to another project" in text(await console.get(f"{events_url}?outcome=ignored"))
+
+
 # ---------------------------------------------------------------- the attacker (security review M1)
 
 
