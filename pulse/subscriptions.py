@@ -202,11 +202,18 @@ def retire_stripe_customer(project, stripe_customer_id, reason, at_ms, end_subsc
 
     With `end_subscriptions` (Stripe deleted the customer, which cancels its subscriptions), the
     customer's subscriptions not yet cancelled end `cancelled`, unless a snapshot newer than `at_ms`
-    is stored. Returns the Customer, or None when no customer used the id. Call inside a transaction.
+    is stored, or the customer already has a new Stripe customer (the old subscriptions then get
+    their own customer.subscription.deleted). Returns the Customer, or None when no customer used
+    the id. Call inside a transaction.
     """
     customer = Customer.get_or_none(Customer.project == project, Customer.stripe_customer_id == stripe_customer_id)
+    if customer is None:  # unlinked already, e.g. by a portal call that met Stripe's 404 first
+        earlier = StripeCustomerHistory.get_or_none(StripeCustomerHistory.project == project,
+                                                    StripeCustomerHistory.stripe_customer_id == stripe_customer_id)
+        customer = earlier and Customer.get_by_id(earlier.customer_id)
     if customer is None:
         return None
+    moved_on = customer.stripe_customer_id not in (None, stripe_customer_id)
     try:
         with database.atomic():
             StripeCustomerHistory.create(project=project, customer=customer, stripe_customer_id=stripe_customer_id,
@@ -216,7 +223,7 @@ def retire_stripe_customer(project, stripe_customer_id, reason, at_ms, end_subsc
     now = utcnow()
     Customer.update(stripe_customer_id=None, updated_at=now).where(
         Customer.id == customer.id, Customer.stripe_customer_id == stripe_customer_id).execute()
-    if end_subscriptions:
+    if end_subscriptions and not moved_on:
         (Subscription.update(stripe_status="canceled", status=map_status("canceled"), cancel_at_period_end=False,
                              canceled_at=peewee.fn.COALESCE(Subscription.canceled_at, now), snapshot_at=at_ms,
                              synced_at=now, updated_at=now)

@@ -364,3 +364,35 @@ async def test_shared_account_and_deleted_customer_through_the_real_server(db_ur
     finally:
         client.close()
         server.stop()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_customer_deleted_after_the_portal_met_the_404_and_after_a_new_checkout(read, fake_stripe, hooked,
+                                                                                      deliver, api_client):
+    session, sub = new_subscription(fake_stripe, "bea", project_id=hooked.project.public_id)
+    assert body_of(await deliver(event("checkout.session.completed", session)))["outcome"] == "processed"
+    fake_stripe.delete_customer(sub["customer"])
+    deleted = event("customer.deleted", {"id": sub["customer"], "object": "customer", "deleted": True})
+    # The app asks for the portal before the event arrives: 404, and the link is dropped.
+    portal = {"external_user_id": "bea", "return_url": "https://app.test/"}
+    assert (await api_client("POST", "/api/portal", portal)).code == 404
+    assert (await read(hooked, "bea"))["status"] == "active"  # no word from Stripe about the subscription yet
+    # The late customer.deleted still ends the deleted customer's subscriptions.
+    assert body_of(await deliver(deleted))["outcome"] == "processed"
+    assert (await read(hooked, "bea"))["status"] == "cancelled"
+
+    # A user who subscribed again before a late (or redelivered) customer.deleted keeps the new subscription.
+    session2, sub2 = new_subscription(fake_stripe, "cid", project_id=hooked.project.public_id)
+    assert body_of(await deliver(event("checkout.session.completed", session2)))["outcome"] == "processed"
+    canceled, _ = fake_stripe.delete_customer(sub2["customer"])
+    assert body_of(await deliver(event("customer.subscription.deleted", canceled[0])))["outcome"] == "processed"
+    assert (await api_client("POST", "/api/portal", dict(portal, external_user_id="cid"))).code == 404
+    resp = await api_client("POST", "/api/checkout", checkout_body(external_user_id="cid"))
+    assert resp.code == 200, resp.body
+    new_sub = fake_stripe.complete_checkout(body_of(resp)["session_id"])
+    assert body_of(await deliver(event("customer.subscription.created", new_sub)))["outcome"] == "processed"
+    late = event("customer.deleted", {"id": sub2["customer"], "object": "customer", "deleted": True})
+    assert body_of(await deliver(late))["outcome"] == "processed"
+    found = await read(hooked, "cid")
+    assert (found["stripe_subscription_id"], found["status"], found["has_access"]) == (new_sub["id"], "active", True)
+    assert found["stripe_customer_id"] == new_sub["customer"] != sub2["customer"]
