@@ -8,7 +8,7 @@ import pytest
 from pulse import db, webhooks
 from pulse.models import Customer, Subscription
 from tests.conftest import body_of
-from tests.stripe_events import NEW_API, body_of_event, event, invoice, new_subscription
+from tests.stripe_events import NEW_API, body_of_event, customer_object, event, invoice, new_subscription
 from tests.webhook_support import (  # noqa: F401 (config_overrides, deliver, hooked, read are fixtures)
     BOTH_SHAPES, assert_matches_stripe, config_overrides, deliver, events_of, hooked, read)
 
@@ -78,6 +78,7 @@ async def test_random_delivery_orders_end_in_stripes_state(read, fake_stripe, ho
     def both(evt):
         return [deliver(evt), deliver(evt, **to_other)]
 
+    deletions = 0
     for seed in SEEDS:
         rng = random.Random(seed)
         api_version = rng.choice(BOTH_SHAPES)
@@ -105,7 +106,26 @@ async def test_random_delivery_orders_end_in_stripes_state(read, fake_stripe, ho
             responses = await asyncio.gather(*(call for e in batch for call in both(e)))
             assert all(r.code == 200 for r in responses), [r.body for r in responses]
             delivered += [e for e in batch if e not in delivered]
+        deleted = rng.random() < 0.5
+        if deleted:  # deleted in the Dashboard; events from just before arrive after its customer.deleted, or not
+            final = [_event_for(fake_stripe, kind, sub["id"], api_version, session) for kind in rng.sample(
+                ["checkout.session.completed", "customer.subscription.updated", "invoice.paid"], 2)]
+            canceled, _ = fake_stripe.delete_customer(sub["customer"])
+            final += [event("customer.subscription.deleted", c, api_version) for c in canceled]
+            final.append(event("customer.deleted", customer_object(sub["customer"], f"{user}@example.test"),
+                               api_version))
+            rng.shuffle(final)
+            while final:
+                size = rng.choice([1, 2])  # concurrent, too
+                batch, final = final[:size], final[size:]
+                responses = await asyncio.gather(*(call for e in batch for call in both(e)))
+                assert all(r.code == 200 for r in responses), [r.body for r in responses]
+                delivered += [e for e in batch if e not in delivered]
         found = await read(hooked, user)
+        if deleted:
+            deletions += 1
+            assert found["stripe_customer_id"] is None, seed
+            found = dict(found, stripe_customer_id=sub["customer"])
         assert_matches_stripe(found, fake_stripe, sub["id"])
         ids = {e["id"] for e in delivered}
         rows = [r for r in events_of(hooked.project) if r.stripe_event_id in ids]
@@ -114,7 +134,8 @@ async def test_random_delivery_orders_end_in_stripes_state(read, fake_stripe, ho
         assert await read(other, user) is None
         ignored = [r for r in events_of(other.project) if r.stripe_event_id in ids]
         assert len(ignored) == len(delivered) and {r.outcome for r in ignored} == {"ignored"}, seed
-        assert all("another project" in r.reason for r in ignored), seed
+        assert all("another project" in r.reason or "not linked" in r.reason for r in ignored), seed
+    assert 8 <= deletions < len(SEEDS)  # the seeds do cover customers deleted in Stripe
     with db.block():
         assert not Customer.select().where(Customer.project == other.project).exists()
         assert not Subscription.select().where(Subscription.project == other.project).exists()
