@@ -73,6 +73,32 @@ def test_the_ownership_rule(make_project):
     assert ownership.mode_mismatch({"livemode": True}, None) is None
 
 
+def test_retiring_a_deleted_stripe_customer(make_project):
+    """The customer.deleted rule: unlink, keep the id, end the subscriptions unless newer news is stored."""
+    from tests.billing_support import add_customer, add_subscription
+
+    project = make_project(name="Alpha").project
+    ada = add_customer(project, "ada", stripe_customer_id="cus_ada")
+    live = add_subscription(ada, snapshot_at=1_000)
+    newer = add_subscription(ada, snapshot_at=9_000)  # a re-read after the deletion already stored it
+    with db.block():
+        with subs.transaction():
+            assert subs.retire_stripe_customer(project, "cus_ada", subs.DELETED_IN_STRIPE, 5_000).id == ada.id
+            assert subs.retire_stripe_customer(project, "cus_ada", subs.DELETED_IN_STRIPE, 6_000).id == ada.id
+            assert subs.retire_stripe_customer(project, "cus_nobody", subs.DELETED_IN_STRIPE, 6_000) is None
+        assert Customer.get_by_id(ada.id).stripe_customer_id is None
+        history = [(cid, why) for cid, why, _ in subs.previous_stripe_customers(ada)]
+        assert history == [("cus_ada", "deleted in Stripe")]
+        assert (Subscription.get_by_id(live.id).status, Subscription.get_by_id(live.id).snapshot_at) == (
+            "cancelled", 5_000)  # the repeated event found it cancelled already
+        assert Subscription.get_by_id(newer.id).status == "active"
+        # Never linked again, whoever names it.
+        with subs.transaction():
+            assert subs.resolve_customer(project, "cus_ada", "ada").stripe_customer_id is None
+            assert subs.resolve_customer(project, "cus_ada", "bob").stripe_customer_id is None
+        assert ownership.not_owned(project, [{"metadata": {}}], "cus_ada") is None  # its late events are still ours
+
+
 # ---------------------------------------------------------------- two projects, one account, every handled type
 
 
