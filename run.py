@@ -16,6 +16,7 @@ from pulse import __version__, apikeys, db, projects, security
 from pulse.config import ConfigError, describe as describe_settings, load_config
 from pulse.logs import setup_logging
 from pulse.migrations import migrate_database
+from pulse.outcomes import Outcome
 from pulse.ratelimit import make_limiter
 from pulse.security import SecretBox
 
@@ -88,6 +89,7 @@ def make_app(config, **overrides):
     db.bind(config.database_url)
     security.configure_bcrypt(config.bcrypt_rounds)
     jinja_env = make_jinja_env(ROOT / "templates")
+    jinja_env.globals["Outcome"] = Outcome  # templates name webhook outcomes as pulse/ does
     routes = []
     for name in HANDLER_MODULES:
         routes.extend(importlib.import_module(name).default_handlers)

@@ -3,7 +3,7 @@
 import tornado.web
 
 from console.base import PID, ProjectHandler
-from pulse import insights
+from pulse import insights, subscriptions as subs
 from pulse.db import block
 from pulse.status import ALL_STATUSES, has_access
 
@@ -33,9 +33,11 @@ class CustomerHandler(ProjectHandler):
                 raise tornado.web.HTTPError(404, reason="No customer with that external id in this project.")
             subscriptions = insights.subscriptions_of(customer)
             events = insights.events_of_customer(self.project, customer, subscriptions)
+            previous = subs.previous_stripe_customers(customer)
         for sub in subscriptions:
             sub.access = has_access(sub.status, self.project.past_due_has_access)
-        self.render_page("customer.html", customer=customer, subscriptions=subscriptions, events=events)
+        self.render_page("customer.html", customer=customer, subscriptions=subscriptions, events=events,
+                         previous=previous)
 
 
 default_handlers = [

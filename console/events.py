@@ -8,6 +8,7 @@ import tornado.web
 from console.base import PID, ProjectHandler
 from pulse import insights, webhooks
 from pulse.db import block
+from pulse.outcomes import Outcome
 
 log = logging.getLogger("pulse.console")
 
@@ -56,7 +57,7 @@ class EventHandler(EventPage):
 class ReapplyHandler(EventPage):
     async def post(self, project_id, event_id):
         event = self.event(event_id)
-        if event.outcome != "failed":
+        if event.outcome != Outcome.FAILED:
             self.show(event, status=409, error="Only failed events can be re-applied.")
             return
         try:
@@ -65,10 +66,10 @@ class ReapplyHandler(EventPage):
             self.show(event, status=409, error="This event has no stored payload to apply.")
             return
         except webhooks.WebhookError:
-            outcome = "failed"
+            outcome = Outcome.FAILED
         with block():
             self.audit("webhook.reapplied", project=self.project, event_id=event.stripe_event_id, outcome=outcome)
-        if outcome == "failed":
+        if outcome == Outcome.FAILED:
             self.show(self.event(event_id), status=502, error="Applying the event failed again; see the error below.")
             return
         self.redirect(self.project_url(f"events/{event.id}?notice=reapplied"), status=303)

@@ -5,7 +5,7 @@ import json
 import re
 from urllib.parse import urlsplit
 
-from pulse import billing, hotpath
+from pulse import billing, hotpath, subscriptions as subs
 from pulse.db import block
 
 from handlers.base import ApiError, ApiHandler, invalid, missing
@@ -15,6 +15,8 @@ from handlers.base import ApiError, ApiHandler, invalid, missing
 _EMAIL = re.compile(r"[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s\x00-\x1f\x7f-\x9f]+\.[^@\s.\x00-\x1f\x7f-\x9f]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 INTERVALS = ("monthly", "yearly")
+_DELETED_CUSTOMER = ("This user's Stripe customer no longer exists in Stripe (deleted, or not in this Stripe "
+                     "account and mode); a new checkout (POST /api/checkout) creates a new one.")
 MAX_URL = 2048
 
 
@@ -153,9 +155,25 @@ class PortalHandler(BillingHandler):
         client = self.stripe_client()
         with block():
             customer = billing.find_customer(self.project, user)
+            gone = customer is not None and not customer.stripe_customer_id and subs.previous_stripe_customers(
+                customer)
+        if gone:
+            raise ApiError(404, "not_found", _DELETED_CUSTOMER)
         if customer is None or not customer.stripe_customer_id:
             raise ApiError(404, "not_found", "No Stripe customer for this external_user_id in this project.")
-        self.write_json({"url": await billing.create_portal(client, customer.stripe_customer_id, return_url)})
+        try:
+            portal_url = await billing.create_portal(client, customer.stripe_customer_id, return_url)
+        except billing.StripeFailure as exc:
+            if not exc.missing_customer:
+                raise
+            # Deleted in Stripe before its customer.deleted event arrived (or the key moved to another
+            # account or mode): a 502 would look like an outage to the app and stay forever.
+            with block():
+                with subs.transaction():
+                    subs.retire_stripe_customer(self.project, customer.stripe_customer_id, subs.UNKNOWN_TO_STRIPE,
+                                                subs.clock_ms(), end_subscriptions=False)
+            raise ApiError(404, "not_found", _DELETED_CUSTOMER) from None
+        self.write_json({"url": portal_url})
 
 
 class SubscriptionHandler(ApiHandler):

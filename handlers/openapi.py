@@ -3,6 +3,7 @@
 import functools
 
 from pulse import __version__, idempotency
+from pulse.outcomes import Outcome
 
 from handlers.base import ApiHandler
 
@@ -89,7 +90,11 @@ SCHEMAS = {
                               "version": {"type": "string"}}},
     "WebhookReceipt": {"type": "object", "required": ["received"],
                        "properties": {"received": {"type": "boolean"}, "duplicate": {"type": "boolean"},
-                                      "outcome": {"type": "string"}}},
+                                      "outcome": {"type": "string", "enum": [Outcome.PROCESSED.value,
+                                                                             Outcome.IGNORED.value],
+                                                  "description": "ignored: not this project's (another "
+                                                  "project's, another account or mode), not handled, or stale; "
+                                                  "the reason is in the console's webhook log"}}},
     "StripeEvent": {"type": "object", "description": "A Stripe Event object, exactly as Stripe sent it.",
                     "additionalProperties": True},
 }
@@ -186,8 +191,11 @@ def document():
             },
             "/api/checkout": {"post": _post("Start a subscription in Stripe Checkout", "CheckoutRequest",
                                             "CheckoutResponse")},
-            "/api/portal": {"post": _post("Open the Stripe Customer Portal for a user", "PortalRequest",
-                                          "PortalResponse", 404)},
+            "/api/portal": {"post": {**_post("Open the Stripe Customer Portal for a user", "PortalRequest",
+                                             "PortalResponse", 404),
+                                     "description": "404 not_found: the user has no Stripe customer (never "
+                                                    "checked out, or it was deleted in Stripe; the next "
+                                                    "checkout creates a new one)."}},
             "/api/subscription": {"get": {
                 "summary": "A user's current subscription (access first, then most recent)",
                 "parameters": [{"name": "external_user_id", "in": "query", "required": True, "schema": EXTERNAL_USER_ID}],

@@ -2,16 +2,16 @@
 
 import json
 
-from pulse import billing, projects, subscriptions as subs
-from pulse.db import utcnow
-from pulse.models import Customer, Project
+from pulse import billing, ownership, projects, subscriptions as subs
+from pulse.models import Customer, Project, StripeCustomerHistory
+from pulse.outcomes import Outcome
 
-PROCESSED, IGNORED = "processed", "ignored"
+PROCESSED, IGNORED = Outcome.PROCESSED, Outcome.IGNORED
 SUBSCRIPTION_EVENTS = {"customer.subscription.created", "customer.subscription.updated",
                        "customer.subscription.deleted", "customer.subscription.paused",
                        "customer.subscription.resumed"}
 INVOICE_EVENTS = {"invoice.paid", "invoice.payment_failed"}
-HANDLED = SUBSCRIPTION_EVENTS | INVOICE_EVENTS | {"checkout.session.completed", "customer.updated"}
+CUSTOMER_EVENTS = {"customer.updated", "customer.deleted"}
 
 
 def obj_of(event):
@@ -28,7 +28,7 @@ def invoice_subscription_id(invoice):
 
 
 def subscription_id_of(event):
-    """The subscription an event is about, or None."""
+    """The subscription a payload names (only ever used to know what to re-read), or None."""
     obj, kind = obj_of(event), event["type"]
     if kind in SUBSCRIPTION_EVENTS:
         return subs.stripe_id(obj.get("id"))
@@ -53,7 +53,10 @@ def _metadatas(obj):
 
 
 def route(event):
-    """The project a deployment-wide event belongs to: pulse_project_id metadata, else customer id."""
+    """The project a deployment-wide event is for: pulse_project_id metadata, else customer id.
+
+    Only a candidate: the payload is not Stripe's current truth, so `apply` still checks ownership.
+    """
     obj = obj_of(event)
     for meta in _metadatas(obj):
         public_id = meta.get("pulse_project_id")
@@ -63,10 +66,12 @@ def route(event):
                 return project
     customer_id = customer_id_of(obj)
     if customer_id:
-        ids = {c.project_id for c in Customer.select(Customer.project).where(
-            Customer.stripe_customer_id == str(customer_id)).distinct().limit(2)}
-        if len(ids) == 1:
-            return Project.get_by_id(ids.pop())
+        # Linked now, else before Stripe deleted it (the late events of a deleted customer).
+        for model in (Customer, StripeCustomerHistory):
+            ids = {row.project_id for row in model.select(model.project).where(
+                model.stripe_customer_id == str(customer_id)).distinct().limit(2)}
+            if ids:
+                return Project.get_by_id(ids.pop()) if len(ids) == 1 else None
     return None
 
 
@@ -84,30 +89,63 @@ def plain(obj):
     return response.data if response is not None else json.loads(str(obj))
 
 
-async def _read(client, event):
-    found = {}
-    sub_id = subscription_id_of(event)
+async def _retrieve(method, obj_id, found, name):
     try:
-        if sub_id:
-            found["subscription"] = plain(await billing.call(client.v1.subscriptions.retrieve_async, sub_id))
-        if event["type"] == "customer.updated" and customer_id_of(obj_of(event)):
-            found["customer"] = plain(await billing.call(client.v1.customers.retrieve_async,
-                                                         customer_id_of(obj_of(event))))
+        found[name] = plain(await billing.call(method, obj_id))
     except billing.StripeFailure as exc:
-        if exc.code != "resource_missing":
+        if exc.code != "resource_missing" and exc.http_status != 404:
             raise
-        # Stripe does not know it (deleted test data, another account): fall back to the payload.
-        found.pop("subscription", None)
+        # Not in this account or mode (or a forged id): the payload never stands in for it.
+        found["ignore"] = f"Stripe does not know {name} {obj_id[:60]} in this account and mode (404 on re-read)"
+    return name in found
+
+
+async def _read(client, event):
+    """Stripe's current objects behind `event`: "session", "subscription", "customer" as they apply."""
+    kind, obj, found = event["type"], obj_of(event), {}
+    sub_id = subscription_id_of(event)
+    if kind == "checkout.session.completed":
+        session_id = subs.stripe_id(obj.get("id"))
+        if not session_id or not await _retrieve(client.v1.checkout.sessions.retrieve_async, session_id, found,
+                                                 "session"):
+            return found
+        session = found["session"]
+        sub_id = subs.stripe_id(session.get("subscription")) if session.get("mode") == "subscription" else None
+    if kind in CUSTOMER_EVENTS and customer_id_of(obj):
+        await _retrieve(client.v1.customers.retrieve_async, customer_id_of(obj), found, "customer")
+    if sub_id:
+        await _retrieve(client.v1.subscriptions.retrieve_async, sub_id, found, "subscription")
+    return found
+
+
+def _from_payload(event):
+    """Without a Stripe key the signed payload is all we have; the same ownership rule judges it."""
+    obj, kind = obj_of(event), event["type"]
+    found = {"at": subs.event_snapshot(event.get("created")), "payload_only": True}
+    if kind in SUBSCRIPTION_EVENTS:
+        found["subscription"] = obj
+    elif kind in CUSTOMER_EVENTS:
+        found["customer"] = obj
+    else:
+        found["session" if kind == "checkout.session.completed" else "invoice"] = obj
+        if isinstance(obj.get("subscription"), dict):
+            found["subscription"] = obj["subscription"]
     return found
 
 
 async def fetch(event, key, config):
-    """Stripe's current objects for `event`: {"subscription", "customer" (when read), "at": ms}.
+    """Stripe's current objects for `event`, {"at": ms, ...}, or {"ignore": reason} when it cannot be ours.
 
-    "at" is taken before the request, so the fetched state is at least that new.
+    "at" is taken before the requests, so the fetched state is at least that new. The event's
+    `livemode` must be the key's mode: a test-mode project never applies live events, and back.
     """
+    if not key:
+        return _from_payload(event)
     at = subs.clock_ms()
-    found = await _read(billing.client_for(config, key), event) if key else {}
+    mismatch = ownership.mode_mismatch(event, key)
+    if mismatch:
+        return {"at": at, "ignore": mismatch}
+    found = await _read(billing.client_for(config, key), event)
     found["at"] = at
     return found
 
@@ -116,56 +154,90 @@ async def fetch(event, key, config):
 
 
 def _apply_subscription(project, event, fetched, email=None):
-    if "subscription" in fetched:
-        return subs.upsert_subscription(project, fetched["subscription"], fetched["at"], email=email)
-    obj = obj_of(event)
-    snapshot = subs.event_snapshot(event.get("created"))
-    if event["type"] in SUBSCRIPTION_EVENTS:
-        return subs.upsert_subscription(project, obj, snapshot, email=email)
-    if isinstance(obj.get("subscription"), dict):
-        return subs.upsert_subscription(project, obj["subscription"], snapshot, email=email)
-    if event["type"] == "invoice.payment_failed":
-        return subs.UPDATED if subs.mark_past_due(project, subscription_id_of(event), snapshot) else subs.STALE
-    return subs.UNMATCHED
+    sub = fetched.get("subscription")
+    if sub is None:
+        invoice = fetched.get("invoice")
+        if fetched.get("payload_only") and invoice and event["type"] == "invoice.payment_failed":
+            reason = ownership.not_owned(project, [invoice], customer_id_of(invoice))
+            if reason:
+                return IGNORED, f"invoice {reason}"
+            marked = subs.mark_past_due(project, invoice_subscription_id(invoice), fetched["at"])
+            return (PROCESSED, None) if marked else (IGNORED, "no matching subscription with access to mark past_due")
+        return IGNORED, "the event names no subscription"
+    reason = ownership.not_owned(project, [sub], sub.get("customer"))
+    if reason:
+        return IGNORED, f"subscription {subs.stripe_id(sub.get('id'))} {reason}"
+    if subs.upsert_subscription(project, sub, fetched["at"], email=email) == subs.UNMATCHED:
+        return IGNORED, "the subscription names no customer of this project (no external_user_id metadata)"
+    return PROCESSED, None
 
 
 def _apply_checkout(project, event, fetched):
-    session = obj_of(event)
+    session = fetched["session"]
     if session.get("mode", "subscription") != "subscription":
-        return IGNORED
+        return IGNORED, "not a subscription-mode Checkout Session"
+    customer_id = subs.stripe_id(session.get("customer"))
+    reason = ownership.not_owned(project, [fetched.get("subscription"), session], customer_id)
+    if reason:
+        return IGNORED, f"checkout session {reason}"
+    # Owned: the customer and user come from Stripe's session (ours by metadata or by its linked customer).
     meta = subs.metadata_of(session)
     external = session.get("client_reference_id") or meta.get("external_user_id")
-    email = (session.get("customer_details") or {}).get("email") or session.get("customer_email")
-    customer = subs.resolve_customer(project, subs.stripe_id(session.get("customer")), external, email=email)
-    if customer is None:
-        return IGNORED
-    if subscription_id_of(event):
+    email = subs.dict_of(session.get("customer_details")).get("email") or session.get("customer_email")
+    if subs.resolve_customer(project, customer_id, external, email=email) is None:
+        return IGNORED, "the session names no customer of this project"
+    if fetched.get("subscription"):
         _apply_subscription(project, event, fetched, email=email)
-    return PROCESSED
+    return PROCESSED, None
 
 
-def _apply_customer(project, event, fetched):
-    obj = fetched.get("customer") or obj_of(event)
-    if obj.get("deleted") or not subs.stripe_id(obj.get("id")):
-        return IGNORED
-    email = (obj.get("email") or "")[:254]
-    customer = Customer.get_or_none(Customer.project == project, Customer.stripe_customer_id == obj["id"])
-    if customer is None:
-        return IGNORED
-    if email and customer.email != email:
-        Customer.update(email=email, updated_at=utcnow()).where(Customer.id == customer.id).execute()
-    return PROCESSED
+def _owned_customer(project, fetched):
+    cus = fetched["customer"]
+    reason = ownership.not_owned(project, [cus], subs.stripe_id(cus.get("id")))
+    return cus, reason and f"customer {reason}"
+
+
+def _apply_customer_updated(project, event, fetched):
+    cus, reason = _owned_customer(project, fetched)
+    if reason or cus.get("deleted"):
+        return IGNORED, reason or "the customer is deleted at Stripe"
+    email = (cus.get("email") or "")[:254]
+    if not subs.update_linked_email(project, cus["id"], email):
+        return IGNORED, "no customer of this project uses this Stripe customer now"
+    return PROCESSED, None
+
+
+def _apply_customer_deleted(project, event, fetched):
+    cus, reason = _owned_customer(project, fetched)
+    if reason:
+        return IGNORED, reason
+    if not cus.get("deleted") and not fetched.get("payload_only"):
+        return IGNORED, "the customer still exists at Stripe"
+    subs.retire_stripe_customer(project, cus["id"], subs.DELETED_IN_STRIPE, fetched["at"])
+    return PROCESSED, None
+
+
+def _apply_subscription_event(project, event, fetched):
+    return _apply_subscription(project, event, fetched)
+
+
+APPLY = {
+    **dict.fromkeys(SUBSCRIPTION_EVENTS | INVOICE_EVENTS, _apply_subscription_event),
+    "checkout.session.completed": _apply_checkout,
+    "customer.updated": _apply_customer_updated,
+    "customer.deleted": _apply_customer_deleted,
+}
+HANDLED = frozenset(APPLY)
 
 
 def apply(project, event, fetched):
-    """Apply `event` to local state; returns PROCESSED or IGNORED. Never awaits."""
-    kind = event["type"]
-    if kind == "checkout.session.completed":
-        return _apply_checkout(project, event, fetched)
-    if kind in SUBSCRIPTION_EVENTS or kind in INVOICE_EVENTS:
-        if not subscription_id_of(event):
-            return IGNORED
-        return IGNORED if _apply_subscription(project, event, fetched) == subs.UNMATCHED else PROCESSED
-    if kind == "customer.updated":
-        return _apply_customer(project, event, fetched)
-    return IGNORED
+    """Apply `event` to `project`: (Outcome.PROCESSED, None) or (Outcome.IGNORED, reason). Never awaits.
+
+    `fetched` is `fetch()`'s result. Call inside one transaction; nothing changes when ignored.
+    """
+    if fetched.get("ignore"):
+        return IGNORED, fetched["ignore"]
+    handler = APPLY.get(event["type"])
+    if handler is None:
+        return IGNORED, f"event type {event['type'][:100]} is not handled"
+    return handler(project, event, fetched)

@@ -7,11 +7,12 @@ import peewee as pw
 
 from pulse.db import utcnow
 from pulse.models import AuditLog, Customer, Membership, Subscription, WebhookEvent
+from pulse.outcomes import Outcome
 from pulse.status import ALL_STATUSES, has_access
 
 PAGE_SIZE = 50
 WEEKS = 12
-OUTCOMES = ("processed", "ignored", "failed", "received", "invalid_signature")
+OUTCOMES = tuple(Outcome)
 
 
 def status_counts(project):
@@ -78,7 +79,7 @@ def keyset_page(query, id_field, before=0, after=0, limit=PAGE_SIZE):
 def recent_failures(project, limit=5):
     """The latest failed and bad-signature deliveries, newest first."""
     return list(WebhookEvent.select().where(WebhookEvent.project == project,
-                                            WebhookEvent.outcome.in_(("failed", "invalid_signature")))
+                                            WebhookEvent.outcome.in_((Outcome.FAILED, Outcome.INVALID_SIGNATURE)))
                 .order_by(WebhookEvent.id.desc()).limit(limit))
 
 
@@ -125,9 +126,11 @@ def events_of_customer(project, customer, subscriptions, limit=50):
     """Webhook events that touched this customer: by Stripe customer id or by object id."""
     ids = [s.stripe_subscription_id for s in subscriptions]
     cond = None
-    if customer.stripe_customer_id:
-        cond = (WebhookEvent.stripe_customer_id == customer.stripe_customer_id) | (
-            WebhookEvent.object_id == customer.stripe_customer_id)
+    # Its current Stripe customer and the ones Stripe deleted (their customer.deleted events).
+    stripe_ids = [row.stripe_customer_id for row in customer.stripe_history] + [customer.stripe_customer_id]
+    stripe_ids = [cid for cid in stripe_ids if cid]
+    if stripe_ids:
+        cond = WebhookEvent.stripe_customer_id.in_(stripe_ids) | WebhookEvent.object_id.in_(stripe_ids)
     if ids:
         by_object = WebhookEvent.object_id.in_(ids)
         cond = by_object if cond is None else (cond | by_object)

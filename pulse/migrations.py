@@ -32,9 +32,18 @@ def _initial(db, migrator):
     db.create_tables(MODELS)
 
 
+def _customer_history(db, migrator):
+    # Import here: the step creates the table as the models define it at version 2.
+    from pulse.models import StripeCustomerHistory, WebhookEvent
+
+    db.create_tables([StripeCustomerHistory], safe=True)
+    run_operations(migrator.add_column("webhook_event", "reason", WebhookEvent.reason))
+
+
 # (version, name, step). Steps after the first receive the database and its migrator.
 STEPS = [
     (1, "initial schema", _initial),
+    (2, "stripe customer history and webhook ignore reasons", _customer_history),
 ]
 LATEST = STEPS[-1][0]
 

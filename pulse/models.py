@@ -3,6 +3,7 @@
 import peewee as pw
 
 from pulse.db import database, is_mysql, utcnow
+from pulse.outcomes import Outcome
 
 
 class LongTextField(pw.TextField):
@@ -127,6 +128,19 @@ class Subscription(BaseModel):
         )
 
 
+class StripeCustomerHistory(BaseModel):
+    """A Stripe customer id a Customer no longer uses (deleted in Stripe, or unknown to it), never re-linked."""
+
+    project = pw.ForeignKeyField(Project, on_delete="CASCADE")
+    customer = pw.ForeignKeyField(Customer, backref="stripe_history", on_delete="CASCADE")
+    stripe_customer_id = ExactCharField(max_length=255)
+    reason = pw.CharField(max_length=100)  # e.g. "deleted in Stripe"
+    ended_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("project", "stripe_customer_id"), True),)
+
+
 class WebhookEvent(BaseModel):
     project = pw.ForeignKeyField(Project, backref="webhook_events", null=True, on_delete="CASCADE")
     stripe_event_id = ExactCharField(max_length=255, null=True)
@@ -138,8 +152,9 @@ class WebhookEvent(BaseModel):
     stripe_created = pw.BigIntegerField(null=True)
     received_at = pw.DateTimeField(default=utcnow)
     processed_at = pw.DateTimeField(null=True)
-    outcome = pw.CharField(max_length=20, default="received")  # processed|ignored|failed|invalid_signature
+    outcome = pw.CharField(max_length=20, default=Outcome.RECEIVED)  # an Outcome
     error = pw.TextField(null=True)
+    reason = pw.CharField(max_length=255, null=True)  # why an `ignored` event changed nothing
     attempts = pw.IntegerField(default=1)
     remote_ip = pw.CharField(max_length=64, null=True)
     payload = LongTextField(null=True)
@@ -195,4 +210,4 @@ class LoginFailure(BaseModel):
 
 
 MODELS = [Project, User, Membership, ApiKey, Customer, Subscription, WebhookEvent,
-          AuditLog, Session, IdempotencyRecord, LoginFailure]
+          AuditLog, Session, IdempotencyRecord, LoginFailure, StripeCustomerHistory]

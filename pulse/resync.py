@@ -2,21 +2,16 @@
 
 from collections import Counter
 
-from pulse import billing, subscriptions as subs
+from pulse import billing, ownership, subscriptions as subs
 from pulse.db import block, utcnow
 from pulse.models import Customer
 from pulse.events import plain
 
 
 def _belongs(project, stripe_customer, subscription=None):
-    """Whether a Stripe object is this project's: its pulse_project_id metadata, else a customer we know."""
-    for obj in (subscription, stripe_customer):
-        owner = subs.metadata_of(obj).get("pulse_project_id") if obj else None
-        if owner:
-            return owner == project.public_id
+    """Whether a Stripe object is this project's, by the same rule as webhooks (pulse.ownership)."""
     with block():
-        return Customer.select().where(Customer.project == project,
-                                       Customer.stripe_customer_id == stripe_customer["id"]).exists()
+        return ownership.not_owned(project, [subscription, stripe_customer], stripe_customer["id"]) is None
 
 
 async def _pages(method, params):
@@ -50,9 +45,12 @@ async def sync_project(project, *, config, box, progress=None):
     """
     client = billing.client_for(config, billing.secret_key_for(project, box, config))
     counts = Counter(customers=0, subscriptions=0)
-    for key in (subs.CREATED, subs.UPDATED, subs.UNCHANGED, subs.STALE, subs.UNMATCHED, "skipped"):
+    for key in (subs.CREATED, subs.UPDATED, subs.UNCHANGED, subs.STALE, subs.UNMATCHED, "skipped",
+                "deleted_customers"):
         counts[key] = 0
+    listed = set()
     async for stripe_customer in _pages(client.v1.customers.list_async, {}):
+        listed.add(stripe_customer["id"])
         if stripe_customer.get("deleted"):
             continue
         at = subs.clock_ms()
@@ -76,4 +74,33 @@ async def sync_project(project, *, config, box, progress=None):
         _repair_email(project, stripe_customer)
         if progress:
             progress(f"{stripe_customer['id']}: {len(mine)} subscription(s)")
+    counts["deleted_customers"] = await _unlink_deleted(project, client, listed, progress)
     return dict(counts)
+
+
+async def _unlink_deleted(project, client, listed, progress):
+    """Apply a missed customer.deleted: a linked customer absent from the listing that Stripe shows deleted.
+
+    A 404 (another account or mode: the project's key changed) is left alone. Returns how many were unlinked.
+    """
+    with block():
+        linked = [cid for (cid,) in Customer.select(Customer.stripe_customer_id).where(
+            Customer.project == project, Customer.stripe_customer_id.is_null(False)).tuples() if cid not in listed]
+    unlinked = 0
+    for stripe_customer_id in linked:
+        at = subs.clock_ms()
+        try:
+            found = plain(await billing.call(client.v1.customers.retrieve_async, stripe_customer_id))
+        except billing.StripeFailure as exc:
+            if exc.code != "resource_missing":
+                raise
+            continue
+        if not found.get("deleted"):
+            continue
+        with block():
+            with subs.transaction():
+                subs.retire_stripe_customer(project, stripe_customer_id, subs.DELETED_IN_STRIPE, at)
+        unlinked += 1
+        if progress:
+            progress(f"{stripe_customer_id}: deleted in Stripe, unlinked")
+    return unlinked

@@ -5,7 +5,7 @@ import time
 import peewee
 
 from pulse.db import database, from_timestamp, is_mysql, utcnow
-from pulse.models import Customer, Subscription
+from pulse.models import Customer, StripeCustomerHistory, Subscription
 from pulse.status import map_status, period_end, price_of
 
 # Outcomes of upsert_subscription, counted by sync-stripe.
@@ -83,9 +83,10 @@ def resolve_customer(project, stripe_customer_id=None, external_user_id=None, em
         customer = Customer.get_or_none(Customer.project == project, Customer.external_user_id == external_user_id)
         if customer is None:
             try:
+                link = None if stripe_customer_id and retired(project, stripe_customer_id) else stripe_customer_id
                 with database.atomic():
                     return Customer.create(project=project, external_user_id=external_user_id,
-                                           email=email or "", stripe_customer_id=stripe_customer_id)
+                                           email=email or "", stripe_customer_id=link)
             except peewee.IntegrityError:
                 # Created meanwhile by a concurrent delivery or checkout: use that one.
                 customer = _locking(Customer.select().where(
@@ -93,7 +94,7 @@ def resolve_customer(project, stripe_customer_id=None, external_user_id=None, em
     if customer is None:
         return None
     changes = {}
-    if stripe_customer_id and not customer.stripe_customer_id:
+    if stripe_customer_id and not customer.stripe_customer_id and not retired(project, stripe_customer_id):
         changes["stripe_customer_id"] = stripe_customer_id
     if email and not customer.email:
         changes["email"] = email
@@ -182,3 +183,67 @@ def mark_past_due(project, sub_id, snapshot_at):
             .where(Subscription.project == project, Subscription.stripe_subscription_id == sub_id,
                    Subscription.snapshot_at <= snapshot_at,
                    Subscription.stripe_status.in_(("active", "trialing"))).execute())
+
+
+# ---------------------------------------------------------------- Stripe customers that are gone
+
+DELETED_IN_STRIPE, UNKNOWN_TO_STRIPE = "deleted in Stripe", "unknown to Stripe"
+
+
+def retired(project, stripe_customer_id):
+    """Whether the project dropped this Stripe customer id (it is never linked again)."""
+    return StripeCustomerHistory.select().where(StripeCustomerHistory.project == project,
+                                                StripeCustomerHistory.stripe_customer_id
+                                                == stripe_customer_id).exists()
+
+
+def retire_stripe_customer(project, stripe_customer_id, reason, at_ms, end_subscriptions=True):
+    """Unlink a Stripe customer from the project's customer, keeping the id in its history.
+
+    With `end_subscriptions` (Stripe deleted the customer, which cancels its subscriptions), the
+    customer's subscriptions not yet cancelled end `cancelled`, unless a snapshot newer than `at_ms`
+    is stored, or the customer already has a new Stripe customer (the old subscriptions then get
+    their own customer.subscription.deleted). Returns the Customer, or None when no customer used
+    the id. Call inside a transaction.
+    """
+    customer = Customer.get_or_none(Customer.project == project, Customer.stripe_customer_id == stripe_customer_id)
+    if customer is None:  # unlinked already, e.g. by a portal call that met Stripe's 404 first
+        earlier = StripeCustomerHistory.get_or_none(StripeCustomerHistory.project == project,
+                                                    StripeCustomerHistory.stripe_customer_id == stripe_customer_id)
+        customer = earlier and Customer.get_by_id(earlier.customer_id)
+    if customer is None:
+        return None
+    moved_on = customer.stripe_customer_id not in (None, stripe_customer_id)
+    try:
+        with database.atomic():
+            StripeCustomerHistory.create(project=project, customer=customer, stripe_customer_id=stripe_customer_id,
+                                         reason=reason)
+    except peewee.IntegrityError:
+        pass  # already recorded (a concurrent delivery, or a portal call that met the 404 first)
+    now = utcnow()
+    Customer.update(stripe_customer_id=None, updated_at=now).where(
+        Customer.id == customer.id, Customer.stripe_customer_id == stripe_customer_id).execute()
+    if end_subscriptions and not moved_on:
+        (Subscription.update(stripe_status="canceled", status=map_status("canceled"), cancel_at_period_end=False,
+                             canceled_at=peewee.fn.COALESCE(Subscription.canceled_at, now), snapshot_at=at_ms,
+                             synced_at=now, updated_at=now)
+         .where(Subscription.project == project, Subscription.customer == customer,
+                Subscription.status != map_status("canceled"), Subscription.snapshot_at <= at_ms).execute())
+    customer.stripe_customer_id = None
+    return customer
+
+
+def previous_stripe_customers(customer):
+    """[(stripe_customer_id, reason, ended_at)] the customer used before, newest first."""
+    return [(row.stripe_customer_id, row.reason, row.ended_at) for row in StripeCustomerHistory.select().where(
+        StripeCustomerHistory.customer == customer).order_by(StripeCustomerHistory.id.desc())]
+
+
+def update_linked_email(project, stripe_customer_id, email):
+    """Copy Stripe's email to the customer linked to `stripe_customer_id`; False when none is linked."""
+    customer = Customer.get_or_none(Customer.project == project, Customer.stripe_customer_id == stripe_customer_id)
+    if customer is None:
+        return False
+    if email and customer.email != email:
+        Customer.update(email=email, updated_at=utcnow()).where(Customer.id == customer.id).execute()
+    return True

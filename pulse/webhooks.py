@@ -9,15 +9,18 @@ import stripe
 
 from pulse import billing, events, subscriptions as subs
 from pulse.db import DatabaseUnavailable, block, utcnow
-from pulse.events import IGNORED, PROCESSED
 from pulse.models import WebhookEvent
+from pulse.outcomes import Outcome
 
 log = logging.getLogger("pulse.webhooks")
 
 TOLERANCE = 300
 INVALID_RECORDS_PER_MINUTE = 60
 _invalid_counts: dict = {}
-FAILED, INVALID_SIGNATURE = "failed", "invalid_signature"
+PROCESSED, IGNORED, FAILED = Outcome.PROCESSED, Outcome.IGNORED, Outcome.FAILED
+INVALID_SIGNATURE = Outcome.INVALID_SIGNATURE
+UNROUTED = ("no project: no pulse_project_id metadata names a project, and its Stripe customer is linked "
+            "to a customer of no project (or of several)")
 
 
 class WebhookError(Exception):
@@ -121,7 +124,7 @@ def _claim(project, event, raw, remote_ip):
     """Insert the inbox row, or take over a failed one; raises _Duplicate when already handled."""
     try:
         with subs.database.atomic():
-            return WebhookEvent.create(project=project, outcome="received", remote_ip=remote_ip,
+            return WebhookEvent.create(project=project, outcome=Outcome.RECEIVED, remote_ip=remote_ip,
                                        **_row_fields(event, raw))
     except peewee.IntegrityError:
         pass
@@ -129,7 +132,7 @@ def _claim(project, event, raw, remote_ip):
     if row is None or row.outcome != FAILED:
         raise _Duplicate()
     # Only one concurrent retry may take over a failed event.
-    if not WebhookEvent.update(outcome="received", attempts=WebhookEvent.attempts + 1).where(
+    if not WebhookEvent.update(outcome=Outcome.RECEIVED, attempts=WebhookEvent.attempts + 1).where(
             WebhookEvent.id == row.id, WebhookEvent.outcome == FAILED).execute():
         raise _Duplicate()
     return row
@@ -188,9 +191,11 @@ async def process(project, event, raw, *, config, box, remote_ip=None):
             try:
                 with subs.transaction():
                     row = _claim(project, event, raw, remote_ip)
-                    outcome = events.apply(project, event, fetched) if project is not None else IGNORED
-                    WebhookEvent.update(outcome=outcome, processed_at=utcnow(), error=None).where(
-                        WebhookEvent.id == row.id).execute()
+                    # One ownership rule for both endpoints and the console's re-apply (events.apply).
+                    outcome, reason = events.apply(project, event, fetched) if project is not None else (
+                        IGNORED, UNROUTED)
+                    WebhookEvent.update(outcome=outcome, processed_at=utcnow(), error=None,
+                                        reason=reason and reason[:255]).where(WebhookEvent.id == row.id).execute()
             except _Duplicate:
                 return {"received": True, "duplicate": True}
             except DatabaseUnavailable:
@@ -202,7 +207,9 @@ async def process(project, event, raw, *, config, box, remote_ip=None):
                     raise DatabaseUnavailable() from None
                 failure = exc
             else:
-                return {"received": True, "outcome": outcome}
+                if reason:
+                    log.info("webhook %s (%s) ignored: %s", event["id"], event["type"], reason)
+                return {"received": True, "outcome": str(outcome)}
         if not subs.retryable(failure):
             break
         log.info("webhook %s: transaction retried after %s", event["id"], type(failure).__name__)

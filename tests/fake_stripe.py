@@ -10,6 +10,7 @@ Usage (see the `fake_stripe` fixture in conftest.py):
     fake.responses                           # [(method, path, status or None if dropped), ...]
     sub = fake.complete_checkout(session_id, status="trialing")
     fake.set_subscription(sub["id"], status="past_due", cancel_at_period_end=True)
+    canceled, tombstone = fake.delete_customer(cus_id)   # as the Dashboard does: its subscriptions end
     fake.api_version = "2024-06-20"          # old shape: billing period on the subscription, not the items
 """
 
@@ -54,6 +55,7 @@ class FakeStripe:
     def __init__(self):
         self.customers, self.sessions, self.portal_sessions, self.subscriptions = {}, {}, {}, {}
         self.prices = {}
+        self.deleted_customers = {}  # id -> Stripe's tombstone {"id", "object": "customer", "deleted": true}
         self.requests = []
         self.responses = []  # (method, path, status), status None for a dropped connection
         self.latency = 0.0
@@ -146,7 +148,10 @@ class FakeStripe:
                                    trial_days=trial, start=start)
         sub["_seq"] = next(self._seq)
         self.subscriptions[sub["id"]] = sub
-        session.update(status="complete", payment_status="paid", subscription=sub["id"])
+        customer = self.customers.get(session["customer"]) or {}
+        session.update(status="complete", payment_status="paid", subscription=sub["id"],
+                       customer_details={"email": customer.get("email") or session.get("customer_email"),
+                                         "name": None, "phone": None, "tax_exempt": "none", "address": None})
         return self.subscription(sub["id"])
 
     def set_subscription(self, sub_id, **changes):
@@ -171,6 +176,16 @@ class FakeStripe:
             sub["canceled_at"] = sub["ended_at"] = objects.now()
         sub["_version"] += 1
         return self.subscription(sub_id)
+
+    def delete_customer(self, cus_id):
+        """Delete a customer like Stripe: its live subscriptions are canceled at once, later reads show a
+        tombstone, and any other use answers 404. Returns (canceled subscriptions, tombstone)."""
+        canceled = [self.set_subscription(sub_id, status="canceled")
+                    for sub_id, sub in list(self.subscriptions.items())
+                    if sub["customer"] == cus_id and sub["status"] not in ("canceled", "incomplete_expired")]
+        self.customers.pop(cus_id)
+        self.deleted_customers[cus_id] = {"id": cus_id, "object": "customer", "deleted": True}
+        return canceled, dict(self.deleted_customers[cus_id])
 
     # ------------------------------------------------------------ the API
 
@@ -199,6 +214,13 @@ class FakeStripe:
                 found = [c for c in self.customers.values() if not params.get("email") or c["email"] == params["email"]]
                 listing = objects.page(found, params, "/v1/customers")
                 return dict(listing, data=[objects.public(c) for c in listing["data"]])
+            if len(parts) == 2 and parts[1] in self.deleted_customers:
+                if method == "GET":
+                    return dict(self.deleted_customers[parts[1]])
+                self._missing("customer", parts[1])
+            if len(parts) == 2 and method == "DELETE":
+                self._get(self.customers, "customer", parts[1])
+                return self.delete_customer(parts[1])[1]
             if len(parts) == 2:
                 cus = self._get(self.customers, "customer", parts[1])
                 if method == "POST":

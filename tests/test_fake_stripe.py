@@ -166,3 +166,26 @@ async def test_gateway_reads_subscriptions_as_plain_dicts(fake_stripe, config):
     assert one["status"] == "canceled" and type(one["items"]) in (dict, OrderedDict)
     account = await billing.check_connection(client)
     assert account["id"].startswith("acct_") and account["name"] == "Fake Stripe"
+
+
+@pytest.mark.gen_test
+async def test_deleting_a_customer_cancels_its_subscriptions_and_leaves_a_tombstone(client, fake_stripe):
+    from tests.stripe_events import new_subscription
+
+    sc = client()
+    session, sub = new_subscription(fake_stripe, "gone")
+    deleted = await sc.v1.customers.delete_async(sub["customer"])
+    assert (deleted.id, deleted.deleted) == (sub["customer"], True)
+    again = await sc.v1.customers.retrieve_async(sub["customer"])  # Stripe still answers, with a tombstone
+    assert again.deleted is True and not hasattr(again, "email")
+    assert fake_stripe.subscription(sub["id"])["status"] == "canceled"
+    with pytest.raises(stripe.InvalidRequestError) as err:  # any other use: No such customer
+        await sc.v1.customers.update_async(sub["customer"], params={"email": "x@y.test"})
+    assert err.value.http_status == 404 and err.value.code == "resource_missing"
+    with pytest.raises(stripe.InvalidRequestError) as err:
+        await sc.v1.billing_portal.sessions.create_async(params={"customer": sub["customer"],
+                                                                 "return_url": "https://app.test/"})
+    assert err.value.param == "customer"
+    # A completed session carries the customer's details, as Stripe's does.
+    assert session["customer_details"]["email"] == "gone@example.test"
+    assert fake_stripe.session(session["id"])["customer_details"]["email"] == "gone@example.test"

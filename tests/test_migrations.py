@@ -95,3 +95,29 @@ def test_identifiers_we_did_not_mint_compare_byte_for_byte(db_url):
                 "SELECT collation_name FROM information_schema.columns "
                 "WHERE table_schema = DATABASE() AND table_name = %s AND column_name = %s", (table, column)).fetchone()[0]
             assert collation.endswith("_bin"), (table, column, collation)
+
+
+def test_upgrade_to_2_adds_customer_history_and_ignore_reasons(db_url):
+    """A version-1 database (no stripe_customer_history, no webhook_event.reason) keeps its rows."""
+    from pulse.models import StripeCustomerHistory, WebhookEvent
+
+    db.bind(db_url)
+    with db.block() as database:
+        project = Project.create(public_id="proj_v1", name="V1")
+        WebhookEvent.create(project=project, stripe_event_id="evt_old", type="invoice.paid", outcome="ignored")
+        database.drop_tables([StripeCustomerHistory])
+        run_operations(migrations._migrator(database).drop_column("webhook_event", "reason"))
+        migrations.SchemaVersion.delete().where(migrations.SchemaVersion.version >= 2).execute()
+        assert migrations.current_version() == 1
+    assert "stripe customer history and webhook ignore reasons" in migrations.migrate_database()
+    with db.block() as database:
+        assert migrations.current_version() == migrations.LATEST
+        assert "reason" in {c.name for c in database.get_columns("webhook_event")}
+        row = WebhookEvent.get(WebhookEvent.stripe_event_id == "evt_old")
+        assert (row.outcome, row.reason) == ("ignored", None)
+        customer = Customer.create(project=project, external_user_id="u1")
+        StripeCustomerHistory.create(project=project, customer=customer, stripe_customer_id="cus_1", reason="x")
+        with pytest.raises(pw.IntegrityError):
+            with database.atomic():
+                StripeCustomerHistory.create(project=project, customer=customer, stripe_customer_id="cus_1",
+                                             reason="again")

@@ -4,6 +4,8 @@ import dataclasses
 
 import pytest
 
+from pulse import db, subscriptions as subs
+from pulse.models import Customer
 from tests.billing_support import add_customer, checkout_body
 from tests.support import body_of
 from tests.fake_stripe import FAKE_SECRET_KEY
@@ -61,13 +63,37 @@ async def test_validation(api, fake_stripe, body, status, field):
 
 @pytest.mark.gen_test
 async def test_stripe_error_is_502(api, fake_stripe, project):
-    add_customer(project.project, "user-1", stripe_customer_id="cus_gone_from_stripe")
+    assert (await api("POST", "/api/checkout", checkout_body())).code == 200
+    fake_stripe.fail_next(1, status=400, path="/v1/billing_portal", message="Something broke: sk_test_leak")
     response = await api("POST", "/api/portal", portal_body())
     assert response.code == 502
     error = body_of(response)["error"]
-    assert error["code"] == "stripe_error" and "No such customer: 'cus_gone_from_stripe'" in error["message"]
+    assert error["code"] == "stripe_error" and "Something broke" in error["message"]
     assert error["stripe_request_id"].startswith("req_")
-    assert FAKE_SECRET_KEY.encode() not in response.body
+    assert FAKE_SECRET_KEY.encode() not in response.body and b"sk_test_leak" not in response.body
+
+
+@pytest.mark.gen_test
+async def test_customer_unknown_to_stripe_is_404_and_unlinked(api, fake_stripe, project):
+    """Deleted in Stripe before its customer.deleted arrived: 404 with a clear message, not 502 forever."""
+    add_customer(project.project, "user-1", stripe_customer_id="cus_gone_from_stripe")
+    for attempt in (1, 2):
+        response = await api("POST", "/api/portal", portal_body())
+        assert response.code == 404, attempt
+        error = body_of(response)["error"]
+        assert error["code"] == "not_found" and "no longer exists in Stripe" in error["message"]
+        assert "POST /api/checkout" in error["message"]
+    assert len(fake_stripe.calls("POST", "/v1/billing_portal/sessions")) == 1  # the second never asked Stripe
+    with db.block():
+        customer = Customer.get(Customer.project == project.project, Customer.external_user_id == "user-1")
+        assert customer.stripe_customer_id is None
+        assert [(cid, why) for cid, why, _ in subs.previous_stripe_customers(customer)] == [
+            ("cus_gone_from_stripe", "unknown to Stripe")]
+    # The next checkout makes a new Stripe customer; the portal then works again.
+    assert (await api("POST", "/api/checkout", checkout_body())).code == 200
+    response = await api("POST", "/api/portal", portal_body())
+    assert response.code == 200, response.body
+    assert fake_stripe.calls("POST", "/v1/billing_portal/sessions")[-1][2]["customer"] in fake_stripe.customers
 
 
 @pytest.mark.gen_test

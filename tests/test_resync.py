@@ -117,3 +117,27 @@ async def test_sync_stripe_command(read, fake_stripe, hooked, make_project, db_u
     fake_stripe.fail_next(5, status=500)
     code, out, err = await run_cli("sync-stripe", hooked.project.public_id, env=env)
     assert code == 1 and "Stripe" in err and FAKE_SECRET_KEY not in err
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_sync_applies_a_missed_customer_deletion_and_leaves_a_404_alone(read, fake_stripe, hooked, deliver,
+                                                                            app):
+    _, sub = new_subscription(fake_stripe, "deleted-later", project_id=hooked.project.public_id)
+    assert (await deliver(event("customer.subscription.created", sub))).code == 200
+    fake_stripe.delete_customer(sub["customer"])  # and both webhooks are lost
+    with db.block():
+        other = Customer.create(project=hooked.project, external_user_id="other-account",
+                                stripe_customer_id="cus_in_another_account")
+    lines = []
+    counts = await resync.sync_project(hooked.project, config=app.settings["config"],
+                                       box=app.settings["secret_box"], progress=lines.append)
+    assert counts["deleted_customers"] == 1
+    assert lines == [f"{sub['customer']}: deleted in Stripe, unlinked"]
+    found = await read(hooked, "deleted-later")
+    assert (found["status"], found["has_access"], found["stripe_customer_id"]) == ("cancelled", False, None)
+    with db.block():
+        customer = Customer.get(Customer.external_user_id == "deleted-later")
+        assert [cid for cid, _, _ in subs.previous_stripe_customers(customer)] == [sub["customer"]]
+        assert Customer.get_by_id(other.id).stripe_customer_id == "cus_in_another_account"
+    again = await resync.sync_project(hooked.project, config=app.settings["config"], box=app.settings["secret_box"])
+    assert again["deleted_customers"] == 0

@@ -9,7 +9,7 @@ import pytest
 from pulse import db, webhooks
 from pulse.models import Customer, Subscription
 from tests.support import body_of
-from tests.stripe_events import NEW_API, body_of_event, event, invoice, new_subscription
+from tests.stripe_events import NEW_API, body_of_event, customer_object, event, invoice, new_subscription
 from tests.webhook_support import BOTH_SHAPES, assert_matches_stripe, events_of, webhook_overrides
 
 config_overrides = pytest.fixture(lambda fake_stripe: webhook_overrides(fake_stripe))
@@ -62,18 +62,32 @@ def _event_for(fake, kind, sub_id, api_version, session):
     return event(kind, current, api_version)
 
 
-@pytest.mark.gen_test(timeout=120)
-async def test_random_delivery_orders_end_in_stripes_state(read, fake_stripe, hooked, deliver):
+SHARED_WHSEC = "whsec_shared_" + "s" * 24
+
+
+@pytest.mark.gen_test(timeout=180)
+async def test_random_delivery_orders_end_in_stripes_state(read, fake_stripe, hooked, deliver, make_project):
     """Deliveries late, early (subscription before checkout), repeated and concurrent, with Stripe changing
-    in between: every seed ends with GET /api/subscription equal to Stripe's final state."""
+    in between: every seed ends with GET /api/subscription equal to Stripe's final state.
+
+    A second project shares the Stripe account (the deployment key) and, as Stripe does, receives every
+    event at its own endpoint: it ignores each one and ends with nothing."""
     import random
 
+    other = make_project(name="Shared", stripe_webhook_secret=SHARED_WHSEC)
+    to_other = dict(path=f"/api/webhook/{other.project.public_id}", secret=SHARED_WHSEC)
+
+    def both(evt):
+        return [deliver(evt), deliver(evt, **to_other)]
+
+    deletions = 0
     for seed in SEEDS:
         rng = random.Random(seed)
         api_version = rng.choice(BOTH_SHAPES)
         fake_stripe.api_version = api_version
         user = f"prop-{seed}"
-        session, sub = new_subscription(fake_stripe, user, status=rng.choice(["active", "trialing"]))
+        session, sub = new_subscription(fake_stripe, user, project_id=hooked.project.public_id,
+                                        status=rng.choice(["active", "trialing"]))
         period_end = fake_stripe.subscription(sub["id"], NEW_API)["items"]["data"][0]["current_period_end"]
         pending = [_event_for(fake_stripe, kind, sub["id"], api_version, session)
                    for kind in ("checkout.session.completed", "customer.subscription.created", "invoice.paid")]
@@ -91,15 +105,42 @@ async def test_random_delivery_orders_end_in_stripes_state(read, fake_stripe, ho
                 rng.shuffle(pending)
                 size = rng.choice([1, 1, 2, 3])  # several at once: concurrent deliveries
                 batch, pending = pending[:size], pending[size:]
-            responses = await asyncio.gather(*(deliver(e) for e in batch))
+            responses = await asyncio.gather(*(call for e in batch for call in both(e)))
             assert all(r.code == 200 for r in responses), [r.body for r in responses]
             delivered += [e for e in batch if e not in delivered]
+        deleted = rng.random() < 0.5
+        if deleted:  # deleted in the Dashboard; events from just before arrive after its customer.deleted, or not
+            final = [_event_for(fake_stripe, kind, sub["id"], api_version, session) for kind in rng.sample(
+                ["checkout.session.completed", "customer.subscription.updated", "invoice.paid"], 2)]
+            canceled, _ = fake_stripe.delete_customer(sub["customer"])
+            final += [event("customer.subscription.deleted", c, api_version) for c in canceled]
+            final.append(event("customer.deleted", customer_object(sub["customer"], f"{user}@example.test"),
+                               api_version))
+            rng.shuffle(final)
+            while final:
+                size = rng.choice([1, 2])  # concurrent, too
+                batch, final = final[:size], final[size:]
+                responses = await asyncio.gather(*(call for e in batch for call in both(e)))
+                assert all(r.code == 200 for r in responses), [r.body for r in responses]
+                delivered += [e for e in batch if e not in delivered]
         found = await read(hooked, user)
+        if deleted:
+            deletions += 1
+            assert found["stripe_customer_id"] is None, seed
+            found = dict(found, stripe_customer_id=sub["customer"])
         assert_matches_stripe(found, fake_stripe, sub["id"])
         ids = {e["id"] for e in delivered}
         rows = [r for r in events_of(hooked.project) if r.stripe_event_id in ids]
         assert len(rows) == len(delivered), seed
         assert {r.outcome for r in rows} == {"processed"}, seed
+        assert await read(other, user) is None
+        ignored = [r for r in events_of(other.project) if r.stripe_event_id in ids]
+        assert len(ignored) == len(delivered) and {r.outcome for r in ignored} == {"ignored"}, seed
+        assert all("another project" in r.reason or "not linked" in r.reason for r in ignored), seed
+    assert 8 <= deletions < len(SEEDS)  # the seeds do cover customers deleted in Stripe
+    with db.block():
+        assert not Customer.select().where(Customer.project == other.project).exists()
+        assert not Subscription.select().where(Subscription.project == other.project).exists()
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -114,7 +155,7 @@ async def test_without_a_stripe_key_an_older_snapshot_never_overwrites_a_newer_o
         rng = random.Random(1000 + seed)
         api_version = rng.choice(BOTH_SHAPES)
         user = f"payload-{seed}"
-        session, sub = new_subscription(fake_stripe, user)
+        session, sub = new_subscription(fake_stripe, user, project_id=hooked.project.public_id)
         created = int(time.time()) - 1000
         events = [event("customer.subscription.created", fake_stripe.subscription(sub["id"], api_version),
                         api_version, created=created)]
@@ -136,7 +177,7 @@ async def test_concurrent_deliveries_on_separate_connections_like_two_processes(
     the same event four times plus the other events of a brand-new subscription, all at once."""
     import concurrent.futures
 
-    session, sub = new_subscription(fake_stripe, "twoproc")
+    session, sub = new_subscription(fake_stripe, "twoproc", project_id=hooked.project.public_id)
     events = [event("checkout.session.completed", session), event("customer.subscription.created", sub),
               event("invoice.paid", invoice(sub))]
     deliveries = [events[0]] * 4 + events[1:] * 2

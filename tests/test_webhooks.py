@@ -109,7 +109,7 @@ async def test_every_status_mapping_in_either_payload_shape(read, fake_stripe, h
     fake_stripe.api_version = api_version
     for n, (stripe_status, at_period_end, cancel_at, ours, access) in enumerate(STATUS_CASES):
         user = f"status-{n}"
-        _, sub = new_subscription(fake_stripe, user)
+        _, sub = new_subscription(fake_stripe, user, project_id=hooked.project.public_id)
         period_end = fake_stripe.subscription(sub["id"], NEW_API)["items"]["data"][0]["current_period_end"]
         changes = {"status": stripe_status, "cancel_at_period_end": at_period_end,
                    "cancel_at": period_end - 86400 if cancel_at else None}
@@ -127,7 +127,8 @@ async def test_every_status_mapping_in_either_payload_shape(read, fake_stripe, h
 
 @pytest.mark.gen_test(timeout=30)
 async def test_subscription_event_before_checkout_creates_customer_from_metadata(read, fake_stripe, hooked, deliver):
-    session, sub = new_subscription(fake_stripe, "early-bird", status="trialing", trial_days=7)
+    session, sub = new_subscription(fake_stripe, "early-bird", project_id=hooked.project.public_id,
+                                    status="trialing", trial_days=7)
     resp = await deliver(event("customer.subscription.created", sub))
     assert body_of(resp)["outcome"] == "processed"
     found = await read(hooked, "early-bird")
@@ -144,8 +145,10 @@ async def test_subscription_event_before_checkout_creates_customer_from_metadata
 
 @pytest.mark.gen_test(timeout=30)
 async def test_events_about_things_we_do_not_manage_are_ignored(read, fake_stripe, hooked, deliver):
-    session, sub = new_subscription(fake_stripe, "payer")
-    one_off = dict(session, mode="payment", subscription=None)
+    session, sub = new_subscription(fake_stripe, "payer", project_id=hooked.project.public_id)
+    one_off = fake_stripe.dispatch("POST", "checkout/sessions", {
+        "mode": "payment", "customer": sub["customer"], "success_url": "https://app.example.test/ok",
+        "metadata": {"pulse_project_id": hooked.project.public_id}})
     assert body_of(await deliver(event("checkout.session.completed", one_off))) == {"received": True,
                                                                                   "outcome": "ignored"}
     # A subscription created outside PaymentPulse: no metadata, a Stripe customer we never saw.
@@ -164,7 +167,7 @@ async def test_events_about_things_we_do_not_manage_are_ignored(read, fake_strip
 
 @pytest.mark.gen_test(timeout=30)
 async def test_duplicate_delivery_has_no_effect(read, fake_stripe, hooked, deliver):
-    session, sub = new_subscription(fake_stripe, "dup")
+    session, sub = new_subscription(fake_stripe, "dup", project_id=hooked.project.public_id)
     evt = event("checkout.session.completed", session)
     first = await deliver(evt)
     assert body_of(first) == {"received": True, "outcome": "processed"}
@@ -180,7 +183,7 @@ async def test_duplicate_delivery_has_no_effect(read, fake_stripe, hooked, deliv
 
 @pytest.mark.gen_test(timeout=60)
 async def test_twenty_simultaneous_deliveries_apply_once(read, fake_stripe, hooked, deliver):
-    session, sub = new_subscription(fake_stripe, "burst")
+    session, sub = new_subscription(fake_stripe, "burst", project_id=hooked.project.public_id)
     evt = event("checkout.session.completed", session)
     fake_stripe.latency = 0.05  # every delivery is in flight at the same time
     responses = await asyncio.gather(*(deliver(evt) for _ in range(20)))
@@ -201,7 +204,7 @@ async def test_twenty_simultaneous_deliveries_apply_once(read, fake_stripe, hook
 
 @pytest.mark.gen_test(timeout=30)
 async def test_stripe_failure_is_recorded_and_the_retry_applies_it(read, fake_stripe, hooked, deliver):
-    session, sub = new_subscription(fake_stripe, "flaky")
+    session, sub = new_subscription(fake_stripe, "flaky", project_id=hooked.project.public_id)
     evt = event("checkout.session.completed", session)
     fake_stripe.fail_next(1, status=500, path="/v1/subscriptions")
     resp = await deliver(evt)
@@ -223,7 +226,7 @@ async def test_stripe_failure_is_recorded_and_the_retry_applies_it(read, fake_st
 @pytest.mark.gen_test(timeout=30)
 async def test_failure_while_applying_rolls_back_and_reapply_recovers(read, fake_stripe, hooked, deliver, monkeypatch,
                                                                        app):
-    session, sub = new_subscription(fake_stripe, "broken")
+    session, sub = new_subscription(fake_stripe, "broken", project_id=hooked.project.public_id)
     evt = event("customer.subscription.created", sub)
 
     def explode(*args, **kwargs):
@@ -257,7 +260,7 @@ async def test_failure_while_applying_rolls_back_and_reapply_recovers(read, fake
 async def test_invalid_signatures_are_rejected_recorded_and_not_applied(read, fake_stripe, hooked, deliver,
                                                                        monkeypatch):
     monkeypatch.setattr(webhooks, "_invalid_counts", {})  # other tests' forgeries don't count
-    session, _ = new_subscription(fake_stripe, "forged")
+    session, _ = new_subscription(fake_stripe, "forged", project_id=hooked.project.public_id)
     evt = event("checkout.session.completed", session)
     body = body_of_event(evt)
     cases = {
