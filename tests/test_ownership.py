@@ -8,10 +8,11 @@ import pytest
 from pulse import db, events, ownership, subscriptions as subs
 from pulse.models import Customer, StripeCustomerHistory, Subscription
 from tests.billing_support import checkout_body
-from tests.conftest import body_of
 from tests.stripe_events import customer_object, event, invoice, new_subscription
-from tests.webhook_support import (  # noqa: F401 (config_overrides, deliver, hooked, read are fixtures)
-    DEPLOY_WHSEC, assert_matches_stripe, config_overrides, deliver, events_of, hooked, read)
+from tests.support import body_of
+from tests.webhook_support import DEPLOY_WHSEC, assert_matches_stripe, events_of, webhook_overrides
+
+config_overrides = pytest.fixture(lambda fake_stripe: webhook_overrides(fake_stripe))
 
 BRAVO_WHSEC = "whsec_bravo_" + "e" * 24
 
