@@ -32,9 +32,25 @@ def _initial(db, migrator):
     db.create_tables(MODELS)
 
 
+def _plan_items_and_catalog(db, migrator):
+    # Issue 10 items 2-6: the plan item's facts, pause_collection, the paused-collection policy, the catalog.
+    from pulse.models import Plan, PlanPrice, Project, Subscription
+    fields = Subscription._meta.fields
+    run_operations(
+        *(migrator.add_column("subscription", name, fields[name])
+          for name in ("interval_count", "quantity", "unit_amount", "currency", "pause_behavior",
+                       "pause_resumes_at", "plan_slug_fallback")),
+        migrator.add_column("project", "paused_collection_has_access",
+                            Project._meta.fields["paused_collection_has_access"]))
+    db.create_tables([Plan, PlanPrice], safe=True)
+    # Until its next event, a stored row falls back to the slug it had.
+    Subscription.update(plan_slug_fallback=Subscription.plan_slug).execute()
+
+
 # (version, name, step). Steps after the first receive the database and its migrator.
 STEPS = [
     (1, "initial schema", _initial),
+    (3, "plan items, pause_collection, plan catalog", _plan_items_and_catalog),
 ]
 LATEST = STEPS[-1][0]
 
