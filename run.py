@@ -36,6 +36,7 @@ HANDLER_MODULES = [
     "handlers.export",
     "handlers.openapi",
     "handlers.billing",
+    "handlers.plans",
     "handlers.webhooks",
     "console.status",
     "console.auth",
