@@ -6,7 +6,7 @@ from console.base import ProjectHandler
 from console.dashboard import PID
 from pulse import insights
 from pulse.db import block
-from pulse.status import ALL_STATUSES, has_access
+from pulse.status import ALL_STATUSES, policy_of, row_has_access
 
 
 class CustomersHandler(ProjectHandler):
@@ -37,9 +37,11 @@ class CustomerHandler(ProjectHandler):
                 raise tornado.web.HTTPError(404, reason="No customer with that external id in this project.")
             subscriptions = insights.subscriptions_of(customer)
             events = insights.events_of_customer(self.project, customer, subscriptions)
+        policy = policy_of(self.project)
         for sub in subscriptions:
-            sub.access = has_access(sub.status, self.project.past_due_has_access)
-        self.render_page("customer.html", customer=customer, subscriptions=subscriptions, events=events)
+            sub.access = row_has_access(sub, policy)
+        self.render_page("customer.html", customer=customer, subscriptions=subscriptions, events=events,
+                         with_access=sum(sub.access for sub in subscriptions))
 
 
 default_handlers = [

@@ -16,9 +16,10 @@ class DashboardHandler(ProjectHandler):
             series = insights.weekly_starts(self.project)
             last = insights.last_webhook(self.project)
             failures = insights.recent_failures(self.project)
+            doubled, doubled_total = insights.several_with_access(self.project)
         self.render_page("dashboard.html", counts=counts, total=sum(counts.values()),
                          chart=insights.chart(series), started=sum(c for _, c in series),
-                         last_webhook=last, failures=failures)
+                         last_webhook=last, failures=failures, doubled=doubled, doubled_total=doubled_total)
 
 
 default_handlers = [

@@ -96,3 +96,16 @@ def projects_of(user):
 def is_member(user, project):
     """True when `user` belongs to `project`."""
     return Membership.select().where(Membership.user == user, Membership.project == project).exists()
+
+
+def set_paused_collection_policy(project, allowed, *, actor=None, user=None, ip=None):
+    """Whether subscriptions with paused payment collection keep access (SPEC 3.3); audited when it changes."""
+    if bool(allowed) == bool(project.paused_collection_has_access):
+        return False
+    project.paused_collection_has_access = bool(allowed)
+    project.updated_at = utcnow()
+    project.save()
+    apikeys.invalidate(project.id)  # cached key lookups carry the project row
+    audit("settings.paused_collection_policy", project=project, actor=actor, user=user, ip=ip,
+          paused_collection_has_access=bool(allowed))
+    return True
