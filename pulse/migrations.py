@@ -36,12 +36,14 @@ def _plan_items_and_catalog(db, migrator):
     # Issue 10 items 2-6: the plan item's facts, pause_collection, the paused-collection policy, the catalog.
     from pulse.models import Plan, PlanPrice, Project, Subscription
     fields = Subscription._meta.fields
-    run_operations(
-        *(migrator.add_column("subscription", name, fields[name])
-          for name in ("interval_count", "quantity", "unit_amount", "currency", "pause_behavior",
-                       "pause_resumes_at", "plan_slug_fallback")),
-        migrator.add_column("project", "paused_collection_has_access",
-                            Project._meta.fields["paused_collection_has_access"]))
+    run_operations(*(migrator.add_column("subscription", name, fields[name])
+                     for name in ("interval_count", "quantity", "unit_amount", "currency", "pause_behavior",
+                                  "pause_resumes_at", "plan_slug_fallback")))
+    # Not migrator.add_column: for a NOT NULL column it rebuilds the table on SQLite, and dropping the
+    # old `project` table would cascade-delete every customer and subscription (foreign_keys is on).
+    kind = "BOOL" if is_mysql(db) else "INTEGER"
+    db.execute_sql(f"ALTER TABLE {Project._meta.table_name} ADD COLUMN paused_collection_has_access {kind} "
+                   "NOT NULL DEFAULT 1")
     db.create_tables([Plan, PlanPrice], safe=True)
     # Until its next event, a stored row falls back to the slug it had.
     Subscription.update(plan_slug_fallback=Subscription.plan_slug).execute()

@@ -95,3 +95,35 @@ def test_identifiers_we_did_not_mint_compare_byte_for_byte(db_url):
                 "SELECT collation_name FROM information_schema.columns "
                 "WHERE table_schema = DATABASE() AND table_name = %s AND column_name = %s", (table, column)).fetchone()[0]
             assert collation.endswith("_bin"), (table, column, collation)
+
+
+def test_step_3_adds_plan_items_pause_and_the_catalog_to_a_version_1_database(db_url):
+    """A database from before issue 10 (version 1): the step keeps its rows and the rows keep their slug."""
+    from pulse.models import Plan, PlanPrice, Subscription
+
+    db.bind(db_url)
+    new_columns = ["interval_count", "quantity", "unit_amount", "currency", "pause_behavior", "pause_resumes_at",
+                   "plan_slug_fallback"]
+    with db.block() as database:
+        project = Project.create(public_id="proj_v1", name="V1")
+        customer = Customer.create(project=project, external_user_id="u1", email="u1@x.test")
+        Subscription.create(project=project, customer=customer, stripe_subscription_id="sub_v1", plan_slug="pro",
+                            stripe_price_id="price_pro", stripe_status="active", status="active")
+        if not db.is_mysql():
+            database.execute_sql("PRAGMA foreign_keys = OFF")  # SQLite drops columns by rebuilding the table
+        migrator = migrations._migrator(database)
+        run_operations(*(migrator.drop_column("subscription", name) for name in new_columns),
+                       migrator.drop_column("project", "paused_collection_has_access"))
+        if not db.is_mysql():
+            database.execute_sql("PRAGMA foreign_keys = ON")
+        database.drop_tables([PlanPrice, Plan])
+        migrations.SchemaVersion.delete().where(migrations.SchemaVersion.version > 1).execute()
+    assert [s[0] for s in migrations.pending()] == [3]
+    assert migrations.migrate_database() == ["plan items, pause_collection, plan catalog"]
+    with db.block() as database:
+        assert set(new_columns) <= {c.name for c in database.get_columns("subscription")}
+        row = Subscription.get(Subscription.stripe_subscription_id == "sub_v1")
+        assert (row.plan_slug, row.plan_slug_fallback, row.quantity, row.pause_behavior) == ("pro", "pro", None, None)
+        assert Project.get_by_id(project.id).paused_collection_has_access is True
+        assert Plan.select().count() == 0 and PlanPrice.select().count() == 0
+    assert migrations.current_version() == migrations.LATEST and migrations.pending() == []
