@@ -138,7 +138,7 @@ ERROR_TEXT = {
     401: "Missing, unknown, revoked or expired API key (`unauthorized`).",
     404: "Not found (`not_found`).",
     405: "Method not allowed (`method_not_allowed`).",
-    409: "Conflict (`already_subscribed`, `idempotency_conflict`).",
+    409: "Conflict (`already_subscribed`, `idempotency_conflict`, `plan_conflict`).",
     413: "Body over 1 MiB (`payload_too_large`).",
     422: "A required field is missing (`missing_field`).",
     429: "Rate limit exceeded (`rate_limited`); see Retry-After.",
@@ -232,11 +232,11 @@ def document():
             "/api/plans/{plan_slug}": {
                 "put": {"summary": "Create or replace a plan's Stripe price ids", "parameters": [PLAN_SLUG],
                         "description": "Subscriptions on prices that join or leave the plan get their plan_slug at "
-                                       "once. A price already in another plan: 400 on stripe_price_ids.",
+                                       "once. A price already in another plan: 409 plan_conflict on stripe_price_ids.",
                         "requestBody": {"required": True,
                                         "content": {"application/json": {"schema": _ref("PlanPrices")}}},
                         "responses": {"200": _json(_ref("Plan"), "Replaced"), "201": _json(_ref("Plan"), "Created"),
-                                      **_errors(400, 401, 413, 422, 429, 503)}},
+                                      **_errors(400, 401, 409, 413, 422, 429, 503)}},
                 "delete": {"summary": "Remove a plan from the catalog", "parameters": [PLAN_SLUG],
                            "responses": {"200": _json(_ref("PlanDeleted"), "Deleted"),
                                          **_errors(400, 401, 404, 429, 503)}}},

@@ -50,7 +50,8 @@ class PlanHandler(ApiHandler):
                 projects.audit("plan.saved", project=self.project, actor=self._actor(), ip=self.request.remote_ip,
                                plan_slug=slug, stripe_price_ids=plan["stripe_price_ids"])
         except plans.PlanConflict as exc:
-            raise invalid(exc.field, exc.message) from None
+            # The body is well formed but clashes with the stored catalog: a state conflict, as 409 means.
+            raise ApiError(409, "plan_conflict", exc.message, field=exc.field) from None
         self.write_json(plan, status=201 if created else 200)
 
     def delete(self, plan_slug):

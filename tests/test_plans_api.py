@@ -45,9 +45,9 @@ async def test_create_list_replace_delete(api):
 async def test_bad_input_and_conflicts(api):
     assert (await put(api, "pro", ["price_a"])).code == 201
     conflict = await put(api, "basic", ["price_b", "price_a"])
-    assert conflict.code == 400
+    assert conflict.code == 409
     error = body_of(conflict)["error"]
-    assert error["code"] == "invalid_field" and error["field"] == "stripe_price_ids" and "'pro'" in error["message"]
+    assert error["code"] == "plan_conflict" and error["field"] == "stripe_price_ids" and "'pro'" in error["message"]
     cases = [({"stripe_price_ids": "price_a"}, 400, "stripe_price_ids"),
              ({"stripe_price_ids": ["price a"]}, 400, "stripe_price_ids"),
              ({"stripe_price_ids": [7]}, 400, "stripe_price_ids"),
