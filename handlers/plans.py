@@ -39,7 +39,7 @@ class PlansHandler(ApiHandler):
 
 class PlanHandler(ApiHandler):
     def _actor(self):
-        return f"api-key:{self.api_key.prefix}" if getattr(self.api_key, "prefix", None) else "api-key"
+        return f"api-key:{self.api_key.prefix}"
 
     def put(self, plan_slug):
         slug = _slug(plan_slug)

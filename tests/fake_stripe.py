@@ -134,9 +134,9 @@ class FakeStripe:
         sub = self.subscriptions[sub_id]
         template = sub["items"]["data"][0]
         price_obj = self.prices[price_id]
-        item = dict(template, id=objects.new_id("si"), quantity=quantity, created=objects.now())
+        item = {k: v for k, v in template.items() if k not in ("price", "plan")}
+        item.update(id=objects.new_id("si"), quantity=quantity, created=objects.now())
         if legacy:
-            item.pop("price", None)
             item["plan"] = objects.legacy_plan(price_obj)
         else:
             item["price"] = price_obj

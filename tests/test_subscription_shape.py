@@ -76,8 +76,11 @@ async def test_several_items_report_the_plan_item_and_its_seats(buy, read, hooke
     sub = await buy("ada", "price_pro_yearly", "pro")
     fake_stripe.set_subscription(sub["id"], quantity=4)
     fake_stripe.add_item(sub["id"], "price_api_calls", quantity=None, first=True)
+    fake_stripe.add_price("plan_old_calls", "month", 0, usage_type="metered")
+    fake_stripe.add_item(sub["id"], "plan_old_calls", quantity=None, first=True, legacy=True)  # only a `plan` object
     current = fake_stripe.add_item(sub["id"], "price_extra_storage", quantity=2, first=True)
-    assert [i["price"]["id"] for i in current["items"]["data"]][0] == "price_extra_storage"
+    assert [(i.get("price") or i["plan"])["id"] for i in current["items"]["data"]] == [
+        "price_extra_storage", "plan_old_calls", "price_api_calls", "price_pro_yearly"]  # the plan item comes last
     await changed(deliver, current)
     found = await read(hooked, "ada")
     assert (found["stripe_price_id"], found["interval"], found["interval_count"], found["quantity"], found["plan_slug"]) \
