@@ -135,3 +135,21 @@ async def test_two_subscriptions_with_access_are_reported(buy, read, hooked, fak
     assert found["subscriptions_with_access"] == 2
     await changed(deliver, fake_stripe.set_subscription(extra["id"], status="canceled"))
     assert (await read(hooked, "ada"))["subscriptions_with_access"] == 1
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_sync_stripe_repairs_a_swap_whose_webhook_was_lost(buy, read, hooked, fake_stripe, app):
+    from pulse import resync
+
+    fake_stripe.add_price("price_team_quarterly", "month", 27000, interval_count=3)
+    sub = await buy("ada", "price_pro_monthly", "pro")
+    await buy("bob", "price_team_quarterly", "team")
+    fake_stripe.set_subscription(sub["id"], price="price_team_quarterly", quantity=3,
+                                 pause_collection={"behavior": "keep_as_draft", "resumes_at": None})
+    assert (await read(hooked, "ada"))["plan_slug"] == "pro"  # the webhook never came
+    await resync.sync_project(hooked.project, config=app.settings["config"], box=app.settings["secret_box"])
+    found = await read(hooked, "ada")
+    assert {k: found[k] for k in ("plan_slug", "stripe_price_id", "interval", "interval_count", "quantity",
+                                  "pause_collection")} == {
+        "plan_slug": "team", "stripe_price_id": "price_team_quarterly", "interval": "monthly", "interval_count": 3,
+        "quantity": 3, "pause_collection": {"behavior": "keep_as_draft", "resumes_at": None}}
