@@ -33,6 +33,7 @@ HANDLER_MODULES = [
     "handlers.export",
     "handlers.openapi",
     "handlers.billing",
+    "handlers.plans",
     "handlers.webhooks",
     "console.status",
     "console.auth",
@@ -42,6 +43,7 @@ HANDLER_MODULES = [
     "console.exports",
     "console.events",
     "console.settings",
+    "console.plans",
     "console.fallback",  # the console's catch-all 404: keep it last among console modules
 ]
 class PulseApplication(tornado.web.Application):

@@ -31,6 +31,7 @@ NOTICES = {
     "key_revoked": "The API key was revoked.",
     "stripe_saved": "Stripe settings saved.",
     "policy_saved": "Past-due access policy saved.",
+    "paused_policy_saved": "Paused-collection access policy saved.",
     "reapplied": "The event was applied again.",
     "signed_out": "You are signed out.",
     "password_changed": "Password changed. Every session was ended; sign in with the new password.",

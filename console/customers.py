@@ -5,7 +5,7 @@ import tornado.web
 from console.base import PID, ProjectHandler
 from pulse import insights, subscriptions as subs
 from pulse.db import block
-from pulse.status import ALL_STATUSES, has_access
+from pulse.status import ALL_STATUSES, policy_of, row_has_access
 
 
 class CustomersHandler(ProjectHandler):
@@ -34,10 +34,11 @@ class CustomerHandler(ProjectHandler):
             subscriptions = insights.subscriptions_of(customer)
             events = insights.events_of_customer(self.project, customer, subscriptions)
             previous = subs.previous_stripe_customers(customer)
+        policy = policy_of(self.project)
         for sub in subscriptions:
-            sub.access = has_access(sub.status, self.project.past_due_has_access)
+            sub.access = row_has_access(sub, policy)
         self.render_page("customer.html", customer=customer, subscriptions=subscriptions, events=events,
-                         previous=previous)
+                         previous=previous, with_access=sum(sub.access for sub in subscriptions))
 
 
 default_handlers = [

@@ -41,11 +41,12 @@ class DashboardHandler(ProjectHandler):
             series = insights.weekly_starts(self.project)
             last = insights.last_webhook(self.project)
             failures = insights.recent_failures(self.project)
+            doubled, doubled_total = insights.several_with_access(self.project)
         self.render_page("dashboard.html", counts=counts, total=sum(counts.values()), problems=problems,
                          charts=[("wide", chart(series)),
                                  ("narrow", chart(series, width=360, height=200, font=12, two_line_labels=True))],
                          started=sum(c for _, c in series), last_webhook=last, failures=failures,
-                         webhook_url=self.webhook_url())
+                         webhook_url=self.webhook_url(), doubled=doubled, doubled_total=doubled_total)
 
 
 default_handlers = [

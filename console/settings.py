@@ -72,6 +72,18 @@ class PolicySettingsHandler(SettingsPage):
         self.redirect(self.project_url("settings?notice=policy_saved"), status=303)
 
 
+class PausedCollectionSettingsHandler(SettingsPage):
+    def post(self, project_id):
+        value = self.get_body_argument("paused_collection_has_access", "")
+        if value not in ("yes", "no"):
+            self.show(status=400, error="Choose whether subscriptions with paused payment collection keep access.")
+            return
+        with block():
+            projects.set_paused_collection_policy(self.project, value == "yes", user=self.current_user,
+                                                  ip=self.client_ip)
+        self.redirect(self.project_url("settings?notice=paused_policy_saved"), status=303)
+
+
 class CheckConnectionHandler(SettingsPage):
     async def post(self, project_id):
         try:
@@ -111,6 +123,7 @@ default_handlers = [
     (PID + r"/settings", SettingsHandler),
     (PID + r"/settings/stripe", StripeSettingsHandler),
     (PID + r"/settings/policy", PolicySettingsHandler),
+    (PID + r"/settings/paused-collection", PausedCollectionSettingsHandler),
     (PID + r"/settings/check", CheckConnectionHandler),
     (PID + r"/audit", AuditHandler),
 ]

@@ -5,7 +5,7 @@ import json
 import re
 from urllib.parse import urlsplit
 
-from pulse import billing, hotpath, subscriptions as subs
+from pulse import billing, hotpath, plans, subscriptions as subs
 from pulse.db import block
 
 from handlers.base import ApiError, ApiHandler, invalid, missing
@@ -99,6 +99,8 @@ class BillingHandler(ApiHandler):
         if isinstance(exc, billing.StripeNotConfigured):
             exc = ApiError(503, "stripe_not_configured",
                            "Stripe is not configured for this project (no secret key in the project or deployment).")
+        elif isinstance(exc, plans.PlanConflict):
+            exc = invalid(exc.field, exc.message)
         elif isinstance(exc, billing.StripeFailure):
             suffix = f" (Stripe request {exc.request_id})" if exc.request_id else ""
             exc = ApiError(502, "stripe_error", f"Stripe error: {exc.message}{suffix}",
@@ -112,6 +114,7 @@ class CheckoutHandler(BillingHandler):
         client = self.stripe_client()
         project, user, address = self.project, fields["external_user_id"], fields["email"]
         with block():
+            plans.check_pair(project, fields["price_id"], fields["plan_slug"])  # 400 before any Stripe call
             customer = billing.find_customer(project, user)
             if customer is not None and billing.has_access_subscription(customer, project):
                 raise ApiError(409, "already_subscribed", "This user already has a subscription with access; "
@@ -136,6 +139,8 @@ class CheckoutHandler(BillingHandler):
                 replacing = customer.stripe_customer_id
                 with block():
                     billing.forget_stripe_customer(customer)
+        with block():
+            plans.learn_pair(project, fields["price_id"], fields["plan_slug"])  # only once Stripe accepted the price
         self.write_json({"url": session.url, "session_id": session.session_id})
 
     def _checkout_key(self, fields, customer):

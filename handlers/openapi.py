@@ -2,7 +2,7 @@
 
 import functools
 
-from pulse import __version__, idempotency
+from pulse import __version__, idempotency, plans, status
 from pulse.outcomes import Outcome
 
 from handlers.base import ApiHandler
@@ -53,18 +53,34 @@ SCHEMAS = {
     "PortalResponse": {"type": "object", "required": ["url"], "properties": {"url": {"type": "string"}}},
     "SubscriptionFields": {
         "type": "object",
-        "required": ["status", "has_access", "plan_slug", "interval", "stripe_price_id", "current_period_end",
-                     "cancel_at", "trial_end", "stripe_subscription_id"],
+        "required": ["status", "has_access", "plan_slug", "interval", "interval_count", "quantity", "stripe_price_id",
+                     "current_period_end", "cancel_at", "trial_end", "pause_collection", "subscriptions_with_access",
+                     "stripe_subscription_id"],
         "properties": {
-            "status": {"type": "string", "enum": ["active", "trialing", "cancelling", "past_due", "unpaid",
-                                                  "cancelled", "incomplete", "paused"]},
+            "status": {"type": "string", "enum": [s.value for s in status.ALL_STATUSES]},
             "has_access": {"type": "boolean"},
-            "plan_slug": NULLABLE_STRING,
-            "interval": {"type": ["string", "null"], "enum": ["monthly", "yearly", None]},
-            "stripe_price_id": NULLABLE_STRING,
+            "plan_slug": {"type": ["string", "null"], "description": "The plan of the current price: the plan "
+                          "catalog, then the price's lookup_key, then the checkout's plan_slug while the price is "
+                          "still the one bought at checkout; else null."},
+            "interval": {"type": ["string", "null"], "enum": [*status.INTERVALS.values(), None],
+                         "description": "The plan item's billing interval; with interval_count (3 + monthly = quarterly)."},
+            "interval_count": {"type": ["integer", "null"], "minimum": 1},
+            "quantity": {"type": ["integer", "null"], "description": "Seats: the plan item's quantity."},
+            "stripe_price_id": {"type": ["string", "null"], "description": "The plan item's price (metered add-ons "
+                                "are never the plan item)."},
             "current_period_end": NULLABLE_TIME,
             "cancel_at": NULLABLE_TIME,
             "trial_end": NULLABLE_TIME,
+            "pause_collection": {"oneOf": [{"type": "null"}, {
+                "type": "object", "required": ["behavior", "resumes_at"],
+                "properties": {"behavior": {"type": "string", "description": "Stripe's pause_collection.behavior: "
+                                            + "|".join(status.PAUSE_BEHAVIORS)},
+                               "resumes_at": NULLABLE_TIME}}],
+                "description": "Stripe keeps status active while payment collection is paused; has_access then "
+                               "follows the project's paused-collection setting (default: keeps access)."},
+            "subscriptions_with_access": {"type": "integer", "minimum": 0,
+                                          "description": "How many of the user's subscriptions grant access "
+                                                         "(more than 1: a duplicate to clean up)."},
             "stripe_subscription_id": {"type": "string"},
         },
     },
@@ -84,6 +100,20 @@ SCHEMAS = {
     },
     "Export": {"type": "object", "required": ["customers"],
                "properties": {"customers": {"type": "array", "items": {"$ref": "#/components/schemas/ExportedCustomer"}}}},
+    "Plan": {"type": "object", "required": ["plan_slug", "stripe_price_ids", "created_at", "updated_at"],
+             "properties": {"plan_slug": {"type": "string"},
+                            "stripe_price_ids": {"type": "array", "items": {"type": "string"}},
+                            "created_at": {"type": "string", "format": "date-time"},
+                            "updated_at": {"type": "string", "format": "date-time"}}},
+    "PlanList": {"type": "object", "required": ["plans"],
+                 "properties": {"plans": {"type": "array", "items": {"$ref": "#/components/schemas/Plan"}}}},
+    "PlanPrices": {"type": "object", "required": ["stripe_price_ids"], "additionalProperties": False,
+                   "properties": {"stripe_price_ids": {
+                       "type": "array", "maxItems": plans.MAX_PRICES,
+                       "items": {"type": "string", "pattern": f"^{plans.PRICE_ID.pattern}$"},
+                       "description": "Every Stripe price of the plan; a price belongs to at most one plan."}}},
+    "PlanDeleted": {"type": "object", "required": ["plan_slug", "deleted"],
+                    "properties": {"plan_slug": {"type": "string"}, "deleted": {"type": "boolean"}}},
     "Health": {"type": "object", "required": ["status", "database", "version"],
                "properties": {"status": {"type": "string", "enum": ["ok", "unavailable"]},
                               "database": {"type": "string", "enum": ["ok", "error"]},
@@ -113,7 +143,7 @@ ERROR_TEXT = {
     401: "Missing, unknown, revoked or expired API key (`unauthorized`).",
     404: "Not found (`not_found`).",
     405: "Method not allowed (`method_not_allowed`).",
-    409: "Conflict (`already_subscribed`, `idempotency_conflict`).",
+    409: "Conflict (`already_subscribed`, `idempotency_conflict`, `plan_conflict`).",
     413: "Body over 1 MiB (`payload_too_large`).",
     422: "A required field is missing (`missing_field`).",
     429: "Rate limit exceeded (`rate_limited`); see Retry-After.",
@@ -150,6 +180,9 @@ def _errors(*codes, rate_limited=True):
 IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
                    "description": "Same key and body within 24 h: the stored response, without calling Stripe again.",
                    "schema": {"type": "string", "pattern": f"^{idempotency.KEY_PATTERN}$"}}
+PLAN_SLUG = {"name": "plan_slug", "in": "path", "required": True,
+             "schema": {"type": "string", "minLength": 1, "maxLength": plans.SLUG_MAX,
+                        "pattern": r"^(?!\.\.?$)[^/\x00-\x1f\x7f-\x9f]+$"}}
 
 
 def _post(summary, request, response, *errors):
@@ -200,6 +233,20 @@ def document():
                 "summary": "A user's current subscription (access first, then most recent)",
                 "parameters": [{"name": "external_user_id", "in": "query", "required": True, "schema": EXTERNAL_USER_ID}],
                 "responses": {"200": _json(_ref("Subscription"), "OK"), **_errors(400, 401, 404, 422, 429, 503)}}},
+            "/api/plans": {"get": {
+                "summary": "The plan catalog: each plan_slug with its Stripe price ids",
+                "responses": {"200": _json(_ref("PlanList"), "OK"), **_errors(401, 429, 503)}}},
+            "/api/plans/{plan_slug}": {
+                "put": {"summary": "Create or replace a plan's Stripe price ids", "parameters": [PLAN_SLUG],
+                        "description": "Subscriptions on prices that join or leave the plan get their plan_slug at "
+                                       "once. A price already in another plan: 409 plan_conflict on stripe_price_ids.",
+                        "requestBody": {"required": True,
+                                        "content": {"application/json": {"schema": _ref("PlanPrices")}}},
+                        "responses": {"200": _json(_ref("Plan"), "Replaced"), "201": _json(_ref("Plan"), "Created"),
+                                      **_errors(400, 401, 409, 413, 422, 429, 503)}},
+                "delete": {"summary": "Remove a plan from the catalog", "parameters": [PLAN_SLUG],
+                           "responses": {"200": _json(_ref("PlanDeleted"), "Deleted"),
+                                         **_errors(400, 401, 404, 429, 503)}}},
             "/api/customers/export": {"get": {
                 "summary": "Every customer with its current subscription, streamed",
                 "parameters": [{"name": "format", "in": "query", "required": False,

@@ -14,7 +14,7 @@ import stripe
 from pulse import projects
 from pulse.db import block, database, utcnow
 from pulse.models import Customer, Project, Subscription
-from pulse.status import ACCESS_STATUSES
+from pulse.status import access_condition
 
 log = logging.getLogger("pulse.billing")
 
@@ -126,11 +126,10 @@ async def call(method, *args, **kwargs):
 def has_access_subscription(customer, project):
     """True when `customer` holds a subscription that grants access under the project's policy."""
     # The policy is read in the same query: `project` may come from the API-key cache.
-    past_due = (Subscription.status == "past_due") & (Project.past_due_has_access == True)  # noqa: E712
     return (Subscription.select()
             .join(Project, on=(Project.id == Subscription.project))
             .where((Subscription.customer == customer) & (Subscription.project == project.id)
-                   & (Subscription.status.in_(ACCESS_STATUSES) | past_due))
+                   & access_condition(Subscription, Project))
             .exists())
 
 
@@ -207,8 +206,9 @@ async def update_stripe_email(client, stripe_customer_id, email):
 async def create_checkout(client, project, customer, *, plan_slug, price_id, interval, success_url, cancel_url,
                           trial_days=None, idempotency_key=None):
     """A subscription-mode Checkout Session for the customer, with PaymentPulse metadata on both levels."""
+    # stripe_price_id: plan_slug holds only while the subscription is still on this price (SPEC 3.3).
     metadata = {"pulse_project_id": project.public_id, "external_user_id": customer.external_user_id,
-                "plan_slug": plan_slug, "interval": interval}
+                "plan_slug": plan_slug, "interval": interval, "stripe_price_id": price_id}
     subscription_data = {"metadata": metadata}
     if trial_days:
         subscription_data["trial_period_days"] = trial_days

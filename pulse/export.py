@@ -16,14 +16,14 @@ import json
 
 from pulse.db import block, isoformat, utcnow
 from pulse.models import Customer, Project, Subscription
-from pulse.status import has_access
+from pulse import status
 
 PAGE_SIZE = 500
 FORMATS = {"json": "application/json; charset=UTF-8", "csv": "text/csv; charset=UTF-8"}
+# SPEC 3.2's columns, then the ones added since (appended, so positional readers keep working).
 CSV_COLUMNS = ("external_user_id", "email", "stripe_customer_id", "created_at", "status", "has_access",
-               "plan_slug", "interval", "stripe_price_id", "current_period_end", "cancel_at", "trial_end")
-SUBSCRIPTION_FIELDS = ("status", "has_access", "plan_slug", "interval", "stripe_price_id", "current_period_end",
-                       "cancel_at", "trial_end", "stripe_subscription_id")
+               "plan_slug", "interval", "stripe_price_id", "current_period_end", "cancel_at", "trial_end",
+               "interval_count", "quantity", "pause_behavior", "pause_resumes_at", "subscriptions_with_access")
 # A spreadsheet runs a cell starting with one of these as a formula (CSV injection).
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -33,15 +33,7 @@ def filename(project, fmt, today=None):
     return f"customers-{project.public_id}-{(today or utcnow().date()).isoformat()}.{fmt}"
 
 
-def _current(subs, past_due_has_access):
-    # Same rule as GET /api/subscription: access first, then the most recently started, then newest row.
-    def rank(sub):
-        return (not has_access(sub["status"], past_due_has_access),
-                sub["started_at"] is None, -(sub["started_at"].timestamp() if sub["started_at"] else 0), -sub["id"])
-    return min(subs, key=rank) if subs else None
-
-
-def page(project_id, after_id=0, size=PAGE_SIZE, past_due_has_access=True):
+def page(project_id, after_id=0, size=PAGE_SIZE, policy=status.Policy()):
     """One page of export rows for customers with id > after_id: (rows, last id or None). Call in a block."""
     customers = list(Customer
                      .select(Customer.id, Customer.external_user_id, Customer.email,
@@ -53,11 +45,9 @@ def page(project_id, after_id=0, size=PAGE_SIZE, past_due_has_access=True):
     if not customers:
         return [], None
     by_customer = {}
+    columns = [getattr(Subscription, name) for name in status.PUBLIC_COLUMNS]
     subs = (Subscription
-            .select(Subscription.id, Subscription.customer, Subscription.status, Subscription.plan_slug,
-                    Subscription.interval, Subscription.stripe_price_id, Subscription.current_period_end,
-                    Subscription.cancel_at, Subscription.trial_end, Subscription.stripe_subscription_id,
-                    Subscription.started_at)
+            .select(Subscription.id, Subscription.customer, Subscription.started_at, *columns)
             .where((Subscription.project == project_id)
                    & (Subscription.customer.in_([c["id"] for c in customers])))
             .dicts())
@@ -65,23 +55,15 @@ def page(project_id, after_id=0, size=PAGE_SIZE, past_due_has_access=True):
         by_customer.setdefault(sub["customer"], []).append(sub)
     rows = []
     for customer in customers:
-        sub = _current(by_customer.get(customer["id"]), past_due_has_access)
+        subs = by_customer.get(customer["id"], [])
+        sub = status.current(subs, policy)
+        with_access = sum(1 for s in subs if status.row_has_access(s, policy))
         rows.append({
             "external_user_id": customer["external_user_id"],
             "email": customer["email"],
             "stripe_customer_id": customer["stripe_customer_id"],
             "created_at": isoformat(customer["created_at"]),
-            "subscription": None if sub is None else {
-                "status": sub["status"],
-                "has_access": has_access(sub["status"], past_due_has_access),
-                "plan_slug": sub["plan_slug"] or None,
-                "interval": sub["interval"] or None,
-                "stripe_price_id": sub["stripe_price_id"] or None,
-                "current_period_end": isoformat(sub["current_period_end"]),
-                "cancel_at": isoformat(sub["cancel_at"]),
-                "trial_end": isoformat(sub["trial_end"]),
-                "stripe_subscription_id": sub["stripe_subscription_id"],
-            },
+            "subscription": None if sub is None else status.public_subscription(sub, policy, with_access),
         })
     return rows, customers[-1]["id"]
 
@@ -89,11 +71,11 @@ def page(project_id, after_id=0, size=PAGE_SIZE, past_due_has_access=True):
 def pages(project, size=PAGE_SIZE):
     """Yield lists of export rows (dicts as in the JSON export), one short database block per page."""
     with block():
-        past_due_has_access = Project.get_by_id(project.id).past_due_has_access  # fresh, not the cached key's
+        policy = status.policy_of(Project.get_by_id(project.id))  # fresh, not the cached key's
     after_id = 0
     while True:
         with block():
-            rows, after_id = page(project.id, after_id, size, past_due_has_access)
+            rows, after_id = page(project.id, after_id, size, policy)
         if not rows:
             return
         yield rows
@@ -113,7 +95,9 @@ def safe_cell(value):
 
 def csv_line(row):
     """The CSV cells of one export row, in CSV_COLUMNS order."""
-    sub = row["subscription"] or {}
+    sub = dict(row["subscription"] or {})
+    pause = sub.pop("pause_collection", None) or {}
+    sub["pause_behavior"], sub["pause_resumes_at"] = pause.get("behavior"), pause.get("resumes_at")
     values = [row["external_user_id"], row["email"], row["stripe_customer_id"], row["created_at"]]
     values += [sub.get(name) for name in CSV_COLUMNS[4:]]
     return [safe_cell(value) for value in values]

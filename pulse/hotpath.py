@@ -6,9 +6,9 @@ from datetime import datetime
 
 import peewee as pw
 
-from pulse.db import database, isoformat
+from pulse import status
+from pulse.db import database
 from pulse.models import Customer, Project, Subscription
-from pulse.status import ACCESS_STATUSES, has_access
 
 # Stand-ins used once to compile the query; their positions in the parameter list are remembered.
 _PROJECT_MARK = -918273645
@@ -23,21 +23,21 @@ CACHE_MAX = 50000
 
 
 def _query(project_id, external_user_id):
-    # One round trip: the customer, the project's past-due policy (fresh, never cached) and the
-    # subscription that wins (access first, then most recent), as plain tuples (no model objects).
-    access_first = pw.Case(None, [(
-        Subscription.status.in_(ACCESS_STATUSES)
-        | ((Subscription.status == "past_due") & (Project.past_due_has_access == True)), 0)], 1)  # noqa: E712
+    # One round trip: the customer, the project's access policy (fresh, never cached), the current
+    # subscription (status.current_order) and how many of the user's subscriptions grant access,
+    # as plain tuples (no model objects).
+    others = Subscription.alias("others")
+    with_access = (others.select(pw.fn.COUNT(others.id))
+                   .where((others.customer == Customer.id) & status.access_condition(others, Project)))
+    columns = [getattr(Subscription, name) for name in status.PUBLIC_COLUMNS]
     return (Customer
             .select(Customer.external_user_id, Customer.email, Customer.stripe_customer_id,
-                    Project.past_due_has_access, Subscription.status, Subscription.plan_slug,
-                    Subscription.interval, Subscription.stripe_price_id, Subscription.current_period_end,
-                    Subscription.cancel_at, Subscription.trial_end, Subscription.stripe_subscription_id)
+                    Project.past_due_has_access, Project.paused_collection_has_access, with_access, *columns)
             .join(Project, on=(Project.id == Customer.project))
             .switch(Customer)
             .join(Subscription, pw.JOIN.LEFT_OUTER, on=(Subscription.customer == Customer.id))
             .where((Customer.project == project_id) & (Customer.external_user_id == external_user_id))
-            .order_by(access_first, Subscription.started_at.desc(nulls="LAST"), Subscription.id.desc())
+            .order_by(*status.current_order(Subscription, Project))
             .limit(1)
             .tuples())
 
@@ -49,13 +49,6 @@ def _compile(db):
         sql, params = _query(_PROJECT_MARK, _USER_MARK).sql()
         _compiled[key] = (sql, list(params), params.index(_PROJECT_MARK), params.index(_USER_MARK))
     return _compiled[key]
-
-
-def _iso(value):
-    # SQLite hands back the stored text ("2026-01-01 00:00:00[.ffffff]"), MySQL a datetime.
-    if value is None or isinstance(value, datetime):
-        return isoformat(value)
-    return value[:19].replace(" ", "T") + "Z"
 
 
 class _State:
@@ -110,21 +103,8 @@ def _read(db, project_id, external_user_id):
     row = db.execute_sql(sql, params).fetchone()
     if row is None:
         return False, None
-    (ext_id, email, stripe_customer_id, past_due_access, status, plan_slug, interval, price_id,
-     period_end, cancel_at, trial_end, subscription_id) = row
-    if subscription_id is None:
+    sub = dict(zip(status.PUBLIC_COLUMNS, row[6:]))
+    if sub["stripe_subscription_id"] is None:
         return True, None
-    return True, {
-        "external_user_id": ext_id,
-        "email": email,
-        "status": status,
-        "has_access": has_access(status, past_due_access),
-        "plan_slug": plan_slug or None,
-        "interval": interval or None,
-        "stripe_price_id": price_id or None,
-        "current_period_end": _iso(period_end),
-        "cancel_at": _iso(cancel_at),
-        "trial_end": _iso(trial_end),
-        "stripe_customer_id": stripe_customer_id,
-        "stripe_subscription_id": subscription_id,
-    }
+    customer = {"external_user_id": row[0], "email": row[1], "stripe_customer_id": row[2]}
+    return True, status.public_subscription(sub, status.Policy(bool(row[3]), bool(row[4])), row[5], customer)

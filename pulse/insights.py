@@ -6,9 +6,10 @@ from typing import NamedTuple
 import peewee as pw
 
 from pulse.db import utcnow
-from pulse.models import AuditLog, Customer, Membership, Subscription, WebhookEvent
+from pulse import status as rules
+from pulse.models import AuditLog, Customer, Membership, Project, Subscription, WebhookEvent
 from pulse.outcomes import Outcome
-from pulse.status import ALL_STATUSES, has_access
+from pulse.status import ALL_STATUSES
 
 PAGE_SIZE = 50
 WEEKS = 12
@@ -101,17 +102,26 @@ def search_customers(project, q="", status="", before=0, after=0, limit=PAGE_SIZ
     if rows:
         for sub in Subscription.select().where(Subscription.customer.in_([c.id for c in rows])):
             by_customer.setdefault(sub.customer_id, []).append(sub)
+    policy = rules.policy_of(project)
     for customer in rows:
-        customer.subscription = current(by_customer.get(customer.id, []), project.past_due_has_access)
+        customer.subscription = rules.current(by_customer.get(customer.id, []), policy)
     return page, query.count()
 
 
-def current(subscriptions, past_due_has_access=True):
-    """The subscription the API reports: one with access first, then the latest started, then the newest row."""
-    def rank(sub):
-        started = sub.started_at.timestamp() if sub.started_at else 0
-        return (not has_access(sub.status, past_due_has_access), sub.started_at is None, -started, -sub.id)
-    return min(subscriptions, key=rank) if subscriptions else None
+def several_with_access(project, limit=20):
+    """(customers holding more than one subscription with access, how many in all): a race or a Dashboard-made duplicate."""
+    counted = (Subscription.select(Subscription.customer, pw.fn.COUNT(Subscription.id).alias("n"))
+               .join(Project, on=(Project.id == Subscription.project))
+               .where((Subscription.project == project.id) & rules.access_condition(Subscription, Project))
+               .group_by(Subscription.customer)
+               .having(pw.fn.COUNT(Subscription.id) > 1))
+    counts = dict(counted.tuples())
+    if not counts:
+        return [], 0
+    customers = list(Customer.select().where(Customer.id.in_(sorted(counts)[:limit])).order_by(Customer.id))
+    for customer in customers:
+        customer.with_access = counts[customer.id]
+    return customers, len(counts)
 
 
 def customer_by_external_id(project, external_user_id):

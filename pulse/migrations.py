@@ -38,12 +38,28 @@ def _customer_history(db, migrator):
 
     db.create_tables([StripeCustomerHistory], safe=True)
     run_operations(migrator.add_column("webhook_event", "reason", WebhookEvent.reason))
+def _plan_items_and_catalog(db, migrator):
+    # Issue 10 items 2-6: the plan item's facts, pause_collection, the paused-collection policy, the catalog.
+    from pulse.models import Plan, PlanPrice, Project, Subscription
+    fields = Subscription._meta.fields
+    run_operations(*(migrator.add_column("subscription", name, fields[name])
+                     for name in ("interval_count", "quantity", "unit_amount", "currency", "pause_behavior",
+                                  "pause_resumes_at", "plan_slug_fallback")))
+    # Not migrator.add_column: for a NOT NULL column it rebuilds the table on SQLite, and dropping the
+    # old `project` table would cascade-delete every customer and subscription (foreign_keys is on).
+    kind = "BOOL" if is_mysql(db) else "INTEGER"
+    db.execute_sql(f"ALTER TABLE {Project._meta.table_name} ADD COLUMN paused_collection_has_access {kind} "
+                   "NOT NULL DEFAULT 1")
+    db.create_tables([Plan, PlanPrice], safe=True)
+    # Until its next event, a stored row falls back to the slug it had.
+    Subscription.update(plan_slug_fallback=Subscription.plan_slug).execute()
 
 
 # (version, name, step). Steps after the first receive the database and its migrator.
 STEPS = [
     (1, "initial schema", _initial),
     (2, "stripe customer history and webhook ignore reasons", _customer_history),
+    (3, "plan items, pause_collection, plan catalog", _plan_items_and_catalog),
 ]
 LATEST = STEPS[-1][0]
 

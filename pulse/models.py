@@ -4,6 +4,7 @@ import peewee as pw
 
 from pulse.db import database, is_mysql, utcnow
 from pulse.outcomes import Outcome
+from pulse.status import Status
 
 
 class LongTextField(pw.TextField):
@@ -48,6 +49,8 @@ class Project(BaseModel):
     stripe_secret_key = pw.TextField(null=True)  # Fernet token, see pulse.security
     stripe_webhook_secret = pw.TextField(null=True)  # Fernet token
     past_due_has_access = pw.BooleanField(default=True)
+    # Stripe keeps `active` while payment collection is paused; Stripe treats the pause as free service.
+    paused_collection_has_access = pw.BooleanField(default=True)
     created_at = pw.DateTimeField(default=utcnow)
     updated_at = pw.DateTimeField(default=utcnow)
 
@@ -103,9 +106,21 @@ class Subscription(BaseModel):
     stripe_subscription_id = ExactCharField(max_length=255)
     plan_slug = pw.CharField(max_length=100, default="")
     stripe_price_id = pw.CharField(max_length=255, default="")
-    interval = pw.CharField(max_length=20, default="monthly")
+    interval = pw.CharField(max_length=20, default="monthly")  # daily|weekly|monthly|yearly, "" unknown
     stripe_status = pw.CharField(max_length=32)  # Stripe's own word
-    status = pw.CharField(max_length=32)  # ours, SPEC 3.3
+    status = pw.CharField(max_length=32, choices=[(s.value, s.value) for s in Status])  # ours, SPEC 3.3
+    # The plan item (SPEC 3.3): its price's interval_count, its quantity (seats), unit amount (minor
+    # units) and currency, for MRR (unit_amount x quantity normalised to a month).
+    interval_count = pw.IntegerField(null=True)
+    quantity = pw.IntegerField(null=True)
+    unit_amount = pw.BigIntegerField(null=True)
+    currency = pw.CharField(max_length=3, null=True)
+    # Stripe's pause_collection ({behavior, resumes_at}); null when collection is not paused.
+    pause_behavior = pw.CharField(max_length=32, null=True)
+    pause_resumes_at = pw.DateTimeField(null=True)
+    # plan_slug without the catalog (price lookup_key or still-valid checkout metadata): what plan_slug
+    # falls back to when the catalog drops the price.
+    plan_slug_fallback = pw.CharField(max_length=100, null=True)
     cancel_at_period_end = pw.BooleanField(default=False)
     current_period_end = pw.DateTimeField(null=True)
     cancel_at = pw.DateTimeField(null=True)
@@ -139,6 +154,30 @@ class StripeCustomerHistory(BaseModel):
 
     class Meta:
         indexes = ((("project", "stripe_customer_id"), True),)
+
+
+class Plan(BaseModel):
+    """The plan catalog (SPEC 3.2): a tenant's plan_slug and the Stripe prices that sell it."""
+
+    project = pw.ForeignKeyField(Project, backref="plans", on_delete="CASCADE")
+    plan_slug = ExactCharField(max_length=100)
+    created_at = pw.DateTimeField(default=utcnow)
+    updated_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("project", "plan_slug"), True),)
+
+
+class PlanPrice(BaseModel):
+    """One Stripe price of a plan; unique per project, so a price belongs to at most one plan."""
+
+    project = pw.ForeignKeyField(Project, on_delete="CASCADE")
+    plan = pw.ForeignKeyField(Plan, backref="prices", on_delete="CASCADE")
+    stripe_price_id = ExactCharField(max_length=255)
+    created_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("project", "stripe_price_id"), True),)
 
 
 class WebhookEvent(BaseModel):
@@ -210,4 +249,4 @@ class LoginFailure(BaseModel):
 
 
 MODELS = [Project, User, Membership, ApiKey, Customer, Subscription, WebhookEvent,
-          AuditLog, Session, IdempotencyRecord, LoginFailure, StripeCustomerHistory]
+          AuditLog, Session, IdempotencyRecord, LoginFailure, StripeCustomerHistory, Plan, PlanPrice]

@@ -109,3 +109,16 @@ def set_past_due_policy(project, allowed, *, user=None, ip=None):
     apikeys.invalidate(project.id)  # cached key lookups carry the project row, and with it the policy
     audit("settings.past_due_policy", project=project, user=user, ip=ip, past_due_has_access=allowed)
     return True
+
+
+def set_paused_collection_policy(project, allowed, *, actor=None, user=None, ip=None):
+    """Whether subscriptions with paused payment collection keep access (SPEC 3.3); audited when it changes."""
+    if bool(allowed) == bool(project.paused_collection_has_access):
+        return False
+    project.paused_collection_has_access = bool(allowed)
+    project.updated_at = utcnow()
+    project.save()
+    apikeys.invalidate(project.id)  # cached key lookups carry the project row
+    audit("settings.paused_collection_policy", project=project, actor=actor, user=user, ip=ip,
+          paused_collection_has_access=bool(allowed))
+    return True

@@ -5,8 +5,9 @@ import time
 import peewee
 
 from pulse.db import database, from_timestamp, is_mysql, utcnow
+from pulse import plans
 from pulse.models import Customer, StripeCustomerHistory, Subscription
-from pulse.status import map_status, period_end, price_of
+from pulse.status import map_status, period_end
 
 # Outcomes of upsert_subscription, counted by sync-stripe.
 CREATED, UPDATED, UNCHANGED, STALE, UNMATCHED = "created", "updated", "unchanged", "stale", "unmatched"
@@ -14,7 +15,8 @@ CREATED, UPDATED, UNCHANGED, STALE, UNMATCHED = "created", "updated", "unchanged
 # Fields compared to tell "updated" from "unchanged" (snapshot/sync times always move).
 _COMPARED = ("customer_id", "plan_slug", "stripe_price_id", "interval", "stripe_status", "status",
              "cancel_at_period_end", "current_period_end", "cancel_at", "canceled_at", "trial_end",
-             "started_at")
+             "started_at", "interval_count", "quantity", "unit_amount", "currency", "pause_behavior",
+             "pause_resumes_at", "plan_slug_fallback")
 
 
 def clock_ms():
@@ -106,9 +108,8 @@ def resolve_customer(project, stripe_customer_id=None, external_user_id=None, em
     return customer
 
 
-def fields_of(obj):
-    """Subscription column values read from a Stripe subscription object (either API shape)."""
-    price_id, interval = price_of(obj)
+def fields_of(project, obj):
+    """Subscription column values read from a Stripe subscription object (either API shape). Call in a block."""
     fields = {
         "stripe_status": obj.get("status") or "incomplete",
         "status": map_status(obj.get("status"), obj.get("cancel_at_period_end"), obj.get("cancel_at")),
@@ -119,13 +120,8 @@ def fields_of(obj):
         "trial_end": from_timestamp(obj.get("trial_end")),
         "started_at": from_timestamp(obj.get("created") or obj.get("start_date")),
     }
-    if price_id:
-        fields["stripe_price_id"] = price_id
-    if interval:
-        fields["interval"] = interval
-    plan_slug = metadata_of(obj).get("plan_slug")
-    if plan_slug:
-        fields["plan_slug"] = str(plan_slug)[:100]
+    fields.update(plans.plan_fields(project, obj, metadata_of(obj)))
+    fields.update(plans.pause_fields(obj))
     return fields
 
 
@@ -151,7 +147,7 @@ def upsert_subscription(project, obj, snapshot_at, email=None):
         customer = existing.customer
     if customer is None:
         return UNMATCHED
-    fields = fields_of(obj)
+    fields = fields_of(project, obj)
     fields["customer_id"] = customer.id
     now = utcnow()
     if existing is None:

@@ -125,9 +125,26 @@ class FakeStripe:
 
     # ------------------------------------------------------------ test-side state changes
 
-    def add_price(self, price_id, interval="month", unit_amount=2000):
-        self.prices[price_id] = objects.price(price_id, interval, unit_amount)
+    def add_price(self, price_id, interval="month", unit_amount=2000, **options):
+        """A recurring price; options: interval_count, usage_type ("licensed"|"metered"), lookup_key, currency."""
+        self.prices[price_id] = objects.price(price_id, interval, unit_amount, **options)
         return self.prices[price_id]
+
+    def add_item(self, sub_id, price_id, quantity=1, first=False, legacy=False):
+        """Add an item on an existing price (metered: quantity None); `first` lists it before the others
+        (Stripe does not order items); `legacy` gives it only the old `plan` object, no `price`."""
+        sub = self.subscriptions[sub_id]
+        template = sub["items"]["data"][0]
+        price_obj = self.prices[price_id]
+        item = {k: v for k, v in template.items() if k not in ("price", "plan")}
+        item.update(id=objects.new_id("si"), quantity=quantity, created=objects.now())
+        if legacy:
+            item["plan"] = objects.legacy_plan(price_obj)
+        else:
+            item["price"] = price_obj
+        sub["items"]["data"].insert(0 if first else len(sub["items"]["data"]), item)
+        sub["_version"] += 1
+        return self.subscription(sub_id)
 
     def _price(self, price_id, interval):
         if price_id not in self.prices:
@@ -156,16 +173,22 @@ class FakeStripe:
 
     def set_subscription(self, sub_id, **changes):
         """Change a subscription like Stripe would (status, cancel_at_period_end, cancel_at, canceled_at,
-        current_period_end, current_period_start, trial_end, ended_at, metadata, price, interval, pause_collection)."""
+        current_period_end, current_period_start, trial_end, ended_at, metadata, price, interval, quantity,
+        pause_collection) on the first item; see add_item for more items."""
         sub = self.subscriptions[sub_id]
         item = sub["items"]["data"][0]
         for key, value in changes.items():
             if key in ("current_period_end", "current_period_start"):
                 item[key] = value
             elif key in ("price", "interval"):
+                # A swap to a known price keeps it as it is (interval_count, lookup_key...), as Stripe would.
                 price_id = changes.get("price", item["price"]["id"])
-                interval = changes.get("interval", item["price"]["recurring"]["interval"])
-                item["price"] = self.prices[price_id] = objects.price(price_id, interval)
+                if "interval" in changes or price_id not in self.prices:
+                    interval = changes.get("interval", item["price"]["recurring"]["interval"])
+                    self.prices[price_id] = objects.price(price_id, interval)
+                item["price"] = self.prices[price_id]
+            elif key == "quantity":
+                item["quantity"] = value
             elif key == "metadata":
                 sub["metadata"] = objects.merge_metadata(sub["metadata"], value)
             elif key in sub:

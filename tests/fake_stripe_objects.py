@@ -5,7 +5,7 @@ import time
 from urllib.parse import parse_qsl
 
 NEW_PERIOD_VERSION = "2025-03-31"  # from this API version on, the billing period lives on the items
-INTERVAL_DAYS = {"month": 30, "year": 365}
+INTERVAL_DAYS = {"day": 1, "week": 7, "month": 30, "year": 365}
 
 
 def new_id(prefix):
@@ -106,12 +106,13 @@ def portal_session(params):
     }
 
 
-def price(price_id, interval="month", unit_amount=2000):
+def price(price_id, interval="month", unit_amount=2000, *, interval_count=1, usage_type="licensed", lookup_key=None,
+          currency="usd"):
     return {
         "id": price_id, "object": "price", "active": True, "billing_scheme": "per_unit", "created": now(),
-        "currency": "usd", "livemode": False, "lookup_key": None, "metadata": {}, "nickname": None,
+        "currency": currency, "livemode": False, "lookup_key": lookup_key, "metadata": {}, "nickname": None,
         "product": "prod_" + secrets.token_hex(6),
-        "recurring": {"interval": interval, "interval_count": 1, "meter": None, "usage_type": "licensed",
+        "recurring": {"interval": interval, "interval_count": interval_count, "meter": None, "usage_type": usage_type,
                       "trial_period_days": None},
         "tax_behavior": "unspecified", "type": "recurring", "unit_amount": unit_amount,
         "unit_amount_decimal": str(unit_amount),
@@ -125,7 +126,7 @@ def subscription(customer_id, price_obj, *, status="active", metadata=None, tria
     trial_end = start + int(trial_days) * 86400 if status == "trialing" and trial_days else None
     if status == "trialing" and trial_end is None:
         trial_end = start + 14 * 86400
-    period_end = trial_end or start + INTERVAL_DAYS.get(interval, 30) * 86400
+    period_end = trial_end or start + INTERVAL_DAYS.get(interval, 30) * price_obj["recurring"]["interval_count"] * 86400
     sub_id = new_id("sub")
     item = {"id": new_id("si"), "object": "subscription_item", "created": start, "discounts": [], "metadata": {},
             "price": price_obj, "quantity": 1, "subscription": sub_id, "tax_rates": [],
@@ -144,6 +145,15 @@ def subscription(customer_id, price_obj, *, status="active", metadata=None, tria
         "trial_start": start if trial_end else None,
         "_version": 1,
     }
+
+
+def legacy_plan(price_obj):
+    """The `plan` object Stripe puts beside (and before 2018 instead of) an item's `price`."""
+    recurring = price_obj["recurring"]
+    return {"id": price_obj["id"], "object": "plan", "active": True, "amount": price_obj["unit_amount"],
+            "currency": price_obj["currency"], "interval": recurring["interval"],
+            "interval_count": recurring["interval_count"], "usage_type": recurring["usage_type"],
+            "product": price_obj["product"], "nickname": None, "metadata": {}}
 
 
 def render_subscription(sub, api_version):

@@ -84,7 +84,7 @@ def new_subscription(fake, external_user_id, *, project_id=None, email=None, sta
     """
     email = email or f"{external_user_id}@example.test"
     meta = {"external_user_id": external_user_id, "plan_slug": plan_slug,
-            "interval": {"month": "monthly", "year": "yearly"}[interval]}
+            "interval": {"month": "monthly", "year": "yearly"}[interval], "stripe_price_id": price}
     if project_id:
         meta["pulse_project_id"] = project_id
     cus = fake.dispatch("POST", "customers", {"email": email, "metadata": dict(meta)})

@@ -40,7 +40,8 @@ async def test_checkout_creates_customer_and_subscription_session(api, fake_stri
     assert session["mode"] == "subscription" and session["customer"] == row.stripe_customer_id
     assert session["client_reference_id"] == "user-1"
     assert session["success_url"] == "https://app.test/welcome" and session["cancel_url"] == "https://app.test/pricing"
-    meta = {"pulse_project_id": pid, "external_user_id": "user-1", "plan_slug": "pro", "interval": "yearly"}
+    meta = {"pulse_project_id": pid, "external_user_id": "user-1", "plan_slug": "pro", "interval": "yearly",
+            "stripe_price_id": "price_pro_monthly"}
     assert session["metadata"] == meta
     params = fake_stripe.calls("POST", "/v1/checkout/sessions")[0][2]
     assert params["line_items"] == [{"price": "price_pro_monthly", "quantity": "1"}]

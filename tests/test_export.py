@@ -13,7 +13,8 @@ from pulse.models import Customer, Subscription
 from tests.support import body_of
 
 CSV_HEADER = ("external_user_id,email,stripe_customer_id,created_at,status,has_access,plan_slug,interval,"
-              "stripe_price_id,current_period_end,cancel_at,trial_end")
+              "stripe_price_id,current_period_end,cancel_at,trial_end,interval_count,quantity,pause_behavior,"
+              "pause_resumes_at,subscriptions_with_access")
 
 
 def add_customer(project, external_user_id, email="u@example.com", stripe_customer_id=None, subs=()):
@@ -50,9 +51,10 @@ async def test_json_export_has_every_customer_with_its_current_subscription(api,
     first = customers[0]
     assert first["stripe_customer_id"] == "cus_1" and first["created_at"] == "2026-01-02T03:04:05Z"
     assert first["subscription"] == {
-        "status": "active", "has_access": True, "plan_slug": "pro", "interval": "yearly",
-        "stripe_price_id": "price_pro", "current_period_end": "2027-01-02T00:00:00Z", "cancel_at": None,
-        "trial_end": None, "stripe_subscription_id": "sub_u1_1"}  # access wins over the more recent one
+        "status": "active", "has_access": True, "plan_slug": "pro", "interval": "yearly", "interval_count": None,
+        "quantity": None, "stripe_price_id": "price_pro", "current_period_end": "2027-01-02T00:00:00Z",
+        "cancel_at": None, "trial_end": None, "pause_collection": None, "subscriptions_with_access": 1,
+        "stripe_subscription_id": "sub_u1_1"}  # access wins over the more recent one
     assert customers[1]["subscription"]["stripe_subscription_id"] == "sub_u2_1"  # no access: most recent
     assert customers[1]["subscription"]["has_access"] is False
     assert customers[2]["subscription"] is None
@@ -72,7 +74,7 @@ async def test_csv_export_and_formula_injection(api, project):
     rows = read_csv(response)
     assert rows[1][:2] == ["'=HYPERLINK(\"http://evil\")", "'+1@example.com"]
     assert rows[1][4:8] == ["active", "true", "pro", "yearly"]
-    assert rows[2][:2] == ["'-5", "'@me"] and rows[2][4:] == [""] * 8
+    assert rows[2][:2] == ["'-5", "'@me"] and rows[2][4:] == [""] * 13
     assert rows[3][:2] == ["'\tx", "'\rmail"]
     assert rows[4][:2] == ["plain, \"quoted\"", "ok@example.com"]
     assert len(rows) == 5

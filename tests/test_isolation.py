@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from pulse import db
+from pulse import db, plans
 from pulse.models import ApiKey, Customer, WebhookEvent
 from tests.billing_support import checkout_body
 from tests.support import body_of
@@ -25,7 +25,8 @@ WHSEC_B = "whsec_isolation_b_" + "f" * 20
 UNSCOPED = {"/api/health", "/status", "/console", "/console/", "/console/login", "/console/logout",
             "/console/account", "/console/.*", "/api/webhook/?"}
 # API routes scoped by the X-API-Key: exercised one by one below.
-KEY_SCOPED = {"/api/checkout", "/api/portal", "/api/subscription", "/api/customers/export"}
+KEY_SCOPED = {"/api/checkout", "/api/portal", "/api/subscription", "/api/customers/export", "/api/plans",
+              "/api/plans/([^/]+)"}
 OTHER = {"/api/webhook/([A-Za-z0-9_-]{1,40})/?", r"/api/openapi\.json"}
 
 
@@ -145,6 +146,15 @@ async def test_api_routes_with_another_projects_key(api, app, tenants, fake_stri
         assert_nothing_of([c.email for c in customers] + [c.stripe_customer_id for c in customers], response,
                           f"export {fmt}")
 
+    # A's plan catalog: B sees none of it and cannot delete it.
+    with db.block():
+        plans.learn_pair(a.project, "price_alpha_secret", "alpha-gold")
+    response = await api("GET", "/api/plans", key=key_b)
+    assert response.code == 200 and b"alpha" not in response.body
+    assert (await api("DELETE", "/api/plans/alpha-gold", key=key_b)).code == 404
+    with db.block():
+        assert plans.catalog_of(a.project) == {"price_alpha_secret": "alpha-gold"}
+
     # A's webhook endpoint does not accept B's signing secret.
     body = '{"id":"evt_cross","object":"event","type":"customer.updated","data":{"object":{"id":"cus_seed0",' \
            '"object":"customer","email":"hijacked@evil.test"}}}'
@@ -170,7 +180,9 @@ async def test_bad_keys_are_401_everywhere(api, tenants):
         for method, path, data in (("GET", f"/api/subscription?external_user_id={user}", None),
                                    ("POST", "/api/portal", {"external_user_id": user, "return_url": "https://x.test/"}),
                                    ("POST", "/api/checkout", checkout_body(external_user_id=user)),
-                                   ("GET", "/api/customers/export?format=csv", None)):
+                                   ("GET", "/api/customers/export?format=csv", None),
+                                   ("GET", "/api/plans", None),
+                                   ("PUT", "/api/plans/pro", {"stripe_price_ids": []})):
             response = await api(method, path, data, key=key or "", headers={} if key else {"X-API-Key": ""})
             if response.code == 404 and b"No such endpoint" in response.body:
                 continue

@@ -105,9 +105,7 @@ def test_upgrade_to_2_adds_customer_history_and_ignore_reasons(db_url):
     with db.block() as database:
         project = Project.create(public_id="proj_v1", name="V1")
         WebhookEvent.create(project=project, stripe_event_id="evt_old", type="invoice.paid", outcome="ignored")
-        database.drop_tables([StripeCustomerHistory])
-        run_operations(migrations._migrator(database).drop_column("webhook_event", "reason"))
-        migrations.SchemaVersion.delete().where(migrations.SchemaVersion.version >= 2).execute()
+        back_to_version_1(database)
         assert migrations.current_version() == 1
     assert "stripe customer history and webhook ignore reasons" in migrations.migrate_database()
     with db.block() as database:
@@ -121,3 +119,47 @@ def test_upgrade_to_2_adds_customer_history_and_ignore_reasons(db_url):
             with database.atomic():
                 StripeCustomerHistory.create(project=project, customer=customer, stripe_customer_id="cus_1",
                                              reason="again")
+
+
+def test_step_3_adds_plan_items_pause_and_the_catalog_to_a_version_1_database(db_url):
+    """A database from before issue 10 (version 1): the step keeps its rows and the rows keep their slug."""
+    from pulse.models import Plan, PlanPrice, Subscription
+
+    db.bind(db_url)
+    new_columns = ["interval_count", "quantity", "unit_amount", "currency", "pause_behavior", "pause_resumes_at",
+                   "plan_slug_fallback"]
+    with db.block() as database:
+        project = Project.create(public_id="proj_v1", name="V1")
+        customer = Customer.create(project=project, external_user_id="u1", email="u1@x.test")
+        Subscription.create(project=project, customer=customer, stripe_subscription_id="sub_v1", plan_slug="pro",
+                            stripe_price_id="price_pro", stripe_status="active", status="active")
+        back_to_version_1(database)
+    assert [s[0] for s in migrations.pending()] == [step[0] for step in migrations.STEPS[1:]]
+    assert "plan items, pause_collection, plan catalog" in migrations.migrate_database()
+    with db.block() as database:
+        assert set(new_columns) <= {c.name for c in database.get_columns("subscription")}
+        row = Subscription.get(Subscription.stripe_subscription_id == "sub_v1")
+        assert (row.plan_slug, row.plan_slug_fallback, row.quantity, row.pause_behavior) == ("pro", "pro", None, None)
+        assert Project.get_by_id(project.id).paused_collection_has_access is True
+        assert Plan.select().count() == 0 and PlanPrice.select().count() == 0
+    assert migrations.current_version() == migrations.LATEST and migrations.pending() == []
+
+
+def back_to_version_1(database):
+    """Undo every step after the first, as a database made by version 1 of the schema looks."""
+    from pulse.models import Plan, PlanPrice, StripeCustomerHistory
+
+    migrator = migrations._migrator(database)
+    if not db.is_mysql():
+        database.execute_sql("PRAGMA foreign_keys = OFF")  # SQLite drops columns by rebuilding the table
+    # step 3: plan items, pause_collection, plan catalog
+    run_operations(*(migrator.drop_column("subscription", name) for name in (
+        "interval_count", "quantity", "unit_amount", "currency", "pause_behavior", "pause_resumes_at",
+        "plan_slug_fallback")), migrator.drop_column("project", "paused_collection_has_access"))
+    database.drop_tables([PlanPrice, Plan])
+    # step 2: customer history and ignore reasons
+    database.drop_tables([StripeCustomerHistory])
+    run_operations(migrator.drop_column("webhook_event", "reason"))
+    if not db.is_mysql():
+        database.execute_sql("PRAGMA foreign_keys = ON")
+    migrations.SchemaVersion.delete().where(migrations.SchemaVersion.version > 1).execute()

@@ -25,7 +25,8 @@ def _mutations(rng, period_end):
     steps = []
     for _ in range(rng.randint(2, 6)):
         pick = rng.choice(["past_due", "recover", "cancel_period_end", "cancel_at_only", "uncancel", "upgrade",
-                           "renew", "pause", "unpaid"])
+                           "renew", "pause", "unpaid", "quarterly", "weekly_lookup", "seats", "pause_collection",
+                           "resume_collection"])
         if pick == "past_due":
             steps.append(({"status": "past_due"}, ["invoice.payment_failed", "customer.subscription.updated"]))
         elif pick == "recover":
@@ -44,6 +45,16 @@ def _mutations(rng, period_end):
             period_end += 30 * 86400
             steps.append(({"current_period_end": period_end, "status": "active"},
                           ["invoice.paid", "customer.subscription.updated"]))
+        elif pick in ("quarterly", "weekly_lookup"):  # a Portal or Dashboard swap; prices from _add_prices
+            steps.append(({"price": f"price_{pick}"}, ["customer.subscription.updated"]))
+        elif pick == "seats":
+            steps.append(({"quantity": rng.randint(2, 9)}, ["customer.subscription.updated"]))
+        elif pick == "pause_collection":  # Stripe keeps the status, only pause_collection changes
+            behavior = rng.choice(["keep_as_draft", "mark_uncollectible", "void"])
+            steps.append(({"pause_collection": {"behavior": behavior, "resumes_at": rng.choice([None, period_end])}},
+                          ["customer.subscription.updated"]))
+        elif pick == "resume_collection":
+            steps.append(({"pause_collection": None}, ["customer.subscription.updated"]))
         elif pick == "pause":
             steps.append(({"status": "paused"}, ["customer.subscription.paused"]))
         else:
@@ -51,6 +62,11 @@ def _mutations(rng, period_end):
     if rng.random() < 0.3:
         steps.append(({"status": "canceled"}, ["customer.subscription.deleted"]))
     return steps
+
+
+def _add_prices(fake):
+    fake.add_price("price_quarterly", "month", 7500, interval_count=3)
+    fake.add_price("price_weekly_lookup", "week", 500, lookup_key="weekly-plan")
 
 
 def _event_for(fake, kind, sub_id, api_version, session):
@@ -81,6 +97,7 @@ async def test_random_delivery_orders_end_in_stripes_state(read, fake_stripe, ho
         return [deliver(evt), deliver(evt, **to_other)]
 
     deletions = 0
+    _add_prices(fake_stripe)
     for seed in SEEDS:
         rng = random.Random(seed)
         api_version = rng.choice(BOTH_SHAPES)
@@ -151,6 +168,7 @@ async def test_without_a_stripe_key_an_older_snapshot_never_overwrites_a_newer_o
     import random
 
     app.settings["config"] = dataclasses.replace(app.settings["config"], stripe_secret_key=None)
+    _add_prices(fake_stripe)
     for seed in range(10):
         rng = random.Random(1000 + seed)
         api_version = rng.choice(BOTH_SHAPES)

@@ -81,18 +81,32 @@ STATUS_WORDS = {"active": "active", "trialing": "trialing", "past_due": "past_du
                 "paused": "paused"}
 
 
+INTERVAL_WORDS = {"day": "daily", "week": "weekly", "month": "monthly", "year": "yearly"}
+
+
 def truth(fake, sub_id):
-    """Stripe's current subscription as our API must show it (computed here, independently of pulse)."""
+    """Stripe's current subscription as our API must show it (computed here, independently of pulse).
+
+    No plan catalog is involved: the plan item is the first licensed item, and plan_slug is the price's
+    lookup_key, else the checkout metadata's while the price is the one it recorded.
+    """
     sub = fake.subscription(sub_id, NEW_API)
-    item = sub["items"]["data"][0]
+    item = next(i for i in sub["items"]["data"] if i["price"]["recurring"]["usage_type"] == "licensed")
+    price = item["price"]
     status = STATUS_WORDS[sub["status"]]
     if sub["status"] in ("active", "trialing") and (sub["cancel_at_period_end"] or sub["cancel_at"]):
         status = "cancelling"
+    meta = sub["metadata"]
+    slug = price.get("lookup_key") or (
+        meta.get("plan_slug") if meta.get("stripe_price_id", price["id"]) == price["id"] else None)
+    pause = sub.get("pause_collection")
     return {"status": status, "has_access": status in ("active", "trialing", "cancelling", "past_due"),
-            "stripe_price_id": item["price"]["id"],
-            "interval": {"month": "monthly", "year": "yearly"}[item["price"]["recurring"]["interval"]],
-            "current_period_end": iso(item["current_period_end"]), "cancel_at": iso(sub["cancel_at"]),
-            "trial_end": iso(sub["trial_end"]), "plan_slug": sub["metadata"].get("plan_slug"),
+            "stripe_price_id": price["id"], "interval": INTERVAL_WORDS[price["recurring"]["interval"]],
+            "interval_count": price["recurring"]["interval_count"], "quantity": item["quantity"],
+            "current_period_end": iso(max(i["current_period_end"] for i in sub["items"]["data"])),
+            "cancel_at": iso(sub["cancel_at"]), "trial_end": iso(sub["trial_end"]), "plan_slug": slug,
+            "pause_collection": pause and {"behavior": pause["behavior"], "resumes_at": iso(pause.get("resumes_at"))},
+            "subscriptions_with_access": int(status in ("active", "trialing", "cancelling", "past_due")),
             "stripe_subscription_id": sub_id, "stripe_customer_id": sub["customer"]}
 
 

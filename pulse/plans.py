@@ -1,0 +1,288 @@
+"""The plan catalog (Stripe price ids <-> plan_slug) and the plan a subscription is on (SPEC 3.2, 3.3).
+
+A subscription's plan item is its licensed recurring item whose price is in the catalog, else its
+first licensed one (metered add-ons never). Its plan_slug follows that item's current price: the
+catalog, then the price's `lookup_key`, then the checkout metadata only while the price is still
+the one bought at checkout, else null. Checkouts teach the catalog their (price, plan_slug) pair.
+"""
+
+import re
+from decimal import Decimal, InvalidOperation
+
+import peewee as pw
+
+from pulse.db import database, from_timestamp, isoformat, utcnow
+from pulse.models import Plan, PlanPrice, Subscription
+from pulse.status import INTERVALS
+
+SLUG_MAX = 100
+# Any id Stripe accepts as a price: price_..., legacy plan_... and custom plan ids.
+PRICE_ID = re.compile(r"[^\s\x00-\x1f\x7f-\x9f]{1,255}")
+_SLUG_BAD = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+MAX_PRICES = 100
+
+
+class PlanConflict(ValueError):
+    """A price already sold under another plan_slug (API: 400 invalid_field on `field`)."""
+
+    def __init__(self, field, message):
+        super().__init__(message)
+        self.field, self.message = field, message
+
+
+class PlanNotFound(LookupError):
+    """No plan with this slug in the project's catalog (API: 404)."""
+
+
+def valid_slug(slug):
+    """True for a plan_slug of 1-100 characters without control characters."""
+    return isinstance(slug, str) and 1 <= len(slug) <= SLUG_MAX and not _SLUG_BAD.search(slug)
+
+
+def valid_price_id(price_id):
+    return isinstance(price_id, str) and bool(PRICE_ID.fullmatch(price_id))
+
+
+# ---------------------------------------------------------------- the catalog (call inside a db block)
+
+
+def catalog_of(project, price_ids=None):
+    """{stripe_price_id: plan_slug} of the project's catalog, restricted to `price_ids` when given."""
+    query = (PlanPrice.select(PlanPrice.stripe_price_id, Plan.plan_slug).join(Plan)
+             .where(PlanPrice.project == project))
+    if price_ids is not None:
+        ids = [p for p in price_ids if p]
+        if not ids:
+            return {}
+        query = query.where(PlanPrice.stripe_price_id.in_(ids))
+    return dict(query.tuples())
+
+
+def _prices_of_slug(project, slug):
+    return [p for (p,) in PlanPrice.select(PlanPrice.stripe_price_id).join(Plan)
+            .where(PlanPrice.project == project, Plan.plan_slug == slug).tuples()]
+
+
+def _shape(plan, price_ids):
+    return {"plan_slug": plan.plan_slug, "stripe_price_ids": sorted(price_ids),
+            "created_at": isoformat(plan.created_at), "updated_at": isoformat(plan.updated_at)}
+
+
+def list_plans(project):
+    """Every plan of the project, by slug: [{"plan_slug", "stripe_price_ids", "created_at", "updated_at"}]."""
+    prices = {}
+    for plan_id, price_id in (PlanPrice.select(PlanPrice.plan, PlanPrice.stripe_price_id)
+                              .where(PlanPrice.project == project).tuples()):
+        prices.setdefault(plan_id, []).append(price_id)
+    plans = Plan.select().where(Plan.project == project).order_by(Plan.plan_slug)
+    return [_shape(plan, prices.get(plan.id, [])) for plan in plans]
+
+
+def _plan(project, slug, create=False):
+    plan = Plan.get_or_none(Plan.project == project, Plan.plan_slug == slug)
+    if plan is not None or not create:
+        return plan
+    try:
+        with database.atomic():
+            return Plan.create(project=project, plan_slug=slug)
+    except pw.IntegrityError:  # created meanwhile by a concurrent checkout
+        return Plan.get(Plan.project == project, Plan.plan_slug == slug)
+
+
+def _conflict(field, price_id, owner):
+    return PlanConflict(field, f"Price {price_id} already belongs to plan {owner!r} in this project's plan catalog "
+                               "(one price belongs to at most one plan; change it with PUT /api/plans/{plan_slug}).")
+
+
+def check_pair(project, price_id, plan_slug):
+    """Raise PlanConflict (field plan_slug) when the catalog sells `price_id` under another slug."""
+    owner = catalog_of(project, [price_id]).get(price_id)
+    if owner is not None and owner != plan_slug:
+        raise _conflict("plan_slug", price_id, owner)
+
+
+def learn_pair(project, price_id, plan_slug):
+    """Add a checkout's (price, plan_slug) to the catalog; PlanConflict when it contradicts it. Call in a block."""
+    check_pair(project, price_id, plan_slug)
+    if catalog_of(project, [price_id]):
+        return
+    with database.atomic():
+        plan = _plan(project, plan_slug, create=True)
+        try:
+            with database.atomic():
+                PlanPrice.create(project=project, plan=plan, stripe_price_id=price_id)
+        except pw.IntegrityError:
+            check_pair(project, price_id, plan_slug)  # a concurrent checkout won: same slug is fine
+            return
+        _reresolve(project, [price_id])
+
+
+def set_prices(project, plan_slug, price_ids):
+    """Create or replace plan `plan_slug` with exactly `price_ids`; returns (plan shape, created).
+
+    Raises PlanConflict (field stripe_price_ids) when a price belongs to another plan. Subscriptions
+    on the prices that moved get their plan_slug at once. Call inside a db block.
+    """
+    wanted = list(dict.fromkeys(price_ids))
+    with database.atomic():
+        owners = catalog_of(project, wanted)
+        for price_id in wanted:
+            if owners.get(price_id, plan_slug) != plan_slug:
+                raise _conflict("stripe_price_ids", price_id, owners[price_id])
+        created = _plan(project, plan_slug) is None
+        plan = _plan(project, plan_slug, create=True)
+        before = set(_prices_of_slug(project, plan_slug))
+        removed, added = before - set(wanted), [p for p in wanted if p not in before]
+        if removed:
+            PlanPrice.delete().where(PlanPrice.plan == plan, PlanPrice.stripe_price_id.in_(list(removed))).execute()
+        for price_id in added:
+            PlanPrice.create(project=project, plan=plan, stripe_price_id=price_id)
+        if not created:
+            plan.updated_at = utcnow()
+            Plan.update(updated_at=plan.updated_at).where(Plan.id == plan.id).execute()
+        _reresolve(project, list(removed) + added)
+        return _shape(plan, wanted), created
+
+
+def delete_plan(project, plan_slug):
+    """Remove a plan from the catalog; its prices' subscriptions fall back. Raises PlanNotFound."""
+    with database.atomic():
+        plan = _plan(project, plan_slug)
+        if plan is None:
+            raise PlanNotFound(plan_slug)
+        prices = _prices_of_slug(project, plan_slug)
+        plan.delete_instance(recursive=True)
+        _reresolve(project, prices)
+
+
+def _reresolve(project, price_ids):
+    """Re-derive plan_slug of the project's subscriptions on `price_ids` after a catalog change."""
+    if not price_ids:
+        return
+    mapping = catalog_of(project, price_ids)
+    by_slug = {}
+    for price_id, slug in mapping.items():
+        by_slug.setdefault(slug, []).append(price_id)
+    for slug, prices in by_slug.items():
+        (Subscription.update(plan_slug=slug)
+         .where(Subscription.project == project, Subscription.stripe_price_id.in_(prices)).execute())
+    dropped = [p for p in price_ids if p not in mapping]
+    if dropped:
+        (Subscription.update(plan_slug=pw.fn.COALESCE(Subscription.plan_slug_fallback, ""))
+         .where(Subscription.project == project, Subscription.stripe_price_id.in_(dropped)).execute())
+
+
+# ---------------------------------------------------------------- the plan item of a Stripe subscription
+
+
+def _dict(value):
+    return value if isinstance(value, dict) else {}
+
+
+def _price(item):
+    """The item's price object; API versions before 2018 only have the legacy `plan` object."""
+    price = item.get("price")
+    if isinstance(price, str):
+        return {"id": price}
+    return price if isinstance(price, dict) else _dict(item.get("plan"))
+
+
+def _recurring(price):
+    recurring = price.get("recurring")
+    if isinstance(recurring, dict):
+        return recurring
+    return price if price.get("object") == "plan" or "interval" in price else {}
+
+
+def licensed(item):
+    """A recurring item billed per seat, not by usage (metered add-ons are never the plan)."""
+    price = _price(item)
+    if not price.get("id") or price.get("type") == "one_time":
+        return False
+    return _recurring(price).get("usage_type") != "metered"
+
+
+def plan_item(subscription, catalog):
+    """The plan item of a Stripe subscription: licensed and in `catalog` ({price id: slug}), else the first licensed."""
+    items = [item for item in (_dict(subscription.get("items")).get("data") or []) if isinstance(item, dict)]
+    candidates = [item for item in items if licensed(item)]
+    for item in candidates:
+        if _price(item)["id"] in catalog:
+            return item
+    return candidates[0] if candidates else None
+
+
+def price_ids_of(subscription):
+    items = _dict(subscription.get("items")).get("data") or []
+    return [_price(item).get("id") for item in items if isinstance(item, dict) and _price(item).get("id")]
+
+
+def _int(value):
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _unit_amount(price):
+    amount = _int(price.get("unit_amount"))
+    if amount is None:
+        amount = _int(price.get("amount"))  # legacy plan object
+    if amount is None and isinstance(price.get("unit_amount_decimal"), str):
+        try:
+            amount = int(Decimal(price["unit_amount_decimal"]).to_integral_value())
+        except (InvalidOperation, ValueError):
+            amount = None
+    return amount
+
+
+def item_facts(item):
+    """Column values read from the plan item (or all None without one)."""
+    price = _price(item or {})
+    recurring = _recurring(price)
+    currency = price.get("currency")
+    count = _int(recurring.get("interval_count"))
+    return {
+        "stripe_price_id": (price.get("id") or "")[:255],
+        "interval": INTERVALS.get(recurring.get("interval"), ""),
+        "interval_count": (count or 1) if recurring.get("interval") in INTERVALS else None,
+        "quantity": _int((item or {}).get("quantity")),
+        "unit_amount": _unit_amount(price),
+        "currency": currency.lower()[:3] if isinstance(currency, str) and currency else None,
+    }
+
+
+def _metadata_slug(project, metadata, price_id):
+    """The checkout's plan_slug while the price is still the one bought at checkout, else None."""
+    slug = metadata.get("plan_slug")
+    if not isinstance(slug, str) or not slug:
+        return None
+    bought = metadata.get("stripe_price_id")
+    if bought:
+        return slug[:SLUG_MAX] if bought == price_id else None
+    # Checkouts before the catalog did not record their price: trust the slug unless the catalog
+    # knows that plan's prices and the current price is not one of them.
+    known = _prices_of_slug(project, slug)
+    return slug[:SLUG_MAX] if not known or price_id in known else None
+
+
+def plan_fields(project, subscription, metadata):
+    """Subscription columns from its plan item: price, interval(+count), quantity, amount, plan_slug. In a block."""
+    catalog = catalog_of(project, price_ids_of(subscription))
+    item = plan_item(subscription, catalog)
+    fields = item_facts(item)
+    price_id = fields["stripe_price_id"]
+    lookup_key = _price(item or {}).get("lookup_key")
+    fallback = None
+    if price_id:
+        fallback = (lookup_key[:SLUG_MAX] if isinstance(lookup_key, str) and lookup_key
+                    else _metadata_slug(project, metadata, price_id))
+    fields["plan_slug_fallback"] = fallback
+    fields["plan_slug"] = catalog.get(price_id) or fallback or ""
+    return fields
+
+
+def pause_fields(subscription):
+    """pause_behavior and pause_resumes_at from Stripe's pause_collection (null when not paused)."""
+    pause = _dict(subscription.get("pause_collection"))
+    behavior = pause.get("behavior")
+    if not isinstance(behavior, str) or not behavior:
+        return {"pause_behavior": None, "pause_resumes_at": None}
+    return {"pause_behavior": behavior[:32], "pause_resumes_at": from_timestamp(_int(pause.get("resumes_at")))}
