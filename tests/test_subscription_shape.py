@@ -8,10 +8,11 @@ import pytest
 from pulse import db
 from pulse.models import Project
 from tests.billing_support import checkout_body
-from tests.conftest import body_of
 from tests.stripe_events import event, new_subscription
-from tests.webhook_support import (  # noqa: F401 (config_overrides, deliver, hooked, read are fixtures)
-    config_overrides, deliver, hooked, read)
+from tests.support import body_of
+from tests.webhook_support import webhook_overrides
+
+config_overrides = pytest.fixture(lambda fake_stripe: webhook_overrides(fake_stripe))
 
 
 @pytest.fixture
