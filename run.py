@@ -23,7 +23,7 @@ from pulse.migrations import migrate_database
 from pulse.ratelimit import make_limiter
 from pulse.security import SecretBox
 
-from handlers import limits, transport
+from handlers import transport
 from handlers.base import NotFoundHandler, log_request
 from server import HTTP_SERVER_LIMITS, serve  # noqa: F401  (tests tune HTTP_SERVER_LIMITS through run)
 
@@ -108,8 +108,6 @@ def make_app(config, **overrides):
         static_url_prefix="/static/",
         default_handler_class=NotFoundHandler,
         log_function=log_request,
-        api_prepare_hooks=[],
-        api_auth_hooks=[limits.rate_limit],
         rate_limiter=make_limiter(config),
         compress_response=False,
     )

@@ -57,7 +57,7 @@ class ConsoleHandler(tornado.web.RequestHandler):
     @property
     def client_ip(self):
         """The client's address (X-Forwarded-For only behind a trusted proxy): lockout and audit key."""
-        return transport.client_ip(self.request, self.config.trust_proxy)[:64]
+        return transport.client_ip(self.request, self.config)[:64]
 
     @property
     def over_https(self):

@@ -13,6 +13,8 @@ import tornado.web
 from pulse import apikeys, idempotency
 from pulse.db import DatabaseUnavailable, block
 
+from handlers import limits, transport
+
 log = logging.getLogger("pulse.api")
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -120,23 +122,28 @@ class ApiHandler(tornado.web.RequestHandler):
                 raise ApiError(413, "payload_too_large", MESSAGES[413])  # nothing sent yet, or too much to read
             self._too_large = True  # drained by data_received, answered when the method would run
             return
-        for hook in self.settings.get("api_prepare_hooks", ()):
-            await hook(self)
-            if self._finished:
-                return
         auth_error = None
         if self.auth_required:
             try:
                 self.authenticate()
             except ApiError as exc:
                 auth_error = exc
-        # Auth hooks also see failed attempts (self.project is None), so they count per IP.
-        for hook in self.settings.get("api_auth_hooks", ()):
-            await hook(self)
-            if self._finished:
-                return
+        # Counted after the key check (per project, or per address when it failed), before anything else.
+        await self.rate_limit()
         if auth_error is not None:
             raise auth_error
+
+    async def rate_limit(self):
+        """Count the request (handlers/limits.py); 429 rate_limited when over the limit."""
+        decision = await limits.check(self)
+        if decision is None:
+            return
+        self.sticky_headers.update(decision.headers())
+        for name, value in decision.headers().items():
+            self.set_header(name, value)
+        if not decision.allowed:
+            rate = limits.bucket(self)[1]
+            raise ApiError(429, "rate_limited", f"Rate limit of {rate} exceeded; retry in {decision.retry_after} s.")
 
     def authenticate(self):
         """Resolve X-API-Key to its project or answer 401."""
@@ -320,7 +327,8 @@ def log_request(handler):
         "path": handler.request.path,
         "status": status,
         "duration_ms": round(handler.request.request_time() * 1000, 2),
-        "ip": handler.request.remote_ip,
+        "ip": transport.client_ip(handler.request, handler.settings["config"]) if "config" in handler.settings
+        else handler.request.remote_ip,
         "project": getattr(project, "public_id", None),
         "code": getattr(handler, "error_code", None),
     })

@@ -18,7 +18,7 @@ class _WebhookHandler(ApiHandler):
             body = await webhooks.receive(
                 project, self.raw_body, self.request.headers.get("Stripe-Signature"), secret,
                 config=self.config, box=self.settings["secret_box"],
-                remote_ip=client_ip(self.request, self.config.trust_proxy))
+                remote_ip=client_ip(self.request, self.config))
         except webhooks.WebhookError as exc:
             raise ApiError(exc.status, exc.code, exc.message) from None
         self.write_json(body)

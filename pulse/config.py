@@ -1,5 +1,6 @@
 """Settings from the environment (SPEC 1), validated into one immutable Config."""
 
+import ipaddress
 import os
 import re
 import secrets
@@ -9,6 +10,7 @@ from pathlib import Path
 DEFAULT_DATABASE_URL = "sqlite:///pulse.db"
 STRIPE_API_BASE = "https://api.stripe.com"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOOPBACK_PROXIES = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 
 class ConfigError(ValueError):
@@ -42,6 +44,7 @@ class Config:
     stripe_max_retries: int = 2
     force_https: bool = True
     trust_proxy: bool = False
+    trusted_proxies: tuple = LOOPBACK_PROXIES
     rate_limit_authenticated: RateLimit = RateLimit(600, 60)
     rate_limit_anonymous: RateLimit = RateLimit(60, 60)
     redis_url: str | None = None
@@ -57,6 +60,7 @@ SETTINGS = (
     "PULSE_STRIPE_TIMEOUT", "PULSE_STRIPE_MAX_RETRIES", "PULSE_FORCE_HTTPS",
     "PULSE_TRUST_PROXY", "PULSE_RATE_LIMIT_AUTHENTICATED", "PULSE_RATE_LIMIT_ANONYMOUS",
     "PULSE_REDIS_URL", "PULSE_STATUS_PAGE_URL", "PULSE_LOG_LEVEL", "PULSE_BCRYPT_ROUNDS",
+    "PULSE_TRUSTED_PROXIES",
 )
 
 _UNITS = {"second": 1, "sec": 1, "s": 1, "minute": 60, "min": 60, "m": 60,
@@ -101,6 +105,22 @@ def parse_rate(name, value):
     if not match or match.group(2) not in _UNITS or int(match.group(1)) < 1:
         raise ConfigError(f"{name} must look like 600/minute (got {value!r})")
     return RateLimit(int(match.group(1)), _UNITS[match.group(2)])
+
+
+def parse_networks(name, value):
+    """Read a comma-separated list of CIDRs or single addresses into a tuple of ip_network."""
+    networks = []
+    for part in value.split(","):
+        if not part.strip():
+            continue
+        try:
+            networks.append(ipaddress.ip_network(part.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(f"{name} must be comma-separated addresses or CIDRs such as 10.0.0.0/24 "
+                              f"(got {part.strip()!r})") from None
+    if not networks:
+        raise ConfigError(f"{name} must name at least one address or CIDR")
+    return tuple(networks)
 
 
 def parse_database_url(name, value):
@@ -172,6 +192,8 @@ def load_config(environ=None, **overrides):
         values["force_https"] = parse_bool("PULSE_FORCE_HTTPS", get("PULSE_FORCE_HTTPS"))
     if get("PULSE_TRUST_PROXY"):
         values["trust_proxy"] = parse_bool("PULSE_TRUST_PROXY", get("PULSE_TRUST_PROXY"))
+    if get("PULSE_TRUSTED_PROXIES"):
+        values["trusted_proxies"] = parse_networks("PULSE_TRUSTED_PROXIES", get("PULSE_TRUSTED_PROXIES"))
     for key in ("authenticated", "anonymous"):
         name = f"PULSE_RATE_LIMIT_{key.upper()}"
         if get(name):

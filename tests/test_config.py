@@ -12,6 +12,7 @@ def test_defaults(tmp_path):
     config = load_config(environ={"PULSE_DATABASE_URL": f"sqlite:///{tmp_path}/pulse.db"})
     assert (config.host, config.port) == ("127.0.0.1", 8000)
     assert config.force_https is True and config.trust_proxy is False
+    assert [str(n) for n in config.trusted_proxies] == ["127.0.0.0/8", "::1/128"]
     assert config.rate_limit_authenticated == RateLimit(600, 60)
     assert config.rate_limit_anonymous == RateLimit(60, 60)
     assert config.redis_url is None and config.stripe_secret_key is None
@@ -28,6 +29,7 @@ def test_every_setting_is_read(tmp_path):
         "PULSE_RATE_LIMIT_AUTHENTICATED": "10/second", "PULSE_RATE_LIMIT_ANONYMOUS": "5/hour",
         "PULSE_REDIS_URL": "redis://localhost:6379/1", "PULSE_STATUS_PAGE_URL": "https://status.example.com",
         "PULSE_LOG_LEVEL": "DEBUG", "PULSE_BCRYPT_ROUNDS": "10",
+        "PULSE_TRUSTED_PROXIES": "10.0.0.0/24, 2001:db8::1",
     }
     assert set(env) == set(SETTINGS)
     config = load_config(environ=env)
@@ -43,6 +45,7 @@ def test_every_setting_is_read(tmp_path):
     assert config.status_page_url == "https://status.example.com"
     assert config.log_level == "debug"
     assert config.bcrypt_rounds == 10
+    assert [str(n) for n in config.trusted_proxies] == ["10.0.0.0/24", "2001:db8::1/128"]
 
 
 @pytest.mark.parametrize("name,value,needle", [
@@ -57,6 +60,7 @@ def test_every_setting_is_read(tmp_path):
     ("PULSE_STRIPE_API_BASE", "ftp://x", "PULSE_STRIPE_API_BASE must be"),
     ("PULSE_STRIPE_TIMEOUT", "0", "PULSE_STRIPE_TIMEOUT must be between"),
     ("PULSE_SECRET_KEY", "short", "at least 16"),
+    ("PULSE_TRUSTED_PROXIES", "10.0.0.0/24,nginx", "PULSE_TRUSTED_PROXIES must be comma-separated"),
 ])
 def test_bad_values_name_the_variable(tmp_path, name, value, needle):
     env = {"PULSE_DATABASE_URL": f"sqlite:///{tmp_path}/pulse.db", name: value}
