@@ -2,12 +2,13 @@
 
 import json
 import logging
-import time
 
 import peewee
 import stripe
 
 from pulse import billing, events, subscriptions as subs
+from pulse.config import RateLimit
+from pulse.ratelimit import address_bucket
 from pulse.db import DatabaseUnavailable, block, utcnow
 from pulse.events import IGNORED, PROCESSED
 from pulse.models import WebhookEvent
@@ -15,8 +16,11 @@ from pulse.models import WebhookEvent
 log = logging.getLogger("pulse.webhooks")
 
 TOLERANCE = 300
-INVALID_RECORDS_PER_MINUTE = 60
-_invalid_counts = {}
+# Forged deliveries are answered 400 but only this many are recorded (security review L4/L10):
+# per client address (IPv6 /64), and per project whatever the addresses, so rotating them
+# cannot fill a project's event log either.
+INVALID_RECORDS_PER_ADDRESS = RateLimit(60, 60)
+INVALID_RECORDS_PER_PROJECT = RateLimit(120, 3600)
 FAILED, INVALID_SIGNATURE = "failed", "invalid_signature"
 
 
@@ -55,21 +59,21 @@ def verify(raw, header, secret):
     return None
 
 
-def record_invalid(project, reason, remote_ip):
+async def record_invalid(project, reason, remote_ip, limiter):
     """Keep a trace of a rejected delivery (no payload: it is unauthenticated input).
 
-    Unsigned requests are not rate limited (Stripe's bursts must pass), so the trace is capped per
-    client IP and minute (per process, no query): a flood of forgeries cannot fill the table.
+    Unsigned requests are not rate limited (Stripe's bursts must pass), so the trace is capped by
+    `limiter` (the app's rate limiter, shared through Redis when configured) per client address
+    and per project: a flood of forgeries cannot fill the table, whatever addresses it comes from.
     """
-    minute, ip = int(time.time() // 60), (remote_ip or "")[:64]
-    if _invalid_counts.get("minute") != minute:
-        _invalid_counts.clear()
-        _invalid_counts["minute"] = minute
-    _invalid_counts[ip] = _invalid_counts.get(ip, 0) + 1
-    if _invalid_counts[ip] > INVALID_RECORDS_PER_MINUTE:
-        log.warning("invalid webhook signature from %s not recorded (over %s/minute): %s",
-                    ip, INVALID_RECORDS_PER_MINUTE, reason)
-        return
+    ip = (remote_ip or "")[:64]
+    scope = project.public_id if project is not None else "-"
+    for key, rate in (("webhook-invalid:ip:" + address_bucket(ip), INVALID_RECORDS_PER_ADDRESS),
+                      ("webhook-invalid:project:" + scope, INVALID_RECORDS_PER_PROJECT)):
+        if not (await limiter.hit(key, rate)).allowed:
+            log.warning("invalid webhook signature from %s not recorded (over %s for this %s): %s",
+                        ip, rate, key.split(":")[1], reason)
+            return
     with block():
         WebhookEvent.create(project=project, outcome=INVALID_SIGNATURE, error=reason[:200], remote_ip=ip or None,
                             processed_at=utcnow())
@@ -210,11 +214,14 @@ async def process(project, event, raw, *, config, box, remote_ip=None):
     raise WebhookError(500, "webhook_failed", "The event could not be applied; it will be retried.")
 
 
-async def receive(project, raw, header, secret, *, config, box, remote_ip=None):
-    """One delivery: verify, parse, route (project None = deployment-wide), process."""
+async def receive(project, raw, header, secret, *, config, box, limiter, remote_ip=None):
+    """One delivery: verify, parse, route (project None = deployment-wide), process.
+
+    `limiter` (pulse.ratelimit.Limiter) caps how many invalid signatures are recorded.
+    """
     reason = verify(raw, header, secret)
     if reason:
-        record_invalid(project, reason, remote_ip)
+        await record_invalid(project, reason, remote_ip, limiter)
         raise WebhookError(400, "invalid_signature", f"Stripe signature check failed: {reason}.")
     event = parse(raw)
     if project is None:
