@@ -23,6 +23,7 @@ from pulse.migrations import migrate_database
 from pulse.ratelimit import make_limiter
 from pulse.security import SecretBox
 
+from console.static import StaticFiles
 from handlers import transport
 from handlers.base import NotFoundHandler, log_request
 from server import HTTP_SERVER_LIMITS, serve  # noqa: F401  (tests tune HTTP_SERVER_LIMITS through run)
@@ -106,6 +107,7 @@ def make_app(config, **overrides):
         xsrf_cookie_kwargs={"httponly": True, "samesite": "Lax"},
         static_path=str(ROOT / "static"),
         static_url_prefix="/static/",
+        static_handler_class=StaticFiles,
         default_handler_class=NotFoundHandler,
         log_function=log_request,
         rate_limiter=make_limiter(config),

@@ -36,9 +36,22 @@ def safe_next(target, default="/console/"):
     """`target` when it is a local path (one leading `/`, no scheme or host), else `default`."""
     if not target or not target.startswith("/") or target.startswith(("//", "/\\")):
         return default
-    if any(ch in target for ch in "\\\r\n\t") or any(ord(ch) < 32 for ch in target):
-        return default
+    if any(ch in target for ch in "\\\r\n\t") or any(ord(ch) < 32 or ord(ch) == 127 for ch in target):
+        return default  # DEL too: Tornado refuses it in a Location header (a 500, security review L2)
     return target
+
+
+# Row ids are signed 64-bit: a larger cursor or id overflowed SQLite's driver (a 500, security review L2).
+MAX_ID = 2 ** 63 - 1
+
+
+def cursor_arg(handler, name):
+    """The keyset cursor `name` from the query: an id in [0, MAX_ID], 0 when absent or not a number."""
+    try:
+        value = int(handler.get_query_argument(name, "0") or 0)
+    except ValueError:
+        return 0
+    return min(max(value, 0), MAX_ID)
 
 
 class ConsoleHandler(tornado.web.RequestHandler):

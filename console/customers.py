@@ -2,7 +2,7 @@
 
 import tornado.web
 
-from console.base import ProjectHandler
+from console.base import ProjectHandler, cursor_arg
 from console.dashboard import PID
 from pulse import insights
 from pulse.db import block
@@ -17,10 +17,7 @@ class CustomersHandler(ProjectHandler):
         status = self.get_query_argument("status", "")
         if status not in ALL_STATUSES:
             status = ""
-        try:
-            after = max(int(self.get_query_argument("after", "0") or 0), 0)
-        except ValueError:
-            after = 0
+        after = cursor_arg(self, "after")
         with block():
             rows, cursor = insights.search_customers(self.project, q=q, status=status, after=after)
         self.render_page("customers.html", customers=rows, cursor=cursor, q=q, status_filter=status,

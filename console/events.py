@@ -5,7 +5,7 @@ import logging
 
 import tornado.web
 
-from console.base import ProjectHandler
+from console.base import MAX_ID, ProjectHandler, cursor_arg
 from console.dashboard import PID
 from pulse import insights, webhooks
 from pulse.db import block
@@ -21,10 +21,7 @@ class EventsHandler(ProjectHandler):
         outcome = self.get_query_argument("outcome", "")
         if outcome not in insights.OUTCOMES:
             outcome = ""
-        try:
-            before = max(int(self.get_query_argument("before", "0") or 0), 0)
-        except ValueError:
-            before = 0
+        before = cursor_arg(self, "before")
         with block():
             rows, cursor = insights.list_events(self.project, type_=type_, outcome=outcome, before=before)
             types = insights.event_types(self.project)
@@ -36,6 +33,8 @@ class EventPage(ProjectHandler):
     section = "events"
 
     def event(self, event_id):
+        if int(event_id) > MAX_ID:
+            raise tornado.web.HTTPError(404, reason="No such webhook event in this project.")
         with block():
             event = insights.get_event(self.project, event_id)
         if event is None:

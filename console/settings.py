@@ -2,7 +2,7 @@
 
 import json
 
-from console.base import ProjectHandler
+from console.base import ProjectHandler, cursor_arg
 from console.dashboard import PID
 from pulse import apikeys, billing, insights, projects, security
 from pulse.db import block, utcnow
@@ -84,10 +84,7 @@ class AuditHandler(ProjectHandler):
     section = "audit"
 
     def get(self, project_id):
-        try:
-            before = max(int(self.get_query_argument("before", "0") or 0), 0)
-        except ValueError:
-            before = 0
+        before = cursor_arg(self, "before")
         with block():
             rows, cursor = insights.audit_entries(self.project, before=before)
         for row in rows:

@@ -176,7 +176,7 @@ class ApiHandler(tornado.web.RequestHandler):
             raise ApiError(400, "invalid_json", "Request body must be a JSON object.")
         try:
             data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested thousands deep
             raise ApiError(400, "invalid_json", "Request body is not valid JSON.") from None
         if not isinstance(data, dict):
             raise ApiError(400, "invalid_json", "Request body must be a JSON object.")

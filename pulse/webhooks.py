@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 
 import peewee
 import stripe
@@ -22,6 +23,7 @@ TOLERANCE = 300
 INVALID_RECORDS_PER_ADDRESS = RateLimit(60, 60)
 INVALID_RECORDS_PER_PROJECT = RateLimit(120, 3600)
 FAILED, INVALID_SIGNATURE = "failed", "invalid_signature"
+_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
 
 
 class WebhookError(Exception):
@@ -83,10 +85,16 @@ def parse(raw):
     """The event dict from a verified body, or WebhookError 400 `invalid_payload`."""
     try:
         event = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested thousands deep
         raise WebhookError(400, "invalid_payload", "Event body is not valid JSON.") from None
     if not isinstance(event, dict):
         raise WebhookError(400, "invalid_payload", "Event body must be a JSON object.")
+    if _SURROGATE_ESCAPE.search(raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")):
+        # "\udc00" alone is valid JSON but not text: storing or logging it ended in a 500 (review L2).
+        try:
+            json.dumps(event, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise WebhookError(400, "invalid_payload", "Event body contains an unpaired \\u surrogate escape.") from None
     if not isinstance(event.get("id"), str) or not event["id"] or len(event["id"]) > 255:
         raise WebhookError(400, "invalid_payload", "Event has no id.")
     if not isinstance(event.get("type"), str) or not event["type"]:
