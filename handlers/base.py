@@ -12,6 +12,7 @@ import tornado.web
 
 from pulse import apikeys, idempotency
 from pulse.db import DatabaseUnavailable, block
+from pulse.logs import redact
 
 from handlers import limits, transport
 
@@ -317,14 +318,16 @@ class NotFoundHandler(ApiHandler):
 
 
 def log_request(handler):
-    """Tornado's log_function: one structured line per request."""
+    """Tornado's log_function: one structured line per request (client text redacted at the source)."""
     status = handler.get_status()
     level = logging.INFO if status < 500 else logging.ERROR
     project = getattr(handler, "project", None)
-    logging.getLogger("pulse.access").log(level, "%s %s %s", handler.request.method, handler.request.path, status, extra={
-        "request_id": getattr(handler, "request_id", None),
+    path = redact(handler.request.path)
+    request_id = getattr(handler, "request_id", None)
+    logging.getLogger("pulse.access").log(level, "%s %s %s", handler.request.method, path, status, extra={
+        "request_id": redact(request_id) if request_id else None,
         "method": handler.request.method,
-        "path": handler.request.path,
+        "path": path,
         "status": status,
         "duration_ms": round(handler.request.request_time() * 1000, 2),
         "ip": transport.client_ip(handler.request, handler.settings["config"]) if "config" in handler.settings
