@@ -1,8 +1,11 @@
 """HTTPS for every page (SPEC 3.1): who the client is, whether it came over TLS, redirects, HSTS."""
 
 import ipaddress
+import logging
 
 import tornado.web
+
+log = logging.getLogger("pulse.transport")
 
 HSTS = "max-age=31536000; includeSubDomains"
 # Any of these means a proxy stands between us and the client: loopback is then not the client.
@@ -32,6 +35,16 @@ def _from_trusted_proxy(request, config):
     return bool(config.trust_proxy) and _is_trusted_proxy(_address(request.remote_ip or ""), config)
 
 
+_warned_peers = set()
+
+
+def _warn_untrusted_peer(peer):
+    """Say once per peer why its X-Forwarded-For is ignored: a proxy missing from the list is a config slip."""
+    if peer not in _warned_peers and len(_warned_peers) < 100:
+        _warned_peers.add(peer)
+        log.warning("X-Forwarded-For from %s ignored: not in PULSE_TRUSTED_PROXIES", peer)
+
+
 def client_ip(request, config):
     """The one client address used by rate limits, lockout, audit, the access log and webhook records.
 
@@ -42,6 +55,8 @@ def client_ip(request, config):
     """
     peer = request.remote_ip or ""
     if not _from_trusted_proxy(request, config):
+        if config.trust_proxy and "X-Forwarded-For" in request.headers:
+            _warn_untrusted_peer(peer)
         return peer
     client = peer
     for hop in reversed(request.headers.get("X-Forwarded-For", "").split(",")):
