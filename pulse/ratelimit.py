@@ -94,10 +94,16 @@ class Limiter:
 
 
 class MemoryLimiter(Limiter):
-    """One process's counters."""
+    """One process's counters (`limits` sweeps expired entries in a background task)."""
 
     def __init__(self):
         super().__init__(MemoryStorage())
+
+    async def close(self):
+        # Stop the sweep first: resetting under it makes it fail on a vanished key.
+        if self.storage.timer is not None and not self.storage.timer.done():
+            self.storage.timer.cancel()
+        await self.storage.reset()
 
 
 class RedisLimiter(Limiter):
