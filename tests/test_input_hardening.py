@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from pulse.config import RateLimit
 from tests.billing_support import add_customer, add_subscription, checkout_body
-from tests.conftest import body_of
 from tests.console_support import Console, text
 from tests.stripe_events import sign
 
@@ -32,6 +31,10 @@ def config_overrides(fake_stripe):
 @pytest.fixture
 def hooked(make_project):
     return make_project(name="Hardened", stripe_webhook_secret=WHSEC)
+
+
+def body_of(response):
+    return json.loads(response.body.decode("utf-8"))
 
 
 def run(io_loop, coro_fn):
