@@ -21,7 +21,8 @@ from pulse.ratelimit import make_limiter
 from pulse.security import SecretBox
 
 from console.base import make_jinja_env
-from handlers import limits, transport
+from console.static import StaticFiles
+from handlers import transport
 from handlers.base import NotFoundHandler, log_request
 from server import serve
 
@@ -104,10 +105,9 @@ def make_app(config, **overrides):
         xsrf_cookie_kwargs={"httponly": True, "samesite": "Lax"},
         static_path=str(ROOT / "static"),
         static_url_prefix="/static/",
+        static_handler_class=StaticFiles,
         default_handler_class=NotFoundHandler,
         log_function=log_request,
-        api_prepare_hooks=[],
-        api_auth_hooks=[limits.rate_limit],
         rate_limiter=make_limiter(config),
         compress_response=False,
     )

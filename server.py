@@ -27,7 +27,9 @@ def _worker(make_app, config, sockets):
 
     async def main():
         app = make_app(config)
-        server = tornado.httpserver.HTTPServer(app, xheaders=config.trust_proxy, **HTTP_SERVER_LIMITS)
+        # No xheaders: Tornado would believe X-Real-Ip from anyone. handlers.transport.client_ip
+        # reads the forwarding headers, and only from PULSE_TRUSTED_PROXIES.
+        server = tornado.httpserver.HTTPServer(app, xheaders=False, **HTTP_SERVER_LIMITS)
         server.add_sockets(sockets)
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -80,9 +80,13 @@ def safe_next(target, default="/console/"):
     """`target` when it is a local path (one leading `/`, no scheme or host), else `default`."""
     if not target or not target.startswith("/") or target.startswith(("//", "/\\")):
         return default
-    if any(ch in target for ch in "\\\r\n\t") or any(ord(ch) < 32 for ch in target):
-        return default
+    if any(ch in target for ch in "\\\r\n\t") or any(ord(ch) < 32 or ord(ch) == 127 for ch in target):
+        return default  # DEL too: Tornado refuses it in a Location header (a 500, security review L2)
     return target
+
+
+# Row ids are signed 64-bit: a larger cursor or id overflowed SQLite's driver (a 500, security review L2).
+MAX_ID = 2 ** 63 - 1
 
 
 class ConsoleHandler(tornado.web.RequestHandler):
@@ -101,7 +105,7 @@ class ConsoleHandler(tornado.web.RequestHandler):
     @property
     def client_ip(self):
         """The client's address (X-Forwarded-For only behind a trusted proxy): lockout and audit key."""
-        return transport.client_ip(self.request, self.config.trust_proxy)[:64]
+        return transport.client_ip(self.request, self.config)[:64]
 
     @property
     def over_https(self):
@@ -239,11 +243,12 @@ class ProjectHandler(SignedInHandler):
         return f"{scheme}://{self.request.host}/api/webhook/{self.project.public_id}"
 
     def cursor_arg(self, name):
-        """A page cursor from the query string: a row id, or 0 when absent or not a whole number."""
+        """A page cursor from the query string: a row id in [0, MAX_ID], 0 when absent or not a whole number."""
         try:
-            return max(int(self.get_query_argument(name, "0") or 0), 0)
+            value = int(self.get_query_argument(name, "0") or 0)
         except ValueError:
             return 0
+        return min(max(value, 0), MAX_ID)
 
 
 class ConsoleNotFoundHandler(ConsoleHandler):

@@ -5,7 +5,7 @@ import logging
 
 import tornado.web
 
-from console.base import PID, ProjectHandler
+from console.base import MAX_ID, PID, ProjectHandler
 from pulse import insights, webhooks
 from pulse.db import block
 from pulse.outcomes import Outcome
@@ -33,6 +33,8 @@ class EventPage(ProjectHandler):
     section = "events"
 
     def event(self, event_id):
+        if int(event_id) > MAX_ID:
+            raise tornado.web.HTTPError(404, reason="No such webhook event in this project.")
         with block():
             event = insights.get_event(self.project, event_id)
         if event is None:

@@ -12,6 +12,9 @@ import tornado.web
 
 from pulse import apikeys, idempotency
 from pulse.db import DatabaseUnavailable, block
+from pulse.logs import redact
+
+from handlers import limits, transport
 
 log = logging.getLogger("pulse.api")
 
@@ -120,23 +123,28 @@ class ApiHandler(tornado.web.RequestHandler):
                 raise ApiError(413, "payload_too_large", MESSAGES[413])  # nothing sent yet, or too much to read
             self._too_large = True  # drained by data_received, answered when the method would run
             return
-        for hook in self.settings.get("api_prepare_hooks", ()):
-            await hook(self)
-            if self._finished:
-                return
         auth_error = None
         if self.auth_required:
             try:
                 self.authenticate()
             except ApiError as exc:
                 auth_error = exc
-        # Auth hooks also see failed attempts (self.project is None), so they count per IP.
-        for hook in self.settings.get("api_auth_hooks", ()):
-            await hook(self)
-            if self._finished:
-                return
+        # Counted after the key check (per project, or per address when it failed), before anything else.
+        await self.rate_limit()
         if auth_error is not None:
             raise auth_error
+
+    async def rate_limit(self):
+        """Count the request (handlers/limits.py); 429 rate_limited when over the limit."""
+        decision = await limits.check(self)
+        if decision is None:
+            return
+        self.sticky_headers.update(decision.headers())
+        for name, value in decision.headers().items():
+            self.set_header(name, value)
+        if not decision.allowed:
+            rate = limits.bucket(self)[1]
+            raise ApiError(429, "rate_limited", f"Rate limit of {rate} exceeded; retry in {decision.retry_after} s.")
 
     def authenticate(self):
         """Resolve X-API-Key to its project or answer 401."""
@@ -169,7 +177,7 @@ class ApiHandler(tornado.web.RequestHandler):
             raise ApiError(400, "invalid_json", "Request body must be a JSON object.")
         try:
             data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested thousands deep
             raise ApiError(400, "invalid_json", "Request body is not valid JSON.") from None
         if not isinstance(data, dict):
             raise ApiError(400, "invalid_json", "Request body must be a JSON object.")
@@ -310,17 +318,20 @@ class NotFoundHandler(ApiHandler):
 
 
 def log_request(handler):
-    """Tornado's log_function: one structured line per request."""
+    """Tornado's log_function: one structured line per request (client text redacted at the source)."""
     status = handler.get_status()
     level = logging.INFO if status < 500 else logging.ERROR
     project = getattr(handler, "project", None)
-    logging.getLogger("pulse.access").log(level, "%s %s %s", handler.request.method, handler.request.path, status, extra={
-        "request_id": getattr(handler, "request_id", None),
+    path = redact(handler.request.path)
+    request_id = getattr(handler, "request_id", None)
+    logging.getLogger("pulse.access").log(level, "%s %s %s", handler.request.method, path, status, extra={
+        "request_id": redact(request_id) if request_id else None,
         "method": handler.request.method,
-        "path": handler.request.path,
+        "path": path,
         "status": status,
         "duration_ms": round(handler.request.request_time() * 1000, 2),
-        "ip": handler.request.remote_ip,
+        "ip": transport.client_ip(handler.request, handler.settings["config"]) if "config" in handler.settings
+        else handler.request.remote_ip,
         "project": getattr(project, "public_id", None),
         "code": getattr(handler, "error_code", None),
     })

@@ -33,9 +33,27 @@ def _required(data, field):
 
 
 def external_user_id(value, field="external_user_id"):
+    """1-255 characters, matched exactly: control characters are refused, never rewritten (review M4)."""
     if not 1 <= len(value) <= 255:
         raise invalid(field, f"{field} must be 1-255 characters")
+    if _CONTROL.search(value):
+        raise invalid(field, f"{field} must not contain control characters")
     return value
+
+
+def query_id(handler, name):
+    r"""The last `name` query parameter exactly as sent, or None.
+
+    Tornado's get_query_argument turns \x00-\x08 and \x0e-\x1f into spaces, so "john\x01smith"
+    would read "john smith"'s subscription (security review M4): read the raw bytes instead.
+    """
+    values = handler.request.query_arguments.get(name)
+    if not values:
+        return None
+    try:
+        return values[-1].decode("utf-8")
+    except UnicodeDecodeError:
+        raise invalid(name, f"{name} must be UTF-8") from None
 
 
 def email(data, field="email"):
@@ -183,7 +201,7 @@ class PortalHandler(BillingHandler):
 
 class SubscriptionHandler(ApiHandler):
     def get(self):
-        user = self.get_query_argument("external_user_id", None, strip=False)
+        user = query_id(self, "external_user_id")
         if user is None:
             raise missing("external_user_id")
         external_user_id(user)

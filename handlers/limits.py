@@ -1,26 +1,32 @@
-"""Rate-limit glue (SPEC 3.1): the auth hook that counts each API request and sets the headers."""
+"""Which rate limit an API request counts against (SPEC 3.1); ApiHandler.prepare() applies it."""
 
-from handlers.base import ApiError
+from pulse.ratelimit import address_bucket
+
 from handlers.transport import client_ip
 
 # Stripe delivers webhooks in bursts from a handful of IPs: an anonymous per-IP limit would
-# refuse legitimate deliveries (Stripe then retries for days); signatures already gate them.
+# refuse legitimate deliveries (Stripe then retries for days); signatures already gate them, and
+# forgeries are capped where they are recorded (pulse.webhooks.record_invalid).
 EXEMPT_PREFIXES = ("/api/webhook",)
 
 
-async def rate_limit(handler):
-    """Count the request per project (authenticated) or per client IP (anonymous, failed auth)."""
+def bucket(handler):
+    """(key, rate) for this request: per project when authenticated, else per client address.
+
+    Failed key checks count per address too, so guessing keys is throttled; None when exempt.
+    """
     if handler.request.path.startswith(EXEMPT_PREFIXES):
-        return
+        return None
     config = handler.config
     if handler.project is not None:
-        key, rate = "project:" + handler.project.public_id, config.rate_limit_authenticated
-    else:
-        key, rate = "ip:" + client_ip(handler.request, config.trust_proxy), config.rate_limit_anonymous
-    decision = await handler.settings["rate_limiter"].hit(key, rate)
-    handler.sticky_headers.update(decision.headers())
-    for name, value in decision.headers().items():
-        handler.set_header(name, value)
-    if not decision.allowed:
-        raise ApiError(429, "rate_limited",
-                       f"Rate limit of {rate} exceeded; retry in {decision.retry_after} s.")
+        return "project:" + handler.project.public_id, config.rate_limit_authenticated
+    return "ip:" + address_bucket(client_ip(handler.request, config)), config.rate_limit_anonymous
+
+
+async def check(handler):
+    """Count this request -> the Decision (its headers go on every response), or None when exempt."""
+    found = bucket(handler)
+    if found is None:
+        return None
+    key, rate = found
+    return await handler.settings["rate_limiter"].hit(key, rate)

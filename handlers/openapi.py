@@ -9,8 +9,9 @@ from handlers.base import ApiHandler
 
 NULLABLE_STRING = {"type": ["string", "null"]}
 NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
-EXTERNAL_USER_ID = {"type": "string", "minLength": 1, "maxLength": 255,
-                    "description": "Your own id for the user: any string of 1-255 characters."}
+EXTERNAL_USER_ID = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": r"^[^\x00-\x1f\x7f-\x9f]*$",
+                    "description": "Your own id for the user: 1-255 characters, no control characters "
+                                   "(U+0000-U+001F, U+007F-U+009F)."}
 # What the server accepts, no more and no less (the schema is fuzzed against the running API).
 HTTP_URL = {"type": "string", "maxLength": 2048,
             "pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(:[0-9]{1,5})?([/?#][^\s\x00-\x1f\x7f-\x9f]*)?$",

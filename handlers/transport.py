@@ -1,9 +1,11 @@
 """HTTPS for every page (SPEC 3.1): who the client is, whether it came over TLS, redirects, HSTS."""
 
 import ipaddress
+import logging
 
 import tornado.web
-from tornado.netutil import is_valid_ip
+
+log = logging.getLogger("pulse.transport")
 
 HSTS = "max-age=31536000; includeSubDomains"
 # Any of these means a proxy stands between us and the client: loopback is then not the client.
@@ -15,18 +17,56 @@ def _last(value):
     return value.split(",")[-1].strip()
 
 
-def client_ip(request, trust_proxy):
-    """The client's address: X-Forwarded-For / X-Real-Ip when the proxy is trusted, else the peer.
+def _address(text):
+    """An ip_address (IPv4-mapped IPv6 as IPv4), or None for anything else."""
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    return getattr(address, "ipv4_mapped", None) or address
 
-    With trust_proxy Tornado's xheaders already rewrote remote_ip; reading the headers here
-    gives the same answer and also holds for servers built without xheaders (tests).
+
+def _is_trusted_proxy(address, config):
+    return address is not None and any(address in network for network in config.trusted_proxies)
+
+
+def _from_trusted_proxy(request, config):
+    """True when forwarding headers may be believed: trust is on and the TCP peer is a listed proxy."""
+    return bool(config.trust_proxy) and _is_trusted_proxy(_address(request.remote_ip or ""), config)
+
+
+_warned_peers = set()
+
+
+def _warn_untrusted_peer(peer):
+    """Say once per peer why its X-Forwarded-For is ignored: a proxy missing from the list is a config slip."""
+    if peer not in _warned_peers and len(_warned_peers) < 100:
+        _warned_peers.add(peer)
+        log.warning("X-Forwarded-For from %s ignored: not in PULSE_TRUSTED_PROXIES", peer)
+
+
+def client_ip(request, config):
+    """The one client address used by rate limits, lockout, audit, the access log and webhook records.
+
+    Without PULSE_TRUST_PROXY, or when the TCP peer is not in PULSE_TRUSTED_PROXIES, it is the peer.
+    Otherwise it is the right-most X-Forwarded-For entry that is not itself a trusted proxy: entries
+    to its left were written by the client and prove nothing. X-Real-Ip, X-Scheme and Forwarded are
+    never read (a proxy that does not set them passes a client's copy through: security review H2).
     """
-    if trust_proxy:
-        # Same precedence as Tornado's xheaders, so both paths agree.
-        forwarded = request.headers.get("X-Real-Ip") or _last(request.headers.get("X-Forwarded-For", ""))
-        if forwarded and is_valid_ip(forwarded):
-            return forwarded
-    return request.remote_ip or ""
+    peer = request.remote_ip or ""
+    if not _from_trusted_proxy(request, config):
+        if config.trust_proxy and "X-Forwarded-For" in request.headers:
+            _warn_untrusted_peer(peer)
+        return peer
+    client = peer
+    for hop in reversed(request.headers.get("X-Forwarded-For", "").split(",")):
+        address = _address(hop)
+        if address is None:
+            break  # garbage where our proxy writes: keep the nearest address we can vouch for
+        client = str(address)
+        if not _is_trusted_proxy(address, config):
+            break
+    return client
 
 
 def _is_loopback(ip):
@@ -37,9 +77,9 @@ def _is_loopback(ip):
 
 
 def over_https(request, config):
-    """True when the request arrived over TLS (per X-Forwarded-Proto only when the proxy is trusted)."""
-    if config.trust_proxy:
-        proto = _last(request.headers.get("X-Scheme") or request.headers.get("X-Forwarded-Proto") or "").lower()
+    """True when the request arrived over TLS (per X-Forwarded-Proto only from a trusted proxy)."""
+    if _from_trusted_proxy(request, config):
+        proto = _last(request.headers.get("X-Forwarded-Proto") or "").lower()
         if proto in ("http", "https"):
             return proto == "https"
     return request.protocol == "https"

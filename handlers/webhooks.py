@@ -17,8 +17,8 @@ class _WebhookHandler(ApiHandler):
         try:
             body = await webhooks.receive(
                 project, self.raw_body, self.request.headers.get("Stripe-Signature"), secret,
-                config=self.config, box=self.settings["secret_box"],
-                remote_ip=client_ip(self.request, self.config.trust_proxy))
+                config=self.config, box=self.settings["secret_box"], limiter=self.settings["rate_limiter"],
+                remote_ip=client_ip(self.request, self.config))
         except webhooks.WebhookError as exc:
             raise ApiError(exc.status, exc.code, exc.message) from None
         self.write_json(body)

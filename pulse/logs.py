@@ -6,13 +6,19 @@ import re
 import sys
 import time
 
-# Anything shaped like a secret is cut from every log line, whatever logged it.
-_SECRET = re.compile(r"\b(pp_live_|sk_live_|sk_test_|rk_live_|rk_test_|whsec_)[A-Za-z0-9_]+")
+# Anything shaped like a secret is cut from every log line, whatever logged it. No \b before the
+# prefix ("x" + key in a malformed header is still a key), and "_" may arrive as %5F in a raw path.
+_US = r"(?:_|%5[Ff])"
+_SECRET = re.compile(rf"(pp{_US}live{_US}|[sr]k{_US}(?:live|test){_US}|whsec{_US})(?:[A-Za-z0-9_]|%[0-9A-Fa-f]{{2}})+")
 
 
 def redact(text):
     """Replace secret-shaped substrings with their kind and an ellipsis."""
     return _SECRET.sub(lambda m: m.group(1) + "…", text)
+
+
+def _redacted(value):
+    return redact(value) if isinstance(value, str) else value
 
 
 class JsonFormatter(logging.Formatter):
@@ -24,13 +30,13 @@ class JsonFormatter(logging.Formatter):
         entry = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
-            "logger": record.name,
+            "logger": _redacted(record.name),
             "msg": redact(record.getMessage()),
         }
         for name in self.FIELDS:
             value = getattr(record, name, None)
             if value is not None:
-                entry[name] = value
+                entry[name] = _redacted(value)  # path, request id...: client text like any other
         if record.exc_info and record.levelno <= logging.DEBUG:
             entry["exc"] = redact(self.formatException(record.exc_info))
         return json.dumps(entry, ensure_ascii=False)

@@ -1,19 +1,22 @@
-"""Rate limits (SPEC 3.1): an exact sliding-window log, in process or shared through Redis.
+"""Rate limits (SPEC 3.1): the `limits` package's moving window, in process or shared through Redis.
 
 `N/window` admits a request when fewer than N requests were admitted in the last `window`
-seconds, so no 60 s window ever holds more than N, bursts included. Refused requests are not
-logged: a client that keeps hammering gets through again as soon as old requests age out.
+seconds, so no window ever holds more than N, bursts included. Refused requests are not
+counted: a client that keeps hammering gets through again as soon as old requests age out.
+Redis is reached with redis-py's asyncio client (never blocking the event loop), bounded by
+REDIS_TIMEOUT; while it is down every process counts on its own (fail open).
 """
 
 import asyncio
-import collections
+import ipaddress
 import logging
 import math
-import secrets
 import time
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
+from limits import RateLimitItemPerSecond
+from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter
 from redis.exceptions import RedisError
 
 log = logging.getLogger("pulse.ratelimit")
@@ -21,6 +24,26 @@ log = logging.getLogger("pulse.ratelimit")
 # How long to stop trying Redis after it failed, so an outage costs one timeout, not one per request.
 REDIS_RETRY_AFTER = 5.0
 REDIS_TIMEOUT = 0.5
+# IPv6 clients get a /64 each (one subnet, RFC 6177); counting /128s would give one host 2**64 budgets.
+IPV6_BUCKET_PREFIX = 64
+
+
+def address_bucket(ip):
+    """The per-address key of `ip`: an IPv4 address as is, an IPv6 one as its /64 network.
+
+    "203.0.113.7" -> "203.0.113.7"; "2001:db8:1:2:aa::1" -> "2001:db8:1:2::/64";
+    "::ffff:203.0.113.7" -> "203.0.113.7"; anything unparseable is returned unchanged.
+    Used by every per-address limit: anonymous API requests, webhook forgeries, console sign-in.
+    """
+    try:
+        address = ipaddress.ip_address((ip or "").strip())
+    except ValueError:
+        return ip or ""
+    if address.version == 6:
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/{IPV6_BUCKET_PREFIX}", strict=False))
+    return str(address)
 
 
 @dataclass(frozen=True)
@@ -41,108 +64,78 @@ class Decision:
         return values
 
 
-def _decision(allowed, limit, count, oldest, window, now):
-    """Build a Decision from the window's size after this hit and its oldest entry."""
-    frees_at = (oldest if oldest is not None else now) + window
-    return Decision(allowed=allowed, limit=limit, remaining=max(0, limit - count),
-                    reset=math.ceil(frees_at), retry_after=0 if allowed else max(1, math.ceil(frees_at - now)))
+def _item(rate):
+    """The `limits` item for a config RateLimit (`limit` per `window` seconds)."""
+    return RateLimitItemPerSecond(rate.limit, rate.window)
 
 
-class MemoryLimiter:
-    """One process's counters: a deque of admission times per key."""
+class Limiter:
+    """A moving-window limiter over one `limits` storage."""
 
-    def __init__(self, clock=time.time):
-        self.clock = clock
-        self.logs = {}
-        self.longest_window = 60
-        self._next_sweep = 0.0
+    def __init__(self, storage):
+        self.storage = storage
+        self.strategy = MovingWindowRateLimiter(storage)
 
     async def hit(self, key, rate):
-        return self.hit_now(key, rate)
-
-    def hit_now(self, key, rate):
-        now = self.clock()
-        self.longest_window = max(self.longest_window, rate.window)
-        self._sweep(now)
-        entries = self.logs.setdefault(key, collections.deque())
-        while entries and entries[0] <= now - rate.window:
-            entries.popleft()
-        allowed = len(entries) < rate.limit
-        if allowed:
-            entries.append(now)
-        return _decision(allowed, rate.limit, len(entries), entries[0] if entries else None, rate.window, now)
-
-    def _sweep(self, now):
-        # Forget idle keys (one-off client IPs) so memory stays bounded by active clients.
-        if now < self._next_sweep:
-            return
-        self._next_sweep = now + 60
-        for key in [k for k, v in self.logs.items() if not v or v[-1] <= now - self.longest_window]:
-            del self.logs[key]
+        """Count one request against `key` at `rate` -> Decision."""
+        item = _item(rate)
+        allowed = await self.strategy.hit(item, key)
+        # A second round trip: `limits` reports the window (oldest entry, count) separately.
+        frees_at, remaining = await self.strategy.get_window_stats(item, key)
+        now = time.time()
+        if remaining >= rate.limit:  # nothing in the window (cannot follow an admitted hit)
+            frees_at = now + rate.window
+        return Decision(allowed=allowed, limit=rate.limit, remaining=max(0, remaining),
+                        reset=math.ceil(frees_at),
+                        retry_after=0 if allowed else max(1, math.ceil(frees_at - now)))
 
     async def close(self):
-        self.logs.clear()
+        await self.storage.reset()
 
 
-# KEYS[1] the window's sorted set; ARGV now (s), window (s), limit, unique member.
-# Redis runs the script atomically, so concurrent processes never admit more than `limit`.
-_SLIDING_LOG = """
-local key, now, window, limit = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-local count = redis.call('ZCARD', key)
-local allowed = 0
-if count < limit then
-  redis.call('ZADD', key, now, ARGV[4])
-  count = count + 1
-  allowed = 1
-end
-redis.call('PEXPIRE', key, math.ceil(window * 1000))
-local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-return {allowed, count, oldest[2] or ''}
-"""
+class MemoryLimiter(Limiter):
+    """One process's counters (`limits` sweeps expired entries in a background task)."""
+
+    def __init__(self):
+        super().__init__(MemoryStorage())
+
+    async def close(self):
+        # Stop the sweep first: resetting under it makes it fail on a vanished key.
+        if self.storage.timer is not None and not self.storage.timer.done():
+            self.storage.timer.cancel()
+        await self.storage.reset()
 
 
-class RedisLimiter:
+class RedisLimiter(Limiter):
     """Counters shared by every process through Redis; falls back to `fallback` while Redis is down."""
 
-    def __init__(self, url, prefix="pulse:rl:", fallback=None, clock=time.time):
-        self.url, self.prefix, self.clock = url, prefix, clock
-        self.fallback = fallback or MemoryLimiter(clock)
-        self._client = None
-        self._script = None
+    def __init__(self, url, prefix="pulse:rl", fallback=None):
+        # limits names the schemes async+redis://, async+rediss://, async+redis+unix://.
+        uri = "async+redis+" + url if url.startswith("unix://") else "async+" + url
+        storage = RedisStorage(uri, implementation="redispy", key_prefix=prefix,
+                               socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT)
+        super().__init__(storage)
+        self.fallback = fallback or MemoryLimiter()
         self._down_until = 0.0
-
-    def _connect(self):
-        self._client = aioredis.Redis.from_url(self.url, socket_timeout=REDIS_TIMEOUT,
-                                               socket_connect_timeout=REDIS_TIMEOUT)
-        self._script = self._client.register_script(_SLIDING_LOG)
 
     async def hit(self, key, rate):
         if time.monotonic() < self._down_until:
-            return self.fallback.hit_now(key, rate)
-        if self._client is None:
-            self._connect()
-        now = self.clock()
-        member = f"{now:.6f}:{secrets.token_hex(4)}"
+            return await self.fallback.hit(key, rate)
         try:
-            allowed, count, oldest = await self._script(keys=[self.prefix + key],
-                                                        args=[f"{now:.6f}", rate.window, rate.limit, member])
+            return await super().hit(key, rate)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             # Fail open to per-process counting: an outage must not take the API down with it.
             log.warning("redis unavailable for rate limits (%s); counting per process for %ss",
                         type(exc).__name__, REDIS_RETRY_AFTER)
             self._down_until = time.monotonic() + REDIS_RETRY_AFTER
-            return self.fallback.hit_now(key, rate)
-        oldest = float(oldest) if oldest not in (b"", "", None) else None
-        return _decision(bool(allowed), rate.limit, int(count), oldest, rate.window, now)
+            return await self.fallback.hit(key, rate)
 
     async def close(self):
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self.fallback.close()
+        await self.storage.bridge.get_connection().aclose()
 
 
-def make_limiter(config, prefix="pulse:rl:"):
+def make_limiter(config, prefix="pulse:rl"):
     """The limiter for `config`: Redis when PULSE_REDIS_URL is set, else in process."""
     if config.redis_url:
         return RedisLimiter(config.redis_url, prefix=prefix)

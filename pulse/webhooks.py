@@ -2,12 +2,14 @@
 
 import json
 import logging
-import time
+import re
 
 import peewee
 import stripe
 
 from pulse import billing, events, subscriptions as subs
+from pulse.config import RateLimit
+from pulse.ratelimit import address_bucket
 from pulse.db import DatabaseUnavailable, block, utcnow
 from pulse.models import WebhookEvent
 from pulse.outcomes import Outcome
@@ -15,12 +17,16 @@ from pulse.outcomes import Outcome
 log = logging.getLogger("pulse.webhooks")
 
 TOLERANCE = 300
-INVALID_RECORDS_PER_MINUTE = 60
-_invalid_counts: dict = {}
+# Forged deliveries are answered 400 but only this many are recorded (security review L4/L10):
+# per client address (IPv6 /64), and per project whatever the addresses, so rotating them
+# cannot fill a project's event log either.
+INVALID_RECORDS_PER_ADDRESS = RateLimit(60, 60)
+INVALID_RECORDS_PER_PROJECT = RateLimit(120, 3600)
 PROCESSED, IGNORED, FAILED = Outcome.PROCESSED, Outcome.IGNORED, Outcome.FAILED
 INVALID_SIGNATURE = Outcome.INVALID_SIGNATURE
 UNROUTED = ("no project: no pulse_project_id metadata names a project, and its Stripe customer is linked "
             "to a customer of no project (or of several)")
+_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
 
 
 class WebhookError(Exception):
@@ -58,21 +64,21 @@ def verify(raw, header, secret):
     return None
 
 
-def record_invalid(project, reason, remote_ip):
+async def record_invalid(project, reason, remote_ip, limiter):
     """Keep a trace of a rejected delivery (no payload: it is unauthenticated input).
 
-    Unsigned requests are not rate limited (Stripe's bursts must pass), so the trace is capped per
-    client IP and minute (per process, no query): a flood of forgeries cannot fill the table.
+    Unsigned requests are not rate limited (Stripe's bursts must pass), so the trace is capped by
+    `limiter` (the app's rate limiter, shared through Redis when configured) per client address
+    and per project: a flood of forgeries cannot fill the table, whatever addresses it comes from.
     """
-    minute, ip = int(time.time() // 60), (remote_ip or "")[:64]
-    if _invalid_counts.get("minute") != minute:
-        _invalid_counts.clear()
-        _invalid_counts["minute"] = minute
-    _invalid_counts[ip] = _invalid_counts.get(ip, 0) + 1
-    if _invalid_counts[ip] > INVALID_RECORDS_PER_MINUTE:
-        log.warning("invalid webhook signature from %s not recorded (over %s/minute): %s",
-                    ip, INVALID_RECORDS_PER_MINUTE, reason)
-        return
+    ip = (remote_ip or "")[:64]
+    scope = project.public_id if project is not None else "-"
+    for key, rate in (("webhook-invalid:ip:" + address_bucket(ip), INVALID_RECORDS_PER_ADDRESS),
+                      ("webhook-invalid:project:" + scope, INVALID_RECORDS_PER_PROJECT)):
+        if not (await limiter.hit(key, rate)).allowed:
+            log.warning("invalid webhook signature from %s not recorded (over %s for this %s): %s",
+                        ip, rate, key.split(":")[1], reason)
+            return
     with block():
         WebhookEvent.create(project=project, outcome=INVALID_SIGNATURE, error=reason[:200], remote_ip=ip or None,
                             processed_at=utcnow())
@@ -82,10 +88,16 @@ def parse(raw):
     """The event dict from a verified body, or WebhookError 400 `invalid_payload`."""
     try:
         event = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested thousands deep
         raise WebhookError(400, "invalid_payload", "Event body is not valid JSON.") from None
     if not isinstance(event, dict):
         raise WebhookError(400, "invalid_payload", "Event body must be a JSON object.")
+    if _SURROGATE_ESCAPE.search(raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")):
+        # "\udc00" alone is valid JSON but not text: storing or logging it ended in a 500 (review L2).
+        try:
+            json.dumps(event, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise WebhookError(400, "invalid_payload", "Event body contains an unpaired \\u surrogate escape.") from None
     if not isinstance(event.get("id"), str) or not event["id"] or len(event["id"]) > 255:
         raise WebhookError(400, "invalid_payload", "Event has no id.")
     if not isinstance(event.get("type"), str) or not event["type"]:
@@ -217,11 +229,14 @@ async def process(project, event, raw, *, config, box, remote_ip=None):
     raise WebhookError(500, "webhook_failed", "The event could not be applied; it will be retried.")
 
 
-async def receive(project, raw, header, secret, *, config, box, remote_ip=None):
-    """One delivery: verify, parse, route (project None = deployment-wide), process."""
+async def receive(project, raw, header, secret, *, config, box, limiter, remote_ip=None):
+    """One delivery: verify, parse, route (project None = deployment-wide), process.
+
+    `limiter` (pulse.ratelimit.Limiter) caps how many invalid signatures are recorded.
+    """
     reason = verify(raw, header, secret)
     if reason:
-        record_invalid(project, reason, remote_ip)
+        await record_invalid(project, reason, remote_ip, limiter)
         raise WebhookError(400, "invalid_signature", f"Stripe signature check failed: {reason}.")
     event = parse(raw)
     if project is None:

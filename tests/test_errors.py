@@ -136,4 +136,4 @@ async def test_request_id_echoed_or_generated(api):
 @pytest.mark.gen_test
 async def test_undecodable_query_string_is_invalid_field(api):
     response = await api("GET", "/api/subscription?external_user_id=%ED%B0%80")
-    assert_envelope(response, 400, "invalid_field")
+    assert_envelope(response, 400, "invalid_field", field="external_user_id")

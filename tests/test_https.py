@@ -33,19 +33,51 @@ def test_loopback_counts_as_secure_only_without_forwarding_headers():
     assert not is_secure(request(remote_ip="127.0.0.1", headers=PROXY_HTTPS), cfg())  # proxy not trusted
 
 
+PROXIES = "10.0.0.0/24,127.0.0.1"
+
+
+def behind_proxy(**overrides):
+    """trust_proxy on, with the proxies in 10.0.0.0/24 (and loopback) listed as trusted."""
+    return load_config(environ={"PULSE_TRUSTED_PROXIES": PROXIES}, secret_key="x" * 32, trust_proxy=True, **overrides)
+
+
 def test_forwarded_proto_is_believed_only_from_a_trusted_proxy():
-    trusted = cfg(trust_proxy=True)
+    trusted = behind_proxy()
     assert is_secure(request(remote_ip="10.0.0.2", headers=PROXY_HTTPS), trusted)
     assert not is_secure(request(remote_ip="127.0.0.1", headers=PROXY_HTTP), trusted)
     assert not is_secure(request(headers=PROXY_HTTPS), cfg())
     # Several proxies: the right-most value is the one our own proxy set.
-    assert not is_secure(request(headers={"X-Forwarded-Proto": "https, http"}), trusted)
+    assert not is_secure(request(remote_ip="10.0.0.2", headers={"X-Forwarded-Proto": "https, http"}), trusted)
+    # A peer that is not a listed proxy cannot claim https, even with PULSE_TRUST_PROXY=1.
+    assert not is_secure(request(remote_ip="203.0.113.50", headers=PROXY_HTTPS), trusted)
+    # X-Scheme is never read (nginx passes a client's copy through: security review H2).
+    assert not is_secure(request(remote_ip="10.0.0.2", headers={"X-Scheme": "https", "X-Forwarded-Proto": "http"}),
+                         trusted)
 
 
 def test_client_ip_honours_forwarded_for_only_when_trusted():
     req = request(remote_ip="10.0.0.2", headers={"X-Forwarded-For": "198.51.100.1, 203.0.113.7"})
-    assert client_ip(req, trust_proxy=True) == "203.0.113.7"
-    assert client_ip(req, trust_proxy=False) == "10.0.0.2"
+    assert client_ip(req, behind_proxy()) == "203.0.113.7"
+    assert client_ip(req, cfg()) == "10.0.0.2"
+    # PULSE_TRUST_PROXY=1 but the peer is not a listed proxy (default: loopback only).
+    assert client_ip(req, cfg(trust_proxy=True)) == "10.0.0.2"
+
+
+def test_client_ip_is_the_right_most_address_that_is_not_a_trusted_proxy():
+    chain = {"X-Forwarded-For": "198.51.100.1, 203.0.113.7, 10.0.0.5"}  # client's lie, client, inner proxy
+    assert client_ip(request(remote_ip="10.0.0.2", headers=chain), behind_proxy()) == "203.0.113.7"
+    all_proxies = {"X-Forwarded-For": "10.0.0.7, 10.0.0.5"}
+    assert client_ip(request(remote_ip="10.0.0.2", headers=all_proxies), behind_proxy()) == "10.0.0.7"
+    split = HTTPHeaders()  # two X-Forwarded-For headers count as one list
+    split.add("X-Forwarded-For", "198.51.100.1")
+    split.add("X-Forwarded-For", "203.0.113.7")
+    req = request(remote_ip="10.0.0.2")
+    req.headers = split
+    assert client_ip(req, behind_proxy()) == "203.0.113.7"
+    v6 = request(remote_ip="::1", headers={"X-Forwarded-For": "2001:db8::7"})
+    assert client_ip(v6, cfg(trust_proxy=True)) == "2001:db8::7"
+    mapped = request(remote_ip="::ffff:127.0.0.1", headers={"X-Forwarded-For": "203.0.113.7"})
+    assert client_ip(mapped, cfg(trust_proxy=True)) == "203.0.113.7"
 
 
 @pytest.fixture
@@ -82,8 +114,10 @@ async def test_loopback_without_proxy_headers_is_served_without_hsts(api):
     assert "Strict-Transport-Security" not in response.headers
 
 
-def test_client_ip_ignores_garbage_and_matches_tornado_precedence():
+def test_client_ip_ignores_garbage_and_never_reads_x_real_ip():
     req = request(remote_ip="10.0.0.2", headers={"X-Forwarded-For": "not-an-ip"})
-    assert client_ip(req, trust_proxy=True) == "10.0.0.2"
-    req = request(remote_ip="10.0.0.2", headers={"X-Forwarded-For": "203.0.113.7", "X-Real-Ip": "198.51.100.9"})
-    assert client_ip(req, trust_proxy=True) == "198.51.100.9"
+    assert client_ip(req, behind_proxy()) == "10.0.0.2"
+    req = request(remote_ip="10.0.0.2", headers={"X-Forwarded-For": "203.0.113.7, not-an-ip"})
+    assert client_ip(req, behind_proxy()) == "10.0.0.2"
+    spoofed = {"X-Forwarded-For": "203.0.113.7", "X-Real-Ip": "198.51.100.9", "Forwarded": "for=198.51.100.8"}
+    assert client_ip(request(remote_ip="10.0.0.2", headers=spoofed), behind_proxy()) == "203.0.113.7"

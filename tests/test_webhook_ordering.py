@@ -1,12 +1,14 @@
 """Webhook order and concurrency: whatever Stripe delivers, and however, state ends equal to Stripe's."""
 
 import asyncio
+import dataclasses
 import threading
 import time
 
 import pytest
 
 from pulse import db, webhooks
+from pulse.config import RateLimit
 from pulse.models import Customer, Subscription
 from tests.support import body_of
 from tests.stripe_events import NEW_API, body_of_event, customer_object, event, invoice, new_subscription
@@ -231,9 +233,29 @@ async def test_concurrent_deliveries_on_separate_connections_like_two_processes(
 @pytest.mark.gen_test(timeout=30)
 async def test_a_flood_of_forgeries_is_answered_but_recorded_only_up_to_a_cap(fake_stripe, hooked, deliver,
                                                                                monkeypatch):
-    monkeypatch.setattr(webhooks, "INVALID_RECORDS_PER_MINUTE", 3)
-    monkeypatch.setattr(webhooks, "_invalid_counts", {})
+    monkeypatch.setattr(webhooks, "INVALID_RECORDS_PER_ADDRESS", RateLimit(3, 60))
     for _ in range(6):
         resp = await deliver('{"id": "evt_x"}', secret="whsec_forged")
         assert resp.code == 400 and body_of(resp)["error"]["code"] == "invalid_signature"
     assert len(events_of(hooked.project, outcome="invalid_signature")) == 3
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_forgeries_from_rotating_addresses_are_capped_per_project(app, fake_stripe, hooked, make_project,
+                                                                        deliver, monkeypatch):
+    """Security review L4/L10: a fresh address per forgery (here, behind a trusted proxy) gets no fresh budget."""
+    config = app.settings["config"]
+    app.settings["config"] = dataclasses.replace(config, trust_proxy=True)
+    monkeypatch.setattr(webhooks, "INVALID_RECORDS_PER_PROJECT", RateLimit(5, 3600))
+    for i in range(12):
+        via = {"X-Forwarded-For": f"198.51.100.{i}" if i % 2 else f"2001:db8:{i}::1", "X-Forwarded-Proto": "https"}
+        resp = await deliver('{"id": "evt_x"}', secret="whsec_forged", headers=via)
+        assert resp.code == 400 and body_of(resp)["error"]["code"] == "invalid_signature"
+    rows = events_of(hooked.project, outcome="invalid_signature")
+    assert len(rows) == 5 and {r.remote_ip for r in rows} == {"2001:db8::1", "198.51.100.1", "2001:db8:2::1",
+                                                              "198.51.100.3", "2001:db8:4::1"}
+    # Another project's budget is its own.
+    other = make_project(name="Other", stripe_webhook_secret="whsec_other")
+    resp = await deliver('{"id": "evt_x"}', secret="whsec_forged", path=f"/api/webhook/{other.project.public_id}")
+    assert resp.code == 400
+    assert len(events_of(other.project, outcome="invalid_signature")) == 1
