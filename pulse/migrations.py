@@ -13,7 +13,7 @@ import peewee as pw
 from playhouse.migrate import MySQLMigrator, SqliteMigrator, migrate as run_operations
 
 from pulse.db import database, is_mysql, utcnow
-from pulse.models import MODELS
+from pulse.models import MODELS, CheckoutLease
 
 log = logging.getLogger("pulse.migrations")
 
@@ -32,9 +32,14 @@ def _initial(db, migrator):
     db.create_tables(MODELS)
 
 
+def _checkout_lease(db, migrator):
+    db.create_tables([CheckoutLease], safe=True)
+
+
 # (version, name, step). Steps after the first receive the database and its migrator.
 STEPS = [
     (1, "initial schema", _initial),
+    (5, "checkout lease: one checkout at a time per user", _checkout_lease),
 ]
 LATEST = STEPS[-1][0]
 

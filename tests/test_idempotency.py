@@ -5,7 +5,7 @@ from datetime import timedelta
 
 import pytest
 
-from handlers.base import ApiHandler, missing
+from handlers.base import ApiHandler, idempotent, missing
 from pulse import db, idempotency
 from pulse.models import IdempotencyRecord
 from tests.conftest import body_of
@@ -14,6 +14,7 @@ CALLS = []
 
 
 class Charge(ApiHandler):
+    @idempotent
     async def post(self):
         body = self.json_body()
         if "amount" not in body:
