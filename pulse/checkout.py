@@ -60,7 +60,7 @@ async def start_checkout(project, box, config, request, client_key=None):
     # Plan catalog (h2): check that (plan_slug, price_id) does not contradict the catalog here, before Stripe.
     # Concurrent first checkouts share one Stripe customer through its idempotency key, before queueing.
     customer = await _ensure_stripe_customer(client, project, request, customer)
-    hold = timedelta(seconds=_call_bound(config) + 5)
+    hold = timedelta(seconds=_call_bound(config) + 2)  # + our own database round trips
     async with _lease(project, user, hold, wait=hold.total_seconds()) as renew:
         replacing = None
         while True:
