@@ -1,4 +1,4 @@
-"""The Stripe gateway: async StripeClients per secret key, one Stripe customer per user, sessions."""
+"""The Stripe gateway: async StripeClients per secret key, customers, Checkout and portal sessions."""
 
 import asyncio
 import hashlib
@@ -8,11 +8,9 @@ import re
 import weakref
 from dataclasses import dataclass
 
-import peewee
 import stripe
 
 from pulse import projects
-from pulse.db import block, database, utcnow
 from pulse.models import Customer, Project, Subscription
 from pulse.status import ACCESS_STATUSES
 
@@ -154,36 +152,6 @@ def has_access_subscription(customer, project):
 
 def find_customer(project, external_user_id):
     return Customer.get_or_none((Customer.project == project) & (Customer.external_user_id == external_user_id))
-
-
-def store_stripe_customer(project, external_user_id, email, stripe_customer_id):
-    """The user's row with the Stripe customer Stripe just accepted, inserted if new; an id already stored wins."""
-    found = find_customer(project, external_user_id)
-    if found is None:
-        try:
-            with database.atomic():
-                return Customer.create(project=project, external_user_id=external_user_id, email=email,
-                                       stripe_customer_id=stripe_customer_id)
-        except peewee.IntegrityError:
-            found = find_customer(project, external_user_id)
-            if found is None:
-                raise
-    (Customer.update(stripe_customer_id=stripe_customer_id, email=email, updated_at=utcnow())
-     .where((Customer.id == found.id) & Customer.stripe_customer_id.is_null()).execute())
-    return Customer.get_by_id(found.id)
-
-
-def forget_stripe_customer(customer):
-    """Drop a Stripe customer id Stripe no longer knows, unless another request already replaced it."""
-    stale = customer.stripe_customer_id
-    updated = (Customer.update(stripe_customer_id=None, updated_at=utcnow())
-               .where((Customer.id == customer.id) & (Customer.stripe_customer_id == stale)).execute())
-    customer.stripe_customer_id = None if updated else Customer.get_by_id(customer.id).stripe_customer_id
-
-
-def store_email(customer, email):
-    Customer.update(email=email, updated_at=utcnow()).where(Customer.id == customer.id).execute()
-    customer.email = email
 
 
 # ---------------------------------------------------------------- Stripe calls (never inside a db block)

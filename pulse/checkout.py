@@ -14,7 +14,7 @@ import peewee
 
 from pulse import billing
 from pulse.db import DatabaseUnavailable, block, database, utcnow
-from pulse.models import CheckoutLease
+from pulse.models import CheckoutLease, Customer
 
 log = logging.getLogger("pulse.checkout")
 
@@ -82,7 +82,7 @@ async def start_checkout(project, box, config, request, client_key=None):
                 # Deleted in Stripe, or the project moved to another account or to live mode: make a new one, once.
                 replacing = customer.stripe_customer_id
                 with block():
-                    billing.forget_stripe_customer(customer)
+                    _forget_stripe_customer(customer)
     # Plan catalog (h2): learn (plan_slug, price_id) here, now that Stripe accepted the price.
     return session
 
@@ -111,7 +111,7 @@ async def _ensure_stripe_customer(client, project, request, customer, replacing=
         stripe_id = await billing.create_stripe_customer(client, project, user, request.email, replacing,
                                                          per_email=True)
     with block():
-        return billing.store_stripe_customer(project, user, request.email, stripe_id)
+        return _store_stripe_customer(project, user, request.email, stripe_id)
 
 
 async def _update_email(client, customer, email):
@@ -119,7 +119,7 @@ async def _update_email(client, customer, email):
     if customer.email != email:
         await billing.update_stripe_email(client, customer.stripe_customer_id, email)
         with block():
-            billing.store_email(customer, email)
+            _store_email(customer, email)
 
 
 async def _expire_open_sessions(client, stripe_customer_id, keep, renew):
@@ -144,6 +144,39 @@ def _call_bound(config):
     """Seconds one Stripe call may take: every attempt times out, with stripe-python's back-off (max 5 s) between."""
     retries = config.stripe_max_retries
     return config.stripe_timeout * (retries + 1) + 5 * retries
+
+
+# ---------------------------------------------------------------- the Customer row (call inside a db block)
+
+
+def _store_stripe_customer(project, external_user_id, email, stripe_customer_id):
+    """The user's row with the Stripe customer Stripe just accepted, inserted if new; an id already stored wins."""
+    found = billing.find_customer(project, external_user_id)
+    if found is None:
+        try:
+            with database.atomic():
+                return Customer.create(project=project, external_user_id=external_user_id, email=email,
+                                       stripe_customer_id=stripe_customer_id)
+        except peewee.IntegrityError:
+            found = billing.find_customer(project, external_user_id)
+            if found is None:
+                raise
+    (Customer.update(stripe_customer_id=stripe_customer_id, email=email, updated_at=utcnow())
+     .where((Customer.id == found.id) & Customer.stripe_customer_id.is_null()).execute())
+    return Customer.get_by_id(found.id)
+
+
+def _forget_stripe_customer(customer):
+    """Drop a Stripe customer id Stripe no longer knows, unless another request already replaced it."""
+    stale = customer.stripe_customer_id
+    updated = (Customer.update(stripe_customer_id=None, updated_at=utcnow())
+               .where((Customer.id == customer.id) & (Customer.stripe_customer_id == stale)).execute())
+    customer.stripe_customer_id = None if updated else Customer.get_by_id(customer.id).stripe_customer_id
+
+
+def _store_email(customer, email):
+    Customer.update(email=email, updated_at=utcnow()).where(Customer.id == customer.id).execute()
+    customer.email = email
 
 
 # ---------------------------------------------------------------- the per-user lease (short db blocks only)
