@@ -223,12 +223,17 @@ def _mine(project, user):
 
 def _acquire(project, user, token, hold):
     now = utcnow()
-    try:
-        with database.atomic():
-            CheckoutLease.create(project=project.id, external_user_id=user, token=token, expires_at=now + hold)
-        return True
-    except peewee.IntegrityError:
-        pass
-    # Held: take it over only if the holder's time ran out (compare-and-set on the lapsed row).
+    held = CheckoutLease.get_or_none(_mine(project, user))
+    if held is None:
+        try:
+            with database.atomic():
+                CheckoutLease.create(project=project.id, external_user_id=user, token=token, expires_at=now + hold)
+            return True
+        except peewee.IntegrityError:
+            return False  # another request got there first
+    if held.expires_at >= now:
+        return False  # a read, not a write, while we wait: writes empty the hot path's cache
+    # The holder's time ran out (its process died): take over with a compare-and-set on the lapsed row.
     return bool(CheckoutLease.update(token=token, expires_at=now + hold)
-                .where(_mine(project, user) & (CheckoutLease.expires_at < now)).execute())
+                .where(_mine(project, user) & (CheckoutLease.token == held.token)
+                       & (CheckoutLease.expires_at == held.expires_at)).execute())
