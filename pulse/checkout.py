@@ -201,9 +201,11 @@ async def _lease(project, user, hold, wait):
         await asyncio.sleep(POLL_SECONDS * random.uniform(0.5, 1.5))
 
     async def renew():
+        ours = _mine(project, user) & (CheckoutLease.token == token)
         with block():
-            kept = (CheckoutLease.update(expires_at=utcnow() + hold)
-                    .where(_mine(project, user) & (CheckoutLease.token == token)).execute())
+            # MySQL counts changed rows, not matched ones: within the same second nothing changes.
+            kept = (CheckoutLease.update(expires_at=utcnow() + hold).where(ours).execute()
+                    or CheckoutLease.select().where(ours).exists())
         if not kept:
             raise CheckoutBusy()
 

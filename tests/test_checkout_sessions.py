@@ -127,3 +127,21 @@ async def test_the_lease_is_released_when_stripe_refuses(api, fake_stripe):
     with db.block():
         assert CheckoutLease.select().count() == 0
         assert Customer.select().count() == 1  # the customer Stripe accepted is kept
+
+
+@pytest.mark.gen_test
+async def test_a_holder_whose_lease_was_taken_over_stops_before_opening_a_session(api, fake_stripe):
+    dispatch = fake_stripe.dispatch
+
+    def lapse_and_take_over(method, path, params):
+        if method == "GET" and path.startswith("checkout/sessions"):
+            with db.block():  # our hold lapsed while Stripe was slow, and another request took it
+                CheckoutLease.update(token="another-request").execute()
+        return dispatch(method, path, params)
+
+    fake_stripe.dispatch = lapse_and_take_over
+    response = await api("POST", "/api/checkout", checkout_body())
+    assert response.code == 409 and body_of(response)["error"]["code"] == "checkout_in_progress"
+    assert fake_stripe.sessions == {}
+    with db.block():
+        assert CheckoutLease.get().token == "another-request"  # theirs: left in place
