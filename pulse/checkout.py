@@ -19,6 +19,8 @@ from pulse.models import CheckoutLease, Customer
 log = logging.getLogger("pulse.checkout")
 
 POLL_SECONDS = 0.1  # how often a waiting checkout looks at the lease again
+HOLD_MARGIN = 2.0  # seconds a hold outlasts one Stripe call (our own database round trips)
+RENEW_AFTER = 1.0  # renewing only past this age keeps a hold longer than the next Stripe call (< HOLD_MARGIN)
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ async def start_checkout(project, box, config, request, client_key=None):
     # Plan catalog (h2): check that (plan_slug, price_id) does not contradict the catalog here, before Stripe.
     # Concurrent first checkouts share one Stripe customer through its idempotency key, before queueing.
     customer = await _ensure_stripe_customer(client, project, request, customer)
-    hold = timedelta(seconds=_call_bound(config) + 2)  # + our own database round trips
+    hold = timedelta(seconds=_call_bound(config) + HOLD_MARGIN)
     async with _lease(project, user, hold, wait=hold.total_seconds()) as renew:
         replacing = None
         while True:
@@ -186,8 +188,8 @@ def _store_email(customer, email):
 async def _lease(project, user, hold, wait):
     """Hold the user's CheckoutLease for the block, waiting up to `wait` seconds; yields `renew()`.
 
-    The hold lapses after `hold` (a crashed process frees it); renew() extends it before each Stripe
-    call and raises CheckoutBusy if another request took over a lapsed hold.
+    The hold lapses after `hold` (a crashed process frees it); renew(), called before each Stripe call,
+    extends it once it is RENEW_AFTER old and raises CheckoutBusy if another request took over a lapsed hold.
     """
     token = secrets.token_hex(16)
     loop = asyncio.get_running_loop()
@@ -200,7 +202,13 @@ async def _lease(project, user, hold, wait):
             raise CheckoutBusy()
         await asyncio.sleep(POLL_SECONDS * random.uniform(0.5, 1.5))
 
+    renewed_at = loop.time()
+
     async def renew():
+        nonlocal renewed_at
+        if loop.time() - renewed_at < RENEW_AFTER:
+            return  # the hold still outlasts a whole Stripe call: spare the write
+        renewed_at = loop.time()
         ours = _mine(project, user) & (CheckoutLease.token == token)
         with block():
             # MySQL counts changed rows, not matched ones: within the same second nothing changes.

@@ -129,8 +129,9 @@ async def test_the_lease_is_released_when_stripe_refuses(api, fake_stripe):
         assert Customer.select().count() == 1  # the customer Stripe accepted is kept
 
 
-@pytest.mark.gen_test
+@pytest.mark.gen_test(timeout=30)
 async def test_a_holder_whose_lease_was_taken_over_stops_before_opening_a_session(api, fake_stripe):
+    fake_stripe.latency = 1.1  # past RENEW_AFTER: the holder renews (and so checks) its hold before the next call
     dispatch = fake_stripe.dispatch
 
     def lapse_and_take_over(method, path, params):
