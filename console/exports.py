@@ -14,7 +14,7 @@ class ExportHandler(ProjectHandler):
         fmt = self.get_query_argument("format", "csv")
         if fmt not in export.FORMATS:
             raise tornado.web.HTTPError(400, reason="Unknown export format: choose csv or json.")
-        await stream(self, self.project, fmt)
+        await stream(self, self.project, fmt, bom=True)  # downloads open in spreadsheets
 
 
 default_handlers = [

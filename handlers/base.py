@@ -73,7 +73,11 @@ def allowed_methods(handler_class):
 
 @tornado.web.stream_request_body
 class ApiHandler(tornado.web.RequestHandler):
-    """Base of the JSON API: subclasses set `auth_required` and implement methods."""
+    """Base of the JSON API: subclasses set `auth_required` and implement methods.
+
+    A body over 1 MiB is drained, and reading it (raw_body, json_body) answers 413. POSTs that honour
+    Idempotency-Key say so with @idempotent; finish() then stores the outcome for replays.
+    """
 
     auth_required = True
     api_key = None
@@ -81,14 +85,6 @@ class ApiHandler(tornado.web.RequestHandler):
     # Headers kept on every response of this request, error responses included (rate limits).
     sticky_headers = None
     _idempotency_record = None
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        if "post" in cls.__dict__:
-            cls.post = idempotent(cls.__dict__["post"])
-        for name in ("post", "put", "patch", "delete"):
-            if name in cls.__dict__:
-                setattr(cls, name, body_checked(cls.__dict__[name]))
 
     def initialize(self):
         self.request_id = request_id_for(self.request)
@@ -168,10 +164,14 @@ class ApiHandler(tornado.web.RequestHandler):
 
     @property
     def raw_body(self):
+        """The request body (bytes), or 413 when it was over 1 MiB (drained, not kept)."""
+        if self._too_large:
+            raise ApiError(413, "payload_too_large", MESSAGES[413])
         return b"".join(self._chunks)
 
-    def json_body(self):
-        """The request body as a JSON object, or 400 invalid_json."""
+    def json_body(self, allowed=None):
+        """The request body as a JSON object, or 400 invalid_json; with `allowed` (field names), any other
+        field is 400 invalid_field "unknown parameter: …", as Stripe answers."""
         raw = self.raw_body
         if not raw.strip():
             raise ApiError(400, "invalid_json", "Request body must be a JSON object.")
@@ -187,6 +187,11 @@ class ApiHandler(tornado.web.RequestHandler):
                 json.dumps(data, ensure_ascii=False).encode("utf-8")
             except UnicodeEncodeError:
                 raise ApiError(400, "invalid_json", "Request body contains an unpaired \\u surrogate escape.") from None
+        if allowed is not None:
+            unknown = next((name for name in data if name not in allowed), None)
+            if unknown is not None:
+                shown = unknown if len(unknown) <= 100 else unknown[:100] + "…"
+                raise invalid(shown, f"unknown parameter: {shown}")
         return data
 
     def write_json(self, data, status=200):
@@ -256,18 +261,6 @@ class ApiHandler(tornado.web.RequestHandler):
         self.finish(json.dumps({"error": error}, ensure_ascii=False))
 
 
-def body_checked(method):
-    """Answer 413 instead of running `method` when the body was over 1 MiB (it has been drained)."""
-
-    @functools.wraps(method)
-    async def wrapper(self, *args, **kwargs):
-        if self._too_large:
-            raise ApiError(413, "payload_too_large", MESSAGES[413])
-        return await _maybe_await(method(self, *args, **kwargs))
-
-    return wrapper
-
-
 IDEMPOTENCY_MESSAGES = {
     "mismatch": "This Idempotency-Key was already used with a different request body.",
     "in_flight": "A request with this Idempotency-Key is still being processed; retry once it completes.",
@@ -275,13 +268,13 @@ IDEMPOTENCY_MESSAGES = {
 
 
 def idempotent(method):
-    """Wrap an authenticated POST: replay the stored outcome for a known Idempotency-Key."""
+    """Decorate an authenticated POST: replay the stored outcome for a known Idempotency-Key (SPEC 3.1)."""
 
     @functools.wraps(method)
     async def wrapper(self, *args, **kwargs):
         key = self.request.headers.get("Idempotency-Key")
         if key is None or self.project is None or self._idempotency_record is not None:
-            # No key, no project (webhooks), or an overriding post() already claimed the key via super().
+            # No key, no project, or an overriding post() already claimed the key via super().
             return await _maybe_await(method(self, *args, **kwargs))
         if not idempotency.valid_key(key):
             raise invalid("Idempotency-Key", "Idempotency-Key must be 1-255 printable ASCII characters.")

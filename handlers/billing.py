@@ -1,14 +1,13 @@
 """POST /api/checkout, POST /api/portal and GET /api/subscription (SPEC 3.2)."""
 
-import hashlib
-import json
 import re
 from urllib.parse import urlsplit
 
 from pulse import billing, hotpath, plans, subscriptions as subs
+from pulse.checkout import AlreadySubscribed, CheckoutBusy, CheckoutRequest, start_checkout
 from pulse.db import block
 
-from handlers.base import ApiError, ApiHandler, invalid, missing
+from handlers.base import ApiError, ApiHandler, idempotent, invalid, missing
 
 # Control characters (\x00-\x1f, \x7f-\x9f) are never part of an address or URL; the OpenAPI
 # document states the same patterns, so the fuzzer and the server agree on what is valid.
@@ -18,6 +17,12 @@ INTERVALS = ("monthly", "yearly")
 _DELETED_CUSTOMER = ("This user's Stripe customer no longer exists in Stripe (deleted, or not in this Stripe "
                      "account and mode); a new checkout (POST /api/checkout) creates a new one.")
 MAX_URL = 2048
+# A product id where the price belongs is the usual mix-up; any other id may be a price or a legacy
+# plan id (plan_… or a custom one), and Stripe says whether it exists (StripeRefused on our field).
+_NOT_A_PRICE = re.compile(r"prod_")
+CHECKOUT_FIELDS = ("external_user_id", "email", "plan_slug", "stripe_price_id", "success_url", "cancel_url",
+                   "interval", "trial_days")
+PORTAL_FIELDS = ("external_user_id", "return_url")
 
 
 # ---------------------------------------------------------------- validation
@@ -76,16 +81,22 @@ def url(data, field):
     return value
 
 
+def stripe_price_id(value, field="stripe_price_id"):
+    """A price id (price_…) or a legacy plan id (plan_… or the custom id it was given); Stripe says if it exists."""
+    if (not 1 <= len(value) <= 255 or value == "price_" or value == "plan_" or _NOT_A_PRICE.match(value)
+            or any(ch.isspace() for ch in value) or _CONTROL.search(value)):
+        raise invalid(field, f"{field} must be a Stripe price id (price_…) or plan id")
+    return value
+
+
 def checkout_request(data):
-    """The validated fields of a POST /api/checkout body, in the order they are checked."""
+    """The validated CheckoutRequest of a POST /api/checkout body, fields checked in this order."""
     user = external_user_id(_required(data, "external_user_id"))
     address = email(data)
     plan_slug = _required(data, "plan_slug")
     if not 1 <= len(plan_slug) <= 100:
         raise invalid("plan_slug", "plan_slug must be 1-100 characters")
-    price_id = _required(data, "stripe_price_id")
-    if not price_id.startswith("price_") or len(price_id) <= len("price_") or len(price_id) > 255:
-        raise invalid("stripe_price_id", "stripe_price_id must be a Stripe price id (price_…)")
+    price_id = stripe_price_id(_required(data, "stripe_price_id"))
     success_url, cancel_url = url(data, "success_url"), url(data, "cancel_url")
     interval = data.get("interval")
     if interval is None:
@@ -100,15 +111,15 @@ def checkout_request(data):
             raise invalid("trial_days", "trial_days must be an integer")
         if not 1 <= trial_days <= 730:
             raise invalid("trial_days", "trial_days must be between 1 and 730")
-    return dict(external_user_id=user, email=address, plan_slug=plan_slug, price_id=price_id,
-                success_url=success_url, cancel_url=cancel_url, interval=interval, trial_days=trial_days)
+    return CheckoutRequest(external_user_id=user, email=address, plan_slug=plan_slug, price_id=price_id,
+                           success_url=success_url, cancel_url=cancel_url, interval=interval, trial_days=trial_days)
 
 
 # ---------------------------------------------------------------- handlers
 
 
 class BillingHandler(ApiHandler):
-    """Maps the gateway's exceptions onto the API's 502/503 errors."""
+    """Maps the domain's billing exceptions onto the API's errors (SPEC 3.1)."""
 
     def stripe_client(self):
         return billing.project_client(self.project, self.settings["secret_box"], self.config)
@@ -116,63 +127,40 @@ class BillingHandler(ApiHandler):
     def _handle_request_exception(self, exc):
         if isinstance(exc, billing.StripeNotConfigured):
             exc = ApiError(503, "stripe_not_configured",
-                           "Stripe is not configured for this project (no secret key in the project or deployment).")
+                           "Stripe is not configured for this project: set its secret key in the console (Settings) "
+                           "or with `run.py set-stripe <project_id>`, or set PULSE_STRIPE_SECRET_KEY "
+                           "for the whole deployment.")
+        elif isinstance(exc, billing.StripeRefused):
+            exc = ApiError(400, "invalid_field", exc.message, field=exc.field,
+                           extra={"stripe_request_id": exc.request_id})
         elif isinstance(exc, plans.PlanConflict):
             exc = invalid(exc.field, exc.message)
         elif isinstance(exc, billing.StripeFailure):
             suffix = f" (Stripe request {exc.request_id})" if exc.request_id else ""
             exc = ApiError(502, "stripe_error", f"Stripe error: {exc.message}{suffix}",
                            extra={"stripe_request_id": exc.request_id})
+        elif isinstance(exc, AlreadySubscribed):
+            exc = ApiError(409, "already_subscribed", "This user already has a subscription with access; "
+                           "send them to the customer portal (POST /api/portal) to change it.")
+        elif isinstance(exc, CheckoutBusy):
+            exc = ApiError(409, "checkout_in_progress", "Another checkout for this user is still being opened; "
+                           "retry shortly.", headers={"Retry-After": "1"})
         super()._handle_request_exception(exc)
 
 
 class CheckoutHandler(BillingHandler):
+    @idempotent
     async def post(self):
-        fields = checkout_request(self.json_body())
-        client = self.stripe_client()
-        project, user, address = self.project, fields["external_user_id"], fields["email"]
-        with block():
-            plans.check_pair(project, fields["price_id"], fields["plan_slug"])  # 400 before any Stripe call
-            customer = billing.find_customer(project, user)
-            if customer is not None and billing.has_access_subscription(customer, project):
-                raise ApiError(409, "already_subscribed", "This user already has a subscription with access; "
-                               "send them to the customer portal (POST /api/portal) to change it.")
-            if customer is None:
-                customer = billing.claim_customer(project, user, address)
-        replacing = None
-        while True:
-            try:
-                # Concurrent requests for a new user all send the same key and params: Stripe makes one customer.
-                await billing.ensure_stripe_customer(client, project, customer, address, replacing)
-                session = await billing.create_checkout(
-                    client, project, customer, plan_slug=fields["plan_slug"], price_id=fields["price_id"],
-                    interval=fields["interval"], success_url=fields["success_url"],
-                    cancel_url=fields["cancel_url"], trial_days=fields["trial_days"],
-                    idempotency_key=self._checkout_key(fields, customer))
-                break
-            except billing.StripeFailure as exc:
-                if replacing or not exc.missing_customer or not customer.stripe_customer_id:
-                    raise
-                # Deleted in Stripe, or the project moved to another account or to live mode: make a new one, once.
-                replacing = customer.stripe_customer_id
-                with block():
-                    billing.forget_stripe_customer(customer)
-        with block():
-            plans.learn_pair(project, fields["price_id"], fields["plan_slug"])  # only once Stripe accepted the price
+        request = checkout_request(self.json_body(allowed=CHECKOUT_FIELDS))
+        session = await start_checkout(self.project, self.settings["secret_box"], self.config, request,
+                                       client_key=self.request.headers.get("Idempotency-Key"))
         self.write_json({"url": session.url, "session_id": session.session_id})
-
-    def _checkout_key(self, fields, customer):
-        """With a client Idempotency-Key, retries of the same request reach Stripe with the same key."""
-        given = self.request.headers.get("Idempotency-Key")
-        if not given:
-            return None  # stripe-python still sends one random key, reused across its own retries
-        payload = json.dumps([given, fields, customer.stripe_customer_id], sort_keys=True)
-        return f"pulse-cs-{self.project.public_id}-{hashlib.sha256(payload.encode()).hexdigest()[:32]}"
 
 
 class PortalHandler(BillingHandler):
+    @idempotent
     async def post(self):
-        data = self.json_body()
+        data = self.json_body(allowed=PORTAL_FIELDS)
         user = external_user_id(_required(data, "external_user_id"))
         return_url = url(data, "return_url")
         client = self.stripe_client()

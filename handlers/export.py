@@ -13,13 +13,20 @@ from handlers.base import ApiHandler, invalid
 log = logging.getLogger("pulse.export")
 
 
-async def stream(handler, project, fmt):
-    """Send `project`'s export in `fmt` through `handler` page by page (the API's and the console's download)."""
+# Excel reads a CSV without a byte order mark in the local code page: "Zoë" would show as "ZoÃ«".
+BOM = "\ufeff"
+
+
+async def stream(handler, project, fmt, bom=False):
+    """Send `project`'s export in `fmt` through `handler` page by page (the API's and the console's download);
+    with `bom`, a CSV starts with the UTF-8 byte order mark (for spreadsheets)."""
     handler.set_header("Content-Type", export.FORMATS[fmt])
     handler.set_header("Content-Disposition", f'attachment; filename="{export.filename(project, fmt)}"')
     sent = False
     try:
-        for chunk in export.chunks(project, fmt):
+        for index, chunk in enumerate(export.chunks(project, fmt)):
+            if index == 0 and bom and fmt == "csv":
+                chunk = BOM + chunk
             handler.write(chunk)
             await handler.flush()  # one page at a time on the wire: memory stays at one page
             sent = True
@@ -45,7 +52,10 @@ class ExportHandler(ApiHandler):
         fmt = self.get_query_argument("format", "json")
         if fmt not in export.FORMATS:
             raise invalid("format", "format must be json or csv")
-        await stream(self, self.project, fmt)
+        bom = self.get_query_argument("bom", "false")
+        if bom not in ("true", "false"):
+            raise invalid("bom", "bom must be true or false")
+        await stream(self, self.project, fmt, bom=bom == "true")
 
 
 default_handlers = [

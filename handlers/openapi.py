@@ -20,6 +20,11 @@ _EMAIL_PART = r"[^@\s\x00-\x1f\x7f-\x9f]"
 EMAIL = {"type": "string", "maxLength": 254,
          "pattern": rf"^{_EMAIL_PART}+@{_EMAIL_PART}+\.[^@\s.\x00-\x1f\x7f-\x9f]+$"}
 
+# A price id, or a legacy plan id (plan_… or custom); Stripe judges whether it exists (400 on this field).
+STRIPE_PRICE_ID = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": r"^[^\s\x00-\x1f\x7f-\x9f]+$",
+                   "allOf": [{"not": {"enum": ["price_", "plan_"]}}, {"not": {"pattern": "^prod_"}}],
+                   "description": "A Stripe price id (price_…) or legacy plan id (plan_… or a custom id)."}
+
 SCHEMAS = {
     "Error": {
         "type": "object", "required": ["error"],
@@ -40,17 +45,19 @@ SCHEMAS = {
             "external_user_id": EXTERNAL_USER_ID,
             "email": EMAIL,
             "plan_slug": {"type": "string", "minLength": 1, "maxLength": 100},
-            "stripe_price_id": {"type": "string", "pattern": "^price_.", "maxLength": 255},
+            "stripe_price_id": STRIPE_PRICE_ID,
             "success_url": HTTP_URL,
             "cancel_url": HTTP_URL,
             "interval": {"type": "string", "enum": ["monthly", "yearly"], "default": "monthly"},
             "trial_days": {"type": "integer", "minimum": 1, "maximum": 730},
         },
+        "additionalProperties": False,
     },
     "CheckoutResponse": {"type": "object", "required": ["url", "session_id"],
                          "properties": {"url": {"type": "string"}, "session_id": {"type": "string"}}},
     "PortalRequest": {"type": "object", "required": ["external_user_id", "return_url"],
-                      "properties": {"external_user_id": EXTERNAL_USER_ID, "return_url": HTTP_URL}},
+                      "properties": {"external_user_id": EXTERNAL_USER_ID, "return_url": HTTP_URL},
+                      "additionalProperties": False},
     "PortalResponse": {"type": "object", "required": ["url"], "properties": {"url": {"type": "string"}}},
     "SubscriptionFields": {
         "type": "object",
@@ -140,11 +147,13 @@ HEADERS = {
                           "schema": {"type": "integer"}},
 }
 ERROR_TEXT = {
-    400: "Invalid JSON or an invalid field (`invalid_json`, `invalid_field`).",
+    400: "Invalid JSON, an invalid or unknown field, or a value Stripe refused (`invalid_json`, `invalid_field`; "
+         "`field` names the body field, with Stripe's message and `stripe_request_id` when Stripe refused it).",
     401: "Missing, unknown, revoked or expired API key (`unauthorized`).",
     404: "Not found (`not_found`).",
     405: "Method not allowed (`method_not_allowed`).",
-    409: "Conflict (`already_subscribed`, `idempotency_conflict`, `plan_conflict`).",
+    409: "Conflict (`already_subscribed`, `idempotency_conflict`, `plan_conflict`, `checkout_in_progress`: another "
+         "checkout for the user is still being opened; see Retry-After).",
     413: "Body over 1 MiB (`payload_too_large`).",
     422: "A required field is missing (`missing_field`).",
     429: "Rate limit exceeded (`rate_limited`); see Retry-After.",
@@ -251,7 +260,10 @@ def document():
             "/api/customers/export": {"get": {
                 "summary": "Every customer with its current subscription, streamed",
                 "parameters": [{"name": "format", "in": "query", "required": False,
-                                "schema": {"type": "string", "enum": ["json", "csv"], "default": "json"}}],
+                                "schema": {"type": "string", "enum": ["json", "csv"], "default": "json"}},
+                               {"name": "bom", "in": "query", "required": False,
+                                "description": "true: the CSV starts with a UTF-8 byte order mark (for Excel).",
+                                "schema": {"type": "string", "enum": ["true", "false"], "default": "false"}}],
                 "responses": {
                     "200": {"description": "An attachment: customers-<project>-<date>.json|csv",
                             "headers": {**_headers(), "Content-Disposition": {"required": True,

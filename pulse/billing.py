@@ -1,4 +1,4 @@
-"""The Stripe gateway: async StripeClients per secret key, one Stripe customer per user, sessions."""
+"""The Stripe gateway: async StripeClients per secret key, customers, Checkout and portal sessions."""
 
 import asyncio
 import hashlib
@@ -8,11 +8,9 @@ import re
 import weakref
 from dataclasses import dataclass
 
-import peewee
 import stripe
 
 from pulse import projects
-from pulse.db import block, database, utcnow
 from pulse.models import Customer, Project, Subscription
 from pulse.status import access_condition
 
@@ -31,15 +29,24 @@ class StripeNotConfigured(Exception):
 class StripeFailure(Exception):
     """Stripe refused or could not be reached (API: 502 stripe_error); carries Stripe's message and request id."""
 
-    def __init__(self, message, request_id=None, http_status=None, code=None, param=None):
+    def __init__(self, message, request_id=None, http_status=None, code=None, param=None, type_=None):
         super().__init__(message)
         self.message, self.request_id, self.http_status, self.code = message, request_id, http_status, code
-        self.param = param
+        self.param, self.type = param, type_
 
     @property
     def missing_customer(self):
         """Stripe no longer knows the customer we stored (deleted, or the project switched accounts or modes)."""
         return self.code == "resource_missing" and self.param in ("customer", "id")
+
+
+class StripeRefused(StripeFailure):
+    """Stripe refused a value the tenant sent (API: 400 invalid_field on `field`, with Stripe's message)."""
+
+    def __init__(self, failure, field):
+        super().__init__(failure.message, failure.request_id, failure.http_status, failure.code, failure.param,
+                         failure.type)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -107,8 +114,12 @@ def _scrub(text):
     return _SECRETISH.sub(lambda m: m.group(1) + "…", text or "")
 
 
-async def call(method, *args, **kwargs):
-    """Await a StripeClient *_async method, turning Stripe errors into StripeFailure."""
+async def call(method, *args, tenant_params=None, **kwargs):
+    """Await a StripeClient *_async method, turning Stripe errors into StripeFailure.
+
+    `tenant_params` maps Stripe's `param` names to the tenant's field names: an invalid_request_error
+    on one of them is the tenant's input refused (StripeRefused), not an outage.
+    """
     try:
         return await method(*args, **kwargs)
     except stripe.StripeError as exc:
@@ -116,8 +127,13 @@ async def call(method, *args, **kwargs):
         if isinstance(exc, stripe.APIConnectionError):
             message = "Could not reach Stripe (network error or timeout)."
         log.warning("stripe %s: %s (request %s)", type(exc).__name__, message, exc.request_id)
-        param = getattr(exc, "param", None) or getattr(exc.error, "param", None)
-        raise StripeFailure(message, exc.request_id, exc.http_status, exc.code, param) from None
+        param = getattr(exc, "param", None) or (exc.error.get("param") if exc.error else None)
+        error_type = exc.error.get("type") if exc.error else None
+        failure = StripeFailure(message, exc.request_id, exc.http_status, exc.code, param, error_type)
+        field = (tenant_params or {}).get(param)
+        if field and error_type == "invalid_request_error":
+            raise StripeRefused(failure, field) from None
+        raise failure from None
 
 
 # ---------------------------------------------------------------- customers (call DB parts inside a db block)
@@ -137,98 +153,98 @@ def find_customer(project, external_user_id):
     return Customer.get_or_none((Customer.project == project) & (Customer.external_user_id == external_user_id))
 
 
-def claim_customer(project, external_user_id, email):
-    """The Customer row for this user, inserting it if new; concurrent claimers all get the one row."""
-    found = find_customer(project, external_user_id)
-    if found is not None:
-        return found
-    try:
-        with database.atomic():
-            return Customer.create(project=project, external_user_id=external_user_id, email=email)
-    except peewee.IntegrityError:
-        found = find_customer(project, external_user_id)
-        if found is None:
-            raise
-        return found
-
-
-def store_stripe_customer(customer, stripe_customer_id):
-    """Record the Stripe customer id once (all racers carry the same id, thanks to the idempotency key)."""
-    updated = (Customer.update(stripe_customer_id=stripe_customer_id, updated_at=utcnow())
-               .where((Customer.id == customer.id) & Customer.stripe_customer_id.is_null()).execute())
-    if not updated:  # someone stored it first: keep theirs
-        stripe_customer_id = Customer.get_by_id(customer.id).stripe_customer_id
-    customer.stripe_customer_id = stripe_customer_id
-
-
-def forget_stripe_customer(customer):
-    """Drop a Stripe customer id Stripe no longer knows, unless another request already replaced it."""
-    stale = customer.stripe_customer_id
-    updated = (Customer.update(stripe_customer_id=None, updated_at=utcnow())
-               .where((Customer.id == customer.id) & (Customer.stripe_customer_id == stale)).execute())
-    customer.stripe_customer_id = None if updated else Customer.get_by_id(customer.id).stripe_customer_id
-
-
-def store_email(customer, email):
-    Customer.update(email=email, updated_at=utcnow()).where(Customer.id == customer.id).execute()
-    customer.email = email
-
-
 # ---------------------------------------------------------------- Stripe calls (never inside a db block)
 
+# Stripe's `param` for each value the tenant sent -> the tenant's field (StripeRefused).
+CUSTOMER_FIELDS = {"email": "email"}
+CHECKOUT_FIELDS = {
+    "line_items": "stripe_price_id", "line_items[0][price]": "stripe_price_id", "price": "stripe_price_id",
+    "success_url": "success_url", "cancel_url": "cancel_url",
+    "subscription_data[trial_period_days]": "trial_days", "trial_period_days": "trial_days",
+    "client_reference_id": "external_user_id",
+    "metadata[plan_slug]": "plan_slug", "subscription_data[metadata][plan_slug]": "plan_slug",
+}
+PORTAL_FIELDS = {"return_url": "return_url"}
 
-async def create_stripe_customer(client, project, customer, replacing=None):
-    """Create the Stripe customer for a claimed row; identical params and key from every process."""
-    key = customer_idempotency_key(project.public_id, customer.external_user_id, replacing)
+
+async def create_stripe_customer(client, project, external_user_id, email, replacing=None, per_email=False):
+    """Create the user's Stripe customer with `email`, under the same key from every process.
+
+    A refused email saves no idempotent result at Stripe, so the corrected retry goes through;
+    `per_email` adds the email to the key (for a key already bound to another email at Stripe).
+    """
+    key = customer_idempotency_key(project.public_id, external_user_id, replacing)
+    if per_email:
+        key = f"{key}-e{_digest(email)[:16]}"
     created = await call(client.v1.customers.create_async, params={
-        "email": customer.email,
-        "metadata": {"pulse_project_id": project.public_id, "external_user_id": customer.external_user_id},
-    }, options={"idempotency_key": key})
+        "email": email,
+        "metadata": {"pulse_project_id": project.public_id, "external_user_id": external_user_id},
+    }, options={"idempotency_key": key}, tenant_params=CUSTOMER_FIELDS)
     return created.id
 
 
-async def ensure_stripe_customer(client, project, customer, email, replacing=None):
-    """Give the claimed row its one Stripe customer, with `email`; no db block spans an await."""
-    if not customer.stripe_customer_id:
-        stripe_id = await create_stripe_customer(client, project, customer, replacing)
-        with block():
-            store_stripe_customer(customer, stripe_id)
-    if customer.email != email:
-        await update_stripe_email(client, customer.stripe_customer_id, email)
-        with block():
-            store_email(customer, email)
-
-
 async def update_stripe_email(client, stripe_customer_id, email):
-    await call(client.v1.customers.update_async, stripe_customer_id, params={"email": email})
+    await call(client.v1.customers.update_async, stripe_customer_id, params={"email": email},
+               tenant_params=CUSTOMER_FIELDS)
 
 
-async def create_checkout(client, project, customer, *, plan_slug, price_id, interval, success_url, cancel_url,
-                          trial_days=None, idempotency_key=None):
-    """A subscription-mode Checkout Session for the customer, with PaymentPulse metadata on both levels."""
-    # stripe_price_id: plan_slug holds only while the subscription is still on this price (SPEC 3.3).
-    metadata = {"pulse_project_id": project.public_id, "external_user_id": customer.external_user_id,
-                "plan_slug": plan_slug, "interval": interval, "stripe_price_id": price_id}
+async def open_checkouts(client, stripe_customer_id):
+    """The customer's open subscription-mode Checkout Sessions at Stripe, as plain dicts (follows pagination)."""
+    found, after = [], None
+    while True:
+        params = {"customer": stripe_customer_id, "status": "open", "limit": 100}
+        if after:
+            params["starting_after"] = after
+        listing = plain(await call(client.v1.checkout.sessions.list_async, params=params))
+        found.extend(s for s in listing["data"] if s.get("mode") == "subscription" and s.get("status") == "open")
+        if not listing["has_more"] or not listing["data"]:
+            return found
+        after = listing["data"][-1]["id"]
+
+
+async def expire_checkout(client, session_id):
+    """Expire an open Checkout Session so it can no longer be paid; returns its status afterwards."""
+    try:
+        session = await call(client.v1.checkout.sessions.expire_async, session_id,
+                             options={"idempotency_key": f"pulse-cx-{session_id}"})
+    except StripeFailure as exc:
+        if exc.type != "invalid_request_error" or exc.http_status != 400:
+            raise
+        # No longer open: paid ("complete") or already expired meanwhile; the caller decides.
+        session = await call(client.v1.checkout.sessions.retrieve_async, session_id)
+    return session.status
+
+
+async def create_checkout(client, project, stripe_customer_id, request, idempotency_key=None):
+    """A subscription-mode Checkout Session for `request` (a CheckoutRequest), PaymentPulse metadata on both levels."""
+    user = request.external_user_id
+    metadata = {"pulse_project_id": project.public_id, "external_user_id": user,
+                "plan_slug": request.plan_slug, "interval": request.interval,
+                # plan_slug holds only while the subscription is still on this price (SPEC 3.3).
+                "stripe_price_id": request.price_id}
     subscription_data = {"metadata": metadata}
-    if trial_days:
-        subscription_data["trial_period_days"] = trial_days
+    if request.trial_days:
+        subscription_data["trial_period_days"] = request.trial_days
     options = {"idempotency_key": idempotency_key} if idempotency_key else {}
     params = {
-        "mode": "subscription", "customer": customer.stripe_customer_id,
-        "line_items": [{"price": price_id, "quantity": 1}],
-        "success_url": success_url, "cancel_url": cancel_url,
-        "metadata": metadata, "subscription_data": subscription_data,
+        "mode": "subscription", "customer": stripe_customer_id,
+        "line_items": [{"price": request.price_id, "quantity": 1}],
+        "success_url": request.success_url, "cancel_url": request.cancel_url,
+        "metadata": dict(metadata, pulse_checkout_key=idempotency_key) if idempotency_key else metadata,
+        "subscription_data": subscription_data,
     }
-    if len(customer.external_user_id) <= CLIENT_REFERENCE_MAX:
-        params["client_reference_id"] = customer.external_user_id  # longer ids travel in the metadata only
-    session = await call(client.v1.checkout.sessions.create_async, params=params, options=options)
+    if len(user) <= CLIENT_REFERENCE_MAX:
+        params["client_reference_id"] = user  # longer ids travel in the metadata only
+    session = await call(client.v1.checkout.sessions.create_async, params=params, options=options,
+                         tenant_params=CHECKOUT_FIELDS)
     return Checkout(url=session.url, session_id=session.id)
 
 
 async def create_portal(client, stripe_customer_id, return_url):
-    """A Customer Portal session URL."""
+    """A Customer Portal session URL; StripeRefused on `return_url` when Stripe refuses it."""
     session = await call(client.v1.billing_portal.sessions.create_async,
-                         params={"customer": stripe_customer_id, "return_url": return_url})
+                         params={"customer": stripe_customer_id, "return_url": return_url},
+                         tenant_params=PORTAL_FIELDS)
     return session.url
 
 

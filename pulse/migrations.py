@@ -13,7 +13,7 @@ import peewee as pw
 from playhouse.migrate import MySQLMigrator, SqliteMigrator, migrate as run_operations
 
 from pulse.db import database, is_mysql, utcnow
-from pulse.models import MODELS
+from pulse.models import MODELS, CheckoutLease
 
 log = logging.getLogger("pulse.migrations")
 
@@ -38,6 +38,8 @@ def _customer_history(db, migrator):
 
     db.create_tables([StripeCustomerHistory], safe=True)
     run_operations(migrator.add_column("webhook_event", "reason", WebhookEvent.reason))
+
+
 def _plan_items_and_catalog(db, migrator):
     # Issue 10 items 2-6: the plan item's facts, pause_collection, the paused-collection policy, the catalog.
     from pulse.models import Plan, PlanPrice, Project, Subscription
@@ -55,11 +57,16 @@ def _plan_items_and_catalog(db, migrator):
     Subscription.update(plan_slug_fallback=Subscription.plan_slug).execute()
 
 
+def _checkout_lease(db, migrator):
+    db.create_tables([CheckoutLease], safe=True)
+
+
 # (version, name, step). Steps after the first receive the database and its migrator.
 STEPS = [
     (1, "initial schema", _initial),
     (2, "stripe customer history and webhook ignore reasons", _customer_history),
     (3, "plan items, pause_collection, plan catalog", _plan_items_and_catalog),
+    (5, "checkout lease: one checkout at a time per user", _checkout_lease),
 ]
 LATEST = STEPS[-1][0]
 

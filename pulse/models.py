@@ -239,6 +239,18 @@ class IdempotencyRecord(BaseModel):
         indexes = ((("project", "key"), True),)
 
 
+class CheckoutLease(BaseModel):
+    """One checkout at a time per user (pulse.checkout): the holder's token and when its hold lapses."""
+
+    project = pw.ForeignKeyField(Project, on_delete="CASCADE")
+    external_user_id = ExactCharField(max_length=255)
+    token = pw.CharField(max_length=32)
+    expires_at = pw.DateTimeField()
+
+    class Meta:
+        indexes = ((("project", "external_user_id"), True),)
+
+
 class LoginFailure(BaseModel):
     email = pw.CharField(max_length=254)
     ip = pw.CharField(max_length=64)
@@ -249,4 +261,5 @@ class LoginFailure(BaseModel):
 
 
 MODELS = [Project, User, Membership, ApiKey, Customer, Subscription, WebhookEvent,
-          AuditLog, Session, IdempotencyRecord, LoginFailure, StripeCustomerHistory, Plan, PlanPrice]
+          AuditLog, Session, IdempotencyRecord, LoginFailure, StripeCustomerHistory, Plan, PlanPrice,
+          CheckoutLease]

@@ -12,6 +12,8 @@ Usage (see the `fake_stripe` fixture in conftest.py):
     fake.set_subscription(sub["id"], status="past_due", cancel_at_period_end=True)
     canceled, tombstone = fake.delete_customer(cus_id)   # as the Dashboard does: its subscriptions end
     fake.api_version = "2024-06-20"          # old shape: billing period on the subscription, not the items
+    fake.strict_prices = True                # unknown prices are refused (default: any id is a new price)
+    fake.refuse("email", "maria@.example.test", "Invalid email address: maria@.example.test", code="email_invalid")
 """
 
 import asyncio
@@ -41,6 +43,7 @@ class Fault:
     kind: str  # "http" answers `status` with a Stripe error; "drop" processes, then closes without answering
     path: str | None
     message: str
+    method: str | None = None
 
 
 class StripeError(Exception):
@@ -67,6 +70,8 @@ class FakeStripe:
         self.server = None
         self.url = None
         self.account = objects.account()
+        self.strict_prices = False
+        self.refusals = []  # (param, value, message, code): Stripe's invalid_request_error for that value
 
     # ------------------------------------------------------------ lifecycle
 
@@ -96,10 +101,11 @@ class FakeStripe:
 
     # ------------------------------------------------------------ faults and inspection
 
-    def fail_next(self, n=1, status=500, kind="http", path=None, message="An unexpected error occurred (fake)."):
-        """The next `n` requests (to `path` prefix, if given) fail; kind "http" or "drop"."""
+    def fail_next(self, n=1, status=500, kind="http", path=None, message="An unexpected error occurred (fake).",
+                  method=None):
+        """The next `n` requests (to `path` prefix and with `method`, if given) fail; kind "http" or "drop"."""
         assert kind in ("http", "drop"), kind
-        self.faults.extend(Fault(status, kind, path, message) for _ in range(n))
+        self.faults.extend(Fault(status, kind, path, message, method) for _ in range(n))
 
     def calls(self, method=None, path=None):
         """Logged requests filtered by method and path prefix."""
@@ -151,9 +157,18 @@ class FakeStripe:
             self.add_price(price_id, interval)
         return self.prices[price_id]
 
+    def refuse(self, param, value, message, code="parameter_invalid"):
+        """Stripe answers 400 invalid_request_error naming `param` (e.g. "email", "success_url") for `value`."""
+        self.refusals.append((param, value, message, code))
+
     def complete_checkout(self, session_id, status="active", interval=None, trial_days=None, start=None):
-        """The customer paid: create the subscription from the session (metadata from subscription_data)."""
+        """The customer paid: create the subscription from the session (metadata from subscription_data).
+
+        Like Stripe, only an open session can be paid: an expired or completed one raises StripeError."""
         session = self.sessions[session_id]
+        if session["status"] != "open":
+            raise StripeError(400, objects.error_body(f"This Checkout Session is {session['status']}.",
+                                                      code="checkout_session_not_open"))
         data = session["_subscription_data"]
         line = (session["_line_items"] or [{}])[0]
         wanted = interval or {"yearly": "year"}.get(session["metadata"].get("interval"), "month")
@@ -225,9 +240,23 @@ class FakeStripe:
             self._missing(kind, obj_id, param)
         return table[obj_id]
 
+    def _check_refusals(self, params, prefix=""):
+        for key, value in params.items():
+            name = f"{prefix}[{key}]" if prefix else str(key)
+            if isinstance(value, dict):
+                self._check_refusals(value, name)
+            elif isinstance(value, list):
+                self._check_refusals(dict(enumerate(value)), name)
+            else:
+                for param, refused, message, code in self.refusals:
+                    if param == name and value == refused:
+                        raise StripeError(400, objects.error_body(message, code=code, param=param))
+
     def dispatch(self, method, path, params):
         """(status, body) for one API call; raises StripeError."""
         parts = path.strip("/").split("/")
+        if method == "POST" and isinstance(params, dict):
+            self._check_refusals(params)
         if parts == ["account"] and method == "GET":
             return self.account
         if parts[0] == "customers":
@@ -256,8 +285,21 @@ class FakeStripe:
         if parts[:2] == ["checkout", "sessions"]:
             if len(parts) == 2 and method == "POST":
                 return objects.public(self._store(self.sessions, self._new_checkout(params)))
+            if len(parts) == 2 and method == "GET":
+                found = [c for c in self.sessions.values()
+                         if all(not params.get(k) or c[k] == params[k] for k in ("customer", "status", "subscription"))]
+                listing = objects.page(found, params, "/v1/checkout/sessions")
+                return dict(listing, data=[objects.public(c) for c in listing["data"]])
             if len(parts) == 3 and method == "GET":
                 return objects.public(self._get(self.sessions, "checkout.session", parts[2]))
+            if len(parts) == 4 and parts[3] == "expire" and method == "POST":
+                session = self._get(self.sessions, "checkout.session", parts[2])
+                if session["status"] != "open":
+                    raise StripeError(400, objects.error_body(
+                        f"Only Checkout Sessions with a status in [\"open\"] can be expired. This Checkout Session "
+                        f"has a status of \"{session['status']}\".", code="checkout_session_not_open"))
+                session.update(status="expired", url=None)
+                return objects.public(session)
         if parts[:2] == ["billing_portal", "sessions"] and len(parts) == 2 and method == "POST":
             if not params.get("customer"):
                 raise StripeError(400, objects.error_body("Missing required param: customer.", param="customer"))
@@ -287,6 +329,10 @@ class FakeStripe:
                                                       code="string_length_too_long", param="client_reference_id"))
         if params.get("customer"):
             self._get(self.customers, "customer", params["customer"], param="customer")
+        for index, line in enumerate(params.get("line_items") or []):
+            if self.strict_prices and line.get("price") not in self.prices:
+                raise StripeError(400, objects.error_body(f"No such price: '{line.get('price')}'",
+                                                          code="resource_missing", param=f"line_items[{index}][price]"))
         trial = (params.get("subscription_data") or {}).get("trial_period_days")
         if trial is not None and not (trial.isdigit() and 1 <= int(trial) <= 730):
             raise StripeError(400, objects.error_body("Invalid trial_period_days.", code="parameter_invalid_integer",
@@ -355,7 +401,8 @@ class _Handler(tornado.web.RequestHandler):
         finally:
             if idem and fake.idempotent.get((key, idem), ()) is None:
                 del fake.idempotent[(key, idem)]
-        fault = next((f for f in fake.faults if f.path is None or ("/v1/" + path).startswith(f.path)), None)
+        fault = next((f for f in fake.faults if (f.path is None or ("/v1/" + path).startswith(f.path))
+                      and f.method in (None, self.request.method)), None)
         if fault:
             fake.faults.remove(fault)
             if fault.kind == "http":
@@ -380,6 +427,7 @@ class _Handler(tornado.web.RequestHandler):
             status, body = 200, fake.dispatch(self.request.method, path, params)
         except StripeError as exc:
             status, body = exc.status, exc.body
-        if idem:
+        # Like Stripe, a request that failed validation saves no idempotent result: a corrected retry runs.
+        if idem and not (status == 400 and body["error"].get("type") == "invalid_request_error"):
             fake.idempotent[slot] = ((path, params), status, body)
         return status, body, False

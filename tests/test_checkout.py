@@ -197,7 +197,8 @@ async def test_dropped_connection_is_retried_with_the_same_key(api, fake_stripe,
 
 @pytest.mark.gen_test
 async def test_stripe_error_is_502_with_message_and_request_id(api, fake_stripe):
-    fake_stripe.fail_next(1, status=400, path="/v1/checkout/sessions", message="No such price: 'price_pro_monthly'")
+    fake_stripe.fail_next(1, status=400, path="/v1/checkout/sessions", message="No such price: 'price_pro_monthly'",
+                          method="POST")
     response = await api("POST", "/api/checkout", checkout_body())
     assert response.code == 502
     error = error_of(response)
@@ -304,7 +305,8 @@ async def test_customer_unknown_to_stripe_is_replaced_once(api, fake_stripe, pro
 
 @pytest.mark.gen_test
 async def test_other_missing_resources_are_not_retried(api, fake_stripe, project):
-    fake_stripe.fail_next(1, status=404, path="/v1/checkout/sessions", message="No such price: 'price_pro_monthly'")
+    fake_stripe.fail_next(1, status=404, path="/v1/checkout/sessions", message="No such price: 'price_pro_monthly'",
+                          method="POST")
     response = await api("POST", "/api/checkout", checkout_body())
     assert response.code == 502
     assert len(fake_stripe.calls("POST", "/v1/checkout/sessions")) == 1

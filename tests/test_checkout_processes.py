@@ -1,4 +1,5 @@
-"""Concurrent checkouts for one new user, spread over several server processes, make one Stripe customer."""
+"""Concurrent checkouts for one new user, spread over several server processes, make one Stripe customer
+and leave one open Checkout Session."""
 
 import asyncio
 import json
@@ -33,6 +34,7 @@ async def test_one_customer_across_processes(db_url, fake_stripe):
         server.stop()
     assert [r.code for r in responses] == [200] * 24, [r.body for r in responses if r.code != 200][:2]
     assert len(fake_stripe.customers) == 1
+    assert len([s for s in fake_stripe.sessions.values() if s["status"] == "open"]) == 1  # one checkout can be paid
     db.bind(db_url)
     with db.block():
         rows = list(Customer.select().where(Customer.external_user_id == "racer"))

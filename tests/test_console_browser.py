@@ -175,7 +175,9 @@ def test_tenant_admin_tasks_in_a_real_browser(stack, tmp_path):
                 page.click("text=Download CSV")
             download = info.value
             assert download.suggested_filename.startswith(f"customers-{project_id}-")
-            rows = list(csv.DictReader(io.StringIO(Path(download.path()).read_text())))
+            raw = Path(download.path()).read_bytes()
+            assert raw.startswith(b"\xef\xbb\xbf")  # UTF-8 BOM, so Excel shows non-ASCII names right
+            rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8-sig"))))
             assert sorted(r["external_user_id"] for r in rows) == ["bob", "carol"]
             assert {r["status"] for r in rows} == {"active"}
 

@@ -42,7 +42,8 @@ async def test_exports_stream_every_customer_as_csv_and_json(console, project):
     response = await console.get(base + "?format=csv")
     assert response.code == 200 and response.headers["Content-Type"].startswith("text/csv")
     assert response.headers["Content-Disposition"].startswith(f'attachment; filename="customers-{project.project.public_id}-')
-    rows = list(csv.reader(io.StringIO(text(response))))
+    assert response.body.startswith(b"\xef\xbb\xbf")  # UTF-8 BOM: Excel then reads names as UTF-8
+    rows = list(csv.reader(io.StringIO(response.body.decode("utf-8-sig"))))
     assert rows[0][:5] == ["external_user_id", "email", "stripe_customer_id", "created_at", "status"]
     assert len(rows) == 5 and rows[1][0] == "user-000" and rows[1][4] == "active" and rows[1][5] == "true"
     assert rows[4][0].startswith("'=")  # formula injection defused

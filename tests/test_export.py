@@ -91,6 +91,20 @@ async def test_empty_export_and_bad_format(api):
     assert (await api("GET", "/api/customers/export", key="")).code == 401
 
 
+@pytest.mark.gen_test
+async def test_csv_byte_order_mark_only_when_asked(api, project):
+    add_customer(project.project, "zoë", email="zoë@example.com")
+    plain = await api("GET", "/api/customers/export?format=csv")
+    assert plain.body.startswith(CSV_HEADER.encode())  # scripts get plain UTF-8, as before
+    marked = await api("GET", "/api/customers/export?format=csv&bom=true")
+    assert marked.code == 200 and marked.body == b"\xef\xbb\xbf" + plain.body
+    assert list(csv.reader(io.StringIO(marked.body.decode("utf-8-sig"))))[1][:2] == ["zoë", "zoë@example.com"]
+    assert (await api("GET", "/api/customers/export?format=json&bom=true")).body.startswith(b'{"customers":')
+    assert (await api("GET", "/api/customers/export?format=csv&bom=false")).body == plain.body
+    bad = await api("GET", "/api/customers/export?format=csv&bom=yes")
+    assert bad.code == 400 and body_of(bad)["error"]["field"] == "bom"
+
+
 @pytest.mark.slow
 @pytest.mark.gen_test(timeout=240)
 async def test_100k_customers_are_streamed_page_by_page(api, project, make_project, monkeypatch):

@@ -5,7 +5,7 @@ from datetime import timedelta
 
 import pytest
 
-from handlers.base import ApiHandler, missing
+from handlers.base import ApiHandler, idempotent, missing
 from pulse import db, idempotency
 from pulse.models import IdempotencyRecord
 from tests.support import body_of
@@ -14,6 +14,7 @@ CALLS = []
 
 
 class Charge(ApiHandler):
+    @idempotent
     async def post(self):
         body = self.json_body()
         if "amount" not in body:
@@ -141,3 +142,20 @@ async def test_an_overriding_post_calling_super_claims_the_key_once(api, app):
     again = await api("POST", "/api/_test/logged", json_body={"amount": 3}, headers={"Idempotency-Key": "k"})
     assert first.code == again.code == 201 and again.headers["Idempotent-Replayed"] == "true"
     assert len(CALLS) == 1
+
+
+class PlainCharge(ApiHandler):
+    async def post(self):  # no @idempotent: the key means nothing here
+        CALLS.append(self.json_body())
+        self.write_json({"charge": len(CALLS)}, 201)
+
+
+@pytest.mark.gen_test
+async def test_only_a_post_marked_idempotent_replays(api, app):
+    app.add_handlers(r".*", [(r"/api/_test/plain", PlainCharge)])
+    for _ in range(2):
+        response = await api("POST", "/api/_test/plain", json_body={"amount": 1}, headers={"Idempotency-Key": "k"})
+        assert response.code == 201 and "Idempotent-Replayed" not in response.headers
+    assert len(CALLS) == 2
+    with db.block():
+        assert IdempotencyRecord.select().count() == 0

@@ -50,7 +50,8 @@ async def test_a_full_flow_logs_no_secret(tmp_path, fake_stripe):
         await call("POST", "/api/checkout", json.dumps(checkout_body(external_user_id="user-2")), key=second_key)
         await call("GET", "/api/subscription?external_user_id=user-1")
         await call("POST", "/api/portal", json.dumps({"external_user_id": "user-1", "return_url": "https://a.test/"}))
-        fake_stripe.fail_next(1, status=400, path="/v1/checkout/sessions", message="No such price (fake)")
+        fake_stripe.fail_next(1, status=400, path="/v1/checkout/sessions", message="No such price (fake)",
+                              method="POST")
         await call("POST", "/api/checkout", json.dumps(checkout_body(external_user_id="user-3")))
         fake_stripe.api_keys = {NEW_STRIPE_KEY}  # Stripe now rejects the project's key: its message names it
         await call("POST", "/api/checkout", json.dumps(checkout_body(external_user_id="user-4")))

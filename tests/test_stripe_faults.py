@@ -64,7 +64,7 @@ async def test_slow_but_timely_stripe_succeeds(api, fake_stripe):
 @pytest.mark.gen_test(timeout=60)
 @pytest.mark.parametrize("status", [500, 502, 503])
 async def test_one_5xx_is_retried_invisibly(api, fake_stripe, status):
-    fake_stripe.fail_next(1, status=status, path="/v1/checkout/sessions")
+    fake_stripe.fail_next(1, status=status, path="/v1/checkout/sessions", method="POST")
     response = await checkout(api)
     assert response.code == 200, response.body
     assert_one_customer_one_session(fake_stripe)
@@ -75,7 +75,8 @@ async def test_one_5xx_is_retried_invisibly(api, fake_stripe, status):
 @pytest.mark.gen_test(timeout=60)
 @pytest.mark.parametrize("status", [500, 429])
 async def test_persistent_failure_is_502_and_the_later_retry_makes_no_duplicates(api, fake_stripe, status):
-    fake_stripe.fail_next(5, status=status, path="/v1/checkout/sessions", message="Stripe is having a moment (fake).")
+    fake_stripe.fail_next(5, status=status, path="/v1/checkout/sessions", message="Stripe is having a moment (fake).",
+                          method="POST")
     response = await checkout(api)
     assert_stripe_error(response)
     assert "Stripe is having a moment (fake)." in body_of(response)["error"]["message"]
@@ -88,7 +89,7 @@ async def test_persistent_failure_is_502_and_the_later_retry_makes_no_duplicates
 @pytest.mark.gen_test(timeout=60)
 async def test_session_created_but_answer_lost_then_client_retries_same_idempotency_key(api, fake_stripe):
     """Stripe made the session, the connection dropped on every attempt: the client's retry gets that session."""
-    fake_stripe.fail_next(2, kind="drop", path="/v1/checkout/sessions")
+    fake_stripe.fail_next(2, kind="drop", path="/v1/checkout/sessions", method="POST")
     assert_stripe_error(await checkout(api))
     response = await checkout(api)
     assert response.code == 200, response.body
