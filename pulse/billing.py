@@ -127,8 +127,9 @@ async def call(method, *args, tenant_params=None, **kwargs):
         if isinstance(exc, stripe.APIConnectionError):
             message = "Could not reach Stripe (network error or timeout)."
         log.warning("stripe %s: %s (request %s)", type(exc).__name__, message, exc.request_id)
-        param = getattr(exc, "param", None) or (exc.error.get("param") if exc.error else None)
-        error_type = exc.error.get("type") if exc.error else None
+        # From stripe-python 15 on, exc.error is a StripeObject, not a dict: read attributes.
+        param = getattr(exc, "param", None) or getattr(exc.error, "param", None)
+        error_type = getattr(exc.error, "type", None)
         failure = StripeFailure(message, exc.request_id, exc.http_status, exc.code, param, error_type)
         field = (tenant_params or {}).get(param)
         if field and error_type == "invalid_request_error":

@@ -10,7 +10,7 @@ from pulse import db
 from pulse.models import CheckoutLease, Customer
 from tests import fake_stripe_objects as objects
 from tests.billing_support import checkout_body
-from tests.conftest import body_of
+from tests.support import body_of
 from tests.fake_stripe import StripeError
 
 

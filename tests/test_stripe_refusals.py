@@ -7,7 +7,7 @@ import pytest
 from pulse import db
 from pulse.models import CheckoutLease, Customer
 from tests.billing_support import checkout_body
-from tests.conftest import body_of
+from tests.support import body_of
 
 
 @pytest.fixture
