@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import peewee as pw
 
-from pulse.db import from_timestamp, isoformat
+from pulse.db import isoformat
 
 
 class Status(StrEnum):
@@ -148,11 +148,3 @@ def public_subscription(row, policy, with_access, customer=None):
     body["stripe_subscription_id"] = get("stripe_subscription_id")
     return body
 
-
-def period_end(subscription):
-    """current_period_end from the items (API 2025-03-31+), else the top-level field (older)."""
-    items = ((subscription.get("items") or {}).get("data")) or []
-    ends = [item.get("current_period_end") for item in items if isinstance(item, dict) and item.get("current_period_end")]
-    if ends:
-        return from_timestamp(max(ends))
-    return from_timestamp(subscription.get("current_period_end"))

@@ -80,7 +80,7 @@ async def test_an_older_listing_never_overwrites_a_newer_webhook(read, fake_stri
                                                            "subscription": sub["id"]}))).code == 200
     assert (await read(hooked, "racer"))["status"] == "past_due"
     with db.block():
-        with subs.transaction():
+        with db.transaction():
             assert subs.upsert_subscription(hooked.project, listed, listing_at) == subs.STALE
         assert Subscription.get(Subscription.stripe_subscription_id == sub["id"]).status == "past_due"
 
@@ -141,3 +141,4 @@ async def test_sync_applies_a_missed_customer_deletion_and_leaves_a_404_alone(re
         assert Customer.get_by_id(other.id).stripe_customer_id == "cus_in_another_account"
     again = await resync.sync_project(hooked.project, config=app.settings["config"], box=app.settings["secret_box"])
     assert again["deleted_customers"] == 0
+
