@@ -17,17 +17,19 @@ def _belongs(project, stripe_customer, subscription=None):
         return ownership.not_owned(project, [subscription, stripe_customer], stripe_customer["id"]) is None
 
 
-async def _pages(method, params):
-    """Every object of a Stripe list endpoint, as plain dicts, following `starting_after`."""
-    after = None
-    while True:
-        page = plain(await billing.call(method, params=dict(params, limit=100, **(
-            {"starting_after": after} if after else {}))))
-        for obj in page.get("data") or []:
+async def _each(method, params):
+    """Every object of a Stripe list endpoint, as plain dicts, in pages of 100 (stripe-python's paging).
+
+    `next_page_async` follows `has_more`/`starting_after` as `auto_paging_iter()` does; we walk
+    the pages rather than the objects because a page keeps Stripe's raw JSON, and `plain()` of an
+    auto-paged object would re-serialize what stripe-python coerced (Decimal fields since v15).
+    Stripe errors on any page become billing.StripeFailure.
+    """
+    page = await billing.call(method, params=dict(params, limit=100))
+    while not page.is_empty:
+        for obj in plain(page).get("data") or []:
             yield obj
-        if not page.get("has_more") or not page.get("data"):
-            return
-        after = page["data"][-1]["id"]
+        page = await billing.call(page.next_page_async)
 
 
 def _repair_email(project, stripe_customer):
@@ -52,12 +54,12 @@ async def sync_project(project: Project, *, config: Config, box: SecretBox,
                 subscriptions.UNMATCHED)
     counts = Counter(dict.fromkeys(("customers", "subscriptions", *outcomes, "skipped", "deleted_customers"), 0))
     listed = set()
-    async for stripe_customer in _pages(client.v1.customers.list_async, {}):
+    async for stripe_customer in _each(client.v1.customers.list_async, {}):
         listed.add(stripe_customer["id"])
         if stripe_customer.get("deleted"):
             continue
         at = subscriptions.clock_ms()
-        found = [sub async for sub in _pages(client.v1.subscriptions.list_async,
+        found = [sub async for sub in _each(client.v1.subscriptions.list_async,
                                              {"customer": stripe_customer["id"], "status": "all"})]
         mine = [sub for sub in found if _belongs(project, stripe_customer, sub)]
         counts["skipped"] += len(found) - len(mine)
