@@ -2,7 +2,6 @@
 
 import asyncio
 import hashlib
-import json
 import logging
 import re
 import weakref
@@ -15,6 +14,7 @@ from pulse import projects
 from pulse.db import block, database, utcnow
 from pulse.models import Customer, Project, Subscription
 from pulse.status import access_condition
+from pulse.stripe_objects import plain
 
 log = logging.getLogger("pulse.billing")
 
@@ -230,12 +230,6 @@ async def create_portal(client, stripe_customer_id, return_url):
     session = await call(client.v1.billing_portal.sessions.create_async,
                          params={"customer": stripe_customer_id, "return_url": return_url})
     return session.url
-
-
-def plain(obj):
-    """A StripeObject as the plain JSON dict Stripe sent (StripeObject.to_dict is deprecated and shallow)."""
-    response = getattr(obj, "last_response", None)
-    return response.data if response is not None else json.loads(str(obj))
 
 
 async def retrieve_subscription(client, subscription_id):
