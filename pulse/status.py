@@ -45,6 +45,9 @@ class Policy(NamedTuple):
     paused_collection_has_access: bool = True
 
 
+DEFAULT_POLICY = Policy()  # Stripe's own view: past_due and paused collection keep access
+
+
 def policy_of(project):
     return Policy(bool(project.past_due_has_access), bool(project.paused_collection_has_access))
 
@@ -85,7 +88,7 @@ def rank(row, policy):
             -(started - _EPOCH).total_seconds() if started is not None else 0, -_field(row, "id"))
 
 
-def current(rows, policy=Policy()):
+def current(rows, policy=DEFAULT_POLICY):
     """The subscription GET /api/subscription reports among one user's rows (models or dicts), or None."""
     return min(rows, key=lambda row: rank(row, policy)) if rows else None
 
