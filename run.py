@@ -19,6 +19,7 @@ from pulse.migrations import migrate_database
 from pulse.outcomes import Outcome
 from pulse.ratelimit import make_limiter
 from pulse.security import SecretBox
+from pulse.status import Status
 
 from console.base import make_jinja_env
 from console.static import StaticFiles
@@ -93,6 +94,7 @@ def make_app(config, **overrides):
     security.configure_bcrypt(config.bcrypt_rounds)
     jinja_env = make_jinja_env(ROOT / "templates")
     jinja_env.globals["Outcome"] = Outcome  # templates name webhook outcomes as pulse/ does
+    jinja_env.globals["Status"] = Status  # and subscription statuses
     routes = []
     for name in HANDLER_MODULES:
         routes.extend(importlib.import_module(name).default_handlers)

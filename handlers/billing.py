@@ -5,7 +5,7 @@ from urllib.parse import urlsplit
 
 from pulse import billing, hotpath, plans, subscriptions as subs
 from pulse.checkout import AlreadySubscribed, CheckoutBusy, CheckoutRequest, start_checkout
-from pulse.db import block
+from pulse.db import block, transaction
 
 from handlers.base import ApiError, ApiHandler, idempotent, invalid, missing
 
@@ -180,7 +180,7 @@ class PortalHandler(BillingHandler):
             # Deleted in Stripe before its customer.deleted event arrived (or the key moved to another
             # account or mode): a 502 would look like an outage to the app and stay forever.
             with block():
-                with subs.transaction():
+                with transaction():
                     subs.retire_stripe_customer(self.project, customer.stripe_customer_id, subs.UNKNOWN_TO_STRIPE,
                                                 subs.clock_ms(), end_subscriptions=False)
             raise ApiError(404, "not_found", _DELETED_CUSTOMER) from None

@@ -2,7 +2,6 @@
 
 import asyncio
 import hashlib
-import json
 import logging
 import re
 import weakref
@@ -13,6 +12,7 @@ import stripe
 from pulse import projects
 from pulse.models import Customer, Project, Subscription
 from pulse.status import access_condition
+from pulse.stripe_objects import plain
 
 log = logging.getLogger("pulse.billing")
 
@@ -247,12 +247,6 @@ async def create_portal(client, stripe_customer_id, return_url):
                          params={"customer": stripe_customer_id, "return_url": return_url},
                          tenant_params=PORTAL_FIELDS)
     return session.url
-
-
-def plain(obj):
-    """A StripeObject as the plain JSON dict Stripe sent (StripeObject.to_dict is deprecated and shallow)."""
-    response = getattr(obj, "last_response", None)
-    return response.data if response is not None else json.loads(str(obj))
 
 
 async def retrieve_subscription(client, subscription_id):

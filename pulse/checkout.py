@@ -13,7 +13,7 @@ from datetime import timedelta
 import peewee
 
 from pulse import billing, plans, subscriptions as subs
-from pulse.db import DatabaseUnavailable, block, database, utcnow
+from pulse.db import DatabaseUnavailable, block, database, transaction, utcnow
 from pulse.models import CheckoutLease, Customer
 
 log = logging.getLogger("pulse.checkout")
@@ -178,7 +178,7 @@ def _forget_stripe_customer(project, customer):
     """Drop a Stripe customer id Stripe no longer knows into the customer's history (never linked again),
     unless another request already replaced it."""
     stale = customer.stripe_customer_id
-    with subs.transaction():
+    with transaction():
         subs.retire_stripe_customer(project, stale, subs.UNKNOWN_TO_STRIPE, subs.clock_ms(), end_subscriptions=False)
     customer.stripe_customer_id = Customer.get_by_id(customer.id).stripe_customer_id
 

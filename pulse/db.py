@@ -1,7 +1,8 @@
-"""The database handle: one Peewee proxy, opened from PULSE_DATABASE_URL."""
+"""The database: a Peewee proxy opened from PULSE_DATABASE_URL, the `block()` every query runs in, transactions."""
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 import logging
 import select
 import threading
@@ -140,7 +141,7 @@ def bind(url: str) -> peewee.Database:
 def _is_connection_error(exc):
     if isinstance(exc, peewee.InterfaceError):
         return True
-    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+    code = _code(exc)
     if code is not None:
         return code in _MYSQL_GONE
     text = str(exc).lower()
@@ -194,11 +195,17 @@ def _ensure_connected(db):
 
 @contextlib.contextmanager
 def block() -> Iterator[peewee.Database]:
-    """A short synchronous database block: connects if needed, turns outages into DatabaseUnavailable.
+    """A short synchronous database block: every query runs inside one; connects, turns outages into 503s.
 
-    The connection stays open between blocks (one per thread, Peewee's model), so the hot
-    path pays no connect; after a connection error it is closed and the next block reconnects.
-    Never hold a block across an `await`.
+    "Block" as in a stretch of code that blocks the event loop: the queries in it run one after
+    another on this thread, and the loop serves nobody meanwhile. So keep it short and never
+    `await` inside it (a Stripe call goes between two blocks). It is not a transaction: open one
+    inside it with `transaction()` (or `database.atomic()`) when several writes must commit together.
+
+    On entry it connects if needed (re-checking an idle MySQL connection); a connection error,
+    on entry or from a query, closes the connection and becomes DatabaseUnavailable, which the
+    handlers answer with 503 (the next block reconnects). The connection stays open between
+    blocks (one per thread, Peewee's model), so the hot path pays no connect.
     """
     db = database.obj
     try:
@@ -214,3 +221,41 @@ def block() -> Iterator[peewee.Database]:
         with contextlib.suppress(Exception):
             db.close()
         raise DatabaseUnavailable() from None
+
+
+# ---------------------------------------------------------------- transactions, locks and retries (inside a block)
+
+
+def transaction() -> contextlib.AbstractContextManager[Any]:
+    """A write transaction; on SQLite take the write lock up front (no deferred-upgrade deadlock).
+
+    Use inside `block()`. A plain `database.atomic()` on SQLite starts DEFERRED: two writers that
+    both read first then both try to upgrade, and one fails at once with "database is locked".
+    """
+    if is_mysql():
+        return database.atomic()
+    return database.atomic("IMMEDIATE")
+
+
+def locking(query: peewee.ModelSelect) -> peewee.ModelSelect:
+    """`query` as a locking read (SELECT ... FOR UPDATE) on MySQL; unchanged on SQLite (already locked by IMMEDIATE).
+
+    Use after a duplicate-key error: a locking read sees the latest committed row under MySQL's
+    REPEATABLE READ, where a plain read would still show the transaction's older snapshot.
+    """
+    return query.for_update() if is_mysql() else query
+
+
+def _code(exc):
+    return exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+
+
+def retryable(exc: BaseException) -> bool:
+    """A MySQL deadlock (1213): the server rolled back at once, so the whole transaction may be retried."""
+    return isinstance(exc, peewee.OperationalError) and _code(exc) == 1213
+
+
+def lock_timeout(exc: BaseException) -> bool:
+    """A lock we already waited for (MySQL lock wait timeout 1205, SQLite busy_timeout): retrying would wait again."""
+    return isinstance(exc, peewee.OperationalError) and (
+        _code(exc) == 1205 or "database is locked" in str(exc).lower())

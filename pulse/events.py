@@ -1,64 +1,24 @@
-"""What a Stripe event means: the objects it names, its project, Stripe's current state, applying it."""
+"""What a Stripe event means: its project, Stripe's current state behind it, and applying it (one dict of handlers)."""
 
-import json
-
-from pulse import billing, ownership, projects, subscriptions as subs
+from pulse import billing, ownership, projects, subscriptions
+from pulse.config import Config
 from pulse.models import Customer, Project, StripeCustomerHistory
 from pulse.outcomes import Outcome
+from pulse.security import SecretBox
+from pulse.stripe_objects import (JSON, CUSTOMER_EVENTS, INVOICE_EVENTS, SUBSCRIPTION_EVENTS, customer_id_of, dict_of,
+                                  event_snapshot, invoice_subscription_id, metadata_of, metadatas_of, obj_of, plain,
+                                  stripe_id, subscription_id_of)
 
 PROCESSED, IGNORED = Outcome.PROCESSED, Outcome.IGNORED
-SUBSCRIPTION_EVENTS = {"customer.subscription.created", "customer.subscription.updated",
-                       "customer.subscription.deleted", "customer.subscription.paused",
-                       "customer.subscription.resumed"}
-INVOICE_EVENTS = {"invoice.paid", "invoice.payment_failed"}
-CUSTOMER_EVENTS = {"customer.updated", "customer.deleted"}
 
 
-def obj_of(event):
-    return event["data"]["object"]
-
-
-def invoice_subscription_id(invoice):
-    """An invoice's subscription: top-level before API 2025-03-31, under parent after."""
-    sub = subs.stripe_id(invoice.get("subscription"))
-    if sub:
-        return sub
-    details = subs.dict_of(subs.dict_of(invoice.get("parent")).get("subscription_details"))
-    return subs.stripe_id(details.get("subscription"))
-
-
-def subscription_id_of(event):
-    """The subscription a payload names (only ever used to know what to re-read), or None."""
-    obj, kind = obj_of(event), event["type"]
-    if kind in SUBSCRIPTION_EVENTS:
-        return subs.stripe_id(obj.get("id"))
-    if kind in INVOICE_EVENTS:
-        return invoice_subscription_id(obj)
-    if kind == "checkout.session.completed" and obj.get("mode", "subscription") == "subscription":
-        return subs.stripe_id(obj.get("subscription"))
-    return None
-
-
-def customer_id_of(obj):
-    """The Stripe customer an event's object belongs to (the object itself for customer events)."""
-    return subs.stripe_id(obj.get("id") if obj.get("object") == "customer" else obj.get("customer"))
-
-
-def _metadatas(obj):
-    yield subs.metadata_of(obj)
-    yield subs.metadata_of(obj.get("subscription_details"))
-    yield subs.metadata_of(subs.dict_of(obj.get("parent")).get("subscription_details"))
-    if isinstance(obj.get("subscription"), dict):
-        yield subs.metadata_of(obj["subscription"])
-
-
-def route(event):
+def route(event: JSON) -> Project | None:
     """The project a deployment-wide event is for: pulse_project_id metadata, else customer id.
 
     Only a candidate: the payload is not Stripe's current truth, so `apply` still checks ownership.
     """
     obj = obj_of(event)
-    for meta in _metadatas(obj):
+    for meta in metadatas_of(obj):
         public_id = meta.get("pulse_project_id")
         if public_id:
             project = Project.get_or_none(Project.public_id == str(public_id))
@@ -78,17 +38,6 @@ def route(event):
 # ---------------------------------------------------------------- Stripe reads (outside any DB block)
 
 
-def stripe_key(project, config, box):
-    """The project's Stripe secret key, else the deployment's, else None."""
-    return projects.stripe_secret_key(project, box, config.stripe_secret_key)
-
-
-def plain(obj):
-    """A StripeObject as the plain JSON dict Stripe sent (what the upsert reads)."""
-    response = getattr(obj, "last_response", None)
-    return response.data if response is not None else json.loads(str(obj))
-
-
 async def _retrieve(method, obj_id, found, name):
     try:
         found[name] = plain(await billing.call(method, obj_id))
@@ -105,12 +54,12 @@ async def _read(client, event):
     kind, obj, found = event["type"], obj_of(event), {}
     sub_id = subscription_id_of(event)
     if kind == "checkout.session.completed":
-        session_id = subs.stripe_id(obj.get("id"))
+        session_id = stripe_id(obj.get("id"))
         if not session_id or not await _retrieve(client.v1.checkout.sessions.retrieve_async, session_id, found,
                                                  "session"):
             return found
         session = found["session"]
-        sub_id = subs.stripe_id(session.get("subscription")) if session.get("mode") == "subscription" else None
+        sub_id = stripe_id(session.get("subscription")) if session.get("mode") == "subscription" else None
     if kind in CUSTOMER_EVENTS and customer_id_of(obj):
         await _retrieve(client.v1.customers.retrieve_async, customer_id_of(obj), found, "customer")
     if sub_id:
@@ -121,7 +70,7 @@ async def _read(client, event):
 def _from_payload(event):
     """Without a Stripe key the signed payload is all we have; the same ownership rule judges it."""
     obj, kind = obj_of(event), event["type"]
-    found = {"at": subs.event_snapshot(event.get("created")), "payload_only": True}
+    found = {"at": event_snapshot(event.get("created")), "payload_only": True}
     if kind in SUBSCRIPTION_EVENTS:
         found["subscription"] = obj
     elif kind in CUSTOMER_EVENTS:
@@ -133,15 +82,18 @@ def _from_payload(event):
     return found
 
 
-async def fetch(event, key, config):
+async def fetch(event: JSON, project: Project, *, config: Config, box: SecretBox) -> JSON:
     """Stripe's current objects for `event`, {"at": ms, ...}, or {"ignore": reason} when it cannot be ours.
 
-    "at" is taken before the requests, so the fetched state is at least that new. The event's
-    `livemode` must be the key's mode: a test-mode project never applies live events, and back.
+    Read with the project's Stripe key, else the deployment's; with neither, the signed payload
+    stands in. "at" is taken before the requests, so the fetched state is at least that new. The
+    event's `livemode` must be the key's mode: a test-mode project never applies live events, and
+    back. Raises billing.StripeFailure when Stripe cannot answer (not for a 404: that is "ignore").
     """
+    key = projects.stripe_secret_key(project, box, config.stripe_secret_key)
     if not key:
         return _from_payload(event)
-    at = subs.clock_ms()
+    at = subscriptions.clock_ms()
     mismatch = ownership.mode_mismatch(event, key)
     if mismatch:
         return {"at": at, "ignore": mismatch}
@@ -161,13 +113,13 @@ def _apply_subscription(project, event, fetched, email=None):
             reason = ownership.not_owned(project, [invoice], customer_id_of(invoice))
             if reason:
                 return IGNORED, f"invoice {reason}"
-            marked = subs.mark_past_due(project, invoice_subscription_id(invoice), fetched["at"])
+            marked = subscriptions.mark_past_due(project, invoice_subscription_id(invoice), fetched["at"])
             return (PROCESSED, None) if marked else (IGNORED, "no matching subscription with access to mark past_due")
         return IGNORED, "the event names no subscription"
     reason = ownership.not_owned(project, [sub], sub.get("customer"))
     if reason:
-        return IGNORED, f"subscription {subs.stripe_id(sub.get('id'))} {reason}"
-    if subs.upsert_subscription(project, sub, fetched["at"], email=email) == subs.UNMATCHED:
+        return IGNORED, f"subscription {stripe_id(sub.get('id'))} {reason}"
+    if subscriptions.upsert_subscription(project, sub, fetched["at"], email=email) == subscriptions.UNMATCHED:
         return IGNORED, "the subscription names no customer of this project (no external_user_id metadata)"
     return PROCESSED, None
 
@@ -176,15 +128,15 @@ def _apply_checkout(project, event, fetched):
     session = fetched["session"]
     if session.get("mode", "subscription") != "subscription":
         return IGNORED, "not a subscription-mode Checkout Session"
-    customer_id = subs.stripe_id(session.get("customer"))
+    customer_id = stripe_id(session.get("customer"))
     reason = ownership.not_owned(project, [fetched.get("subscription"), session], customer_id)
     if reason:
         return IGNORED, f"checkout session {reason}"
     # Owned: the customer and user come from Stripe's session (ours by metadata or by its linked customer).
-    meta = subs.metadata_of(session)
+    meta = metadata_of(session)
     external = session.get("client_reference_id") or meta.get("external_user_id")
-    email = subs.dict_of(session.get("customer_details")).get("email") or session.get("customer_email")
-    if subs.resolve_customer(project, customer_id, external, email=email) is None:
+    email = dict_of(session.get("customer_details")).get("email") or session.get("customer_email")
+    if subscriptions.resolve_customer(project, customer_id, external, email=email) is None:
         return IGNORED, "the session names no customer of this project"
     if fetched.get("subscription"):
         _apply_subscription(project, event, fetched, email=email)
@@ -193,7 +145,7 @@ def _apply_checkout(project, event, fetched):
 
 def _owned_customer(project, fetched):
     cus = fetched["customer"]
-    reason = ownership.not_owned(project, [cus], subs.stripe_id(cus.get("id")))
+    reason = ownership.not_owned(project, [cus], stripe_id(cus.get("id")))
     return cus, reason and f"customer {reason}"
 
 
@@ -202,7 +154,7 @@ def _apply_customer_updated(project, event, fetched):
     if reason or cus.get("deleted"):
         return IGNORED, reason or "the customer is deleted at Stripe"
     email = (cus.get("email") or "")[:254]
-    if not subs.update_linked_email(project, cus["id"], email):
+    if not subscriptions.update_linked_email(project, cus["id"], email):
         return IGNORED, "no customer of this project uses this Stripe customer now"
     return PROCESSED, None
 
@@ -213,7 +165,7 @@ def _apply_customer_deleted(project, event, fetched):
         return IGNORED, reason
     if not cus.get("deleted") and not fetched.get("payload_only"):
         return IGNORED, "the customer still exists at Stripe"
-    subs.retire_stripe_customer(project, cus["id"], subs.DELETED_IN_STRIPE, fetched["at"])
+    subscriptions.retire_stripe_customer(project, cus["id"], subscriptions.DELETED_IN_STRIPE, fetched["at"])
     return PROCESSED, None
 
 
@@ -230,7 +182,7 @@ APPLY = {
 HANDLED = frozenset(APPLY)
 
 
-def apply(project, event, fetched):
+def apply(project: Project, event: JSON, fetched: JSON) -> tuple[Outcome, str | None]:
     """Apply `event` to `project`: (Outcome.PROCESSED, None) or (Outcome.IGNORED, reason). Never awaits.
 
     `fetched` is `fetch()`'s result. Call inside one transaction; nothing changes when ignored.

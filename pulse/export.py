@@ -33,7 +33,7 @@ def filename(project, fmt, today=None):
     return f"customers-{project.public_id}-{(today or utcnow().date()).isoformat()}.{fmt}"
 
 
-def page(project_id, after_id=0, size=PAGE_SIZE, policy=status.Policy()):
+def page(project_id, after_id=0, size=PAGE_SIZE, policy=status.DEFAULT_POLICY):
     """One page of export rows for customers with id > after_id: (rows, last id or None). Call in a block."""
     customers = list(Customer
                      .select(Customer.id, Customer.external_user_id, Customer.email,

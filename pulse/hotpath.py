@@ -2,7 +2,6 @@
 
 import time
 import weakref
-from datetime import datetime
 
 import peewee as pw
 
@@ -103,7 +102,7 @@ def _read(db, project_id, external_user_id):
     row = db.execute_sql(sql, params).fetchone()
     if row is None:
         return False, None
-    sub = dict(zip(status.PUBLIC_COLUMNS, row[6:]))
+    sub = dict(zip(status.PUBLIC_COLUMNS, row[6:], strict=True))
     if sub["stripe_subscription_id"] is None:
         return True, None
     customer = {"external_user_id": row[0], "email": row[1], "stripe_customer_id": row[2]}

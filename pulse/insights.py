@@ -109,7 +109,7 @@ def search_customers(project, q="", status="", before=0, after=0, limit=PAGE_SIZ
 
 
 def several_with_access(project, limit=20):
-    """(customers holding more than one subscription with access, how many in all): a race or a Dashboard-made duplicate."""
+    """(customers with more than one subscription with access, how many in all): a race or a Dashboard duplicate."""
     counted = (Subscription.select(Subscription.customer, pw.fn.COUNT(Subscription.id).alias("n"))
                .join(Project, on=(Project.id == Subscription.project))
                .where((Subscription.project == project.id) & rules.access_condition(Subscription, Project))

@@ -7,11 +7,14 @@ linked (now, or before Stripe deleted it) to a customer of the project. Only obj
 Stripe with the project's key are judged; a signed payload only says which objects to re-read.
 """
 
-from pulse.models import Customer, StripeCustomerHistory
-from pulse.subscriptions import dict_of, metadata_of, stripe_id
+from collections.abc import Iterable
+from typing import Any
+
+from pulse.models import Customer, Project, StripeCustomerHistory
+from pulse.stripe_objects import JSON, dict_of, metadata_of, stripe_id
 
 
-def key_livemode(secret_key):
+def key_livemode(secret_key: str | None) -> bool | None:
     """True for a live key, False for a test key, None when the shape says neither (or no key)."""
     key = secret_key or ""
     if key.startswith(("sk_live_", "rk_live_")):
@@ -21,7 +24,7 @@ def key_livemode(secret_key):
     return None
 
 
-def mode_mismatch(event, secret_key):
+def mode_mismatch(event: JSON, secret_key: str | None) -> str | None:
     """Why an event's `livemode` cannot be the key's account mode, or None when it can."""
     mode = key_livemode(secret_key)
     if mode is None or bool(event.get("livemode")) == mode:
@@ -30,7 +33,7 @@ def mode_mismatch(event, secret_key):
             f"{'live' if mode else 'test'} key")
 
 
-def named_project(objects):
+def named_project(objects: Iterable[JSON | None]) -> str | None:
     """The pulse_project_id the first object that carries one names (most specific object first), or None."""
     for obj in objects:
         for meta in (metadata_of(obj), metadata_of(dict_of(obj).get("subscription_details"))):
@@ -40,7 +43,7 @@ def named_project(objects):
     return None
 
 
-def is_linked(project, stripe_customer_id):
+def is_linked(project: Project, stripe_customer_id: str | None) -> bool:
     """Whether a customer of `project` uses, or used until Stripe deleted it, this Stripe customer id."""
     if not stripe_customer_id:
         return False
@@ -51,7 +54,7 @@ def is_linked(project, stripe_customer_id):
                                                     == stripe_customer_id).exists())
 
 
-def not_owned(project, objects, stripe_customer_id):
+def not_owned(project: Project, objects: Iterable[JSON | None], stripe_customer_id: Any) -> str | None:
     """None when `objects` (re-read from Stripe, most specific first) belong to `project`, else the reason.
 
     Call inside a db block. `stripe_customer_id` is the customer the objects belong to at Stripe.

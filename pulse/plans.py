@@ -7,13 +7,14 @@ the one bought at checkout, else null. Checkouts teach the catalog their (price,
 """
 
 import re
-from decimal import Decimal, InvalidOperation
+from typing import Any
 
 import peewee as pw
 
-from pulse.db import database, from_timestamp, isoformat, utcnow
-from pulse.models import Plan, PlanPrice, Subscription
+from pulse.db import database, isoformat, utcnow
+from pulse.models import Plan, PlanPrice, Project, Subscription
 from pulse.status import INTERVALS
+from pulse.stripe_objects import JSON, int_of, plan_item, price_ids_of, price_of, recurring_of, unit_amount_of
 
 SLUG_MAX = 100
 # Any id Stripe accepts as a price: price_..., legacy plan_... and custom plan ids.
@@ -172,79 +173,22 @@ def _reresolve(project, price_ids):
          .where(Subscription.project == project, Subscription.stripe_price_id.in_(dropped)).execute())
 
 
-# ---------------------------------------------------------------- the plan item of a Stripe subscription
+# ---------------------------------------------------------------- the plan of a Stripe subscription
 
 
-def _dict(value):
-    return value if isinstance(value, dict) else {}
-
-
-def _price(item):
-    """The item's price object; API versions before 2018 only have the legacy `plan` object."""
-    price = item.get("price")
-    if isinstance(price, str):
-        return {"id": price}
-    return price if isinstance(price, dict) else _dict(item.get("plan"))
-
-
-def _recurring(price):
-    recurring = price.get("recurring")
-    if isinstance(recurring, dict):
-        return recurring
-    return price if price.get("object") == "plan" or "interval" in price else {}
-
-
-def licensed(item):
-    """A recurring item billed per seat, not by usage (metered add-ons are never the plan)."""
-    price = _price(item)
-    if not price.get("id") or price.get("type") == "one_time":
-        return False
-    return _recurring(price).get("usage_type") != "metered"
-
-
-def plan_item(subscription, catalog):
-    """The plan item of a Stripe subscription: licensed and in `catalog` ({price id: slug}), else the first licensed."""
-    items = [item for item in (_dict(subscription.get("items")).get("data") or []) if isinstance(item, dict)]
-    candidates = [item for item in items if licensed(item)]
-    for item in candidates:
-        if _price(item)["id"] in catalog:
-            return item
-    return candidates[0] if candidates else None
-
-
-def price_ids_of(subscription):
-    items = _dict(subscription.get("items")).get("data") or []
-    return [_price(item).get("id") for item in items if isinstance(item, dict) and _price(item).get("id")]
-
-
-def _int(value):
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _unit_amount(price):
-    amount = _int(price.get("unit_amount"))
-    if amount is None:
-        amount = _int(price.get("amount"))  # legacy plan object
-    if amount is None and isinstance(price.get("unit_amount_decimal"), str):
-        try:
-            amount = int(Decimal(price["unit_amount_decimal"]).to_integral_value())
-        except (InvalidOperation, ValueError):
-            amount = None
-    return amount
-
-
-def item_facts(item):
+def item_facts(item: JSON | None) -> dict[str, Any]:
     """Column values read from the plan item (or all None without one)."""
-    price = _price(item or {})
-    recurring = _recurring(price)
+    price = price_of(item or {})
+    recurring = recurring_of(price)
     currency = price.get("currency")
-    count = _int(recurring.get("interval_count"))
+    count = int_of(recurring.get("interval_count"))
+    interval: Any = recurring.get("interval")
     return {
         "stripe_price_id": (price.get("id") or "")[:255],
-        "interval": INTERVALS.get(recurring.get("interval"), ""),
-        "interval_count": (count or 1) if recurring.get("interval") in INTERVALS else None,
-        "quantity": _int((item or {}).get("quantity")),
-        "unit_amount": _unit_amount(price),
+        "interval": INTERVALS.get(interval, ""),
+        "interval_count": (count or 1) if interval in INTERVALS else None,
+        "quantity": int_of((item or {}).get("quantity")),
+        "unit_amount": unit_amount_of(price),
         "currency": currency.lower()[:3] if isinstance(currency, str) and currency else None,
     }
 
@@ -263,13 +207,13 @@ def _metadata_slug(project, metadata, price_id):
     return slug[:SLUG_MAX] if not known or price_id in known else None
 
 
-def plan_fields(project, subscription, metadata):
+def plan_fields(project: Project, subscription: JSON, metadata: JSON) -> dict[str, Any]:
     """Subscription columns from its plan item: price, interval(+count), quantity, amount, plan_slug. In a block."""
     catalog = catalog_of(project, price_ids_of(subscription))
     item = plan_item(subscription, catalog)
     fields = item_facts(item)
     price_id = fields["stripe_price_id"]
-    lookup_key = _price(item or {}).get("lookup_key")
+    lookup_key = price_of(item or {}).get("lookup_key")
     fallback = None
     if price_id:
         fallback = (lookup_key[:SLUG_MAX] if isinstance(lookup_key, str) and lookup_key
@@ -278,11 +222,3 @@ def plan_fields(project, subscription, metadata):
     fields["plan_slug"] = catalog.get(price_id) or fallback or ""
     return fields
 
-
-def pause_fields(subscription):
-    """pause_behavior and pause_resumes_at from Stripe's pause_collection (null when not paused)."""
-    pause = _dict(subscription.get("pause_collection"))
-    behavior = pause.get("behavior")
-    if not isinstance(behavior, str) or not behavior:
-        return {"pause_behavior": None, "pause_resumes_at": None}
-    return {"pause_behavior": behavior[:32], "pause_resumes_at": from_timestamp(_int(pause.get("resumes_at")))}

@@ -1,11 +1,14 @@
 """sync-stripe: re-read a project's Stripe customers and subscriptions and repair local state."""
 
 from collections import Counter
+from collections.abc import Callable
 
-from pulse import billing, ownership, subscriptions as subs
-from pulse.db import block, utcnow
-from pulse.models import Customer
-from pulse.events import plain
+from pulse import billing, ownership, subscriptions
+from pulse.db import block, transaction, utcnow
+from pulse.config import Config
+from pulse.models import Customer, Project
+from pulse.security import SecretBox
+from pulse.stripe_objects import metadata_of, plain
 
 
 def _belongs(project, stripe_customer, subscription=None):
@@ -14,17 +17,19 @@ def _belongs(project, stripe_customer, subscription=None):
         return ownership.not_owned(project, [subscription, stripe_customer], stripe_customer["id"]) is None
 
 
-async def _pages(method, params):
-    """Every object of a Stripe list endpoint, as plain dicts, following `starting_after`."""
-    after = None
-    while True:
-        page = plain(await billing.call(method, params=dict(params, limit=100, **(
-            {"starting_after": after} if after else {}))))
-        for obj in page.get("data") or []:
+async def _each(method, params):
+    """Every object of a Stripe list endpoint, as plain dicts, in pages of 100 (stripe-python's paging).
+
+    `next_page_async` follows `has_more`/`starting_after` as `auto_paging_iter()` does; we walk
+    the pages rather than the objects because a page keeps Stripe's raw JSON, and `plain()` of an
+    auto-paged object would re-serialize what stripe-python coerced (Decimal fields since v15).
+    Stripe errors on any page become billing.StripeFailure.
+    """
+    page = await billing.call(method, params=dict(params, limit=100))
+    while not page.is_empty:
+        for obj in plain(page).get("data") or []:
             yield obj
-        if not page.get("has_more") or not page.get("data"):
-            return
-        after = page["data"][-1]["id"]
+        page = await billing.call(page.next_page_async)
 
 
 def _repair_email(project, stripe_customer):
@@ -37,24 +42,24 @@ def _repair_email(project, stripe_customer):
                 Customer.email != email).execute())
 
 
-async def sync_project(project, *, config, box, progress=None):
+async def sync_project(project: Project, *, config: Config, box: SecretBox,
+                       progress: Callable[[str], object] | None = None) -> dict[str, int]:
     """Upsert every subscription of the project's Stripe customers; returns outcome counts.
 
     Each listing is stamped with the time it was requested, so a webhook applied meanwhile (a
     later fetch) is never overwritten by it. Raises billing.StripeNotConfigured / StripeFailure.
     """
     client = billing.client_for(config, billing.secret_key_for(project, box, config))
-    counts = Counter(customers=0, subscriptions=0)
-    for key in (subs.CREATED, subs.UPDATED, subs.UNCHANGED, subs.STALE, subs.UNMATCHED, "skipped",
-                "deleted_customers"):
-        counts[key] = 0
+    outcomes = (subscriptions.CREATED, subscriptions.UPDATED, subscriptions.UNCHANGED, subscriptions.STALE,
+                subscriptions.UNMATCHED)
+    counts = Counter(dict.fromkeys(("customers", "subscriptions", *outcomes, "skipped", "deleted_customers"), 0))
     listed = set()
-    async for stripe_customer in _pages(client.v1.customers.list_async, {}):
+    async for stripe_customer in _each(client.v1.customers.list_async, {}):
         listed.add(stripe_customer["id"])
         if stripe_customer.get("deleted"):
             continue
-        at = subs.clock_ms()
-        found = [sub async for sub in _pages(client.v1.subscriptions.list_async,
+        at = subscriptions.clock_ms()
+        found = [sub async for sub in _each(client.v1.subscriptions.list_async,
                                              {"customer": stripe_customer["id"], "status": "all"})]
         mine = [sub for sub in found if _belongs(project, stripe_customer, sub)]
         counts["skipped"] += len(found) - len(mine)
@@ -63,12 +68,12 @@ async def sync_project(project, *, config, box, progress=None):
         counts["customers"] += 1
         for sub in mine:
             sub.setdefault("metadata", {})
-            meta = subs.metadata_of(stripe_customer)
+            meta = metadata_of(stripe_customer)
             if meta.get("external_user_id") and not sub["metadata"].get("external_user_id"):
                 sub["metadata"]["external_user_id"] = meta["external_user_id"]
             with block():
-                with subs.transaction():
-                    outcome = subs.upsert_subscription(project, sub, at, email=stripe_customer.get("email"))
+                with transaction():
+                    outcome = subscriptions.upsert_subscription(project, sub, at, email=stripe_customer.get("email"))
             counts[outcome] += 1
             counts["subscriptions"] += 1
         _repair_email(project, stripe_customer)
@@ -88,7 +93,7 @@ async def _unlink_deleted(project, client, listed, progress):
             Customer.project == project, Customer.stripe_customer_id.is_null(False)).tuples() if cid not in listed]
     unlinked = 0
     for stripe_customer_id in linked:
-        at = subs.clock_ms()
+        at = subscriptions.clock_ms()
         try:
             found = plain(await billing.call(client.v1.customers.retrieve_async, stripe_customer_id))
         except billing.StripeFailure as exc:
@@ -98,8 +103,8 @@ async def _unlink_deleted(project, client, listed, progress):
         if not found.get("deleted"):
             continue
         with block():
-            with subs.transaction():
-                subs.retire_stripe_customer(project, stripe_customer_id, subs.DELETED_IN_STRIPE, at)
+            with transaction():
+                subscriptions.retire_stripe_customer(project, stripe_customer_id, subscriptions.DELETED_IN_STRIPE, at)
         unlinked += 1
         if progress:
             progress(f"{stripe_customer_id}: deleted in Stripe, unlinked")

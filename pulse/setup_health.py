@@ -1,22 +1,24 @@
 """A project's setup health: what is missing or failing, for the dashboard (SPEC 5, issue 13.5)."""
 
 import json
-from datetime import timedelta
-from typing import NamedTuple
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from pulse.db import utcnow
 from pulse.models import AuditLog, WebhookEvent
+from pulse.outcomes import Outcome
 
 RECENT = timedelta(days=7)
-INVALID_SIGNATURE, FAILED = "invalid_signature", "failed"
+INVALID_SIGNATURE, FAILED = Outcome.INVALID_SIGNATURE, Outcome.FAILED
 
 
-class Problem(NamedTuple):
+@dataclass(frozen=True)
+class Problem:
     """One setup problem: a stable `code`, how many rows show it, and the latest time it was seen (or None)."""
 
     code: str
     count: int = 1
-    at: object = None
+    at: datetime | None = None
 
 
 def problems(project, *, default_secret_key=False, default_webhook_secret=False, now=None):

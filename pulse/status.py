@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import peewee as pw
 
-from pulse.db import from_timestamp, isoformat
+from pulse.db import isoformat
 
 
 class Status(StrEnum):
@@ -43,6 +43,9 @@ class Policy(NamedTuple):
 
     past_due_has_access: bool = True
     paused_collection_has_access: bool = True
+
+
+DEFAULT_POLICY = Policy()  # Stripe's own view: past_due and paused collection keep access
 
 
 def policy_of(project):
@@ -85,7 +88,7 @@ def rank(row, policy):
             -(started - _EPOCH).total_seconds() if started is not None else 0, -_field(row, "id"))
 
 
-def current(rows, policy=Policy()):
+def current(rows, policy=DEFAULT_POLICY):
     """The subscription GET /api/subscription reports among one user's rows (models or dicts), or None."""
     return min(rows, key=lambda row: rank(row, policy)) if rows else None
 
@@ -148,11 +151,3 @@ def public_subscription(row, policy, with_access, customer=None):
     body["stripe_subscription_id"] = get("stripe_subscription_id")
     return body
 
-
-def period_end(subscription):
-    """current_period_end from the items (API 2025-03-31+), else the top-level field (older)."""
-    items = ((subscription.get("items") or {}).get("data")) or []
-    ends = [item.get("current_period_end") for item in items if isinstance(item, dict) and item.get("current_period_end")]
-    if ends:
-        return from_timestamp(max(ends))
-    return from_timestamp(subscription.get("current_period_end"))

@@ -1,79 +1,27 @@
 """Local Customer/Subscription rows from Stripe objects: one upsert, ordered by snapshot time."""
 
 import time
+from datetime import datetime
+from typing import Any
 
 import peewee
 
-from pulse.db import database, from_timestamp, is_mysql, utcnow
 from pulse import plans
-from pulse.models import Customer, StripeCustomerHistory, Subscription
-from pulse.status import map_status, period_end
+from pulse.db import database, locking, utcnow
+from pulse.models import Customer, Project, StripeCustomerHistory, Subscription
+from pulse.status import map_status
+from pulse.stripe_objects import JSON, metadata_of, pause_fields, stripe_id, subscription_times
 
 # Outcomes of upsert_subscription, counted by sync-stripe.
 CREATED, UPDATED, UNCHANGED, STALE, UNMATCHED = "created", "updated", "unchanged", "stale", "unmatched"
 
-# Fields compared to tell "updated" from "unchanged" (snapshot/sync times always move).
-_COMPARED = ("customer_id", "plan_slug", "stripe_price_id", "interval", "stripe_status", "status",
-             "cancel_at_period_end", "current_period_end", "cancel_at", "canceled_at", "trial_end",
-             "started_at", "interval_count", "quantity", "unit_amount", "currency", "pause_behavior",
-             "pause_resumes_at", "plan_slug_fallback")
-
-
-def clock_ms():
+def clock_ms() -> int:
     """Snapshot clock: milliseconds since the epoch (snapshot_at's unit)."""
     return int(time.time() * 1000)
 
 
-def event_snapshot(created):
-    """snapshot_at for a payload carried by an event created at `created` (Unix seconds)."""
-    return int(created or 0) * 1000
-
-
-def transaction():
-    """A write transaction; on SQLite take the write lock up front (no deferred-upgrade deadlock)."""
-    if is_mysql():
-        return database.atomic()
-    return database.atomic("IMMEDIATE")
-
-
-def _locking(query):
-    # After a duplicate-key error: a locking read sees the latest committed row under MySQL's
-    # REPEATABLE READ, where a plain read would still show the transaction's older snapshot.
-    return query.for_update() if is_mysql() else query
-
-
-def _code(exc):
-    return exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
-
-
-def retryable(exc):
-    """A MySQL deadlock: the server rolled back at once, so the whole transaction may be retried."""
-    return isinstance(exc, peewee.OperationalError) and _code(exc) == 1213
-
-
-def lock_timeout(exc):
-    """A lock we already waited for (MySQL lock wait timeout, SQLite busy_timeout): retrying would wait again."""
-    return isinstance(exc, peewee.OperationalError) and (
-        _code(exc) == 1205 or "database is locked" in str(exc).lower())
-
-
-def stripe_id(value):
-    """The id of a Stripe reference that may be an id string or an expanded object."""
-    if isinstance(value, dict):
-        value = value.get("id")
-    return value if isinstance(value, str) and value else None
-
-
-def dict_of(value):
-    """`value` when it is a JSON object, else {} (a signed payload may still hold surprises)."""
-    return value if isinstance(value, dict) else {}
-
-
-def metadata_of(obj):
-    return dict_of(dict_of(obj).get("metadata"))
-
-
-def resolve_customer(project, stripe_customer_id=None, external_user_id=None, email=None):
+def resolve_customer(project: Project, stripe_customer_id: str | None = None, external_user_id: str | None = None,
+                     email: str | None = None) -> Customer | None:
     """The project's Customer for a Stripe customer id or external user id, created if needed.
 
     Returns None when neither identifies (or can create) a customer. Call inside a transaction.
@@ -91,11 +39,11 @@ def resolve_customer(project, stripe_customer_id=None, external_user_id=None, em
                                            email=email or "", stripe_customer_id=link)
             except peewee.IntegrityError:
                 # Created meanwhile by a concurrent delivery or checkout: use that one.
-                customer = _locking(Customer.select().where(
+                customer = locking(Customer.select().where(
                     Customer.project == project, Customer.external_user_id == external_user_id)).first()
     if customer is None:
         return None
-    changes = {}
+    changes: dict[str, Any] = {}
     if stripe_customer_id and not customer.stripe_customer_id and not retired(project, stripe_customer_id):
         changes["stripe_customer_id"] = stripe_customer_id
     if email and not customer.email:
@@ -108,29 +56,21 @@ def resolve_customer(project, stripe_customer_id=None, external_user_id=None, em
     return customer
 
 
-def fields_of(project, obj):
+def fields_of(project: Project, obj: JSON) -> dict[str, Any]:
     """Subscription column values read from a Stripe subscription object (either API shape). Call in a block."""
-    fields = {
-        "stripe_status": obj.get("status") or "incomplete",
-        "status": map_status(obj.get("status"), obj.get("cancel_at_period_end"), obj.get("cancel_at")),
-        "cancel_at_period_end": bool(obj.get("cancel_at_period_end")),
-        "current_period_end": period_end(obj),
-        "cancel_at": from_timestamp(obj.get("cancel_at")),
-        "canceled_at": from_timestamp(obj.get("canceled_at")),
-        "trial_end": from_timestamp(obj.get("trial_end")),
-        "started_at": from_timestamp(obj.get("created") or obj.get("start_date")),
-    }
+    fields = subscription_times(obj)
+    fields["status"] = map_status(obj.get("status"), obj.get("cancel_at_period_end"), obj.get("cancel_at"))
     fields.update(plans.plan_fields(project, obj, metadata_of(obj)))
-    fields.update(plans.pause_fields(obj))
+    fields.update(pause_fields(obj))
     return fields
 
 
-def upsert_subscription(project, obj, snapshot_at, email=None):
+def upsert_subscription(project: Project, obj: JSON, snapshot_at: int, email: str | None = None) -> str:
     """Store Stripe subscription `obj` for `project` unless a newer snapshot is already stored.
 
     `snapshot_at` (ms) is when `obj` was true at Stripe: a fetch's start time, or an event's
     `created`. Returns one of CREATED, UPDATED, UNCHANGED, STALE, UNMATCHED. Call inside a
-    transaction (see `transaction()`); it never awaits.
+    transaction (see `pulse.db.transaction()`); it never awaits.
     """
     sub_id = stripe_id(obj.get("id"))
     if not sub_id:
@@ -157,7 +97,7 @@ def upsert_subscription(project, obj, snapshot_at, email=None):
                                     synced_at=now, **fields)
             return CREATED
         except peewee.IntegrityError:
-            existing = _locking(Subscription.select().where(
+            existing = locking(Subscription.select().where(
                 Subscription.project == project, Subscription.stripe_subscription_id == sub_id)).first()
             if existing is None:
                 raise
@@ -172,7 +112,7 @@ def upsert_subscription(project, obj, snapshot_at, email=None):
     return UPDATED if changed else UNCHANGED
 
 
-def mark_past_due(project, sub_id, snapshot_at):
+def mark_past_due(project: Project, sub_id: str | None, snapshot_at: int) -> int:
     """Payload-only fallback for invoice.payment_failed: an access status becomes past_due."""
     return (Subscription.update(stripe_status="past_due", status="past_due", snapshot_at=snapshot_at,
                                 synced_at=utcnow(), updated_at=utcnow())
@@ -186,14 +126,15 @@ def mark_past_due(project, sub_id, snapshot_at):
 DELETED_IN_STRIPE, UNKNOWN_TO_STRIPE = "deleted in Stripe", "unknown to Stripe"
 
 
-def retired(project, stripe_customer_id):
+def retired(project: Project, stripe_customer_id: str) -> bool:
     """Whether the project dropped this Stripe customer id (it is never linked again)."""
     return StripeCustomerHistory.select().where(StripeCustomerHistory.project == project,
                                                 StripeCustomerHistory.stripe_customer_id
                                                 == stripe_customer_id).exists()
 
 
-def retire_stripe_customer(project, stripe_customer_id, reason, at_ms, end_subscriptions=True):
+def retire_stripe_customer(project: Project, stripe_customer_id: str, reason: str, at_ms: int,
+                           end_subscriptions: bool = True) -> Customer | None:
     """Unlink a Stripe customer from the project's customer, keeping the id in its history.
 
     With `end_subscriptions` (Stripe deleted the customer, which cancels its subscriptions), the
@@ -229,13 +170,13 @@ def retire_stripe_customer(project, stripe_customer_id, reason, at_ms, end_subsc
     return customer
 
 
-def previous_stripe_customers(customer):
+def previous_stripe_customers(customer: Customer) -> list[tuple[str, str, datetime]]:
     """[(stripe_customer_id, reason, ended_at)] the customer used before, newest first."""
     return [(row.stripe_customer_id, row.reason, row.ended_at) for row in StripeCustomerHistory.select().where(
         StripeCustomerHistory.customer == customer).order_by(StripeCustomerHistory.id.desc())]
 
 
-def update_linked_email(project, stripe_customer_id, email):
+def update_linked_email(project: Project, stripe_customer_id: str, email: str) -> bool:
     """Copy Stripe's email to the customer linked to `stripe_customer_id`; False when none is linked."""
     customer = Customer.get_or_none(Customer.project == project, Customer.stripe_customer_id == stripe_customer_id)
     if customer is None:

@@ -7,12 +7,14 @@ import re
 import peewee
 import stripe
 
-from pulse import billing, events, subscriptions as subs
-from pulse.config import RateLimit
+from pulse import billing, events
+from pulse.config import Config, RateLimit
+from pulse.db import DatabaseUnavailable, block, database, lock_timeout, locking, retryable, transaction, utcnow
+from pulse.models import Project, WebhookEvent
 from pulse.ratelimit import address_bucket
-from pulse.db import DatabaseUnavailable, block, utcnow
-from pulse.models import WebhookEvent
 from pulse.outcomes import Outcome
+from pulse.security import SecretBox
+from pulse.stripe_objects import JSON, customer_id_of, obj_of, stripe_id
 
 log = logging.getLogger("pulse.webhooks")
 
@@ -123,11 +125,11 @@ def _lookup(project, event_id):
 
 
 def _row_fields(event, raw):
-    obj = events.obj_of(event)
-    customer = events.customer_id_of(obj)
+    obj = obj_of(event)
+    customer = customer_id_of(obj)
     return dict(stripe_event_id=event["id"], type=event["type"][:100],
                 api_version=(event.get("api_version") or None) and str(event["api_version"])[:40],
-                livemode=bool(event.get("livemode")), object_id=(subs.stripe_id(obj.get("id")) or "")[:255] or None,
+                livemode=bool(event.get("livemode")), object_id=(stripe_id(obj.get("id")) or "")[:255] or None,
                 stripe_customer_id=customer and str(customer)[:255], stripe_created=event.get("created")
                 if isinstance(event.get("created"), int) else None, payload=raw)
 
@@ -135,12 +137,12 @@ def _row_fields(event, raw):
 def _claim(project, event, raw, remote_ip):
     """Insert the inbox row, or take over a failed one; raises _Duplicate when already handled."""
     try:
-        with subs.database.atomic():
+        with database.atomic():
             return WebhookEvent.create(project=project, outcome=Outcome.RECEIVED, remote_ip=remote_ip,
                                        **_row_fields(event, raw))
     except peewee.IntegrityError:
         pass
-    row = subs._locking(_lookup(project, event["id"])).first()
+    row = locking(_lookup(project, event["id"])).first()
     if row is None or row.outcome != FAILED:
         raise _Duplicate()
     # Only one concurrent retry may take over a failed event.
@@ -150,7 +152,7 @@ def _claim(project, event, raw, remote_ip):
     return row
 
 
-def short_error(exc):
+def short_error(exc: BaseException) -> str:
     """A short, secret-free description of a failure (no SQL, no keys)."""
     if isinstance(exc, billing.StripeFailure):
         return f"Stripe request failed (http {exc.http_status or '-'}, code {exc.code or '-'}, " \
@@ -163,16 +165,16 @@ def _record_failure(project, event, raw, remote_ip, exc):
     log.warning("webhook %s (%s) failed: %s", event["id"], event["type"], error)
     try:
         with block():
-            with subs.transaction():
+            with transaction():
                 try:
-                    with subs.database.atomic():
+                    with database.atomic():
                         WebhookEvent.create(project=project, outcome=FAILED, error=error, remote_ip=remote_ip,
                                             **_row_fields(event, raw))
                         return
                 except peewee.IntegrityError:
                     pass
                 WebhookEvent.update(outcome=FAILED, error=error, attempts=WebhookEvent.attempts + 1).where(
-                    WebhookEvent.id == subs._locking(_lookup(project, event["id"])).first().id,
+                    WebhookEvent.id == locking(_lookup(project, event["id"])).first().id,
                     WebhookEvent.outcome != PROCESSED, WebhookEvent.outcome != IGNORED).execute()
     except DatabaseUnavailable:
         raise
@@ -180,7 +182,8 @@ def _record_failure(project, event, raw, remote_ip, exc):
         log.error("webhook %s: the failure could not be recorded (%s)", event["id"], type(record_exc).__name__)
 
 
-async def process(project, event, raw, *, config, box, remote_ip=None):
+async def process(project: Project | None, event: JSON, raw: bytes | str, *, config: Config, box: SecretBox,
+                  remote_ip: str | None = None) -> JSON:
     """Store and apply a verified event exactly once; returns the response body.
 
     Raises WebhookError(500) after recording a failure, so Stripe retries.
@@ -192,16 +195,16 @@ async def process(project, event, raw, *, config, box, remote_ip=None):
     if prior is not None and prior.outcome != FAILED:
         return {"received": True, "duplicate": True}
     try:
-        fetched = {"at": subs.clock_ms()}
+        fetched: JSON = {}  # nothing to read: without a project, or for a type not handled, nothing is applied
         if project is not None and event["type"] in events.HANDLED:
-            fetched = await events.fetch(event, events.stripe_key(project, config, box), config)
+            fetched = await events.fetch(event, project, config=config, box=box)
     except Exception as exc:  # a Stripe outage: record, 500, Stripe retries later
         _record_failure(project, event, raw, remote_ip, exc)
         raise WebhookError(500, "webhook_failed", "The event could not be applied; it will be retried.") from None
     for _ in range(3):  # a deadlock between concurrent deliveries is retried, not failed
         with block():
             try:
-                with subs.transaction():
+                with transaction():
                     row = _claim(project, event, raw, remote_ip)
                     # One ownership rule for both endpoints and the console's re-apply (events.apply).
                     outcome, reason = events.apply(project, event, fetched) if project is not None else (
@@ -213,7 +216,7 @@ async def process(project, event, raw, *, config, box, remote_ip=None):
             except DatabaseUnavailable:
                 raise
             except Exception as exc:
-                if subs.lock_timeout(exc):
+                if lock_timeout(exc):
                     # The loop already waited out the lock once: answer 503 now (Stripe retries)
                     # instead of waiting again to retry or to record the failure.
                     raise DatabaseUnavailable() from None
@@ -222,7 +225,7 @@ async def process(project, event, raw, *, config, box, remote_ip=None):
                 if reason:
                     log.info("webhook %s (%s) ignored: %s", event["id"], event["type"], reason)
                 return {"received": True, "outcome": str(outcome)}
-        if not subs.retryable(failure):
+        if not retryable(failure):
             break
         log.info("webhook %s: transaction retried after %s", event["id"], type(failure).__name__)
     _record_failure(project, event, raw, remote_ip, failure)
@@ -245,7 +248,7 @@ async def receive(project, raw, header, secret, *, config, box, limiter, remote_
     return await process(project, event, raw, config=config, box=box, remote_ip=remote_ip)
 
 
-async def reapply(event_id, *, config, box):
+async def reapply(event_id: int, *, config: Config, box: SecretBox) -> str:
     """Re-apply a stored event (the console's "retry"); returns the resulting outcome.
 
     `event_id` is WebhookEvent.id. Raises LookupError for no such event or one without a payload,

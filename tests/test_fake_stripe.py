@@ -7,6 +7,7 @@ import pytest
 import stripe
 
 from pulse import billing
+from pulse.stripe_objects import plain
 from tests.fake_stripe import FAKE_SECRET_KEY
 from tests.fake_stripe_objects import decode_form
 
@@ -40,7 +41,7 @@ async def test_customer_crud_and_list(client, fake_stripe):
     got = await sc.v1.customers.retrieve_async(made[1].id)
     assert got.email == "u1@x.test"
     updated = await sc.v1.customers.update_async(made[1].id, params={"email": "new@x.test", "metadata": {"m": "y"}})
-    assert updated.email == "new@x.test" and billing.plain(updated)["metadata"] == {"n": "1", "m": "y"}
+    assert updated.email == "new@x.test" and plain(updated)["metadata"] == {"n": "1", "m": "y"}
     first = await sc.v1.customers.list_async(params={"limit": 2})
     assert [c.id for c in first.data] == [made[2].id, made[1].id] and first.has_more
     rest = await sc.v1.customers.list_async(params={"limit": 2, "starting_after": first.data[-1].id})
@@ -143,7 +144,7 @@ async def test_old_api_version_shape_over_http(client, fake_stripe):
         "mode": "subscription", "customer": cus.id, "line_items": [{"price": "price_a", "quantity": 1}],
         "success_url": "https://a.test/ok"})
     sub = fake_stripe.complete_checkout(session.id, status="active")
-    fetched = billing.plain(await sc.v1.subscriptions.retrieve_async(sub["id"]))
+    fetched = plain(await sc.v1.subscriptions.retrieve_async(sub["id"]))
     assert fetched["current_period_end"] > fetched["created"]
     assert "current_period_end" not in fetched["items"]["data"][0]
 

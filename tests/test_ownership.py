@@ -83,7 +83,7 @@ def test_retiring_a_deleted_stripe_customer(make_project):
     live = add_subscription(ada, snapshot_at=1_000)
     newer = add_subscription(ada, snapshot_at=9_000)  # a re-read after the deletion already stored it
     with db.block():
-        with subs.transaction():
+        with db.transaction():
             assert subs.retire_stripe_customer(project, "cus_ada", subs.DELETED_IN_STRIPE, 5_000).id == ada.id
             assert subs.retire_stripe_customer(project, "cus_ada", subs.DELETED_IN_STRIPE, 6_000).id == ada.id
             assert subs.retire_stripe_customer(project, "cus_nobody", subs.DELETED_IN_STRIPE, 6_000) is None
@@ -94,7 +94,7 @@ def test_retiring_a_deleted_stripe_customer(make_project):
             "cancelled", 5_000)  # the repeated event found it cancelled already
         assert Subscription.get_by_id(newer.id).status == "active"
         # Never linked again, whoever names it.
-        with subs.transaction():
+        with db.transaction():
             assert subs.resolve_customer(project, "cus_ada", "ada").stripe_customer_id is None
             assert subs.resolve_customer(project, "cus_ada", "bob").stripe_customer_id is None
         assert ownership.not_owned(project, [{"metadata": {}}], "cus_ada") is None  # its late events are still ours

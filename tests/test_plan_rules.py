@@ -5,7 +5,7 @@ from datetime import datetime, timedelta
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from pulse import db, hotpath, plans, status
+from pulse import db, hotpath, plans, status, stripe_objects
 from pulse.models import Customer, Plan, PlanPrice, Project, Subscription
 from tests import fake_stripe_objects as objects
 
@@ -31,29 +31,29 @@ def test_metered_add_ons_are_never_the_plan_item_wherever_stripe_lists_them():
     metered = item("price_calls", usage="metered", quantity=None)
     plan = item("price_pro_yearly", "year")
     for order in ((metered, plan), (plan, metered)):
-        assert plans.plan_item(sub(*order), {})["id"] == "si_price_pro_yearly"
-    assert plans.plan_item(sub(metered), {}) is None
+        assert stripe_objects.plan_item(sub(*order), {})["id"] == "si_price_pro_yearly"
+    assert stripe_objects.plan_item(sub(metered), {}) is None
     assert plans.item_facts(None)["stripe_price_id"] == ""
 
 
 def test_the_catalog_picks_the_plan_among_licensed_add_ons():
     seats_add_on = item("price_extra_storage", quantity=5)
     plan = item("price_pro_monthly", quantity=3)
-    assert plans.plan_item(sub(seats_add_on, plan), {})["id"] == "si_price_extra_storage"  # first licensed
-    chosen = plans.plan_item(sub(seats_add_on, plan), {"price_pro_monthly": "pro"})
+    assert stripe_objects.plan_item(sub(seats_add_on, plan), {})["id"] == "si_price_extra_storage"  # first licensed
+    chosen = stripe_objects.plan_item(sub(seats_add_on, plan), {"price_pro_monthly": "pro"})
     assert chosen["id"] == "si_price_pro_monthly" and plans.item_facts(chosen)["quantity"] == 3
 
 
 def test_legacy_plan_objects_and_one_time_items():
     legacy = item("plan_gold", "year", count=2, legacy=True, amount=9900)
-    assert plans.item_facts(plans.plan_item(sub(legacy), {})) == {
+    assert plans.item_facts(stripe_objects.plan_item(sub(legacy), {})) == {
         "stripe_price_id": "plan_gold", "interval": "yearly", "interval_count": 2, "quantity": 1,
         "unit_amount": 9900, "currency": "usd"}
     metered_legacy = item("plan_calls", usage="metered", legacy=True)
-    assert plans.plan_item(sub(metered_legacy), {}) is None
+    assert stripe_objects.plan_item(sub(metered_legacy), {}) is None
     one_time = item("price_setup_fee")
     one_time["price"]["type"], one_time["price"]["recurring"] = "one_time", None
-    assert plans.plan_item(sub(one_time, legacy), {})["id"] == "si_plan_gold"
+    assert stripe_objects.plan_item(sub(one_time, legacy), {})["id"] == "si_plan_gold"
 
 
 @pytest.mark.parametrize("interval, count, word", [("day", 1, "daily"), ("week", 2, "weekly"),
@@ -126,10 +126,11 @@ def test_one_price_belongs_to_at_most_one_plan(shop):
 
 @pytest.mark.parametrize("behavior", status.PAUSE_BEHAVIORS)
 def test_pause_collection_and_the_project_setting(behavior):
-    fields = plans.pause_fields(sub(pause={"behavior": behavior, "resumes_at": 1893456000}))
+    fields = stripe_objects.pause_fields(sub(pause={"behavior": behavior, "resumes_at": 1893456000}))
     assert fields == {"pause_behavior": behavior, "pause_resumes_at": datetime(2030, 1, 1)}
-    assert plans.pause_fields(sub(pause={"behavior": behavior, "resumes_at": None}))["pause_resumes_at"] is None
-    assert plans.pause_fields(sub()) == {"pause_behavior": None, "pause_resumes_at": None}
+    unscheduled = stripe_objects.pause_fields(sub(pause={"behavior": behavior, "resumes_at": None}))
+    assert unscheduled["pause_resumes_at"] is None
+    assert stripe_objects.pause_fields(sub()) == {"pause_behavior": None, "pause_resumes_at": None}
     assert status.has_access("active", True, behavior) is True  # default: Stripe treats it as free service
     assert status.has_access("active", True, behavior, paused_collection_has_access=False) is False
     assert status.has_access("active", True, None, paused_collection_has_access=False) is True

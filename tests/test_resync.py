@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pulse import db, resync, subscriptions as subs
+from pulse import billing, db, resync, subscriptions as subs
 from pulse.models import Customer, Subscription
 from tests.support import TEST_SECRET
 from tests.fake_stripe import FAKE_SECRET_KEY
@@ -80,7 +80,7 @@ async def test_an_older_listing_never_overwrites_a_newer_webhook(read, fake_stri
                                                            "subscription": sub["id"]}))).code == 200
     assert (await read(hooked, "racer"))["status"] == "past_due"
     with db.block():
-        with subs.transaction():
+        with db.transaction():
             assert subs.upsert_subscription(hooked.project, listed, listing_at) == subs.STALE
         assert Subscription.get(Subscription.stripe_subscription_id == sub["id"]).status == "past_due"
 
@@ -141,3 +141,26 @@ async def test_sync_applies_a_missed_customer_deletion_and_leaves_a_404_alone(re
         assert Customer.get_by_id(other.id).stripe_customer_id == "cus_in_another_account"
     again = await resync.sync_project(hooked.project, config=app.settings["config"], box=app.settings["secret_box"])
     assert again["deleted_customers"] == 0
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_sync_reads_every_page_of_a_long_customer_list(read, fake_stripe, hooked, app):
+    """Stripe lists 100 objects a page: the subscription of the oldest customer is on the third page."""
+    _, sub = new_subscription(fake_stripe, "oldest", project_id=hooked.project.public_id)
+    for n in range(205):
+        fake_stripe.dispatch("POST", "customers", {"email": f"walk-in-{n}@example.test"})
+    fake_stripe.requests.clear()
+
+    counts = await resync.sync_project(hooked.project, config=app.settings["config"], box=app.settings["secret_box"])
+    assert (counts["created"], counts["customers"]) == (1, 1)
+    assert_matches_stripe(await read(hooked, "oldest"), fake_stripe, sub["id"])
+    pages = [params for method, path, params, _ in fake_stripe.requests if (method, path) == ("GET", "/v1/customers")]
+    assert [(p.get("limit"), "starting_after" in p) for p in pages] == [("100", False), ("100", True), ("100", True)]
+
+    # A failure on a later page is a StripeFailure too (sync-stripe reports it), not a raw StripeError.
+    listing = resync._each(billing.client_for(app.settings["config"], FAKE_SECRET_KEY).v1.customers.list_async, {})
+    assert len([await anext(listing) for _ in range(100)]) == 100
+    fake_stripe.fail_next(1, status=500, path="/v1/customers")
+    with pytest.raises(billing.StripeFailure) as failure:
+        await anext(listing)
+    assert failure.value.http_status == 500

@@ -60,8 +60,8 @@ async def test_webhook_waits_out_a_held_lock_once_then_503_and_the_retry_applies
     _, sub = new_subscription(fake_stripe, "user-lock", project_id=hooked.project.public_id)
     body = body_of_event(event("customer.subscription.updated", sub))
     attempts = []
-    original_transaction = webhooks.subs.transaction
-    monkeypatch.setattr(webhooks.subs, "transaction", lambda: attempts.append(1) or original_transaction())
+    original_transaction = webhooks.transaction
+    monkeypatch.setattr(webhooks, "transaction", lambda: attempts.append(1) or original_transaction())
     monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 300)
     db.database.close()
     db.bind(db_url)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from pulse import db, webhooks
+from pulse import db, subscriptions, webhooks
 from pulse.models import Customer, Subscription, WebhookEvent
 from tests.support import body_of
 from tests.stripe_events import NEW_API, OLD_API, body_of_event, customer_object, event, invoice, \
@@ -233,7 +233,7 @@ async def test_failure_while_applying_rolls_back_and_reapply_recovers(read, fake
         raise RuntimeError("secret-ish detail that must not be stored")
 
     with monkeypatch.context() as patch:
-        patch.setattr(webhooks.subs, "upsert_subscription", explode)
+        patch.setattr(subscriptions, "upsert_subscription", explode)
         resp = await deliver(evt)
         assert resp.code == 500 and body_of(resp)["error"]["code"] == "webhook_failed"
         resp = await deliver(evt)

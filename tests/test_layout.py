@@ -1,0 +1,79 @@
+"""The module layout rules (COMMON "How we build", issue 12): checked on the source, so a shortcut fails CI."""
+
+import ast
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PULSE = sorted((ROOT / "pulse").glob("*.py"))
+
+
+def _imports(path):
+    """[(module, names)] for every import statement in `path` (names empty for `import x`)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.module, [alias.name for alias in node.names]))
+        elif isinstance(node, ast.Import):
+            found.extend((alias.name, []) for alias in node.names)
+    return found
+
+
+def _pulse_deps(path):
+    """The pulse modules `path` imports (by stem)."""
+    deps = set()
+    for module, names in _imports(path):
+        if module == "pulse":
+            deps.update(names)
+        elif module.startswith("pulse."):
+            deps.add(module.split(".")[1])
+    return deps - {path.stem}
+
+
+def test_the_domain_never_imports_the_web_layers():
+    for path in PULSE:
+        web = [module for module, _ in _imports(path) if module.split(".")[0] in ("handlers", "console", "run")]
+        assert not web, f"pulse/{path.name} imports {web}: pulse/ is the domain, the web layers import it"
+
+
+def test_the_stripe_readers_are_pure():
+    """pulse/stripe_objects.py reads JSON: the standard library and one time conversion, no models, no I/O."""
+    for module, names in _imports(ROOT / "pulse" / "stripe_objects.py"):
+        top = module.split(".")[0]
+        if top == "pulse":
+            assert (module, names) == ("pulse.db", ["from_timestamp"]), (module, names)
+        else:
+            assert top in sys.stdlib_module_names, module
+
+
+def test_pulse_modules_import_each_other_without_cycles():
+    """No back and forth: each pulse module only depends on modules below it."""
+    graph = {path.stem: _pulse_deps(path) for path in PULSE}
+    state = {}
+
+    def visit(name, trail):
+        state[name] = "open"
+        for dep in sorted(graph.get(name, ())):
+            assert state.get(dep) != "open", "import cycle: " + " -> ".join([*trail, name, dep])
+            if dep not in state:
+                visit(dep, [*trail, name])
+        state[name] = "done"
+
+    for name in graph:
+        if name not in state:
+            visit(name, [])
+
+
+def test_no_module_reaches_for_another_modules_private_names():
+    """A helper used elsewhere is public where a newcomer looks (webhooks once called subscriptions._locking)."""
+    for path in [*PULSE, *(ROOT / "handlers").glob("*.py"), *(ROOT / "console").glob("*.py")]:
+        tree = ast.parse(path.read_text())
+        modules = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                   and node.module in ("pulse", "handlers", "console") for alias in node.names}
+        private = {f"{node.value.id}.{node.attr}" for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+                   and isinstance(node.value, ast.Name) and node.value.id in modules
+                   and node.attr.startswith("_") and not node.attr.startswith("__")}
+        imported = {f"{node.module}.{alias.name}" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                    and (node.module or "").split(".")[0] in ("pulse", "handlers", "console")
+                    for alias in node.names if alias.name.startswith("_") and not alias.name.startswith("__")}
+        assert not private | imported, f"{path.relative_to(ROOT)} uses {sorted(private | imported)}"
