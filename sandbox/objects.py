@@ -1,5 +1,7 @@
-"""Stripe-shaped objects and form decoding for the fake Stripe server (shapes from Stripe's fixtures)."""
+"""Stripe-shaped objects and form decoding for the simulator (shapes from Stripe's fixtures)."""
 
+import contextlib
+import contextvars
 import secrets
 import time
 from urllib.parse import parse_qsl
@@ -12,8 +14,23 @@ def new_id(prefix):
     return f"{prefix}_{secrets.token_hex(8)}"
 
 
+# Seconds a simulator's clock runs ahead of the wall clock (Stripe's test clocks), set per call.
+_CLOCK_OFFSET: contextvars.ContextVar[int] = contextvars.ContextVar("clock_offset", default=0)
+
+
 def now():
-    return int(time.time())
+    """Unix seconds on the clock of the simulator being served (the wall clock plus its advance)."""
+    return int(time.time()) + _CLOCK_OFFSET.get()
+
+
+@contextlib.contextmanager
+def clock(offset):
+    """Build objects on a clock `offset` seconds ahead of the wall clock."""
+    token = _CLOCK_OFFSET.set(int(offset))
+    try:
+        yield
+    finally:
+        _CLOCK_OFFSET.reset(token)
 
 
 def decode_form(raw):
@@ -71,7 +88,8 @@ def customer(params):
     }
 
 
-def checkout_session(params):
+def checkout_session(params, page_base=None):
+    """An open session; its `url` is Stripe's hosted page, or the simulator's under `page_base`."""
     session_id = "cs_test_" + secrets.token_hex(24)
     subscription_data = params.get("subscription_data") or {}
     return {
@@ -83,7 +101,8 @@ def checkout_session(params):
         "metadata": merge_metadata({}, params.get("metadata")), "mode": params.get("mode"),
         "payment_intent": None, "payment_method_types": ["card"], "payment_status": "unpaid",
         "status": "open", "subscription": None, "success_url": params.get("success_url"),
-        "ui_mode": "hosted", "url": f"https://checkout.stripe.com/c/pay/{session_id}",
+        "ui_mode": "hosted",
+        "url": f"{page_base}/checkout/{session_id}" if page_base else f"https://checkout.stripe.com/c/pay/{session_id}",
         # Not part of Stripe's session object: kept so complete_checkout can build the subscription.
         "_line_items": params.get("line_items") or [],
         "_subscription_data": {"metadata": merge_metadata({}, subscription_data.get("metadata")),
@@ -96,13 +115,14 @@ def public(obj):
     return {key: value for key, value in obj.items() if not key.startswith("_")}
 
 
-def portal_session(params):
+def portal_session(params, page_base=None):
     session_id = "bps_" + secrets.token_hex(12)
+    token = "test_" + secrets.token_hex(16)
     return {
         "id": session_id, "object": "billing_portal.session", "configuration": "bpc_" + secrets.token_hex(8),
         "created": now(), "customer": params.get("customer"), "flow": None, "livemode": False, "locale": None,
         "on_behalf_of": None, "return_url": params.get("return_url"),
-        "url": f"https://billing.stripe.com/p/session/test_{secrets.token_hex(16)}",
+        "url": f"{page_base}/portal/{session_id}" if page_base else f"https://billing.stripe.com/p/session/{token}",
     }
 
 
@@ -188,6 +208,33 @@ def event(type_, data_object, api_version, previous_attributes=None):
     return {"id": new_id("evt"), "object": "event", "api_version": api_version, "created": now(), "data": data,
             "livemode": False, "pending_webhooks": 1, "request": {"id": None, "idempotency_key": None},
             "type": type_}
+
+
+def invoice(sub, *, billing_reason, amount_due, status="open", period_start=None, period_end=None):
+    """An invoice for the subscription's items (one line per item), not yet paid."""
+    item = sub["items"]["data"][0]
+    created = now()
+    lines = [{"id": new_id("il"), "object": "line_item", "amount": amount_due, "currency": sub["currency"],
+              "description": None, "livemode": False, "metadata": {},
+              "period": {"start": period_start or created, "end": period_end or created},
+              "pricing": {"price_details": {"price": item["price"]["id"], "product": item["price"]["product"]},
+                          "type": "price_details", "unit_amount_decimal": item["price"]["unit_amount_decimal"]},
+              "quantity": item["quantity"], "subscription": sub["id"]}]
+    return {
+        "id": "in_" + secrets.token_hex(12), "object": "invoice", "account_country": "US", "amount_due": amount_due,
+        "amount_paid": 0, "amount_remaining": amount_due, "attempt_count": 0, "attempted": False,
+        "auto_advance": True, "billing_reason": billing_reason, "collection_method": "charge_automatically",
+        "created": created, "currency": sub["currency"], "customer": sub["customer"], "due_date": None,
+        "hosted_invoice_url": None, "lines": {"object": "list", "data": lines, "has_more": False,
+                                              "url": "/v1/invoices/upcoming/lines"},
+        "livemode": False, "metadata": {}, "next_payment_attempt": None, "number": None,
+        "parent": {"subscription_details": {"metadata": dict(sub["metadata"]), "subscription": sub["id"]},
+                   "type": "subscription_details", "quote_details": None},
+        "period_start": period_start or created, "period_end": period_end or created,
+        "status": status, "status_transitions": {"finalized_at": None, "marked_uncollectible_at": None,
+                                                 "paid_at": None, "voided_at": None},
+        "subscription": sub["id"], "subtotal": amount_due, "total": amount_due,
+    }
 
 
 def page(objects, params, url):
