@@ -7,7 +7,7 @@ import sys
 import time
 
 # Anything shaped like a secret is cut from every log line, whatever logged it.
-_SECRET = re.compile(r"\b(pp_live_|sk_live_|sk_test_|rk_live_|rk_test_|whsec_)[A-Za-z0-9_]+")
+_SECRET = re.compile(r"\b(pp_live_|pp_test_|sk_live_|sk_test_|rk_live_|rk_test_|whsec_)[A-Za-z0-9_]+")
 
 
 def redact(text):
