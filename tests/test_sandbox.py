@@ -307,3 +307,26 @@ def test_create_project_sandbox_json(db_url):
     done = run_cli(server, "create-project", "Demo", "--sandbox", "--json")
     assert done.returncode == 0
     assert set(json.loads(done.stdout)) >= {"project_id", "api_key", "admin_email", "admin_password", "sandbox"}
+
+
+def test_real_stripes_deployment_endpoint_never_routes_to_a_sandbox_project(in_process):
+    """An event on POST /api/webhook (real Stripe) naming a sandbox project, by metadata or customer, has no project."""
+    from pulse import events, projects
+    from pulse.models import Customer
+    from pulse.security import SecretBox
+
+    box = SecretBox("x" * 32)
+    with db.block():
+        sandbox = projects.create_project("S", "s@x.test", box, admin_password="password1", sandbox=True).project
+        live = projects.create_project("L", "l@x.test", box, admin_password="password1").project
+        Customer.create(project=sandbox, external_user_id="u1", stripe_customer_id="cus_sandboxed")
+        Customer.create(project=live, external_user_id="u1", stripe_customer_id="cus_live")
+
+        def routed(metadata, customer):
+            return events.route({"type": "customer.updated", "data": {"object": {
+                "id": customer, "object": "customer", "customer": None, "metadata": metadata}}})
+
+        assert routed({"pulse_project_id": sandbox.public_id}, "cus_x") is None
+        assert routed({}, "cus_sandboxed") is None
+        assert routed({"pulse_project_id": live.public_id}, "cus_x").id == live.id
+        assert routed({}, "cus_live").id == live.id
