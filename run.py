@@ -239,6 +239,11 @@ def cmd_create_project(config, args):
     if created.admin_password:
         lines.append(f"admin password: {created.admin_password}  (shown once)")
     lines.append(f"webhook path: {data['webhook_path']}")
+    if created.project.sandbox:
+        host = projects.local_base(config)
+        lines += ["sandbox: its Stripe is the built-in simulator (offline; webhooks are sent for you)",
+                  f"console: {host}/console/ (sign in as {data['admin_email']}"
+                  + (")" if created.admin_password else ", with this account's existing password)")]
     _emit(args, data, lines)
 
 
