@@ -7,7 +7,6 @@ from pulse import apikeys, security
 from pulse.db import database, utcnow
 from pulse.models import AuditLog, Membership, Project, User
 
-
 SANDBOX_KEY_PREFIX = "sk_test_sandbox_"
 
 

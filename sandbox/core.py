@@ -150,7 +150,8 @@ class Simulator:
         """The price a Checkout Session sells (made on first use, interval from PaymentPulse's metadata)."""
         session = self.sessions[session_id]
         line = (session["_line_items"] or [{}])[0]
-        interval = {"yearly": "year", "weekly": "week", "daily": "day"}.get(session["metadata"].get("interval"), "month")
+        named = session["metadata"].get("interval")
+        interval = {"yearly": "year", "weekly": "week", "daily": "day"}.get(named, "month")
         return self._price(line.get("price") or "price_fake", interval)
 
     def complete_checkout(self, session_id, status="active", interval=None, trial_days=None, start=None):

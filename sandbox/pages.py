@@ -103,9 +103,11 @@ class PortalPage(PageHandler):
             item = sub["items"]["data"][0]
             price = item["price"]
             subs.append({"id": sub_id, "status": sub["status"], "price_id": price["id"],
-                         "plan_slug": slug_of.get(price["id"], ""), "amount": _money(price["unit_amount"], price["currency"]),
+                         "plan_slug": slug_of.get(price["id"], ""),
+                         "amount": _money(price["unit_amount"], price["currency"]),
                          "interval": price["recurring"]["interval"], "period_end": _date(item["current_period_end"]),
-                         "cancel_at_period_end": sub["cancel_at_period_end"], "pause_collection": sub["pause_collection"]})
+                         "cancel_at_period_end": sub["cancel_at_period_end"],
+                         "pause_collection": sub["pause_collection"]})
         self.render_page("sandbox/portal.html", status=status, portal=objects.public(portal), subscriptions=subs,
                          catalog=catalog, error=error, done=done, card=lifecycle.card_of(sim, portal["customer"]))
 
