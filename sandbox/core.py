@@ -46,6 +46,7 @@ class Simulator:
         # What Stripe's "Manage failed payments" settings do once every retry failed: "canceled" (Stripe's
         # default), "unpaid", or "past_due" (leave it).
         self.after_retries = "canceled"
+        self.strict_prices = False  # True: unknown price ids are refused, as Stripe does (default: made on use)
         self.outbox = []
         self.page_base = None  # hosted pages' URL prefix; None: Stripe's own URLs (tests)
 
@@ -155,8 +156,12 @@ class Simulator:
         return self._price(line.get("price") or "price_fake", interval)
 
     def complete_checkout(self, session_id, status="active", interval=None, trial_days=None, start=None):
-        """The customer paid: create the subscription from the session (metadata from subscription_data)."""
+        """The customer paid: create the subscription from the session (metadata from subscription_data).
+
+        Like Stripe, only an open session can be paid: an expired or completed one raises StripeError."""
         session = self.sessions[session_id]
+        if session["status"] != "open":
+            raise invalid(f"This Checkout Session is {session['status']}.", code="checkout_session_not_open")
         data = session["_subscription_data"]
         if interval:
             line = (session["_line_items"] or [{}])[0]
@@ -237,7 +242,8 @@ class Simulator:
                 status, body = 200, self.dispatch(method, path, params)
         except StripeError as exc:
             status, body = exc.status, exc.body
-        if idempotency_key:
+        # Like Stripe, a request that failed validation saves no idempotent result: a corrected retry runs.
+        if idempotency_key and not (status == 400 and body["error"].get("type") == "invalid_request_error"):
             self.idempotent[slot] = ((path, params), status, body)
         return status, body, False
 
@@ -315,13 +321,18 @@ class Simulator:
     def _checkout_sessions(self, method, parts, params):
         if len(parts) == 2 and method == "POST":
             return objects.public(self._store(self.sessions, self._new_checkout(params)))
+        if len(parts) == 2 and method == "GET":
+            found = [c for c in self.sessions.values()
+                     if all(not params.get(k) or c[k] == params[k] for k in ("customer", "status", "subscription"))]
+            listing = objects.page(found, params, "/v1/checkout/sessions")
+            return dict(listing, data=[objects.public(c) for c in listing["data"]])
         if len(parts) == 3 and method == "GET":
             return objects.public(self._get(self.sessions, "checkout.session", parts[2]))
         if len(parts) == 4 and parts[3] == "expire" and method == "POST":
             session = self._get(self.sessions, "checkout.session", parts[2])
             if session["status"] != "open":
                 raise invalid(f"Only Checkout Sessions with a status in [\"open\"] can be expired. This Checkout "
-                              f"Session has a status of \"{session['status']}\".")
+                              f"Session has a status of \"{session['status']}\".", code="checkout_session_not_open")
             session.update(status="expired", url=None)
             self.emit("checkout.session.expired", objects.public(session))
             return objects.public(session)
@@ -360,6 +371,9 @@ class Simulator:
             raise invalid("Missing required param: success_url.", "success_url")
         if params.get("customer") and params["customer"] not in self.customers:
             self._missing("customer", params["customer"], param="customer")
+        for index, line in enumerate(params.get("line_items") or []):
+            if self.strict_prices and line.get("price") not in self.prices:
+                self._missing("price", line.get("price"), param=f"line_items[{index}][price]")
         trial = (params.get("subscription_data") or {}).get("trial_period_days")
         if trial is not None and not (trial.isdigit() and 1 <= int(trial) <= 730):
             raise invalid("Invalid trial_period_days.", "subscription_data[trial_period_days]",

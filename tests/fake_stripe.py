@@ -12,6 +12,8 @@ Usage (see the `fake_stripe` fixture in conftest.py):
     fake.set_subscription(sub["id"], status="past_due", cancel_at_period_end=True)
     canceled, tombstone = fake.delete_customer(cus_id)   # as the Dashboard does: its subscriptions end
     fake.api_version = "2024-06-20"          # old shape: billing period on the subscription, not the items
+    fake.strict_prices = True                # unknown prices are refused (default: any id is a new price)
+    fake.refuse("email", "maria@.example.test", "Invalid email address: maria@.example.test", code="email_invalid")
 
 State, API and Stripe's behaviour live in sandbox/ (the sandbox projects serve the same class);
 only the transport, faults and request log are here.
@@ -43,6 +45,7 @@ class Fault:
     kind: str  # "http" answers `status` with a Stripe error; "drop" processes, then closes without answering
     path: str | None
     message: str
+    method: str | None = None
 
 
 class FakeStripe(Simulator):
@@ -55,6 +58,7 @@ class FakeStripe(Simulator):
         self.latency = 0.0
         self.api_keys = None  # None accepts any sk_/rk_ key; else a set of the accepted ones
         self.faults = []
+        self.refusals = []  # (param, value, message, code): Stripe's invalid_request_error for that value
         self.server = None
         self.url = None
 
@@ -86,10 +90,33 @@ class FakeStripe(Simulator):
 
     # ------------------------------------------------------------ faults and inspection
 
-    def fail_next(self, n=1, status=500, kind="http", path=None, message="An unexpected error occurred (fake)."):
-        """The next `n` requests (to `path` prefix, if given) fail; kind "http" or "drop"."""
+    def fail_next(self, n=1, status=500, kind="http", path=None, message="An unexpected error occurred (fake).",
+                  method=None):
+        """The next `n` requests (to `path` prefix and with `method`, if given) fail; kind "http" or "drop"."""
         assert kind in ("http", "drop"), kind
-        self.faults.extend(Fault(status, kind, path, message) for _ in range(n))
+        self.faults.extend(Fault(status, kind, path, message, method) for _ in range(n))
+
+    def refuse(self, param, value, message, code="parameter_invalid"):
+        """Stripe answers 400 invalid_request_error naming `param` (e.g. "email", "success_url") for `value`."""
+        self.refusals.append((param, value, message, code))
+
+    def _check_refusals(self, params, prefix=""):
+        for key, value in params.items():
+            name = f"{prefix}[{key}]" if prefix else str(key)
+            if isinstance(value, dict):
+                self._check_refusals(value, name)
+            elif isinstance(value, list):
+                self._check_refusals(dict(enumerate(value)), name)
+            else:
+                for param, refused, message, code in self.refusals:
+                    if param == name and value == refused:
+                        raise StripeError(400, objects.error_body(message, code=code, param=param))
+
+    def dispatch(self, method, path, params):
+        """The simulator's answer, unless a refusal set up by the test applies."""
+        if method == "POST" and isinstance(params, dict):
+            self._check_refusals(params)
+        return super().dispatch(method, path, params)
 
     def calls(self, method=None, path=None):
         """Logged requests filtered by method and path prefix."""
@@ -157,7 +184,8 @@ class _Handler(tornado.web.RequestHandler):
         finally:
             if idem and fake.idempotent.get((key, idem), ()) is None:
                 del fake.idempotent[(key, idem)]
-        fault = next((f for f in fake.faults if f.path is None or ("/v1/" + path).startswith(f.path)), None)
+        fault = next((f for f in fake.faults if (f.path is None or ("/v1/" + path).startswith(f.path))
+                      and f.method in (None, self.request.method)), None)
         if fault:
             fake.faults.remove(fault)
             if fault.kind == "http":
