@@ -40,17 +40,18 @@ async def _attempt(client, url, secret, payload):
     return 200 <= response.status_code < 300
 
 
-async def _retry(url, secret, payload, event_id):
+async def _retry(url, secret, payload, event_id, delays):
     async with httpx.AsyncClient(timeout=TIMEOUT) as client:
-        for delay in RETRY_DELAYS:
+        for delay in delays:
             await asyncio.sleep(delay)
             if await _attempt(client, url, secret, payload):
                 return
-    log.warning("sandbox webhook %s not accepted after %d retries; dropped", event_id, len(RETRY_DELAYS))
+    log.warning("sandbox webhook %s not accepted after %d retries; dropped", event_id, len(delays))
 
 
-async def deliver(url, secret, events):
-    """POST each event in order; returns how many were accepted at the first attempt."""
+async def deliver(url, secret, events, delays=RETRY_DELAYS):
+    """POST each event in order; returns how many were accepted at the first attempt (the others are retried
+    in the background after each of `delays` seconds, until accepted)."""
     accepted = 0
     if not events:
         return accepted
@@ -60,7 +61,7 @@ async def deliver(url, secret, events):
             if await _attempt(client, url, secret, payload):
                 accepted += 1
                 continue
-            task = asyncio.ensure_future(_retry(url, secret, payload, event["id"]))
+            task = asyncio.ensure_future(_retry(url, secret, payload, event["id"], delays))
             _background.add(task)
             task.add_done_callback(_background.discard)
     return accepted
