@@ -86,6 +86,10 @@ class StripeApiHandler(tornado.web.RequestHandler):
         raw = self.request.body.decode("utf-8", "replace") if method == "POST" else self.request.query
         params = objects.decode_form(raw)
         idem = self.request.headers.get("Idempotency-Key") if method == "POST" else None
+        if method == "GET":  # reads change nothing: no write, no optimistic-lock contention with the changes
+            sim = store.read(project)
+            sim.page_base = page_base(self.settings["config"], project)
+            return self._answer(*sim.handle(method, path, params, key))
         try:
             (status, body, replayed), events = store.run(
                 project, lambda sim: sim.handle(method, path, params, key, idem), page_base(self.settings["config"],
@@ -142,13 +146,14 @@ class ClockHandler(SandboxApiHandler):
     def get(self):
         self.write_json(_clock(store.read(self.project)))
 
+
+class AdvanceHandler(SandboxApiHandler):
     async def post(self):
         data = self.json_body()
         seconds = data.get("seconds", 0)
         days = data.get("days", 0)
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (seconds, days)):
-            raise ApiError(400, "invalid_field", "seconds and days must be whole numbers, 0 or more.",
-                           ) from None
+            raise ApiError(400, "invalid_field", "seconds and days must be whole numbers, 0 or more.")
         total = seconds + days * 86400
         if not 0 < total <= MAX_ADVANCE:
             raise ApiError(400, "invalid_field", "Advance by 1 second to 10 years (give seconds or days).")
@@ -219,7 +224,7 @@ class CardHandler(SandboxApiHandler):
 SID = r"([A-Za-z0-9_]{1,255})"
 default_handlers = [
     (r"/sandbox/api/clock", ClockHandler),
-    (r"/sandbox/api/clock/advance", ClockHandler),
+    (r"/sandbox/api/clock/advance", AdvanceHandler),
     (r"/sandbox/api/settings", SettingsHandler),
     (r"/sandbox/api/subscriptions", SubscriptionsHandler),
     (r"/sandbox/api/subscriptions/" + SID + r"/(\w+)", SubscriptionActionHandler),

@@ -65,7 +65,11 @@ class CheckoutPage(PageHandler):
                          cards=TEST_CARDS, declined_card=DECLINED_CARD, error=error)
 
     def get(self, project_id, session_id):
-        store.run(self.project, lambda sim: sim.session_price(session_id) if session_id in sim.sessions else None)
+        sim = store.read(self.project)
+        session = sim.sessions.get(session_id)
+        line = ((session or {}).get("_line_items") or [{}])[0]
+        if session is not None and line.get("price") not in sim.prices:  # the price is made on first use
+            store.run(self.project, lambda sim: sim.session_price(session_id))
         self.show(session_id)
 
     async def post(self, project_id, session_id):

@@ -36,6 +36,8 @@ async def test_every_page_of_a_sandbox_project_says_sandbox_and_no_live_page_doe
 async def test_a_sandbox_projects_stripe_settings_cannot_be_replaced(console, make_project):
     sandbox = make_project(name="Demo", admin_email="demo@example.test", sandbox=True)
     await console.login("demo@example.test")
+    page = text(await console.get(f"/console/p/{sandbox.project.public_id}/settings"))
+    assert "built-in Stripe simulator" in page and 'name="stripe_secret_key"' not in page
     response = await console.post(f"/console/p/{sandbox.project.public_id}/settings/stripe",
-                                  {"secret_key": "sk_live_" + "1" * 24, "confirm": "replace"})
-    assert response.code == 400 and "simulator" in text(response)
+                                  {"stripe_secret_key": "sk_live_" + "1" * 24, "confirm": "replace"})
+    assert response.code == 400 and "its keys cannot be changed" in text(response)
