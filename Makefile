@@ -7,7 +7,7 @@ RUNTIME := $(VENV)/.installed-runtime
 TESTING := $(VENV)/.installed-test
 LINTING := $(VENV)/.installed-lint
 
-.PHONY: run test lint bench clean
+.PHONY: run demo test lint bench clean
 
 # `make run` installs only what serving needs; `make test` adds the test extra on top.
 $(RUNTIME): setup.cfg pyproject.toml
@@ -24,6 +24,11 @@ $(LINTING): $(RUNTIME)
 	touch $(LINTING)
 
 run: $(RUNTIME)
+	$(PY) run.py serve
+
+# A sandbox project (the built-in Stripe simulator: offline, no Stripe account), then `make run`.
+demo: $(RUNTIME)
+	$(PY) run.py create-project Demo --sandbox
 	$(PY) run.py serve
 
 test: $(TESTING)

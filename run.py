@@ -28,6 +28,7 @@ from handlers.base import NotFoundHandler, log_request
 from server import serve
 
 ROOT = Path(__file__).resolve().parent
+SANDBOX_ADMIN = "admin@sandbox.test"  # `create-project Demo --sandbox` needs no other argument
 
 # Modules whose `default_handlers` make up the app, in matching order.
 HANDLER_MODULES = [
@@ -46,6 +47,9 @@ HANDLER_MODULES = [
     "console.events",
     "console.settings",
     "console.plans",
+    "console.sandbox",
+    "sandbox.api",
+    "sandbox.pages",
     "console.fallback",  # the console's catch-all 404: keep it last among console modules
 ]
 class PulseApplication(tornado.web.Application):
@@ -162,10 +166,12 @@ def build_parser():
 
     project = sub.add_parser("create-project", help="create a project, its admin and first API key")
     project.add_argument("name")
-    project.add_argument("--admin-email", required=True)
+    project.add_argument("--admin-email", help=f"required, except with --sandbox (default {SANDBOX_ADMIN})")
     project.add_argument("--admin-password")
     project.add_argument("--stripe-secret-key")
     project.add_argument("--stripe-webhook-secret")
+    project.add_argument("--sandbox", action="store_true",
+                         help="use the built-in Stripe simulator (offline; keys read pp_test_…)")
     project.add_argument("--json", action="store_true")
 
     key = sub.add_parser("create-api-key", help="issue another API key for a project")
@@ -206,6 +212,10 @@ def cmd_migrate(config, args):
 def cmd_create_project(config, args):
     if not args.name.strip() or len(args.name) > 200:
         raise CliError("project name must be 1-200 characters", status=2)
+    if args.admin_email is None:
+        if not args.sandbox:
+            raise CliError("the following arguments are required: --admin-email", status=2)
+        args.admin_email = SANDBOX_ADMIN
     if not _valid_email(projects.normalize_email(args.admin_email)):
         raise CliError(f"invalid --admin-email {args.admin_email!r}", status=2)
     if args.admin_password is not None and len(args.admin_password) < 8:
@@ -213,14 +223,17 @@ def cmd_create_project(config, args):
     if args.admin_password is not None and len(args.admin_password.encode("utf-8")) > 72:
         # bcrypt 5 refuses longer passwords (older versions silently truncated them).
         raise CliError("--admin-password must be at most 72 bytes", status=2)
-    with db.block():
-        created = projects.create_project(
-            args.name, args.admin_email, SecretBox(config.secret_key),
-            admin_password=args.admin_password, stripe_secret_key=args.stripe_secret_key,
-            stripe_webhook_secret=args.stripe_webhook_secret)
+    try:
+        with db.block():
+            created = projects.create_project(
+                args.name, args.admin_email, SecretBox(config.secret_key),
+                admin_password=args.admin_password, stripe_secret_key=args.stripe_secret_key,
+                stripe_webhook_secret=args.stripe_webhook_secret, sandbox=args.sandbox)
+    except projects.SandboxRule as exc:
+        raise CliError(str(exc), status=2) from None
     data = {"project_id": created.project.public_id, "name": created.project.name,
             "api_key": created.api_key.api_key, "admin_email": created.admin.email,
-            "webhook_path": f"/api/webhook/{created.project.public_id}"}
+            "webhook_path": f"/api/webhook/{created.project.public_id}", "sandbox": created.project.sandbox}
     if created.admin_password:
         data["admin_password"] = created.admin_password
     lines = [f"project {data['project_id']} ({data['name']})", f"api key: {data['api_key']}  (shown once)",
@@ -228,6 +241,11 @@ def cmd_create_project(config, args):
     if created.admin_password:
         lines.append(f"admin password: {created.admin_password}  (shown once)")
     lines.append(f"webhook path: {data['webhook_path']}")
+    if created.project.sandbox:
+        host = projects.local_base(config)
+        lines += ["sandbox: its Stripe is the built-in simulator (offline; webhooks are sent for you)",
+                  f"console: {host}/console/ (sign in as {data['admin_email']}"
+                  + (")" if created.admin_password else ", with this account's existing password)")]
     _emit(args, data, lines)
 
 
@@ -254,10 +272,13 @@ def cmd_set_stripe(config, args):
         raise CliError("--secret-key must be a Stripe secret key (sk_… or rk_…)", status=2)
     if args.webhook_secret is not None and not args.webhook_secret.startswith("whsec_"):
         raise CliError("--webhook-secret must be a Stripe signing secret (whsec_…)", status=2)
-    with db.block():
-        project = _project(args.project_id)
-        changed = projects.set_stripe(project, SecretBox(config.secret_key), secret_key=args.secret_key,
-                                      webhook_secret=args.webhook_secret)
+    try:
+        with db.block():
+            project = _project(args.project_id)
+            changed = projects.set_stripe(project, SecretBox(config.secret_key), secret_key=args.secret_key,
+                                          webhook_secret=args.webhook_secret)
+    except projects.SandboxRule as exc:
+        raise CliError(str(exc), status=2) from None
     _emit(args, {"project_id": project.public_id, "updated": changed},
           [f"{name} set to {masked}" for name, masked in changed.items()])
 

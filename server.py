@@ -1,6 +1,7 @@
 """Serving: one process or N forked workers on shared sockets, with a graceful SIGTERM drain."""
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -101,6 +102,8 @@ def serve(make_app, config, processes=1):
     migrate_database()
     db.database.close()  # children must not share the parent's connection
     sockets = tornado.netutil.bind_sockets(config.port, config.host)
+    # The port actually bound (--port 0 picks one): sandbox projects reach their simulator through it.
+    config = dataclasses.replace(config, port=sockets[0].getsockname()[1])
     if processes > 1:
         return _prefork(make_app, processes, config, sockets)
     _worker(make_app, config, sockets)

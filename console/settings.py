@@ -55,9 +55,14 @@ class StripeSettingsHandler(SettingsPage):
             self.show(status=400, error=f"This replaces the current {' and '.join(replacing)} at once. "
                                         "To confirm, type replace in the confirmation box and save again.")
             return
-        with block():
-            projects.set_stripe(self.project, self.box, secret_key=secret or None, webhook_secret=webhook or None,
-                                actor=self.current_user.email, user=self.current_user, ip=self.client_ip)
+        try:
+            with block():
+                projects.set_stripe(self.project, self.box, secret_key=secret or None,
+                                    webhook_secret=webhook or None, actor=self.current_user.email,
+                                    user=self.current_user, ip=self.client_ip)
+        except projects.SandboxRule as exc:
+            self.show(status=400, error=str(exc)[0].upper() + str(exc)[1:] + ".")
+            return
         self.redirect(self.project_url("settings?notice=stripe_saved"), status=303)
 
 

@@ -84,14 +84,22 @@ def secret_key_for(project, box, config):
     return key
 
 
+def api_base_for(config, secret_key):
+    """Where calls with `secret_key` go (SPEC 8): a sandbox key only ever to this server's simulator, for
+    its one project; every other key only ever to PULSE_STRIPE_API_BASE, whatever that names."""
+    project_id = projects.sandbox_project_of(secret_key)
+    return f"{projects.local_base(config)}/sandbox/{project_id}" if project_id else config.stripe_api_base
+
+
 def client_for(config, secret_key):
     """The cached async StripeClient for this key and settings on the running loop."""
     per_loop = _CLIENTS.setdefault(asyncio.get_running_loop(), {})
-    slot = (secret_key, config.stripe_api_base, config.stripe_timeout, config.stripe_max_retries)
+    api_base = api_base_for(config, secret_key)
+    slot = (secret_key, api_base, config.stripe_timeout, config.stripe_max_retries)
     client = per_loop.get(slot)
     if client is None:
         http = HTTPXClient(timeout=config.stripe_timeout)
-        client = stripe.StripeClient(secret_key, base_addresses={"api": config.stripe_api_base},
+        client = stripe.StripeClient(secret_key, base_addresses={"api": api_base},
                                      max_network_retries=config.stripe_max_retries, http_client=http)
         client._pulse_http = http
         per_loop[slot] = client

@@ -23,7 +23,8 @@ def route(event: JSON) -> Project | None:
         if public_id:
             project = Project.get_or_none(Project.public_id == str(public_id))
             if project is not None:
-                return project
+                # Real Stripe's endpoint never feeds a sandbox project (SPEC 8): its Stripe is the simulator.
+                return None if project.sandbox else project
     customer_id = customer_id_of(obj)
     if customer_id:
         # Linked now, else before Stripe deleted it (the late events of a deleted customer).
@@ -31,7 +32,8 @@ def route(event: JSON) -> Project | None:
             ids = {row.project_id for row in model.select(model.project).where(
                 model.stripe_customer_id == str(customer_id)).distinct().limit(2)}
             if ids:
-                return Project.get_by_id(ids.pop()) if len(ids) == 1 else None
+                project = Project.get_by_id(ids.pop()) if len(ids) == 1 else None
+                return None if project is None or project.sandbox else project
     return None
 
 

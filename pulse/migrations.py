@@ -61,12 +61,23 @@ def _checkout_lease(db, migrator):
     db.create_tables([CheckoutLease], safe=True)
 
 
+def _sandbox_projects(db, migrator):
+    # Issue 15: the sandbox flag, and each sandbox project's simulated Stripe state.
+    from pulse.models import Project, SandboxState
+
+    # Raw ALTER as in step 3: a NOT NULL add_column would rebuild (and cascade-empty) `project` on SQLite.
+    kind = "BOOL" if is_mysql(db) else "INTEGER"
+    db.execute_sql(f"ALTER TABLE {Project._meta.table_name} ADD COLUMN sandbox {kind} NOT NULL DEFAULT 0")
+    db.create_tables([SandboxState], safe=True)
+
+
 # (version, name, step). Steps after the first receive the database and its migrator.
 STEPS = [
     (1, "initial schema", _initial),
     (2, "stripe customer history and webhook ignore reasons", _customer_history),
     (3, "plan items, pause_collection, plan catalog", _plan_items_and_catalog),
     (5, "checkout lease: one checkout at a time per user", _checkout_lease),
+    (9, "sandbox projects and their simulated Stripe", _sandbox_projects),
 ]
 LATEST = STEPS[-1][0]
 

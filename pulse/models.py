@@ -51,6 +51,8 @@ class Project(BaseModel):
     past_due_has_access = pw.BooleanField(default=True)
     # Stripe keeps `active` while payment collection is paused; Stripe treats the pause as free service.
     paused_collection_has_access = pw.BooleanField(default=True)
+    # SPEC 8: served by the built-in simulator (sandbox/) and only by it; fixed at creation.
+    sandbox = pw.BooleanField(default=False)
     created_at = pw.DateTimeField(default=utcnow)
     updated_at = pw.DateTimeField(default=utcnow)
 
@@ -260,6 +262,15 @@ class LoginFailure(BaseModel):
         indexes = ((("email", "ip", "created_at"), False),)
 
 
+class SandboxState(BaseModel):
+    """A sandbox project's simulated Stripe account (sandbox/core.py state as JSON), one row per project."""
+
+    project = pw.ForeignKeyField(Project, on_delete="CASCADE", unique=True)
+    state = LongTextField()
+    version = pw.IntegerField(default=1)  # optimistic lock: a save names the version it read
+    updated_at = pw.DateTimeField(default=utcnow)
+
+
 MODELS = [Project, User, Membership, ApiKey, Customer, Subscription, WebhookEvent,
           AuditLog, Session, IdempotencyRecord, LoginFailure, StripeCustomerHistory, Plan, PlanPrice,
-          CheckoutLease]
+          CheckoutLease, SandboxState]

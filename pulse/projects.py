@@ -7,6 +7,12 @@ from pulse import apikeys, security
 from pulse.db import database, utcnow
 from pulse.models import AuditLog, Membership, Project, User
 
+SANDBOX_KEY_PREFIX = "sk_test_sandbox_"
+
+
+class SandboxRule(ValueError):
+    """A change that would let a sandbox project reach real Stripe, or a live project the simulator."""
+
 
 class NotFound(LookupError):
     """No such project (or user)."""
@@ -40,8 +46,16 @@ def get_project(public_id):
 
 
 def create_project(name, admin_email, box, *, admin_password=None, stripe_secret_key=None,
-                   stripe_webhook_secret=None, actor="cli"):
-    """Create a project with its first API key and its admin (new, or an existing account)."""
+                   stripe_webhook_secret=None, actor="cli", sandbox=False):
+    """Create a project with its first API key and its admin (new, or an existing account).
+
+    `sandbox`: its Stripe is the built-in simulator, with generated credentials (SPEC 8); raises
+    SandboxRule if Stripe credentials are also given, or a live project is given a simulator key.
+    """
+    if sandbox and (stripe_secret_key or stripe_webhook_secret):
+        raise SandboxRule("a sandbox project uses the built-in simulator: it takes no Stripe keys")
+    if sandbox_project_of(stripe_secret_key):
+        raise SandboxRule("a simulator key (sk_test_sandbox_…) belongs to a sandbox project")
     email = normalize_email(admin_email)
     generated = None
     with database.atomic():
@@ -50,19 +64,31 @@ def create_project(name, admin_email, box, *, admin_password=None, stripe_secret
             if admin_password is None:
                 admin_password = generated = security.generate_password()
             user = User.create(email=email, password_hash=security.hash_password(admin_password))
+        public_id = security.public_id("proj")
+        if sandbox:
+            stripe_secret_key = new_sandbox_secret_key(public_id)
+            stripe_webhook_secret = "whsec_" + security.random_base62(32)
         project = Project.create(
-            public_id=security.public_id("proj"), name=name.strip(),
+            public_id=public_id, name=name.strip(), sandbox=sandbox,
             stripe_secret_key=box.encrypt(stripe_secret_key),
             stripe_webhook_secret=box.encrypt(stripe_webhook_secret))
         Membership.create(user=user, project=project)
         key = apikeys.issue(project, label="default")
-        audit("project.created", project=project, actor=actor, name=project.name, admin=email)
+        audit("project.created", project=project, actor=actor, name=project.name, admin=email, sandbox=sandbox)
         audit("api_key.created", project=project, actor=actor, key_id=key.key_id, prefix=key.prefix)
     return NewProject(project=project, api_key=key, admin=user, admin_password=generated)
 
 
 def set_stripe(project, box, *, secret_key=None, webhook_secret=None, actor="cli", user=None, ip=None):
-    """Store new Stripe credentials (encrypted); None leaves a value as it is."""
+    """Store new Stripe credentials (encrypted); None leaves a value as it is.
+
+    Raises SandboxRule for any change to a sandbox project's credentials (the simulator's own), and
+    for a simulator key on a live project (SPEC 8).
+    """
+    if project.sandbox and (secret_key is not None or webhook_secret is not None):
+        raise SandboxRule("a sandbox project's Stripe is the built-in simulator: its keys cannot be changed")
+    if sandbox_project_of(secret_key):
+        raise SandboxRule("a simulator key (sk_test_sandbox_…) belongs to a sandbox project")
     changed = {}
     if secret_key is not None:
         project.stripe_secret_key = box.encrypt(secret_key)
@@ -79,8 +105,34 @@ def set_stripe(project, box, *, secret_key=None, webhook_secret=None, actor="cli
 
 
 def stripe_secret_key(project, box, default=None):
-    """The project's Stripe secret key, else the deployment-wide one."""
-    return box.decrypt(project.stripe_secret_key) or default
+    """The project's Stripe secret key, else the deployment-wide one (never for a sandbox project, SPEC 8).
+
+    The key decides where calls go (billing.api_base_for): a sandbox project only ever has its simulator
+    key, and a live project never has one, so neither can reach the other's Stripe.
+    """
+    key = box.decrypt(project.stripe_secret_key)
+    if project.sandbox:
+        return key if sandbox_project_of(key) == project.public_id else None
+    key = key or default
+    return None if sandbox_project_of(key) else key
+
+
+def new_sandbox_secret_key(public_id):
+    """`sk_test_sandbox_<project id>_<random>`: the simulator's key of one sandbox project."""
+    return f"{SANDBOX_KEY_PREFIX}{public_id}_{security.random_base62(32)}"
+
+
+def sandbox_project_of(secret_key):
+    """The sandbox project a Stripe key belongs to, or None for any other key."""
+    if not secret_key or not secret_key.startswith(SANDBOX_KEY_PREFIX):
+        return None
+    return secret_key[len(SANDBOX_KEY_PREFIX):].rpartition("_")[0] or None
+
+
+def local_base(config):
+    """This server's own loopback URL (the simulator's API base and its webhook target)."""
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(config.host, config.host)
+    return f"http://[{host}]:{config.port}" if ":" in host else f"http://{host}:{config.port}"
 
 
 def webhook_secret(project, box):

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 BASE62 = string.digits + string.ascii_letters
 API_KEY_PREFIX = "pp_live_"
+TEST_KEY_PREFIX = "pp_test_"  # a sandbox project's keys (SPEC 8)
 API_KEY_RANDOM_LENGTH = 40  # ~238 bits
 DISPLAY_CHARS = 6
 
@@ -32,15 +33,15 @@ def hash_token(raw):
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
 
-def new_api_key():
-    """Return (raw key, display prefix, hash). The raw key is shown once and never stored."""
-    raw = API_KEY_PREFIX + random_base62(API_KEY_RANDOM_LENGTH)
-    return raw, raw[: len(API_KEY_PREFIX) + DISPLAY_CHARS], hash_token(raw)
+def new_api_key(prefix=API_KEY_PREFIX):
+    """Return (raw key, display prefix, hash); `prefix` is pp_live_ or pp_test_. Shown once, never stored."""
+    raw = prefix + random_base62(API_KEY_RANDOM_LENGTH)
+    return raw, raw[: len(prefix) + DISPLAY_CHARS], hash_token(raw)
 
 
 def looks_like_api_key(raw):
     """Cheap shape check before touching the database."""
-    body = raw[len(API_KEY_PREFIX):] if raw and raw.startswith(API_KEY_PREFIX) else ""
+    body = raw[len(API_KEY_PREFIX):] if raw and raw.startswith((API_KEY_PREFIX, TEST_KEY_PREFIX)) else ""
     return 32 <= len(body) <= 128 and all(ch in BASE62 for ch in body)
 
 
@@ -84,7 +85,7 @@ def mask_secret(value):
     if not value:
         return ""
     kind = ""
-    for candidate in ("sk_live_", "sk_test_", "rk_live_", "rk_test_", "whsec_", "pp_live_"):
+    for candidate in ("sk_live_", "sk_test_", "rk_live_", "rk_test_", "whsec_", "pp_live_", "pp_test_"):
         if value.startswith(candidate):
             kind = candidate
             break

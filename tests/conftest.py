@@ -153,7 +153,7 @@ def fake_stripe(io_loop):
 # ---------------------------------------------------------------- no secret in any log line of the run
 
 _SHAPED_SECRET = re.compile(
-    r"pp_live_[0-9A-Za-z]{32,}|(?:sk|rk)_(?:live|test)_[0-9A-Za-z_]{12,}|whsec_[0-9A-Za-z_]{12,}")
+    r"pp_(?:live|test)_[0-9A-Za-z]{32,}|(?:sk|rk)_(?:live|test)_[0-9A-Za-z_]{12,}|whsec_[0-9A-Za-z_]{12,}")
 
 
 class _SecretWatch(logging.Handler):

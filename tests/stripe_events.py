@@ -9,7 +9,7 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
-from tests import fake_stripe_objects as objects
+from sandbox import objects
 
 # shared/ sits beside the checkout (and beside CI's fresh clone); /work/shared is the workspace's copy.
 _FIXTURE = Path("fixtures/stripe-openapi-fixtures3.json")

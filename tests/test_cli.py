@@ -68,7 +68,7 @@ def test_create_project_json_and_key_works_against_the_api(cli_env, tmp_path):
     result = cli(cli_env, "create-project", "Acme", "--admin-email", "A@Acme.test", "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert set(data) == {"project_id", "name", "api_key", "admin_email", "admin_password", "webhook_path"}
+    assert set(data) == {"project_id", "name", "api_key", "admin_email", "admin_password", "webhook_path", "sandbox"}
     assert data["name"] == "Acme" and data["admin_email"] == "a@acme.test"
     assert data["api_key"].startswith("pp_live_") and len(data["api_key"]) >= 8 + 32
     assert data["webhook_path"] == f"/api/webhook/{data['project_id']}"

@@ -9,7 +9,7 @@ import stripe
 from pulse import billing
 from pulse.stripe_objects import plain
 from tests.fake_stripe import FAKE_SECRET_KEY
-from tests.fake_stripe_objects import decode_form
+from sandbox.objects import decode_form
 
 
 @pytest.fixture

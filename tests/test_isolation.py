@@ -12,6 +12,7 @@ import pytest
 
 from pulse import db, plans
 from pulse.models import ApiKey, Customer, WebhookEvent
+from sandbox import api as sandbox_api, pages as sandbox_pages
 from tests.billing_support import checkout_body
 from tests.support import body_of
 from tests.console_support import PASSWORD, Console, seed
@@ -28,6 +29,10 @@ UNSCOPED = {"/api/health", "/status", "/console", "/console/", "/console/login",
 KEY_SCOPED = {"/api/checkout", "/api/portal", "/api/subscription", "/api/customers/export", "/api/plans",
               "/api/plans/([^/]+)"}
 OTHER = {"/api/webhook/([A-Za-z0-9_-]{1,40})/?", r"/api/openapi\.json"}
+# The simulator of sandbox projects: its Stripe API by the project's simulator key, its pages by session id,
+# its sandbox API by a sandbox project's key; isolation tested in tests/test_sandbox.py
+# (test_live_keys_never_reach_the_simulator_and_sandboxes_never_mix).
+SANDBOX = {rule[0] for module in (sandbox_api, sandbox_pages) for rule in module.default_handlers}
 
 
 @pytest.fixture
@@ -63,7 +68,7 @@ STATIC = {"/static/(.*)", "/(favicon\\.ico)", "/(robots\\.txt)"}
 def test_every_route_is_classified(app):
     patterns = {rule.matcher.regex.pattern.rstrip("$") for rule in app.wildcard_router.rules}
     console_project = {p for p in patterns if "(proj_" in p}
-    unknown = patterns - UNSCOPED - KEY_SCOPED - OTHER - console_project - STATIC
+    unknown = patterns - UNSCOPED - KEY_SCOPED - OTHER - SANDBOX - console_project - STATIC
     assert not unknown, f"classify these routes in tests/test_isolation.py: {sorted(unknown)}"
 
 

@@ -145,13 +145,38 @@ def test_step_3_adds_plan_items_pause_and_the_catalog_to_a_version_1_database(db
     assert migrations.current_version() == migrations.LATEST and migrations.pending() == []
 
 
+def test_step_9_adds_sandbox_projects_to_a_version_1_database(db_url):
+    """Existing projects stay live projects; each sandbox project gets at most one simulator state row."""
+    from pulse.models import SandboxState
+
+    db.bind(db_url)
+    with db.block() as database:
+        project = Project.create(public_id="proj_v1", name="V1")
+        Customer.create(project=project, external_user_id="u1")
+        back_to_version_1(database)
+    assert "sandbox projects and their simulated Stripe" in migrations.migrate_database()
+    with db.block() as database:
+        row = Project.get_by_id(project.id)
+        assert row.sandbox is False and Customer.select().where(Customer.project == row).count() == 1
+        SandboxState.create(project=row, state="{}")
+        with pytest.raises(pw.IntegrityError):
+            with database.atomic():
+                SandboxState.create(project=row, state="{}")
+    assert migrations.current_version() == migrations.LATEST
+
+
 def back_to_version_1(database):
     """Undo every step after the first, as a database made by version 1 of the schema looks."""
     from pulse.models import Plan, PlanPrice, StripeCustomerHistory
 
     migrator = migrations._migrator(database)
+    from pulse.models import SandboxState
+
     if not db.is_mysql():
         database.execute_sql("PRAGMA foreign_keys = OFF")  # SQLite drops columns by rebuilding the table
+    # step 9: sandbox projects
+    database.drop_tables([SandboxState])
+    run_operations(migrator.drop_column("project", "sandbox"))
     # step 3: plan items, pause_collection, plan catalog
     run_operations(*(migrator.drop_column("subscription", name) for name in (
         "interval_count", "quantity", "unit_amount", "currency", "pause_behavior", "pause_resumes_at",

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from pulse import db, hotpath, plans, status, stripe_objects
 from pulse.models import Customer, Plan, PlanPrice, Project, Subscription
-from tests import fake_stripe_objects as objects
+from sandbox import objects
 
 
 def item(price_id, interval="month", *, count=1, usage="licensed", quantity=1, lookup_key=None, legacy=False,

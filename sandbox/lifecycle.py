@@ -1,0 +1,233 @@
+"""What happens in a simulated Stripe account outside API calls: paying on the Checkout page, the Portal's
+actions, and time passing (Stripe's test clocks). Each queues the events Stripe would send, in its order.
+"""
+
+import time
+
+from sandbox import objects
+from sandbox.core import invalid
+
+# Stripe's test cards: https://docs.stripe.com/testing
+CARDS = {
+    "4242424242424242": "ok",  # succeeds, and so do its renewals
+    "4000000000000341": "fails",  # attaches, then every charge is declined (renewals fail)
+    "4000000000000002": "declined",  # declined at checkout
+}
+RETRY_DAYS = (3, 5, 7)  # Stripe's default retry schedule for failed renewals: days after each failure
+AFTER_RETRIES = ("canceled", "unpaid", "past_due")  # Billing settings "if all retries for a payment fail"
+CARD_STATES = ("ok", "fails", "none")
+
+
+class Declined(Exception):
+    """The card was declined (Checkout keeps the session open, as Stripe's page does)."""
+
+
+def _interval_seconds(price):
+    recurring = price["recurring"]
+    return objects.INTERVAL_DAYS.get(recurring["interval"], 30) * recurring["interval_count"] * 86400
+
+
+def _amount(sub):
+    return sum((item["price"].get("unit_amount") or 0) * (item.get("quantity") or 1) for item in sub["items"]["data"])
+
+
+def _invoice(sim, sub_id, reason, amount, start, end):
+    sub = sim.subscriptions[sub_id]
+    with sim.clock():
+        inv = objects.invoice(sub, billing_reason=reason, amount_due=amount, period_start=start, period_end=end)
+    sim._store(sim.invoices, inv)
+    sub["latest_invoice"] = inv["id"]
+    sim.emit("invoice.created", objects.public(inv))
+    inv["status"] = "open"
+    inv["status_transitions"]["finalized_at"] = sim.now()
+    sim.emit("invoice.finalized", objects.public(inv))
+    return inv
+
+
+def _charge(sim, inv, card):
+    """Attempt the invoice with the customer's card; True when paid (a 0 invoice is paid without one)."""
+    inv["attempt_count"] += 1
+    inv["attempted"] = True
+    if inv["amount_due"] == 0 or card == "ok":
+        inv.update(status="paid", amount_paid=inv["amount_due"], amount_remaining=0, next_payment_attempt=None)
+        inv["status_transitions"]["paid_at"] = sim.now()
+        sim.emit("invoice.paid", objects.public(inv))
+        sim.emit("invoice.payment_succeeded", objects.public(inv))
+        return True
+    sim.emit("invoice.payment_failed", objects.public(inv))
+    return False
+
+
+def card_of(sim, customer_id):
+    customer = sim.customers.get(customer_id) or {}
+    return customer.get("_card", "none")
+
+
+def set_card(sim, customer_id, state):
+    """Give the customer a card that pays ("ok"), one whose charges fail ("fails"), or none."""
+    if state not in CARD_STATES:
+        raise invalid(f"card must be one of {', '.join(CARD_STATES)}.", "card")
+    customer = sim._get(sim.customers, "customer", customer_id)
+    customer["_card"] = state
+    pm = None if state == "none" else "pm_" + objects.new_id("card")[5:]
+    customer["invoice_settings"]["default_payment_method"] = pm
+    sim.emit("customer.updated", objects.public(customer))
+    return objects.public(customer)
+
+
+def pay_checkout(sim, session_id, card="4242424242424242"):
+    """The customer pays on the hosted page: the subscription starts (trialing when asked), its first
+    invoice is paid, and Stripe's events follow. Raises Declined for a declined card."""
+    session = sim._get(sim.sessions, "checkout.session", session_id)
+    if session["status"] != "open":
+        raise invalid(f"This Checkout Session is {session['status']}.")
+    outcome = CARDS.get(card.replace(" ", ""), "declined")
+    if outcome == "declined":
+        raise Declined("Your card was declined.")
+    if not session.get("customer"):
+        customer = sim._store(sim.customers, objects.customer({"email": session.get("customer_email")}))
+        session["customer"] = customer["id"]
+    set_card(sim, session["customer"], outcome)
+    sub = sim.complete_checkout(session_id)
+    stored = sim.subscriptions[sub["id"]]
+    stored["default_payment_method"] = sim.customers[session["customer"]]["invoice_settings"]["default_payment_method"]
+    item = stored["items"]["data"][0]
+    amount = 0 if stored["status"] == "trialing" else _amount(stored)
+    sim.emit_subscription("customer.subscription.created", sub["id"])
+    inv = _invoice(sim, sub["id"], "subscription_create", amount, item["current_period_start"],
+                   item["current_period_end"])
+    _charge(sim, inv, outcome)
+    session.update(invoice=inv["id"], amount_total=amount, amount_subtotal=amount, currency=stored["currency"])
+    sim.emit("checkout.session.completed", objects.public(session))
+    return sim.subscription(sub["id"])
+
+
+# ---------------------------------------------------------------- Customer Portal actions
+
+
+def switch_price(sim, sub_id, price_id):
+    sub = sim._get(sim.subscriptions, "subscription", sub_id)
+    sim._price(price_id, sub["items"]["data"][0]["price"]["recurring"]["interval"])
+    return sim.update_subscription(sub_id, {"items": [{"price": price_id}]})
+
+
+def cancel_at_period_end(sim, sub_id):
+    return sim.update_subscription(sub_id, {"cancel_at_period_end": "true"})
+
+
+def resume(sim, sub_id):
+    """Undo a scheduled cancel, or resume a subscription paused at trial end."""
+    sub = sim._get(sim.subscriptions, "subscription", sub_id)
+    if sub["status"] == "paused":
+        now = sim.now()
+        item = sub["items"]["data"][0]
+        item.update(current_period_start=now, current_period_end=now + _interval_seconds(item["price"]))
+        return sim.resume_paused(sub_id)
+    return sim.update_subscription(sub_id, {"cancel_at_period_end": "false"})
+
+
+def pause_collection(sim, sub_id, paused=True):
+    return sim.update_subscription(sub_id, {"pause_collection": {"behavior": "void"} if paused else ""})
+
+
+# ---------------------------------------------------------------- the clock
+
+
+def _due(sub):
+    """(when, what) of the subscription's next scheduled change, or None."""
+    item = sub["items"]["data"][0]
+    if sub["status"] == "trialing" and sub["trial_end"]:
+        return sub["trial_end"], "trial_end"
+    if sub["status"] == "past_due" and sub.get("_retry_at"):
+        return sub["_retry_at"], "retry"
+    if sub["status"] == "active":
+        if sub["cancel_at"] and (sub["cancel_at_period_end"] or sub["cancel_at"] <= item["current_period_end"]):
+            return sub["cancel_at"], "cancel"
+        return item["current_period_end"], "renew"
+    return None
+
+
+def _renew(sim, sub_id):
+    """A new period starts at the end of the current one; its invoice is charged (unless collection is paused)."""
+    sub = sim.subscriptions[sub_id]
+    item = sub["items"]["data"][0]
+    start = item["current_period_end"]
+    item.update(current_period_start=start, current_period_end=start + _interval_seconds(item["price"]))
+    reason = "subscription_cycle"
+    if sub["status"] == "trialing":
+        card = card_of(sim, sub["customer"])
+        if card == "none":  # trial_settings.end_behavior.missing_payment_method = "pause"
+            before_status = sub["status"]
+            sub["status"] = "paused"
+            sub["_version"] += 1
+            return before_status, None
+        sub["status"] = "active"
+    sub["_version"] += 1
+    inv = _invoice(sim, sub_id, reason, _amount(sub), start, item["current_period_end"])
+    if sub["pause_collection"]:
+        inv.update(status="void")
+        inv["status_transitions"]["voided_at"] = sim.now()
+        sim.emit("invoice.voided", objects.public(inv))
+        return None, None
+    return None, inv
+
+
+def _settle(sim, sub_id, inv, failures):
+    """Charge `inv`; on failure move along the retry schedule, then to the account's after-retries status."""
+    sub = sim.subscriptions[sub_id]
+    if _charge(sim, inv, card_of(sim, sub["customer"])):
+        sub.update(status="active", _retry_at=None, _failures=0, _open_invoice=None)
+        return "updated"
+    sub["_failures"] = failures + 1
+    sub["_open_invoice"] = inv["id"]
+    if sub["_failures"] <= len(RETRY_DAYS):
+        sub.update(status="past_due", _retry_at=sim.now() + RETRY_DAYS[sub["_failures"] - 1] * 86400)
+        inv["next_payment_attempt"] = sub["_retry_at"]
+        return "updated"
+    sub["_retry_at"] = None
+    inv["next_payment_attempt"] = None
+    if sim.after_retries == "canceled":
+        sub.update(status="canceled", canceled_at=sim.now(), ended_at=sim.now())
+        sub["cancellation_details"] = {"comment": None, "feedback": None, "reason": "payment_failed"}
+        return "deleted"
+    sub["status"] = sim.after_retries
+    return "updated"
+
+
+def _step(sim, sub_id, what):
+    sub = sim.subscriptions[sub_id]
+    before = sim.subscription(sub_id)
+    if what == "cancel":
+        sub.update(status="canceled", ended_at=sim.now(), _version=sub["_version"] + 1)
+        sub["cancellation_details"] = dict(sub["cancellation_details"], reason="cancellation_requested")
+        sim.emit_subscription("customer.subscription.deleted", sub_id, before)
+        return
+    if what == "retry":
+        inv = sim.invoices[sub["_open_invoice"]]
+        kind = _settle(sim, sub_id, inv, sub.get("_failures", 0))
+    else:
+        paused_from, inv = _renew(sim, sub_id)
+        if paused_from:
+            sim.emit_subscription("customer.subscription.paused", sub_id, before)
+        kind = _settle(sim, sub_id, inv, 0) if inv else "updated"
+    sub["_version"] += 1
+    sim.emit_subscription(f"customer.subscription.{kind}", sub_id, before)
+
+
+def advance(sim, seconds):
+    """Move the account's clock `seconds` ahead, applying every scheduled change on the way in time order.
+    Returns the types of the events it queued."""
+    if seconds < 0:
+        raise invalid("A test clock can only move forward.", "seconds")
+    first = len(sim.outbox)
+    target = sim.now() + int(seconds)
+    for _ in range(10000):  # bounded: a daily price over a century is still fewer steps
+        pending = [(due[0], sub_id, due[1]) for sub_id, sub in sim.subscriptions.items() if (due := _due(sub))]
+        pending = [entry for entry in pending if entry[0] <= target]
+        if not pending:
+            break
+        when, sub_id, what = min(pending)
+        sim.clock_offset = max(sim.clock_offset, when - int(time.time()))
+        _step(sim, sub_id, what)
+    sim.clock_offset = target - int(time.time())
+    return [event["type"] for event in sim.outbox[first:]]

@@ -1,0 +1,43 @@
+"""Console pages of a sandbox project: the Sandbox badge on every page, and its clock page (SPEC 8)."""
+
+import pytest
+
+from tests.console_support import Console, seed, text
+from tests.test_console_pages import PAGES
+
+
+@pytest.fixture
+def console(http_client, base_url):
+    return Console(http_client, base_url)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_every_page_of_a_sandbox_project_says_sandbox_and_no_live_page_does(console, make_project):
+    sandbox = make_project(name="Demo", admin_email="demo@example.test", sandbox=True)
+    live = make_project(name="Live", admin_email="demo@example.test")
+    _, failed = seed(sandbox.project)
+    values = {"failed": failed.id, "key": sandbox.api_key.key_id}
+    await console.login("demo@example.test")
+    for suffix in PAGES + ["sandbox"]:
+        response = await console.get(f"/console/p/{sandbox.project.public_id}/" + suffix.format(**values))
+        assert response.code == 200, suffix
+        if response.headers["Content-Type"].startswith("text/html"):
+            assert 'class="badge badge-sandbox"' in text(response), suffix
+    for suffix in ("", "keys", "settings"):
+        response = await console.get(f"/console/p/{live.project.public_id}/{suffix}")
+        assert response.code == 200 and "badge-sandbox" not in text(response)
+    assert (await console.get(f"/console/p/{live.project.public_id}/sandbox")).code == 404
+    page = text(await console.get(f"/console/p/{sandbox.project.public_id}/sandbox"))
+    assert "Advance the clock" in page and "No subscriptions yet" in page
+    assert sandbox.api_key.api_key.startswith("pp_test_") and live.api_key.api_key.startswith("pp_live_")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_sandbox_projects_stripe_settings_cannot_be_replaced(console, make_project):
+    sandbox = make_project(name="Demo", admin_email="demo@example.test", sandbox=True)
+    await console.login("demo@example.test")
+    page = text(await console.get(f"/console/p/{sandbox.project.public_id}/settings"))
+    assert "built-in Stripe simulator" in page and 'name="stripe_secret_key"' not in page
+    response = await console.post(f"/console/p/{sandbox.project.public_id}/settings/stripe",
+                                  {"stripe_secret_key": "sk_live_" + "1" * 24, "confirm": "replace"})
+    assert response.code == 400 and "its keys cannot be changed" in text(response)
