@@ -23,7 +23,7 @@ from pulse.status import Status
 
 from console.base import make_jinja_env
 from console.static import StaticFiles
-from handlers import transport
+import web
 from handlers.base import NotFoundHandler, log_request
 from server import serve
 
@@ -71,9 +71,9 @@ class PulseApplication(tornado.web.Application):
         if self._open_requests is None:
             self._open_requests = set()
         self._open_requests.add(request)
-        https_url = transport.redirect_target(request, self.settings["config"])
+        https_url = web.redirect_target(request, self.settings["config"])
         if https_url:
-            return self.get_handler_delegate(request, transport.HttpsRedirectHandler, {"url": https_url})
+            return self.get_handler_delegate(request, web.HttpsRedirectHandler, {"url": https_url})
         return super().find_handler(request, **kwargs)
 
     def log_request(self, handler):
@@ -118,7 +118,7 @@ def make_app(config, **overrides):
         compress_response=False,
     )
     settings.update(overrides)
-    return PulseApplication(routes, transforms=[transport.hsts_transform(config)], **settings)
+    return PulseApplication(routes, transforms=[web.hsts_transform(config)], **settings)
 
 
 # ---------------------------------------------------------------- CLI

@@ -28,7 +28,7 @@ def _worker(make_app, config, sockets):
 
     async def main():
         app = make_app(config)
-        # No xheaders: Tornado would believe X-Real-Ip from anyone. handlers.transport.client_ip
+        # No xheaders: Tornado would believe X-Real-Ip from anyone. web.client_ip
         # reads the forwarding headers, and only from PULSE_TRUSTED_PROXIES.
         server = tornado.httpserver.HTTPServer(app, xheaders=False, **HTTP_SERVER_LIMITS)
         server.add_sockets(sockets)

@@ -9,7 +9,7 @@ import jinja2
 import tornado.web
 from markupsafe import Markup, escape
 
-from handlers import transport
+import web
 from pulse import projects, sessions
 from pulse.db import DatabaseUnavailable, block, isoformat, utcnow
 
@@ -105,11 +105,11 @@ class ConsoleHandler(tornado.web.RequestHandler):
     @property
     def client_ip(self):
         """The client's address (X-Forwarded-For only behind a trusted proxy): lockout and audit key."""
-        return transport.client_ip(self.request, self.config)[:64]
+        return web.client_ip(self.request, self.config)[:64]
 
     @property
     def over_https(self):
-        return transport.over_https(self.request, self.config)
+        return web.over_https(self.request, self.config)
 
     def get_current_user(self):
         raw = self.get_cookie(SESSION_COOKIE)

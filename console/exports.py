@@ -3,7 +3,7 @@
 import tornado.web
 
 from console.base import PID, ProjectHandler
-from handlers.export import stream
+from web import stream
 from pulse import export
 
 

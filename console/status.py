@@ -2,7 +2,7 @@
 
 from pulse import __version__
 from console.base import ConsoleHandler
-from handlers.health import database_ok
+from web import database_ok
 
 
 class StatusPageHandler(ConsoleHandler):

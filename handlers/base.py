@@ -14,7 +14,8 @@ from pulse import apikeys, idempotency
 from pulse.db import DatabaseUnavailable, block
 from pulse.logs import redact
 
-from handlers import limits, transport
+from handlers import limits
+import web
 
 log = logging.getLogger("pulse.api")
 
@@ -323,7 +324,7 @@ def log_request(handler):
         "path": path,
         "status": status,
         "duration_ms": round(handler.request.request_time() * 1000, 2),
-        "ip": transport.client_ip(handler.request, handler.settings["config"]) if "config" in handler.settings
+        "ip": web.client_ip(handler.request, handler.settings["config"]) if "config" in handler.settings
         else handler.request.remote_ip,
         "project": getattr(project, "public_id", None),
         "code": getattr(handler, "error_code", None),

@@ -1,9 +1,9 @@
 """GET /api/health: liveness and database reachability, no auth."""
 
 from pulse import __version__
-from pulse.db import DatabaseUnavailable, block
 
 from handlers.base import ApiHandler
+from web import database_ok
 
 
 def prefers_html(accept):
@@ -25,16 +25,6 @@ def prefers_html(accept):
         elif media in ("application/json", "application/*"):
             best["json"] = max(best["json"], quality)
     return best["html"] > 0 and best["html"] > best["json"]
-
-
-def database_ok():
-    """True when a trivial query succeeds."""
-    try:
-        with block() as db:
-            db.execute_sql("SELECT 1").fetchone()
-        return True
-    except DatabaseUnavailable:
-        return False
 
 
 class HealthHandler(ApiHandler):

@@ -2,7 +2,7 @@
 
 from pulse.ratelimit import address_bucket
 
-from handlers.transport import client_ip
+from web import client_ip
 
 # Stripe delivers webhooks in bursts from a handful of IPs: an anonymous per-IP limit would
 # refuse legitimate deliveries (Stripe then retries for days); signatures already gate them, and

@@ -5,7 +5,7 @@ from pulse.db import block
 from pulse.models import Project
 
 from handlers.base import ApiError, ApiHandler
-from handlers.transport import client_ip
+from web import client_ip
 
 
 class _WebhookHandler(ApiHandler):

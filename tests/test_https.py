@@ -3,7 +3,7 @@
 import pytest
 from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
 
-from handlers.transport import HSTS, client_ip, is_secure, redirect_target
+from web import HSTS, client_ip, is_secure, redirect_target
 from pulse.config import load_config
 
 PROXY_HTTP = {"X-Forwarded-Proto": "http", "X-Forwarded-For": "203.0.113.7"}
