@@ -32,8 +32,19 @@ def _pulse_deps(path):
 
 def test_the_domain_never_imports_the_web_layers():
     for path in PULSE:
-        web = [module for module, _ in _imports(path) if module.split(".")[0] in ("handlers", "console", "run")]
+        web = [module for module, _ in _imports(path)
+               if module.split(".")[0] in ("handlers", "console", "run", "web", "sandbox")]
         assert not web, f"pulse/{path.name} imports {web}: pulse/ is the domain, the web layers import it"
+
+
+def test_the_console_and_the_api_share_only_through_web_py():
+    """console/ never imports handlers/ (nor the reverse): what both need lives in web.py (design review 2.1)."""
+    for package, other in (("console", "handlers"), ("handlers", "console")):
+        for path in sorted((ROOT / package).glob("*.py")):
+            reach = [module for module, _ in _imports(path) if module.split(".")[0] == other]
+            assert not reach, f"{package}/{path.name} imports {reach}: share it through web.py"
+    for module, _ in _imports(ROOT / "web.py"):
+        assert module.split(".")[0] not in ("handlers", "console", "run"), module
 
 
 def test_the_stripe_readers_are_pure():
