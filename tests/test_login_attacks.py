@@ -1,0 +1,141 @@
+"""Sign-in under attack (security review H1, M2, L12): the real server, real HTTP, real concurrency.
+
+Checks are counted, not timed: each checked password of a real account leaves one audit row, and
+each attempt that reaches bcrypt leaves one login_failure row until it succeeds.
+"""
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from pulse import db
+from pulse.models import AuditLog, LoginFailure, User
+from tests.live_server import LiveServer
+
+EMAIL, REAL = "lock@l.test", "Correct-Horse-42"
+
+
+def checked_for(email):
+    """Passwords of `email`'s account that bcrypt has checked so far (audit rows)."""
+    with db.block():
+        user = User.get(User.email_key == email)
+        return (AuditLog.select().where(AuditLog.user == user,
+                                        AuditLog.action.in_(("console.sign_in_failed", "console.signed_in")))
+                .count())
+
+
+def client(base_url, connections, local_address=None):
+    transport = httpx.AsyncHTTPTransport(local_address=local_address) if local_address else None
+    return httpx.AsyncClient(base_url=base_url, timeout=120, transport=transport,
+                             limits=httpx.Limits(max_connections=connections))
+
+
+async def burst(base_url, attempts, local_address=None):
+    """POST every (email, password) of `attempts` at once from one client address -> status codes."""
+    async with client(base_url, len(attempts), local_address) as c:
+        await c.get("/console/login")
+        token = c.cookies["_xsrf"]
+        responses = await asyncio.gather(*[
+            c.post("/console/login", data={"email": email, "password": password, "_xsrf": token})
+            for email, password in attempts])
+    return [r.status_code for r in responses]
+
+
+@pytest.fixture
+def live(request, db_url):
+    """A server (`processes` from the test's parameter, default 1) with one admin: lock@l.test."""
+    processes = getattr(request, "param", 1)
+    server = LiveServer(db_url, processes=processes).start()
+    try:
+        server.create_project("Lock", admin_email=EMAIL, admin_password=REAL)
+        db.bind(db_url)
+        yield server
+    finally:
+        server.stop()
+        db.database.close()
+
+
+@pytest.mark.parametrize("live", [1, 2], indirect=True, ids=["1-process", "2-processes"])
+def test_sixty_simultaneous_guesses_check_at_most_five_passwords(live):
+    """H1: the review's burst, one address: 5 passwords checked, the real one (no. 45) refused."""
+    passwords = [REAL if i == 45 else f"guess-{i}" for i in range(60)]
+    codes = asyncio.run(burst(live.base_url, [(EMAIL, p) for p in passwords]))
+    assert 302 not in codes, codes  # the real password never signed in
+    assert codes[45] == 429
+    assert set(codes) <= {401, 429} and codes.count(429) >= 55, codes
+    assert checked_for(EMAIL) <= 5
+    with db.block():
+        assert LoginFailure.select().where(LoginFailure.email == EMAIL).count() == checked_for(EMAIL)
+    # Afterwards, too, the pair stays locked: even the right password is not checked.
+    assert asyncio.run(burst(live.base_url, [(EMAIL, REAL)])) == [429]
+    assert checked_for(EMAIL) <= 5
+
+
+@pytest.mark.parametrize("live", [2], indirect=True, ids=["2-processes"])
+def test_the_lock_holds_across_processes_for_case_and_width_variants(live):
+    """The count is per account key: `LOCK@L.TEST` and full-width forms share one budget."""
+    variants = [EMAIL, EMAIL.upper(), "ｌｏｃｋ@ｌ.ｔｅｓｔ", f"  {EMAIL} "]
+    codes = asyncio.run(burst(live.base_url, [(variants[i % 4], f"guess-{i}") for i in range(40)]))
+    assert codes.count(429) >= 35 and checked_for(EMAIL) <= 5, codes
+
+
+def test_a_flood_of_unknown_emails_from_one_address_is_cut_by_the_per_address_limit(live):
+    """M2: made-up emails each have their own lockout; the per-address limit (10/minute) stops them."""
+    codes = asyncio.run(burst(live.base_url, [(f"nobody{i}@x.test", "guess") for i in range(40)]))
+    assert codes.count(429) >= 30, codes
+    with db.block():
+        reached_bcrypt = LoginFailure.select().where(LoginFailure.email.startswith("nobody")).count()
+    assert reached_bcrypt <= 10
+    # Another address is not affected.
+    assert asyncio.run(burst(live.base_url, [(EMAIL, REAL)], local_address="127.0.0.2")) == [302]
+
+
+def test_a_real_admin_signs_in_within_seconds_during_a_flood_from_many_addresses(db_url):
+    """M2: unknown emails from 40 addresses at real bcrypt cost fill at most half the pool, refused fast."""
+    server = LiveServer(db_url, env={"PULSE_BCRYPT_ROUNDS": "10"}).start()
+    try:
+        server.create_project("Lock", admin_email=EMAIL, admin_password=REAL)
+
+        async def attack():
+            flood = [asyncio.ensure_future(burst(server.base_url, [(f"ghost{i}-{j}@x.test", "guess") for j in range(3)],
+                                                 local_address=f"127.0.0.{10 + i}")) for i in range(40)]
+            await asyncio.sleep(0.3)  # the flood is under way
+            started = time.monotonic()
+            admin = await burst(server.base_url, [(EMAIL, REAL)], local_address="127.0.0.2")
+            took = time.monotonic() - started
+            return admin, took, [code for codes in await asyncio.gather(*flood) for code in codes]
+
+        admin, took, flood = asyncio.run(attack())
+    finally:
+        server.stop()
+    assert admin == [302] and took < 10, (admin, took)
+    assert set(flood) <= {401, 503} and 503 in flood, sorted(set(flood))
+
+
+@pytest.mark.parametrize("live", [1, 2], indirect=True, ids=["1-process", "2-processes"])
+def test_a_stolen_session_cannot_guess_the_current_password(live):
+    """L12: /console/account's current-password check: 5 wrong answers, then 429 and the session ends."""
+    async def attack():
+        async with client(live.base_url, 12) as c:
+            await c.get("/console/login")
+            signed_in = await c.post("/console/login", data={"email": EMAIL, "password": REAL,
+                                                             "_xsrf": c.cookies["_xsrf"]})
+            assert signed_in.status_code == 302
+            token = c.cookies["_xsrf"]
+            responses = await asyncio.gather(*[
+                c.post("/console/account", data={"current_password": f"guess-{i}", "new_password": "x" * 12,
+                                                 "confirm_password": "x" * 12, "_xsrf": token})
+                for i in range(12)])
+            after = await c.get("/console/account")
+            return [r.status_code for r in responses], after
+
+    codes, after = asyncio.run(attack())
+    assert set(codes) <= {400, 403, 429} and codes.count(400) <= 4 and 429 in codes, codes
+    assert after.status_code == 302  # signed out
+    with db.block():
+        user = User.get(User.email_key == EMAIL)
+        checks = AuditLog.select().where(AuditLog.user == user,
+                                         AuditLog.action == "console.password_check_failed").count()
+    assert checks <= 5
