@@ -81,7 +81,7 @@ def test_identifiers_we_did_not_mint_compare_byte_for_byte(db_url):
     db.bind(db_url)
     exact = [("customer", "external_user_id"), ("customer", "stripe_customer_id"),
              ("subscription", "stripe_subscription_id"), ("webhook_event", "stripe_event_id"),
-             ("idempotency_record", "key")]
+             ("idempotency_record", "key"), ("user", "email_key")]
     with db.block():
         project = Project.create(public_id="proj_case", name="Case")
         Customer.create(project=project, external_user_id="cus-A", stripe_customer_id="cus_AbC")
