@@ -171,11 +171,6 @@ class BcryptPool:
         """hash_password off the loop, with a reserved place (signed-in users only)."""
         return await self.run(hash_password, password, reserved=True)
 
-    def shutdown(self):
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
-
 
 def generate_password():
     """A readable random password for a generated admin account."""

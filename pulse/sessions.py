@@ -138,11 +138,6 @@ def cancel_attempt(attempt_id):
     LoginFailure.delete().where(LoginFailure.id == attempt_id).execute()
 
 
-def record_failure(email, ip):
-    """Count a failed sign-in for email+IP after the fact (prefer begin_attempt, which counts first)."""
-    LoginFailure.create(email=normalize_email(email)[:254], ip=(ip or "")[:64], created_at=utcnow())
-
-
 def clear_failures(email, ip):
     """A successful sign-in forgets earlier failures from the same email+IP."""
     LoginFailure.delete().where(LoginFailure.email == normalize_email(email)[:254],

@@ -162,3 +162,31 @@ def test_a_stolen_session_cannot_guess_the_current_password(live):
         checks = AuditLog.select().where(AuditLog.user == user,
                                          AuditLog.action == "console.password_check_failed").count()
     assert checks <= 5, (codes, checks)
+
+
+def test_the_bcrypt_pool_is_bounded_and_keeps_room_for_real_accounts():
+    """Unknown emails fill half the places and are then refused at once; real accounts use the rest."""
+    import threading
+
+    from pulse.security import BcryptPool, PoolBusy
+
+    release = threading.Event()
+
+    async def scenario():
+        pool = BcryptPool(workers=1, capacity=4)
+        blocked = [asyncio.ensure_future(pool.run(release.wait, 10)) for _ in range(2)]  # unknown emails
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        with pytest.raises(PoolBusy):
+            await pool.run(release.wait, 10)
+        refused_in = time.monotonic() - started
+        reserved = [asyncio.ensure_future(pool.run(release.wait, 10, reserved=True)) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(PoolBusy):
+            await pool.run(release.wait, 10, reserved=True)
+        release.set()
+        results = await asyncio.gather(*blocked, *reserved)
+        return refused_in, results, pool.pending
+
+    refused_in, results, pending = asyncio.run(scenario())
+    assert refused_in < 0.05 and results == [True] * 4 and pending == 0
