@@ -50,7 +50,10 @@ async def burst_in_order(port, token, attempts):
     httpx's connects finish in any order, so its "60 at once" may serve any guess first; here
     the guesses leave in order while all are in flight, as in the review's set-up.
     """
-    connections = await asyncio.gather(*[asyncio.open_connection("127.0.0.1", port) for _ in attempts])
+    # Opened one after the other, then a pause so the server has accepted every one before any
+    # request arrives: it then reads them in the order the requests land, which is list order.
+    connections = [await asyncio.open_connection("127.0.0.1", port) for _ in attempts]
+    await asyncio.sleep(1.0)
     for (_, writer), (email, password) in zip(connections, attempts):
         body = urlencode({"email": email, "password": password, "_xsrf": token}).encode()
         writer.write(b"POST /console/login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
@@ -81,19 +84,30 @@ def live(request, db_url):
 
 @pytest.mark.parametrize("live", [1, 2], indirect=True, ids=["1-process", "2-processes"])
 def test_sixty_simultaneous_guesses_check_at_most_five_passwords(live):
-    """H1: the review's burst, one address: 5 passwords checked, the real one (no. 45) refused."""
+    """H1: 60 wrong guesses at once from one address, one process or two: 5 checked, 55 refused unchecked."""
+    token = "0123456789abcdef0123456789abcdef"
+    codes = asyncio.run(burst_in_order(live.port, token, [(EMAIL, f"guess-{i}") for i in range(60)]))
+    assert set(codes) <= {401, 429} and codes.count(429) >= 55, codes
+    assert checked_for(EMAIL) == 5
+    with db.block():
+        assert LoginFailure.select().where(LoginFailure.email == EMAIL).count() == 5
+    # The pair stays locked: now the right password is refused without being checked.
+    assert asyncio.run(burst(live.base_url, [(EMAIL, REAL)])) == [429]
+    assert checked_for(EMAIL) == 5
+
+
+def test_the_reviews_burst_refuses_the_real_password_sent_46th(live):
+    """H1 exactly as reported: the real password is guess no. 45 of 60 sent at once, and is refused.
+
+    One process serves the connections in the order they were opened. (With two, either process may
+    serve its share first, so "46th" has no meaning there; the test above covers two processes.)
+    """
     passwords = [REAL if i == 45 else f"guess-{i}" for i in range(60)]
     token = "0123456789abcdef0123456789abcdef"
     codes = asyncio.run(burst_in_order(live.port, token, [(EMAIL, p) for p in passwords]))
-    assert 302 not in codes, codes  # the real password never signed in
-    assert codes[45] == 429
-    assert set(codes) <= {401, 429} and codes.count(429) >= 55, codes
-    assert checked_for(EMAIL) <= 5
-    with db.block():
-        assert LoginFailure.select().where(LoginFailure.email == EMAIL).count() == checked_for(EMAIL)
-    # Afterwards, too, the pair stays locked: even the right password is not checked.
-    assert asyncio.run(burst(live.base_url, [(EMAIL, REAL)])) == [429]
-    assert checked_for(EMAIL) <= 5
+    seen = ([(i, c) for i, c in enumerate(codes) if c != 429], checked_for(EMAIL))
+    assert 302 not in codes and codes[45] == 429, seen  # the real password never signed in
+    assert set(codes) <= {401, 429} and codes.count(429) >= 55 and checked_for(EMAIL) <= 5, seen
 
 
 @pytest.mark.parametrize("live", [2], indirect=True, ids=["2-processes"])
