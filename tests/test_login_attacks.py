@@ -63,6 +63,7 @@ async def burst_in_order(port, token, attempts):
     async def status(reader, writer):
         line = await reader.readline()
         writer.close()
+        await writer.wait_closed()
         return int(line.split()[1])
 
     return await asyncio.gather(*[status(reader, writer) for reader, writer in connections])
