@@ -144,22 +144,27 @@ class BcryptPool:
     Call `run` from the event loop only: the count is not shared between threads.
     """
 
+    # One set of threads per process and size, shared by every app built in it (tests build many);
+    # keyed by pid as well, so a forked worker starts threads of its own.
+    _executors = {}
+
     def __init__(self, workers=None, capacity=None):
         self.workers = workers or max(1, min(4, os.cpu_count() or 1))
         self.capacity = capacity or self.workers * 4
         self.pending = 0
-        self._executor = None
 
     async def run(self, fn, *args, reserved=False):
         """`fn(*args)` on a pool thread; raises PoolBusy at once when the pool is full for this kind."""
         limit = self.capacity if reserved else max(1, self.capacity // 2)
         if self.pending >= limit:
             raise PoolBusy()
-        if self._executor is None:  # made on first use, so a forked worker starts its own threads
-            self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="bcrypt")
+        key = (os.getpid(), self.workers)
+        executor = self._executors.get(key)
+        if executor is None:
+            executor = self._executors[key] = ThreadPoolExecutor(self.workers, thread_name_prefix="bcrypt")
         self.pending += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+            return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
         finally:
             self.pending -= 1
 
