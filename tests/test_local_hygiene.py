@@ -12,6 +12,7 @@ import pytest
 from pulse import projects
 from tests.console_support import Console, text
 from tests.live_server import ROOT, LiveServer
+from tests.test_login_attacks import run_async
 
 
 def run_cli(env, *args, stdin=""):
@@ -80,8 +81,6 @@ def test_cli_secrets_from_stdin_and_the_environment_stay_out_of_argv(tmp_path, e
     created = json.loads(out)
     server = LiveServer(env["PULSE_DATABASE_URL"], env=env).start()
     try:
-        import asyncio
-
         import tornado.httpclient
 
         async def sign_in():
@@ -90,7 +89,7 @@ def test_cli_secrets_from_stdin_and_the_environment_stay_out_of_argv(tmp_path, e
                 return await Console(client, server.base_url).login("quiet@x.test", password)
             finally:
                 client.close()
-        assert asyncio.run(sign_in()).code == 302  # the stdin password is the account's
+        assert run_async(sign_in()).code == 302  # the stdin password is the account's
         status, _, body = server.request("GET", f"/api/subscription?external_user_id=x",
                                          headers={"X-API-Key": created["api_key"]})
         assert status == 404, body

@@ -18,6 +18,19 @@ from tests.live_server import LiveServer
 EMAIL, REAL = "lock@l.test", "Correct-Horse-42"
 
 
+def run_async(coroutine):
+    """Run `coroutine` on a loop of its own, leaving the thread's current event loop alone.
+
+    (asyncio.run() would unset it, and a loop another test left current would be finalised by
+    the garbage collector at some random later point, unclosed.)
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coroutine)
+    finally:
+        loop.close()
+
+
 def checked_for(email):
     """Passwords of `email`'s account that bcrypt has checked so far (audit rows)."""
     with db.block():
@@ -87,13 +100,13 @@ def live(request, db_url):
 def test_sixty_simultaneous_guesses_check_at_most_five_passwords(live):
     """H1: 60 wrong guesses at once from one address, one process or two: 5 checked, 55 refused unchecked."""
     token = "0123456789abcdef0123456789abcdef"
-    codes = asyncio.run(burst_in_order(live.port, token, [(EMAIL, f"guess-{i}") for i in range(60)]))
+    codes = run_async(burst_in_order(live.port, token, [(EMAIL, f"guess-{i}") for i in range(60)]))
     assert set(codes) <= {401, 429} and codes.count(429) >= 55, codes
     assert checked_for(EMAIL) == 5
     with db.block():
         assert LoginFailure.select().where(LoginFailure.email == EMAIL).count() == 5
     # The pair stays locked: now the right password is refused without being checked.
-    assert asyncio.run(burst(live.base_url, [(EMAIL, REAL)])) == [429]
+    assert run_async(burst(live.base_url, [(EMAIL, REAL)])) == [429]
     assert checked_for(EMAIL) == 5
 
 
@@ -105,7 +118,7 @@ def test_the_reviews_burst_refuses_the_real_password_sent_46th(live):
     """
     passwords = [REAL if i == 45 else f"guess-{i}" for i in range(60)]
     token = "0123456789abcdef0123456789abcdef"
-    codes = asyncio.run(burst_in_order(live.port, token, [(EMAIL, p) for p in passwords]))
+    codes = run_async(burst_in_order(live.port, token, [(EMAIL, p) for p in passwords]))
     seen = ([(i, c) for i, c in enumerate(codes) if c != 429], checked_for(EMAIL))
     assert 302 not in codes and codes[45] == 429, seen  # the real password never signed in
     assert set(codes) <= {401, 429} and codes.count(429) >= 55 and checked_for(EMAIL) <= 5, seen
@@ -115,19 +128,19 @@ def test_the_reviews_burst_refuses_the_real_password_sent_46th(live):
 def test_the_lock_holds_across_processes_for_case_and_width_variants(live):
     """The count is per account key: `LOCK@L.TEST` and full-width forms share one budget."""
     variants = [EMAIL, EMAIL.upper(), "ｌｏｃｋ@ｌ.ｔｅｓｔ", f"  {EMAIL} "]
-    codes = asyncio.run(burst(live.base_url, [(variants[i % 4], f"guess-{i}") for i in range(40)]))
+    codes = run_async(burst(live.base_url, [(variants[i % 4], f"guess-{i}") for i in range(40)]))
     assert codes.count(429) >= 35 and checked_for(EMAIL) <= 5, codes
 
 
 def test_a_flood_of_unknown_emails_from_one_address_is_cut_by_the_per_address_limit(live):
     """M2: made-up emails each have their own lockout; the per-address limit (10/minute) stops them."""
-    codes = asyncio.run(burst(live.base_url, [(f"nobody{i}@x.test", "guess") for i in range(40)]))
+    codes = run_async(burst(live.base_url, [(f"nobody{i}@x.test", "guess") for i in range(40)]))
     assert codes.count(429) >= 30, codes
     with db.block():
         reached_bcrypt = LoginFailure.select().where(LoginFailure.email.startswith("nobody")).count()
     assert reached_bcrypt <= 10
     # Another address is not affected.
-    assert asyncio.run(burst(live.base_url, [(EMAIL, REAL)], local_address="127.0.0.2")) == [302]
+    assert run_async(burst(live.base_url, [(EMAIL, REAL)], local_address="127.0.0.2")) == [302]
 
 
 def test_a_real_admin_signs_in_within_seconds_during_a_flood_from_many_addresses(db_url):
@@ -145,7 +158,7 @@ def test_a_real_admin_signs_in_within_seconds_during_a_flood_from_many_addresses
             took = time.monotonic() - started
             return admin, took, [code for codes in await asyncio.gather(*flood) for code in codes]
 
-        admin, took, flood = asyncio.run(attack())
+        admin, took, flood = run_async(attack())
     finally:
         server.stop()
     summary = (admin, round(took, 2), {code: flood.count(code) for code in set(flood)})
@@ -170,7 +183,7 @@ def test_a_stolen_session_cannot_guess_the_current_password(live):
             after = await c.get("/console/account")
             return [r.status_code for r in responses], after
 
-    codes, after = asyncio.run(attack())
+    codes, after = run_async(attack())
     assert set(codes) <= {400, 403, 429} and codes.count(400) <= 4 and 429 in codes, codes
     assert after.status_code == 302, (codes, after.status_code)  # signed out
     with db.block():
@@ -204,5 +217,5 @@ def test_the_bcrypt_pool_is_bounded_and_keeps_room_for_real_accounts():
         results = await asyncio.gather(*blocked, *reserved)
         return refused_in, results, pool.pending
 
-    refused_in, results, pending = asyncio.run(scenario())
+    refused_in, results, pending = run_async(scenario())
     assert refused_in < 0.05 and results == [True] * 4 and pending == 0
