@@ -6,6 +6,8 @@ import hashlib
 import hmac
 import importlib
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -115,6 +117,7 @@ def make_app(config, **overrides):
         default_handler_class=NotFoundHandler,
         log_function=log_request,
         rate_limiter=make_limiter(config),
+        bcrypt_pool=security.BcryptPool(),
         compress_response=False,
     )
     settings.update(overrides)
@@ -164,12 +167,13 @@ def build_parser():
     migrate_cmd = sub.add_parser("migrate", help="apply pending schema migrations")
     migrate_cmd.add_argument("--json", action="store_true")
 
+    secret_help = "a literal value is visible in `ps`: prefer `-` (read a line from stdin) or env:NAME"
     project = sub.add_parser("create-project", help="create a project, its admin and first API key")
     project.add_argument("name")
     project.add_argument("--admin-email", help=f"required, except with --sandbox (default {SANDBOX_ADMIN})")
-    project.add_argument("--admin-password")
-    project.add_argument("--stripe-secret-key")
-    project.add_argument("--stripe-webhook-secret")
+    project.add_argument("--admin-password", help=secret_help)
+    project.add_argument("--stripe-secret-key", help=secret_help)
+    project.add_argument("--stripe-webhook-secret", help=secret_help)
     project.add_argument("--sandbox", action="store_true",
                          help="use the built-in Stripe simulator (offline; keys read pp_test_…)")
     project.add_argument("--json", action="store_true")
@@ -181,8 +185,8 @@ def build_parser():
 
     stripe_cmd = sub.add_parser("set-stripe", help="store a project's Stripe secret key / webhook secret")
     stripe_cmd.add_argument("project_id")
-    stripe_cmd.add_argument("--secret-key")
-    stripe_cmd.add_argument("--webhook-secret")
+    stripe_cmd.add_argument("--secret-key", help=secret_help)
+    stripe_cmd.add_argument("--webhook-secret", help=secret_help)
     stripe_cmd.add_argument("--json", action="store_true")
 
     sync = sub.add_parser("sync-stripe", help="re-read a project's subscriptions from Stripe (missed webhooks)")
@@ -199,9 +203,28 @@ def _emit(args, data, lines):
             print(line)
 
 
-def _valid_email(email):
-    local, _, domain = email.partition("@")
-    return bool(local) and "." in domain and " " not in email and len(email) <= 254
+def read_secrets(args, options, stdin=None, environ=None):
+    """Resolve secret options in place: `-` reads the next line of stdin, `env:NAME` a variable.
+
+    Secrets given this way stay out of argv, which every local user can read with `ps` (L9).
+    Several `-` options read one line each, in the order of `options`.
+    """
+    stdin = sys.stdin if stdin is None else stdin
+    environ = os.environ if environ is None else environ
+    for option in options:
+        value = getattr(args, option)
+        flag = "--" + option.replace("_", "-")
+        if value == "-":
+            line = stdin.readline()
+            if not line:
+                raise CliError(f"{flag} -: no line to read on stdin", status=2)
+            value = line.rstrip("\r\n")
+        elif value is not None and value.startswith("env:"):
+            name = value[4:]
+            if not environ.get(name):
+                raise CliError(f"{flag} {value}: the variable {name} is not set", status=2)
+            value = environ[name]
+        setattr(args, option, value)
 
 
 def cmd_migrate(config, args):
@@ -216,13 +239,17 @@ def cmd_create_project(config, args):
         if not args.sandbox:
             raise CliError("the following arguments are required: --admin-email", status=2)
         args.admin_email = SANDBOX_ADMIN
-    if not _valid_email(projects.normalize_email(args.admin_email)):
-        raise CliError(f"invalid --admin-email {args.admin_email!r}", status=2)
-    if args.admin_password is not None and len(args.admin_password) < 8:
-        raise CliError("--admin-password must be at least 8 characters", status=2)
-    if args.admin_password is not None and len(args.admin_password.encode("utf-8")) > 72:
-        # bcrypt 5 refuses longer passwords (older versions silently truncated them).
-        raise CliError("--admin-password must be at most 72 bytes", status=2)
+    try:
+        projects.validate_admin_email(args.admin_email)
+    except projects.Refused:
+        raise CliError(f"invalid --admin-email {args.admin_email!r}", status=2) from None
+    read_secrets(args, ("admin_password", "stripe_secret_key", "stripe_webhook_secret"))
+    try:
+        if args.admin_password is not None:
+            projects.validate_admin_password(args.admin_password, "--admin-password")
+        projects.validate_stripe_secrets(args.stripe_secret_key, args.stripe_webhook_secret)
+    except projects.Refused as exc:
+        raise CliError(str(exc).rstrip("."), status=2) from None
     try:
         with db.block():
             created = projects.create_project(
@@ -231,6 +258,8 @@ def cmd_create_project(config, args):
                 stripe_webhook_secret=args.stripe_webhook_secret, sandbox=args.sandbox)
     except projects.SandboxRule as exc:
         raise CliError(str(exc), status=2) from None
+    except projects.Refused as exc:
+        raise CliError(str(exc).rstrip("."), status=2) from None
     data = {"project_id": created.project.public_id, "name": created.project.name,
             "api_key": created.api_key.api_key, "admin_email": created.admin.email,
             "webhook_path": f"/api/webhook/{created.project.public_id}", "sandbox": created.project.sandbox}
@@ -268,17 +297,17 @@ def cmd_create_api_key(config, args):
 def cmd_set_stripe(config, args):
     if args.secret_key is None and args.webhook_secret is None:
         raise CliError("give --secret-key and/or --webhook-secret", status=2)
-    if args.secret_key is not None and not args.secret_key.startswith(("sk_", "rk_")):
-        raise CliError("--secret-key must be a Stripe secret key (sk_… or rk_…)", status=2)
-    if args.webhook_secret is not None and not args.webhook_secret.startswith("whsec_"):
-        raise CliError("--webhook-secret must be a Stripe signing secret (whsec_…)", status=2)
+    read_secrets(args, ("secret_key", "webhook_secret"))
     try:
+        projects.validate_stripe_secrets(args.secret_key, args.webhook_secret)
         with db.block():
             project = _project(args.project_id)
             changed = projects.set_stripe(project, SecretBox(config.secret_key), secret_key=args.secret_key,
                                           webhook_secret=args.webhook_secret)
     except projects.SandboxRule as exc:
         raise CliError(str(exc), status=2) from None
+    except projects.Refused as exc:
+        raise CliError(str(exc).rstrip("."), status=2) from None
     _emit(args, {"project_id": project.public_id, "updated": changed},
           [f"{name} set to {masked}" for name, masked in changed.items()])
 

@@ -2,21 +2,30 @@
 
 import logging
 
-from tornado.ioloop import IOLoop
+import tornado.web
 
-from console.base import SESSION_COOKIE, ConsoleHandler, SignedInHandler, safe_next
+from console.base import ConsoleHandler, SignedInHandler, safe_next
 from pulse import projects, security, sessions
+from pulse.config import RateLimit
 from pulse.db import block
 
 log = logging.getLogger("pulse.console")
 
 FAILED = "Incorrect email or password."
 LOCKED = "Too many failed sign-ins. Try again in 15 minutes."
+BUSY = "Too many sign-ins are being checked right now. Try again in a few seconds."
+# Sign-in attempts per client address, whatever the email (M2): on top of the per-email lockout,
+# so one address cannot keep bcrypt busy with made-up emails. People sign in a few times a day.
+LOGIN_RATE = RateLimit(10, 60)
+BUSY_RETRY_AFTER = 5
 
 
-async def check_off_loop(password, hashed):
-    """bcrypt is slow on purpose: run it in the default executor, never on the event loop."""
-    return await IOLoop.current().run_in_executor(None, security.check_password, password, hashed)
+async def check_password(handler, password, hashed, reserved):
+    """bcrypt on the app's bounded pool, never on the event loop; None when the pool is full."""
+    try:
+        return await handler.settings["bcrypt_pool"].check(password, hashed, reserved=reserved)
+    except security.PoolBusy:
+        return None
 
 
 class LoginHandler(ConsoleHandler):
@@ -31,26 +40,41 @@ class LoginHandler(ConsoleHandler):
         password = self.get_body_argument("password", "")
         target = safe_next(self.get_body_argument("next", ""))
         ip = self.client_ip
+
+        def page(status, error):
+            self.render_page("login.html", status=status, email=email, error=error, next=target)
+
+        decision = await self.settings["rate_limiter"].hit("console-login:" + ip, LOGIN_RATE)
+        if not decision.allowed:
+            self.set_header("Retry-After", str(decision.retry_after))
+            page(429, f"Too many sign-in attempts from your address. Try again in {decision.retry_after} s.")
+            return
         with block():
-            locked = sessions.locked_until(email, ip) is not None
-            user = None if locked else sessions.find_user(email)
-        if locked:
-            self.render_page("login.html", status=429, email=email, error=LOCKED, next=target)
+            # Counted before bcrypt runs: concurrent guesses cannot get past the 5-failure lock (H1).
+            attempt = sessions.begin_attempt(email, ip)
+            user = None if attempt is None else sessions.find_user(email)
+        if attempt is None:
+            page(429, LOCKED)
             return
         # Unknown emails are checked against a dummy hash so the answer takes as long.
-        ok = await check_off_loop(password, user.password_hash if user else security.dummy_password_hash())
+        ok = await check_password(self, password, user.password_hash if user else security.dummy_password_hash(),
+                                  reserved=user is not None)
+        if ok is None:
+            with block():
+                sessions.cancel_attempt(attempt)
+            self.set_header("Retry-After", str(BUSY_RETRY_AFTER))
+            page(503, BUSY)
+            return
         if not ok or user is None:
             with block():
-                sessions.record_failure(email, ip)
                 locked = sessions.locked_until(email, ip) is not None
                 if user is not None:
                     projects.audit("console.sign_in_failed", user=user, ip=ip)
             log.info("console sign-in failed")
-            self.render_page("login.html", status=429 if locked else 401, email=email,
-                             error=LOCKED if locked else FAILED, next=target)
+            page(429 if locked else 401, LOCKED if locked else FAILED)
             return
         with block():
-            sessions.clear_failures(email, ip)
+            sessions.finish_attempt(email, ip, ok=True)
             projects.audit("console.signed_in", user=user, ip=ip)
         self.end_session()  # a session cookie from before never carries over into this sign-in
         self.start_session(user)
@@ -76,19 +100,54 @@ class AccountHandler(SignedInHandler):
         new = self.get_body_argument("new_password", "")
         confirm = self.get_body_argument("confirm_password", "")
         user = self.current_user
-        if not await check_off_loop(current, user.password_hash):
-            self.render_page("account.html", status=400, error="The current password is not correct.")
+        # The current-password check is a password oracle for whoever holds a session: it gets the
+        # sign-in lockout too, per account (any address), and a locked check ends this session.
+        scope_key = user.email_key or user.email
+        with block():
+            attempt = sessions.begin_attempt(scope_key, sessions.ACCOUNT_SCOPE)
+        if attempt is None:
+            self._lock_out(user)
             return
+        ok = await check_password(self, current, user.password_hash, reserved=True)
+        if ok is None:
+            with block():
+                sessions.cancel_attempt(attempt)
+            self.set_header("Retry-After", str(BUSY_RETRY_AFTER))
+            self.render_page("account.html", status=503, error=BUSY)
+            return
+        if not ok:
+            with block():
+                locked = sessions.locked_until(scope_key, sessions.ACCOUNT_SCOPE) is not None
+                projects.audit("console.password_check_failed", user=user, ip=self.client_ip)
+            if locked:
+                self._lock_out(user)
+            else:
+                self.render_page("account.html", status=400, error="The current password is not correct.")
+            return
+        with block():
+            sessions.finish_attempt(scope_key, sessions.ACCOUNT_SCOPE, ok=True)
         problem = sessions.password_problem(new, confirm)
         if problem:
             self.render_page("account.html", status=400, error=problem)
             return
-        new_hash = await IOLoop.current().run_in_executor(None, security.hash_password, new)
+        try:
+            new_hash = await self.settings["bcrypt_pool"].hash(new)
+        except security.PoolBusy:
+            self.set_header("Retry-After", str(BUSY_RETRY_AFTER))
+            self.render_page("account.html", status=503, error=BUSY)
+            return
         with block():
             sessions.set_password(user, new_hash)
             projects.audit("console.password_changed", user=user, ip=self.client_ip)
-        self.clear_cookie(SESSION_COOKIE, path="/")
+        self.end_session()
         self.redirect("/console/login?notice=password_changed")
+
+    def _lock_out(self, user):
+        with block():
+            projects.audit("console.password_check_locked", user=user, ip=self.client_ip)
+        self.end_session()
+        raise tornado.web.HTTPError(429, reason="Too many wrong current passwords: you are signed out, and "
+                                                "the password can be changed again in 15 minutes.")
 
 
 class IndexHandler(SignedInHandler):

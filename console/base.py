@@ -1,9 +1,14 @@
 """ConsoleHandler: the one base of every HTML page (templates, security headers, error pages)."""
 
+import binascii
+import hashlib
+import hmac
 import logging
+import os
+import time
 import traceback
 from datetime import datetime
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import jinja2
 import tornado.web
@@ -26,6 +31,7 @@ ERROR_TITLES = {
 
 
 SESSION_COOKIE = "pulse_session"
+XSRF_COOKIE = "_xsrf"
 # Flash messages are chosen by key from this table, so a URL cannot inject text into a page.
 NOTICES = {
     "key_revoked": "The API key was revoked.",
@@ -89,6 +95,18 @@ def safe_next(target, default="/console/"):
 MAX_ID = 2 ** 63 - 1
 
 
+def customer_path(project_public_id, external_user_id):
+    """The console URL of a customer page, for any external id (L12).
+
+    Ids are percent-encoded whole (`/`, `\\`, `?`, `#`, `%` included). Browsers collapse the
+    segments `.` and `..` (encoded or not), so those two ids go in the query: `…/customers/?id=..`.
+    """
+    base = f"/console/p/{project_public_id}/customers/"
+    if external_user_id in (".", ".."):
+        return base + "?" + urlencode({"id": external_user_id})
+    return base + quote(external_user_id, safe="")
+
+
 class ConsoleHandler(tornado.web.RequestHandler):
     """Base of the HTML console and public pages; set `login_required` for signed-in pages."""
 
@@ -126,13 +144,54 @@ class ConsoleHandler(tornado.web.RequestHandler):
             raise tornado.web.HTTPError(403, reason="Your session has ended. Sign in again.")
 
     def start_session(self, user):
-        """Sign `user` in on this browser with a fresh server-side session."""
+        """Sign `user` in on this browser with a fresh server-side session (and a new XSRF token)."""
         with block():
             raw = sessions.create_session(user, ip=self.client_ip,
                                           user_agent=self.request.headers.get("User-Agent", ""))
         self.set_cookie(SESSION_COOKIE, raw, path="/", httponly=True, samesite="Lax",
                         secure=self.over_https,
                         expires_days=sessions.ABSOLUTE_LIFETIME.total_seconds() / 86400)
+        self._new_session = raw
+        for cached in ("_raw_xsrf_token", "_xsrf_token"):
+            self.__dict__.pop(cached, None)
+        self._set_xsrf_cookie(self.xsrf_token)  # rotated at sign-in: a planted _xsrf is worth nothing now
+
+    # XSRF (L11). Signed in, the token is an HMAC of the session token: it changes at every sign-in,
+    # and a cookie planted over plain HTTP or from a sibling domain cannot match it. Signed out (the
+    # login form), Tornado's double-submit cookie, made Secure over HTTPS.
+
+    def _session_xsrf_token(self):
+        raw = getattr(self, "_new_session", None)
+        if raw is None:
+            raw = self.get_cookie(SESSION_COOKIE) if self.current_user is not None else None
+        if not raw:
+            return None
+        key = ("xsrf-session:" + str(self.settings["cookie_secret"])).encode()
+        return hmac.new(key, raw.encode(), hashlib.sha256).digest()[:16]
+
+    def _get_raw_xsrf_token(self):
+        if not hasattr(self, "_raw_xsrf_token"):
+            bound = self._session_xsrf_token()
+            if bound is None:
+                return super()._get_raw_xsrf_token()
+            self._raw_xsrf_token = (2, bound, time.time())
+        return self._raw_xsrf_token
+
+    @property
+    def xsrf_token(self):
+        """A masked (v2) token for forms; sets the _xsrf cookie when the token is new."""
+        if not hasattr(self, "_xsrf_token"):
+            version, token, timestamp = self._get_raw_xsrf_token()
+            mask = os.urandom(4)
+            masked = bytes(b ^ mask[i % 4] for i, b in enumerate(token))
+            self._xsrf_token = b"|".join([b"2", binascii.b2a_hex(mask), binascii.b2a_hex(masked),
+                                          str(int(timestamp)).encode()])
+            if version is None:
+                self._set_xsrf_cookie(self._xsrf_token)
+        return self._xsrf_token
+
+    def _set_xsrf_cookie(self, value):
+        self.set_cookie(XSRF_COOKIE, value, path="/", httponly=True, samesite="Lax", secure=self.over_https)
 
     def end_session(self):
         raw = self.get_cookie(SESSION_COOKIE)
@@ -169,7 +228,8 @@ class ConsoleHandler(tornado.web.RequestHandler):
         return {"request": self.request, "xsrf_form_html": self.xsrf_form_html,
                 "static_url": self.static_url, "current_user": user,
                 "nav_projects": nav or [], "project": getattr(self, "project", None),
-                "section": getattr(self, "section", ""), "notice": notice, "iso": isoformat}
+                "section": getattr(self, "section", ""), "notice": notice, "iso": isoformat,
+                "customer_path": customer_path}
 
     def render_page(self, name, status=200, **context):
         template = self.settings["jinja_env"].get_template(name)

@@ -26,7 +26,11 @@ class CustomersHandler(ProjectHandler):
 class CustomerHandler(ProjectHandler):
     section = "customers"
 
-    def get(self, project_id, external_user_id):
+    def get(self, project_id, external_user_id=None):
+        if external_user_id is None:  # …/customers/?id=…: ids a browser would not keep in a path
+            external_user_id = self.get_query_argument("id", None, strip=False)
+            if not external_user_id:
+                raise tornado.web.HTTPError(404, reason="No customer with that external id in this project.")
         with block():
             customer = insights.customer_by_external_id(self.project, external_user_id)
             if customer is None:
@@ -44,4 +48,5 @@ class CustomerHandler(ProjectHandler):
 default_handlers = [
     (PID + r"/customers", CustomersHandler),
     (PID + r"/customers/([^/]+)", CustomerHandler),
+    (PID + r"/customers/", CustomerHandler),
 ]

@@ -41,11 +41,10 @@ class StripeSettingsHandler(SettingsPage):
         if not secret and not webhook:
             self.show(status=400, error="Enter a new secret key or webhook secret (empty fields are left unchanged).")
             return
-        if secret and not secret.startswith(("sk_", "rk_")):
-            self.show(status=400, error="The secret key must be a Stripe secret key (sk_… or rk_…).")
-            return
-        if webhook and not webhook.startswith("whsec_"):
-            self.show(status=400, error="The webhook secret must be a Stripe signing secret (whsec_…).")
+        try:
+            projects.validate_stripe_secrets(secret or None, webhook or None)
+        except projects.Refused as exc:
+            self.show(status=400, error=str(exc))
             return
         replacing = [name for name, new, stored in (("secret key", secret, self.project.stripe_secret_key),
                                                      ("webhook signing secret", webhook,

@@ -2,7 +2,7 @@
 
 import functools
 
-from pulse import __version__, idempotency, plans, status
+from pulse import __version__, emails, idempotency, plans, status
 from pulse.outcomes import Outcome
 
 from handlers.base import ApiHandler
@@ -16,9 +16,7 @@ EXTERNAL_USER_ID = {"type": "string", "minLength": 1, "maxLength": 255, "pattern
 HTTP_URL = {"type": "string", "maxLength": 2048,
             "pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(:[0-9]{1,5})?([/?#][^\s\x00-\x1f\x7f-\x9f]*)?$",
             "description": "An absolute http(s) URL."}
-_EMAIL_PART = r"[^@\s\x00-\x1f\x7f-\x9f]"
-EMAIL = {"type": "string", "maxLength": 254,
-         "pattern": rf"^{_EMAIL_PART}+@{_EMAIL_PART}+\.[^@\s.\x00-\x1f\x7f-\x9f]+$"}
+EMAIL = {"type": "string", "maxLength": emails.MAX_LENGTH, "pattern": emails.EMAIL_PATTERN}
 
 # A price id, or a legacy plan id (plan_… or custom); Stripe judges whether it exists (400 on this field).
 STRIPE_PRICE_ID = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": r"^[^\s\x00-\x1f\x7f-\x9f]+$",

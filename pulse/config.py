@@ -152,6 +152,11 @@ def load_secret_key(env_value, database_url):
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            # As ssh does with a private key: a secret others can read is not a secret (L9).
+            raise ConfigError(f"{path} is readable by other users (mode {mode:04o}); "
+                              f"run: chmod 600 {path}") from None
         key = path.read_text().strip()
         if len(key) < 16:
             raise ConfigError(f"{path} is empty or too short; delete it or set PULSE_SECRET_KEY") from None

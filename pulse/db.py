@@ -4,6 +4,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 import logging
+import os
 import select
 import threading
 import time
@@ -61,6 +62,7 @@ def is_mysql(db: peewee.Database | None = None) -> bool:
 def open_database(url):
     """Open (lazily) the database at `url` with the settings we rely on."""
     if url.startswith("sqlite"):
+        _create_private(url)
         db = PulseSqliteDatabase(**parse(url), pragmas={
             "journal_mode": "wal",
             "busy_timeout": SQLITE_BUSY_TIMEOUT_MS,
@@ -76,6 +78,19 @@ def open_database(url):
         db = PulseMySQLDatabase(params.pop("database"), **params)
     db._pulse_last_used = 0.0
     return db
+
+
+def _create_private(url):
+    """Create a new SQLite file 0600: it holds emails, payloads and hashes (L9).
+
+    SQLite gives the -wal and -shm files the mode of the database file, so they are 0600 too.
+    An existing file keeps the mode its operator chose.
+    """
+    path = url.split("://", 1)[1][1:].split("?", 1)[0] if url.startswith("sqlite:///") else ""
+    if path in ("", ":memory:") or os.path.exists(path):
+        return
+    with contextlib.suppress(FileExistsError, FileNotFoundError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 class WriteGeneration:

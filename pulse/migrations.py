@@ -7,13 +7,16 @@ database to it, e.g. `migrate(migrator.add_column("customer", "name", field))`.
 """
 
 import contextlib
+import json
 import logging
+import unicodedata
 
 import peewee as pw
 from playhouse.migrate import MySQLMigrator, SqliteMigrator, migrate as run_operations
 
+from pulse import emails
 from pulse.db import database, is_mysql, utcnow
-from pulse.models import MODELS, CheckoutLease
+from pulse.models import MODELS, CheckoutLease, ExactCharField, User
 
 log = logging.getLogger("pulse.migrations")
 
@@ -57,6 +60,51 @@ def _plan_items_and_catalog(db, migrator):
     Subscription.update(plan_slug_fallback=Subscription.plan_slug).execute()
 
 
+def email_identity_plan(rows):
+    """For (id, email) rows: ({id: key} to set, [(id, email, key, reason)] to flag).
+
+    Per key (pulse.emails.key) the oldest account whose stored email is in plain form keeps it.
+    Flagged: the other accounts of that key, and every account stored in a full-width or other
+    compatibility form (how look-alikes were registered; on MySQL such an account may even hold
+    another person's projects, issue 11 M3). Flagged accounts keep their data but cannot sign in.
+    """
+    by_key = {}
+    for user_id, email in sorted(rows):
+        by_key.setdefault(emails.key(email), []).append((user_id, email))
+    keys, flagged = {}, []
+    for key, members in by_key.items():
+        plain = [(i, e) for i, e in members if unicodedata.normalize("NFKC", e.strip()) == e.strip()]
+        keeper = plain[0][0] if plain else None
+        for user_id, email in members:
+            if user_id == keeper:
+                keys[user_id] = key
+            elif (user_id, email) in plain:
+                flagged.append((user_id, email, key, f"another account (id {keeper}) has the same address"))
+            else:
+                flagged.append((user_id, email, key, "stored in full-width or compatibility characters"))
+    return keys, flagged
+
+
+def _email_identity(db, migrator):
+    # Accounts are keyed by the NFKC, case-folded email, compared byte for byte (issue 11 item 4).
+    run_operations(migrator.add_column("user", "email_key", ExactCharField(max_length=254, null=True)))
+    rows = list(User.select(User.id, User.email).tuples())
+    keys, flagged = email_identity_plan(rows)
+    audit = pw.Table("audit_log", ("actor", "action", "user_id", "created_at", "detail")).bind(db)
+    with db.atomic():
+        for user_id, key in keys.items():
+            User.update(email_key=key).where(User.id == user_id).execute()
+        for user_id, email, key, reason in flagged:
+            # Named in the log of `run.py migrate` and in the audit log, for the operator to resolve.
+            log.warning("migration 4: account %s (%r) cannot sign in until resolved: %s", user_id, email, reason)
+            # A plain table insert: the AuditLog model may have grown columns a later step adds.
+            audit.insert(actor="migration", action="user.email_flagged", user_id=user_id, created_at=utcnow(),
+                         detail=json.dumps({"user_id": user_id, "email": email, "email_key": key,
+                                            "reason": reason}, sort_keys=True)).execute()
+    run_operations(migrator.drop_index("user", "user_email"),
+                   migrator.add_index("user", ("email_key",), True))
+
+
 def _checkout_lease(db, migrator):
     db.create_tables([CheckoutLease], safe=True)
 
@@ -76,6 +124,7 @@ STEPS = [
     (1, "initial schema", _initial),
     (2, "stripe customer history and webhook ignore reasons", _customer_history),
     (3, "plan items, pause_collection, plan catalog", _plan_items_and_catalog),
+    (4, "console accounts keyed by normalised email", _email_identity),
     (5, "checkout lease: one checkout at a time per user", _checkout_lease),
     (9, "sandbox projects and their simulated Stripe", _sandbox_projects),
 ]

@@ -58,7 +58,10 @@ class Project(BaseModel):
 
 
 class User(BaseModel):
-    email = pw.CharField(max_length=254, unique=True)
+    email = pw.CharField(max_length=254)  # as shown; the identity is email_key
+    # pulse.emails.key(email), compared byte for byte. NULL marks an account the version-4 migration
+    # found to be a look-alike of another: it cannot sign in until an operator resolves it.
+    email_key = ExactCharField(max_length=254, unique=True, null=True)
     password_hash = pw.CharField(max_length=100)
     created_at = pw.DateTimeField(default=utcnow)
     password_changed_at = pw.DateTimeField(default=utcnow)

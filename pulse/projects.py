@@ -1,9 +1,11 @@
 """Projects, admin accounts, memberships, Stripe credentials and the audit log."""
 
 import json
+import re
+import unicodedata
 from dataclasses import dataclass
 
-from pulse import apikeys, security
+from pulse import apikeys, emails, security
 from pulse.db import database, utcnow
 from pulse.models import AuditLog, Membership, Project, User
 
@@ -18,6 +20,20 @@ class NotFound(LookupError):
     """No such project (or user)."""
 
 
+class Refused(ValueError):
+    """A value breaks one of the rules below; the message says which, for a person to read."""
+
+
+# One password rule for every way an admin password is set (CLI, console). bcrypt takes 72 bytes at
+# most (bcrypt 5 refuses more; older versions silently truncated).
+MIN_PASSWORD_LENGTH = 10
+MAX_PASSWORD_BYTES = 72
+# Stripe secret keys are `sk_live_…`/`sk_test_…` or restricted `rk_…`; signing secrets `whsec_…`.
+STRIPE_KEY_PREFIXES = ("sk_live_", "sk_test_", "rk_live_", "rk_test_")
+WEBHOOK_SECRET_PREFIX = "whsec_"
+_SECRET_CHARS = re.compile(r"[0-9A-Za-z_]{8,250}")
+
+
 @dataclass(frozen=True)
 class NewProject:
     project: Project
@@ -27,8 +43,50 @@ class NewProject:
 
 
 def normalize_email(email):
-    """Emails compare case-insensitively and without surrounding space."""
-    return (email or "").strip().lower()
+    """The identity key of an account's email: NFKC, trimmed, case-folded (pulse.emails.key)."""
+    return emails.key(email)
+
+
+def validate_admin_password(password, what="The password"):
+    """Raise Refused unless `password` has 10+ characters and at most 72 UTF-8 bytes (bcrypt's limit)."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise Refused(f"{what} must be at least {MIN_PASSWORD_LENGTH} characters.")
+    if len(password.encode("utf-8")) > MAX_PASSWORD_BYTES:
+        raise Refused(f"{what} must be at most {MAX_PASSWORD_BYTES} bytes.")
+
+
+def validate_stripe_secrets(secret_key=None, webhook_secret=None):
+    """Raise Refused unless each given value has the shape of a Stripe secret key / signing secret.
+
+    Only the shape is checked (prefix, then letters, digits and `_`): whether Stripe accepts the key
+    is the console's "check connection". None means "not given" and passes.
+    """
+    if secret_key is not None and not (secret_key.startswith(STRIPE_KEY_PREFIXES)
+                                       and _SECRET_CHARS.fullmatch(secret_key)):
+        raise Refused("The secret key must be a Stripe secret key (sk_live_…, sk_test_… or rk_…).")
+    if webhook_secret is not None and not (webhook_secret.startswith(WEBHOOK_SECRET_PREFIX)
+                                           and _SECRET_CHARS.fullmatch(webhook_secret)):
+        raise Refused("The webhook secret must be a Stripe signing secret (whsec_…).")
+
+
+def validate_admin_email(email):
+    """Raise Refused unless `email` is a valid address (pulse.emails.is_valid)."""
+    if not emails.is_valid((email or "").strip()):
+        raise Refused(f"{email!r} is not a valid email address.")
+
+
+def find_user(email):
+    """The account whose key is `email`'s key, or None. Call inside a db block."""
+    return User.get_or_none(User.email_key == normalize_email(email))
+
+
+def look_alike_of(email):
+    """An account whose address reads the same as `email` but is another key, or None."""
+    wanted, skeleton = normalize_email(email), emails.skeleton(email)
+    for user in User.select(User.id, User.email, User.email_key).where(User.email_key.is_null(False)):
+        if user.email_key != wanted and emails.skeleton(user.email_key) == skeleton:
+            return user
+    return None
 
 
 def audit(action, *, project=None, user=None, actor=None, ip=None, **detail):
@@ -49,6 +107,9 @@ def create_project(name, admin_email, box, *, admin_password=None, stripe_secret
                    stripe_webhook_secret=None, actor="cli", sandbox=False):
     """Create a project with its first API key and its admin (new, or an existing account).
 
+    The admin is the account with the same email key (NFKC, case-folded). Raises Refused for an
+    invalid email, password or Stripe secret, and for an address that only looks like an existing
+    account's (`vïctim@` beside `victim@`): such an address never gets an account of its own.
     `sandbox`: its Stripe is the built-in simulator, with generated credentials (SPEC 8); raises
     SandboxRule if Stripe credentials are also given, or a live project is given a simulator key.
     """
@@ -56,14 +117,29 @@ def create_project(name, admin_email, box, *, admin_password=None, stripe_secret
         raise SandboxRule("a sandbox project uses the built-in simulator: it takes no Stripe keys")
     if sandbox_project_of(stripe_secret_key):
         raise SandboxRule("a simulator key (sk_test_sandbox_…) belongs to a sandbox project")
+    validate_admin_email(admin_email)
+    if admin_password is not None:
+        validate_admin_password(admin_password, "The admin password")
+    validate_stripe_secrets(stripe_secret_key, stripe_webhook_secret)
     email = normalize_email(admin_email)
     generated = None
     with database.atomic():
-        user = User.get_or_none(User.email == email)
+        user = find_user(email)
         if user is None:
+            typed = admin_email.strip()
+            if unicodedata.normalize("NFKC", typed) != typed:
+                # Full-width and other compatibility forms are how look-alikes are typed; a new
+                # account is only ever made from the plain form, which an operator can read.
+                raise Refused(f"{typed!r} contains full-width or compatibility characters; "
+                              f"write it as {email!r}.")
+            twin = look_alike_of(email)
+            if twin is not None:
+                raise Refused(f"{admin_email.strip()!r} looks like the existing account {twin.email!r}; "
+                              "use that exact address or another one.")
             if admin_password is None:
                 admin_password = generated = security.generate_password()
-            user = User.create(email=email, password_hash=security.hash_password(admin_password))
+            user = User.create(email=email, email_key=email,
+                               password_hash=security.hash_password(admin_password))
         public_id = security.public_id("proj")
         if sandbox:
             stripe_secret_key = new_sandbox_secret_key(public_id)
@@ -82,13 +158,14 @@ def create_project(name, admin_email, box, *, admin_password=None, stripe_secret
 def set_stripe(project, box, *, secret_key=None, webhook_secret=None, actor="cli", user=None, ip=None):
     """Store new Stripe credentials (encrypted); None leaves a value as it is.
 
-    Raises SandboxRule for any change to a sandbox project's credentials (the simulator's own), and
-    for a simulator key on a live project (SPEC 8).
+    Raises Refused for a bad shape, SandboxRule for any change to a sandbox project's credentials
+    (the simulator's own), and for a simulator key on a live project (SPEC 8).
     """
     if project.sandbox and (secret_key is not None or webhook_secret is not None):
         raise SandboxRule("a sandbox project's Stripe is the built-in simulator: its keys cannot be changed")
     if sandbox_project_of(secret_key):
         raise SandboxRule("a simulator key (sk_test_sandbox_…) belongs to a sandbox project")
+    validate_stripe_secrets(secret_key, webhook_secret)
     changed = {}
     if secret_key is not None:
         project.stripe_secret_key = box.encrypt(secret_key)

@@ -1,10 +1,13 @@
 """Secrets: API keys and tokens, encryption at rest, passwords, masking."""
 
+import asyncio
 import base64
 import hashlib
 import hmac
+import os
 import secrets
 import string
+from concurrent.futures import ThreadPoolExecutor
 
 import bcrypt
 from cryptography.fernet import Fernet, InvalidToken
@@ -126,6 +129,53 @@ def dummy_password_hash():
     if hashed is None:
         hashed = _dummy_hashes[BCRYPT_ROUNDS] = hash_password(random_base62(24))
     return hashed
+
+
+class PoolBusy(Exception):
+    """The bcrypt pool is full: answer "try again shortly" instead of queueing without bound."""
+
+
+class BcryptPool:
+    """bcrypt off the event loop on a few threads of its own, with a bounded queue (SPEC 5, M2).
+
+    `workers` threads (one per core, at most 4) run checks; at most `capacity` checks run or wait.
+    Checks for unknown emails (`reserved=False`) may only fill half of it, so a flood of guessed
+    emails is refused fast (PoolBusy) while real accounts still get a place and finish in
+    seconds. Other work (Stripe calls, the default executor) never waits behind bcrypt.
+    Call `run` from the event loop only: the count is not shared between threads.
+    """
+
+    # One set of threads per process and size, shared by every app built in it (tests build many);
+    # keyed by pid as well, so a forked worker starts threads of its own.
+    _executors = {}
+
+    def __init__(self, workers=None, capacity=None):
+        self.workers = workers or max(1, min(4, os.cpu_count() or 1))
+        self.capacity = capacity or self.workers * 4
+        self.pending = 0
+
+    async def run(self, fn, *args, reserved=False):
+        """`fn(*args)` on a pool thread; raises PoolBusy at once when the pool is full for this kind."""
+        limit = self.capacity if reserved else max(1, self.capacity // 2)
+        if self.pending >= limit:
+            raise PoolBusy()
+        key = (os.getpid(), self.workers)
+        executor = self._executors.get(key)
+        if executor is None:
+            executor = self._executors[key] = ThreadPoolExecutor(self.workers, thread_name_prefix="bcrypt")
+        self.pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+        finally:
+            self.pending -= 1
+
+    async def check(self, password, hashed, reserved=False):
+        """check_password off the loop; raises PoolBusy."""
+        return await self.run(check_password, password, hashed, reserved=reserved)
+
+    async def hash(self, password):
+        """hash_password off the loop, with a reserved place (signed-in users only)."""
+        return await self.run(hash_password, password, reserved=True)
 
 
 def generate_password():

@@ -1,9 +1,11 @@
 """Console sign-in: server-side sessions, the login lockout and password changes (web-free)."""
 
+import contextlib
+import hashlib
 from datetime import timedelta
 
-from pulse import security
-from pulse.db import database, utcnow
+from pulse import projects, security
+from pulse.db import database, is_mysql, utcnow
 from pulse.models import LoginFailure, Session, User
 from pulse.projects import normalize_email
 
@@ -16,12 +18,15 @@ TOUCH_EVERY = timedelta(minutes=1)
 MAX_FAILURES = 5
 FAILURE_WINDOW = timedelta(minutes=15)
 LOCKOUT = timedelta(minutes=15)
-MIN_PASSWORD_LENGTH = 10
+# Seconds a sign-in waits for another attempt on the same email+address to be counted (MySQL).
+ATTEMPT_LOCK_WAIT = 5
+# The lockout scope of current-password checks on /console/account (per account, any address).
+ACCOUNT_SCOPE = "account"
 
 
 def find_user(email):
-    """The account for `email` (case-insensitive), or None. Call inside a db block."""
-    return User.get_or_none(User.email == normalize_email(email))
+    """The account for `email`'s key (NFKC, case-folded), or None. Call inside a db block."""
+    return projects.find_user(email)
 
 
 def create_session(user, ip=None, user_agent=""):
@@ -80,26 +85,71 @@ def locked_until(email, ip, now=None):
     return until
 
 
-def record_failure(email, ip):
-    """Count a failed sign-in for email+IP (unknown emails too, so probing is throttled alike)."""
+@contextlib.contextmanager
+def _attempt_lock(email, ip):
+    """Serialise counting attempts for one email+address across requests and processes."""
+    db = database.obj
+    if is_mysql(db):
+        # A named lock per email+address (64 chars max): two processes never count at once.
+        name = "pulse_login_" + hashlib.sha256(f"{email}\0{ip}".encode()).hexdigest()[:40]
+        got = db.execute_sql("SELECT GET_LOCK(%s, %s)", (name, ATTEMPT_LOCK_WAIT)).fetchone()[0]
+        if got != 1:
+            raise TimeoutError("sign-in attempt lock not taken")
+        try:
+            yield
+        finally:
+            db.execute_sql("SELECT RELEASE_LOCK(%s)", (name,))
+    else:
+        # BEGIN IMMEDIATE takes SQLite's write lock first: the count and the insert are one step.
+        with db.atomic("IMMEDIATE"):
+            yield
+
+
+def begin_attempt(email, ip):
+    """Count a sign-in attempt before its password is checked; its row id, or None when locked.
+
+    The row counts as a failure from now on: failures plus attempts still in flight never exceed
+    MAX_FAILURES per email+address in FAILURE_WINDOW, however many requests and processes race
+    (SPEC 5). `finish_attempt` clears it on success; `cancel_attempt` when no password was checked.
+    Call inside a db block, outside any transaction.
+    """
+    email, ip = normalize_email(email)[:254], (ip or "")[:64]
     now = utcnow()
-    LoginFailure.create(email=normalize_email(email)[:254], ip=(ip or "")[:64], created_at=now)
+    try:
+        with _attempt_lock(email, ip):
+            if locked_until(email, ip, now) is not None:
+                return None
+            row = LoginFailure.create(email=email, ip=ip, created_at=now)
+    except TimeoutError:
+        return None  # a pile-up on this one email+address: refusing is the safe answer
     # Old rows are useless to the lockout; prune them as we go.
     LoginFailure.delete().where(LoginFailure.created_at < now - FAILURE_WINDOW - LOCKOUT).execute()
+    return row.id
+
+
+def finish_attempt(email, ip, ok):
+    """After the check: success forgets the email+address's failures; a failure stays counted."""
+    if ok:
+        clear_failures(email, ip)
+
+
+def cancel_attempt(attempt_id):
+    """Un-count an attempt whose password was never checked (the bcrypt pool was full)."""
+    LoginFailure.delete().where(LoginFailure.id == attempt_id).execute()
 
 
 def clear_failures(email, ip):
     """A successful sign-in forgets earlier failures from the same email+IP."""
-    LoginFailure.delete().where(LoginFailure.email == normalize_email(email),
-                                LoginFailure.ip == (ip or "")).execute()
+    LoginFailure.delete().where(LoginFailure.email == normalize_email(email)[:254],
+                                LoginFailure.ip == (ip or "")[:64]).execute()
 
 
 def password_problem(new, confirm):
-    """A message when a new password is unacceptable, else None."""
-    if len(new) < MIN_PASSWORD_LENGTH:
-        return f"The new password must be at least {MIN_PASSWORD_LENGTH} characters."
-    if len(new.encode("utf-8")) > 72:
-        return "The new password must be at most 72 bytes."
+    """A message when a new password is unacceptable (projects.validate_admin_password), else None."""
+    try:
+        projects.validate_admin_password(new, "The new password")
+    except projects.Refused as exc:
+        return str(exc)
     if new != confirm:
         return "The new password and its confirmation differ."
     return None

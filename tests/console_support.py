@@ -49,7 +49,8 @@ class Console:
     async def post(self, path, data=None, xsrf=True, headers=None):
         form = dict(data or {})
         if xsrf:
-            form["_xsrf"] = XSRF
+            # What the page's form carries: the token of the _xsrf cookie, which sign-in rotates.
+            form["_xsrf"] = self.cookies.get("_xsrf", XSRF)
         response = await self.http_client.fetch(
             self.base_url + path, method="POST", body=urlencode(form), raise_error=False, follow_redirects=False,
             headers=self._headers({"Content-Type": "application/x-www-form-urlencoded", **(headers or {})}))

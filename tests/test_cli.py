@@ -110,7 +110,7 @@ def test_set_stripe_prints_masked_values(cli_env):
 @pytest.mark.parametrize("args,status,needle", [
     (["create-project", "Acme"], 2, "--admin-email"),
     (["create-project", "Acme", "--admin-email", "not-an-email"], 2, "invalid --admin-email"),
-    (["create-project", "Acme", "--admin-email", "a@b.co", "--admin-password", "short"], 2, "at least 8"),
+    (["create-project", "Acme", "--admin-email", "a@b.co", "--admin-password", "short-pw1"], 2, "at least 10"),
     (["create-api-key", "proj_doesnotexist"], 1, "no project"),
     (["set-stripe", "proj_doesnotexist", "--secret-key", "sk_test_x"], 1, "no project"),
     (["set-stripe", "proj_x"], 2, "--secret-key"),

@@ -6,6 +6,7 @@ from playhouse.migrate import migrate as run_operations
 
 from pulse import db, migrations
 from pulse.models import Customer, MODELS, Project
+from tests.migration_support import back_to_version_1
 
 
 def test_fresh_database_is_at_latest(db_url):
@@ -81,7 +82,7 @@ def test_identifiers_we_did_not_mint_compare_byte_for_byte(db_url):
     db.bind(db_url)
     exact = [("customer", "external_user_id"), ("customer", "stripe_customer_id"),
              ("subscription", "stripe_subscription_id"), ("webhook_event", "stripe_event_id"),
-             ("idempotency_record", "key")]
+             ("idempotency_record", "key"), ("user", "email_key")]
     with db.block():
         project = Project.create(public_id="proj_case", name="Case")
         Customer.create(project=project, external_user_id="cus-A", stripe_customer_id="cus_AbC")
@@ -164,27 +165,3 @@ def test_step_9_adds_sandbox_projects_to_a_version_1_database(db_url):
                 SandboxState.create(project=row, state="{}")
     assert migrations.current_version() == migrations.LATEST
 
-
-def back_to_version_1(database):
-    """Undo every step after the first, as a database made by version 1 of the schema looks."""
-    from pulse.models import Plan, PlanPrice, StripeCustomerHistory
-
-    migrator = migrations._migrator(database)
-    from pulse.models import SandboxState
-
-    if not db.is_mysql():
-        database.execute_sql("PRAGMA foreign_keys = OFF")  # SQLite drops columns by rebuilding the table
-    # step 9: sandbox projects
-    database.drop_tables([SandboxState])
-    run_operations(migrator.drop_column("project", "sandbox"))
-    # step 3: plan items, pause_collection, plan catalog
-    run_operations(*(migrator.drop_column("subscription", name) for name in (
-        "interval_count", "quantity", "unit_amount", "currency", "pause_behavior", "pause_resumes_at",
-        "plan_slug_fallback")), migrator.drop_column("project", "paused_collection_has_access"))
-    database.drop_tables([PlanPrice, Plan])
-    # step 2: customer history and ignore reasons
-    database.drop_tables([StripeCustomerHistory])
-    run_operations(migrator.drop_column("webhook_event", "reason"))
-    if not db.is_mysql():
-        database.execute_sql("PRAGMA foreign_keys = ON")
-    migrations.SchemaVersion.delete().where(migrations.SchemaVersion.version > 1).execute()

@@ -1,0 +1,32 @@
+"""Test helper: turn a fresh database back into one made by version 1 of the schema, to test upgrades."""
+
+from playhouse.migrate import migrate as run_operations
+
+from pulse import db, migrations
+from pulse.models import CheckoutLease, Plan, PlanPrice, SandboxState, StripeCustomerHistory
+
+
+def back_to_version_1(database):
+    """Undo every step after the first, as a database made by version 1 of the schema looks."""
+    migrator = migrations._migrator(database)
+    if not db.is_mysql():
+        database.execute_sql("PRAGMA foreign_keys = OFF")  # SQLite drops columns by rebuilding the table
+    # step 9: sandbox projects
+    database.drop_tables([SandboxState])
+    run_operations(migrator.drop_column("project", "sandbox"))
+    # step 5: checkout leases
+    database.drop_tables([CheckoutLease])
+    # step 4: accounts keyed by the normalised email (back to a unique email)
+    run_operations(migrator.drop_index("user", "user_email_key"), migrator.drop_column("user", "email_key"),
+                   migrator.add_index("user", ("email",), True))
+    # step 3: plan items, pause_collection, plan catalog
+    run_operations(*(migrator.drop_column("subscription", name) for name in (
+        "interval_count", "quantity", "unit_amount", "currency", "pause_behavior", "pause_resumes_at",
+        "plan_slug_fallback")), migrator.drop_column("project", "paused_collection_has_access"))
+    database.drop_tables([PlanPrice, Plan])
+    # step 2: customer history and ignore reasons
+    database.drop_tables([StripeCustomerHistory])
+    run_operations(migrator.drop_column("webhook_event", "reason"))
+    if not db.is_mysql():
+        database.execute_sql("PRAGMA foreign_keys = ON")
+    migrations.SchemaVersion.delete().where(migrations.SchemaVersion.version > 1).execute()
