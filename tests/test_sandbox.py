@@ -276,8 +276,8 @@ def test_routing_rules_are_structural(in_process):
                          stripe_api_base="https://api.stripe.com")
     box = SecretBox(config.secret_key)
     with db.block():
-        sandbox = projects.create_project("S", "s@x.test", box, admin_password="password1", sandbox=True).project
-        live = projects.create_project("L", "l@x.test", box, admin_password="password1").project
+        sandbox = projects.create_project("S", "s@x.test", box, admin_password="password123", sandbox=True).project
+        live = projects.create_project("L", "l@x.test", box, admin_password="password123").project
         key = billing.secret_key_for(sandbox, box, config)
         assert key.startswith(f"sk_test_sandbox_{sandbox.public_id}_")
         assert billing.api_base_for(config, key) == f"http://127.0.0.1:8123/sandbox/{sandbox.public_id}"
@@ -318,8 +318,8 @@ def test_real_stripes_deployment_endpoint_never_routes_to_a_sandbox_project(in_p
 
     box = SecretBox("x" * 32)
     with db.block():
-        sandbox = projects.create_project("S", "s@x.test", box, admin_password="password1", sandbox=True).project
-        live = projects.create_project("L", "l@x.test", box, admin_password="password1").project
+        sandbox = projects.create_project("S", "s@x.test", box, admin_password="password123", sandbox=True).project
+        live = projects.create_project("L", "l@x.test", box, admin_password="password123").project
         Customer.create(project=sandbox, external_user_id="u1", stripe_customer_id="cus_sandboxed")
         Customer.create(project=live, external_user_id="u1", stripe_customer_id="cus_live")
 
