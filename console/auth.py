@@ -8,6 +8,7 @@ from console.base import ConsoleHandler, SignedInHandler, safe_next
 from pulse import projects, security, sessions
 from pulse.config import RateLimit
 from pulse.db import block
+from pulse.ratelimit import address_bucket
 
 log = logging.getLogger("pulse.console")
 
@@ -40,18 +41,20 @@ class LoginHandler(ConsoleHandler):
         password = self.get_body_argument("password", "")
         target = safe_next(self.get_body_argument("next", ""))
         ip = self.client_ip
+        # One IPv6 host owns a whole /64: counting per address would give it 2**64 lockout budgets.
+        bucket = address_bucket(ip)
 
         def page(status, error):
             self.render_page("login.html", status=status, email=email, error=error, next=target)
 
-        decision = await self.settings["rate_limiter"].hit("console-login:" + ip, LOGIN_RATE)
+        decision = await self.settings["rate_limiter"].hit("console-login:" + bucket, LOGIN_RATE)
         if not decision.allowed:
             self.set_header("Retry-After", str(decision.retry_after))
             page(429, f"Too many sign-in attempts from your address. Try again in {decision.retry_after} s.")
             return
         with block():
             # Counted before bcrypt runs: concurrent guesses cannot get past the 5-failure lock (H1).
-            attempt = sessions.begin_attempt(email, ip)
+            attempt = sessions.begin_attempt(email, bucket)
             user = None if attempt is None else sessions.find_user(email)
         if attempt is None:
             page(429, LOCKED)
@@ -67,14 +70,14 @@ class LoginHandler(ConsoleHandler):
             return
         if not ok or user is None:
             with block():
-                locked = sessions.locked_until(email, ip) is not None
+                locked = sessions.locked_until(email, bucket) is not None
                 if user is not None:
                     projects.audit("console.sign_in_failed", user=user, ip=ip)
             log.info("console sign-in failed")
             page(429 if locked else 401, LOCKED if locked else FAILED)
             return
         with block():
-            sessions.finish_attempt(email, ip, ok=True)
+            sessions.finish_attempt(email, bucket, ok=True)
             projects.audit("console.signed_in", user=user, ip=ip)
         self.end_session()  # a session cookie from before never carries over into this sign-in
         self.start_session(user)

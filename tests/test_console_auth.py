@@ -180,3 +180,27 @@ async def test_a_new_sign_in_prunes_sessions_past_their_end(console, http_client
     await Console(http_client, base_url).login(project.admin.email)
     with db.block():
         assert Session.select().count() == 1 and Session.get().token_hash != row.token_hash
+
+
+class TestIPv6Neighbours:
+    """Behind a trusted proxy, addresses of one IPv6 /64 share one lockout budget (review L12)."""
+
+    @pytest.fixture
+    def config_overrides(self):
+        return {"trust_proxy": True, "force_https": False}
+
+    @pytest.mark.gen_test(timeout=60)
+    async def test_one_slash_64_shares_the_lockout(self, console, project):
+        email = project.admin.email
+        for n in range(5):
+            response = await console.post("/console/login", {"email": email, "password": "wrong password"},
+                                          headers={"X-Forwarded-For": f"2001:db8:1:2::{n + 1:x}"})
+            assert response.code in (401, 429), response.code
+        # A sixth address of the same /64 is still locked out, even with the right password.
+        same = await console.post("/console/login", {"email": email, "password": PASSWORD},
+                                  headers={"X-Forwarded-For": "2001:db8:1:2:ffff::9"})
+        assert same.code == 429
+        # Another /64 is another client.
+        other = await console.post("/console/login", {"email": email, "password": PASSWORD},
+                                   headers={"X-Forwarded-For": "2001:db8:1:3::1"})
+        assert other.code == 302
