@@ -35,6 +35,7 @@ HANDLER_MODULES = [
     "handlers.billing",
     "handlers.plans",
     "handlers.webhooks",
+    "handlers.webhook_endpoints",
     "console.status",
     "console.auth",
     "console.dashboard",

@@ -2,7 +2,7 @@
 
 import json
 
-from pulse import billing, ownership, projects, subscriptions as subs
+from pulse import billing, outbox, ownership, projects, subscriptions as subs
 from pulse.models import Customer, Project, StripeCustomerHistory
 from pulse.outcomes import Outcome
 
@@ -184,10 +184,13 @@ def _apply_checkout(project, event, fetched):
     meta = subs.metadata_of(session)
     external = session.get("client_reference_id") or meta.get("external_user_id")
     email = subs.dict_of(session.get("customer_details")).get("email") or session.get("customer_email")
-    if subs.resolve_customer(project, customer_id, external, email=email) is None:
+    customer = subs.resolve_customer(project, customer_id, external, email=email)
+    if customer is None:
         return IGNORED, "the session names no customer of this project"
     if fetched.get("subscription"):
         _apply_subscription(project, event, fetched, email=email)
+    outbox.checkout_completed(project, customer, subs.stripe_id(session.get("id")),
+                              subs.stripe_id(session.get("subscription")))
     return PROCESSED, None
 
 
@@ -213,7 +216,9 @@ def _apply_customer_deleted(project, event, fetched):
         return IGNORED, reason
     if not cus.get("deleted") and not fetched.get("payload_only"):
         return IGNORED, "the customer still exists at Stripe"
-    subs.retire_stripe_customer(project, cus["id"], subs.DELETED_IN_STRIPE, fetched["at"])
+    customer = subs.retire_stripe_customer(project, cus["id"], subs.DELETED_IN_STRIPE, fetched["at"])
+    if customer is not None:
+        outbox.customer_deleted(project, customer, cus["id"])
     return PROCESSED, None
 
 

@@ -55,11 +55,18 @@ def _plan_items_and_catalog(db, migrator):
     Subscription.update(plan_slug_fallback=Subscription.plan_slug).execute()
 
 
+def _outbox_and_entitlements(db, migrator):
+    # Issue 16: outgoing webhooks (endpoints, the outbox, deliveries) and Stripe entitlements per customer.
+    from pulse.models import CustomerFeature, CustomerState, WebhookDelivery, WebhookEndpoint, WebhookMessage
+    db.create_tables([CustomerState, CustomerFeature, WebhookEndpoint, WebhookMessage, WebhookDelivery], safe=True)
+
+
 # (version, name, step). Steps after the first receive the database and its migrator.
 STEPS = [
     (1, "initial schema", _initial),
     (2, "stripe customer history and webhook ignore reasons", _customer_history),
     (3, "plan items, pause_collection, plan catalog", _plan_items_and_catalog),
+    (10, "outgoing webhooks outbox, customer entitlements", _outbox_and_entitlements),
 ]
 LATEST = STEPS[-1][0]
 

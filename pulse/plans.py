@@ -170,6 +170,10 @@ def _reresolve(project, price_ids):
     if dropped:
         (Subscription.update(plan_slug=pw.fn.COALESCE(Subscription.plan_slug_fallback, ""))
          .where(Subscription.project == project, Subscription.stripe_price_id.in_(dropped)).execute())
+    # The tenant hears of each customer whose plan_slug moved (subscription.updated).
+    from pulse import outbox  # here: pulse.outbox reads the catalog's results through pulse.status only
+    outbox.customers_changed(project, outbox.customers_of_subscriptions(
+        (Subscription.project == project) & Subscription.stripe_price_id.in_(list(price_ids))))
 
 
 # ---------------------------------------------------------------- the plan item of a Stripe subscription

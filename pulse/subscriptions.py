@@ -5,7 +5,7 @@ import time
 import peewee
 
 from pulse.db import database, from_timestamp, is_mysql, utcnow
-from pulse import plans
+from pulse import outbox, plans
 from pulse.models import Customer, StripeCustomerHistory, Subscription
 from pulse.status import map_status, period_end
 
@@ -155,6 +155,7 @@ def upsert_subscription(project, obj, snapshot_at, email=None):
             with database.atomic():
                 Subscription.create(project=project, stripe_subscription_id=sub_id, snapshot_at=snapshot_at,
                                     synced_at=now, **fields)
+            outbox.customer_changed(project, customer.id)
             return CREATED
         except peewee.IntegrityError:
             existing = _locking(Subscription.select().where(
@@ -169,16 +170,22 @@ def upsert_subscription(project, obj, snapshot_at, email=None):
              .where(Subscription.id == existing.id, Subscription.snapshot_at <= snapshot_at).execute())
     if not count:
         return STALE
+    if changed:
+        outbox.customers_changed(project, {existing.customer_id, customer.id})
     return UPDATED if changed else UNCHANGED
 
 
 def mark_past_due(project, sub_id, snapshot_at):
     """Payload-only fallback for invoice.payment_failed: an access status becomes past_due."""
-    return (Subscription.update(stripe_status="past_due", status="past_due", snapshot_at=snapshot_at,
-                                synced_at=utcnow(), updated_at=utcnow())
-            .where(Subscription.project == project, Subscription.stripe_subscription_id == sub_id,
-                   Subscription.snapshot_at <= snapshot_at,
-                   Subscription.stripe_status.in_(("active", "trialing"))).execute())
+    marked = (Subscription.update(stripe_status="past_due", status="past_due", snapshot_at=snapshot_at,
+                                  synced_at=utcnow(), updated_at=utcnow())
+              .where(Subscription.project == project, Subscription.stripe_subscription_id == sub_id,
+                     Subscription.snapshot_at <= snapshot_at,
+                     Subscription.stripe_status.in_(("active", "trialing"))).execute())
+    if marked:
+        outbox.customers_changed(project, outbox.customers_of_subscriptions(
+            (Subscription.project == project) & (Subscription.stripe_subscription_id == sub_id)))
+    return marked
 
 
 # ---------------------------------------------------------------- Stripe customers that are gone
@@ -226,6 +233,7 @@ def retire_stripe_customer(project, stripe_customer_id, reason, at_ms, end_subsc
          .where(Subscription.project == project, Subscription.customer == customer,
                 Subscription.status != map_status("canceled"), Subscription.snapshot_at <= at_ms).execute())
     customer.stripe_customer_id = None
+    outbox.customer_changed(project, customer.id)
     return customer
 
 
@@ -242,4 +250,5 @@ def update_linked_email(project, stripe_customer_id, email):
         return False
     if email and customer.email != email:
         Customer.update(email=email, updated_at=utcnow()).where(Customer.id == customer.id).execute()
+        outbox.customer_changed(project, customer.id)
     return True

@@ -1,0 +1,112 @@
+"""A real HTTP server standing in for the tenant's app: verifies every delivery with `standardwebhooks`.
+
+    receiver = Receiver().start()           # 127.0.0.1:<free port>, in a thread
+    receiver.secret = "whsec_..."           # the endpoint's secret, once created
+    receiver.mode = "ok" | "fail" | "hang"  # 200, 503, or never answer (until released)
+    receiver.down() / receiver.up()         # stop listening (connection refused) / listen again, same port
+    receiver.received                       # [(webhook-id, parsed body)] of verified deliveries, in order
+    receiver.rejected                       # bodies whose signature did not verify
+"""
+
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        receiver = self.server.receiver
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        headers = {name: value for name, value in self.headers.items()}
+        receiver.attempts.append((headers.get("webhook-id"), time.monotonic()))
+        mode = receiver.mode
+        if mode == "hang":
+            receiver.hanging.set()
+            receiver.release.wait(60)
+            return  # close without an answer
+        if mode == "fail":
+            self.send_response(503)
+            self.end_headers()
+            return
+        try:
+            data = Webhook(receiver.secret).verify(body, headers)
+        except (WebhookVerificationError, ValueError) as exc:
+            receiver.rejected.append((str(exc), body))
+            self.send_response(400)
+            self.end_headers()
+            return
+        with receiver.lock:
+            receiver.received.append((headers["webhook-id"], data))
+        if mode == "redirect":
+            self.send_response(302)
+            self.send_header("Location", "http://127.0.0.1:1/")
+            self.end_headers()
+            return
+        self.send_response(204)
+        self.end_headers()
+
+
+class Receiver:
+    def __init__(self):
+        self.secret = None
+        self.mode = "ok"
+        self.received, self.rejected, self.attempts = [], [], []
+        self.lock = threading.Lock()
+        self.hanging, self.release = threading.Event(), threading.Event()
+        self.server = None
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}/hooks/pulse"
+
+    def start(self):
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), _Handler)
+        self.server.daemon_threads = True
+        self.server.receiver = self
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    up = start
+
+    def down(self):
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    def stop(self):
+        self.release.set()
+        self.down()
+
+    def events(self, event_type=None):
+        """Parsed bodies received, optionally of one type."""
+        return [body for _, body in self.received if event_type is None or body["type"] == event_type]
+
+    def wait_for(self, count, timeout=15, event_type=None):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.events(event_type)) >= count:
+                return self.events(event_type)
+            time.sleep(0.02)
+        raise AssertionError(f"expected {count} deliveries, got {json.dumps(self.events(event_type))[:2000]}")
+
+    async def until(self, count, timeout=15, event_type=None):
+        """wait_for without blocking the test's event loop (where the delivery loop runs)."""
+        import asyncio
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.events(event_type)) >= count:
+                return self.events(event_type)
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"expected {count} deliveries, got {json.dumps(self.events(event_type))[:2000]}")
