@@ -37,7 +37,7 @@ class EndpointsHandler(ApiHandler):
         if not isinstance(description, str):
             raise invalid("description", "description must be a string")
         try:
-            with block():
+            with block(), outbox.write_transaction():
                 endpoint, secret = outbox.create_endpoint(self.project, url, self.settings["secret_box"], self.config,
                                                           description)
         except outbox.EndpointError as exc:
@@ -68,7 +68,7 @@ class EndpointHandler(ApiHandler):
 class EndpointTestHandler(EndpointHandler):
     def post(self, endpoint_id):
         with block():
-            with outbox.database.atomic():
+            with outbox.write_transaction():
                 message = outbox.send_test(self.project, self._endpoint(endpoint_id))
         self.write_json({"webhook_id": message.public_id, "event_type": "webhook.test"}, status=202)
 
@@ -76,8 +76,8 @@ class EndpointTestHandler(EndpointHandler):
 class EndpointEnableHandler(EndpointHandler):
     def post(self, endpoint_id):
         with block():
-            endpoint = self._endpoint(endpoint_id)
-            outbox.enable_endpoint(endpoint)
+            with outbox.write_transaction():
+                outbox.enable_endpoint(self._endpoint(endpoint_id))
             endpoint = self._endpoint(endpoint_id)
         self.write_json(outbox.endpoint_json(endpoint))
 
@@ -85,14 +85,16 @@ class EndpointEnableHandler(EndpointHandler):
 class DeliveryResendHandler(EndpointHandler):
     def post(self, endpoint_id, delivery_id):
         with block():
-            endpoint = self._endpoint(endpoint_id)
-            delivery = WebhookDelivery.get_or_none(WebhookDelivery.id == int(delivery_id),
-                                                   WebhookDelivery.endpoint == endpoint) \
-                if delivery_id.isdigit() and len(delivery_id) < 18 else None
-            if delivery is None:
-                raise ApiError(404, "not_found", "No such delivery for this endpoint.")
-            outbox.resend(delivery)
-        self.write_json({"resent": True, "webhook_id": delivery.message.public_id}, status=202)
+            with outbox.write_transaction():
+                endpoint = self._endpoint(endpoint_id)
+                delivery = WebhookDelivery.get_or_none(WebhookDelivery.id == int(delivery_id),
+                                                       WebhookDelivery.endpoint == endpoint) \
+                    if delivery_id.isdigit() and len(delivery_id) < 18 else None
+                if delivery is None:
+                    raise ApiError(404, "not_found", "No such delivery for this endpoint.")
+                outbox.resend(delivery)
+                webhook_id = delivery.message.public_id
+        self.write_json({"resent": True, "webhook_id": webhook_id}, status=202)
 
 
 _ID = r"([A-Za-z0-9_]{1,64})"

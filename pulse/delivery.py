@@ -22,9 +22,9 @@ import peewee as pw
 from standardwebhooks.webhooks import Webhook
 
 from pulse import __version__
-from pulse.db import DatabaseUnavailable, block, is_mysql, utcnow
+from pulse.db import DatabaseUnavailable, block, utcnow
 from pulse.models import WebhookDelivery, WebhookEndpoint, WebhookMessage
-from pulse.outbox import FAILED, PENDING, SUCCEEDED, _wakers, address_refusal, now_ms
+from pulse.outbox import FAILED, PENDING, SUCCEEDED, _wakers, address_refusal, now_ms, write_transaction
 
 log = logging.getLogger("pulse.delivery")
 
@@ -40,13 +40,8 @@ def backoff_ms(attempts, base_s):
 
 
 def lease_ms(config):
-    """How long a claim holds: the send timeout plus the DNS lookup and a margin."""
-    return int((config.webhook_timeout * 2 + 5) * 1000)
-
-
-def _transaction():
-    from pulse.db import database
-    return database.atomic() if is_mysql() else database.atomic("IMMEDIATE")
+    """How long a claim holds: the whole attempt (DNS lookup included) is bounded by the timeout, plus a margin."""
+    return int((config.webhook_timeout + 2) * 1000)
 
 
 def claim(owner, limit, config, exclude=()):
@@ -64,7 +59,7 @@ def claim(owner, limit, config, exclude=()):
     for row in list(due):
         if row.id in exclude or len(claimed) >= limit:
             continue
-        with _transaction():
+        with write_transaction():
             won = (WebhookDelivery.update(lease_until_ms=now + lease_ms(config), lease_owner=owner,
                                           attempts=WebhookDelivery.attempts + 1, last_attempt_at=utcnow())
                    .where(WebhookDelivery.id == row.id, WebhookDelivery.status == PENDING,
@@ -85,9 +80,9 @@ def record(job, owner, config, status_code=None, latency_ms=None, error=None):
     now = now_ms()
     delivery_id = job["id"]
     common = dict(last_status_code=status_code, last_latency_ms=latency_ms,
-                  last_error=error and error[:255], lease_until_ms=0, lease_owner=None)
+                  last_error=error and error[:255], lease_until_ms=0)  # lease_owner stays: who sent it last
     ok = status_code is not None and 200 <= status_code < 300
-    with _transaction():
+    with write_transaction():
         mine = (WebhookDelivery.id == delivery_id) & (WebhookDelivery.status == PENDING)
         if ok:
             WebhookDelivery.update(status=SUCCEEDED, delivered_at=utcnow(), **common).where(mine).execute()
@@ -228,6 +223,12 @@ class Deliverer:
     async def send(self, job):
         """One HTTP attempt -> (status code or None, latency ms, error text or None). Never raises for the network."""
         started = time.monotonic()
+        try:
+            return await asyncio.wait_for(self._attempt(job, started), self.config.webhook_timeout)
+        except (asyncio.TimeoutError, httpx.TimeoutException):
+            return None, int((time.monotonic() - started) * 1000), "timed out"
+
+    async def _attempt(self, job, started):
         try:
             pinned, host_header, server_name = await resolve(job["url"], self.config)
             secret = self.box.decrypt(job["secret"])

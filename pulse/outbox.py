@@ -36,6 +36,11 @@ class EndpointError(ValueError):
         self.field, self.message = field, message
 
 
+def write_transaction():
+    """A write transaction; on SQLite the write lock is taken up front (as pulse.subscriptions.transaction)."""
+    return database.atomic() if is_mysql() else database.atomic("IMMEDIATE")
+
+
 def now_ms():
     return int(time.time() * 1000)
 
