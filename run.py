@@ -36,6 +36,7 @@ HANDLER_MODULES = [
     "handlers.plans",
     "handlers.webhooks",
     "handlers.webhook_endpoints",
+    "handlers.manage",
     "console.status",
     "console.auth",
     "console.dashboard",

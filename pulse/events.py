@@ -2,7 +2,7 @@
 
 import json
 
-from pulse import billing, outbox, ownership, projects, subscriptions as subs
+from pulse import billing, entitlements, outbox, ownership, projects, subscriptions as subs
 from pulse.models import Customer, Project, StripeCustomerHistory
 from pulse.outcomes import Outcome
 
@@ -111,8 +111,11 @@ async def _read(client, event):
             return found
         session = found["session"]
         sub_id = subs.stripe_id(session.get("subscription")) if session.get("mode") == "subscription" else None
-    if kind in CUSTOMER_EVENTS and customer_id_of(obj):
+    if (kind in CUSTOMER_EVENTS or kind == entitlements.EVENT) and customer_id_of(obj):
         await _retrieve(client.v1.customers.retrieve_async, customer_id_of(obj), found, "customer")
+    if kind == entitlements.EVENT and "customer" in found and not found["customer"].get("deleted"):
+        # The summary in the payload is only a hint: Stripe's list now is the truth.
+        found["features"] = await entitlements.active_lookup_keys(client, found["customer"]["id"])
     if sub_id:
         await _retrieve(client.v1.subscriptions.retrieve_async, sub_id, found, "subscription")
     return found
@@ -126,6 +129,10 @@ def _from_payload(event):
         found["subscription"] = obj
     elif kind in CUSTOMER_EVENTS:
         found["customer"] = obj
+    elif kind == entitlements.EVENT:
+        found["customer"] = {"id": subs.stripe_id(obj.get("customer"))}
+        listed = subs.dict_of(obj.get("entitlements")).get("data") or []
+        found["features"] = [str(e["lookup_key"]) for e in listed if isinstance(e, dict) and e.get("lookup_key")]
     else:
         found["session" if kind == "checkout.session.completed" else "invoice"] = obj
         if isinstance(obj.get("subscription"), dict):
@@ -222,6 +229,20 @@ def _apply_customer_deleted(project, event, fetched):
     return PROCESSED, None
 
 
+def _apply_entitlements(project, event, fetched):
+    if "customer" not in fetched:
+        return IGNORED, "the event names no customer"
+    cus, reason = _owned_customer(project, fetched)
+    if reason or cus.get("deleted"):
+        return IGNORED, reason or "the customer is deleted at Stripe"
+    customer = Customer.get_or_none(Customer.project == project, Customer.stripe_customer_id == cus["id"])
+    if customer is None:
+        return IGNORED, "no customer of this project uses this Stripe customer now"
+    if not entitlements.store(project, customer.id, fetched.get("features") or [], fetched["at"]):
+        return IGNORED, "newer entitlements are already stored"
+    return PROCESSED, None
+
+
 def _apply_subscription_event(project, event, fetched):
     return _apply_subscription(project, event, fetched)
 
@@ -231,6 +252,7 @@ APPLY = {
     "checkout.session.completed": _apply_checkout,
     "customer.updated": _apply_customer_updated,
     "customer.deleted": _apply_customer_deleted,
+    entitlements.EVENT: _apply_entitlements,
 }
 HANDLED = frozenset(APPLY)
 

@@ -63,6 +63,11 @@ def _prices_of_slug(project, slug):
             .where(PlanPrice.project == project, Plan.plan_slug == slug).tuples()]
 
 
+def prices_of_slug(project, slug):
+    """The Stripe price ids of a plan in the catalog ([] when the plan is unknown)."""
+    return _prices_of_slug(project, slug)
+
+
 def _shape(plan, price_ids):
     return {"plan_slug": plan.plan_slug, "stripe_price_ids": sorted(price_ids),
             "created_at": isoformat(plan.created_at), "updated_at": isoformat(plan.updated_at)}

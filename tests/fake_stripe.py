@@ -28,6 +28,7 @@ import tornado.web
 
 from pulse.billing import HTTPXClient
 from tests import fake_stripe_objects as objects
+from tests.fake_stripe_lifecycle import LifecycleMixin
 
 log = logging.getLogger("tests.fake_stripe")
 
@@ -49,7 +50,7 @@ class StripeError(Exception):
         self.status, self.body, self.headers = status, body, headers or {}
 
 
-class FakeStripe:
+class FakeStripe(LifecycleMixin):
     """State, faults and helpers; `url` once started."""
 
     def __init__(self):
@@ -272,6 +273,9 @@ class FakeStripe:
                      and (status == "all" or (s["status"] == status if status else s["status"] != "canceled"))]
             listing = objects.page(found, params, "/v1/subscriptions")
             return dict(listing, data=[self.subscription(s["id"]) for s in listing["data"]])
+        found = self.dispatch_lifecycle(method, parts, params)
+        if found is not None:
+            return found
         raise StripeError(404, objects.error_body(f"Unrecognized request URL ({method}: /v1/{path}).",
                                                   code="resource_missing"))
 
