@@ -274,7 +274,7 @@ def document():
         },
     }
     doc["paths"].update(openapi_manage.paths())
-    doc["components"]["schemas"] = {**SCHEMAS, **openapi_manage.SCHEMAS}
+    doc["components"]["schemas"] = openapi_manage.extend_subscription({**SCHEMAS, **openapi_manage.SCHEMAS})
     return doc
 
 

@@ -145,13 +145,37 @@ def test_step_3_adds_plan_items_pause_and_the_catalog_to_a_version_1_database(db
     assert migrations.current_version() == migrations.LATEST and migrations.pending() == []
 
 
+def test_step_10_adds_the_outbox_and_entitlements_to_a_version_3_database(db_url):
+    """A database from before issue 16 keeps its rows; the outbox and entitlement tables start empty."""
+    from pulse.models import CustomerFeature, CustomerState, WebhookDelivery, WebhookEndpoint, WebhookMessage
+
+    tables = [CustomerState, CustomerFeature, WebhookEndpoint, WebhookMessage, WebhookDelivery]
+    db.bind(db_url)
+    with db.block() as database:
+        project = Project.create(public_id="proj_v3", name="V3")
+        Customer.create(project=project, external_user_id="u1", email="u1@x.test")
+        database.drop_tables(list(reversed(tables)))
+        migrations.SchemaVersion.delete().where(migrations.SchemaVersion.version > 3).execute()
+    assert [s[0] for s in migrations.pending()] == [10]
+    assert migrations.migrate_database() == ["outgoing webhooks outbox, customer entitlements"]
+    with db.block() as database:
+        assert all(database.table_exists(model._meta.table_name) for model in tables)
+        assert Customer.get(Customer.external_user_id == "u1").email == "u1@x.test"
+        assert sum(model.select().count() for model in tables) == 0
+    assert migrations.current_version() == migrations.LATEST and migrations.pending() == []
+
+
 def back_to_version_1(database):
     """Undo every step after the first, as a database made by version 1 of the schema looks."""
     from pulse.models import Plan, PlanPrice, StripeCustomerHistory
 
+    from pulse.models import CustomerFeature, CustomerState, WebhookDelivery, WebhookEndpoint, WebhookMessage
+
     migrator = migrations._migrator(database)
     if not db.is_mysql():
         database.execute_sql("PRAGMA foreign_keys = OFF")  # SQLite drops columns by rebuilding the table
+    # step 10: outgoing webhooks outbox, customer entitlements
+    database.drop_tables([WebhookDelivery, WebhookMessage, WebhookEndpoint, CustomerFeature, CustomerState])
     # step 3: plan items, pause_collection, plan catalog
     run_operations(*(migrator.drop_column("subscription", name) for name in (
         "interval_count", "quantity", "unit_amount", "currency", "pause_behavior", "pause_resumes_at",

@@ -212,3 +212,38 @@ async def test_redirects_are_not_followed_and_endpoints_delete(api, project, rec
     assert body_of(resp) == {"id": created["id"], "deleted": True}
     assert (await api("DELETE", f"/api/webhook-endpoints/{created['id']}")).code == 404
     assert body_of(await api("GET", "/api/webhook-endpoints"))["data"] == []
+
+
+@pytest.mark.gen_test(timeout=40)
+async def test_every_cause_of_a_changed_answer_sends_subscription_updated(http_client, base_url, fake_stripe, hooked,
+                                                                          deliver, receiver, deliverer):
+    """A lifecycle call, Stripe Entitlements, the plan catalog and the access settings all change the answer."""
+    from pulse import projects
+    from tests.test_lifecycle import summary
+
+    created = await add_endpoint(http_client, base_url, hooked, receiver.url)
+    receiver.secret = created["secret"]
+    session, sub = new_subscription(fake_stripe, "user-1", project_id=hooked.project.public_id)
+    await deliver(event("checkout.session.completed", session))
+    await receiver.until(1, event_type="subscription.updated")
+    headers = {"X-API-Key": hooked.api_key.api_key, "Content-Type": "application/json"}
+
+    async def post(path, body, method="POST"):
+        resp = await http_client.fetch(base_url + path, method=method, headers=headers, body=json.dumps(body),
+                                       raise_error=False)
+        assert resp.code in (200, 201), resp.body
+
+    await post("/api/subscription/cancel", {"external_user_id": "user-1"})
+    fake_stripe.attach_feature("price_monthly", "api_access")
+    await deliver(event("entitlements.active_entitlement_summary.updated", summary(sub["customer"], "api_access")))
+    await post("/api/plans/starter", {"stripe_price_ids": ["price_monthly"]}, method="PUT")
+    current = fake_stripe.set_subscription(sub["id"], status="past_due", cancel_at_period_end=False, cancel_at=None)
+    await deliver(event("customer.subscription.updated", current))
+    with db.block():
+        projects.set_past_due_policy(hooked.project, False)
+    updates = await receiver.until(6, event_type="subscription.updated")
+    changed = [u["data"]["changed"] for u in updates[1:]]
+    assert changed == [["cancel_at", "status"], ["features"], ["plan_slug"], ["cancel_at", "status"],
+                       ["has_access", "subscriptions_with_access"]]
+    assert updates[2]["data"]["object"]["features"] == ["api_access"]
+    assert updates[-1]["data"]["object"]["has_access"] is False
