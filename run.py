@@ -46,6 +46,7 @@ HANDLER_MODULES = [
     "console.events",
     "console.settings",
     "console.plans",
+    "console.webhooks_out",
     "console.fallback",  # the console's catch-all 404: keep it last among console modules
 ]
 class PulseApplication(tornado.web.Application):

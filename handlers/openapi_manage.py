@@ -53,6 +53,7 @@ SCHEMAS = {
                       "properties": {"external_user_id": EXTERNAL_USER_ID}},
     "ChangeRequest": {
         "type": "object", "required": ["external_user_id"], "additionalProperties": False,
+        "anyOf": [{"required": ["stripe_price_id"]}, {"required": ["plan_slug"]}],
         "description": "stripe_price_id, or plan_slug (the plan's only price in the catalog); at least one.",
         "properties": {"external_user_id": EXTERNAL_USER_ID,
                        "stripe_price_id": {"type": "string", "pattern": "^price_[^\\s\\x00-\\x1f\\x7f-\\x9f]{1,249}$"},
@@ -98,7 +99,7 @@ SCHEMAS = {
 def _empty_post(summary, response, status="202"):
     return {"post": {"summary": summary, "parameters": [ENDPOINT_ID, IDEMPOTENCY_KEY],
                      "responses": {status: json_response(ref(response), "Queued" if status == "202" else "OK"),
-                                   **errors(401, 404, 409, 429, 503)}}}
+                                   **errors(400, 401, 404, 409, 429, 503)}}}
 
 
 def _lifecycle_post(summary, request, response, description):
@@ -178,5 +179,6 @@ def paths():
             "parameters": [ENDPOINT_ID, IDEMPOTENCY_KEY,
                            {"name": "delivery_id", "in": "path", "required": True,
                             "schema": {"type": "integer", "minimum": 0, "maximum": 10 ** 17}}],
-            "responses": {"202": json_response(ref("WebhookQueued"), "Queued"), **errors(401, 404, 409, 429, 503)}}},
+            "responses": {"202": json_response(ref("WebhookQueued"), "Queued"),
+                          **errors(400, 401, 404, 409, 429, 503)}}},
     }
