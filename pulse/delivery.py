@@ -30,6 +30,8 @@ log = logging.getLogger("pulse.delivery")
 
 MAX_BACKOFF_S = 6 * 3600
 MAX_IN_FLIGHT = 32
+KEEP_DAYS = 30  # delivered (or given up) messages are kept this long for the console and resends
+PURGE_EVERY_S = 3600
 USER_AGENT = f"PaymentPulse-Webhooks/{__version__}"
 
 
@@ -106,6 +108,15 @@ def record(job, owner, config, status_code=None, latency_ms=None, error=None):
     return FAILED if expired else PENDING
 
 
+def purge(now=None):
+    """Delete messages older than KEEP_DAYS whose deliveries are all finished (the console shows the rest)."""
+    cutoff = (now or now_ms()) - KEEP_DAYS * 86400 * 1000
+    open_ = WebhookDelivery.select(WebhookDelivery.id).where(WebhookDelivery.message == WebhookMessage.id,
+                                                            WebhookDelivery.status == PENDING)
+    with write_transaction():
+        return WebhookMessage.delete().where(WebhookMessage.created_ms < cutoff, ~pw.fn.EXISTS(open_)).execute()
+
+
 class Refused(Exception):
     """The target is not allowed (SSRF rule) or cannot be resolved."""
 
@@ -176,15 +187,29 @@ class Deliverer:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        leased = list(self.in_flight)
         for task in list(self.in_flight.values()):
             task.cancel()
         await asyncio.gather(*self.in_flight.values(), return_exceptions=True)
+        if leased:  # stopped mid-send: another process may take them now, not when the lease runs out
+            try:
+                with block():
+                    WebhookDelivery.update(lease_until_ms=0).where(
+                        WebhookDelivery.id.in_(leased), WebhookDelivery.lease_owner == self.owner,
+                        WebhookDelivery.status == PENDING).execute()
+            except DatabaseUnavailable:
+                pass
         if self._client:
             await self._client.aclose()
 
     async def _run(self):
+        purged_at = 0.0
         while True:
             try:
+                if time.monotonic() - purged_at > PURGE_EVERY_S:
+                    purged_at = time.monotonic()
+                    with block():
+                        purge()
                 self._claim_more()
             except DatabaseUnavailable:
                 log.warning("outbox: database unavailable, retrying")

@@ -247,3 +247,49 @@ async def test_every_cause_of_a_changed_answer_sends_subscription_updated(http_c
                        ["has_access", "subscriptions_with_access"]]
     assert updates[2]["data"]["object"]["features"] == ["api_access"]
     assert updates[-1]["data"]["object"]["has_access"] is False
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_slow_endpoint_never_blocks_the_server(api, project, receiver, deliverer):
+    import time
+
+    created = body_of(await api("POST", "/api/webhook-endpoints", json_body={"url": receiver.url}))
+    receiver.secret, receiver.mode = created["secret"], "hang"
+    await api("POST", f"/api/webhook-endpoints/{created['id']}/test")
+    for _ in range(200):
+        if receiver.hanging.is_set():
+            break
+        await asyncio.sleep(0.01)
+    assert receiver.hanging.is_set()
+    started = time.monotonic()
+    for _ in range(5):
+        assert (await api("GET", "/api/webhook-endpoints")).code == 200
+    assert time.monotonic() - started < 1.0  # answered while the delivery hangs
+    for _ in range(100):  # the attempt gives up at PULSE_WEBHOOK_TIMEOUT (2 s here)
+        found = body_of(await api("GET", f"/api/webhook-endpoints/{created['id']}"))
+        if found["deliveries"][0]["last_error"]:
+            break
+        await asyncio.sleep(0.05)
+    assert found["deliveries"][0]["last_error"] == "timed out" and found["deliveries"][0]["status"] == "pending"
+    assert 1900 <= found["deliveries"][0]["last_latency_ms"] < 4000
+    receiver.release.set()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_finished_messages_are_purged_after_30_days_pending_ones_kept(api, project, receiver, deliverer):
+    from pulse import delivery
+    from pulse.models import WebhookMessage
+    from pulse.outbox import now_ms
+
+    created = body_of(await api("POST", "/api/webhook-endpoints", json_body={"url": receiver.url}))
+    receiver.secret = created["secret"]
+    await api("POST", f"/api/webhook-endpoints/{created['id']}/test")
+    await receiver.until(1)
+    await asyncio.sleep(0.2)
+    receiver.mode = "fail"
+    await api("POST", f"/api/webhook-endpoints/{created['id']}/test")
+    with db.block():
+        assert delivery.purge(now=now_ms() + 29 * 86400 * 1000) == 0
+        assert delivery.purge(now=now_ms() + 31 * 86400 * 1000) == 1
+        assert WebhookMessage.select().count() == 1 and WebhookDelivery.select().count() == 1
+        assert WebhookDelivery.get().status == "pending"
