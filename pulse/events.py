@@ -235,8 +235,9 @@ def _apply_entitlements(project, event, fetched):
     cus, reason = _owned_customer(project, fetched)
     if reason or cus.get("deleted"):
         return IGNORED, reason or "the customer is deleted at Stripe"
-    customer = Customer.get_or_none(Customer.project == project, Customer.stripe_customer_id == cus["id"])
-    if customer is None:
+    # Before the checkout's own event links the customer, its metadata (set at checkout) names the user.
+    customer = subs.resolve_customer(project, cus["id"], subs.metadata_of(cus).get("external_user_id"))
+    if customer is None or customer.stripe_customer_id != cus["id"]:
         return IGNORED, "no customer of this project uses this Stripe customer now"
     if not entitlements.store(project, customer.id, fetched.get("features") or [], fetched["at"]):
         return IGNORED, "newer entitlements are already stored"

@@ -2,7 +2,7 @@
 
 from collections import Counter
 
-from pulse import billing, ownership, subscriptions as subs
+from pulse import billing, outbox, ownership, subscriptions as subs
 from pulse.db import block, utcnow
 from pulse.models import Customer
 from pulse.events import plain
@@ -99,7 +99,9 @@ async def _unlink_deleted(project, client, listed, progress):
             continue
         with block():
             with subs.transaction():
-                subs.retire_stripe_customer(project, stripe_customer_id, subs.DELETED_IN_STRIPE, at)
+                customer = subs.retire_stripe_customer(project, stripe_customer_id, subs.DELETED_IN_STRIPE, at)
+                if customer is not None:  # the tenant hears of it as from the missed event
+                    outbox.customer_deleted(project, customer, stripe_customer_id)
         unlinked += 1
         if progress:
             progress(f"{stripe_customer_id}: deleted in Stripe, unlinked")

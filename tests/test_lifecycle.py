@@ -227,3 +227,15 @@ async def test_entitlements_of_another_projects_customer_are_ignored(fake_stripe
                                summary(theirs["customer"], "api_access")))
     assert body_of(resp)["outcome"] == "ignored"
     assert (await read(hooked, "user-1"))["features"] == []
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_entitlements_event_before_the_checkout_event_is_kept(fake_stripe, hooked, deliver, read, call):
+    session, sub = new_subscription(fake_stripe, "user-2", project_id=hooked.project.public_id)
+    fake_stripe.attach_feature("price_monthly", "api_access")
+    resp = await deliver(event("entitlements.active_entitlement_summary.updated",
+                               summary(sub["customer"], "api_access")))
+    assert body_of(resp)["outcome"] == "processed"  # the customer's metadata names the user
+    assert body_of(await call("GET", "/api/entitlements/api_access?external_user_id=user-2"))["has_access"] is True
+    assert body_of(await deliver(event("checkout.session.completed", session)))["outcome"] == "processed"
+    assert (await read(hooked, "user-2"))["features"] == ["api_access"]

@@ -293,3 +293,24 @@ async def test_finished_messages_are_purged_after_30_days_pending_ones_kept(api,
         assert delivery.purge(now=now_ms() + 31 * 86400 * 1000) == 1
         assert WebhookMessage.select().count() == 1 and WebhookDelivery.select().count() == 1
         assert WebhookDelivery.get().status == "pending"
+
+
+@pytest.mark.gen_test(timeout=40)
+async def test_sync_stripe_announces_what_the_missed_events_would_have(http_client, base_url, fake_stripe, hooked,
+                                                                      deliver, receiver, deliverer, app):
+    from pulse import resync
+
+    created = await add_endpoint(http_client, base_url, hooked, receiver.url)
+    receiver.secret = created["secret"]
+    session, sub = new_subscription(fake_stripe, "user-1", project_id=hooked.project.public_id)
+    await deliver(event("checkout.session.completed", session))
+    await receiver.until(1, event_type="subscription.updated")
+    fake_stripe.set_subscription(sub["id"], cancel_at_period_end=True)  # its webhook is lost
+    await resync.sync_project(hooked.project, config=app.settings["config"], box=app.settings["secret_box"])
+    updates = await receiver.until(2, event_type="subscription.updated")
+    assert updates[-1]["data"]["object"]["status"] == "cancelling"
+    fake_stripe.delete_customer(sub["customer"])  # and so is customer.deleted's
+    await resync.sync_project(hooked.project, config=app.settings["config"], box=app.settings["secret_box"])
+    deleted = await receiver.until(1, event_type="customer.deleted")
+    assert deleted[0]["data"]["external_user_id"] == "user-1"
+    assert (await receiver.until(3, event_type="subscription.updated"))[-1]["data"]["object"]["status"] == "cancelled"
