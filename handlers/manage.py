@@ -7,11 +7,10 @@ a caller's field -> 400 invalid_field naming that field.
 
 import re
 
-from pulse import entitlements, lifecycle
-from pulse.db import block
-
 from handlers.base import ApiError, invalid, missing
 from handlers.billing import BillingHandler, external_user_id
+from pulse import entitlements, lifecycle
+from pulse.db import block
 
 _PRICE = re.compile(r"price_[^\s\x00-\x1f\x7f-\x9f]{1,249}")
 _SLUG = re.compile(r"[^\x00-\x1f\x7f-\x9f]{1,100}")

@@ -5,10 +5,11 @@ handlers/openapi.py merges SCHEMAS and `paths()` into its document.
 
 import copy
 
+from handlers.openapi import EXTERNAL_USER_ID, IDEMPOTENCY_KEY, NULLABLE_STRING, NULLABLE_TIME
+from handlers.openapi import _errors as errors
+from handlers.openapi import _json as json_response
+from handlers.openapi import _ref as ref
 from pulse import lifecycle
-
-from handlers.openapi import EXTERNAL_USER_ID, IDEMPOTENCY_KEY, NULLABLE_STRING, NULLABLE_TIME, _errors as errors, _json as json_response, \
-    _ref as ref
 
 ENDPOINT_ID = {"name": "endpoint_id", "in": "path", "required": True,
                "schema": {"type": "string", "pattern": "^[A-Za-z0-9_]{1,64}$"}}
@@ -144,7 +145,8 @@ def paths():
                             "schema": {"type": "string", "pattern": "^(100|[1-9][0-9]?)$", "default": "10"}},
                            {"name": "starting_after", "in": "query", "required": False,
                             "schema": {"type": "string", "pattern": "^in_[A-Za-z0-9]{1,250}$"}}],
-            "responses": {"200": json_response(ref("InvoiceList"), "OK"), **errors(400, 401, 404, 422, 429, 502, 503)}}},
+            "responses": {"200": json_response(ref("InvoiceList"), "OK"),
+                          **errors(400, 401, 404, 422, 429, 502, 503)}}},
         "/api/entitlements/{feature}": {"get": {
             "summary": "Whether the user has a feature (Stripe Entitlements), from the database",
             "parameters": [{"name": "feature", "in": "path", "required": True,

@@ -1,10 +1,9 @@
 """GET/POST /api/webhook-endpoints, DELETE /api/webhook-endpoints/{id}, and an endpoint's deliveries and test event."""
 
+from handlers.base import ApiError, ApiHandler, invalid, missing
 from pulse import outbox
 from pulse.db import block, isoformat
 from pulse.models import WebhookDelivery
-
-from handlers.base import ApiError, ApiHandler, invalid, missing
 
 _NO_ENDPOINT = "No webhook endpoint with this id in this project."
 _FIELDS = {"url", "description"}

@@ -218,7 +218,7 @@ class Deliverer:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.config.webhook_poll)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def _claim_more(self):
@@ -250,7 +250,7 @@ class Deliverer:
         started = time.monotonic()
         try:
             return await asyncio.wait_for(self._attempt(job, started), self.config.webhook_timeout)
-        except (asyncio.TimeoutError, httpx.TimeoutException):
+        except (TimeoutError, httpx.TimeoutException):
             return None, int((time.monotonic() - started) * 1000), "timed out"
 
     async def _attempt(self, job, started):

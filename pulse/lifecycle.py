@@ -9,7 +9,8 @@ follows changes nothing. The subscription acted on is the user's current one (pu
 import hashlib
 import json
 
-from pulse import billing, entitlements, plans, subscriptions as subs
+from pulse import billing, entitlements, plans
+from pulse import subscriptions as subs
 from pulse.db import block, from_timestamp, isoformat
 from pulse.events import plain
 from pulse.models import Customer, Subscription

@@ -17,8 +17,15 @@ from urllib.parse import urlsplit
 import peewee as pw
 
 from pulse.db import database, is_mysql, isoformat, utcnow
-from pulse.models import Customer, CustomerState, Project, Subscription, WebhookDelivery, WebhookEndpoint, \
-    WebhookMessage
+from pulse.models import (
+    Customer,
+    CustomerState,
+    Project,
+    Subscription,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookMessage,
+)
 from pulse.security import public_id
 from pulse.status import current, policy_of, public_subscription, row_has_access
 
@@ -64,7 +71,8 @@ def address_refusal(address, config):
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     if ip.is_loopback:
-        return None if config.webhook_allow_loopback else "a loopback address (PULSE_WEBHOOK_ALLOW_LOOPBACK=1 allows it)"
+        allowed = config.webhook_allow_loopback
+        return None if allowed else "a loopback address (PULSE_WEBHOOK_ALLOW_LOOPBACK=1 allows it)"
     if ip.is_unspecified or ip.is_multicast:
         return "an unspecified or multicast address"
     if ip.is_private or ip.is_link_local or ip.is_reserved or not ip.is_global:

@@ -72,7 +72,8 @@ class LifecycleMixin:
             sub = self._get(self.subscriptions, "subscription", parts[1])
             return self._cancel(sub) if method == "DELETE" else self._update(sub, params)
         if parts == ["invoices"] and method == "GET":
-            found = [i for i in self.invoices.values() if not params.get("customer") or i["customer"] == params["customer"]]
+            wanted = params.get("customer")
+            found = [i for i in self.invoices.values() if not wanted or i["customer"] == wanted]
             listing = objects.page(found, params, "/v1/invoices")
             return dict(listing, data=[objects.public(i) for i in listing["data"]])
         if parts == ["invoices", "create_preview"] and method == "POST":

@@ -8,7 +8,6 @@ import pytest
 from pulse import db
 from pulse.models import AuditLog, WebhookDelivery, WebhookEndpoint
 from tests.console_support import Console, text
-from tests.test_outgoing_webhooks import deliverer, receiver  # noqa: F401  (fixtures)
 
 config_overrides = pytest.fixture(lambda: {"webhook_allow_loopback": True, "webhook_retry_base": 0.05,
                                            "webhook_poll": 0.1})

@@ -167,7 +167,8 @@ async def test_invoices_are_listed_and_paged_as_stripe_pages(call, fake_stripe, 
     assert first["amount_due"] == 2002 and first["hosted_invoice_url"] == made[2]["hosted_invoice_url"]
     assert first["invoice_pdf"] == made[2]["invoice_pdf"] and first["stripe_subscription_id"] == subscribed["id"]
     assert first["period_start"].endswith("Z") and first["period_end"].endswith("Z")
-    resp = await call("GET", f"/api/invoices?external_user_id=user-1&limit=2&starting_after={page['next_starting_after']}")
+    cursor = page["next_starting_after"]
+    resp = await call("GET", f"/api/invoices?external_user_id=user-1&limit=2&starting_after={cursor}")
     page = body_of(resp)
     assert [i["id"] for i in page["data"]] == [made[0]["id"]] and page["has_more"] is False
     assert page["next_starting_after"] is None

@@ -88,10 +88,10 @@ def test_two_processes_share_one_outbox_without_sending_twice(db_url, receivers)
         for n in range(30):  # through either process in turn: each wakes its own loop at once
             endpoint_id = endpoint_ids[n % 3]
             queued[endpoint_id].append(queue_test(live[n % 2], key, endpoint_id))
-        for receiver, endpoint_id in zip(apps, endpoint_ids):
+        for receiver in apps:
             receiver.wait_for(10, timeout=30)
         time.sleep(0.5)
-        for receiver, endpoint_id in zip(apps, endpoint_ids):
+        for receiver, endpoint_id in zip(apps, endpoint_ids, strict=True):
             assert [webhook_id for webhook_id, _ in receiver.received] == queued[endpoint_id]
             assert [webhook_id for webhook_id, _ in receiver.attempts] == queued[endpoint_id]
             assert not receiver.rejected

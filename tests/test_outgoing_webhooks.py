@@ -6,36 +6,14 @@ import json
 import pytest
 
 from pulse import db
-from pulse.delivery import Deliverer
 from pulse.models import WebhookDelivery, WebhookEndpoint
 from tests.stripe_events import customer_object, event, new_subscription
 from tests.support import body_of
-from tests.webhook_receiver import Receiver
 from tests.webhook_support import webhook_overrides
 
 config_overrides = pytest.fixture(lambda fake_stripe: {
     **webhook_overrides(fake_stripe), "webhook_allow_loopback": True, "webhook_retry_base": 0.05,
     "webhook_timeout": 2.0, "webhook_poll": 0.1})
-
-
-@pytest.fixture
-def receiver():
-    server = Receiver().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def deliverer(io_loop, app, http_server):
-    """This process's delivery loop, as `run.py serve` starts it."""
-    loop = Deliverer(app.settings["config"], app.settings["secret_box"])
-    io_loop.run_sync(lambda: _start(loop))
-    yield loop
-    io_loop.run_sync(loop.stop)
-
-
-async def _start(loop):
-    loop.start()
 
 
 async def add_endpoint(http_client, base_url, project, url):

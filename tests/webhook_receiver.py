@@ -1,5 +1,8 @@
 """A real HTTP server standing in for the tenant's app: verifies every delivery with `standardwebhooks`.
 
+Also a pytest plugin (tests/conftest.py lists it): fixtures `receiver` and `deliverer` (this
+process's outbox delivery loop on the test's IOLoop, as `run.py serve` starts it).
+
     receiver = Receiver().start()           # 127.0.0.1:<free port>, in a thread
     receiver.secret = "whsec_..."           # the endpoint's secret, once created
     receiver.mode = "ok" | "fail" | "hang"  # 200, 503, or never answer (until released)
@@ -14,6 +17,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 
@@ -110,3 +114,25 @@ class Receiver:
                 return self.events(event_type)
             await asyncio.sleep(0.02)
         raise AssertionError(f"expected {count} deliveries, got {json.dumps(self.events(event_type))[:2000]}")
+
+
+@pytest.fixture
+def receiver():
+    server = Receiver().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def deliverer(io_loop, app, http_server):
+    """This process's delivery loop, as `run.py serve` starts it."""
+    from pulse.delivery import Deliverer
+
+    loop = Deliverer(app.settings["config"], app.settings["secret_box"])
+
+    async def start():
+        loop.start()
+
+    io_loop.run_sync(start)
+    yield loop
+    io_loop.run_sync(loop.stop)
