@@ -42,10 +42,11 @@ class LifecycleMixin:
         self.invoices[invoice_id] = dict(invoice, _seq=next(self._seq))
         return invoice
 
-    def attach_feature(self, price_id, lookup_key):
-        """Attach a Feature (by lookup_key) to the Product of `price_id`, as the Dashboard does."""
+    def attach_feature(self, price_or_product, lookup_key):
+        """Attach a Feature (by lookup_key) to a Product (prod_…, or a price id's product), as the Dashboard does."""
         self._lifecycle_state()
-        product = self.prices[price_id]["product"]
+        product = price_or_product if price_or_product.startswith("prod_") else \
+            self.prices[price_or_product]["product"]
         self.product_features.setdefault(product, [])
         if lookup_key not in self.product_features[product]:
             self.product_features[product].append(lookup_key)
