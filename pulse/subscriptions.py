@@ -105,6 +105,7 @@ def resolve_customer(project, stripe_customer_id=None, external_user_id=None, em
         Customer.update(**changes).where(Customer.id == customer.id).execute()
         for name, value in changes.items():
             setattr(customer, name, value)
+        outbox.customer_changed(project, customer.id)  # email and stripe_customer_id are in the answer
     return customer
 
 
