@@ -22,6 +22,9 @@ def _fields(data, allowed):
     unknown = sorted(set(data) - set(allowed))
     if unknown:
         raise invalid(unknown[0], f"{unknown[0]} is not a field of this request")
+    for name in allowed:
+        if name in data and data[name] is None:
+            raise invalid(name, f"{name} must not be null (leave it out instead)")
 
 
 def _user(data):

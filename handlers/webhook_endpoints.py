@@ -32,7 +32,7 @@ class EndpointsHandler(ApiHandler):
         url = data.get("url")
         if url is None:
             raise missing("url")
-        description = data.get("description") or ""
+        description = data.get("description", "")
         if not isinstance(description, str):
             raise invalid("description", "description must be a string")
         try:

@@ -90,6 +90,9 @@ async def test_unknown_users_and_bad_bodies(call, subscribed):
     resp = await call("POST", "/api/subscription/change", {"external_user_id": "user-1", "stripe_price_id": "price_x",
                                                            "proration_behavior": "sometimes"})
     assert resp.code == 400 and body_of(resp)["error"]["field"] == "proration_behavior"
+    resp = await call("POST", "/api/subscription/change", {"external_user_id": "user-1", "plan_slug": "pro",
+                                                           "quantity": None})
+    assert resp.code == 400 and body_of(resp)["error"]["field"] == "quantity"
     resp = await call("GET", "/api/invoices?external_user_id=user-1&limit=0")
     assert resp.code == 400 and body_of(resp)["error"]["field"] == "limit"
 
