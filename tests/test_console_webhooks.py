@@ -1,6 +1,5 @@
 """Console: the outgoing webhooks page (endpoints, secret shown once, deliveries, resend, test event, delete)."""
 
-import asyncio
 import re
 
 import pytest
@@ -8,6 +7,7 @@ import pytest
 from pulse import db
 from pulse.models import AuditLog, WebhookDelivery, WebhookEndpoint
 from tests.console_support import Console, text
+from tests.webhook_receiver import settled
 
 config_overrides = pytest.fixture(lambda: {"webhook_allow_loopback": True, "webhook_retry_base": 0.05,
                                            "webhook_poll": 0.1})
@@ -41,7 +41,7 @@ async def test_endpoints_deliveries_resend_and_test_event(console, project, rece
     assert tested.code == 303
     (body,) = await receiver.until(1)
     assert body["type"] == "webhook.test"
-    await asyncio.sleep(0.2)
+    await settled()
     page = text(await console.get(url(project, "webhooks")))
     assert "webhook.test" in page and "succeeded" in page and "204" in page and " ms" in page
     with db.block():

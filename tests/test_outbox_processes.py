@@ -1,14 +1,13 @@
 """The outbox across real server processes: kill -9 mid-delivery, and two processes sharing one outbox."""
 
 import json
-import time
 
 import pytest
 
 from pulse import db
 from pulse.models import WebhookDelivery
 from tests.live_server import LiveServer
-from tests.webhook_receiver import Receiver
+from tests.webhook_receiver import Receiver, all_delivered
 
 ENV = {"PULSE_WEBHOOK_ALLOW_LOOPBACK": "1", "PULSE_WEBHOOK_TIMEOUT": "1", "PULSE_WEBHOOK_RETRY_BASE": "0.1",
        "PULSE_WEBHOOK_POLL": "0.1", "PULSE_FORCE_HTTPS": "0"}
@@ -64,7 +63,7 @@ def test_kill_9_mid_delivery_loses_nothing_and_repeats_only_the_same_webhook_id(
     receiver.release.set()
     with LiveServer(db_url, env=ENV) as second:
         received = receiver.wait_for(3, timeout=20)
-        time.sleep(0.5)
+        all_delivered(db_url, 3)
         assert second.healthy()
     assert [webhook_id for webhook_id, _ in receiver.received] == [hung, *later]
     assert [body["id"] for body in received] == [hung, *later]
@@ -90,7 +89,7 @@ def test_two_processes_share_one_outbox_without_sending_twice(db_url, receivers)
             queued[endpoint_id].append(queue_test(live[n % 2], key, endpoint_id))
         for receiver in apps:
             receiver.wait_for(10, timeout=30)
-        time.sleep(0.5)
+        all_delivered(db_url, 30)
         for receiver, endpoint_id in zip(apps, endpoint_ids, strict=True):
             assert [webhook_id for webhook_id, _ in receiver.received] == queued[endpoint_id]
             assert [webhook_id for webhook_id, _ in receiver.attempts] == queued[endpoint_id]

@@ -136,3 +136,39 @@ def deliverer(io_loop, app, http_server):
     io_loop.run_sync(start)
     yield loop
     io_loop.run_sync(loop.stop)
+
+
+async def settled(timeout=15):
+    """Wait until no delivery is in flight (each attempt recorded), without blocking the test's loop."""
+    import asyncio
+
+    from pulse import db
+    from pulse.models import WebhookDelivery
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with db.block():
+            busy = WebhookDelivery.select().where(WebhookDelivery.status == "pending",
+                                                  WebhookDelivery.lease_until_ms > 0).exists()
+        if not busy:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("deliveries still in flight")
+
+
+def all_delivered(db_url, count, timeout=20):
+    """Wait (blocking) until `count` deliveries in the database at `db_url` have succeeded."""
+    from pulse import db
+    from pulse.models import WebhookDelivery
+
+    db.bind(db_url)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            with db.block():
+                if WebhookDelivery.select().where(WebhookDelivery.status == "succeeded").count() >= count:
+                    return
+            time.sleep(0.05)
+        raise AssertionError("deliveries not recorded as succeeded")
+    finally:
+        db.database.close()
