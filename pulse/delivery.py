@@ -165,6 +165,7 @@ class Deliverer:
         self._wake = asyncio.Event()
         self._task = None
         self._client = None
+        self._db_down = False
 
     def start(self):
         loop = asyncio.get_running_loop()
@@ -211,8 +212,13 @@ class Deliverer:
                     with block():
                         purge()
                 self._claim_more()
+                if self._db_down:
+                    self._db_down = False
+                    log.info("outbox: database back, delivering again")
             except DatabaseUnavailable:
-                log.warning("outbox: database unavailable, retrying")
+                if not self._db_down:  # once per outage, not once per poll
+                    self._db_down = True
+                    log.warning("outbox: database unavailable, retrying every %s s", self.config.webhook_poll)
             except Exception as exc:  # keep the loop alive; the next poll tries again
                 log.error("outbox claim failed: %s", type(exc).__name__)
             self._wake.clear()
