@@ -40,6 +40,8 @@ HANDLER_MODULES = [
     "handlers.billing",
     "handlers.plans",
     "handlers.webhooks",
+    "handlers.webhook_endpoints",
+    "handlers.manage",
     "console.status",
     "console.auth",
     "console.dashboard",
@@ -52,6 +54,7 @@ HANDLER_MODULES = [
     "console.sandbox",
     "sandbox.api",
     "sandbox.pages",
+    "console.webhooks_out",
     "console.fallback",  # the console's catch-all 404: keep it last among console modules
 ]
 class PulseApplication(tornado.web.Application):

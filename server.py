@@ -11,6 +11,7 @@ import tornado.httpserver
 import tornado.netutil
 
 from pulse import db
+from pulse.delivery import Deliverer
 from pulse.migrations import migrate_database
 
 log = logging.getLogger("pulse.server")
@@ -28,6 +29,8 @@ def _worker(make_app, config, sockets):
 
     async def main():
         app = make_app(config)
+        # The outbox delivery loop (pulse.delivery): every serving process takes part.
+        deliverer = Deliverer(config, app.settings["secret_box"]).start()
         # No xheaders: Tornado would believe X-Real-Ip from anyone. web.client_ip
         # reads the forwarding headers, and only from PULSE_TRUSTED_PROXIES.
         server = tornado.httpserver.HTTPServer(app, xheaders=False, **HTTP_SERVER_LIMITS)
@@ -45,6 +48,7 @@ def _worker(make_app, config, sockets):
         if app.inflight:
             log.warning("drain timed out after %.0f s: closing %d unfinished requests", DRAIN_SECONDS, app.inflight)
         await server.close_all_connections()
+        await deliverer.stop()
         log.info("stopped (pid %s)", os.getpid())
 
     asyncio.run(main())

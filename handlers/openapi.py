@@ -212,7 +212,8 @@ def _webhook(summary, parameters):
 @functools.lru_cache(maxsize=1)
 def document():
     """The OpenAPI 3.1 document, as a dict."""
-    return {
+    from handlers import openapi_manage  # issue 16's paths; it imports this module's helpers
+    doc = {
         "openapi": "3.1.0",
         "info": {"title": "PaymentPulse", "version": __version__,
                  "description": "Self-hosted, multi-tenant Stripe billing gateway. Every error has the shape "
@@ -283,6 +284,9 @@ def document():
                                            "description": "pp_live_… (one project)."}},
         },
     }
+    doc["paths"].update(openapi_manage.paths())
+    doc["components"]["schemas"] = openapi_manage.extend_subscription({**SCHEMAS, **openapi_manage.SCHEMAS})
+    return doc
 
 
 class OpenApiHandler(ApiHandler):

@@ -233,6 +233,20 @@ TABLE: tuple[Setting, ...] = (
     Setting("PULSE_LOG_LEVEL", "log_level", "info", parse_log_level, "debug, info, warning or error"),
     Setting("PULSE_BCRYPT_ROUNDS", "bcrypt_rounds", 12, _between(parse_int, 4, 16),
             "bcrypt cost of console passwords (4 to 16)"),
+    Setting("PULSE_WEBHOOK_ALLOW_LOOPBACK", "webhook_allow_loopback", False, parse_bool,
+            "outgoing webhooks may target loopback addresses, over http too (development only)"),
+    Setting("PULSE_WEBHOOK_ALLOW_PRIVATE", "webhook_allow_private", False, parse_bool,
+            "outgoing webhooks may target private and link-local addresses (refused by default: SSRF)"),
+    Setting("PULSE_WEBHOOK_TIMEOUT", "webhook_timeout", 10.0, _between(parse_float, 0.1, 60),
+            "seconds an outgoing webhook delivery may take before it counts as failed"),
+    Setting("PULSE_WEBHOOK_RETRY_BASE", "webhook_retry_base", 5.0, _between(parse_float, 0.01, 3600),
+            "seconds before the first retry of a failed outgoing webhook; doubles per attempt, up to 6 hours"),
+    Setting("PULSE_WEBHOOK_RETRY_FOR", "webhook_retry_for", 259200.0, _between(parse_float, 1, 30 * 86400),
+            "seconds an outgoing webhook is retried before it is marked failed (default 3 days)"),
+    Setting("PULSE_WEBHOOK_DISABLE_AFTER", "webhook_disable_after", 259200.0, _between(parse_float, 1, 30 * 86400),
+            "seconds of failures without one success after which an endpoint is disabled (default 3 days)"),
+    Setting("PULSE_WEBHOOK_POLL", "webhook_poll", 1.0, _between(parse_float, 0.05, 60),
+            "seconds between outbox polls of each process (new messages of this process go out at once)"),
 )
 # fmt: on
 
@@ -263,6 +277,13 @@ class Config:
     status_page_url: str = _DEFAULTS["status_page_url"]
     log_level: str = _DEFAULTS["log_level"]
     bcrypt_rounds: int = _DEFAULTS["bcrypt_rounds"]
+    webhook_allow_loopback: bool = _DEFAULTS["webhook_allow_loopback"]
+    webhook_allow_private: bool = _DEFAULTS["webhook_allow_private"]
+    webhook_timeout: float = _DEFAULTS["webhook_timeout"]
+    webhook_retry_base: float = _DEFAULTS["webhook_retry_base"]
+    webhook_retry_for: float = _DEFAULTS["webhook_retry_for"]
+    webhook_disable_after: float = _DEFAULTS["webhook_disable_after"]
+    webhook_poll: float = _DEFAULTS["webhook_poll"]
 
 
 def describe() -> str:

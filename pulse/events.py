@@ -1,6 +1,6 @@
 """What a Stripe event means: its project, Stripe's current state behind it, and applying it (one dict of handlers)."""
 
-from pulse import billing, ownership, projects, subscriptions
+from pulse import billing, entitlements, outbox, ownership, projects, subscriptions
 from pulse.config import Config
 from pulse.models import Customer, Project, StripeCustomerHistory
 from pulse.outcomes import Outcome
@@ -62,8 +62,11 @@ async def _read(client, event):
             return found
         session = found["session"]
         sub_id = stripe_id(session.get("subscription")) if session.get("mode") == "subscription" else None
-    if kind in CUSTOMER_EVENTS and customer_id_of(obj):
+    if (kind in CUSTOMER_EVENTS or kind == entitlements.EVENT) and customer_id_of(obj):
         await _retrieve(client.v1.customers.retrieve_async, customer_id_of(obj), found, "customer")
+    if kind == entitlements.EVENT and "customer" in found and not found["customer"].get("deleted"):
+        # The summary in the payload is only a hint: Stripe's list now is the truth.
+        found["features"] = await entitlements.active_lookup_keys(client, found["customer"]["id"])
     if sub_id:
         await _retrieve(client.v1.subscriptions.retrieve_async, sub_id, found, "subscription")
     return found
@@ -77,6 +80,10 @@ def _from_payload(event):
         found["subscription"] = obj
     elif kind in CUSTOMER_EVENTS:
         found["customer"] = obj
+    elif kind == entitlements.EVENT:
+        found["customer"] = {"id": stripe_id(obj.get("customer"))}
+        listed = dict_of(obj.get("entitlements")).get("data") or []
+        found["features"] = [str(e["lookup_key"]) for e in listed if isinstance(e, dict) and e.get("lookup_key")]
     else:
         found["session" if kind == "checkout.session.completed" else "invoice"] = obj
         if isinstance(obj.get("subscription"), dict):
@@ -138,10 +145,13 @@ def _apply_checkout(project, event, fetched):
     meta = metadata_of(session)
     external = session.get("client_reference_id") or meta.get("external_user_id")
     email = dict_of(session.get("customer_details")).get("email") or session.get("customer_email")
-    if subscriptions.resolve_customer(project, customer_id, external, email=email) is None:
+    customer = subscriptions.resolve_customer(project, customer_id, external, email=email)
+    if customer is None:
         return IGNORED, "the session names no customer of this project"
     if fetched.get("subscription"):
         _apply_subscription(project, event, fetched, email=email)
+    outbox.checkout_completed(project, customer, stripe_id(session.get("id")),
+                              stripe_id(session.get("subscription")))
     return PROCESSED, None
 
 
@@ -167,7 +177,24 @@ def _apply_customer_deleted(project, event, fetched):
         return IGNORED, reason
     if not cus.get("deleted") and not fetched.get("payload_only"):
         return IGNORED, "the customer still exists at Stripe"
-    subscriptions.retire_stripe_customer(project, cus["id"], subscriptions.DELETED_IN_STRIPE, fetched["at"])
+    customer = subscriptions.retire_stripe_customer(project, cus["id"], subscriptions.DELETED_IN_STRIPE, fetched["at"])
+    if customer is not None:
+        outbox.customer_deleted(project, customer, cus["id"])
+    return PROCESSED, None
+
+
+def _apply_entitlements(project, event, fetched):
+    if "customer" not in fetched:
+        return IGNORED, "the event names no customer"
+    cus, reason = _owned_customer(project, fetched)
+    if reason or cus.get("deleted"):
+        return IGNORED, reason or "the customer is deleted at Stripe"
+    # Before the checkout's own event links the customer, its metadata (set at checkout) names the user.
+    customer = subscriptions.resolve_customer(project, cus["id"], metadata_of(cus).get("external_user_id"))
+    if customer is None or customer.stripe_customer_id != cus["id"]:
+        return IGNORED, "no customer of this project uses this Stripe customer now"
+    if not entitlements.store(project, customer.id, fetched.get("features") or [], fetched["at"]):
+        return IGNORED, "newer entitlements are already stored"
     return PROCESSED, None
 
 
@@ -180,6 +207,7 @@ APPLY = {
     "checkout.session.completed": _apply_checkout,
     "customer.updated": _apply_customer_updated,
     "customer.deleted": _apply_customer_deleted,
+    entitlements.EVENT: _apply_entitlements,
 }
 HANDLED = frozenset(APPLY)
 

@@ -1,5 +1,6 @@
 """The hot path, GET /api/subscription: one lean SQL query straight to the public JSON shape, cached briefly."""
 
+import json
 import time
 import weakref
 
@@ -7,7 +8,7 @@ import peewee as pw
 
 from pulse import status
 from pulse.db import database
-from pulse.models import Customer, Project, Subscription
+from pulse.models import Customer, CustomerState, Project, Subscription
 
 # Stand-ins used once to compile the query; their positions in the parameter list are remembered.
 _PROJECT_MARK = -918273645
@@ -31,8 +32,11 @@ def _query(project_id, external_user_id):
     columns = [getattr(Subscription, name) for name in status.PUBLIC_COLUMNS]
     return (Customer
             .select(Customer.external_user_id, Customer.email, Customer.stripe_customer_id,
-                    Project.past_due_has_access, Project.paused_collection_has_access, with_access, *columns)
+                    Project.past_due_has_access, Project.paused_collection_has_access, with_access, *columns,
+                    CustomerState.features)
             .join(Project, on=(Project.id == Customer.project))
+            .switch(Customer)
+            .join(CustomerState, pw.JOIN.LEFT_OUTER, on=(CustomerState.customer == Customer.id))
             .switch(Customer)
             .join(Subscription, pw.JOIN.LEFT_OUTER, on=(Subscription.customer == Customer.id))
             .where((Customer.project == project_id) & (Customer.external_user_id == external_user_id))
@@ -106,4 +110,6 @@ def _read(db, project_id, external_user_id):
     if sub["stripe_subscription_id"] is None:
         return True, None
     customer = {"external_user_id": row[0], "email": row[1], "stripe_customer_id": row[2]}
-    return True, status.public_subscription(sub, status.Policy(bool(row[3]), bool(row[4])), row[5], customer)
+    body = status.public_subscription(sub, status.Policy(bool(row[3]), bool(row[4])), row[5], customer)
+    body["features"] = json.loads(row[-1]) if row[-1] else []  # Stripe Entitlements' lookup keys (pulse.entitlements)
+    return True, body

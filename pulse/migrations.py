@@ -119,6 +119,12 @@ def _sandbox_projects(db, migrator):
     db.create_tables([SandboxState], safe=True)
 
 
+def _outbox_and_entitlements(db, migrator):
+    # Issue 16: outgoing webhooks (endpoints, the outbox, deliveries) and Stripe entitlements per customer.
+    from pulse.models import CustomerFeature, CustomerState, WebhookDelivery, WebhookEndpoint, WebhookMessage
+    db.create_tables([CustomerState, CustomerFeature, WebhookEndpoint, WebhookMessage, WebhookDelivery], safe=True)
+
+
 # (version, name, step). Steps after the first receive the database and its migrator.
 STEPS = [
     (1, "initial schema", _initial),
@@ -127,6 +133,7 @@ STEPS = [
     (4, "console accounts keyed by normalised email", _email_identity),
     (5, "checkout lease: one checkout at a time per user", _checkout_lease),
     (9, "sandbox projects and their simulated Stripe", _sandbox_projects),
+    (10, "outgoing webhooks outbox, customer entitlements", _outbox_and_entitlements),
 ]
 LATEST = STEPS[-1][0]
 

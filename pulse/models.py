@@ -274,6 +274,92 @@ class SandboxState(BaseModel):
     updated_at = pw.DateTimeField(default=utcnow)
 
 
+
+class CustomerState(BaseModel):
+    """What the tenant's app was last told about a customer, and the customer's Stripe entitlements.
+
+    `answer` is the JSON of GET /api/subscription as last announced by subscription.updated (null:
+    no subscription yet); `features` the lookup keys of Stripe's active entitlements (JSON list),
+    stored as of `features_at` (ms, newer wins like Subscription.snapshot_at).
+    """
+
+    project = pw.ForeignKeyField(Project, on_delete="CASCADE")
+    customer = pw.ForeignKeyField(Customer, unique=True, on_delete="CASCADE")
+    answer = LongTextField(null=True)
+    features = pw.TextField(default="[]")
+    features_at = pw.BigIntegerField(default=0)
+    updated_at = pw.DateTimeField(default=utcnow)
+
+
+class CustomerFeature(BaseModel):
+    """One active Stripe entitlement (feature lookup_key) of a customer: the fast access check's index."""
+
+    project = pw.ForeignKeyField(Project, on_delete="CASCADE")
+    customer = pw.ForeignKeyField(Customer, on_delete="CASCADE")
+    lookup_key = ExactCharField(max_length=255)
+
+    class Meta:
+        indexes = ((("customer", "lookup_key"), True),)
+
+
+class WebhookEndpoint(BaseModel):
+    """A URL of the tenant's app that receives our outgoing webhooks (Standard Webhooks signed)."""
+
+    public_id = pw.CharField(max_length=40, unique=True)
+    project = pw.ForeignKeyField(Project, backref="webhook_endpoints", on_delete="CASCADE")
+    url = pw.CharField(max_length=2048)
+    description = pw.CharField(max_length=200, default="")
+    secret = pw.TextField()  # Fernet token of the whsec_ secret, see pulse.security
+    enabled = pw.BooleanField(default=True)
+    disabled_reason = pw.CharField(max_length=255, null=True)
+    failing_since = pw.BigIntegerField(null=True)  # ms of the first failure since the last success
+    created_at = pw.DateTimeField(default=utcnow)
+    updated_at = pw.DateTimeField(default=utcnow)
+
+
+class WebhookMessage(BaseModel):
+    """One outgoing event (the outbox): written in the transaction of the change it announces."""
+
+    public_id = pw.CharField(max_length=40, unique=True)  # the webhook-id header
+    project = pw.ForeignKeyField(Project, on_delete="CASCADE")
+    event_type = pw.CharField(max_length=64)
+    payload = LongTextField()  # the exact JSON body that is signed and sent
+    created_ms = pw.BigIntegerField()
+    created_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("project", "created_ms"), False),)
+
+
+class WebhookDelivery(BaseModel):
+    """A message to one endpoint: pending until a 2xx, retried with backoff, claimed under a lease."""
+
+    project = pw.ForeignKeyField(Project, on_delete="CASCADE")
+    message = pw.ForeignKeyField(WebhookMessage, backref="deliveries", on_delete="CASCADE")
+    endpoint = pw.ForeignKeyField(WebhookEndpoint, backref="deliveries", on_delete="CASCADE")
+    order_key = pw.CharField(max_length=64)  # messages with one key reach an endpoint in order
+    status = pw.CharField(max_length=16, default="pending")  # pending | succeeded | failed
+    attempts = pw.IntegerField(default=0)
+    next_attempt_ms = pw.BigIntegerField(default=0)
+    lease_until_ms = pw.BigIntegerField(default=0)
+    lease_owner = pw.CharField(max_length=40, null=True)
+    last_status_code = pw.IntegerField(null=True)
+    last_latency_ms = pw.IntegerField(null=True)
+    last_error = pw.CharField(max_length=255, null=True)
+    last_attempt_at = pw.DateTimeField(null=True)
+    delivered_at = pw.DateTimeField(null=True)
+    created_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = (
+            (("status", "next_attempt_ms"), False),
+            (("endpoint", "order_key", "status"), False),
+            (("endpoint", "id"), False),
+        )
+
+
+
 MODELS = [Project, User, Membership, ApiKey, Customer, Subscription, WebhookEvent,
           AuditLog, Session, IdempotencyRecord, LoginFailure, StripeCustomerHistory, Plan, PlanPrice,
-          CheckoutLease, SandboxState]
+          CheckoutLease, SandboxState, CustomerState, CustomerFeature, WebhookEndpoint, WebhookMessage,
+          WebhookDelivery]

@@ -64,6 +64,11 @@ def _prices_of_slug(project, slug):
             .where(PlanPrice.project == project, Plan.plan_slug == slug).tuples()]
 
 
+def prices_of_slug(project, slug):
+    """The Stripe price ids of a plan in the catalog ([] when the plan is unknown)."""
+    return _prices_of_slug(project, slug)
+
+
 def _shape(plan, price_ids):
     return {"plan_slug": plan.plan_slug, "stripe_price_ids": sorted(price_ids),
             "created_at": isoformat(plan.created_at), "updated_at": isoformat(plan.updated_at)}
@@ -171,6 +176,10 @@ def _reresolve(project, price_ids):
     if dropped:
         (Subscription.update(plan_slug=pw.fn.COALESCE(Subscription.plan_slug_fallback, ""))
          .where(Subscription.project == project, Subscription.stripe_price_id.in_(dropped)).execute())
+    # The tenant hears of each customer whose plan_slug moved (subscription.updated).
+    from pulse import outbox  # here: pulse.outbox reads the catalog's results through pulse.status only
+    outbox.customers_changed(project, outbox.customers_of_subscriptions(
+        (Subscription.project == project) & Subscription.stripe_price_id.in_(list(price_ids))))
 
 
 # ---------------------------------------------------------------- the plan of a Stripe subscription

@@ -234,9 +234,11 @@ def set_past_due_policy(project, allowed, *, user=None, ip=None):
         return False
     project.past_due_has_access = allowed
     project.updated_at = utcnow()
-    project.save()
+    with database.atomic():  # the setting and the subscription.updated messages it causes: one transaction
+        project.save()
+        audit("settings.past_due_policy", project=project, user=user, ip=ip, past_due_has_access=allowed)
+        _announce_policy(project)
     apikeys.invalidate(project.id)  # cached key lookups carry the project row, and with it the policy
-    audit("settings.past_due_policy", project=project, user=user, ip=ip, past_due_has_access=allowed)
     return True
 
 
@@ -246,8 +248,18 @@ def set_paused_collection_policy(project, allowed, *, actor=None, user=None, ip=
         return False
     project.paused_collection_has_access = bool(allowed)
     project.updated_at = utcnow()
-    project.save()
+    with database.atomic():
+        project.save()
+        audit("settings.paused_collection_policy", project=project, actor=actor, user=user, ip=ip,
+              paused_collection_has_access=bool(allowed))
+        _announce_policy(project)
     apikeys.invalidate(project.id)  # cached key lookups carry the project row
-    audit("settings.paused_collection_policy", project=project, actor=actor, user=user, ip=ip,
-          paused_collection_has_access=bool(allowed))
     return True
+
+
+def _announce_policy(project):
+    """A policy change can move has_access of many customers: each one whose answer moved hears of it."""
+    from pulse import outbox
+    from pulse.models import Subscription
+    outbox.customers_changed(project, outbox.customers_of_subscriptions(
+        (Subscription.project == project) & ((Subscription.status == "past_due") | Subscription.pause_behavior.is_null(False))))

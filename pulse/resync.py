@@ -3,7 +3,7 @@
 from collections import Counter
 from collections.abc import Callable
 
-from pulse import billing, ownership, subscriptions
+from pulse import billing, outbox, ownership, subscriptions
 from pulse.db import block, transaction, utcnow
 from pulse.config import Config
 from pulse.models import Customer, Project
@@ -104,7 +104,10 @@ async def _unlink_deleted(project, client, listed, progress):
             continue
         with block():
             with transaction():
-                subscriptions.retire_stripe_customer(project, stripe_customer_id, subscriptions.DELETED_IN_STRIPE, at)
+                customer = subscriptions.retire_stripe_customer(project, stripe_customer_id,
+                                                                subscriptions.DELETED_IN_STRIPE, at)
+                if customer is not None:  # the tenant hears of it as from the missed event
+                    outbox.customer_deleted(project, customer, stripe_customer_id)
         unlinked += 1
         if progress:
             progress(f"{stripe_customer_id}: deleted in Stripe, unlinked")

@@ -6,7 +6,7 @@ from typing import Any
 
 import peewee
 
-from pulse import plans
+from pulse import outbox, plans
 from pulse.db import database, locking, utcnow
 from pulse.models import Customer, Project, StripeCustomerHistory, Subscription
 from pulse.status import map_status
@@ -53,6 +53,7 @@ def resolve_customer(project: Project, stripe_customer_id: str | None = None, ex
         Customer.update(**changes).where(Customer.id == customer.id).execute()
         for name, value in changes.items():
             setattr(customer, name, value)
+        outbox.customer_changed(project, customer.id)  # email and stripe_customer_id are in the answer
     return customer
 
 
@@ -95,6 +96,7 @@ def upsert_subscription(project: Project, obj: JSON, snapshot_at: int, email: st
             with database.atomic():
                 Subscription.create(project=project, stripe_subscription_id=sub_id, snapshot_at=snapshot_at,
                                     synced_at=now, **fields)
+            outbox.customer_changed(project, customer.id)
             return CREATED
         except peewee.IntegrityError:
             existing = locking(Subscription.select().where(
@@ -109,16 +111,22 @@ def upsert_subscription(project: Project, obj: JSON, snapshot_at: int, email: st
              .where(Subscription.id == existing.id, Subscription.snapshot_at <= snapshot_at).execute())
     if not count:
         return STALE
+    if changed:
+        outbox.customers_changed(project, {existing.customer_id, customer.id})
     return UPDATED if changed else UNCHANGED
 
 
 def mark_past_due(project: Project, sub_id: str | None, snapshot_at: int) -> int:
     """Payload-only fallback for invoice.payment_failed: an access status becomes past_due."""
-    return (Subscription.update(stripe_status="past_due", status="past_due", snapshot_at=snapshot_at,
-                                synced_at=utcnow(), updated_at=utcnow())
-            .where(Subscription.project == project, Subscription.stripe_subscription_id == sub_id,
-                   Subscription.snapshot_at <= snapshot_at,
-                   Subscription.stripe_status.in_(("active", "trialing"))).execute())
+    marked = (Subscription.update(stripe_status="past_due", status="past_due", snapshot_at=snapshot_at,
+                                  synced_at=utcnow(), updated_at=utcnow())
+              .where(Subscription.project == project, Subscription.stripe_subscription_id == sub_id,
+                     Subscription.snapshot_at <= snapshot_at,
+                     Subscription.stripe_status.in_(("active", "trialing"))).execute())
+    if marked:
+        outbox.customers_changed(project, outbox.customers_of_subscriptions(
+            (Subscription.project == project) & (Subscription.stripe_subscription_id == sub_id)))
+    return marked
 
 
 # ---------------------------------------------------------------- Stripe customers that are gone
@@ -167,6 +175,7 @@ def retire_stripe_customer(project: Project, stripe_customer_id: str, reason: st
          .where(Subscription.project == project, Subscription.customer == customer,
                 Subscription.status != map_status("canceled"), Subscription.snapshot_at <= at_ms).execute())
     customer.stripe_customer_id = None
+    outbox.customer_changed(project, customer.id)
     return customer
 
 
@@ -183,4 +192,5 @@ def update_linked_email(project: Project, stripe_customer_id: str, email: str) -
         return False
     if email and customer.email != email:
         Customer.update(email=email, updated_at=utcnow()).where(Customer.id == customer.id).execute()
+        outbox.customer_changed(project, customer.id)
     return True

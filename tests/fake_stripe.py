@@ -33,6 +33,7 @@ import tornado.web
 from pulse.billing import HTTPXClient
 from sandbox import objects
 from sandbox.core import NEW_API_VERSION, Simulator, StripeError  # noqa: F401  (tests import them from here)
+from tests.fake_stripe_lifecycle import LifecycleMixin
 
 log = logging.getLogger("tests.fake_stripe")
 
@@ -48,7 +49,7 @@ class Fault:
     method: str | None = None
 
 
-class FakeStripe(Simulator):
+class FakeStripe(LifecycleMixin, Simulator):
     """The simulator with faults and a request log; `url` once started."""
 
     def __init__(self):
@@ -116,7 +117,8 @@ class FakeStripe(Simulator):
         """The simulator's answer, unless a refusal set up by the test applies."""
         if method == "POST" and isinstance(params, dict):
             self._check_refusals(params)
-        return super().dispatch(method, path, params)
+        found = self.dispatch_lifecycle(method, path.strip("/").split("/"), params)
+        return found if found is not None else super().dispatch(method, path, params)
 
     def calls(self, method=None, path=None):
         """Logged requests filtered by method and path prefix."""

@@ -3,7 +3,8 @@
 from playhouse.migrate import migrate as run_operations
 
 from pulse import db, migrations
-from pulse.models import CheckoutLease, Plan, PlanPrice, SandboxState, StripeCustomerHistory
+from pulse.models import (CheckoutLease, CustomerFeature, CustomerState, Plan, PlanPrice, SandboxState,
+                          StripeCustomerHistory, WebhookDelivery, WebhookEndpoint, WebhookMessage)
 
 
 def back_to_version_1(database):
@@ -11,6 +12,8 @@ def back_to_version_1(database):
     migrator = migrations._migrator(database)
     if not db.is_mysql():
         database.execute_sql("PRAGMA foreign_keys = OFF")  # SQLite drops columns by rebuilding the table
+    # step 10: outgoing webhooks outbox, customer entitlements
+    database.drop_tables([WebhookDelivery, WebhookMessage, WebhookEndpoint, CustomerFeature, CustomerState])
     # step 9: sandbox projects
     database.drop_tables([SandboxState])
     run_operations(migrator.drop_column("project", "sandbox"))

@@ -35,6 +35,9 @@ def test_every_setting_is_read(tmp_path):
         "PULSE_RATE_LIMIT_AUTHENTICATED": "10/second", "PULSE_RATE_LIMIT_ANONYMOUS": "5/hour",
         "PULSE_REDIS_URL": "redis://localhost:6379/1", "PULSE_STATUS_PAGE_URL": "https://status.example.com",
         "PULSE_LOG_LEVEL": "DEBUG", "PULSE_BCRYPT_ROUNDS": "10", "PULSE_TRUSTED_PROXIES": "10.0.0.0/8, 2001:db8::1",
+        "PULSE_WEBHOOK_ALLOW_LOOPBACK": "1", "PULSE_WEBHOOK_ALLOW_PRIVATE": "on", "PULSE_WEBHOOK_TIMEOUT": "3",
+        "PULSE_WEBHOOK_RETRY_BASE": "0.5", "PULSE_WEBHOOK_RETRY_FOR": "60", "PULSE_WEBHOOK_DISABLE_AFTER": "120",
+        "PULSE_WEBHOOK_POLL": "0.2",
     }
     assert set(env) == set(SETTINGS)
     config = load_config(environ=env)
@@ -51,6 +54,9 @@ def test_every_setting_is_read(tmp_path):
     assert config.log_level == "debug"
     assert config.bcrypt_rounds == 10
     assert config.trusted_proxies == (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::1/128"))
+    assert (config.webhook_allow_loopback, config.webhook_allow_private) == (True, True)
+    assert (config.webhook_timeout, config.webhook_retry_base, config.webhook_retry_for) == (3.0, 0.5, 60.0)
+    assert (config.webhook_disable_after, config.webhook_poll) == (120.0, 0.2)
 
 
 @pytest.mark.parametrize("name,value,needle", [

@@ -244,7 +244,7 @@ def test_pages_work_without_javascript(stack):
 
 
 PAGES = ["/console/login", "", "keys", "keys/{key}/revoke", "customers", "customers/bob", "events", "events/{event}",
-         "settings", "audit", "/console/account", "/console/", "/status", "/console/no-such-page"]
+         "settings", "audit", "/console/account", "/console/", "/status", "/console/no-such-page", "webhooks"]
 VIEWPORTS = {"390": {"width": 390, "height": 844}, "1366": {"width": 1366, "height": 860}}
 
 
@@ -258,6 +258,14 @@ def test_every_page_fits_a_phone_and_a_laptop_without_sideways_scrolling(stack):
                                                 email="someone.with.a.long.address@subdomain.example.test")
     assert send_event(server, project_id, stripe_events.event("checkout.session.completed", session))[0] == 200
     cli(server.env, "create-project", "Second project with a long name", "--admin-email", "owner@acme.test")
+    # An outgoing webhook endpoint with a long URL and a delivery (it fails: no such host), for the webhooks page.
+    hook = json.dumps({"url": "https://hooks.a-rather-long-subdomain.example.test/paymentpulse/webhooks/production"})
+    status, _, body = server.request("POST", "/api/webhook-endpoints", hook, {"X-API-Key": created["api_key"],
+                                                                             "Content-Type": "application/json"})
+    assert status == 201, body
+    endpoint_id = json.loads(body)["id"]
+    assert server.request("POST", f"/api/webhook-endpoints/{endpoint_id}/test", "",
+                          {"X-API-Key": created["api_key"]})[0] == 202
     failures = []
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -27,7 +27,13 @@ UNSCOPED = {"/api/health", "/status", "/console", "/console/", "/console/login",
             "/console/account", "/console/.*", "/api/webhook/?"}
 # API routes scoped by the X-API-Key: exercised one by one below.
 KEY_SCOPED = {"/api/checkout", "/api/portal", "/api/subscription", "/api/customers/export", "/api/plans",
-              "/api/plans/([^/]+)"}
+              "/api/plans/([^/]+)",
+              # issue 16: test_issue_16_routes_with_another_projects_key
+              "/api/subscription/cancel", "/api/subscription/resume", "/api/subscription/change",
+              "/api/subscription/change/preview", "/api/invoices", "/api/entitlements/([^/]+)",
+              "/api/webhook-endpoints", "/api/webhook-endpoints/([A-Za-z0-9_]{1,64})",
+              "/api/webhook-endpoints/([A-Za-z0-9_]{1,64})/test", "/api/webhook-endpoints/([A-Za-z0-9_]{1,64})/enable",
+              "/api/webhook-endpoints/([A-Za-z0-9_]{1,64})/deliveries/([A-Za-z0-9_]{1,40})/resend"}
 OTHER = {"/api/webhook/([A-Za-z0-9_-]{1,40})/?", r"/api/openapi\.json"}
 # The simulator of sandbox projects: its Stripe API by the project's simulator key, its pages by session id,
 # its sandbox API by a sandbox project's key; isolation tested in tests/test_sandbox.py
@@ -175,6 +181,45 @@ async def test_api_routes_with_another_projects_key(api, app, tenants, fake_stri
                                                WebhookEvent.outcome == "processed").exists()
 
 
+@pytest.mark.gen_test(timeout=60)
+async def test_issue_16_routes_with_another_projects_key(api, app, tenants):
+    """Lifecycle, invoices, entitlements and webhook endpoints: B's key reaches none of A's."""
+    from pulse import outbox
+    from pulse.models import WebhookDelivery
+
+    a, b, customers, failed = tenants
+    a_values = secrets_of(a, customers)
+    user = customers[0].external_user_id
+    key_b = b.api_key.api_key
+    for method, path, data in (("POST", "/api/subscription/cancel", {"external_user_id": user}),
+                               ("POST", "/api/subscription/resume", {"external_user_id": user}),
+                               ("POST", "/api/subscription/change", {"external_user_id": user,
+                                                                     "stripe_price_id": "price_x"}),
+                               ("POST", "/api/subscription/change/preview", {"external_user_id": user,
+                                                                             "stripe_price_id": "price_x"}),
+                               ("GET", f"/api/invoices?external_user_id={user}", None),
+                               ("GET", f"/api/entitlements/api_access?external_user_id={user}", None)):
+        response = await api(method, path, data, key=key_b)
+        assert response.code == 404, (path, response.body)
+        assert_nothing_of(a_values, response, f"{method} {path}")
+    with db.block(), outbox.write_transaction():
+        endpoint, secret = outbox.create_endpoint(a.project, "https://alpha.example.com/hooks", app.settings[
+            "secret_box"], app.settings["config"])
+        outbox.send_test(a.project, endpoint)
+        delivery = WebhookDelivery.get(WebhookDelivery.endpoint == endpoint)
+    listed = await api("GET", "/api/webhook-endpoints", key=key_b)
+    assert listed.code == 200 and b"alpha.example.com" not in listed.body
+    base = f"/api/webhook-endpoints/{endpoint.public_id}"
+    for method, path in (("GET", base), ("DELETE", base), ("POST", base + "/test"), ("POST", base + "/enable"),
+                         ("POST", f"{base}/deliveries/{delivery.id}/resend")):
+        response = await api(method, path, {} if method == "POST" else None, key=key_b)
+        assert response.code == 404, (method, path, response.body)
+        assert b"alpha.example.com" not in response.body and secret.encode() not in response.body
+    with db.block():
+        assert outbox.get_endpoint(a.project, endpoint.public_id) is not None
+        assert WebhookDelivery.select().where(WebhookDelivery.endpoint == endpoint).count() == 1
+
+
 @pytest.mark.gen_test(timeout=30)
 async def test_bad_keys_are_401_everywhere(api, tenants):
     a, b, customers, failed = tenants
@@ -187,7 +232,11 @@ async def test_bad_keys_are_401_everywhere(api, tenants):
                                    ("POST", "/api/checkout", checkout_body(external_user_id=user)),
                                    ("GET", "/api/customers/export?format=csv", None),
                                    ("GET", "/api/plans", None),
-                                   ("PUT", "/api/plans/pro", {"stripe_price_ids": []})):
+                                   ("PUT", "/api/plans/pro", {"stripe_price_ids": []}),
+                                   ("POST", "/api/subscription/cancel", {"external_user_id": user}),
+                                   ("GET", f"/api/invoices?external_user_id={user}", None),
+                                   ("GET", f"/api/entitlements/x?external_user_id={user}", None),
+                                   ("GET", "/api/webhook-endpoints", None)):
             response = await api(method, path, data, key=key or "", headers={} if key else {"X-API-Key": ""})
             if response.code == 404 and b"No such endpoint" in response.body:
                 continue

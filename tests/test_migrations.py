@@ -165,3 +165,21 @@ def test_step_9_adds_sandbox_projects_to_a_version_1_database(db_url):
                 SandboxState.create(project=row, state="{}")
     assert migrations.current_version() == migrations.LATEST
 
+
+def test_step_10_adds_the_outbox_and_entitlements_to_a_version_1_database(db_url):
+    """A database from before issue 16 keeps its rows; the outbox and entitlement tables start empty."""
+    from pulse.models import CustomerFeature, CustomerState, WebhookDelivery, WebhookEndpoint, WebhookMessage
+
+    tables = [CustomerState, CustomerFeature, WebhookEndpoint, WebhookMessage, WebhookDelivery]
+    db.bind(db_url)
+    with db.block() as database:
+        project = Project.create(public_id="proj_v3", name="V3")
+        Customer.create(project=project, external_user_id="u1", email="u1@x.test")
+        back_to_version_1(database)
+    assert "outgoing webhooks outbox, customer entitlements" in migrations.migrate_database()
+    with db.block() as database:
+        assert all(database.table_exists(model._meta.table_name) for model in tables)
+        assert Customer.get(Customer.external_user_id == "u1").email == "u1@x.test"
+        assert sum(model.select().count() for model in tables) == 0
+    assert migrations.current_version() == migrations.LATEST and migrations.pending() == []
+

@@ -6,7 +6,7 @@ import secrets
 import pytest
 
 from pulse import db, events, ownership, subscriptions as subs
-from pulse.models import Customer, StripeCustomerHistory, Subscription
+from pulse.models import Customer, CustomerFeature, StripeCustomerHistory, Subscription
 from tests.billing_support import checkout_body
 from tests.stripe_events import customer_object, event, invoice, new_subscription
 from tests.support import body_of
@@ -33,7 +33,9 @@ def state_of(project):
                                .where(Subscription.project == project).tuples())
         history = sorted(StripeCustomerHistory.select(StripeCustomerHistory.stripe_customer_id)
                          .where(StripeCustomerHistory.project == project).tuples())
-    return customers, subscriptions, history
+        features = sorted(CustomerFeature.select(CustomerFeature.customer, CustomerFeature.lookup_key)
+                          .where(CustomerFeature.project == project).tuples())
+    return customers, subscriptions, history + features  # features: Stripe Entitlements (issue 16)
 
 
 def reason_of(project, evt):
@@ -132,6 +134,11 @@ async def test_every_handled_event_changes_exactly_one_project(read, fake_stripe
         yield event("customer.subscription.paused", fake_stripe.set_subscription(sub["id"], status="paused"))
         yield event("customer.subscription.resumed", fake_stripe.set_subscription(sub["id"], status="active"))
         yield event("customer.subscription.updated", fake_stripe.set_subscription(loose["id"], status="past_due"))
+        fake_stripe.attach_feature(fake_stripe.subscription(sub["id"])["items"]["data"][0]["price"]["product"],
+                                   "api_access")
+        yield event("entitlements.active_entitlement_summary.updated",
+                    {"object": "entitlements.active_entitlement_summary", "customer": sub["customer"],
+                     "livemode": False, "entitlements": {"object": "list", "data": [], "has_more": False}})
         fake_stripe.dispatch("POST", f"customers/{sub['customer']}", {"email": "new42@alpha.test"})
         yield event("customer.updated", customer_object(sub["customer"], "new42@alpha.test"))
         canceled, tombstone = fake_stripe.delete_customer(sub["customer"])

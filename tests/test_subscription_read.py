@@ -28,7 +28,7 @@ async def test_full_body(api, project):
         "plan_slug": "team", "interval": "yearly", "interval_count": 1, "quantity": 3,
         "stripe_price_id": "price_team_y", "current_period_end": "2026-12-01T10:00:00Z", "cancel_at": None,
         "trial_end": "2026-12-01T10:00:00Z", "pause_collection": None, "subscriptions_with_access": 1,
-        "stripe_customer_id": "cus_1", "stripe_subscription_id": "sub_1"}
+        "stripe_customer_id": "cus_1", "stripe_subscription_id": "sub_1", "features": []}
 
 
 @pytest.mark.gen_test

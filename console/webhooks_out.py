@@ -1,0 +1,101 @@
+"""The outgoing webhooks page: endpoints (secret shown once), their deliveries, resend and "send test event"."""
+
+from console.base import ProjectHandler
+from console.dashboard import PID
+from pulse import outbox
+from pulse.db import block
+from pulse.models import WebhookDelivery
+
+DONE = {"deleted": "Endpoint deleted.", "test": "Test event queued.", "resent": "Delivery queued again.",
+        "enabled": "Endpoint enabled; its pending deliveries resume."}
+
+
+class WebhooksPage(ProjectHandler):
+    section = "webhooks"
+
+    def show(self, status=200, error="", confirm=None, created=None, form=None):
+        with block():
+            endpoints = outbox.endpoints_of(self.project)
+            deliveries = outbox.deliveries_of(self.project, limit=100)
+        self.render_page("webhooks.html", status=status, endpoints=endpoints, deliveries=deliveries, error=error,
+                         confirm=confirm, created=created, form=form or {"url": "", "description": ""},
+                         done=DONE.get(self.get_query_argument("done", ""), ""))
+
+    def endpoint(self):
+        with block():
+            found = outbox.get_endpoint(self.project, self.get_body_argument("endpoint", ""))
+        if found is None:
+            self.show(404, "No such endpoint in this project.")
+        return found
+
+
+class WebhooksHandler(WebhooksPage):
+    def get(self, project_id):
+        self.show()
+
+    def post(self, project_id):
+        form = {"url": self.get_body_argument("url", "").strip(),
+                "description": self.get_body_argument("description", "").strip()}
+        try:
+            with block(), outbox.write_transaction():
+                endpoint, secret = outbox.create_endpoint(self.project, form["url"], self.settings["secret_box"],
+                                                          self.settings["config"], form["description"])
+                self.audit("webhook_endpoint.created", project=self.project, endpoint=endpoint.public_id,
+                           url=endpoint.url)
+        except outbox.EndpointError as exc:
+            return self.show(400, exc.message, form=form)
+        # The secret is shown in this answer only (not stored in clear, never shown again).
+        self.show(201, created={"endpoint": endpoint, "secret": secret})
+
+
+class EndpointDeleteHandler(WebhooksPage):
+    def post(self, project_id):
+        endpoint = self.endpoint()
+        if endpoint is None:
+            return
+        if self.get_body_argument("confirm", "") != "yes":
+            return self.show(confirm=endpoint)  # asks again, without JavaScript
+        with block():
+            outbox.delete_endpoint(self.project, endpoint.public_id)
+            self.audit("webhook_endpoint.deleted", project=self.project, endpoint=endpoint.public_id)
+        self.redirect(self.project_url("webhooks?done=deleted"), status=303)
+
+
+class EndpointTestHandler(WebhooksPage):
+    def post(self, project_id):
+        endpoint = self.endpoint()
+        if endpoint is not None:
+            with block(), outbox.write_transaction():
+                outbox.send_test(self.project, endpoint)
+            self.redirect(self.project_url("webhooks?done=test"), status=303)
+
+
+class EndpointEnableHandler(WebhooksPage):
+    def post(self, project_id):
+        endpoint = self.endpoint()
+        if endpoint is not None:
+            with block(), outbox.write_transaction():
+                outbox.enable_endpoint(endpoint)
+            self.redirect(self.project_url("webhooks?done=enabled"), status=303)
+
+
+class DeliveryResendHandler(WebhooksPage):
+    def post(self, project_id):
+        raw = self.get_body_argument("delivery", "")
+        with block(), outbox.write_transaction():
+            delivery = WebhookDelivery.get_or_none(WebhookDelivery.id == int(raw), WebhookDelivery.project
+                                                   == self.project) if raw.isdigit() and len(raw) < 18 else None
+            if delivery is not None:
+                outbox.resend(delivery)
+        if delivery is None:
+            return self.show(404, "No such delivery in this project.")
+        self.redirect(self.project_url("webhooks?done=resent"), status=303)
+
+
+default_handlers = [
+    (PID + r"/webhooks", WebhooksHandler),
+    (PID + r"/webhooks/delete", EndpointDeleteHandler),
+    (PID + r"/webhooks/test", EndpointTestHandler),
+    (PID + r"/webhooks/enable", EndpointEnableHandler),
+    (PID + r"/webhooks/resend", DeliveryResendHandler),
+]

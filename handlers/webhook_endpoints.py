@@ -1,0 +1,110 @@
+"""GET/POST /api/webhook-endpoints, DELETE /api/webhook-endpoints/{id}, and an endpoint's deliveries and test event."""
+
+from handlers.base import ApiError, ApiHandler, invalid, missing
+from pulse import outbox
+from pulse.db import block, isoformat
+from pulse.models import WebhookDelivery
+
+_NO_ENDPOINT = "No webhook endpoint with this id in this project."
+_FIELDS = {"url", "description"}
+
+
+def delivery_json(delivery):
+    """One delivery as the API and the console show it."""
+    return {"id": delivery.id, "webhook_id": delivery.message.public_id, "event_type": delivery.message.event_type,
+            "endpoint": delivery.endpoint.public_id, "status": delivery.status, "attempts": delivery.attempts,
+            "last_status_code": delivery.last_status_code, "last_latency_ms": delivery.last_latency_ms,
+            "last_error": delivery.last_error, "last_attempt_at": isoformat(delivery.last_attempt_at),
+            "delivered_at": isoformat(delivery.delivered_at), "created_at": isoformat(delivery.created_at)}
+
+
+class EndpointsHandler(ApiHandler):
+    def get(self):
+        with block():
+            rows = outbox.endpoints_of(self.project)
+        self.write_json({"data": [outbox.endpoint_json(row) for row in rows]})
+
+    def post(self):
+        data = self.json_body()
+        unknown = sorted(set(data) - _FIELDS)
+        if unknown:
+            raise invalid(unknown[0], f"{unknown[0]} is not a field of this request")
+        url = data.get("url")
+        if url is None:
+            raise missing("url")
+        description = data.get("description", "")
+        if not isinstance(description, str):
+            raise invalid("description", "description must be a string")
+        try:
+            with block(), outbox.write_transaction():
+                endpoint, secret = outbox.create_endpoint(self.project, url, self.settings["secret_box"], self.config,
+                                                          description)
+        except outbox.EndpointError as exc:
+            raise invalid(exc.field, exc.message) from None
+        self.write_json(dict(outbox.endpoint_json(endpoint), secret=secret), status=201)
+
+
+class _OneEndpoint(ApiHandler):
+    """Base of the routes under one endpoint (each serves only its own methods: Allow stays exact)."""
+
+    def _endpoint(self, endpoint_id):
+        endpoint = outbox.get_endpoint(self.project, endpoint_id)
+        if endpoint is None:
+            raise ApiError(404, "not_found", _NO_ENDPOINT)
+        return endpoint
+
+
+class EndpointHandler(_OneEndpoint):
+    def get(self, endpoint_id):
+        with block():
+            endpoint = self._endpoint(endpoint_id)
+            rows = outbox.deliveries_of(self.project, endpoint, limit=50)
+        self.write_json(dict(outbox.endpoint_json(endpoint), deliveries=[delivery_json(row) for row in rows]))
+
+    def delete(self, endpoint_id):
+        with block():
+            if not outbox.delete_endpoint(self.project, endpoint_id):
+                raise ApiError(404, "not_found", _NO_ENDPOINT)
+        self.write_json({"id": endpoint_id, "deleted": True})
+
+
+class EndpointTestHandler(_OneEndpoint):
+    def post(self, endpoint_id):
+        with block():
+            with outbox.write_transaction():
+                message = outbox.send_test(self.project, self._endpoint(endpoint_id))
+        self.write_json({"webhook_id": message.public_id, "event_type": "webhook.test"}, status=202)
+
+
+class EndpointEnableHandler(_OneEndpoint):
+    def post(self, endpoint_id):
+        with block():
+            with outbox.write_transaction():
+                outbox.enable_endpoint(self._endpoint(endpoint_id))
+            endpoint = self._endpoint(endpoint_id)
+        self.write_json(outbox.endpoint_json(endpoint))
+
+
+class DeliveryResendHandler(_OneEndpoint):
+    def post(self, endpoint_id, delivery_id):
+        with block():
+            with outbox.write_transaction():
+                endpoint = self._endpoint(endpoint_id)
+                delivery = WebhookDelivery.get_or_none(WebhookDelivery.id == int(delivery_id),
+                                                       WebhookDelivery.endpoint == endpoint) \
+                    if delivery_id.isdigit() and len(delivery_id) < 18 else None
+                if delivery is None:
+                    raise ApiError(404, "not_found", "No such delivery for this endpoint.")
+                outbox.resend(delivery)
+                webhook_id = delivery.message.public_id
+        self.write_json({"resent": True, "webhook_id": webhook_id}, status=202)
+
+
+_ID = r"([A-Za-z0-9_]{1,64})"
+default_handlers = [
+    (r"/api/webhook-endpoints", EndpointsHandler),
+    (rf"/api/webhook-endpoints/{_ID}", EndpointHandler),
+    (rf"/api/webhook-endpoints/{_ID}/test", EndpointTestHandler),
+    (rf"/api/webhook-endpoints/{_ID}/enable", EndpointEnableHandler),
+    (rf"/api/webhook-endpoints/{_ID}/deliveries/([A-Za-z0-9_]{{1,40}})/resend", DeliveryResendHandler),
+]

@@ -1,0 +1,283 @@
+"""The outbox delivery loop: claims due deliveries under a lease, signs (Standard Webhooks) and sends them.
+
+Each serving process runs one `Deliverer` on its event loop. A delivery is claimed by a
+conditional UPDATE in a short transaction (several processes never send one at once), sent with
+no database connection held, then recorded. Only the oldest pending delivery of an (endpoint,
+order key) is claimable, so one customer's messages arrive in order. A process killed mid-send
+leaves its lease to expire: the delivery is sent again, with the same webhook-id.
+"""
+
+import asyncio
+import ipaddress
+import logging
+import random
+import secrets
+import socket
+import time
+from datetime import UTC, datetime
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import peewee as pw
+from standardwebhooks.webhooks import Webhook
+
+from pulse import __version__
+from pulse.db import DatabaseUnavailable, block, utcnow
+from pulse.models import WebhookDelivery, WebhookEndpoint, WebhookMessage
+from pulse.outbox import FAILED, PENDING, SUCCEEDED, _wakers, address_refusal, now_ms, write_transaction
+
+log = logging.getLogger("pulse.delivery")
+
+MAX_BACKOFF_S = 6 * 3600
+MAX_IN_FLIGHT = 32
+KEEP_DAYS = 30  # delivered (or given up) messages are kept this long for the console and resends
+PURGE_EVERY_S = 3600
+USER_AGENT = f"PaymentPulse-Webhooks/{__version__}"
+
+
+def backoff_ms(attempts, base_s):
+    """Delay before the next attempt after `attempts` failures: base x 2^(n-1), capped at 6 h, +-10 % jitter."""
+    delay = min(base_s * 2 ** max(attempts - 1, 0), MAX_BACKOFF_S)
+    return int(delay * 1000 * random.uniform(0.9, 1.1))
+
+
+def lease_ms(config):
+    """How long a claim holds: the whole attempt (DNS lookup included) is bounded by the timeout, plus a margin."""
+    return int((config.webhook_timeout + 2) * 1000)
+
+
+def claim(owner, limit, config, exclude=()):
+    """Lease up to `limit` due deliveries for `owner` -> [(delivery id, message id, payload, url, secret token)]."""
+    now = now_ms()
+    earlier = WebhookDelivery.alias("earlier")
+    head = ~pw.fn.EXISTS(earlier.select(earlier.id).where(
+        earlier.endpoint == WebhookDelivery.endpoint, earlier.order_key == WebhookDelivery.order_key,
+        earlier.status == PENDING, earlier.id < WebhookDelivery.id))
+    due = (WebhookDelivery.select(WebhookDelivery.id).join(WebhookEndpoint)
+           .where(WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_ms <= now,
+                  WebhookDelivery.lease_until_ms < now, WebhookEndpoint.enabled == True, head)  # noqa: E712
+           .order_by(WebhookDelivery.next_attempt_ms, WebhookDelivery.id).limit(limit + len(exclude)))
+    claimed = []
+    for row in list(due):
+        if row.id in exclude or len(claimed) >= limit:
+            continue
+        with write_transaction():
+            won = (WebhookDelivery.update(lease_until_ms=now + lease_ms(config), lease_owner=owner,
+                                          attempts=WebhookDelivery.attempts + 1, last_attempt_at=utcnow())
+                   .where(WebhookDelivery.id == row.id, WebhookDelivery.status == PENDING,
+                          WebhookDelivery.lease_until_ms < now).execute())
+        if won:
+            found = (WebhookDelivery.select(WebhookDelivery.id, WebhookDelivery.attempts, WebhookMessage.public_id,
+                                            WebhookMessage.payload, WebhookMessage.created_ms, WebhookEndpoint.url,
+                                            WebhookEndpoint.secret, WebhookEndpoint.id.alias("endpoint_pk"))
+                     .join(WebhookMessage).switch(WebhookDelivery).join(WebhookEndpoint)
+                     .where(WebhookDelivery.id == row.id).dicts().first())
+            if found:
+                claimed.append(found)
+    return claimed
+
+
+def record(job, owner, config, status_code=None, latency_ms=None, error=None):
+    """Store an attempt's result: succeeded on 2xx, else retry later or fail for good; endpoints may be disabled."""
+    now = now_ms()
+    delivery_id = job["id"]
+    common = dict(last_status_code=status_code, last_latency_ms=latency_ms,
+                  last_error=error and error[:255], lease_until_ms=0)  # lease_owner stays: who sent it last
+    ok = status_code is not None and 200 <= status_code < 300
+    with write_transaction():
+        mine = (WebhookDelivery.id == delivery_id) & (WebhookDelivery.status == PENDING)
+        if ok:
+            WebhookDelivery.update(status=SUCCEEDED, delivered_at=utcnow(), **common).where(mine).execute()
+            WebhookEndpoint.update(failing_since=None).where(WebhookEndpoint.id == job["endpoint_pk"],
+                                                             WebhookEndpoint.failing_since.is_null(False)).execute()
+            return SUCCEEDED
+        expired = now - job["created_ms"] >= config.webhook_retry_for * 1000
+        if expired:
+            WebhookDelivery.update(status=FAILED, **common).where(mine).execute()
+        else:
+            WebhookDelivery.update(next_attempt_ms=now + backoff_ms(job["attempts"], config.webhook_retry_base),
+                                   **common).where(mine).execute()
+        WebhookEndpoint.update(failing_since=now).where(WebhookEndpoint.id == job["endpoint_pk"],
+                                                        WebhookEndpoint.failing_since.is_null()).execute()
+        disabled = (WebhookEndpoint.update(enabled=False, updated_at=utcnow(), disabled_reason=(
+            f"every delivery failed for {config.webhook_disable_after:g} s (last: {error or status_code})")[:255])
+            .where(WebhookEndpoint.id == job["endpoint_pk"], WebhookEndpoint.enabled == True,  # noqa: E712
+                   WebhookEndpoint.failing_since <= now - config.webhook_disable_after * 1000).execute())
+        if disabled:
+            log.warning("webhook endpoint %s disabled after sustained failure", job["endpoint_pk"])
+    return FAILED if expired else PENDING
+
+
+def purge(now=None):
+    """Delete messages older than KEEP_DAYS whose deliveries are all finished (the console shows the rest)."""
+    cutoff = (now or now_ms()) - KEEP_DAYS * 86400 * 1000
+    open_ = WebhookDelivery.select(WebhookDelivery.id).where(WebhookDelivery.message == WebhookMessage.id,
+                                                            WebhookDelivery.status == PENDING)
+    with write_transaction():
+        return WebhookMessage.delete().where(WebhookMessage.created_ms < cutoff, ~pw.fn.EXISTS(open_)).execute()
+
+
+class Refused(Exception):
+    """The target is not allowed (SSRF rule) or cannot be resolved."""
+
+
+async def resolve(url, config):
+    """(URL with the host replaced by a checked IP, Host header, TLS server name); raises Refused."""
+    parts = urlsplit(url)
+    host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        ipaddress.ip_address(host)
+        addresses = [host]
+    except ValueError:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise Refused(f"cannot resolve the host ({type(exc).__name__})") from None
+        addresses = [info[4][0] for info in infos]
+    if not addresses:
+        raise Refused("the host has no address")
+    for address in addresses:  # every address is checked: DNS may answer differently next time
+        reason = address_refusal(address, config)
+        if reason:
+            raise Refused(f"refused: the host resolves to {reason}")
+    ip = ipaddress.ip_address(addresses[0].split("%", 1)[0])
+    netloc = f"[{ip}]" if ip.version == 6 else str(ip)
+    pinned = urlunsplit((parts.scheme, f"{netloc}:{port}", parts.path or "/", parts.query, ""))
+    host_header = host if parts.port is None else f"{host}:{parts.port}"
+    return pinned, host_header, host
+
+
+def signed_headers(msg_id, payload, secret):
+    """The Standard Webhooks headers for one attempt (timestamp = now)."""
+    now = datetime.now(UTC)
+    return {"webhook-id": msg_id, "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": Webhook(secret).sign(msg_id, now, payload),
+            "content-type": "application/json", "user-agent": USER_AGENT}
+
+
+class Deliverer:
+    """One process's delivery loop: `start()` on the running loop, `await stop()`."""
+
+    def __init__(self, config, box):
+        self.config, self.box = config, box
+        self.owner = f"{socket.gethostname()[:20]}-{secrets.token_hex(6)}"
+        self.in_flight = {}  # delivery id -> task
+        self._wake = asyncio.Event()
+        self._task = None
+        self._client = None
+        self._db_down = False
+
+    def start(self):
+        loop = asyncio.get_running_loop()
+        self._client = httpx.AsyncClient(follow_redirects=False, trust_env=False,
+                                         timeout=httpx.Timeout(self.config.webhook_timeout))
+        _wakers.append(self._waker)
+        self._loop = loop
+        self._task = loop.create_task(self._run())
+        return self
+
+    def _waker(self):
+        try:
+            self._loop.call_soon_threadsafe(self._wake.set)
+        except RuntimeError:  # the loop is closed
+            pass
+
+    async def stop(self):
+        if self._waker in _wakers:
+            _wakers.remove(self._waker)
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        leased = list(self.in_flight)
+        for task in list(self.in_flight.values()):
+            task.cancel()
+        await asyncio.gather(*self.in_flight.values(), return_exceptions=True)
+        if leased:  # stopped mid-send: another process may take them now, not when the lease runs out
+            try:
+                with block():
+                    WebhookDelivery.update(lease_until_ms=0).where(
+                        WebhookDelivery.id.in_(leased), WebhookDelivery.lease_owner == self.owner,
+                        WebhookDelivery.status == PENDING).execute()
+            except DatabaseUnavailable:
+                pass
+        if self._client:
+            await self._client.aclose()
+
+    async def _run(self):
+        purged_at = 0.0
+        while True:
+            try:
+                if time.monotonic() - purged_at > PURGE_EVERY_S:
+                    purged_at = time.monotonic()
+                    with block():
+                        purge()
+                self._claim_more()
+                if self._db_down:
+                    self._db_down = False
+                    log.info("outbox: database back, delivering again")
+            except DatabaseUnavailable:
+                if not self._db_down:  # once per outage, not once per poll
+                    self._db_down = True
+                    log.warning("outbox: database unavailable, retrying every %s s", self.config.webhook_poll)
+            except Exception as exc:  # keep the loop alive; the next poll tries again
+                log.error("outbox claim failed: %s", type(exc).__name__)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.config.webhook_poll)
+            except TimeoutError:
+                pass
+
+    def _claim_more(self):
+        room = MAX_IN_FLIGHT - len(self.in_flight)
+        if room <= 0:
+            return
+        with block():
+            jobs = claim(self.owner, room, self.config, exclude=set(self.in_flight))
+        for job in jobs:
+            task = asyncio.get_running_loop().create_task(self._deliver(job))
+            self.in_flight[job["id"]] = task
+
+    async def _deliver(self, job):
+        try:
+            status_code, latency, error = await self.send(job)
+            with block():
+                outcome = record(job, self.owner, self.config, status_code, latency, error)
+            if outcome != SUCCEEDED:
+                log.info("webhook %s to endpoint %s: attempt %s failed (%s)", job["public_id"], job["endpoint_pk"],
+                         job["attempts"], error or status_code)
+        except Exception as exc:  # the lease expires and another attempt follows
+            log.error("webhook %s delivery crashed: %s", job.get("public_id"), type(exc).__name__)
+        finally:
+            self.in_flight.pop(job["id"], None)
+            self._wake.set()  # the next message of this customer may be due now
+
+    async def send(self, job):
+        """One HTTP attempt -> (status code or None, latency ms, error text or None). Never raises for the network."""
+        started = time.monotonic()
+        try:
+            return await asyncio.wait_for(self._attempt(job, started), self.config.webhook_timeout)
+        except (TimeoutError, httpx.TimeoutException):
+            return None, int((time.monotonic() - started) * 1000), "timed out"
+
+    async def _attempt(self, job, started):
+        try:
+            pinned, host_header, server_name = await resolve(job["url"], self.config)
+            secret = self.box.decrypt(job["secret"])
+            headers = signed_headers(job["public_id"], job["payload"], secret)
+            headers["host"] = host_header
+            extensions = {"sni_hostname": server_name} if pinned.startswith("https") else {}
+            # Streamed and closed unread: the endpoint's answer body is never downloaded.
+            async with self._client.stream("POST", pinned, content=job["payload"].encode("utf-8"), headers=headers,
+                                           extensions=extensions) as response:
+                pass
+            latency = int((time.monotonic() - started) * 1000)
+            error = None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
+            if 300 <= response.status_code < 400:
+                error = f"HTTP {response.status_code} (redirects are not followed)"
+            return response.status_code, latency, error
+        except Refused as exc:
+            return None, None, str(exc)
+        except httpx.TimeoutException:
+            return None, int((time.monotonic() - started) * 1000), "timed out"
+        except httpx.HTTPError as exc:
+            return None, int((time.monotonic() - started) * 1000), f"connection failed ({type(exc).__name__})"

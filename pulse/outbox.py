@@ -1,0 +1,294 @@
+"""Outgoing webhooks to the tenant's app: endpoints, the transactional outbox, and what each event says.
+
+A message row (and one delivery row per enabled endpoint) is written in the transaction of the
+change it announces, so a change is never announced without being stored, nor stored without being
+announced; pulse.delivery sends the rows. Bodies follow Standard Webhooks: {type, timestamp, data}.
+`subscription.updated` is written by `customer_changed`, which the writers of pulse.subscriptions,
+pulse.plans, pulse.projects and pulse.entitlements call after each change of stored state.
+"""
+
+import base64
+import ipaddress
+import json
+import secrets
+import time
+from urllib.parse import urlsplit
+
+import peewee as pw
+
+from pulse.db import database, is_mysql, isoformat, utcnow
+from pulse.models import (
+    Customer,
+    CustomerState,
+    Project,
+    Subscription,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookMessage,
+)
+from pulse.security import public_id
+from pulse.status import current, policy_of, public_subscription, row_has_access
+
+EVENT_TYPES = ("subscription.updated", "checkout.completed", "customer.deleted", "webhook.test")
+MAX_ENDPOINTS = 16
+PENDING, SUCCEEDED, FAILED = "pending", "succeeded", "failed"
+_wakers: list = []  # callables that wake this process's delivery loop (pulse.delivery registers one)
+
+
+class EndpointError(ValueError):
+    """A webhook endpoint request we refuse: `field` and a message (API: 400 invalid_field)."""
+
+    def __init__(self, field, message):
+        super().__init__(message)
+        self.field, self.message = field, message
+
+
+def write_transaction():
+    """A write transaction; on SQLite the write lock is taken up front (as pulse.subscriptions.transaction)."""
+    return database.atomic() if is_mysql() else database.atomic("IMMEDIATE")
+
+
+def now_ms():
+    return int(time.time() * 1000)
+
+
+# ---------------------------------------------------------------- endpoints
+
+
+def loopback_host(host):
+    """Whether `host` names the loopback interface (localhost or a loopback literal)."""
+    if host.lower() in ("localhost", "localhost.") or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def address_refusal(address, config):
+    """Why an outgoing webhook may not go to IP `address` (a string), or None when it may (SSRF rule)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        allowed = config.webhook_allow_loopback
+        return None if allowed else "a loopback address (PULSE_WEBHOOK_ALLOW_LOOPBACK=1 allows it)"
+    if ip.is_unspecified or ip.is_multicast:
+        return "an unspecified or multicast address"
+    if ip.is_private or ip.is_link_local or ip.is_reserved or not ip.is_global:
+        return None if config.webhook_allow_private else \
+            "a private or link-local address (PULSE_WEBHOOK_ALLOW_PRIVATE=1 allows it)"
+    return None
+
+
+def check_url(url, config):
+    """The endpoint URL if acceptable, else EndpointError: https (http only to loopback), no credentials."""
+    if not isinstance(url, str) or not url or len(url) > 2048 or any(ch.isspace() or ord(ch) < 32 for ch in url):
+        raise EndpointError("url", "url must be an absolute https URL of at most 2048 characters")
+    try:
+        parts = urlsplit(url)
+        host, _port = parts.hostname, parts.port
+    except ValueError:
+        raise EndpointError("url", "url must be an absolute https URL") from None
+    if parts.scheme not in ("https", "http") or not host:
+        raise EndpointError("url", "url must be an absolute https URL")
+    if parts.username or parts.password:
+        raise EndpointError("url", "url must not carry credentials")
+    if parts.scheme == "http" and not loopback_host(host):
+        raise EndpointError("url", "url must use https (http is accepted only for loopback, in development)")
+    literal = host if not loopback_host(host) or host.lower().startswith(("127.", "::")) else "127.0.0.1"
+    try:
+        reason = address_refusal(literal, config)
+    except ValueError:
+        reason = None  # a DNS name: checked at every send, after resolution
+    if reason:
+        raise EndpointError("url", f"url points to {reason}")
+    return url
+
+
+def new_secret():
+    """A Standard Webhooks secret: whsec_ and 32 random bytes in base64."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
+
+
+def endpoint_json(endpoint):
+    return {"id": endpoint.public_id, "url": endpoint.url, "description": endpoint.description,
+            "enabled": bool(endpoint.enabled), "disabled_reason": endpoint.disabled_reason,
+            "created_at": isoformat(endpoint.created_at)}
+
+
+def create_endpoint(project, url, box, config, description=""):
+    """A new endpoint -> (WebhookEndpoint, its whsec_ secret, shown this once). Raises EndpointError."""
+    check_url(url, config)
+    if len(description or "") > 200:
+        raise EndpointError("description", "description must be at most 200 characters")
+    if WebhookEndpoint.select().where(WebhookEndpoint.project == project).count() >= MAX_ENDPOINTS:
+        raise EndpointError("url", f"a project has at most {MAX_ENDPOINTS} webhook endpoints")
+    secret = new_secret()
+    endpoint = WebhookEndpoint.create(public_id=public_id("we"), project=project, url=url,
+                                      description=description or "", secret=box.encrypt(secret))
+    return endpoint, secret
+
+
+def endpoints_of(project):
+    return list(WebhookEndpoint.select().where(WebhookEndpoint.project == project).order_by(WebhookEndpoint.id))
+
+
+def get_endpoint(project, endpoint_id):
+    return WebhookEndpoint.get_or_none(WebhookEndpoint.project == project, WebhookEndpoint.public_id == endpoint_id)
+
+
+def delete_endpoint(project, endpoint_id):
+    """Delete the endpoint and its deliveries; False when the project has no such endpoint."""
+    return bool(WebhookEndpoint.delete().where(WebhookEndpoint.project == project,
+                                               WebhookEndpoint.public_id == endpoint_id).execute())
+
+
+def enable_endpoint(endpoint):
+    """Re-enable a disabled endpoint: its pending deliveries resume at once."""
+    WebhookEndpoint.update(enabled=True, disabled_reason=None, failing_since=None, updated_at=utcnow()).where(
+        WebhookEndpoint.id == endpoint.id).execute()
+    WebhookDelivery.update(next_attempt_ms=now_ms()).where(WebhookDelivery.endpoint == endpoint,
+                                                           WebhookDelivery.status == PENDING).execute()
+    wake()
+
+
+# ---------------------------------------------------------------- the outbox
+
+
+def wake():
+    """Tell this process's delivery loop that a message may be due (it runs after the commit: no await in a block)."""
+    for waker in list(_wakers):
+        waker()
+
+
+def enqueue(project, event_type, data, order_key, endpoints=None):
+    """Write one message and its deliveries (to every enabled endpoint, or `endpoints`). Call in the transaction.
+
+    Returns the WebhookMessage, or None when the project has no endpoint to send it to.
+    """
+    targets = endpoints if endpoints is not None else list(WebhookEndpoint.select().where(
+        WebhookEndpoint.project == project, WebhookEndpoint.enabled == True))  # noqa: E712
+    if not targets:
+        return None
+    msg_id = public_id("msg", 24)
+    created = now_ms()
+    body = {"type": event_type, "timestamp": isoformat(utcnow()), "id": msg_id, "data": data}
+    message = WebhookMessage.create(public_id=msg_id, project=project, event_type=event_type,
+                                    payload=json.dumps(body, separators=(",", ":"), ensure_ascii=False),
+                                    created_ms=created)
+    WebhookDelivery.insert_many([{"project": project.id if isinstance(project, Project) else project,
+                                  "message": message.id, "endpoint": endpoint.id, "order_key": order_key[:64],
+                                  "next_attempt_ms": created} for endpoint in targets]).execute()
+    wake()
+    return message
+
+
+def resend(delivery):
+    """Send a delivery again (same webhook-id): a new pending delivery after the ones it ordered."""
+    WebhookDelivery.create(project=delivery.project_id, message=delivery.message_id, endpoint=delivery.endpoint_id,
+                           order_key=delivery.order_key, next_attempt_ms=now_ms())
+    wake()
+
+
+def send_test(project, endpoint):
+    """Queue a `webhook.test` event to one endpoint."""
+    return enqueue(project, "webhook.test", {"endpoint": endpoint.public_id, "message": "a test event from "
+                                             "PaymentPulse"}, f"test:{endpoint.id}", endpoints=[endpoint])
+
+
+def deliveries_of(project, endpoint=None, limit=100):
+    query = (WebhookDelivery.select(WebhookDelivery, WebhookMessage, WebhookEndpoint)
+             .join(WebhookMessage).switch(WebhookDelivery).join(WebhookEndpoint)
+             .where(WebhookDelivery.project == project).order_by(WebhookDelivery.id.desc()).limit(limit))
+    if endpoint is not None:
+        query = query.where(WebhookDelivery.endpoint == endpoint)
+    return list(query)
+
+
+# ---------------------------------------------------------------- what the tenant is told about a customer
+
+
+def customer_order_key(customer_id):
+    return f"cus:{customer_id}"
+
+
+def answer_of(project, customer):
+    """GET /api/subscription's body for `customer` now (with `features`), or None without a subscription."""
+    rows = list(Subscription.select().where(Subscription.customer == customer.id))
+    state = CustomerState.get_or_none(CustomerState.customer == customer.id)
+    if not rows:
+        return None
+    policy = policy_of(project)
+    row = current(rows, policy)
+    body = public_subscription(row, policy, sum(1 for r in rows if row_has_access(r, policy)),
+                               {"external_user_id": customer.external_user_id, "email": customer.email,
+                                "stripe_customer_id": customer.stripe_customer_id})
+    body["features"] = json.loads(state.features) if state is not None else []
+    return body
+
+
+def _state_row(project, customer_id):
+    query = CustomerState.select().where(CustomerState.customer == customer_id)
+    state = (query.for_update() if is_mysql() else query).first()
+    if state is None:
+        try:
+            with database.atomic():
+                state = CustomerState.create(project=project, customer=customer_id)
+        except pw.IntegrityError:
+            state = (query.for_update() if is_mysql() else query).first()
+    return state
+
+
+def customer_changed(project, customer_id):
+    """Announce `subscription.updated` when the customer's public answer moved. Call in the changing transaction.
+
+    The last announced answer is stored (CustomerState.answer, row locked), so the comparison holds
+    whatever changed it: a webhook, a lifecycle call, sync-stripe, the catalog, a setting, a deletion.
+    Returns the message, or None when nothing visible changed.
+    """
+    customer = Customer.get_or_none(Customer.id == customer_id)
+    if customer is None:
+        return None
+    if not isinstance(project, Project):
+        project = Project.get_by_id(project)
+    state = _state_row(project, customer.id)
+    new = answer_of(project, customer)
+    old = json.loads(state.answer) if state.answer else None
+    if new == old:
+        return None
+    CustomerState.update(answer=json.dumps(new, sort_keys=True) if new is not None else None,
+                         updated_at=utcnow()).where(CustomerState.id == state.id).execute()
+    if new is None:
+        return None
+    changed = sorted(key for key in new if old is None or old.get(key) != new[key])
+    previous = {key: old.get(key) for key in changed} if old is not None else {}
+    return enqueue(project, "subscription.updated", {"object": new, "changed": changed,
+                                                     "previous_attributes": previous},
+                   customer_order_key(customer.id))
+
+
+def customers_changed(project, customer_ids):
+    for customer_id in sorted(set(customer_ids)):
+        customer_changed(project, customer_id)
+
+
+def customers_of_subscriptions(query):
+    """The customer ids of the Subscription rows matching `query` (a where-clause expression)."""
+    return [row.customer_id for row in Subscription.select(Subscription.customer).where(query).distinct()]
+
+
+def checkout_completed(project, customer, session_id, stripe_subscription_id):
+    """Announce `checkout.completed` (once per Checkout Session: the inbox applies an event once)."""
+    return enqueue(project, "checkout.completed", {
+        "external_user_id": customer.external_user_id, "email": customer.email,
+        "stripe_customer_id": customer.stripe_customer_id, "checkout_session_id": session_id,
+        "stripe_subscription_id": stripe_subscription_id, "subscription": answer_of(project, customer)},
+        customer_order_key(customer.id))
+
+
+def customer_deleted(project, customer, stripe_customer_id):
+    """Announce `customer.deleted`: the user's Stripe customer was deleted in Stripe."""
+    return enqueue(project, "customer.deleted", {
+        "external_user_id": customer.external_user_id, "email": customer.email,
+        "stripe_customer_id": stripe_customer_id}, customer_order_key(customer.id))

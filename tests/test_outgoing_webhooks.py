@@ -1,0 +1,299 @@
+"""Outgoing webhooks end to end: real server, fake Stripe, a real receiver that verifies with `standardwebhooks`."""
+
+import asyncio
+import json
+
+import pytest
+
+from pulse import db
+from pulse.models import WebhookDelivery, WebhookEndpoint
+from tests.stripe_events import customer_object, event, new_subscription
+from tests.support import body_of
+from tests.webhook_receiver import settled
+from tests.webhook_support import webhook_overrides
+
+config_overrides = pytest.fixture(lambda fake_stripe: {
+    **webhook_overrides(fake_stripe), "webhook_allow_loopback": True, "webhook_retry_base": 0.05,
+    "webhook_timeout": 2.0, "webhook_poll": 0.1})
+
+
+async def add_endpoint(http_client, base_url, project, url):
+    resp = await http_client.fetch(base_url + "/api/webhook-endpoints", method="POST",
+                                   headers={"X-API-Key": project.api_key.api_key, "Content-Type": "application/json"},
+                                   body=json.dumps({"url": url, "description": "app"}), raise_error=False)
+    assert resp.code == 201, resp.body
+    return body_of(resp)
+
+
+@pytest.mark.gen_test(timeout=40)
+async def test_subscription_lifecycle_reaches_the_app_signed_in_order(http_client, base_url, fake_stripe, hooked,
+                                                                       deliver, receiver, deliverer):
+    created = await add_endpoint(http_client, base_url, hooked, receiver.url)
+    assert created["secret"].startswith("whsec_") and created["enabled"] is True
+    receiver.secret = created["secret"]
+    listed = body_of(await http_client.fetch(base_url + "/api/webhook-endpoints",
+                                             headers={"X-API-Key": hooked.api_key.api_key}))
+    assert [e["id"] for e in listed["data"]] == [created["id"]] and "secret" not in listed["data"][0]
+
+    session, sub = new_subscription(fake_stripe, "user-1", project_id=hooked.project.public_id,
+                                    email="one@example.test")
+    assert body_of(await deliver(event("checkout.session.completed", session)))["outcome"] == "processed"
+    first, completed = await receiver.until(1, event_type="subscription.updated"), \
+        await receiver.until(1, event_type="checkout.completed")
+    update = first[0]["data"]
+    assert update["object"]["status"] == "active" and update["object"]["external_user_id"] == "user-1"
+    assert update["object"]["features"] == [] and "status" in update["changed"]
+    assert completed[0]["data"]["checkout_session_id"] == session["id"]
+    assert completed[0]["data"]["subscription"]["stripe_subscription_id"] == sub["id"]
+
+    # Unchanged answer, no message: the same event again, and a re-read that changes nothing.
+    current = fake_stripe.set_subscription(sub["id"], metadata={"note": "x"})
+    await deliver(event("customer.subscription.updated", current))
+    current = fake_stripe.set_subscription(sub["id"], cancel_at_period_end=True)
+    await deliver(event("customer.subscription.updated", current))
+    current = fake_stripe.set_subscription(sub["id"], cancel_at_period_end=False, status="past_due")
+    await deliver(event("customer.subscription.updated", current))
+    updates = await receiver.until(3, event_type="subscription.updated")
+    await asyncio.sleep(0.3)
+    updates = receiver.events("subscription.updated")
+    assert [u["data"]["object"]["status"] for u in updates] == ["active", "cancelling", "past_due"]
+    assert updates[1]["data"]["previous_attributes"]["status"] == "active"
+    assert updates[1]["data"]["changed"] == ["status"]
+
+    # Deleted in Stripe: the subscription ends (subscription.updated), then customer.deleted.
+    fake_stripe.delete_customer(sub["customer"])
+    await deliver(event("customer.deleted", customer_object(sub["customer"], "one@example.test")))
+    deleted = await receiver.until(1, event_type="customer.deleted")
+    assert deleted[0]["data"]["stripe_customer_id"] == sub["customer"]
+    updates = await receiver.until(4, event_type="subscription.updated")
+    assert updates[-1]["data"]["object"]["status"] == "cancelled"
+    assert updates[-1]["data"]["object"]["stripe_customer_id"] is None
+    # One customer, one order: what the app saw is the order of the changes; each webhook-id once.
+    ids = [webhook_id for webhook_id, _ in receiver.received]
+    assert len(ids) == len(set(ids)) and not receiver.rejected
+    assert [b["type"] for b in receiver.events()] == ["subscription.updated", "checkout.completed",
+                                                      "subscription.updated", "subscription.updated",
+                                                      "subscription.updated", "customer.deleted"]
+
+
+@pytest.mark.gen_test(timeout=40)
+async def test_endpoint_down_then_up_gets_everything_once_in_order(http_client, base_url, fake_stripe, hooked,
+                                                                   deliver, receiver, deliverer):
+    created = await add_endpoint(http_client, base_url, hooked, receiver.url)
+    receiver.secret = created["secret"]
+    receiver.down()
+    session, sub = new_subscription(fake_stripe, "user-1", project_id=hooked.project.public_id)
+    await deliver(event("checkout.session.completed", session))
+    statuses = []
+    for change in ({"cancel_at_period_end": True}, {"cancel_at_period_end": False, "status": "past_due"},
+                   {"status": "active"}, {"quantity": 3}):
+        current = fake_stripe.set_subscription(sub["id"], **change)
+        await deliver(event("customer.subscription.updated", current))
+    for _ in range(500):  # several failed attempts while down
+        with db.block():
+            attempts = [d.attempts for d in WebhookDelivery.select()]
+        if attempts and max(attempts) >= 2:
+            break
+        await asyncio.sleep(0.02)
+    with db.block():
+        assert max(attempts) >= 2 and not WebhookDelivery.select().where(WebhookDelivery.status != "pending").count()
+    receiver.mode = "fail"  # up, but answering 503
+    receiver.up()
+    await asyncio.sleep(0.3)
+    assert receiver.received == []
+    receiver.mode = "ok"
+    updates = await receiver.until(5, event_type="subscription.updated", timeout=20)
+    await receiver.until(1, event_type="checkout.completed")
+    await settled()
+    statuses = [(u["data"]["object"]["status"], u["data"]["object"]["quantity"]) for u in updates]
+    assert statuses == [("active", 1), ("cancelling", 1), ("past_due", 1), ("active", 1), ("active", 3)]
+    ids = [webhook_id for webhook_id, _ in receiver.received]
+    assert len(ids) == 6 == len(set(ids))
+    with db.block():
+        rows = list(WebhookDelivery.select())
+        assert {d.status for d in rows} == {"succeeded"} and all(d.last_status_code == 204 for d in rows)
+        assert all(d.last_latency_ms is not None for d in rows)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_sustained_failure_disables_the_endpoint(http_client, base_url, fake_stripe, hooked, app, receiver,
+                                                       deliverer):
+    created = await add_endpoint(http_client, base_url, hooked, receiver.url)
+    receiver.secret = created["secret"]
+    receiver.mode = "fail"
+    object.__setattr__(app.settings["config"], "webhook_disable_after", 0.5)
+    resp = await http_client.fetch(f"{base_url}/api/webhook-endpoints/{created['id']}/test", method="POST", body="",
+                                   headers={"X-API-Key": hooked.api_key.api_key})
+    assert resp.code == 202
+    for _ in range(300):
+        with db.block():
+            endpoint = WebhookEndpoint.get(WebhookEndpoint.public_id == created["id"])
+        if not endpoint.enabled:
+            break
+        await asyncio.sleep(0.05)
+    assert not endpoint.enabled and "failed" in endpoint.disabled_reason
+    found = body_of(await http_client.fetch(f"{base_url}/api/webhook-endpoints/{created['id']}",
+                                            headers={"X-API-Key": hooked.api_key.api_key}))
+    assert found["enabled"] is False and found["deliveries"][0]["status"] == "pending"
+    assert found["deliveries"][0]["last_status_code"] == 503
+    receiver.mode = "ok"
+    object.__setattr__(app.settings["config"], "webhook_disable_after", 259200.0)
+    resp = await http_client.fetch(f"{base_url}/api/webhook-endpoints/{created['id']}/enable", method="POST",
+                                   body="", headers={"X-API-Key": hooked.api_key.api_key})
+    assert body_of(resp)["enabled"] is True
+    tests = await receiver.until(1, event_type="webhook.test")
+    assert tests[0]["data"]["endpoint"] == created["id"]
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("url, message", [
+    ("http://example.com/hook", "https"),
+    ("https://10.0.0.5/hook", "private"),
+    ("https://169.254.169.254/latest", "private or link-local"),
+    ("https://user:pw@example.com/", "credentials"),
+    ("ftp://example.com/", "https"),
+])
+async def test_endpoint_urls_are_checked(api, url, message):
+    resp = await api("POST", "/api/webhook-endpoints", json_body={"url": url})
+    assert resp.code == 400, resp.body
+    error = body_of(resp)["error"]
+    assert error["field"] == "url" and message in error["message"]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_loopback_refused_unless_allowed_and_checked_at_send_time(api, app, http_client, base_url, project,
+                                                                        receiver, deliverer):
+    config = app.settings["config"]
+    object.__setattr__(config, "webhook_allow_loopback", False)
+    resp = await api("POST", "/api/webhook-endpoints", json_body={"url": receiver.url})
+    assert resp.code == 400 and "loopback" in body_of(resp)["error"]["message"]
+    object.__setattr__(config, "webhook_allow_loopback", True)
+    # A DNS name is judged at each send: localhost resolves to loopback, refused once loopback is off.
+    created = body_of(await api("POST", "/api/webhook-endpoints",
+                                json_body={"url": receiver.url.replace("127.0.0.1", "localhost")}))
+    object.__setattr__(config, "webhook_allow_loopback", False)
+    await api("POST", f"/api/webhook-endpoints/{created['id']}/test")
+    for _ in range(200):  # attempts counts at the claim; last_error once the attempt is recorded
+        found = body_of(await api("GET", f"/api/webhook-endpoints/{created['id']}"))
+        if found["deliveries"][0]["last_error"]:
+            break
+        await asyncio.sleep(0.05)
+    object.__setattr__(config, "webhook_allow_loopback", True)
+    assert "loopback" in found["deliveries"][0]["last_error"] and receiver.attempts == []
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_redirects_are_not_followed_and_endpoints_delete(api, project, receiver, deliverer):
+    created = body_of(await api("POST", "/api/webhook-endpoints", json_body={"url": receiver.url}))
+    receiver.secret, receiver.mode = created["secret"], "redirect"
+    await api("POST", f"/api/webhook-endpoints/{created['id']}/test")
+    await receiver.until(1)
+    await settled()
+    found = body_of(await api("GET", f"/api/webhook-endpoints/{created['id']}"))
+    assert found["deliveries"][0]["last_status_code"] == 302 and "redirect" in found["deliveries"][0]["last_error"]
+    resp = await api("DELETE", f"/api/webhook-endpoints/{created['id']}")
+    assert body_of(resp) == {"id": created["id"], "deleted": True}
+    assert (await api("DELETE", f"/api/webhook-endpoints/{created['id']}")).code == 404
+    assert body_of(await api("GET", "/api/webhook-endpoints"))["data"] == []
+
+
+@pytest.mark.gen_test(timeout=40)
+async def test_every_cause_of_a_changed_answer_sends_subscription_updated(http_client, base_url, fake_stripe, hooked,
+                                                                          deliver, receiver, deliverer):
+    """A lifecycle call, Stripe Entitlements, the plan catalog and the access settings all change the answer."""
+    from pulse import projects
+    from tests.test_lifecycle import summary
+
+    created = await add_endpoint(http_client, base_url, hooked, receiver.url)
+    receiver.secret = created["secret"]
+    session, sub = new_subscription(fake_stripe, "user-1", project_id=hooked.project.public_id)
+    await deliver(event("checkout.session.completed", session))
+    await receiver.until(1, event_type="subscription.updated")
+    headers = {"X-API-Key": hooked.api_key.api_key, "Content-Type": "application/json"}
+
+    async def post(path, body, method="POST"):
+        resp = await http_client.fetch(base_url + path, method=method, headers=headers, body=json.dumps(body),
+                                       raise_error=False)
+        assert resp.code in (200, 201), resp.body
+
+    await post("/api/subscription/cancel", {"external_user_id": "user-1"})
+    fake_stripe.attach_feature("price_monthly", "api_access")
+    await deliver(event("entitlements.active_entitlement_summary.updated", summary(sub["customer"], "api_access")))
+    await post("/api/plans/starter", {"stripe_price_ids": ["price_monthly"]}, method="PUT")
+    current = fake_stripe.set_subscription(sub["id"], status="past_due", cancel_at_period_end=False, cancel_at=None)
+    await deliver(event("customer.subscription.updated", current))
+    with db.block():
+        projects.set_past_due_policy(hooked.project, False)
+    updates = await receiver.until(6, event_type="subscription.updated")
+    changed = [u["data"]["changed"] for u in updates[1:]]
+    assert changed == [["cancel_at", "status"], ["features"], ["plan_slug"], ["cancel_at", "status"],
+                       ["has_access", "subscriptions_with_access"]]
+    assert updates[2]["data"]["object"]["features"] == ["api_access"]
+    assert updates[-1]["data"]["object"]["has_access"] is False
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_slow_endpoint_never_blocks_the_server(api, project, receiver, deliverer):
+    import time
+
+    created = body_of(await api("POST", "/api/webhook-endpoints", json_body={"url": receiver.url}))
+    receiver.secret, receiver.mode = created["secret"], "hang"
+    await api("POST", f"/api/webhook-endpoints/{created['id']}/test")
+    for _ in range(200):
+        if receiver.hanging.is_set():
+            break
+        await asyncio.sleep(0.01)
+    assert receiver.hanging.is_set()
+    started = time.monotonic()
+    for _ in range(5):
+        assert (await api("GET", "/api/webhook-endpoints")).code == 200
+    assert time.monotonic() - started < 1.0  # answered while the delivery hangs
+    for _ in range(300):  # the attempt gives up at PULSE_WEBHOOK_TIMEOUT (2 s here)
+        found = body_of(await api("GET", f"/api/webhook-endpoints/{created['id']}"))
+        if found["deliveries"][0]["last_error"]:
+            break
+        await asyncio.sleep(0.05)
+    assert found["deliveries"][0]["last_error"] == "timed out" and found["deliveries"][0]["status"] == "pending"
+    assert 1900 <= found["deliveries"][0]["last_latency_ms"] < 4000
+    receiver.release.set()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_finished_messages_are_purged_after_30_days_pending_ones_kept(api, project, receiver, deliverer):
+    from pulse import delivery
+    from pulse.models import WebhookMessage
+    from pulse.outbox import now_ms
+
+    created = body_of(await api("POST", "/api/webhook-endpoints", json_body={"url": receiver.url}))
+    receiver.secret = created["secret"]
+    await api("POST", f"/api/webhook-endpoints/{created['id']}/test")
+    await receiver.until(1)
+    await settled()
+    receiver.mode = "fail"
+    await api("POST", f"/api/webhook-endpoints/{created['id']}/test")
+    with db.block():
+        assert delivery.purge(now=now_ms() + 29 * 86400 * 1000) == 0
+        assert delivery.purge(now=now_ms() + 31 * 86400 * 1000) == 1
+        assert WebhookMessage.select().count() == 1 and WebhookDelivery.select().count() == 1
+        assert WebhookDelivery.get().status == "pending"
+
+
+@pytest.mark.gen_test(timeout=40)
+async def test_sync_stripe_announces_what_the_missed_events_would_have(http_client, base_url, fake_stripe, hooked,
+                                                                      deliver, receiver, deliverer, app):
+    from pulse import resync
+
+    created = await add_endpoint(http_client, base_url, hooked, receiver.url)
+    receiver.secret = created["secret"]
+    session, sub = new_subscription(fake_stripe, "user-1", project_id=hooked.project.public_id)
+    await deliver(event("checkout.session.completed", session))
+    await receiver.until(1, event_type="subscription.updated")
+    fake_stripe.set_subscription(sub["id"], cancel_at_period_end=True)  # its webhook is lost
+    await resync.sync_project(hooked.project, config=app.settings["config"], box=app.settings["secret_box"])
+    updates = await receiver.until(2, event_type="subscription.updated")
+    assert updates[-1]["data"]["object"]["status"] == "cancelling"
+    fake_stripe.delete_customer(sub["customer"])  # and so is customer.deleted's
+    await resync.sync_project(hooked.project, config=app.settings["config"], box=app.settings["secret_box"])
+    deleted = await receiver.until(1, event_type="customer.deleted")
+    assert deleted[0]["data"]["external_user_id"] == "user-1"
+    assert (await receiver.until(3, event_type="subscription.updated"))[-1]["data"]["object"]["status"] == "cancelled"
