@@ -7,12 +7,11 @@ a caller's field -> 400 invalid_field naming that field.
 
 import re
 
-from handlers.base import ApiError, invalid, missing
-from handlers.billing import BillingHandler, external_user_id
+from handlers.base import ApiError, idempotent, invalid, missing
+from handlers.billing import BillingHandler, external_user_id, stripe_price_id
 from pulse import entitlements, lifecycle
 from pulse.db import block
 
-_PRICE = re.compile(r"price_[^\s\x00-\x1f\x7f-\x9f]{1,249}")
 _SLUG = re.compile(r"[^\x00-\x1f\x7f-\x9f]{1,100}")
 _FEATURE = re.compile(r"[^\x00-\x1f\x7f-\x9f/]{1,255}")
 _CURSOR = re.compile(r"in_[A-Za-z0-9]{1,250}")
@@ -43,8 +42,10 @@ def change_request(data):
     price_id, slug = data.get("stripe_price_id"), data.get("plan_slug")
     if price_id is None and slug is None:
         raise missing("stripe_price_id")
-    if price_id is not None and (not isinstance(price_id, str) or not _PRICE.fullmatch(price_id)):
-        raise invalid("stripe_price_id", "stripe_price_id must be a Stripe price id (price_…)")
+    if price_id is not None:
+        if not isinstance(price_id, str):
+            raise invalid("stripe_price_id", "stripe_price_id must be a string")
+        price_id = stripe_price_id(price_id)  # checkout's rule: legacy plan ids are prices too
     if slug is not None and (not isinstance(slug, str) or not _SLUG.fullmatch(slug)):
         raise invalid("plan_slug", "plan_slug must be 1-100 characters")
     quantity = data.get("quantity")
@@ -79,6 +80,7 @@ class LifecycleHandler(BillingHandler):
 
 
 class CancelHandler(LifecycleHandler):
+    @idempotent
     async def post(self):
         data = self.json_body()
         _fields(data, ("external_user_id", "at_period_end"))
@@ -93,6 +95,7 @@ class CancelHandler(LifecycleHandler):
 
 
 class ResumeHandler(LifecycleHandler):
+    @idempotent
     async def post(self):
         data = self.json_body()
         _fields(data, ("external_user_id",))
@@ -102,6 +105,7 @@ class ResumeHandler(LifecycleHandler):
 
 
 class ChangeHandler(LifecycleHandler):
+    @idempotent
     async def post(self):
         fields = change_request(self.json_body())
         client = self.stripe_client()
@@ -111,6 +115,7 @@ class ChangeHandler(LifecycleHandler):
 
 
 class ChangePreviewHandler(LifecycleHandler):
+    @idempotent
     async def post(self):
         fields = change_request(self.json_body())
         client = self.stripe_client()

@@ -5,7 +5,7 @@ handlers/openapi.py merges SCHEMAS and `paths()` into its document.
 
 import copy
 
-from handlers.openapi import EXTERNAL_USER_ID, IDEMPOTENCY_KEY, NULLABLE_STRING, NULLABLE_TIME
+from handlers.openapi import EXTERNAL_USER_ID, IDEMPOTENCY_KEY, NULLABLE_STRING, NULLABLE_TIME, STRIPE_PRICE_ID
 from handlers.openapi import _errors as errors
 from handlers.openapi import _json as json_response
 from handlers.openapi import _ref as ref
@@ -57,7 +57,7 @@ SCHEMAS = {
         "anyOf": [{"required": ["stripe_price_id"]}, {"required": ["plan_slug"]}],
         "description": "stripe_price_id, or plan_slug (the plan's only price in the catalog); at least one.",
         "properties": {"external_user_id": EXTERNAL_USER_ID,
-                       "stripe_price_id": {"type": "string", "pattern": "^price_[^\\s\\x00-\\x1f\\x7f-\\x9f]{1,249}$"},
+                       "stripe_price_id": STRIPE_PRICE_ID,
                        "plan_slug": {"type": "string", "minLength": 1, "maxLength": 100,
                                      "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]+$"},
                        "quantity": {"type": "integer", "minimum": 1, "maximum": 100000},

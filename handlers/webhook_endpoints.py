@@ -1,6 +1,6 @@
 """GET/POST /api/webhook-endpoints, DELETE /api/webhook-endpoints/{id}, and an endpoint's deliveries and test event."""
 
-from handlers.base import ApiError, ApiHandler, invalid, missing
+from handlers.base import ApiError, ApiHandler, idempotent, invalid, missing
 from pulse import outbox
 from pulse.db import block, isoformat
 from pulse.models import WebhookDelivery
@@ -24,6 +24,7 @@ class EndpointsHandler(ApiHandler):
             rows = outbox.endpoints_of(self.project)
         self.write_json({"data": [outbox.endpoint_json(row) for row in rows]})
 
+    @idempotent
     def post(self):
         data = self.json_body()
         unknown = sorted(set(data) - _FIELDS)
@@ -69,6 +70,7 @@ class EndpointHandler(_OneEndpoint):
 
 
 class EndpointTestHandler(_OneEndpoint):
+    @idempotent
     def post(self, endpoint_id):
         with block():
             with outbox.write_transaction():
@@ -77,6 +79,7 @@ class EndpointTestHandler(_OneEndpoint):
 
 
 class EndpointEnableHandler(_OneEndpoint):
+    @idempotent
     def post(self, endpoint_id):
         with block():
             with outbox.write_transaction():
@@ -86,6 +89,7 @@ class EndpointEnableHandler(_OneEndpoint):
 
 
 class DeliveryResendHandler(_OneEndpoint):
+    @idempotent
     def post(self, endpoint_id, delivery_id):
         with block():
             with outbox.write_transaction():
