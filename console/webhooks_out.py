@@ -3,7 +3,7 @@
 from console.base import ProjectHandler
 from console.dashboard import PID
 from pulse import outbox
-from pulse.db import block
+from pulse.db import block, transaction
 from pulse.models import WebhookDelivery
 
 DONE = {"deleted": "Endpoint deleted.", "test": "Test event queued.", "resent": "Delivery queued again.",
@@ -37,7 +37,7 @@ class WebhooksHandler(WebhooksPage):
         form = {"url": self.get_body_argument("url", "").strip(),
                 "description": self.get_body_argument("description", "").strip()}
         try:
-            with block(), outbox.write_transaction():
+            with block(), transaction():
                 endpoint, secret = outbox.create_endpoint(self.project, form["url"], self.settings["secret_box"],
                                                           self.settings["config"], form["description"])
                 self.audit("webhook_endpoint.created", project=self.project, endpoint=endpoint.public_id,
@@ -65,7 +65,7 @@ class EndpointTestHandler(WebhooksPage):
     def post(self, project_id):
         endpoint = self.endpoint()
         if endpoint is not None:
-            with block(), outbox.write_transaction():
+            with block(), transaction():
                 outbox.send_test(self.project, endpoint)
             self.redirect(self.project_url("webhooks?done=test"), status=303)
 
@@ -74,7 +74,7 @@ class EndpointEnableHandler(WebhooksPage):
     def post(self, project_id):
         endpoint = self.endpoint()
         if endpoint is not None:
-            with block(), outbox.write_transaction():
+            with block(), transaction():
                 outbox.enable_endpoint(endpoint)
             self.redirect(self.project_url("webhooks?done=enabled"), status=303)
 
@@ -82,7 +82,7 @@ class EndpointEnableHandler(WebhooksPage):
 class DeliveryResendHandler(WebhooksPage):
     def post(self, project_id):
         raw = self.get_body_argument("delivery", "")
-        with block(), outbox.write_transaction():
+        with block(), transaction():
             delivery = WebhookDelivery.get_or_none(WebhookDelivery.id == int(raw), WebhookDelivery.project
                                                    == self.project) if raw.isdigit() and len(raw) < 18 else None
             if delivery is not None:

@@ -162,7 +162,7 @@ ERROR_TEXT = {
 RATE_LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 
 
-def _ref(name):
+def schema_ref(name):
     return {"$ref": f"#/components/schemas/{name}"}
 
 
@@ -171,17 +171,17 @@ def _headers(rate_limited=True):
     return {name: HEADERS[name] for name in names}
 
 
-def _json(schema, description, rate_limited=True, extra_headers=None):
+def json_response(schema, description, rate_limited=True, extra_headers=None):
     return {"description": description, "headers": {**_headers(rate_limited), **(extra_headers or {})},
             "content": {"application/json": {"schema": schema}}}
 
 
-def _errors(*codes, rate_limited=True):
+def error_responses(*codes, rate_limited=True):
     out = {}
     for code in codes:
         extra = {"Retry-After": {"description": "Seconds to wait.", "required": True, "schema": {"type": "integer"}}} \
             if code == 429 else None
-        out[str(code)] = _json(_ref("Error"), ERROR_TEXT[code], rate_limited, extra)
+        out[str(code)] = json_response(schema_ref("Error"), ERROR_TEXT[code], rate_limited, extra)
     return out
 
 
@@ -195,18 +195,18 @@ PLAN_SLUG = {"name": "plan_slug", "in": "path", "required": True,
 
 def _post(summary, request, response, *errors):
     return {"summary": summary, "parameters": [IDEMPOTENCY_KEY],
-            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(request)}}},
-            "responses": {"200": _json(_ref(response), "OK"),
-                          **_errors(400, 401, 409, 413, 422, 429, 502, 503, *errors)}}
+            "requestBody": {"required": True, "content": {"application/json": {"schema": schema_ref(request)}}},
+            "responses": {"200": json_response(schema_ref(response), "OK"),
+                          **error_responses(400, 401, 409, 413, 422, 429, 502, 503, *errors)}}
 
 
 def _webhook(summary, parameters):
     return {"post": {
         "summary": summary, "security": [], "parameters": parameters,
         "description": "Verified with the Stripe-Signature header. Not rate limited: Stripe delivers in bursts.",
-        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("StripeEvent")}}},
-        "responses": {"200": _json(_ref("WebhookReceipt"), "Recorded (processed, ignored or duplicate)", False),
-                      **_errors(400, 404, 413, 500, 503, rate_limited=False)}}}
+        "requestBody": {"required": True, "content": {"application/json": {"schema": schema_ref("StripeEvent")}}},
+        "responses": {"200": json_response(schema_ref("WebhookReceipt"), "Recorded (processed, ignored or duplicate)", False),
+                      **error_responses(400, 404, 413, 500, 503, rate_limited=False)}}}
 
 
 @functools.lru_cache(maxsize=1)
@@ -222,11 +222,11 @@ def document():
         "paths": {
             "/api/health": {
                 "get": {"summary": "Liveness and database reachability", "security": [],
-                        "responses": {"200": _json(_ref("Health"), "Up"),
+                        "responses": {"200": json_response(schema_ref("Health"), "Up"),
                                       "302": {"description": "Browsers (Accept prefers text/html) go to the status page",
                                               "headers": {"Location": {"schema": {"type": "string"}}}},
-                                      "503": _json(_ref("Health"), "The database is unreachable"),
-                                      **_errors(429)}},
+                                      "503": json_response(schema_ref("Health"), "The database is unreachable"),
+                                      **error_responses(429)}},
                 "head": {"summary": "Liveness", "security": [],
                          "responses": {"200": {"description": "Up"}, "503": {"description": "Database unreachable"},
                                        "429": {"description": "Rate limited"}}},
@@ -241,21 +241,21 @@ def document():
             "/api/subscription": {"get": {
                 "summary": "A user's current subscription (access first, then most recent)",
                 "parameters": [{"name": "external_user_id", "in": "query", "required": True, "schema": EXTERNAL_USER_ID}],
-                "responses": {"200": _json(_ref("Subscription"), "OK"), **_errors(400, 401, 404, 422, 429, 503)}}},
+                "responses": {"200": json_response(schema_ref("Subscription"), "OK"), **error_responses(400, 401, 404, 422, 429, 503)}}},
             "/api/plans": {"get": {
                 "summary": "The plan catalog: each plan_slug with its Stripe price ids",
-                "responses": {"200": _json(_ref("PlanList"), "OK"), **_errors(401, 429, 503)}}},
+                "responses": {"200": json_response(schema_ref("PlanList"), "OK"), **error_responses(401, 429, 503)}}},
             "/api/plans/{plan_slug}": {
                 "put": {"summary": "Create or replace a plan's Stripe price ids", "parameters": [PLAN_SLUG],
                         "description": "Subscriptions on prices that join or leave the plan get their plan_slug at "
                                        "once. A price already in another plan: 409 plan_conflict on stripe_price_ids.",
                         "requestBody": {"required": True,
-                                        "content": {"application/json": {"schema": _ref("PlanPrices")}}},
-                        "responses": {"200": _json(_ref("Plan"), "Replaced"), "201": _json(_ref("Plan"), "Created"),
-                                      **_errors(400, 401, 409, 413, 422, 429, 503)}},
+                                        "content": {"application/json": {"schema": schema_ref("PlanPrices")}}},
+                        "responses": {"200": json_response(schema_ref("Plan"), "Replaced"), "201": json_response(schema_ref("Plan"), "Created"),
+                                      **error_responses(400, 401, 409, 413, 422, 429, 503)}},
                 "delete": {"summary": "Remove a plan from the catalog", "parameters": [PLAN_SLUG],
-                           "responses": {"200": _json(_ref("PlanDeleted"), "Deleted"),
-                                         **_errors(400, 401, 404, 429, 503)}}},
+                           "responses": {"200": json_response(schema_ref("PlanDeleted"), "Deleted"),
+                                         **error_responses(400, 401, 404, 429, 503)}}},
             "/api/customers/export": {"get": {
                 "summary": "Every customer with its current subscription, streamed",
                 "parameters": [{"name": "format", "in": "query", "required": False,
@@ -267,16 +267,16 @@ def document():
                     "200": {"description": "An attachment: customers-<project>-<date>.json|csv",
                             "headers": {**_headers(), "Content-Disposition": {"required": True,
                                                                               "schema": {"type": "string"}}},
-                            "content": {"application/json": {"schema": _ref("Export")},
+                            "content": {"application/json": {"schema": schema_ref("Export")},
                                         "text/csv": {"schema": {"type": "string"}}}},
-                    **_errors(400, 401, 429, 503)}}},
+                    **error_responses(400, 401, 429, 503)}}},
             "/api/webhook": _webhook("Stripe events for the deployment-wide endpoint", []),
             "/api/webhook/{project_id}": _webhook("Stripe events for one project", [
                 {"name": "project_id", "in": "path", "required": True,
                  "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,40}$"}}]),
             "/api/openapi.json": {"get": {"summary": "This document", "security": [],
-                                          "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1"),
-                                                        **_errors(429)}}},
+                                          "responses": {"200": json_response({"type": "object"}, "OpenAPI 3.1"),
+                                                        **error_responses(429)}}},
         },
         "components": {
             "schemas": SCHEMAS,

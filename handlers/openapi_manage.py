@@ -6,9 +6,9 @@ handlers/openapi.py merges SCHEMAS and `paths()` into its document.
 import copy
 
 from handlers.openapi import EXTERNAL_USER_ID, IDEMPOTENCY_KEY, NULLABLE_STRING, NULLABLE_TIME, STRIPE_PRICE_ID
-from handlers.openapi import _errors as errors
-from handlers.openapi import _json as json_response
-from handlers.openapi import _ref as ref
+from handlers.openapi import error_responses as errors
+from handlers.openapi import json_response
+from handlers.openapi import schema_ref as ref
 from pulse import lifecycle
 
 ENDPOINT_ID = {"name": "endpoint_id", "in": "path", "required": True,

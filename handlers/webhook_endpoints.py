@@ -2,7 +2,7 @@
 
 from handlers.base import ApiError, ApiHandler, idempotent, invalid, missing
 from pulse import outbox
-from pulse.db import block, isoformat
+from pulse.db import block, isoformat, transaction
 from pulse.models import WebhookDelivery
 
 _NO_ENDPOINT = "No webhook endpoint with this id in this project."
@@ -37,7 +37,7 @@ class EndpointsHandler(ApiHandler):
         if not isinstance(description, str):
             raise invalid("description", "description must be a string")
         try:
-            with block(), outbox.write_transaction():
+            with block(), transaction():
                 endpoint, secret = outbox.create_endpoint(self.project, url, self.settings["secret_box"], self.config,
                                                           description)
         except outbox.EndpointError as exc:
@@ -73,7 +73,7 @@ class EndpointTestHandler(_OneEndpoint):
     @idempotent
     def post(self, endpoint_id):
         with block():
-            with outbox.write_transaction():
+            with transaction():
                 message = outbox.send_test(self.project, self._endpoint(endpoint_id))
         self.write_json({"webhook_id": message.public_id, "event_type": "webhook.test"}, status=202)
 
@@ -82,7 +82,7 @@ class EndpointEnableHandler(_OneEndpoint):
     @idempotent
     def post(self, endpoint_id):
         with block():
-            with outbox.write_transaction():
+            with transaction():
                 outbox.enable_endpoint(self._endpoint(endpoint_id))
             endpoint = self._endpoint(endpoint_id)
         self.write_json(outbox.endpoint_json(endpoint))
@@ -92,7 +92,7 @@ class DeliveryResendHandler(_OneEndpoint):
     @idempotent
     def post(self, endpoint_id, delivery_id):
         with block():
-            with outbox.write_transaction():
+            with transaction():
                 endpoint = self._endpoint(endpoint_id)
                 delivery = WebhookDelivery.get_or_none(WebhookDelivery.id == int(delivery_id),
                                                        WebhookDelivery.endpoint == endpoint) \

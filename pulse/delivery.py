@@ -22,9 +22,9 @@ import peewee as pw
 from standardwebhooks.webhooks import Webhook
 
 from pulse import __version__
-from pulse.db import DatabaseUnavailable, block, utcnow
+from pulse.db import DatabaseUnavailable, block, transaction, utcnow
 from pulse.models import WebhookDelivery, WebhookEndpoint, WebhookMessage
-from pulse.outbox import FAILED, PENDING, SUCCEEDED, _wakers, address_refusal, now_ms, write_transaction
+from pulse.outbox import FAILED, PENDING, SUCCEEDED, WAKERS, address_refusal, now_ms
 
 log = logging.getLogger("pulse.delivery")
 
@@ -61,7 +61,7 @@ def claim(owner, limit, config, exclude=()):
     for row in list(due):
         if row.id in exclude or len(claimed) >= limit:
             continue
-        with write_transaction():
+        with transaction():
             won = (WebhookDelivery.update(lease_until_ms=now + lease_ms(config), lease_owner=owner,
                                           attempts=WebhookDelivery.attempts + 1, last_attempt_at=utcnow())
                    .where(WebhookDelivery.id == row.id, WebhookDelivery.status == PENDING,
@@ -84,7 +84,7 @@ def record(job, owner, config, status_code=None, latency_ms=None, error=None):
     common = dict(last_status_code=status_code, last_latency_ms=latency_ms,
                   last_error=error and error[:255], lease_until_ms=0)  # lease_owner stays: who sent it last
     ok = status_code is not None and 200 <= status_code < 300
-    with write_transaction():
+    with transaction():
         mine = (WebhookDelivery.id == delivery_id) & (WebhookDelivery.status == PENDING)
         if ok:
             WebhookDelivery.update(status=SUCCEEDED, delivered_at=utcnow(), **common).where(mine).execute()
@@ -113,7 +113,7 @@ def purge(now=None):
     cutoff = (now or now_ms()) - KEEP_DAYS * 86400 * 1000
     open_ = WebhookDelivery.select(WebhookDelivery.id).where(WebhookDelivery.message == WebhookMessage.id,
                                                             WebhookDelivery.status == PENDING)
-    with write_transaction():
+    with transaction():
         return WebhookMessage.delete().where(WebhookMessage.created_ms < cutoff, ~pw.fn.EXISTS(open_)).execute()
 
 
@@ -171,7 +171,7 @@ class Deliverer:
         loop = asyncio.get_running_loop()
         self._client = httpx.AsyncClient(follow_redirects=False, trust_env=False,
                                          timeout=httpx.Timeout(self.config.webhook_timeout))
-        _wakers.append(self._waker)
+        WAKERS.append(self._waker)
         self._loop = loop
         self._task = loop.create_task(self._run())
         return self
@@ -183,8 +183,8 @@ class Deliverer:
             pass
 
     async def stop(self):
-        if self._waker in _wakers:
-            _wakers.remove(self._waker)
+        if self._waker in WAKERS:
+            WAKERS.remove(self._waker)
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

@@ -11,8 +11,9 @@ import json
 import peewee as pw
 
 from pulse import billing, outbox
-from pulse.db import block, utcnow
+from pulse.db import block, transaction, utcnow
 from pulse.models import Customer, CustomerFeature, CustomerState
+from pulse.stripe_objects import plain
 
 EVENT = "entitlements.active_entitlement_summary.updated"
 MAX_PAGES = 20
@@ -20,7 +21,6 @@ MAX_PAGES = 20
 
 async def active_lookup_keys(client, stripe_customer_id):
     """Stripe's active entitlements of a customer -> sorted lookup keys (every page). Raises StripeFailure."""
-    from pulse.events import plain
     keys, params = set(), {"customer": stripe_customer_id, "limit": 100}
     for _ in range(MAX_PAGES):
         page = plain(await billing.call(client.v1.entitlements.active_entitlements.list_async, params))
@@ -34,7 +34,7 @@ async def active_lookup_keys(client, stripe_customer_id):
 
 def store(project, customer_id, lookup_keys, at_ms):
     """Replace a customer's stored features unless newer ones are stored; True when stored. In a transaction."""
-    state = outbox._state_row(project, customer_id)
+    state = outbox.state_row(project, customer_id)
     if state.features_at > at_ms:
         return False
     keys = sorted(set(lookup_keys))
@@ -65,7 +65,7 @@ async def refresh_customer(client, project, customer_id):
     except billing.StripeFailure:
         return None  # the entitlements event that Stripe sends as well brings them
     with block():
-        with subs.transaction():
+        with transaction():
             store(project, customer.id, keys, at)
     return keys
 

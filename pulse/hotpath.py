@@ -106,7 +106,7 @@ def _read(db, project_id, external_user_id):
     row = db.execute_sql(sql, params).fetchone()
     if row is None:
         return False, None
-    sub = dict(zip(status.PUBLIC_COLUMNS, row[6:], strict=True))
+    sub = dict(zip(status.PUBLIC_COLUMNS, row[6:-1], strict=True))  # the last column is the features
     if sub["stripe_subscription_id"] is None:
         return True, None
     customer = {"external_user_id": row[0], "email": row[1], "stripe_customer_id": row[2]}

@@ -11,11 +11,11 @@ import json
 
 from pulse import billing, entitlements, plans
 from pulse import subscriptions as subs
-from pulse.db import block, from_timestamp, isoformat
-from pulse.events import plain
+from pulse.db import block, from_timestamp, isoformat, transaction
 from pulse.models import Customer, Subscription
 from pulse.outbox import answer_of
 from pulse.status import Status, current, policy_of
+from pulse.stripe_objects import invoice_subscription_id, plain
 
 PRORATION_BEHAVIORS = ("create_prorations", "none", "always_invoice")
 # Stripe's request parameter -> ours, for a 400 that names the caller's field.
@@ -73,7 +73,7 @@ def _live(sub):
 def store(project, customer, obj, at):
     """Store Stripe's answer (newer wins) and return the user's public answer, in one transaction."""
     with block():
-        with subs.transaction():
+        with transaction():
             subs.upsert_subscription(project, obj, at)
             return answer_of(project, Customer.get_by_id(customer.id))
 
@@ -199,7 +199,6 @@ def _is_proration(line):
 
 
 def invoice_json(invoice):
-    from pulse.events import invoice_subscription_id
     return {"id": invoice.get("id"), "number": invoice.get("number"), "status": invoice.get("status"),
             "amount_due": invoice.get("amount_due"), "amount_paid": invoice.get("amount_paid"),
             "amount_remaining": invoice.get("amount_remaining"), "total": invoice.get("total"),

@@ -32,7 +32,7 @@ from pulse.status import current, policy_of, public_subscription, row_has_access
 EVENT_TYPES = ("subscription.updated", "checkout.completed", "customer.deleted", "webhook.test")
 MAX_ENDPOINTS = 16
 PENDING, SUCCEEDED, FAILED = "pending", "succeeded", "failed"
-_wakers: list = []  # callables that wake this process's delivery loop (pulse.delivery registers one)
+WAKERS: list = []  # callables that wake this process's delivery loop (pulse.delivery registers one)
 
 
 class EndpointError(ValueError):
@@ -41,11 +41,6 @@ class EndpointError(ValueError):
     def __init__(self, field, message):
         super().__init__(message)
         self.field, self.message = field, message
-
-
-def write_transaction():
-    """A write transaction; on SQLite the write lock is taken up front (as pulse.subscriptions.transaction)."""
-    return database.atomic() if is_mysql() else database.atomic("IMMEDIATE")
 
 
 def now_ms():
@@ -158,7 +153,7 @@ def enable_endpoint(endpoint):
 
 def wake():
     """Tell this process's delivery loop that a message may be due (it runs after the commit: no await in a block)."""
-    for waker in list(_wakers):
+    for waker in list(WAKERS):
         waker()
 
 
@@ -228,7 +223,7 @@ def answer_of(project, customer):
     return body
 
 
-def _state_row(project, customer_id):
+def state_row(project, customer_id):
     query = CustomerState.select().where(CustomerState.customer == customer_id)
     state = (query.for_update() if is_mysql() else query).first()
     if state is None:
@@ -252,7 +247,7 @@ def customer_changed(project, customer_id):
         return None
     if not isinstance(project, Project):
         project = Project.get_by_id(project)
-    state = _state_row(project, customer.id)
+    state = state_row(project, customer.id)
     new = answer_of(project, customer)
     old = json.loads(state.answer) if state.answer else None
     if new == old:

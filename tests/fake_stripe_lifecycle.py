@@ -18,7 +18,9 @@ _ENTITLED = ("active", "trialing", "past_due")
 class LifecycleMixin:
     def _lifecycle_state(self):
         if not hasattr(self, "invoices"):
-            self.invoices, self.product_features = {}, {}
+            self.invoices = {}
+        if not hasattr(self, "product_features"):
+            self.product_features = {}
         return self
 
     # ------------------------------------------------------------ test-side helpers

@@ -202,7 +202,7 @@ async def test_issue_16_routes_with_another_projects_key(api, app, tenants):
         response = await api(method, path, data, key=key_b)
         assert response.code == 404, (path, response.body)
         assert_nothing_of(a_values, response, f"{method} {path}")
-    with db.block(), outbox.write_transaction():
+    with db.block(), db.transaction():
         endpoint, secret = outbox.create_endpoint(a.project, "https://alpha.example.com/hooks", app.settings[
             "secret_box"], app.settings["config"])
         outbox.send_test(a.project, endpoint)
