@@ -16,6 +16,7 @@ from markupsafe import Markup, escape
 
 import web
 from pulse import projects, sessions
+from pulse.currency import format_amount
 from pulse.db import DatabaseUnavailable, block, isoformat, utcnow
 
 log = logging.getLogger("pulse.console")
@@ -75,10 +76,10 @@ def timestamp(value, seconds=False):
 
 
 def make_jinja_env(template_dir):
-    """The console's Jinja environment: autoescaped, strict, with `timestamp` for every template and macro."""
+    """The console's Jinja environment: autoescaped, strict, with `timestamp` and `format_amount` everywhere."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir)),
                              autoescape=jinja2.select_autoescape(default=True), undefined=jinja2.StrictUndefined)
-    env.globals.update(timestamp=timestamp)
+    env.globals.update(timestamp=timestamp, format_amount=format_amount)
     return env
 
 

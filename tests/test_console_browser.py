@@ -132,8 +132,11 @@ def test_tenant_admin_tasks_in_a_real_browser(stack, tmp_path):
             # Dashboard: counts, chart, the failed webhook.
             page.click("nav.tabs >> text=Dashboard")
             expect(page.locator(".stat", has_text="active")).to_contain_text("2")
-            expect(page.locator("svg.chart-wide rect")).to_have_count(12)
-            expect(page.locator("svg.chart-narrow")).to_be_hidden()  # the phone variant
+            # Two wide charts: 12 weeks of starts and 12 months of MRR (the seeded prices give MRR).
+            expect(page.locator("svg.chart-wide rect")).to_have_count(24)
+            expect(page.locator("#revenue .stat", has_text="MRR")).to_contain_text("USD")
+            for i in range(2):
+                expect(page.locator("svg.chart-narrow").nth(i)).to_be_hidden()  # the phone variants
             expect(page.locator("text=Recent failures").locator("..")).to_contain_text("checkout.session.completed")
             shot(page, "02-dashboard")
 
@@ -295,10 +298,13 @@ def test_every_page_fits_a_phone_and_a_laptop_without_sideways_scrolling(stack):
                     scroll = page.evaluate("document.documentElement.scrollWidth")
                     if scroll > viewport["width"]:
                         failures.append(f"{target} at {size} px: scrollWidth {scroll}")
-                # Phones get the narrow chart, whose labels stay at a readable size.
+                # Phones get the narrow charts, whose labels stay at a readable size.
                 page.goto(f"{base}/console/p/{project_id}/")
                 chart = "svg.chart-narrow" if size == "390" else "svg.chart-wide"
-                expect(page.locator(chart)).to_be_visible()
+                # Two charts per variant: subscriptions started and MRR (the seeded prices give MRR).
+                expect(page.locator(chart)).to_have_count(2)
+                for i in range(2):
+                    expect(page.locator(chart).nth(i)).to_be_visible()
                 label_px = page.evaluate(f"""() => Math.min(...[...document.querySelectorAll('{chart} text')]
                                             .map(t => t.getBoundingClientRect().height))""")
                 assert label_px >= 9, (size, label_px)
