@@ -1,6 +1,7 @@
 """Serving: one process or N forked workers on shared sockets, with a graceful SIGTERM drain."""
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -9,7 +10,7 @@ import time
 import tornado.httpserver
 import tornado.netutil
 
-from pulse import db
+from pulse import db, hotpath
 from pulse.migrations import migrate_database
 
 log = logging.getLogger("pulse.server")
@@ -33,6 +34,7 @@ def _worker(make_app, config, sockets):
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
+        loop.add_signal_handler(signal.SIGUSR1, hotpath.log_stats)
         log.info("serving on http://%s:%s (pid %s)", config.host, sockets[0].getsockname()[1], os.getpid())
         await stopping.wait()
         server.stop()
@@ -56,6 +58,7 @@ def _prefork(make_app, count, config, sockets):
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # until the loop installs log_stats
             code = 1
             try:
                 _worker(make_app, config, sockets)
@@ -77,8 +80,14 @@ def _prefork(make_app, count, config, sockets):
             except ProcessLookupError:
                 pass
 
+    def forward_stats(_signum, _frame):
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGUSR1)
+
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGUSR1, forward_stats)
     for _ in range(count):
         spawn()
     while children:

@@ -1,5 +1,6 @@
 """The hot path, GET /api/subscription: one lean SQL query straight to the public JSON shape, cached briefly."""
 
+import logging
 import time
 import weakref
 from datetime import datetime
@@ -14,6 +15,9 @@ from pulse.models import Customer, Project, Subscription
 _PROJECT_MARK = -918273645
 _USER_MARK = "\x00pulse-hotpath-user\x00"
 _compiled: dict[type, tuple[str, list, int, int]] = {}
+log = logging.getLogger("pulse.hotpath")
+# Answers served from memory and read from the database since the process started (log_stats).
+STATS = {"hits": 0, "misses": 0, "reports": 0}
 
 # Answers are reused for at most CACHE_TTL seconds, so another process's change (a webhook it
 # applied) shows within that time (SPEC: 2 s). A change made through this process's database
@@ -86,7 +90,9 @@ def subscription_of(project_id, external_user_id):
     hit = state.cache.get(slot)
     now = time.monotonic()
     if hit is not None and hit[0] > now:
+        STATS["hits"] += 1
         return hit[1]
+    STATS["misses"] += 1
     generation = state.generation
     answer = _read(db, project_id, external_user_id)
     if db.write_generation() == generation:  # nothing changed while we read
@@ -108,3 +114,11 @@ def _read(db, project_id, external_user_id):
         return True, None
     customer = {"external_user_id": row[0], "email": row[1], "stripe_customer_id": row[2]}
     return True, status.public_subscription(sub, status.Policy(bool(row[3]), bool(row[4])), row[5], customer)
+
+
+def log_stats():
+    """Log the cache counters (the server calls this on SIGUSR1; `make bench` reads the line)."""
+    STATS["reports"] += 1
+    entries = sum(len(state.cache) for state in list(_states.values()))
+    log.info("hot-path cache: report=%d hits=%d misses=%d entries=%d", STATS["reports"], STATS["hits"],
+             STATS["misses"], entries)
