@@ -1,13 +1,13 @@
-"""The hot path, GET /api/subscription: one lean SQL query straight to the public JSON shape, cached briefly."""
+"""The hot path, GET /api/subscription: a per-process read model in front of one lean SQL query."""
 
+import json
 import logging
 import time
 import weakref
-from datetime import datetime
 
 import peewee as pw
 
-from pulse import status
+from pulse import changefeed, status
 from pulse.db import database
 from pulse.models import Customer, Project, Subscription
 
@@ -19,11 +19,12 @@ log = logging.getLogger("pulse.hotpath")
 # Answers served from memory and read from the database since the process started (log_stats).
 STATS = {"hits": 0, "misses": 0, "reports": 0}
 
-# Answers are reused for at most CACHE_TTL seconds, so another process's change (a webhook it
-# applied) shows within that time (SPEC: 2 s). A change made through this process's database
-# handle empties the cache at once (pulse.db.WriteGeneration).
-CACHE_TTL = 1.0
-CACHE_MAX = 50000
+# The read model: answers stay in memory until the change feed (pulse.changefeed) names their user.
+# Another process's change shows once this process looks at the feed, at most POLL seconds after
+# the change (SPEC: 2 s); a change made through this process's database handle moves its write
+# generation (pulse.db.WriteGeneration) and the feed is read before the next answer (at once).
+POLL = 0.5
+CACHE_MAX = 200_000
 
 
 def _query(project_id, external_user_id):
@@ -35,7 +36,7 @@ def _query(project_id, external_user_id):
                    .where((others.customer == Customer.id) & status.access_condition(others, Project)))
     columns = [getattr(Subscription, name) for name in status.PUBLIC_COLUMNS]
     return (Customer
-            .select(Customer.external_user_id, Customer.email, Customer.stripe_customer_id,
+            .select(Customer.id, Customer.external_user_id, Customer.email, Customer.stripe_customer_id,
                     Project.past_due_has_access, Project.paused_collection_has_access, with_access, *columns)
             .join(Project, on=(Project.id == Customer.project))
             .switch(Customer)
@@ -56,11 +57,41 @@ def _compile(db):
 
 
 class _State:
-    """Per database handle: the cached answers and the write generation they belong to."""
+    """Per database handle: the answers, who they belong to, and the position in the change feed."""
 
     def __init__(self):
-        self.cache = {}
+        self.answers = {}  # (project id, external user id) -> (customer found, JSON bytes or None)
+        self.customers = {}  # customer id -> its answer's key
+        self.feed = changefeed.Feed()
         self.generation = None
+        self.synced_at = float("-inf")
+
+    def sync(self, db, now):
+        generation = db.write_generation()  # before reading: a write meanwhile makes the next call look again
+        changes = self.feed.changes(db)
+        if changes is None:
+            self.answers, self.customers = {}, {}
+        else:
+            for project_id, customer_id, external_user_id in changes:
+                self.forget(project_id, customer_id, external_user_id)
+        self.generation, self.synced_at = generation, now
+
+    def forget(self, project_id, customer_id, external_user_id):
+        if external_user_id is not None:
+            self.answers.pop((project_id, external_user_id), None)
+        if customer_id is not None:
+            key = self.customers.pop(customer_id, None)
+            if key is not None:
+                self.answers.pop(key, None)
+        if customer_id is None and external_user_id is None:  # the project's policy changed
+            self.answers = {key: answer for key, answer in self.answers.items() if key[0] != project_id}
+
+    def remember(self, key, customer_id, answer):
+        if len(self.answers) >= CACHE_MAX:
+            self.answers, self.customers = {}, {}
+        self.answers[key] = answer
+        if customer_id is not None:
+            self.customers[customer_id] = key
 
 
 # Keyed by the handle itself (weakly): tests and tools rebind the proxy between databases.
@@ -68,38 +99,41 @@ _states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _state_of(db):
-    """The cache of `db`, emptied first if a write or commit went through `db` since it was filled."""
+    """The read model of `db`, brought up to date with the feed when due (a local write, or POLL elapsed)."""
     state = _states.get(db)
     if state is None:
         state = _states[db] = _State()
-    generation = db.write_generation()
-    if state.generation != generation:
-        state.cache, state.generation = {}, generation
+    now = time.monotonic()
+    if state.generation != db.write_generation() or now - state.synced_at >= POLL:
+        state.sync(db, now)
     return state
 
 
-def subscription_of(project_id, external_user_id):
-    """`(customer_found, body)` for GET /api/subscription; body is None without a subscription.
+def answer(project_id, external_user_id):
+    """`(customer_found, body)` for GET /api/subscription: body is the JSON (bytes), None without a subscription.
 
-    Call inside a db block. `customer_found` lets the handler word its 404. The caller must
-    not mutate `body` (it may be shared with later requests for up to CACHE_TTL).
+    Call inside a db block. `customer_found` lets the handler word its 404.
     """
     db = database.obj
     state = _state_of(db)
-    slot = (project_id, external_user_id)
-    hit = state.cache.get(slot)
-    now = time.monotonic()
-    if hit is not None and hit[0] > now:
+    key = (project_id, external_user_id)
+    hit = state.answers.get(key)
+    if hit is not None:
         STATS["hits"] += 1
-        return hit[1]
+        return hit
     STATS["misses"] += 1
-    generation = state.generation
-    answer = _read(db, project_id, external_user_id)
-    if db.write_generation() == generation:  # nothing changed while we read
-        if len(state.cache) >= CACHE_MAX:
-            state.cache = {}
-        state.cache[slot] = (now + CACHE_TTL, answer)
-    return answer
+    generation = db.write_generation()
+    customer_id, found, body = _read(db, project_id, external_user_id)
+    hit = (found, None if body is None else json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode())
+    if db.write_generation() == generation:  # nothing changed through this handle while we read
+        state.remember(key, customer_id, hit)
+    return hit
+
+
+def subscription_of(project_id, external_user_id):
+    """`(customer_found, body)` as answer() gives, with body as a dict."""
+    found, body = answer(project_id, external_user_id)
+    return found, None if body is None else json.loads(body)
 
 
 def _read(db, project_id, external_user_id):
@@ -108,17 +142,17 @@ def _read(db, project_id, external_user_id):
     params[project_slot], params[user_slot] = project_id, external_user_id
     row = db.execute_sql(sql, params).fetchone()
     if row is None:
-        return False, None
-    sub = dict(zip(status.PUBLIC_COLUMNS, row[6:]))
+        return None, False, None
+    sub = dict(zip(status.PUBLIC_COLUMNS, row[7:]))
     if sub["stripe_subscription_id"] is None:
-        return True, None
-    customer = {"external_user_id": row[0], "email": row[1], "stripe_customer_id": row[2]}
-    return True, status.public_subscription(sub, status.Policy(bool(row[3]), bool(row[4])), row[5], customer)
+        return row[0], True, None
+    customer = {"external_user_id": row[1], "email": row[2], "stripe_customer_id": row[3]}
+    return row[0], True, status.public_subscription(sub, status.Policy(bool(row[4]), bool(row[5])), row[6], customer)
 
 
 def log_stats():
     """Log the cache counters (the server calls this on SIGUSR1; `make bench` reads the line)."""
     STATS["reports"] += 1
-    entries = sum(len(state.cache) for state in list(_states.values()))
+    entries = sum(len(state.answers) for state in list(_states.values()))
     log.info("hot-path cache: report=%d hits=%d misses=%d entries=%d", STATS["reports"], STATS["hits"],
              STATS["misses"], entries)

@@ -55,13 +55,30 @@ def _plan_items_and_catalog(db, migrator):
     Subscription.update(plan_slug_fallback=Subscription.plan_slug).execute()
 
 
+def _read_model_feed(db, migrator):
+    # Issue 14: the change feed that keeps every process's read model of GET /api/subscription coherent.
+    from pulse import changefeed
+    from pulse.models import ReadModelChange
+
+    db.create_tables([ReadModelChange], safe=True)
+    changefeed.create_triggers(db)
+
+
 # (version, name, step). Steps after the first receive the database and its migrator.
 STEPS = [
     (1, "initial schema", _initial),
     (2, "stripe customer history and webhook ignore reasons", _customer_history),
     (3, "plan items, pause_collection, plan catalog", _plan_items_and_catalog),
+    (11, "read model change feed", _read_model_feed),
 ]
 LATEST = STEPS[-1][0]
+
+
+def _fresh_extras(db):
+    # What create_tables cannot make from the models: the change feed's triggers (step 11).
+    from pulse import changefeed
+
+    changefeed.create_triggers(db)
 
 
 def _migrator(db):
@@ -115,6 +132,7 @@ def migrate_database(db: pw.Database | None = None) -> list[str]:
             version = current_version(db)
             if version == 0 and not db.table_exists(MODELS[0]._meta.table_name):
                 db.create_tables(MODELS, safe=True)
+                _fresh_extras(db)
                 for number, name, _ in STEPS:
                     SchemaVersion.create(version=number, name=name)
                 applied = [name for _, name, _ in STEPS]

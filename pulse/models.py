@@ -248,5 +248,16 @@ class LoginFailure(BaseModel):
         indexes = ((("email", "ip", "created_at"), False),)
 
 
+class ReadModelChange(BaseModel):
+    """A committed change to what GET /api/subscription answers; rows come from triggers (pulse.changefeed)."""
+
+    id = pw.BigAutoField()
+    project_id = pw.IntegerField()  # no foreign keys: a row must outlive the deletion it reports
+    customer_id = pw.IntegerField(null=True)
+    external_user_id = ExactCharField(max_length=255, null=True)  # null: every user of the customer / project
+    created_at = pw.DateTimeField(constraints=[pw.SQL("DEFAULT CURRENT_TIMESTAMP")], index=True)
+
+
 MODELS = [Project, User, Membership, ApiKey, Customer, Subscription, WebhookEvent,
-          AuditLog, Session, IdempotencyRecord, LoginFailure, StripeCustomerHistory, Plan, PlanPrice]
+          AuditLog, Session, IdempotencyRecord, LoginFailure, StripeCustomerHistory, Plan, PlanPrice,
+          ReadModelChange]
