@@ -36,7 +36,9 @@ def _worker(make_app, config, sockets):
             loop.add_signal_handler(sig, stopping.set)
         loop.add_signal_handler(signal.SIGUSR1, hotpath.log_stats)
         log.info("serving on http://%s:%s (pid %s)", config.host, sockets[0].getsockname()[1], os.getpid())
+        warming = asyncio.ensure_future(hotpath.warm_up())
         await stopping.wait()
+        warming.cancel()
         server.stop()
         deadline = time.monotonic() + DRAIN_SECONDS
         while app.inflight > 0 and time.monotonic() < deadline:

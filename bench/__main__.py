@@ -67,6 +67,8 @@ class Backend:
         log.info("%s: seeding %d users", name, users)
         harness.seed_customers(url, self.project_id, users, scenarios.PREFIX)
         self.service, self.base = harness.start_service(self.env)
+        self.warm_up = harness.wait_warm(self.service)
+        log.info("%s: read model warm-up %s", name, self.warm_up)
 
     def stop(self):
         self.service.stop()
@@ -115,6 +117,7 @@ def main(argv=None):
         status, body = fetch(scenarios.hot_url(first.base), first.key)
         if status != 200:
             log.warning("GET /api/subscription answered %s: scenario 1 measures that answer", status)
+        results["warm_up"] = {b.name: b.warm_up for b in backends}
         results["hot_path_status"] = status
         results["hot_path_body_bytes"] = len(body)
         bare, bare_base = harness.start_bare(body)

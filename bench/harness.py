@@ -122,6 +122,17 @@ def start_service(env, processes=1):
     return child, base
 
 
+def wait_warm(service, timeout=180.0):
+    """{"answers", "seconds"} once the service logged its read model warm-up, or None (none logged in time)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.findall(r"read model warmed: (\d+) answers in ([\d.]+) s", service.tail(200_000))
+        if found:
+            return {"answers": int(found[-1][0]), "seconds": float(found[-1][1])}
+        time.sleep(0.2)
+    return None
+
+
 def cli(env, *args):
     """Run a run.py command with --json and return its output object."""
     out = subprocess.run([sys.executable, "run.py", *args, "--json"], cwd=ROOT, env={**os.environ, **env},
@@ -269,11 +280,11 @@ def _lua(headers):
     return path
 
 
-def _lua_paths(headers, paths_file):
-    """A wrk script that sets `headers` and requests the paths of `paths_file` in turn."""
+def _lua_paths(headers, paths_file, offset=0):
+    """A wrk script that sets `headers` and requests the paths of `paths_file` in turn, from line `offset`."""
     lines = [f'wrk.headers["{name}"] = "{value}"' for name, value in headers.items()]
     lines += ["local paths = {}", f'for line in io.lines("{paths_file}") do paths[#paths + 1] = line end',
-              "local i = 0", "request = function()", "  i = i + 1", "  if i > #paths then i = 1 end",
+              f"local i = {offset} % #paths", "request = function()", "  i = i + 1", "  if i > #paths then i = 1 end",
               '  return wrk.format("GET", paths[i])', "end"]
     fd, path = tempfile.mkstemp(suffix=".lua")
     with os.fdopen(fd, "w") as handle:
@@ -281,7 +292,7 @@ def _lua_paths(headers, paths_file):
     return path
 
 
-def wrk_start(url, headers=None, duration=5.0, connections=16, threads=1, paths_file=None):
+def wrk_start(url, headers=None, duration=5.0, connections=16, threads=1, paths_file=None, offset=0):
     """Start wrk (or, without it, bench.loadgen) in the background; finish with wrk_result().
 
     With `paths_file`, wrk requests its paths in turn on the host of `url` (the fallback cannot).
@@ -291,7 +302,7 @@ def wrk_start(url, headers=None, duration=5.0, connections=16, threads=1, paths_
                 "--connections", str(connections)]
         argv += [arg for name, value in (headers or {}).items() for arg in ("--header", f"{name}: {value}")]
         return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    script = _lua_paths(headers or {}, paths_file) if paths_file else _lua(headers or {})
+    script = _lua_paths(headers or {}, paths_file, offset) if paths_file else _lua(headers or {})
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "--timeout", "10s",
             "-s", script, url]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -312,8 +323,8 @@ def wrk_result(proc, stop=False):
         raise RuntimeError("could not parse wrk output:\n" + output) from None
 
 
-def wrk(url, headers=None, duration=5.0, connections=16, threads=1, paths_file=None):
-    return wrk_result(wrk_start(url, headers, duration, connections, threads, paths_file))
+def wrk(url, headers=None, duration=5.0, connections=16, threads=1, paths_file=None, offset=0):
+    return wrk_result(wrk_start(url, headers, duration, connections, threads, paths_file, offset))
 
 
 # ---------------------------------------------------------------- user popularity and the open-loop probe

@@ -27,24 +27,26 @@ POLL = 0.5
 CACHE_MAX = 200_000
 
 
-def _query(project_id, external_user_id):
-    # One round trip: the customer, the project's access policy (fresh, never cached), the current
-    # subscription (status.current_order) and how many of the user's subscriptions grant access,
-    # as plain tuples (no model objects).
+def _select():
+    # One round trip: the customer, the project's access policy (fresh, never cached), its
+    # subscriptions, and how many of the user's subscriptions grant access, as plain tuples.
     others = Subscription.alias("others")
     with_access = (others.select(pw.fn.COUNT(others.id))
                    .where((others.customer == Customer.id) & status.access_condition(others, Project)))
     columns = [getattr(Subscription, name) for name in status.PUBLIC_COLUMNS]
     return (Customer
-            .select(Customer.id, Customer.external_user_id, Customer.email, Customer.stripe_customer_id,
-                    Project.past_due_has_access, Project.paused_collection_has_access, with_access, *columns)
+            .select(Customer.id, Customer.project, Customer.external_user_id, Customer.email,
+                    Customer.stripe_customer_id, Project.past_due_has_access, Project.paused_collection_has_access,
+                    with_access, *columns)
             .join(Project, on=(Project.id == Customer.project))
             .switch(Customer)
-            .join(Subscription, pw.JOIN.LEFT_OUTER, on=(Subscription.customer == Customer.id))
-            .where((Customer.project == project_id) & (Customer.external_user_id == external_user_id))
-            .order_by(*status.current_order(Subscription, Project))
-            .limit(1)
-            .tuples())
+            .join(Subscription, pw.JOIN.LEFT_OUTER, on=(Subscription.customer == Customer.id)))
+
+
+def _query(project_id, external_user_id):
+    # The current subscription first (status.current_order).
+    return (_select().where((Customer.project == project_id) & (Customer.external_user_id == external_user_id))
+            .order_by(*status.current_order(Subscription, Project)).limit(1).tuples())
 
 
 def _compile(db):
@@ -123,8 +125,7 @@ def answer(project_id, external_user_id):
         return hit
     STATS["misses"] += 1
     generation = db.write_generation()
-    customer_id, found, body = _read(db, project_id, external_user_id)
-    hit = (found, None if body is None else json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode())
+    customer_id, hit = _read(db, project_id, external_user_id)
     if db.write_generation() == generation:  # nothing changed through this handle while we read
         state.remember(key, customer_id, hit)
     return hit
@@ -142,12 +143,73 @@ def _read(db, project_id, external_user_id):
     params[project_slot], params[user_slot] = project_id, external_user_id
     row = db.execute_sql(sql, params).fetchone()
     if row is None:
-        return None, False, None
-    sub = dict(zip(status.PUBLIC_COLUMNS, row[7:]))
+        return None, (False, None)
+    return row[0], _answer_of(row)
+
+
+def _answer_of(row):
+    """(customer found, JSON bytes or None) from one row of _select()."""
+    sub = dict(zip(status.PUBLIC_COLUMNS, row[8:]))
     if sub["stripe_subscription_id"] is None:
-        return row[0], True, None
-    customer = {"external_user_id": row[1], "email": row[2], "stripe_customer_id": row[3]}
-    return row[0], True, status.public_subscription(sub, status.Policy(bool(row[4]), bool(row[5])), row[6], customer)
+        return True, None
+    customer = {"external_user_id": row[2], "email": row[3], "stripe_customer_id": row[4]}
+    body = status.public_subscription(sub, status.Policy(bool(row[5]), bool(row[6])), row[7], customer)
+    return True, json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# ---------------------------------------------------------------- warming up
+
+
+WARM_MAX = 100_000
+WARM_PAGE = 500
+
+
+def _warm_page(db, state, after):
+    """Load the answers of the customers after id `after` (one page); the last id read, or None at the end."""
+    ids = [row[0] for row in db.execute_sql(
+        f"SELECT id FROM {Customer._meta.table_name} WHERE id > {db.param} ORDER BY id LIMIT {WARM_PAGE}",
+        [after]).fetchall()]
+    if not ids:
+        return None
+    _state_of(db)  # the feed first: what is read below is at least that new
+    generation = db.write_generation()
+    rows = (_select().where(Customer.id.between(ids[0], ids[-1]))
+            .order_by(Customer.id, *status.current_order(Subscription, Project)).tuples())
+    seen = set()
+    for row in rows:
+        if row[0] in seen:
+            continue  # the current subscription came first
+        seen.add(row[0])
+        if db.write_generation() != generation:
+            break
+        key = (row[1], row[2])
+        if key not in state.answers:
+            state.remember(key, row[0], _answer_of(row))
+    return ids[-1]
+
+
+async def warm_up():
+    """Fill this process's read model with up to WARM_MAX answers, a page per loop turn (started by server.py).
+
+    A process that starts cold would read the database for every user's first request; this
+    reads them in pages instead. Changes meanwhile are caught by the feed as for any answer.
+    """
+    import asyncio
+
+    from pulse.db import DatabaseUnavailable, block
+
+    started, after, count = time.monotonic(), 0, 0
+    try:
+        while after is not None and count < WARM_MAX:
+            with block() as db:
+                state = _state_of(db)
+                after = _warm_page(db, state, after)
+                count = len(state.answers)
+            await asyncio.sleep(0)
+    except DatabaseUnavailable:
+        log.warning("read model warm-up stopped: database unavailable")
+        return
+    log.info("read model warmed: %d answers in %.1f s", count, time.monotonic() - started)
 
 
 def log_stats():

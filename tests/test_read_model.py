@@ -137,3 +137,21 @@ def test_step_11_adds_the_feed_and_its_triggers_to_an_older_database(db_url):
         rows = list(ReadModelChange.select().tuples())
         assert [(r[1], r[3]) for r in rows] == [(shop.id, "after")]
         assert migrations.current_version() == migrations.LATEST
+
+
+@pytest.mark.gen_test
+async def test_warm_up_loads_the_answers_a_read_would_give(app, project):
+    shop = project.project
+    add_subscription(add_customer(shop, "w1"), "active")
+    several = add_customer(shop, "w2")
+    add_subscription(several, "canceled", started_days_ago=1)
+    add_subscription(several, "active", started_days_ago=20)  # the current one: it grants access
+    add_customer(shop, "w3")  # no subscription
+    users = ["w1", "w2", "w3"]
+    await hotpath.warm_up()
+    hits = hotpath.STATS["hits"]
+    warmed = [answer(shop.id, user) for user in users]
+    assert hotpath.STATS["hits"] == hits + 3
+    hotpath._states.clear()
+    assert warmed == [answer(shop.id, user) for user in users]  # read one by one from the database
+    assert warmed[1][1]["has_access"] is True and warmed[2] == (True, None)
