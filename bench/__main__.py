@@ -40,6 +40,8 @@ def parse_args(argv):
     parser.add_argument("--stripe-latency", type=float, default=0.3, help="fake Stripe delay (s) for checkouts")
     parser.add_argument("--webhook-stripe-latency", type=float, default=0.03,
                         help="fake Stripe delay (s) while webhooks re-fetch objects")
+    parser.add_argument("--webhook-apply", choices=("inline", "worker"), default="worker",
+                        help="PULSE_WEBHOOK_APPLY of the service; worker also starts `run.py worker` beside it")
     parser.add_argument("--service-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for the service (an experiment's switch)")
     parser.add_argument("--output", default=str(RESULTS))
@@ -67,11 +69,14 @@ class Backend:
         log.info("%s: seeding %d users", name, users)
         harness.seed_customers(url, self.project_id, users, scenarios.PREFIX)
         self.service, self.base = harness.start_service(self.env)
+        self.worker = harness.start_worker(self.env) if self.env.get("PULSE_WEBHOOK_APPLY") == "worker" else None
         self.warm_up = harness.wait_warm(self.service)
         log.info("%s: read model warm-up %s", name, self.warm_up)
 
     def stop(self):
         self.service.stop()
+        if self.worker:
+            self.worker.stop()
         self.drop()
 
 
@@ -102,7 +107,7 @@ def main(argv=None):
     stripe = harness.FakeStripeProcess(args.stripe_latency)
     stripe_url = stripe.url
     stripe.add_customers(scenarios.PREFIX, args.webhook_customers)
-    extra_env = dict(item.split("=", 1) for item in args.service_env)
+    extra_env = {"PULSE_WEBHOOK_APPLY": args.webhook_apply, **dict(item.split("=", 1) for item in args.service_env)}
     results["service_env"] = extra_env
     backends, bare = [], None
     paths = {kind: scenarios.workload_paths(kind, scenarios.PREFIX, args.users)

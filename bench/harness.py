@@ -122,6 +122,17 @@ def start_service(env, processes=1):
     return child, base
 
 
+def start_worker(env):
+    """`python run.py worker` (applies stored webhook events); returns the Process."""
+    child = Process([sys.executable, "run.py", "worker"], env=env)
+    deadline = time.monotonic() + 60
+    while "inbox worker started" not in child.tail():
+        if child.proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the inbox worker did not start:\n" + child.tail())
+        time.sleep(0.1)
+    return child
+
+
 def wait_warm(service, timeout=180.0):
     """{"answers", "seconds"} once the service logged its read model warm-up, or None (none logged in time)."""
     deadline = time.monotonic() + timeout

@@ -97,6 +97,17 @@ def parse_redis_url(name: str, value: str) -> str:
     return value
 
 
+WEBHOOK_APPLY_MODES = ("inline", "worker")
+
+
+def parse_webhook_apply(name: str, value: str) -> str:
+    """One of WEBHOOK_APPLY_MODES."""
+    mode = value.strip().lower()
+    if mode not in WEBHOOK_APPLY_MODES:
+        raise ConfigError(f"{name} must be one of {', '.join(WEBHOOK_APPLY_MODES)} (got {mode!r})")
+    return mode
+
+
 def parse_log_level(name: str, value: str) -> str:
     """One of LOG_LEVELS, any case."""
     level = value.lower()
@@ -228,6 +239,8 @@ TABLE: tuple[Setting, ...] = (
     Setting("PULSE_LOG_LEVEL", "log_level", "info", parse_log_level, "debug, info, warning or error"),
     Setting("PULSE_BCRYPT_ROUNDS", "bcrypt_rounds", 12, _between(parse_int, 4, 16),
             "bcrypt cost of console passwords (4 to 16)"),
+    Setting("PULSE_WEBHOOK_APPLY", "webhook_apply", "inline", parse_webhook_apply,
+            "inline: apply each webhook before answering; worker: answer once stored, `run.py worker` applies"),
 )
 # fmt: on
 
@@ -258,6 +271,7 @@ class Config:
     status_page_url: str = _DEFAULTS["status_page_url"]
     log_level: str = _DEFAULTS["log_level"]
     bcrypt_rounds: int = _DEFAULTS["bcrypt_rounds"]
+    webhook_apply: str = _DEFAULTS["webhook_apply"]
 
 
 def describe() -> str:

@@ -60,8 +60,13 @@ def _read_model_feed(db, migrator):
     from pulse import changefeed
     from pulse.models import ReadModelChange
 
+    from pulse.models import WebhookEvent
+
     db.create_tables([ReadModelChange], safe=True)
     changefeed.create_triggers(db)
+    # ... and the inbox worker's retry time (PULSE_WEBHOOK_APPLY=worker).
+    run_operations(migrator.add_column("webhook_event", "retry_at", WebhookEvent.retry_at),
+                   migrator.add_index("webhook_event", ("outcome", "retry_at"), False))
 
 
 # (version, name, step). Steps after the first receive the database and its migrator.
@@ -69,7 +74,7 @@ STEPS = [
     (1, "initial schema", _initial),
     (2, "stripe customer history and webhook ignore reasons", _customer_history),
     (3, "plan items, pause_collection, plan catalog", _plan_items_and_catalog),
-    (11, "read model change feed", _read_model_feed),
+    (11, "read model change feed, inbox retry time", _read_model_feed),
 ]
 LATEST = STEPS[-1][0]
 

@@ -197,6 +197,7 @@ class WebhookEvent(BaseModel):
     attempts = pw.IntegerField(default=1)
     remote_ip = pw.CharField(max_length=64, null=True)
     payload = LongTextField(null=True)
+    retry_at = pw.DateTimeField(null=True)  # a failed event the inbox worker retries then (pulse.inbox)
 
     class Meta:
         indexes = (
@@ -204,6 +205,7 @@ class WebhookEvent(BaseModel):
             (("project", "received_at"), False),
             (("project", "outcome"), False),
             (("project", "stripe_customer_id"), False),
+            (("outcome", "retry_at"), False),
         )
 
 

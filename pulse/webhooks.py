@@ -217,8 +217,31 @@ async def process(project, event, raw, *, config, box, remote_ip=None):
     raise WebhookError(500, "webhook_failed", "The event could not be applied; it will be retried.")
 
 
+def enqueue(project, event, raw, remote_ip=None):
+    """Store a verified event for the inbox worker (PULSE_WEBHOOK_APPLY=worker); returns the response body.
+
+    The answer is 200 once the row is committed: `{"received": true, "queued": true}`, or
+    `"duplicate": true` when the event is already stored. Stripe retrying an event that failed
+    makes it due again at once (the worker also retries it on its own, with backoff).
+    """
+    raw = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    remote_ip = (remote_ip or "")[:64] or None
+    with block():
+        try:
+            with subs.database.atomic():
+                WebhookEvent.create(project=project, outcome=Outcome.RECEIVED, remote_ip=remote_ip,
+                                    **_row_fields(event, raw))
+        except peewee.IntegrityError:
+            row = _lookup(project, event["id"]).first()
+            if row is not None and row.outcome == FAILED and WebhookEvent.update(retry_at=utcnow()).where(
+                    WebhookEvent.id == row.id, WebhookEvent.outcome == FAILED).execute():
+                return {"received": True, "queued": True}
+            return {"received": True, "duplicate": True}
+    return {"received": True, "queued": True}
+
+
 async def receive(project, raw, header, secret, *, config, box, remote_ip=None):
-    """One delivery: verify, parse, route (project None = deployment-wide), process."""
+    """One delivery: verify, parse, route (project None = deployment-wide), then apply it or queue it."""
     reason = verify(raw, header, secret)
     if reason:
         record_invalid(project, reason, remote_ip)
@@ -227,6 +250,8 @@ async def receive(project, raw, header, secret, *, config, box, remote_ip=None):
     if project is None:
         with block():
             project = events.route(event)
+    if getattr(config, "webhook_apply", "inline") == "worker":
+        return enqueue(project, event, raw, remote_ip)
     return await process(project, event, raw, config=config, box=box, remote_ip=remote_ip)
 
 

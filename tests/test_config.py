@@ -35,6 +35,7 @@ def test_every_setting_is_read(tmp_path):
         "PULSE_RATE_LIMIT_AUTHENTICATED": "10/second", "PULSE_RATE_LIMIT_ANONYMOUS": "5/hour",
         "PULSE_REDIS_URL": "redis://localhost:6379/1", "PULSE_STATUS_PAGE_URL": "https://status.example.com",
         "PULSE_LOG_LEVEL": "DEBUG", "PULSE_BCRYPT_ROUNDS": "10", "PULSE_TRUSTED_PROXIES": "10.0.0.0/8, 2001:db8::1",
+        "PULSE_WEBHOOK_APPLY": "Worker",
     }
     assert set(env) == set(SETTINGS)
     config = load_config(environ=env)
@@ -50,6 +51,7 @@ def test_every_setting_is_read(tmp_path):
     assert config.status_page_url == "https://status.example.com"
     assert config.log_level == "debug"
     assert config.bcrypt_rounds == 10
+    assert config.webhook_apply == "worker"
     assert config.trusted_proxies == (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::1/128"))
 
 

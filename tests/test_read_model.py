@@ -4,6 +4,7 @@ import json
 import time
 
 import pytest
+from playhouse.migrate import migrate as run_operations
 
 from pulse import changefeed, db, hotpath, migrations
 from pulse.models import Customer, Project, ReadModelChange, Subscription
@@ -129,14 +130,18 @@ def test_step_11_adds_the_feed_and_its_triggers_to_an_older_database(db_url):
         for name in changefeed.trigger_names():
             handle.execute_sql(f"DROP TRIGGER IF EXISTS {name}")
         handle.drop_tables([ReadModelChange])
+        migrator = migrations._migrator(handle)
+        run_operations(migrator.drop_index("webhook_event", "webhook_event_outcome_retry_at"),
+                       migrator.drop_column("webhook_event", "retry_at"))
         migrations.SchemaVersion.delete().where(migrations.SchemaVersion.version == 11).execute()
         shop = Project.create(public_id="proj_v10", name="Before the feed")
-    assert "read model change feed" in migrations.migrate_database()
+    assert "read model change feed, inbox retry time" in migrations.migrate_database()
     with db.block():
         Customer.create(project=shop.id, external_user_id="after")
         rows = list(ReadModelChange.select().tuples())
         assert [(r[1], r[3]) for r in rows] == [(shop.id, "after")]
         assert migrations.current_version() == migrations.LATEST
+        assert "retry_at" in {c.name for c in db.database.get_columns("webhook_event")}
 
 
 @pytest.mark.gen_test

@@ -1,0 +1,146 @@
+"""The inbox worker (`run.py worker`): applies stored webhook events off the serving processes.
+
+With PULSE_WEBHOOK_APPLY=worker a delivery is answered 200 once its event is durably in the inbox
+(`webhooks.enqueue`), as Stripe recommends; this worker then applies it exactly as the inline path
+does (`events.fetch` outside any transaction, `events.apply` in one transaction, the ownership and
+newer-wins rules unchanged). Exactly once: the apply re-reads the row under a lock and skips it
+unless it is still pending. A failure is recorded (`failed`, with the error, in the console) and
+retried by this worker with exponential backoff (RETRY_BASE x 2^attempts, up to RETRY_MAX), and by
+Stripe's own retries, whichever comes first.
+"""
+
+import asyncio
+import logging
+import signal
+import time
+from datetime import timedelta
+
+import peewee
+
+from pulse import events, subscriptions as subs, webhooks
+from pulse.db import DatabaseUnavailable, block, utcnow
+from pulse.models import WebhookEvent
+from pulse.outcomes import Outcome
+
+log = logging.getLogger("pulse.inbox")
+
+CONCURRENCY = 32  # events applied at once (each waits on Stripe for most of its time)
+IDLE_POLL = 0.1  # seconds between looks at an empty inbox
+RETRY_BASE = 2.0
+RETRY_MAX = 3600.0
+MAX_ATTEMPTS = 12  # then it stays failed: Stripe's retries and the console's re-apply remain
+STOP_GRACE = 10.0
+
+
+def backoff(attempts):
+    """Seconds before retry number `attempts` (1 = the first retry)."""
+    return min(RETRY_MAX, RETRY_BASE * 2 ** max(0, attempts - 1))
+
+
+def due(limit, skip):
+    """Ids of up to `limit` events to apply now: pending ones, and failed ones whose retry time has come."""
+    now = utcnow()
+    pending = WebhookEvent.outcome == Outcome.RECEIVED
+    retry = ((WebhookEvent.outcome == Outcome.FAILED) & WebhookEvent.retry_at.is_null(False)
+             & (WebhookEvent.retry_at <= now))
+    query = (WebhookEvent.select(WebhookEvent.id).where((pending | retry) & WebhookEvent.payload.is_null(False))
+             .order_by(WebhookEvent.id).limit(limit + len(skip)))
+    return [row_id for (row_id,) in query.tuples() if row_id not in skip][:limit]
+
+
+async def apply_one(row_id, *, config, box):
+    """Apply inbox row `row_id` if it is still pending (or due for a retry); never raises."""
+    with block():
+        row = WebhookEvent.get_or_none(WebhookEvent.id == row_id)
+    if row is None or row.outcome not in (Outcome.RECEIVED, Outcome.FAILED):
+        return
+    project = row.project if row.project_id else None
+    event = webhooks.parse(row.payload.encode("utf-8"))
+    try:
+        fetched = {"at": subs.clock_ms()}
+        if project is not None and event["type"] in events.HANDLED:
+            fetched = await events.fetch(event, events.stripe_key(project, config, box), config)
+    except Exception as exc:  # a Stripe outage: retried with backoff
+        _failed(row_id, event, exc)
+        return
+    failure = None
+    for _ in range(3):  # a deadlock between concurrent applies is retried, not failed
+        with block():
+            try:
+                with subs.transaction():
+                    locked = subs._locking(WebhookEvent.select().where(WebhookEvent.id == row_id)).first()
+                    if locked is None or locked.outcome not in (Outcome.RECEIVED, Outcome.FAILED):
+                        return  # another worker (or a Stripe retry, inline) got there first
+                    outcome, reason = events.apply(project, event, fetched) if project is not None else (
+                        Outcome.IGNORED, webhooks.UNROUTED)
+                    WebhookEvent.update(outcome=outcome, processed_at=utcnow(), error=None, retry_at=None,
+                                        reason=reason and reason[:255]).where(WebhookEvent.id == row_id).execute()
+            except Exception as exc:
+                failure = exc
+            else:
+                if reason:
+                    log.info("webhook %s (%s) ignored: %s", event["id"], event["type"], reason)
+                return
+        if not subs.retryable(failure):
+            break
+    _failed(row_id, event, failure)
+
+
+def _failed(row_id, event, exc):
+    error = webhooks.short_error(exc)
+    try:
+        with block():
+            row = WebhookEvent.get_by_id(row_id)
+            attempts = row.attempts + 1
+            retry_at = utcnow() + timedelta(seconds=backoff(attempts)) if attempts < MAX_ATTEMPTS else None
+            WebhookEvent.update(outcome=Outcome.FAILED, error=error, attempts=attempts, retry_at=retry_at).where(
+                WebhookEvent.id == row_id, WebhookEvent.outcome.in_([Outcome.RECEIVED, Outcome.FAILED])).execute()
+        log.warning("webhook %s (%s) failed (attempt %d): %s; %s", event["id"], event["type"], attempts, error,
+                    f"retrying in {backoff(attempts):.0f} s" if retry_at else "no more retries by the worker")
+    except (DatabaseUnavailable, peewee.PeeweeException) as record_exc:
+        log.error("webhook %s: the failure could not be recorded (%s)", event["id"], type(record_exc).__name__)
+
+
+async def run(config, box, stop):
+    """Apply due events until `stop` is set, CONCURRENCY at a time; then let the ones in flight finish."""
+    inflight = {}
+    while not stop.is_set():
+        free = CONCURRENCY - len(inflight)
+        ids = []
+        if free > 0:
+            try:
+                with block():
+                    ids = due(free, set(inflight))
+            except DatabaseUnavailable:
+                await asyncio.sleep(1.0)
+                continue
+        for row_id in ids:
+            task = asyncio.ensure_future(apply_one(row_id, config=config, box=box))
+            inflight[row_id] = task
+            task.add_done_callback(lambda _t, row_id=row_id: inflight.pop(row_id, None))
+        if not ids:
+            try:
+                await asyncio.wait_for(stop.wait(), IDLE_POLL)
+            except asyncio.TimeoutError:
+                pass
+        else:
+            await asyncio.sleep(0)
+    if inflight:
+        await asyncio.wait(list(inflight.values()), timeout=STOP_GRACE)
+
+
+def main(config, box):
+    """`run.py worker`: apply the inbox until SIGTERM/SIGINT."""
+
+    async def serve():
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("inbox worker started (concurrency %d)", CONCURRENCY)
+        started = time.monotonic()
+        await run(config, box, stop)
+        log.info("inbox worker stopped after %.0f s", time.monotonic() - started)
+
+    asyncio.run(serve())
+    return 0
