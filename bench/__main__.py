@@ -42,6 +42,8 @@ def parse_args(argv):
                         help="fake Stripe delay (s) while webhooks re-fetch objects")
     parser.add_argument("--webhook-apply", choices=("inline", "worker"), default="worker",
                         help="PULSE_WEBHOOK_APPLY of the service; worker also starts `run.py worker` beside it")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="do not pin the service and the yardstick to CPU 0 and everything else to the other CPUs")
     parser.add_argument("--service-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for the service (an experiment's switch)")
     parser.add_argument("--output", default=str(RESULTS))
@@ -71,7 +73,8 @@ class Backend:
         self.service, self.base = harness.start_service(self.env)
         self.worker = harness.start_worker(self.env) if self.env.get("PULSE_WEBHOOK_APPLY") == "worker" else None
         self.warm_up = harness.wait_warm(self.service)
-        log.info("%s: read model warm-up %s", name, self.warm_up)
+        log.info("%s: read model warm-up %s; service pid %s%s", name, self.warm_up, self.service.pid,
+                 f", worker pid {self.worker.pid}" if self.worker else "")
 
     def stop(self):
         self.service.stop()
@@ -104,6 +107,14 @@ def main(argv=None):
                     "load generator that saturates sooner; results.json records which one ran")
     results = {"machine": machine(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "args": {k: v for k, v in vars(args).items() if k != "mysql_url"}, "scenarios": {}}
+    cpus = sorted(os.sched_getaffinity(0))
+    if not args.no_pin and len(cpus) >= 2:
+        # As a deployment with its own cores for serving: load generators, fake Stripe and the
+        # worker cannot take the service's CPU (other users of the machine still can).
+        harness.SERVICE_CPUS = {cpus[0]}
+        os.sched_setaffinity(0, set(cpus[1:]))
+    results["pinning"] = {"service_and_bare": sorted(harness.SERVICE_CPUS or cpus),
+                          "everything_else": sorted(os.sched_getaffinity(0))}
     stripe = harness.FakeStripeProcess(args.stripe_latency)
     stripe_url = stripe.url
     stripe.add_customers(scenarios.PREFIX, args.webhook_customers)

@@ -22,6 +22,9 @@ log = logging.getLogger("bench")
 SECRET = "bench-secret-key-0123456789abcdef"
 WEBHOOK_SECRET = "whsec_bench0123456789abcdef"
 UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+# With --pin: the CPUs of the service and the yardstick; everything else (the benchmark itself, wrk,
+# the probe, fake Stripe, the inbox worker) stays on the CPUs the benchmark process was given.
+SERVICE_CPUS = None
 
 
 def free_port():
@@ -49,10 +52,11 @@ def wait_http(url, timeout=30.0, proc=None):
 class Process:
     """A child process we started, stopped with SIGTERM (then SIGKILL) by its own pid only."""
 
-    def __init__(self, argv, env=None, stdout=None):
+    def __init__(self, argv, env=None, stdout=None, cpus=None):
         self.log_file = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **(env or {})},
-                                     stdout=stdout or self.log_file, stderr=self.log_file)
+                                     stdout=stdout or self.log_file, stderr=self.log_file,
+                                     preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
         self.pid = self.proc.pid
 
     def stop(self):
@@ -93,7 +97,7 @@ def start_bare(body):
     with os.fdopen(fd, "wb") as handle:
         handle.write(body)
     port = free_port()
-    child = Process([sys.executable, "-m", "bench.bare", str(port), path])
+    child = Process([sys.executable, "-m", "bench.bare", str(port), path], cpus=SERVICE_CPUS)
     base = f"http://127.0.0.1:{port}"
     wait_http(base + "/", proc=child.proc)
     return child, base
@@ -113,7 +117,8 @@ def service_env(database_url, stripe_url, **extra):
 def start_service(env, processes=1):
     """`python run.py serve` on a free port; returns (Process, base url)."""
     port = free_port()
-    child = Process([sys.executable, "run.py", "serve", "--port", str(port), "--processes", str(processes)], env=env)
+    child = Process([sys.executable, "run.py", "serve", "--port", str(port), "--processes", str(processes)], env=env,
+                    cpus=SERVICE_CPUS)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(base + "/api/health", timeout=60, proc=child.proc)

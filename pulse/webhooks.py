@@ -1,5 +1,7 @@
 """Stripe webhook deliveries: signature check, the exactly-once inbox, failures and re-apply (SPEC 4)."""
 
+import asyncio
+import concurrent.futures
 import json
 import logging
 import time
@@ -217,6 +219,17 @@ async def process(project, event, raw, *, config, box, remote_ip=None):
     raise WebhookError(500, "webhook_failed", "The event could not be applied; it will be retried.")
 
 
+_STORE_THREADS = 2
+_store_executor = None
+
+
+def _store_pool():
+    global _store_executor
+    if _store_executor is None:
+        _store_executor = concurrent.futures.ThreadPoolExecutor(_STORE_THREADS, thread_name_prefix="inbox-store")
+    return _store_executor
+
+
 def enqueue(project, event, raw, remote_ip=None):
     """Store a verified event for the inbox worker (PULSE_WEBHOOK_APPLY=worker); returns the response body.
 
@@ -251,7 +264,10 @@ async def receive(project, raw, header, secret, *, config, box, remote_ip=None):
         with block():
             project = events.route(event)
     if getattr(config, "webhook_apply", "inline") == "worker":
-        return enqueue(project, event, raw, remote_ip)
+        # On a thread with its own connection: a lock wait or a slow commit then holds up this
+        # delivery only, not every request on the loop (the thread waits outside the GIL).
+        return await asyncio.get_running_loop().run_in_executor(_store_pool(), enqueue, project, event, raw,
+                                                                remote_ip)
     return await process(project, event, raw, config=config, box=box, remote_ip=remote_ip)
 
 
