@@ -29,7 +29,7 @@ def parse_args(argv):
     parser.add_argument("--users", type=int, default=100_000, help="seeded users (each with a subscription)")
     parser.add_argument("--workloads", default=",".join(scenarios.WORKLOADS),
                         help="scenario 1 user mixes: one (a single user), zipf, random")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run in scenario 1")
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per wrk run in scenario 1")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds in scenario 1")
     parser.add_argument("--connections", type=int, default=50, help="wrk connections in scenario 1")
     parser.add_argument("--probe-rate", type=float, default=200.0,

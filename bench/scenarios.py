@@ -42,49 +42,56 @@ def workload_paths(kind, prefix, users, count=300_000):
 
 
 def hot_path(targets, bare_base, paths, rounds=3, duration=5.0, connections=50):
-    """Alternate wrk runs over the bare handler and each backend's hot path per workload; medians and ratios.
+    """Per backend and workload, wrk runs of the service each paired with one of the bare handler; medians, ratios.
 
     `targets` maps a backend name to (service base URL, API key, service Process); `paths` maps
-    a workload to its paths file. Both sides get the same wrk settings and X-API-Key header; the
-    bare handler answers every path with the same body. Each service run is bracketed by the
-    service's cache counters, so its hit rate is reported beside it.
+    a workload to its paths file. Each service run is paired with a bare run right before or
+    after it (alternating), and its ratio is taken within the pair, so the drift of a shared
+    machine cancels out; the reported ratio is the median of the pairs. Both sides get the same
+    wrk settings and X-API-Key header; the bare handler answers every path with the same body.
+    Each service run is bracketed by the service's cache counters, so its hit rate is reported beside it.
     """
-    runs = {"bare": []}
-    runs.update({(name, kind): [] for name in targets for kind in paths})
+    runs, pairs, offsets = {"bare": []}, {}, {}
     any_key = next(iter(targets.values()))[1]
-    offsets = {}
+
+    def measure(label, base, key, service, kind):
+        before = harness.cache_stats(service) if service else None
+        # Each run goes on where the last one of its workload stopped: a replayed sequence would
+        # find the answers its previous run left in memory.
+        result = harness.wrk(base + "/api/subscription", {"X-API-Key": key}, duration, connections,
+                             paths_file=paths[kind], offset=offsets.get(label, 0))
+        offsets[label] = offsets.get(label, 0) + result["requests"]
+        if service:
+            result["hit_rate"] = harness.hit_rate(before, harness.cache_stats(service))
+        if result["non_2xx"] or result["errors"]:
+            log.warning("%s: %d non-2xx answers, %d socket errors", label, result["non_2xx"], result["errors"])
+        return result
+
     for round_no in range(rounds):
-        order = [("bare", bare_base, any_key, None, "one")]
-        order += [((name, kind), base, key, service, kind) for name, (base, key, service) in targets.items()
-                  for kind in paths]
-        if round_no % 2:
-            order.reverse()  # alternate who goes first so drift hurts both sides alike
-        for label, base, key, service, kind in order:
-            before = harness.cache_stats(service) if service else None
-            # Each run goes on where the last one of its workload stopped: a replayed sequence would
-            # find the answers its previous run left in memory.
-            result = harness.wrk(base + "/api/subscription", {"X-API-Key": key}, duration, connections,
-                                 paths_file=paths[kind], offset=offsets.get(label, 0))
-            offsets[label] = offsets.get(label, 0) + result["requests"]
-            if service:
-                result["hit_rate"] = harness.hit_rate(before, harness.cache_stats(service))
-            if result["non_2xx"] or result["errors"]:
-                log.warning("%s: %d non-2xx answers, %d socket errors", label, result["non_2xx"], result["errors"])
-            runs[label].append(result)
-            log.info("round %d %-16s %8.0f req/s  p50 %.2f ms  p99 %.2f ms  hit rate %s", round_no + 1,
-                     label if label == "bare" else "/".join(label), result["rps"], result["p50_ms"],
-                     result["p99_ms"], result.get("hit_rate"))
+        for name, (base, key, service) in targets.items():
+            for kind in paths:
+                label = (name, kind)
+                order = [("bare", bare_base, any_key, None, kind), (label, base, key, service, kind)]
+                if round_no % 2:
+                    order.reverse()  # alternate who goes first so drift hurts both sides alike
+                results = {who: measure(who, *rest) for who, *rest in order}
+                bare, mine = results["bare"], results[label]
+                runs["bare"].append(bare)
+                pairs.setdefault(label, []).append((mine, bare))
+                log.info("round %d %-14s %6.0f req/s vs bare %6.0f = %.2f  p99 %.1f ms  hit rate %s", round_no + 1,
+                         "/".join(label), mine["rps"], bare["rps"], mine["rps"] / bare["rps"], mine["p99_ms"],
+                         mine.get("hit_rate"))
     generator = "wrk -t1" if harness.have_wrk() else "bench.loadgen"
-    out = {"settings": f"{generator} -c{connections} -d{duration:g}s x {rounds} rounds, medians",
+    out = {"settings": f"{generator} -c{connections} -d{duration:g}s, {rounds} rounds of service/bare pairs, medians",
            "bare": _medians(runs["bare"])}
-    for (name, kind), results in ((label, r) for label, r in runs.items() if label != "bare"):
-        row = _medians(results)
-        # The ratio of medians, and each round's own ratio (bare and service measured back to back).
-        row["ratio"] = round(row["rps"] / out["bare"]["rps"], 3)
-        row["ratio_per_round"] = [round(s["rps"] / b["rps"], 3) for s, b in zip(results, runs["bare"], strict=True)]
-        rates = [r["hit_rate"] for r in results if r.get("hit_rate") is not None]
+    for (name, kind), results in pairs.items():
+        row = _medians([mine for mine, _ in results])
+        ratios = [round(mine["rps"] / bare["rps"], 3) for mine, bare in results]
+        row["ratio"] = round(statistics.median(ratios), 3)
+        row["ratio_per_round"] = ratios
+        rates = [mine["hit_rate"] for mine, _ in results if mine.get("hit_rate") is not None]
         row["hit_rate"] = round(statistics.median(rates), 3) if rates else None
-        row["hit_rate_per_round"] = [r.get("hit_rate") for r in results]
+        row["hit_rate_per_round"] = [mine.get("hit_rate") for mine, _ in results]
         out.setdefault(name, {})[kind] = row
     return out
 
