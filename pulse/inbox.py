@@ -59,7 +59,7 @@ async def apply_one(row_id, *, config, box):
     try:
         fetched = {"at": subs.clock_ms()}
         if project is not None and event["type"] in events.HANDLED:
-            fetched = await events.fetch(event, events.stripe_key(project, config, box), config)
+            fetched = await _fetch(row_id, project, event, config, box)
     except Exception as exc:  # a Stripe outage: retried with backoff
         _failed(row_id, event, exc)
         return
@@ -84,6 +84,39 @@ async def apply_one(row_id, *, config, box):
         if not subs.retryable(failure):
             break
     _failed(row_id, event, failure)
+
+
+# Re-reads shared between events about the same object: (project, livemode, what, id) -> (highest
+# inbox id stored before the read started, the read). An event stored before a read started is
+# older than what that read returns, so the read serves it as its own would (newer-wins keeps).
+_reads: dict = {}
+READS_KEPT = 10_000
+
+
+def _read_key(project, event):
+    obj = events.obj_of(event)
+    if event["type"] == "checkout.session.completed":
+        what, object_id = "session", subs.stripe_id(obj.get("id"))
+    elif event["type"] in events.CUSTOMER_EVENTS:
+        what, object_id = "customer", events.customer_id_of(obj)
+    else:
+        what, object_id = "subscription", events.subscription_id_of(event)
+    return (project.id, bool(event.get("livemode")), what, object_id) if object_id else None
+
+
+async def _fetch(row_id, project, event, config, box):
+    """events.fetch for inbox row `row_id`, reusing a read of the same object that started after the row was stored."""
+    key, stripe_key = _read_key(project, event), events.stripe_key(project, config, box)
+    if key is None or not stripe_key:  # without a key the payload itself is judged: nothing to share
+        return await events.fetch(event, stripe_key, config)
+    shared = _reads.get(key)
+    if shared is None or shared[0] < row_id or (shared[1].done() and shared[1].exception() is not None):
+        with block():
+            newest = WebhookEvent.select(peewee.fn.MAX(WebhookEvent.id)).scalar() or row_id
+        if len(_reads) >= READS_KEPT:
+            _reads.clear()
+        shared = _reads[key] = (newest, asyncio.ensure_future(events.fetch(event, stripe_key, config)))
+    return dict(await asyncio.shield(shared[1]))
 
 
 def _failed(row_id, event, exc):
