@@ -98,3 +98,55 @@ def table(results):
         for name, row in verdicts.items():
             lines.append(f"   {name:<40}{row['value']:>9}  {row['target']:<12} {row['verdict']}")
     return "\n".join(lines)
+
+
+def markdown(results):
+    """The README's table of the latest run: every target with its value and verdict, both backends."""
+    scen, verdicts = results["scenarios"], results.get("targets") or {}
+    hot = scen.get("1_hot_path", {})
+    lines = [f"| target | SQLite | MySQL | goal |", "|---|---|---|---|"]
+
+    def cell(name, fmt):
+        row = verdicts.get(name)
+        if row is None:
+            return "—"
+        text = fmt(row["value"])
+        return f"{text} {'met' if row['verdict'] == 'met' else '**missed**'}"
+
+    for kind, goal in HOT_TARGETS:
+        def hot_cell(backend, kind=kind):
+            row = hot.get(backend, {}).get(kind)
+            verdict = verdicts.get(f"hot path {kind} users ({backend})")
+            if not row or not verdict:
+                return "—"
+            rate = "-" if row["hit_rate"] is None else f"{row['hit_rate']:.0%}"
+            return (f"{row['ratio']:.2f}× ({row['rps']:,.0f} req/s, hit rate {rate}, pairs {row['ratio_per_round']}) "
+                    f"{'met' if verdict['verdict'] == 'met' else '**missed**'}")
+        lines.append(f"| hot path, {kind} users of {results['args']['users']:,} | {hot_cell('sqlite')} | "
+                     f"{hot_cell('mysql')} | ≥ {goal}× bare |")
+    one = [hot.get(b, {}).get("one") for b in BACKENDS]
+    if all(one):
+        lines.append(f"| hot path, one user (no target) | {one[0]['ratio']:.2f}× | {one[1]['ratio']:.2f}× | — |")
+    rows = [("100 checkouts, Stripe at 300 ms: wall", "100 checkouts wall ({})", lambda v: f"{v:.2f} s", "< 1.5 s"),
+            ("hot p99 during checkouts / idle", "hot p99 during checkouts ({})", lambda v: f"{v:.1f}×", "< 3×"),
+            ("hot p99 during 2,000-webhook burst / idle", "hot p99 during webhook burst ({})", lambda v: f"{v:.1f}×",
+             "< 3×"),
+            ("hot p99 during 100k-row export / idle", "hot p99 during export ({})", lambda v: f"{v:.1f}×", "< 3×"),
+            ("export RSS growth", "export RSS growth ({})", lambda v: f"{v:.1f} MB", "< 50 MB")]
+    for label, name, fmt, goal in rows:
+        lines.append(f"| {label} | {cell(name.format('sqlite'), fmt)} | {cell(name.format('mysql'), fmt)} | {goal} |")
+    wh = scen.get("4_webhooks_mysql")
+    if wh:
+        lines.append(f"| webhooks/s, 10 % duplicates, all applied (acknowledged / applied end to end) | "
+                     f"{scen.get('4_webhooks_sqlite', {}).get('events_per_s', '—')} / "
+                     f"{scen.get('4_webhooks_sqlite', {}).get('applied_per_s', '—')} | "
+                     f"{wh['events_per_s']} / {cell('webhooks/s, all applied (mysql)', lambda v: f'{v:g}')} | "
+                     f"≥ 300/s (MySQL) |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(markdown(json.loads(open(sys.argv[1]).read())))

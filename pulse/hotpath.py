@@ -1,5 +1,6 @@
 """The hot path, GET /api/subscription: a per-process read model in front of one lean SQL query."""
 
+import itertools
 import json
 import logging
 import time
@@ -90,7 +91,11 @@ class _State:
 
     def remember(self, key, customer_id, answer):
         if len(self.answers) >= CACHE_MAX:
-            self.answers, self.customers = {}, {}
+            # Full: forget the tenth stored longest ago (dicts keep insertion order).
+            for old in list(itertools.islice(self.answers, CACHE_MAX // 10)):
+                del self.answers[old]
+            if len(self.customers) > 2 * CACHE_MAX:
+                self.customers = {cid: k for cid, k in self.customers.items() if k in self.answers}
         self.answers[key] = answer
         if customer_id is not None:
             self.customers[customer_id] = key

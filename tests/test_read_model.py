@@ -160,3 +160,14 @@ async def test_warm_up_loads_the_answers_a_read_would_give(app, project):
     hotpath._states.clear()
     assert warmed == [answer(shop.id, user) for user in users]  # read one by one from the database
     assert warmed[1][1]["has_access"] is True and warmed[2] == (True, None)
+
+
+def test_a_full_read_model_forgets_the_oldest_tenth(app, project, monkeypatch):
+    monkeypatch.setattr(hotpath, "CACHE_MAX", 10)
+    shop = project.project
+    for n in range(12):
+        add_subscription(add_customer(shop, f"many-{n}"), "active")
+        answer(shop.id, f"many-{n}")
+    (state,) = hotpath._states.values()
+    kept = sorted(int(user.split("-")[1]) for _, user in state.answers)
+    assert kept == list(range(2, 12))  # the 1st and then the 2nd stored were dropped, one at a time
