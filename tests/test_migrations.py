@@ -152,6 +152,15 @@ def back_to_version_1(database):
     migrator = migrations._migrator(database)
     if not db.is_mysql():
         database.execute_sql("PRAGMA foreign_keys = OFF")  # SQLite drops columns by rebuilding the table
+    # step 11: the read model's change feed and the inbox retry time
+    from pulse import changefeed
+    from pulse.models import ReadModelChange
+
+    for name in changefeed.trigger_names():
+        database.execute_sql(f"DROP TRIGGER IF EXISTS {name}")
+    database.drop_tables([ReadModelChange])
+    run_operations(migrator.drop_index("webhook_event", "webhook_event_outcome_retry_at"),
+                   migrator.drop_column("webhook_event", "retry_at"))
     # step 3: plan items, pause_collection, plan catalog
     run_operations(*(migrator.drop_column("subscription", name) for name in (
         "interval_count", "quantity", "unit_amount", "currency", "pause_behavior", "pause_resumes_at",
