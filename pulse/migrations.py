@@ -58,9 +58,7 @@ def _plan_items_and_catalog(db, migrator):
 def _read_model_feed(db, migrator):
     # Issue 14: the change feed that keeps every process's read model of GET /api/subscription coherent.
     from pulse import changefeed
-    from pulse.models import ReadModelChange
-
-    from pulse.models import WebhookEvent
+    from pulse.models import ReadModelChange, WebhookEvent
 
     db.create_tables([ReadModelChange], safe=True)
     changefeed.create_triggers(db)
