@@ -25,6 +25,7 @@ def parse_args(argv):
                         help="MySQL server (a fresh database is created on it); default $PULSE_BENCH_MYSQL_URL or "
                              + DEFAULT_MYSQL)
     parser.add_argument("--no-mysql", action="store_true", help="SQLite only")
+    parser.add_argument("--no-sqlite", action="store_true", help="MySQL only")
     parser.add_argument("--scenarios", default="1,2,3,4", help="comma list of scenarios to run (default all)")
     parser.add_argument("--users", type=int, default=100_000, help="seeded users (each with a subscription)")
     parser.add_argument("--workloads", default=",".join(scenarios.WORKLOADS),
@@ -125,7 +126,8 @@ def main(argv=None):
              for kind in args.workloads.split(",") if kind}
     probe_paths = scenarios.workload_paths("zipf", scenarios.PREFIX, args.users, 50_000)
     try:
-        backends.append(Backend("sqlite", *harness.sqlite_fresh(), stripe_url, args.users, extra_env))
+        if not args.no_sqlite:
+            backends.append(Backend("sqlite", *harness.sqlite_fresh(), stripe_url, args.users, extra_env))
         mysql = None if args.no_mysql else harness.mysql_fresh(args.mysql_url)
         if mysql:
             backends.append(Backend("mysql", *mysql, stripe_url, args.users, extra_env))
