@@ -19,7 +19,7 @@ import peewee
 
 from pulse import events, subscriptions as subs, webhooks
 from pulse.db import DatabaseUnavailable, block, utcnow
-from pulse.models import WebhookEvent
+from pulse.models import Project, WebhookEvent
 from pulse.outcomes import Outcome
 
 log = logging.getLogger("pulse.inbox")
@@ -45,13 +45,16 @@ def due(limit, skip):
              & (WebhookEvent.retry_at <= now))
     query = (WebhookEvent.select(WebhookEvent.id).where((pending | retry) & WebhookEvent.payload.is_null(False))
              .order_by(WebhookEvent.id).limit(limit + len(skip)))
-    return [row_id for (row_id,) in query.tuples() if row_id not in skip][:limit]
+    ids = [row_id for (row_id,) in query.tuples()]
+    _seen["id"] = max([_seen["id"], *ids])
+    return [row_id for row_id in ids if row_id not in skip][:limit]
 
 
 async def apply_one(row_id, *, config, box):
     """Apply inbox row `row_id` if it is still pending (or due for a retry); never raises."""
     with block():
-        row = WebhookEvent.get_or_none(WebhookEvent.id == row_id)
+        row = (WebhookEvent.select(WebhookEvent, Project).join(Project, peewee.JOIN.LEFT_OUTER)
+               .where(WebhookEvent.id == row_id).first())  # the event and its project in one round trip
     if row is None or row.outcome not in (Outcome.RECEIVED, Outcome.FAILED):
         return
     project = row.project if row.project_id else None
@@ -90,6 +93,7 @@ async def apply_one(row_id, *, config, box):
 # inbox id stored before the read started, the read). An event stored before a read started is
 # older than what that read returns, so the read serves it as its own would (newer-wins keeps).
 _reads: dict = {}
+_seen = {"id": 0}  # the highest inbox id due() has returned in this process
 READS_KEPT = 10_000
 
 
@@ -111,8 +115,9 @@ async def _fetch(row_id, project, event, config, box):
         return await events.fetch(event, stripe_key, config)
     shared = _reads.get(key)
     if shared is None or shared[0] < row_id or (shared[1].done() and shared[1].exception() is not None):
-        with block():
-            newest = WebhookEvent.select(peewee.fn.MAX(WebhookEvent.id)).scalar() or row_id
+        # Every id up to the highest one due() has returned was handed out (the event was received)
+        # before now, even if its row committed later.
+        newest = max(_seen["id"], row_id)
         if len(_reads) >= READS_KEPT:
             _reads.clear()
         shared = _reads[key] = (newest, asyncio.ensure_future(events.fetch(event, stripe_key, config)))
@@ -137,6 +142,8 @@ def _failed(row_id, event, exc):
 async def run(config, box, stop):
     """Apply due events until `stop` is set, CONCURRENCY at a time; then let the ones in flight finish."""
     inflight = {}
+    _reads.clear()
+    _seen["id"] = 0
     while not stop.is_set():
         free = CONCURRENCY - len(inflight)
         ids = []
