@@ -5,8 +5,8 @@ With PULSE_WEBHOOK_APPLY=worker a delivery is answered 200 once its event is dur
 does (`events.fetch` outside any transaction, `events.apply` in one transaction, the ownership and
 newer-wins rules unchanged). Exactly once: the apply re-reads the row under a lock and skips it
 unless it is still pending. A failure is recorded (`failed`, with the error, in the console) and
-retried by this worker with exponential backoff (`backoff(attempts)`: 4 s after the first failure, doubling up to RETRY_MAX), and by
-Stripe's own retries, whichever comes first.
+retried by this worker with exponential backoff (`backoff`: 4 s after the first failure, doubling
+up to RETRY_MAX), and by Stripe's own retries, whichever comes first.
 """
 
 import asyncio
