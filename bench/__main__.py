@@ -170,10 +170,9 @@ def main(argv=None):
                                                                          rate=args.probe_rate)
             if 3 in wanted:
                 log.info("scenario 3 (%s): exporting %d customers", backend.name, args.users)
+                rows = harness.customer_count(backend.url, backend.project_id)
                 out[f"3_export_{backend.name}"] = scenarios.export(backend.base, backend.key, backend.key,
-                                                                   backend.service.pid,
-                                                                   harness.customer_count(backend.url, backend.project_id),
-                                                                   probe_paths,
+                                                                   backend.service.pid, rows, probe_paths,
                                                                    rate=args.probe_rate)
             if 4 in wanted:
                 # Applying an event re-reads the object from Stripe: measure PaymentPulse, not the delay.

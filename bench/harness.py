@@ -234,7 +234,8 @@ def applied(database_url, project_public_id, acknowledged, deliveries, started, 
             outcomes = {}
             for start in range(0, len(ids), 500):
                 query = (WebhookEvent.select(WebhookEvent.outcome, peewee_count())
-                         .where(WebhookEvent.project == project.id, WebhookEvent.stripe_event_id.in_(ids[start:start + 500]))
+                         .where(WebhookEvent.project == project.id,
+                                WebhookEvent.stripe_event_id.in_(ids[start:start + 500]))
                          .group_by(WebhookEvent.outcome).tuples())
                 for outcome, count in query:
                     outcomes[str(outcome)] = outcomes.get(str(outcome), 0) + count

@@ -71,7 +71,8 @@ def table(results):
                              f"{row['ratio']:>7.2f}{rate:>10}  {row['ratio_per_round']}")
 
     def probe(value):
-        own = f" (this scenario's own idle probe: {value['own_idle_p99_ms']:.2f} ms)" if "own_idle_p99_ms" in value else ""
+        own = (f" (this scenario's own idle probe: {value['own_idle_p99_ms']:.2f} ms)"
+               if "own_idle_p99_ms" in value else "")
         return (f"hot p99 idle {value['idle_p99_ms']:.2f} ms, the backend's median{own}, during "
                 f"{value['during_p99_ms']:.2f} ms "
                 f"({value['p99_ratio']:.1f}x; max {value['during_max_ms']:.0f} ms; {value['during_answered']}/"
