@@ -192,6 +192,8 @@ def build_parser():
     stripe_cmd.add_argument("--webhook-secret", help=secret_help)
     stripe_cmd.add_argument("--json", action="store_true")
 
+    sub.add_parser("worker", help="apply stored webhook events (with PULSE_WEBHOOK_APPLY=worker) until SIGTERM")
+
     sync = sub.add_parser("sync-stripe", help="re-read a project's subscriptions from Stripe (missed webhooks)")
     sync.add_argument("project_id")
     sync.add_argument("--json", action="store_true")
@@ -371,6 +373,10 @@ def main(argv=None):
         security.BCRYPT_ROUNDS = config.bcrypt_rounds
         if args.command != "migrate":
             migrate_database()
+        if args.command == "worker":
+            from pulse import inbox
+
+            return inbox.main(config, SecretBox(config.secret_key))
         COMMANDS[args.command](config, args)
         return 0
     except CliError as exc:

@@ -1,6 +1,7 @@
 """Serving: one process or N forked workers on shared sockets, with a graceful SIGTERM drain."""
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -10,7 +11,7 @@ import time
 import tornado.httpserver
 import tornado.netutil
 
-from pulse import db
+from pulse import db, hotpath
 from pulse.delivery import Deliverer
 from pulse.migrations import migrate_database
 
@@ -39,8 +40,11 @@ def _worker(make_app, config, sockets):
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
+        loop.add_signal_handler(signal.SIGUSR1, hotpath.log_stats)
         log.info("serving on http://%s:%s (pid %s)", config.host, sockets[0].getsockname()[1], os.getpid())
+        warming = asyncio.ensure_future(hotpath.warm_up())
         await stopping.wait()
+        warming.cancel()
         server.stop()
         deadline = time.monotonic() + DRAIN_SECONDS
         while app.inflight > 0 and time.monotonic() < deadline:
@@ -63,6 +67,7 @@ def _prefork(make_app, count, config, sockets):
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # until the loop installs log_stats
             code = 1
             try:
                 _worker(make_app, config, sockets)
@@ -84,8 +89,14 @@ def _prefork(make_app, count, config, sockets):
             except ProcessLookupError:
                 pass
 
+    def forward_stats(_signum, _frame):
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGUSR1)
+
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGUSR1, forward_stats)
     for _ in range(count):
         spawn()
     while children:

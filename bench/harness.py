@@ -22,6 +22,9 @@ log = logging.getLogger("bench")
 SECRET = "bench-secret-key-0123456789abcdef"
 WEBHOOK_SECRET = "whsec_bench0123456789abcdef"
 UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+# With --pin: the CPUs of the service and the yardstick; everything else (the benchmark itself, wrk,
+# the probe, fake Stripe, the inbox worker) stays on the CPUs the benchmark process was given.
+SERVICE_CPUS = None
 
 
 def free_port():
@@ -49,10 +52,11 @@ def wait_http(url, timeout=30.0, proc=None):
 class Process:
     """A child process we started, stopped with SIGTERM (then SIGKILL) by its own pid only."""
 
-    def __init__(self, argv, env=None, stdout=None):
+    def __init__(self, argv, env=None, stdout=None, cpus=None):
         self.log_file = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **(env or {})},
-                                     stdout=stdout or self.log_file, stderr=self.log_file)
+                                     stdout=stdout or self.log_file, stderr=self.log_file,
+                                     preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
         self.pid = self.proc.pid
 
     def stop(self):
@@ -83,6 +87,9 @@ class FakeStripeProcess(Process):
     def set_latency(self, seconds):
         urllib.request.urlopen(f"{self.control}/latency?seconds={seconds}", timeout=5).read()
 
+    def add_customers(self, prefix, count):
+        urllib.request.urlopen(f"{self.control}/customers?prefix={prefix}&count={count}", timeout=30).read()
+
 
 def start_bare(body):
     """The bare Tornado yardstick answering `body`; returns (Process, base url)."""
@@ -90,7 +97,7 @@ def start_bare(body):
     with os.fdopen(fd, "wb") as handle:
         handle.write(body)
     port = free_port()
-    child = Process([sys.executable, "-m", "bench.bare", str(port), path])
+    child = Process([sys.executable, "-m", "bench.bare", str(port), path], cpus=SERVICE_CPUS)
     base = f"http://127.0.0.1:{port}"
     wait_http(base + "/", proc=child.proc)
     return child, base
@@ -110,13 +117,36 @@ def service_env(database_url, stripe_url, **extra):
 def start_service(env, processes=1):
     """`python run.py serve` on a free port; returns (Process, base url)."""
     port = free_port()
-    child = Process([sys.executable, "run.py", "serve", "--port", str(port), "--processes", str(processes)], env=env)
+    child = Process([sys.executable, "run.py", "serve", "--port", str(port), "--processes", str(processes)], env=env,
+                    cpus=SERVICE_CPUS)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(base + "/api/health", timeout=60, proc=child.proc)
     except RuntimeError as exc:
         raise RuntimeError(f"{exc}; its log ends:\n{child.tail()}") from None
     return child, base
+
+
+def start_worker(env):
+    """`python run.py worker` (applies stored webhook events); returns the Process."""
+    child = Process([sys.executable, "run.py", "worker"], env=env)
+    deadline = time.monotonic() + 60
+    while "inbox worker started" not in child.tail():
+        if child.proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the inbox worker did not start:\n" + child.tail())
+        time.sleep(0.1)
+    return child
+
+
+def wait_warm(service, timeout=180.0):
+    """{"answers", "seconds"} once the service logged its read model warm-up, or None (none logged in time)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.findall(r"read model warmed: (\d+) answers in ([\d.]+) s", service.tail(200_000))
+        if found:
+            return {"answers": int(found[-1][0]), "seconds": float(found[-1][1])}
+        time.sleep(0.2)
+    return None
 
 
 def cli(env, *args):
@@ -186,6 +216,58 @@ def seed_customers(database_url, project_public_id, count, prefix, with_subscrip
     db.database.close()
 
 
+def applied(database_url, project_public_id, acknowledged, deliveries, started, timeout=120.0):
+    """Wait until every acknowledged event id is stored as applied; counts and the end-to-end rate.
+
+    `applied_per_s` divides the deliveries (duplicates included) by the time from the first POST
+    until the last event was applied (the same as the acknowledgement time when events are applied before the answer).
+    """
+    from pulse import db
+    from pulse.models import Project, WebhookEvent
+
+    db.bind(database_url)
+    ids = sorted(acknowledged)
+    deadline = time.monotonic() + timeout
+    while True:
+        with db.block():
+            project = Project.get(Project.public_id == project_public_id)
+            outcomes = {}
+            for start in range(0, len(ids), 500):
+                query = (WebhookEvent.select(WebhookEvent.outcome, peewee_count())
+                         .where(WebhookEvent.project == project.id,
+                                WebhookEvent.stripe_event_id.in_(ids[start:start + 500]))
+                         .group_by(WebhookEvent.outcome).tuples())
+                for outcome, count in query:
+                    outcomes[str(outcome)] = outcomes.get(str(outcome), 0) + count
+        done = outcomes.get("processed", 0) + outcomes.get("ignored", 0) + outcomes.get("failed", 0)
+        if done >= len(ids) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    elapsed = time.monotonic() - started
+    db.database.close()
+    return {"acknowledged_distinct": len(ids), "outcomes": outcomes,
+            "all_applied": outcomes.get("processed", 0) == len(ids),
+            "applied_s": round(elapsed, 2), "applied_per_s": round(deliveries / elapsed, 1)}
+
+
+def customer_count(database_url, project_public_id):
+    """How many customers the project has now (checkouts add some): the rows its export must hold."""
+    from pulse import db
+    from pulse.models import Customer, Project
+
+    db.bind(database_url)
+    with db.block():
+        count = Customer.select().join(Project).where(Project.public_id == project_public_id).count()
+    db.database.close()
+    return count
+
+
+def peewee_count():
+    import peewee
+
+    return peewee.fn.COUNT(peewee.SQL("*"))
+
+
 # ---------------------------------------------------------------- load generation
 
 
@@ -215,15 +297,31 @@ def _lua(headers):
     return path
 
 
-def wrk_start(url, headers=None, duration=5.0, connections=16, threads=1):
-    """Start wrk (or, without it, bench.loadgen) in the background; finish with wrk_result()."""
+def _lua_paths(headers, paths_file, offset=0):
+    """A wrk script that sets `headers` and requests the paths of `paths_file` in turn, from line `offset`."""
+    lines = [f'wrk.headers["{name}"] = "{value}"' for name, value in headers.items()]
+    lines += ["local paths = {}", f'for line in io.lines("{paths_file}") do paths[#paths + 1] = line end',
+              f"local i = {offset} % #paths", "request = function()", "  i = i + 1", "  if i > #paths then i = 1 end",
+              '  return wrk.format("GET", paths[i])', "end"]
+    fd, path = tempfile.mkstemp(suffix=".lua")
+    with os.fdopen(fd, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return path
+
+
+def wrk_start(url, headers=None, duration=5.0, connections=16, threads=1, paths_file=None, offset=0):
+    """Start wrk (or, without it, bench.loadgen) in the background; finish with wrk_result().
+
+    With `paths_file`, wrk requests its paths in turn on the host of `url` (the fallback cannot).
+    """
     if not have_wrk():
         argv = [sys.executable, "-m", "bench.loadgen", url, "--duration", str(duration),
                 "--connections", str(connections)]
         argv += [arg for name, value in (headers or {}).items() for arg in ("--header", f"{name}: {value}")]
         return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    script = _lua_paths(headers or {}, paths_file, offset) if paths_file else _lua(headers or {})
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "--timeout", "10s",
-            "-s", _lua(headers or {}), url]
+            "-s", script, url]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -242,8 +340,88 @@ def wrk_result(proc, stop=False):
         raise RuntimeError("could not parse wrk output:\n" + output) from None
 
 
-def wrk(url, headers=None, duration=5.0, connections=16, threads=1):
-    return wrk_result(wrk_start(url, headers, duration, connections, threads))
+def wrk(url, headers=None, duration=5.0, connections=16, threads=1, paths_file=None, offset=0):
+    return wrk_result(wrk_start(url, headers, duration, connections, threads, paths_file, offset))
+
+
+# ---------------------------------------------------------------- user popularity and the open-loop probe
+
+
+def zipf_users(users, count, exponent=1.0, seed=14):
+    """`count` user indices in [0, users) drawn with Zipf-like popularity (rank r weighs 1 / r**exponent)."""
+    import bisect
+    import random
+
+    total, cumulative = 0.0, []
+    for rank in range(1, users + 1):
+        total += 1.0 / rank ** exponent
+        cumulative.append(total)
+    rng = random.Random(seed)
+    return [min(users - 1, bisect.bisect_left(cumulative, rng.random() * total)) for _ in range(count)]
+
+
+def random_users(users, count, seed=15):
+    import random
+
+    rng = random.Random(seed)
+    return [rng.randrange(users) for _ in range(count)]
+
+
+def paths_file(indices, prefix):
+    """A file of GET /api/subscription paths, one per line, for wrk scripts and the probe."""
+    fd, path = tempfile.mkstemp(suffix=".paths")
+    with os.fdopen(fd, "w") as handle:
+        handle.writelines(f"/api/subscription?external_user_id={prefix}{i}\n" for i in indices)
+    return path
+
+
+def probe_start(base, paths, headers, rate=200.0, duration=600.0):
+    """Start bench.probe (open loop at `rate` req/s) in the background; finish with probe_result()."""
+    argv = [sys.executable, "-m", "bench.probe", base, "--paths", paths, "--rate", str(rate),
+            "--duration", str(duration)]
+    argv += [arg for name, value in (headers or {}).items() for arg in ("--header", f"{name}: {value}")]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(0.3)  # let it import and connect before the work it measures starts
+    return proc
+
+
+def probe_result(proc, stop=False):
+    if stop and proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    try:
+        return json.loads(out)
+    except ValueError:
+        raise RuntimeError("probe failed:\n" + err.decode(errors="replace")[-2000:]) from None
+
+
+def probe(base, paths, headers, rate=200.0, duration=3.0):
+    return probe_result(probe_start(base, paths, headers, rate, duration))
+
+
+_STATS = re.compile(r"hot-path cache: report=(\d+) hits=(\d+) misses=(\d+) entries=(\d+)")
+
+
+def cache_stats(service):
+    """{"hits", "misses", "entries"} of the service's hot-path cache (logged on SIGUSR1), or None."""
+    service.reports = getattr(service, "reports", 0) + 1
+    os.kill(service.pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        for report, hits, misses, entries in reversed(_STATS.findall(service.tail(200_000))):
+            if int(report) == service.reports:
+                return {"hits": int(hits), "misses": int(misses), "entries": int(entries)}
+        time.sleep(0.05)
+    log.warning("the service did not report its hot-path cache counters")
+    return None
+
+
+def hit_rate(before, after):
+    """Share of hot-path answers served from the cache between two cache_stats() readings."""
+    if not before or not after:
+        return None
+    hits, misses = after["hits"] - before["hits"], after["misses"] - before["misses"]
+    return round(hits / (hits + misses), 3) if hits + misses else None
 
 
 def have_wrk():

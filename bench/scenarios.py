@@ -14,7 +14,8 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from bench import harness
 
 log = logging.getLogger("bench")
-HOT_USER = "bench-hot-user-7"
+PREFIX = "bench-user-"
+HOT_USER = PREFIX + "7"
 
 
 def hot_url(base):
@@ -27,39 +28,86 @@ def client():
 
 # ---------------------------------------------------------------- 1. hot path vs bare Tornado
 
+# Who asks: one user (every request a cache hit), Zipf-like popularity over every seeded user (a
+# real app's page views), and uniformly random users (the worst case for any cache).
+WORKLOADS = ("one", "zipf", "random")
 
-def hot_path(targets, bare_base, rounds=3, duration=5.0, connections=16):
-    """Alternate wrk runs over the bare handler and each backend's hot path; medians and ratios.
 
-    `targets` maps a backend name to (service base URL, API key). Both sides get the same wrk
-    settings and the same X-API-Key header.
+def workload_paths(kind, prefix, users, count=300_000):
+    if kind == "one":
+        return harness.paths_file([7], prefix)
+    if kind == "zipf":
+        return harness.paths_file(harness.zipf_users(users, count), prefix)
+    return harness.paths_file(harness.random_users(users, count), prefix)
+
+
+def hot_path(targets, bare_base, paths, rounds=3, duration=5.0, connections=50):
+    """Per backend and workload, wrk runs of the service each paired with one of the bare handler; medians, ratios.
+
+    `targets` maps a backend name to (service base URL, API key, service Process); `paths` maps
+    a workload to its paths file. Each service run is paired with a bare run right before or
+    after it (alternating), and its ratio is taken within the pair, so the drift of a shared
+    machine cancels out; the reported ratio is the median of the pairs. Both sides get the same
+    wrk settings and X-API-Key header; the bare handler answers every path with the same body.
+    Each service run is bracketed by the service's cache counters, so its hit rate is reported beside it.
     """
-    runs = {"bare": []}
-    runs.update({name: [] for name in targets})
+    runs, pairs, offsets = {"bare": []}, {}, {}
     any_key = next(iter(targets.values()))[1]
+
+    def measure(label, base, key, service, kind):
+        before = harness.cache_stats(service) if service else None
+        # Each run goes on where the last one of its workload stopped: a replayed sequence would
+        # find the answers its previous run left in memory.
+        result = harness.wrk(base + "/api/subscription", {"X-API-Key": key}, duration, connections,
+                             paths_file=paths[kind], offset=offsets.get(label, 0))
+        offsets[label] = offsets.get(label, 0) + result["requests"]
+        if service:
+            result["hit_rate"] = harness.hit_rate(before, harness.cache_stats(service))
+        if result["non_2xx"] or result["errors"]:
+            log.warning("%s: %d non-2xx answers, %d socket errors", label, result["non_2xx"], result["errors"])
+        return result
+
     for round_no in range(rounds):
-        order = [("bare", bare_base + "/api/subscription", any_key)]
-        order += [(name, hot_url(base), key) for name, (base, key) in targets.items()]
-        if round_no % 2:
-            order.reverse()  # alternate who goes first so drift hurts both sides alike
-        for name, url, key in order:
-            result = harness.wrk(url, {"X-API-Key": key}, duration, connections)
-            if result["non_2xx"] or result["errors"]:
-                log.warning("%s: %d non-2xx answers, %d socket errors", name, result["non_2xx"], result["errors"])
-            runs[name].append(result)
-            log.info("round %d %-6s %8.0f req/s  p50 %.2f ms  p99 %.2f ms", round_no + 1, name,
-                     result["rps"], result["p50_ms"], result["p99_ms"])
+        for name, (base, key, service) in targets.items():
+            for kind in paths:
+                label = (name, kind)
+                order = [("bare", bare_base, any_key, None, kind), (label, base, key, service, kind)]
+                if round_no % 2:
+                    order.reverse()  # alternate who goes first so drift hurts both sides alike
+                results = {who: measure(who, *rest) for who, *rest in order}
+                bare, mine = results["bare"], results[label]
+                runs["bare"].append(bare)
+                pairs.setdefault(label, []).append((mine, bare))
+                log.info("round %d %-14s %6.0f req/s vs bare %6.0f = %.2f  p99 %.1f ms  hit rate %s", round_no + 1,
+                         "/".join(label), mine["rps"], bare["rps"], mine["rps"] / bare["rps"], mine["p99_ms"],
+                         mine.get("hit_rate"))
     generator = "wrk -t1" if harness.have_wrk() else "bench.loadgen"
-    out = {"settings": f"{generator} -c{connections} -d{duration:g}s x {rounds} rounds, medians"}
-    for name, results in runs.items():
-        out[name] = {metric: round(statistics.median(r[metric] for r in results), 2)
-                     for metric in ("rps", "p50_ms", "p99_ms")}
-        out[name]["failed"] = sum(r["non_2xx"] + r["errors"] for r in results)
-    for name in targets:
-        # The ratio of medians, and each round's own ratio (bare and service measured back to back).
-        out[name]["ratio"] = round(out[name]["rps"] / out["bare"]["rps"], 3)
-        out[name]["ratio_per_round"] = [round(s["rps"] / b["rps"], 3) for s, b in zip(runs[name], runs["bare"], strict=True)]
+    out = {"settings": f"{generator} -c{connections} -d{duration:g}s, {rounds} rounds of service/bare pairs, medians",
+           "bare": _medians(runs["bare"])}
+    for (name, kind), results in pairs.items():
+        row = _medians([mine for mine, _ in results])
+        ratios = [round(mine["rps"] / bare["rps"], 3) for mine, bare in results]
+        row["ratio"] = round(statistics.median(ratios), 3)
+        row["ratio_per_round"] = ratios
+        rates = [mine["hit_rate"] for mine, _ in results if mine.get("hit_rate") is not None]
+        row["hit_rate"] = round(statistics.median(rates), 3) if rates else None
+        row["hit_rate_per_round"] = [mine.get("hit_rate") for mine, _ in results]
+        out.setdefault(name, {})[kind] = row
     return out
+
+
+def _medians(results):
+    row = {metric: round(statistics.median(r[metric] for r in results), 2) for metric in ("rps", "p50_ms", "p99_ms")}
+    row["failed"] = sum(r["non_2xx"] + r["errors"] for r in results)
+    return row
+
+
+def probe_figures(idle, during):
+    """The open-loop probe's idle and during figures, and the p99 ratio the targets judge."""
+    return {"probe_rate": idle["rate"], "idle_p99_ms": idle["p99_ms"], "during_p99_ms": during["p99_ms"],
+            "during_max_ms": during["max_ms"], "p99_ratio": round(during["p99_ms"] / idle["p99_ms"], 2),
+            "during_answered": during["requests"], "during_sent": during["sent"],
+            "during_failed": during["non_2xx"] + during["errors"]}
 
 
 # ---------------------------------------------------------------- 2. checkouts against a slow Stripe
@@ -80,10 +128,10 @@ async def _checkout_batch(http, base, key, batch_no, count):
     return time.monotonic() - started, codes
 
 
-def checkouts(base, key, count=100, probe_seconds=4.0, probe_connections=4):
-    """100 concurrent checkouts with Stripe at 300 ms; hot-path p99 idle vs during back-to-back batches."""
+def checkouts(base, key, probe_paths, count=100, probe_seconds=4.0, rate=200.0):
+    """100 concurrent checkouts with Stripe at 300 ms; open-loop hot-path p99 idle vs during back-to-back batches."""
     headers = {"X-API-Key": key}
-    idle = harness.wrk(hot_url(base), headers, probe_seconds, probe_connections)
+    idle = harness.probe(base, probe_paths, headers, rate, 3.0)
 
     async def run():
         http = client()
@@ -91,7 +139,7 @@ def checkouts(base, key, count=100, probe_seconds=4.0, probe_connections=4):
             # A production process is warm: stripe-python imports its services lazily on first use.
             await _checkout_batch(http, base, key, "warm", 1)
             first = await _checkout_batch(http, base, key, 0, count)  # alone: the wall-time figure
-            probe = harness.wrk_start(hot_url(base), headers, probe_seconds, probe_connections)
+            probe = harness.probe_start(base, probe_paths, headers, rate, probe_seconds)
             walls, batch_no = [], 1
             deadline = time.monotonic() + probe_seconds
             while time.monotonic() < deadline - 0.2:
@@ -100,26 +148,24 @@ def checkouts(base, key, count=100, probe_seconds=4.0, probe_connections=4):
                 batch_no += 1
                 if any(code != 200 for code in codes):
                     log.warning("checkout batch %d: statuses %s", batch_no, sorted(set(codes)))
-            return first, walls, await asyncio.get_running_loop().run_in_executor(None, harness.wrk_result, probe)
+            return first, walls, await asyncio.get_running_loop().run_in_executor(None, harness.probe_result, probe)
         finally:
             http.close()
 
     (first_wall, first_codes), walls, during = asyncio.run(run())
     ok = sum(1 for code in first_codes if code == 200)
-    return {"checkouts": count, "ok": ok, "statuses": sorted(set(first_codes)),
-            "wall_s": round(first_wall, 3), "wall_s_under_probe_median": round(statistics.median(walls), 3) if walls else None,
-            "idle_p99_ms": idle["p99_ms"], "during_p99_ms": during["p99_ms"],
-            "p99_ratio": round(during["p99_ms"] / idle["p99_ms"], 2),
-            "idle_rps": idle["rps"], "during_rps": during["rps"], "batches_during_probe": len(walls)}
+    return {"checkouts": count, "ok": ok, "statuses": sorted(set(first_codes)), "wall_s": round(first_wall, 3),
+            "wall_s_under_probe_median": round(statistics.median(walls), 3) if walls else None,
+            "batches_during_probe": len(walls), **probe_figures(idle, during)}
 
 
 # ---------------------------------------------------------------- 3. export
 
 
-def export(base, export_key, hot_key, pid, rows_expected):
-    """Stream the CSV export of `rows_expected` customers; rows/s, RSS growth, hot-path p99 during it."""
+def export(base, export_key, hot_key, pid, rows_expected, probe_paths, rate=200.0):
+    """Stream the CSV export of `rows_expected` customers; rows/s, RSS growth, open-loop hot-path p99 during it."""
     headers = {"X-API-Key": hot_key}
-    idle = harness.wrk(hot_url(base), headers, 3.0, 4)
+    idle = harness.probe(base, probe_paths, headers, rate, 3.0)
     harness.reset_peak(pid)
     before = harness.memory_kb(pid)
     samples = [before["VmRSS"]]
@@ -131,7 +177,7 @@ def export(base, export_key, hot_key, pid, rows_expected):
 
     async def run():
         http = client()
-        probe = harness.wrk_start(hot_url(base), headers, 600, 4)
+        probe = harness.probe_start(base, probe_paths, headers, rate)
 
         async def sample():
             while True:
@@ -148,7 +194,7 @@ def export(base, export_key, hot_key, pid, rows_expected):
         finally:
             sampler.cancel()
             http.close()
-        during = await asyncio.get_running_loop().run_in_executor(None, harness.wrk_result, probe, True)
+        during = await asyncio.get_running_loop().run_in_executor(None, harness.probe_result, probe, True)
         return response.code, elapsed, during
 
     code, elapsed, during = asyncio.run(run())
@@ -158,9 +204,7 @@ def export(base, export_key, hot_key, pid, rows_expected):
     return {"status": code, "rows": rows, "rows_expected": rows_expected, "mb": round(counted["bytes"] / 1e6, 1),
             "seconds": round(elapsed, 2), "rows_per_s": round(rows / elapsed) if elapsed else None,
             "rss_before_mb": round(before["VmRSS"] / 1024, 1), "rss_peak_mb": round(peak / 1024, 1),
-            "rss_growth_mb": round((peak - before["VmRSS"]) / 1024, 1),
-            "idle_p99_ms": idle["p99_ms"], "during_p99_ms": during["p99_ms"], "during_requests": during["requests"],
-            "during_non_2xx": during["non_2xx"] + during["errors"]}
+            "rss_growth_mb": round((peak - before["VmRSS"]) / 1024, 1), **probe_figures(idle, during)}
 
 
 # ---------------------------------------------------------------- 4. webhooks
@@ -193,14 +237,21 @@ def webhook_events(project_id, customers_prefix, customers, count, duplicate_sha
     return bodies
 
 
-def webhooks(base, project_id, secret, bodies, concurrency=16):
-    """POST signed events with `concurrency` in flight; events/s and outcome counts."""
+def webhooks(base, project_id, secret, bodies, probe_paths, hot_key, concurrency=16, rate=200.0):
+    """POST signed events with `concurrency` in flight while the open-loop probe reads the hot path.
+
+    Returns events/s, statuses, the ids answered 200 (`acknowledged`, for the caller to check they
+    were applied) and the probe's figures.
+    """
     path = f"{base}/api/webhook/{project_id}"
+    headers = {"X-API-Key": hot_key}
+    begun = []
+    idle = harness.probe(base, probe_paths, headers, rate, 3.0)
 
     async def run():
         http = client()
         queue = list(reversed(bodies))
-        statuses, duplicates = {}, 0
+        statuses, duplicates, acknowledged = {}, 0, set()
 
         async def worker():
             nonlocal duplicates
@@ -209,17 +260,24 @@ def webhooks(base, project_id, secret, bodies, concurrency=16):
                 response = await http.fetch(HTTPRequest(path, method="POST", body=body, headers={
                     "Content-Type": "application/json", "Stripe-Signature": sign(body, secret)}), raise_error=False)
                 statuses[response.code] = statuses.get(response.code, 0) + 1
-                if response.code == 200 and b'"duplicate": true' in response.body.replace(b'":true', b'": true'):
-                    duplicates += 1
+                if response.code == 200:
+                    acknowledged.add(json.loads(body)["id"])
+                    if b'"duplicate": true' in response.body.replace(b'":true', b'": true'):
+                        duplicates += 1
 
+        probe = harness.probe_start(base, probe_paths, headers, rate)
         started = time.monotonic()
+        begun.append(started)
         try:
             await asyncio.gather(*(worker() for _ in range(concurrency)))
         finally:
             http.close()
-        return time.monotonic() - started, statuses, duplicates
+        elapsed = time.monotonic() - started
+        during = await asyncio.get_running_loop().run_in_executor(None, harness.probe_result, probe, True)
+        return elapsed, statuses, duplicates, acknowledged, during
 
-    elapsed, statuses, duplicates = asyncio.run(run())
+    elapsed, statuses, duplicates, acknowledged, during = asyncio.run(run())
     return {"events": len(bodies), "seconds": round(elapsed, 2), "events_per_s": round(len(bodies) / elapsed, 1),
             "statuses": {str(k): v for k, v in sorted(statuses.items())}, "duplicates_answered": duplicates,
-            "concurrency": concurrency}
+            "concurrency": concurrency, "acknowledged": acknowledged, "started": begun[0],
+            **probe_figures(idle, during)}

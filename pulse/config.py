@@ -97,6 +97,17 @@ def parse_redis_url(name: str, value: str) -> str:
     return value
 
 
+WEBHOOK_APPLY_MODES = ("inline", "worker")
+
+
+def parse_webhook_apply(name: str, value: str) -> str:
+    """One of WEBHOOK_APPLY_MODES."""
+    mode = value.strip().lower()
+    if mode not in WEBHOOK_APPLY_MODES:
+        raise ConfigError(f"{name} must be one of {', '.join(WEBHOOK_APPLY_MODES)} (got {mode!r})")
+    return mode
+
+
 def parse_log_level(name: str, value: str) -> str:
     """One of LOG_LEVELS, any case."""
     level = value.lower()
@@ -247,6 +258,8 @@ TABLE: tuple[Setting, ...] = (
             "seconds of failures without one success after which an endpoint is disabled (default 3 days)"),
     Setting("PULSE_WEBHOOK_POLL", "webhook_poll", 1.0, _between(parse_float, 0.05, 60),
             "seconds between outbox polls of each process (new messages of this process go out at once)"),
+    Setting("PULSE_WEBHOOK_APPLY", "webhook_apply", "inline", parse_webhook_apply,
+            "inline: apply each webhook before answering; worker: answer once stored, `run.py worker` applies"),
 )
 # fmt: on
 
@@ -284,6 +297,7 @@ class Config:
     webhook_retry_for: float = _DEFAULTS["webhook_retry_for"]
     webhook_disable_after: float = _DEFAULTS["webhook_disable_after"]
     webhook_poll: float = _DEFAULTS["webhook_poll"]
+    webhook_apply: str = _DEFAULTS["webhook_apply"]
 
 
 def describe() -> str:

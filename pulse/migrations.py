@@ -125,6 +125,18 @@ def _outbox_and_entitlements(db, migrator):
     db.create_tables([CustomerState, CustomerFeature, WebhookEndpoint, WebhookMessage, WebhookDelivery], safe=True)
 
 
+def _read_model_feed(db, migrator):
+    # Issue 14: the change feed that keeps every process's read model of GET /api/subscription coherent.
+    from pulse import changefeed
+    from pulse.models import ReadModelChange, WebhookEvent
+
+    db.create_tables([ReadModelChange], safe=True)
+    changefeed.create_triggers(db)
+    # ... and the inbox worker's retry time (PULSE_WEBHOOK_APPLY=worker).
+    run_operations(migrator.add_column("webhook_event", "retry_at", WebhookEvent.retry_at),
+                   migrator.add_index("webhook_event", ("outcome", "retry_at"), False))
+
+
 # (version, name, step). Steps after the first receive the database and its migrator.
 STEPS = [
     (1, "initial schema", _initial),
@@ -134,8 +146,16 @@ STEPS = [
     (5, "checkout lease: one checkout at a time per user", _checkout_lease),
     (9, "sandbox projects and their simulated Stripe", _sandbox_projects),
     (10, "outgoing webhooks outbox, customer entitlements", _outbox_and_entitlements),
+    (11, "read model change feed, inbox retry time", _read_model_feed),
 ]
 LATEST = STEPS[-1][0]
+
+
+def _fresh_extras(db):
+    # What create_tables cannot make from the models: the change feed's triggers (step 11).
+    from pulse import changefeed
+
+    changefeed.create_triggers(db)
 
 
 def _migrator(db):
@@ -189,6 +209,7 @@ def migrate_database(db: pw.Database | None = None) -> list[str]:
             version = current_version(db)
             if version == 0 and not db.table_exists(MODELS[0]._meta.table_name):
                 db.create_tables(MODELS, safe=True)
+                _fresh_extras(db)
                 for number, name, _ in STEPS:
                     SchemaVersion.create(version=number, name=name)
                 applied = [name for _, name, _ in STEPS]

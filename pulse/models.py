@@ -202,6 +202,7 @@ class WebhookEvent(BaseModel):
     attempts = pw.IntegerField(default=1)
     remote_ip = pw.CharField(max_length=64, null=True)
     payload = LongTextField(null=True)
+    retry_at = pw.DateTimeField(null=True)  # a failed event the inbox worker retries then (pulse.inbox)
 
     class Meta:
         indexes = (
@@ -209,6 +210,7 @@ class WebhookEvent(BaseModel):
             (("project", "received_at"), False),
             (("project", "outcome"), False),
             (("project", "stripe_customer_id"), False),
+            (("outcome", "retry_at"), False),
         )
 
 
@@ -358,8 +360,17 @@ class WebhookDelivery(BaseModel):
         )
 
 
+class ReadModelChange(BaseModel):
+    """A committed change to what GET /api/subscription answers; rows come from triggers (pulse.changefeed)."""
+
+    id = pw.BigAutoField()
+    project_id = pw.IntegerField()  # no foreign keys: a row must outlive the deletion it reports
+    customer_id = pw.IntegerField(null=True)
+    external_user_id = ExactCharField(max_length=255, null=True)  # null: every user of the customer / project
+    created_at = pw.DateTimeField(constraints=[pw.SQL("DEFAULT CURRENT_TIMESTAMP")], index=True)
+
 
 MODELS = [Project, User, Membership, ApiKey, Customer, Subscription, WebhookEvent,
           AuditLog, Session, IdempotencyRecord, LoginFailure, StripeCustomerHistory, Plan, PlanPrice,
           CheckoutLease, SandboxState, CustomerState, CustomerFeature, WebhookEndpoint, WebhookMessage,
-          WebhookDelivery]
+          WebhookDelivery, ReadModelChange]

@@ -1,5 +1,7 @@
 """Stripe webhook deliveries: signature check, the exactly-once inbox, failures and re-apply (SPEC 4)."""
 
+import asyncio
+import concurrent.futures
 import json
 import logging
 import re
@@ -232,6 +234,41 @@ async def process(project: Project | None, event: JSON, raw: bytes | str, *, con
     raise WebhookError(500, "webhook_failed", "The event could not be applied; it will be retried.")
 
 
+_STORE_THREADS = 2
+_store_executor = None
+
+
+def _store_pool():
+    global _store_executor
+    if _store_executor is None:
+        _store_executor = concurrent.futures.ThreadPoolExecutor(_STORE_THREADS, thread_name_prefix="inbox-store")
+    return _store_executor
+
+
+def enqueue(project, event, raw, remote_ip=None):
+    """Store a verified event for the inbox worker (PULSE_WEBHOOK_APPLY=worker); returns the response body.
+
+    The answer is 200 once the row is committed: `{"received": true, "queued": true}`, or
+    `"duplicate": true` when the event is already stored. Stripe retrying an event that failed
+    makes it due again at once (the worker also retries it on its own, with backoff).
+    """
+    raw = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    remote_ip = (remote_ip or "")[:64] or None
+    with block():
+        try:
+            with database.atomic():
+                WebhookEvent.create(project=project, outcome=Outcome.RECEIVED, remote_ip=remote_ip,
+                                    **_row_fields(event, raw))
+        except peewee.IntegrityError:
+            row = _lookup(project, event["id"]).first()
+            if row is not None and row.outcome == FAILED and WebhookEvent.update(retry_at=utcnow()).where(
+                    WebhookEvent.id == row.id, WebhookEvent.outcome == FAILED).execute():
+                return {"received": True, "queued": True}
+            return {"received": True, "duplicate": True}
+    return {"received": True, "queued": True}
+
+
+
 async def receive(project, raw, header, secret, *, config, box, limiter, remote_ip=None):
     """One delivery: verify, parse, route (project None = deployment-wide), process.
 
@@ -245,6 +282,11 @@ async def receive(project, raw, header, secret, *, config, box, limiter, remote_
     if project is None:
         with block():
             project = events.route(event)
+    if getattr(config, "webhook_apply", "inline") == "worker":
+        # On a thread with its own connection: a lock wait or a slow commit then holds up this
+        # delivery only, not every request on the loop (the thread waits outside the GIL).
+        return await asyncio.get_running_loop().run_in_executor(_store_pool(), enqueue, project, event, raw,
+                                                                remote_ip)
     return await process(project, event, raw, config=config, box=box, remote_ip=remote_ip)
 
 

@@ -2,8 +2,9 @@
 
 from playhouse.migrate import migrate as run_operations
 
-from pulse import db, migrations
-from pulse.models import (CheckoutLease, CustomerFeature, CustomerState, Plan, PlanPrice, SandboxState,
+from pulse import changefeed, db, migrations
+from pulse.models import (CheckoutLease, CustomerFeature, CustomerState, Plan, PlanPrice, ReadModelChange,
+                          SandboxState,
                           StripeCustomerHistory, WebhookDelivery, WebhookEndpoint, WebhookMessage)
 
 
@@ -12,6 +13,12 @@ def back_to_version_1(database):
     migrator = migrations._migrator(database)
     if not db.is_mysql():
         database.execute_sql("PRAGMA foreign_keys = OFF")  # SQLite drops columns by rebuilding the table
+    # step 11: the read model's change feed and the inbox retry time
+    for name in changefeed.trigger_names():
+        database.execute_sql(f"DROP TRIGGER IF EXISTS {name}")
+    database.drop_tables([ReadModelChange])
+    run_operations(migrator.drop_index("webhook_event", "webhook_event_outcome_retry_at"),
+                   migrator.drop_column("webhook_event", "retry_at"))
     # step 10: outgoing webhooks outbox, customer entitlements
     database.drop_tables([WebhookDelivery, WebhookMessage, WebhookEndpoint, CustomerFeature, CustomerState])
     # step 9: sandbox projects

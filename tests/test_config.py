@@ -38,6 +38,7 @@ def test_every_setting_is_read(tmp_path):
         "PULSE_WEBHOOK_ALLOW_LOOPBACK": "1", "PULSE_WEBHOOK_ALLOW_PRIVATE": "on", "PULSE_WEBHOOK_TIMEOUT": "3",
         "PULSE_WEBHOOK_RETRY_BASE": "0.5", "PULSE_WEBHOOK_RETRY_FOR": "60", "PULSE_WEBHOOK_DISABLE_AFTER": "120",
         "PULSE_WEBHOOK_POLL": "0.2",
+        "PULSE_WEBHOOK_APPLY": "Worker",
     }
     assert set(env) == set(SETTINGS)
     config = load_config(environ=env)
@@ -53,6 +54,7 @@ def test_every_setting_is_read(tmp_path):
     assert config.status_page_url == "https://status.example.com"
     assert config.log_level == "debug"
     assert config.bcrypt_rounds == 10
+    assert config.webhook_apply == "worker"
     assert config.trusted_proxies == (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::1/128"))
     assert (config.webhook_allow_loopback, config.webhook_allow_private) == (True, True)
     assert (config.webhook_timeout, config.webhook_retry_base, config.webhook_retry_for) == (3.0, 0.5, 60.0)

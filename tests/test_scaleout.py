@@ -207,3 +207,120 @@ def test_key_revoked_in_this_process_stops_working_at_once(app, project):
         assert apikeys.authenticate(project.api_key.api_key) is not None  # now cached
         apikeys.revoke(project.api_key.record)
         assert apikeys.authenticate(project.api_key.api_key) is None
+
+
+class Worker:
+    """`run.py worker` (the inbox worker) on the environment of `server`; `.logs`, `.stop()`."""
+
+    def __init__(self, server):
+        import subprocess
+        import sys
+        import threading
+
+        from tests.live_server import ROOT
+
+        self.logs = []
+        self.proc = subprocess.Popen([sys.executable, "run.py", "worker"], cwd=ROOT, env=server.env,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     text=True)
+        started = threading.Event()
+
+        def drain():
+            for line in self.proc.stderr:
+                self.logs.append(line.rstrip("\n"))
+                if "inbox worker started" in line:
+                    started.set()
+            started.set()
+
+        self._drain = threading.Thread(target=drain, daemon=True)
+        self._drain.start()
+        assert started.wait(30) and self.proc.poll() is None, "\n".join(self.logs[-20:])
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(20)
+        self._drain.join(5)
+        self.proc.stderr.close()
+
+
+def outcome_of(db_url, event_id):
+    db.bind(db_url)
+    with db.block():
+        rows = list(WebhookEvent.select().where(WebhookEvent.stripe_event_id == event_id))
+    db.database.close()
+    return [(row.outcome, row.attempts, row.retry_at is not None) for row in rows]
+
+
+async def eventually(check, seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(0.05)
+    return await check()
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_two_servers_and_a_worker_apply_an_event_once_and_both_read_models_follow(db_url, fake_stripe):
+    """PULSE_WEBHOOK_APPLY=worker: 200 once stored, applied once by the worker, visible everywhere within 2 s."""
+    live = servers(db_url, fake_stripe, PULSE_WEBHOOK_APPLY="worker")
+    worker = None
+    try:
+        for server in live:
+            server.start()
+        project = live[0].create_project("Queued", stripe_webhook_secret=WHSEC)
+        key, path = project["api_key"], f"/api/webhook/{project['project_id']}"
+        user_path = "/api/subscription?external_user_id=queued-user"
+        for server in live:  # both read models now hold "no such customer"
+            assert (await call(server, "GET", user_path, key)).code == 404
+        session, sub = stripe_events.new_subscription(fake_stripe, "queued-user", project_id=project["project_id"])
+        event = stripe_events.event("checkout.session.completed", session)
+        body = stripe_events.body_of_event(event)
+        headers = {"Content-Type": "application/json", "Stripe-Signature": stripe_events.sign(body, WHSEC)}
+        responses = await asyncio.gather(*(call(live[i % 2], "POST", path, body=body, headers=headers)
+                                           for i in range(6)))
+        assert [r.code for r in responses] == [200] * 6, [r.body for r in responses]
+        answers = [json.loads(r.body) for r in responses]
+        assert sum(1 for a in answers if a.get("queued")) == 1 and sum(1 for a in answers if a.get("duplicate")) == 5
+        assert outcome_of(db_url, event["id"]) == [("received", 1, False)]  # stored, not applied: no worker yet
+
+        worker = Worker(live[0])
+
+        async def applied():
+            return outcome_of(db_url, event["id"]) == [("processed", 1, False)]
+
+        assert await eventually(applied, 15), outcome_of(db_url, event["id"])
+        for server in live:
+            async def shows(server=server):
+                read = await call(server, "GET", user_path, key)
+                return read.code == 200 and json.loads(read.body)["stripe_subscription_id"] == sub["id"]
+
+            assert await eventually(shows, 2.0), f"process on port {server.port} still answers the old state"
+
+        # A Stripe outage while applying: recorded as failed with a retry time, retried by the worker.
+        fake_stripe.set_subscription(sub["id"], status="canceled")
+        update = stripe_events.event("customer.subscription.updated", fake_stripe.subscription(sub["id"]))
+        update_body = stripe_events.body_of_event(update)
+        fake_stripe.fail_next(3, status=500, path="/v1/subscriptions")  # the first try and both client retries
+        stored = await call(live[1], "POST", path, body=update_body, headers={
+            "Content-Type": "application/json", "Stripe-Signature": stripe_events.sign(update_body, WHSEC)})
+        assert json.loads(stored.body) == {"received": True, "queued": True}
+
+        async def failed_once():
+            return outcome_of(db_url, update["id"]) == [("failed", 2, True)]
+
+        async def retried():
+            return outcome_of(db_url, update["id"]) == [("processed", 2, False)]
+
+        assert await eventually(failed_once, 10), outcome_of(db_url, update["id"])
+        assert await eventually(retried, 15), outcome_of(db_url, update["id"])
+        assert any("failed (attempt 2)" in line for line in worker.logs)
+        for server in live:
+            read = await call(server, "GET", user_path, key)
+            assert json.loads(read.body)["status"] == "cancelled"  # the worker's change, within the 2 s bound
+    finally:
+        if worker:
+            worker.stop()
+        stop_all(live)
+        db.database.close()

@@ -1,0 +1,187 @@
+"""The inbox worker (`run.py worker`): applies stored webhook events off the serving processes.
+
+With PULSE_WEBHOOK_APPLY=worker a delivery is answered 200 once its event is durably in the inbox
+(`webhooks.enqueue`), as Stripe recommends; this worker then applies it exactly as the inline path
+does (`events.fetch` outside any transaction, `events.apply` in one transaction, the ownership and
+newer-wins rules unchanged). Exactly once: the apply re-reads the row under a lock and skips it
+unless it is still pending. A failure is recorded (`failed`, with the error, in the console) and
+retried by this worker with exponential backoff (`backoff`: 4 s after the first failure, doubling
+up to RETRY_MAX), and by Stripe's own retries, whichever comes first.
+"""
+
+import asyncio
+import logging
+import signal
+import time
+from datetime import timedelta
+
+import peewee
+
+from pulse import events, projects, subscriptions as subs, webhooks
+from pulse.db import DatabaseUnavailable, block, locking, retryable, transaction, utcnow
+from pulse.models import Project, WebhookEvent
+from pulse.outcomes import Outcome
+from pulse.stripe_objects import CUSTOMER_EVENTS, customer_id_of, obj_of, stripe_id, subscription_id_of
+
+log = logging.getLogger("pulse.inbox")
+
+CONCURRENCY = 32  # events applied at once (each waits on Stripe for most of its time)
+IDLE_POLL = 0.1  # seconds between looks at an empty inbox
+RETRY_BASE = 2.0
+RETRY_MAX = 3600.0
+MAX_ATTEMPTS = 12  # then it stays failed: Stripe's retries and the console's re-apply remain
+STOP_GRACE = 10.0
+
+
+def backoff(attempts):
+    """Seconds before retry number `attempts` (1 = the first retry)."""
+    return min(RETRY_MAX, RETRY_BASE * 2 ** max(0, attempts - 1))
+
+
+def due(limit, skip):
+    """Ids of up to `limit` events to apply now: pending ones, and failed ones whose retry time has come."""
+    now = utcnow()
+    pending = WebhookEvent.outcome == Outcome.RECEIVED
+    retry = ((WebhookEvent.outcome == Outcome.FAILED) & WebhookEvent.retry_at.is_null(False)
+             & (WebhookEvent.retry_at <= now))
+    query = (WebhookEvent.select(WebhookEvent.id).where((pending | retry) & WebhookEvent.payload.is_null(False))
+             .order_by(WebhookEvent.id).limit(limit + len(skip)))
+    ids = [row_id for (row_id,) in query.tuples()]
+    _seen["id"] = max([_seen["id"], *ids])
+    return [row_id for row_id in ids if row_id not in skip][:limit]
+
+
+async def apply_one(row_id, *, config, box):
+    """Apply inbox row `row_id` if it is still pending (or due for a retry); never raises."""
+    with block():
+        row = (WebhookEvent.select(WebhookEvent, Project).join(Project, peewee.JOIN.LEFT_OUTER)
+               .where(WebhookEvent.id == row_id).first())  # the event and its project in one round trip
+    if row is None or row.outcome not in (Outcome.RECEIVED, Outcome.FAILED):
+        return
+    project = row.project if row.project_id else None
+    event = webhooks.parse(row.payload.encode("utf-8"))
+    try:
+        fetched = {"at": subs.clock_ms()}
+        if project is not None and event["type"] in events.HANDLED:
+            fetched = await _fetch(row_id, project, event, config, box)
+    except Exception as exc:  # a Stripe outage: retried with backoff
+        _failed(row_id, event, exc)
+        return
+    failure = None
+    for _ in range(3):  # a deadlock between concurrent applies is retried, not failed
+        with block():
+            try:
+                with transaction():
+                    locked = locking(WebhookEvent.select().where(WebhookEvent.id == row_id)).first()
+                    if locked is None or locked.outcome not in (Outcome.RECEIVED, Outcome.FAILED):
+                        return  # another worker (or a Stripe retry, inline) got there first
+                    outcome, reason = events.apply(project, event, fetched) if project is not None else (
+                        Outcome.IGNORED, webhooks.UNROUTED)
+                    WebhookEvent.update(outcome=outcome, processed_at=utcnow(), error=None, retry_at=None,
+                                        reason=reason and reason[:255]).where(WebhookEvent.id == row_id).execute()
+            except Exception as exc:
+                failure = exc
+            else:
+                if reason:
+                    log.info("webhook %s (%s) ignored: %s", event["id"], event["type"], reason)
+                return
+        if not retryable(failure):
+            break
+    _failed(row_id, event, failure)
+
+
+# Re-reads shared between events about the same object: (project, livemode, what, id) -> (highest
+# inbox id stored before the read started, the read). An event stored before a read started is
+# older than what that read returns, so the read serves it as its own would (newer-wins keeps).
+_reads: dict = {}
+_seen = {"id": 0}  # the highest inbox id due() has returned in this process
+READS_KEPT = 10_000
+
+
+def _read_key(project, event):
+    obj = obj_of(event)
+    if event["type"] == "checkout.session.completed":
+        what, object_id = "session", stripe_id(obj.get("id"))
+    elif event["type"] in CUSTOMER_EVENTS:
+        what, object_id = "customer", customer_id_of(obj)
+    else:
+        what, object_id = "subscription", subscription_id_of(event)
+    return (project.id, bool(event.get("livemode")), what, object_id) if object_id else None
+
+
+async def _fetch(row_id, project, event, config, box):
+    """events.fetch for inbox row `row_id`, reusing a read of the same object that started after the row was stored."""
+    key, stripe_key = _read_key(project, event), projects.stripe_secret_key(project, box, config.stripe_secret_key)
+    if key is None or not stripe_key:  # without a key the payload itself is judged: nothing to share
+        return await events.fetch(event, project, config=config, box=box)
+    shared = _reads.get(key)
+    if shared is None or shared[0] < row_id or (shared[1].done() and shared[1].exception() is not None):
+        # Every id up to the highest one due() has returned was handed out (the event was received)
+        # before now, even if its row committed later.
+        newest = max(_seen["id"], row_id)
+        if len(_reads) >= READS_KEPT:
+            _reads.clear()
+        shared = _reads[key] = (newest, asyncio.ensure_future(events.fetch(event, project, config=config, box=box)))
+    return dict(await asyncio.shield(shared[1]))
+
+
+def _failed(row_id, event, exc):
+    error = webhooks.short_error(exc)
+    try:
+        with block():
+            row = WebhookEvent.get_by_id(row_id)
+            attempts = row.attempts + 1
+            retry_at = utcnow() + timedelta(seconds=backoff(attempts)) if attempts < MAX_ATTEMPTS else None
+            WebhookEvent.update(outcome=Outcome.FAILED, error=error, attempts=attempts, retry_at=retry_at).where(
+                WebhookEvent.id == row_id, WebhookEvent.outcome.in_([Outcome.RECEIVED, Outcome.FAILED])).execute()
+        log.warning("webhook %s (%s) failed (attempt %d): %s; %s", event["id"], event["type"], attempts, error,
+                    f"retrying in {backoff(attempts):.0f} s" if retry_at else "no more retries by the worker")
+    except (DatabaseUnavailable, peewee.PeeweeException) as record_exc:
+        log.error("webhook %s: the failure could not be recorded (%s)", event["id"], type(record_exc).__name__)
+
+
+async def run(config, box, stop):
+    """Apply due events until `stop` is set, CONCURRENCY at a time; then let the ones in flight finish."""
+    inflight = {}
+    _reads.clear()
+    _seen["id"] = 0
+    while not stop.is_set():
+        free = CONCURRENCY - len(inflight)
+        ids = []
+        if free > 0:
+            try:
+                with block():
+                    ids = due(free, set(inflight))
+            except DatabaseUnavailable:
+                await asyncio.sleep(1.0)
+                continue
+        for row_id in ids:
+            task = asyncio.ensure_future(apply_one(row_id, config=config, box=box))
+            inflight[row_id] = task
+            task.add_done_callback(lambda _t, row_id=row_id: inflight.pop(row_id, None))
+        if not ids:
+            try:
+                await asyncio.wait_for(stop.wait(), IDLE_POLL)
+            except asyncio.TimeoutError:
+                pass
+        else:
+            await asyncio.sleep(0)
+    if inflight:
+        await asyncio.wait(list(inflight.values()), timeout=STOP_GRACE)
+
+
+def main(config, box):
+    """`run.py worker`: apply the inbox until SIGTERM/SIGINT."""
+
+    async def serve():
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("inbox worker started (concurrency %d)", CONCURRENCY)
+        started = time.monotonic()
+        await run(config, box, stop)
+        log.info("inbox worker stopped after %.0f s", time.monotonic() - started)
+
+    asyncio.run(serve())
+    return 0
