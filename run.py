@@ -6,7 +6,6 @@ import hashlib
 import hmac
 import importlib
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -14,19 +13,19 @@ from pathlib import Path
 import peewee
 import tornado.web
 
+import web
+from console.base import make_jinja_env
+from console.static import StaticFiles
+from handlers.base import NotFoundHandler, log_request
 from pulse import __version__, apikeys, db, projects, security
-from pulse.config import ConfigError, describe as describe_settings, load_config
+from pulse.config import ConfigError, load_config
+from pulse.config import describe as describe_settings
 from pulse.logs import setup_logging
 from pulse.migrations import migrate_database
 from pulse.outcomes import Outcome
 from pulse.ratelimit import make_limiter
 from pulse.security import SecretBox
 from pulse.status import Status
-
-from console.base import make_jinja_env
-from console.static import StaticFiles
-import web
-from handlers.base import NotFoundHandler, log_request
 from server import serve
 
 ROOT = Path(__file__).resolve().parent
@@ -57,6 +56,8 @@ HANDLER_MODULES = [
     "console.webhooks_out",
     "console.fallback",  # the console's catch-all 404: keep it last among console modules
 ]
+
+
 class PulseApplication(tornado.web.Application):
     """Tornado Application that tracks in-flight requests, so shutdown can drain them."""
 
@@ -159,9 +160,12 @@ def _serve_options(parser):
 
 
 def build_parser():
-    parser = Parser(prog="run.py", description="PaymentPulse: self-hosted Stripe billing gateway.",
-                    epilog="environment variables (default):\n" + describe_settings(),
-                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(
+        prog="run.py",
+        description="PaymentPulse: self-hosted Stripe billing gateway.",
+        epilog="environment variables (default):\n" + describe_settings(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"PaymentPulse {__version__}")
     _serve_options(parser)
     sub = parser.add_subparsers(dest="command", parser_class=Parser)
@@ -177,8 +181,9 @@ def build_parser():
     project.add_argument("--admin-password", help=secret_help)
     project.add_argument("--stripe-secret-key", help=secret_help)
     project.add_argument("--stripe-webhook-secret", help=secret_help)
-    project.add_argument("--sandbox", action="store_true",
-                         help="use the built-in Stripe simulator (offline; keys read pp_test_…)")
+    project.add_argument(
+        "--sandbox", action="store_true", help="use the built-in Stripe simulator (offline; keys read pp_test_…)"
+    )
     project.add_argument("--json", action="store_true")
 
     key = sub.add_parser("create-api-key", help="issue another API key for a project")
@@ -258,28 +263,43 @@ def cmd_create_project(config, args):
     try:
         with db.block():
             created = projects.create_project(
-                args.name, args.admin_email, SecretBox(config.secret_key),
-                admin_password=args.admin_password, stripe_secret_key=args.stripe_secret_key,
-                stripe_webhook_secret=args.stripe_webhook_secret, sandbox=args.sandbox)
+                args.name,
+                args.admin_email,
+                SecretBox(config.secret_key),
+                admin_password=args.admin_password,
+                stripe_secret_key=args.stripe_secret_key,
+                stripe_webhook_secret=args.stripe_webhook_secret,
+                sandbox=args.sandbox,
+            )
     except projects.SandboxRule as exc:
         raise CliError(str(exc), status=2) from None
     except projects.Refused as exc:
         raise CliError(str(exc).rstrip("."), status=2) from None
-    data = {"project_id": created.project.public_id, "name": created.project.name,
-            "api_key": created.api_key.api_key, "admin_email": created.admin.email,
-            "webhook_path": f"/api/webhook/{created.project.public_id}", "sandbox": created.project.sandbox}
+    data = {
+        "project_id": created.project.public_id,
+        "name": created.project.name,
+        "api_key": created.api_key.api_key,
+        "admin_email": created.admin.email,
+        "webhook_path": f"/api/webhook/{created.project.public_id}",
+        "sandbox": created.project.sandbox,
+    }
     if created.admin_password:
         data["admin_password"] = created.admin_password
-    lines = [f"project {data['project_id']} ({data['name']})", f"api key: {data['api_key']}  (shown once)",
-             f"admin: {data['admin_email']}"]
+    lines = [
+        f"project {data['project_id']} ({data['name']})",
+        f"api key: {data['api_key']}  (shown once)",
+        f"admin: {data['admin_email']}",
+    ]
     if created.admin_password:
         lines.append(f"admin password: {created.admin_password}  (shown once)")
     lines.append(f"webhook path: {data['webhook_path']}")
     if created.project.sandbox:
         host = projects.local_base(config)
-        lines += ["sandbox: its Stripe is the built-in simulator (offline; webhooks are sent for you)",
-                  f"console: {host}/console/ (sign in as {data['admin_email']}"
-                  + (")" if created.admin_password else ", with this account's existing password)")]
+        lines += [
+            "sandbox: its Stripe is the built-in simulator (offline; webhooks are sent for you)",
+            f"console: {host}/console/ (sign in as {data['admin_email']}"
+            + (")" if created.admin_password else ", with this account's existing password)"),
+        ]
     _emit(args, data, lines)
 
 
@@ -295,8 +315,11 @@ def cmd_create_api_key(config, args):
         project = _project(args.project_id)
         issued = apikeys.issue(project, label=args.label)
         projects.audit("api_key.created", project=project, actor="cli", key_id=issued.key_id, prefix=issued.prefix)
-    _emit(args, {"api_key": issued.api_key, "key_id": issued.key_id, "prefix": issued.prefix},
-          [f"api key: {issued.api_key}  (shown once)", f"key id: {issued.key_id}"])
+    _emit(
+        args,
+        {"api_key": issued.api_key, "key_id": issued.key_id, "prefix": issued.prefix},
+        [f"api key: {issued.api_key}  (shown once)", f"key id: {issued.key_id}"],
+    )
 
 
 def cmd_set_stripe(config, args):
@@ -307,14 +330,18 @@ def cmd_set_stripe(config, args):
         projects.validate_stripe_secrets(args.secret_key, args.webhook_secret)
         with db.block():
             project = _project(args.project_id)
-            changed = projects.set_stripe(project, SecretBox(config.secret_key), secret_key=args.secret_key,
-                                          webhook_secret=args.webhook_secret)
+            changed = projects.set_stripe(
+                project, SecretBox(config.secret_key), secret_key=args.secret_key, webhook_secret=args.webhook_secret
+            )
     except projects.SandboxRule as exc:
         raise CliError(str(exc), status=2) from None
     except projects.Refused as exc:
         raise CliError(str(exc).rstrip("."), status=2) from None
-    _emit(args, {"project_id": project.public_id, "updated": changed},
-          [f"{name} set to {masked}" for name, masked in changed.items()])
+    _emit(
+        args,
+        {"project_id": project.public_id, "updated": changed},
+        [f"{name} set to {masked}" for name, masked in changed.items()],
+    )
 
 
 def cmd_sync_stripe(config, args):
@@ -326,8 +353,9 @@ def cmd_sync_stripe(config, args):
 
     async def run():
         try:
-            return await resync.sync_project(project, config=config, box=SecretBox(config.secret_key),
-                                             progress=progress)
+            return await resync.sync_project(
+                project, config=config, box=SecretBox(config.secret_key), progress=progress
+            )
         finally:
             await billing.close_clients()
 
@@ -337,11 +365,16 @@ def cmd_sync_stripe(config, args):
         raise CliError(f"project {project.public_id} has no Stripe secret key (and none deployment-wide)") from None
     except billing.StripeFailure as exc:
         raise CliError(f"Stripe: {exc.message}") from None
-    _emit(args, dict(counts, project_id=project.public_id), [
-        f"synced {counts['subscriptions']} subscription(s) of {counts['customers']} customer(s): "
-        f"{counts['created']} created, {counts['updated']} updated, {counts['unchanged']} unchanged, "
-        f"{counts['stale']} newer locally, {counts['unmatched']} without a customer, "
-        f"{counts['skipped']} of other projects"])
+    _emit(
+        args,
+        dict(counts, project_id=project.public_id),
+        [
+            f"synced {counts['subscriptions']} subscription(s) of {counts['customers']} customer(s): "
+            f"{counts['created']} created, {counts['updated']} updated, {counts['unchanged']} unchanged, "
+            f"{counts['stale']} newer locally, {counts['unmatched']} without a customer, "
+            f"{counts['skipped']} of other projects"
+        ],
+    )
 
 
 COMMANDS = {

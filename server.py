@@ -21,8 +21,9 @@ DRAIN_SECONDS = 10.0
 # Tornado's HTTPServer limits against slow and hostile clients. API handlers stream their bodies and
 # cut them at 1 MiB themselves; every other handler's body is buffered in RAM, so the server-wide cap
 # stays small (a console form is a few hundred bytes). Tests shorten the timeouts.
-HTTP_SERVER_LIMITS = dict(max_body_size=2 * 1024 * 1024, idle_connection_timeout=60, body_timeout=30,
-                          max_header_size=64 * 1024)
+HTTP_SERVER_LIMITS = dict(
+    max_body_size=2 * 1024 * 1024, idle_connection_timeout=60, body_timeout=30, max_header_size=64 * 1024
+)
 
 
 def _worker(make_app, config, sockets):

@@ -1,4 +1,4 @@
-"""What the JSON API (handlers/) and the HTML console (console/) share: client address and HTTPS, export streaming, db health."""
+"""What handlers/ (the JSON API) and console/ share: client address, HTTPS, export streaming, db health."""
 
 import asyncio
 import ipaddress
@@ -173,14 +173,16 @@ async def stream(handler, project, fmt, bom=False):
             raise
         # Headers and part of the body are out: cut the connection so the client sees a truncated
         # transfer instead of a well-formed but incomplete file.
-        log.warning("export interrupted: database unavailable",
-                    extra={"request_id": getattr(handler, "request_id", None)})
+        log.warning(
+            "export interrupted: database unavailable", extra={"request_id": getattr(handler, "request_id", None)}
+        )
         handler.request.connection.stream.close()
         return
     handler.finish()
 
 
 # ---------------------------------------------------------------- health
+
 
 def database_ok():
     """True when a trivial query succeeds."""

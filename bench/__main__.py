@@ -22,32 +22,58 @@ DEFAULT_MYSQL = "mysql://root@127.0.0.1:3306"
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--mysql-url", default=os.environ.get("PULSE_BENCH_MYSQL_URL", DEFAULT_MYSQL),
-                        help="MySQL server (a fresh database is created on it); default $PULSE_BENCH_MYSQL_URL or "
-                             + DEFAULT_MYSQL)
+    parser.add_argument(
+        "--mysql-url",
+        default=os.environ.get("PULSE_BENCH_MYSQL_URL", DEFAULT_MYSQL),
+        help="MySQL server (a fresh database is created on it); default $PULSE_BENCH_MYSQL_URL or " + DEFAULT_MYSQL,
+    )
     parser.add_argument("--no-mysql", action="store_true", help="SQLite only")
     parser.add_argument("--no-sqlite", action="store_true", help="MySQL only")
     parser.add_argument("--scenarios", default="1,2,3,4", help="comma list of scenarios to run (default all)")
     parser.add_argument("--users", type=int, default=100_000, help="seeded users (each with a subscription)")
-    parser.add_argument("--workloads", default=",".join(scenarios.WORKLOADS),
-                        help="scenario 1 user mixes: one (a single user), zipf, random")
+    parser.add_argument(
+        "--workloads",
+        default=",".join(scenarios.WORKLOADS),
+        help="scenario 1 user mixes: one (a single user), zipf, random",
+    )
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per wrk run in scenario 1")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds in scenario 1")
     parser.add_argument("--connections", type=int, default=50, help="wrk connections in scenario 1")
-    parser.add_argument("--probe-rate", type=float, default=200.0,
-                        help="open-loop hot-path probe (req/s, Zipf users) during scenarios 2-4")
+    parser.add_argument(
+        "--probe-rate",
+        type=float,
+        default=200.0,
+        help="open-loop hot-path probe (req/s, Zipf users) during scenarios 2-4",
+    )
     parser.add_argument("--webhook-events", type=int, default=2000)
-    parser.add_argument("--webhook-customers", type=int, default=1000,
-                        help="events name the most popular users (Zipf ranks 0..N-1)")
+    parser.add_argument(
+        "--webhook-customers", type=int, default=1000, help="events name the most popular users (Zipf ranks 0..N-1)"
+    )
     parser.add_argument("--stripe-latency", type=float, default=0.3, help="fake Stripe delay (s) for checkouts")
-    parser.add_argument("--webhook-stripe-latency", type=float, default=0.03,
-                        help="fake Stripe delay (s) while webhooks re-fetch objects")
-    parser.add_argument("--webhook-apply", choices=("inline", "worker"), default="worker",
-                        help="PULSE_WEBHOOK_APPLY of the service; worker also starts `run.py worker` beside it")
-    parser.add_argument("--no-pin", action="store_true",
-                        help="do not pin the service and the yardstick to CPU 0 and everything else to the other CPUs")
-    parser.add_argument("--service-env", action="append", default=[], metavar="NAME=VALUE",
-                        help="extra environment for the service (an experiment's switch)")
+    parser.add_argument(
+        "--webhook-stripe-latency",
+        type=float,
+        default=0.03,
+        help="fake Stripe delay (s) while webhooks re-fetch objects",
+    )
+    parser.add_argument(
+        "--webhook-apply",
+        choices=("inline", "worker"),
+        default="worker",
+        help="PULSE_WEBHOOK_APPLY of the service; worker also starts `run.py worker` beside it",
+    )
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="do not pin the service and the yardstick to CPU 0 and everything else to the other CPUs",
+    )
+    parser.add_argument(
+        "--service-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the service (an experiment's switch)",
+    )
     parser.add_argument("--output", default=str(RESULTS))
     return parser.parse_args(argv)
 
@@ -67,16 +93,30 @@ class Backend:
     def __init__(self, name, url, drop, stripe_url, users, extra_env):
         self.name, self.url, self.drop = name, url, drop
         self.env = harness.service_env(url, stripe_url, **extra_env)
-        created = harness.cli(self.env, "create-project", "Bench", "--admin-email", "bench@example.com",
-                              "--admin-password", "bench-password-1", "--stripe-webhook-secret", harness.WEBHOOK_SECRET)
+        created = harness.cli(
+            self.env,
+            "create-project",
+            "Bench",
+            "--admin-email",
+            "bench@example.com",
+            "--admin-password",
+            "bench-password-1",
+            "--stripe-webhook-secret",
+            harness.WEBHOOK_SECRET,
+        )
         self.project_id, self.key = created["project_id"], created["api_key"]
         log.info("%s: seeding %d users", name, users)
         harness.seed_customers(url, self.project_id, users, scenarios.PREFIX)
         self.service, self.base = harness.start_service(self.env)
         self.worker = harness.start_worker(self.env) if self.env.get("PULSE_WEBHOOK_APPLY") == "worker" else None
         self.warm_up = harness.wait_warm(self.service)
-        log.info("%s: read model warm-up %s; service pid %s%s", name, self.warm_up, self.service.pid,
-                 f", worker pid {self.worker.pid}" if self.worker else "")
+        log.info(
+            "%s: read model warm-up %s; service pid %s%s",
+            name,
+            self.warm_up,
+            self.service.pid,
+            f", worker pid {self.worker.pid}" if self.worker else "",
+        )
 
     def stop(self):
         self.service.stop()
@@ -91,8 +131,9 @@ def rebase_idle(out, backend):
     One idle probe that met a burst of load from elsewhere (on this shared machine idle p99
     jumped to 345 ms once) would otherwise turn any "during" figure into a pass.
     """
-    rows = [out[key] for key in (f"2_checkouts_{backend}", f"3_export_{backend}", f"4_webhooks_{backend}")
-            if key in out]
+    rows = [
+        out[key] for key in (f"2_checkouts_{backend}", f"3_export_{backend}", f"4_webhooks_{backend}") if key in out
+    ]
     if not rows:
         return
     idle = statistics.median(row["idle_p99_ms"] for row in rows)
@@ -112,8 +153,13 @@ def machine():
     if harness.have_wrk():
         out = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
         wrk_version = (out.stdout + out.stderr).split("\n")[0].strip()
-    return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "load_generator": wrk_version,
-            "kernel": platform.release()}
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "load_generator": wrk_version,
+        "kernel": platform.release(),
+    }
 
 
 def main(argv=None):
@@ -121,26 +167,35 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="bench: %(message)s")
     wanted = {int(s) for s in args.scenarios.split(",") if s.strip()}
     if not harness.have_wrk():
-        log.warning("wrk is not installed (Debian: apt-get install wrk): falling back to bench.loadgen, a Python "
-                    "load generator that saturates sooner; results.json records which one ran")
-    results = {"machine": machine(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "args": {k: v for k, v in vars(args).items() if k != "mysql_url"}, "scenarios": {}}
+        log.warning(
+            "wrk is not installed (Debian: apt-get install wrk): falling back to bench.loadgen, a Python "
+            "load generator that saturates sooner; results.json records which one ran"
+        )
+    results = {
+        "machine": machine(),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "args": {k: v for k, v in vars(args).items() if k != "mysql_url"},
+        "scenarios": {},
+    }
     cpus = sorted(os.sched_getaffinity(0))
     if not args.no_pin and len(cpus) >= 2:
         # As a deployment with its own cores for serving: load generators, fake Stripe and the
         # worker cannot take the service's CPU (other users of the machine still can).
         harness.SERVICE_CPUS = {cpus[0]}
         os.sched_setaffinity(0, set(cpus[1:]))
-    results["pinning"] = {"service_and_bare": sorted(harness.SERVICE_CPUS or cpus),
-                          "everything_else": sorted(os.sched_getaffinity(0))}
+    results["pinning"] = {
+        "service_and_bare": sorted(harness.SERVICE_CPUS or cpus),
+        "everything_else": sorted(os.sched_getaffinity(0)),
+    }
     stripe = harness.FakeStripeProcess(args.stripe_latency)
     stripe_url = stripe.url
     stripe.add_customers(scenarios.PREFIX, args.webhook_customers)
     extra_env = {"PULSE_WEBHOOK_APPLY": args.webhook_apply, **dict(item.split("=", 1) for item in args.service_env)}
     results["service_env"] = extra_env
     backends, bare = [], None
-    paths = {kind: scenarios.workload_paths(kind, scenarios.PREFIX, args.users)
-             for kind in args.workloads.split(",") if kind}
+    paths = {
+        kind: scenarios.workload_paths(kind, scenarios.PREFIX, args.users) for kind in args.workloads.split(",") if kind
+    }
     probe_paths = scenarios.workload_paths("zipf", scenarios.PREFIX, args.users, 50_000)
     try:
         if not args.no_sqlite:
@@ -159,32 +214,58 @@ def main(argv=None):
         out = results["scenarios"]
         if 1 in wanted:
             log.info("scenario 1: hot path vs bare Tornado, %d users, workloads %s", args.users, ", ".join(paths))
-            out["1_hot_path"] = scenarios.hot_path({b.name: (b.base, b.key, b.service) for b in backends}, bare_base,
-                                                   paths, args.rounds, args.duration, args.connections)
+            out["1_hot_path"] = scenarios.hot_path(
+                {b.name: (b.base, b.key, b.service) for b in backends},
+                bare_base,
+                paths,
+                args.rounds,
+                args.duration,
+                args.connections,
+            )
         for backend in backends:
             if 2 in wanted:
                 stripe.set_latency(args.stripe_latency)
-                log.info("scenario 2 (%s): %d concurrent checkouts, Stripe at %.0f ms", backend.name, 100,
-                         args.stripe_latency * 1000)
-                out[f"2_checkouts_{backend.name}"] = scenarios.checkouts(backend.base, backend.key, probe_paths,
-                                                                         rate=args.probe_rate)
+                log.info(
+                    "scenario 2 (%s): %d concurrent checkouts, Stripe at %.0f ms",
+                    backend.name,
+                    100,
+                    args.stripe_latency * 1000,
+                )
+                out[f"2_checkouts_{backend.name}"] = scenarios.checkouts(
+                    backend.base, backend.key, probe_paths, rate=args.probe_rate
+                )
             if 3 in wanted:
                 log.info("scenario 3 (%s): exporting %d customers", backend.name, args.users)
                 rows = harness.customer_count(backend.url, backend.project_id)
-                out[f"3_export_{backend.name}"] = scenarios.export(backend.base, backend.key, backend.key,
-                                                                   backend.service.pid, rows, probe_paths,
-                                                                   rate=args.probe_rate)
+                out[f"3_export_{backend.name}"] = scenarios.export(
+                    backend.base, backend.key, backend.key, backend.service.pid, rows, probe_paths, rate=args.probe_rate
+                )
             if 4 in wanted:
                 # Applying an event re-reads the object from Stripe: measure PaymentPulse, not the delay.
                 stripe.set_latency(args.webhook_stripe_latency)
-                log.info("scenario 4 (%s): %d signed webhook events, 10%% duplicates, Stripe at %.0f ms",
-                         backend.name, args.webhook_events, args.webhook_stripe_latency * 1000)
-                bodies = scenarios.webhook_events(backend.project_id, scenarios.PREFIX, args.webhook_customers,
-                                                  args.webhook_events)
-                row = scenarios.webhooks(backend.base, backend.project_id, harness.WEBHOOK_SECRET, bodies,
-                                         probe_paths, backend.key, rate=args.probe_rate)
-                row.update(harness.applied(backend.url, backend.project_id, row.pop("acknowledged"), len(bodies),
-                                           row.pop("started")))
+                log.info(
+                    "scenario 4 (%s): %d signed webhook events, 10%% duplicates, Stripe at %.0f ms",
+                    backend.name,
+                    args.webhook_events,
+                    args.webhook_stripe_latency * 1000,
+                )
+                bodies = scenarios.webhook_events(
+                    backend.project_id, scenarios.PREFIX, args.webhook_customers, args.webhook_events
+                )
+                row = scenarios.webhooks(
+                    backend.base,
+                    backend.project_id,
+                    harness.WEBHOOK_SECRET,
+                    bodies,
+                    probe_paths,
+                    backend.key,
+                    rate=args.probe_rate,
+                )
+                row.update(
+                    harness.applied(
+                        backend.url, backend.project_id, row.pop("acknowledged"), len(bodies), row.pop("started")
+                    )
+                )
                 out[f"4_webhooks_{backend.name}"] = row
             rebase_idle(out, backend.name)
     finally:

@@ -54,9 +54,14 @@ class Process:
 
     def __init__(self, argv, env=None, stdout=None, cpus=None):
         self.log_file = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **(env or {})},
-                                     stdout=stdout or self.log_file, stderr=self.log_file,
-                                     preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=stdout or self.log_file,
+            stderr=self.log_file,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+        )
         self.pid = self.proc.pid
 
     def stop(self):
@@ -104,12 +109,18 @@ def start_bare(body):
 
 
 def service_env(database_url, stripe_url, **extra):
-    env = {"PULSE_DATABASE_URL": database_url, "PULSE_SECRET_KEY": SECRET,
-           "PULSE_STRIPE_API_BASE": stripe_url, "PULSE_STRIPE_SECRET_KEY": "sk_test_bench",
-           "PULSE_STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET, "PULSE_STRIPE_TIMEOUT": "10",
-           # The benchmark measures the service, not the limiter's 429s (the limiter still runs).
-           "PULSE_RATE_LIMIT_AUTHENTICATED": "100000000/minute", "PULSE_RATE_LIMIT_ANONYMOUS": "100000000/minute",
-           "PULSE_LOG_LEVEL": "info"}
+    env = {
+        "PULSE_DATABASE_URL": database_url,
+        "PULSE_SECRET_KEY": SECRET,
+        "PULSE_STRIPE_API_BASE": stripe_url,
+        "PULSE_STRIPE_SECRET_KEY": "sk_test_bench",
+        "PULSE_STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "PULSE_STRIPE_TIMEOUT": "10",
+        # The benchmark measures the service, not the limiter's 429s (the limiter still runs).
+        "PULSE_RATE_LIMIT_AUTHENTICATED": "100000000/minute",
+        "PULSE_RATE_LIMIT_ANONYMOUS": "100000000/minute",
+        "PULSE_LOG_LEVEL": "info",
+    }
     env.update(extra)
     return env
 
@@ -117,8 +128,11 @@ def service_env(database_url, stripe_url, **extra):
 def start_service(env, processes=1):
     """`python run.py serve` on a free port; returns (Process, base url)."""
     port = free_port()
-    child = Process([sys.executable, "run.py", "serve", "--port", str(port), "--processes", str(processes)], env=env,
-                    cpus=SERVICE_CPUS)
+    child = Process(
+        [sys.executable, "run.py", "serve", "--port", str(port), "--processes", str(processes)],
+        env=env,
+        cpus=SERVICE_CPUS,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(base + "/api/health", timeout=60, proc=child.proc)
@@ -151,8 +165,14 @@ def wait_warm(service, timeout=180.0):
 
 def cli(env, *args):
     """Run a run.py command with --json and return its output object."""
-    out = subprocess.run([sys.executable, "run.py", *args, "--json"], cwd=ROOT, env={**os.environ, **env},
-                         capture_output=True, check=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "run.py", *args, "--json"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
     return json.loads(out.stdout)
 
 
@@ -164,8 +184,12 @@ def mysql_fresh(server_url):
     import pymysql
 
     parts = urlsplit(server_url)
-    server = dict(host=parts.hostname or "127.0.0.1", port=parts.port or 3306,
-                  user=parts.username or "root", password=parts.password or "")
+    server = dict(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 3306,
+        user=parts.username or "root",
+        password=parts.password or "",
+    )
     try:
         conn = pymysql.connect(**server, autocommit=True, connect_timeout=3)
     except pymysql.MySQLError as exc:
@@ -200,19 +224,50 @@ def seed_customers(database_url, project_public_id, count, prefix, with_subscrip
         for start in range(0, count, batch):
             ids = range(start, min(start + batch, count))
             with conn.atomic():
-                Customer.insert_many([dict(project=project.id, external_user_id=f"{prefix}{i}",
-                                           email=f"{prefix}{i}@example.com", stripe_customer_id=f"cus_{prefix}{i}",
-                                           created_at=now, updated_at=now) for i in ids]).execute()
+                Customer.insert_many(
+                    [
+                        dict(
+                            project=project.id,
+                            external_user_id=f"{prefix}{i}",
+                            email=f"{prefix}{i}@example.com",
+                            stripe_customer_id=f"cus_{prefix}{i}",
+                            created_at=now,
+                            updated_at=now,
+                        )
+                        for i in ids
+                    ]
+                ).execute()
                 if not with_subscription:
                     continue
-                rows = (Customer.select(Customer.id, Customer.external_user_id)
-                        .where((Customer.project == project.id)
-                               & (Customer.external_user_id.in_([f"{prefix}{i}" for i in ids]))).tuples())
-                Subscription.insert_many([dict(
-                    project=project.id, customer=cid, stripe_subscription_id=f"sub_{ext}", plan_slug="pro",
-                    stripe_price_id="price_bench_pro", interval="monthly", stripe_status="active", status="active",
-                    current_period_end=now + timedelta(days=30), started_at=now, snapshot_at=0,
-                    synced_at=now, created_at=now, updated_at=now) for cid, ext in rows]).execute()
+                rows = (
+                    Customer.select(Customer.id, Customer.external_user_id)
+                    .where(
+                        (Customer.project == project.id)
+                        & (Customer.external_user_id.in_([f"{prefix}{i}" for i in ids]))
+                    )
+                    .tuples()
+                )
+                Subscription.insert_many(
+                    [
+                        dict(
+                            project=project.id,
+                            customer=cid,
+                            stripe_subscription_id=f"sub_{ext}",
+                            plan_slug="pro",
+                            stripe_price_id="price_bench_pro",
+                            interval="monthly",
+                            stripe_status="active",
+                            status="active",
+                            current_period_end=now + timedelta(days=30),
+                            started_at=now,
+                            snapshot_at=0,
+                            synced_at=now,
+                            created_at=now,
+                            updated_at=now,
+                        )
+                        for cid, ext in rows
+                    ]
+                ).execute()
     db.database.close()
 
 
@@ -233,10 +288,14 @@ def applied(database_url, project_public_id, acknowledged, deliveries, started, 
             project = Project.get(Project.public_id == project_public_id)
             outcomes = {}
             for start in range(0, len(ids), 500):
-                query = (WebhookEvent.select(WebhookEvent.outcome, peewee_count())
-                         .where(WebhookEvent.project == project.id,
-                                WebhookEvent.stripe_event_id.in_(ids[start:start + 500]))
-                         .group_by(WebhookEvent.outcome).tuples())
+                query = (
+                    WebhookEvent.select(WebhookEvent.outcome, peewee_count())
+                    .where(
+                        WebhookEvent.project == project.id, WebhookEvent.stripe_event_id.in_(ids[start : start + 500])
+                    )
+                    .group_by(WebhookEvent.outcome)
+                    .tuples()
+                )
                 for outcome, count in query:
                     outcomes[str(outcome)] = outcomes.get(str(outcome), 0) + count
         done = outcomes.get("processed", 0) + outcomes.get("ignored", 0) + outcomes.get("failed", 0)
@@ -245,9 +304,13 @@ def applied(database_url, project_public_id, acknowledged, deliveries, started, 
         time.sleep(0.1)
     elapsed = time.monotonic() - started
     db.database.close()
-    return {"acknowledged_distinct": len(ids), "outcomes": outcomes,
-            "all_applied": outcomes.get("processed", 0) == len(ids),
-            "applied_s": round(elapsed, 2), "applied_per_s": round(deliveries / elapsed, 1)}
+    return {
+        "acknowledged_distinct": len(ids),
+        "outcomes": outcomes,
+        "all_applied": outcomes.get("processed", 0) == len(ids),
+        "applied_s": round(elapsed, 2),
+        "applied_per_s": round(deliveries / elapsed, 1),
+    }
 
 
 def customer_count(database_url, project_public_id):
@@ -300,9 +363,16 @@ def _lua(headers):
 def _lua_paths(headers, paths_file, offset=0):
     """A wrk script that sets `headers` and requests the paths of `paths_file` in turn, from line `offset`."""
     lines = [f'wrk.headers["{name}"] = "{value}"' for name, value in headers.items()]
-    lines += ["local paths = {}", f'for line in io.lines("{paths_file}") do paths[#paths + 1] = line end',
-              f"local i = {offset} % #paths", "request = function()", "  i = i + 1", "  if i > #paths then i = 1 end",
-              '  return wrk.format("GET", paths[i])', "end"]
+    lines += [
+        "local paths = {}",
+        f'for line in io.lines("{paths_file}") do paths[#paths + 1] = line end',
+        f"local i = {offset} % #paths",
+        "request = function()",
+        "  i = i + 1",
+        "  if i > #paths then i = 1 end",
+        '  return wrk.format("GET", paths[i])',
+        "end",
+    ]
     fd, path = tempfile.mkstemp(suffix=".lua")
     with os.fdopen(fd, "w") as handle:
         handle.write("\n".join(lines) + "\n")
@@ -315,13 +385,31 @@ def wrk_start(url, headers=None, duration=5.0, connections=16, threads=1, paths_
     With `paths_file`, wrk requests its paths in turn on the host of `url` (the fallback cannot).
     """
     if not have_wrk():
-        argv = [sys.executable, "-m", "bench.loadgen", url, "--duration", str(duration),
-                "--connections", str(connections)]
+        argv = [
+            sys.executable,
+            "-m",
+            "bench.loadgen",
+            url,
+            "--duration",
+            str(duration),
+            "--connections",
+            str(connections),
+        ]
         argv += [arg for name, value in (headers or {}).items() for arg in ("--header", f"{name}: {value}")]
         return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     script = _lua_paths(headers or {}, paths_file, offset) if paths_file else _lua(headers or {})
-    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "--timeout", "10s",
-            "-s", script, url]
+    argv = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        "--latency",
+        "--timeout",
+        "10s",
+        "-s",
+        script,
+        url,
+    ]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -354,7 +442,7 @@ def zipf_users(users, count, exponent=1.0, seed=14):
 
     total, cumulative = 0.0, []
     for rank in range(1, users + 1):
-        total += 1.0 / rank ** exponent
+        total += 1.0 / rank**exponent
         cumulative.append(total)
     rng = random.Random(seed)
     return [min(users - 1, bisect.bisect_left(cumulative, rng.random() * total)) for _ in range(count)]
@@ -377,8 +465,18 @@ def paths_file(indices, prefix):
 
 def probe_start(base, paths, headers, rate=200.0, duration=600.0):
     """Start bench.probe (open loop at `rate` req/s) in the background; finish with probe_result()."""
-    argv = [sys.executable, "-m", "bench.probe", base, "--paths", paths, "--rate", str(rate),
-            "--duration", str(duration)]
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.probe",
+        base,
+        "--paths",
+        paths,
+        "--rate",
+        str(rate),
+        "--duration",
+        str(duration),
+    ]
     argv += [arg for name, value in (headers or {}).items() for arg in ("--header", f"{name}: {value}")]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     time.sleep(0.3)  # let it import and connect before the work it measures starts

@@ -46,16 +46,27 @@ async def run(url, duration, connections, headers):
     latencies, counts, stop = [], {"non_2xx": 0, "errors": 0}, asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
     started = time.monotonic()
-    await asyncio.gather(*(connection(parts.hostname, parts.port or 80, request, started + duration, latencies,
-                                      counts, stop) for _ in range(connections)))
+    await asyncio.gather(
+        *(
+            connection(parts.hostname, parts.port or 80, request, started + duration, latencies, counts, stop)
+            for _ in range(connections)
+        )
+    )
     elapsed = time.monotonic() - started
     latencies.sort()
 
     def pct(p):
         return round(latencies[min(len(latencies) - 1, int(len(latencies) * p / 100))] * 1000, 3) if latencies else 0.0
 
-    return {"rps": round(len(latencies) / elapsed, 2), "p50_ms": pct(50), "p75_ms": pct(75), "p90_ms": pct(90),
-            "p99_ms": pct(99), "requests": len(latencies), **counts}
+    return {
+        "rps": round(len(latencies) / elapsed, 2),
+        "p50_ms": pct(50),
+        "p75_ms": pct(75),
+        "p90_ms": pct(90),
+        "p99_ms": pct(99),
+        "requests": len(latencies),
+        **counts,
+    }
 
 
 def main():

@@ -37,8 +37,10 @@ async def _get(host, port, idle, request):
 async def run(base, paths, rate, duration, headers):
     parts = urlsplit(base)
     host, port = parts.hostname, parts.port or 80
-    requests = [("\r\n".join([f"GET {path} HTTP/1.1", f"Host: {parts.netloc}", *headers]) + "\r\n\r\n").encode()
-                for path in paths]
+    requests = [
+        ("\r\n".join([f"GET {path} HTTP/1.1", f"Host: {parts.netloc}", *headers]) + "\r\n\r\n").encode()
+        for path in paths
+    ]
     latencies, counts, stop = [], {"non_2xx": 0, "errors": 0, "sent": 0}, asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
     idle, inflight = [], set()
@@ -62,7 +64,7 @@ async def run(base, paths, rate, duration, headers):
             try:
                 await asyncio.wait_for(stop.wait(), delay)
                 break
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         if len(inflight) < MAX_CONNECTIONS:
             task = asyncio.ensure_future(one(due, requests[i % len(requests)]))
@@ -82,9 +84,17 @@ async def run(base, paths, rate, duration, headers):
     def pct(p):
         return round(latencies[min(len(latencies) - 1, int(len(latencies) * p / 100))] * 1000, 3) if latencies else 0.0
 
-    return {"rate": rate, "rps": round(len(latencies) / elapsed, 2), "p50_ms": pct(50), "p90_ms": pct(90),
-            "p99_ms": pct(99), "max_ms": round(latencies[-1] * 1000, 3) if latencies else 0.0,
-            "requests": len(latencies), "seconds": round(elapsed, 2), **counts}
+    return {
+        "rate": rate,
+        "rps": round(len(latencies) / elapsed, 2),
+        "p50_ms": pct(50),
+        "p90_ms": pct(90),
+        "p99_ms": pct(99),
+        "max_ms": round(latencies[-1] * 1000, 3) if latencies else 0.0,
+        "requests": len(latencies),
+        "seconds": round(elapsed, 2),
+        **counts,
+    }
 
 
 def main():

@@ -58,8 +58,14 @@ def hot_path(targets, bare_base, paths, rounds=3, duration=5.0, connections=50):
         before = harness.cache_stats(service) if service else None
         # Each run goes on where the last one of its workload stopped: a replayed sequence would
         # find the answers its previous run left in memory.
-        result = harness.wrk(base + "/api/subscription", {"X-API-Key": key}, duration, connections,
-                             paths_file=paths[kind], offset=offsets.get(label, 0))
+        result = harness.wrk(
+            base + "/api/subscription",
+            {"X-API-Key": key},
+            duration,
+            connections,
+            paths_file=paths[kind],
+            offset=offsets.get(label, 0),
+        )
         offsets[label] = offsets.get(label, 0) + result["requests"]
         if service:
             result["hit_rate"] = harness.hit_rate(before, harness.cache_stats(service))
@@ -78,12 +84,21 @@ def hot_path(targets, bare_base, paths, rounds=3, duration=5.0, connections=50):
                 bare, mine = results["bare"], results[label]
                 runs["bare"].append(bare)
                 pairs.setdefault(label, []).append((mine, bare))
-                log.info("round %d %-14s %6.0f req/s vs bare %6.0f = %.2f  p99 %.1f ms  hit rate %s", round_no + 1,
-                         "/".join(label), mine["rps"], bare["rps"], mine["rps"] / bare["rps"], mine["p99_ms"],
-                         mine.get("hit_rate"))
+                log.info(
+                    "round %d %-14s %6.0f req/s vs bare %6.0f = %.2f  p99 %.1f ms  hit rate %s",
+                    round_no + 1,
+                    "/".join(label),
+                    mine["rps"],
+                    bare["rps"],
+                    mine["rps"] / bare["rps"],
+                    mine["p99_ms"],
+                    mine.get("hit_rate"),
+                )
     generator = "wrk -t1" if harness.have_wrk() else "bench.loadgen"
-    out = {"settings": f"{generator} -c{connections} -d{duration:g}s, {rounds} rounds of service/bare pairs, medians",
-           "bare": _medians(runs["bare"])}
+    out = {
+        "settings": f"{generator} -c{connections} -d{duration:g}s, {rounds} rounds of service/bare pairs, medians",
+        "bare": _medians(runs["bare"]),
+    }
     for (name, kind), results in pairs.items():
         row = _medians([mine for mine, _ in results])
         ratios = [round(mine["rps"] / bare["rps"], 3) for mine, bare in results]
@@ -104,10 +119,16 @@ def _medians(results):
 
 def probe_figures(idle, during):
     """The open-loop probe's idle and during figures, and the p99 ratio the targets judge."""
-    return {"probe_rate": idle["rate"], "idle_p99_ms": idle["p99_ms"], "during_p99_ms": during["p99_ms"],
-            "during_max_ms": during["max_ms"], "p99_ratio": round(during["p99_ms"] / idle["p99_ms"], 2),
-            "during_answered": during["requests"], "during_sent": during["sent"],
-            "during_failed": during["non_2xx"] + during["errors"]}
+    return {
+        "probe_rate": idle["rate"],
+        "idle_p99_ms": idle["p99_ms"],
+        "during_p99_ms": during["p99_ms"],
+        "during_max_ms": during["max_ms"],
+        "p99_ratio": round(during["p99_ms"] / idle["p99_ms"], 2),
+        "during_answered": during["requests"],
+        "during_sent": during["sent"],
+        "during_failed": during["non_2xx"] + during["errors"],
+    }
 
 
 # ---------------------------------------------------------------- 2. checkouts against a slow Stripe
@@ -115,12 +136,23 @@ def probe_figures(idle, during):
 
 async def _checkout_batch(http, base, key, batch_no, count):
     async def one(i):
-        body = {"external_user_id": f"bench-co-{batch_no}-{i}", "email": f"co{batch_no}-{i}@example.com",
-                "plan_slug": "pro", "stripe_price_id": "price_bench_pro",
-                "success_url": "https://app.example.com/ok", "cancel_url": "https://app.example.com/cancel"}
-        response = await http.fetch(HTTPRequest(base + "/api/checkout", method="POST", body=json.dumps(body),
-                                                headers={"X-API-Key": key, "Content-Type": "application/json"}),
-                                    raise_error=False)
+        body = {
+            "external_user_id": f"bench-co-{batch_no}-{i}",
+            "email": f"co{batch_no}-{i}@example.com",
+            "plan_slug": "pro",
+            "stripe_price_id": "price_bench_pro",
+            "success_url": "https://app.example.com/ok",
+            "cancel_url": "https://app.example.com/cancel",
+        }
+        response = await http.fetch(
+            HTTPRequest(
+                base + "/api/checkout",
+                method="POST",
+                body=json.dumps(body),
+                headers={"X-API-Key": key, "Content-Type": "application/json"},
+            ),
+            raise_error=False,
+        )
         return response.code
 
     started = time.monotonic()
@@ -154,9 +186,15 @@ def checkouts(base, key, probe_paths, count=100, probe_seconds=4.0, rate=200.0):
 
     (first_wall, first_codes), walls, during = asyncio.run(run())
     ok = sum(1 for code in first_codes if code == 200)
-    return {"checkouts": count, "ok": ok, "statuses": sorted(set(first_codes)), "wall_s": round(first_wall, 3),
-            "wall_s_under_probe_median": round(statistics.median(walls), 3) if walls else None,
-            "batches_during_probe": len(walls), **probe_figures(idle, during)}
+    return {
+        "checkouts": count,
+        "ok": ok,
+        "statuses": sorted(set(first_codes)),
+        "wall_s": round(first_wall, 3),
+        "wall_s_under_probe_median": round(statistics.median(walls), 3) if walls else None,
+        "batches_during_probe": len(walls),
+        **probe_figures(idle, during),
+    }
 
 
 # ---------------------------------------------------------------- 3. export
@@ -187,9 +225,15 @@ def export(base, export_key, hot_key, pid, rows_expected, probe_paths, rate=200.
         sampler = asyncio.ensure_future(sample())
         started = time.monotonic()
         try:
-            response = await http.fetch(HTTPRequest(base + "/api/customers/export?format=csv",
-                                                    headers={"X-API-Key": export_key}, streaming_callback=on_chunk,
-                                                    request_timeout=600), raise_error=False)
+            response = await http.fetch(
+                HTTPRequest(
+                    base + "/api/customers/export?format=csv",
+                    headers={"X-API-Key": export_key},
+                    streaming_callback=on_chunk,
+                    request_timeout=600,
+                ),
+                raise_error=False,
+            )
             elapsed = time.monotonic() - started
         finally:
             sampler.cancel()
@@ -201,10 +245,18 @@ def export(base, export_key, hot_key, pid, rows_expected, probe_paths, rate=200.
     after = harness.memory_kb(pid)
     rows = max(0, counted["lines"] - 1)
     peak = max(max(samples), after["VmHWM"])
-    return {"status": code, "rows": rows, "rows_expected": rows_expected, "mb": round(counted["bytes"] / 1e6, 1),
-            "seconds": round(elapsed, 2), "rows_per_s": round(rows / elapsed) if elapsed else None,
-            "rss_before_mb": round(before["VmRSS"] / 1024, 1), "rss_peak_mb": round(peak / 1024, 1),
-            "rss_growth_mb": round((peak - before["VmRSS"]) / 1024, 1), **probe_figures(idle, during)}
+    return {
+        "status": code,
+        "rows": rows,
+        "rows_expected": rows_expected,
+        "mb": round(counted["bytes"] / 1e6, 1),
+        "seconds": round(elapsed, 2),
+        "rows_per_s": round(rows / elapsed) if elapsed else None,
+        "rss_before_mb": round(before["VmRSS"] / 1024, 1),
+        "rss_peak_mb": round(peak / 1024, 1),
+        "rss_growth_mb": round((peak - before["VmRSS"]) / 1024, 1),
+        **probe_figures(idle, during),
+    }
 
 
 # ---------------------------------------------------------------- 4. webhooks
@@ -224,16 +276,30 @@ def webhook_events(project_id, customers_prefix, customers, count, duplicate_sha
     now = int(time.time())
     for i in range(fresh):
         n = i % customers
-        event = {"id": f"evt_bench_{i:08d}", "object": "event", "api_version": "2025-03-31.basil", "created": now + i,
-                 "livemode": False, "pending_webhooks": 1, "request": {"id": None, "idempotency_key": None},
-                 "type": "customer.updated",
-                 "data": {"object": {"id": f"cus_{customers_prefix}{n}", "object": "customer",
-                                     "email": f"{customers_prefix}{n}+{i}@example.com", "created": now,
-                                     "livemode": False, "metadata": {"pulse_project_id": project_id}}}}
+        event = {
+            "id": f"evt_bench_{i:08d}",
+            "object": "event",
+            "api_version": "2025-03-31.basil",
+            "created": now + i,
+            "livemode": False,
+            "pending_webhooks": 1,
+            "request": {"id": None, "idempotency_key": None},
+            "type": "customer.updated",
+            "data": {
+                "object": {
+                    "id": f"cus_{customers_prefix}{n}",
+                    "object": "customer",
+                    "email": f"{customers_prefix}{n}+{i}@example.com",
+                    "created": now,
+                    "livemode": False,
+                    "metadata": {"pulse_project_id": project_id},
+                }
+            },
+        }
         bodies.append(json.dumps(event).encode())
     rng = random.Random(6)
     for _ in range(count - fresh):
-        bodies.insert(rng.randrange(len(bodies) // 10, len(bodies) + 1), rng.choice(bodies[:len(bodies) // 2 or 1]))
+        bodies.insert(rng.randrange(len(bodies) // 10, len(bodies) + 1), rng.choice(bodies[: len(bodies) // 2 or 1]))
     return bodies
 
 
@@ -257,8 +323,15 @@ def webhooks(base, project_id, secret, bodies, probe_paths, hot_key, concurrency
             nonlocal duplicates
             while queue:
                 body = queue.pop()
-                response = await http.fetch(HTTPRequest(path, method="POST", body=body, headers={
-                    "Content-Type": "application/json", "Stripe-Signature": sign(body, secret)}), raise_error=False)
+                response = await http.fetch(
+                    HTTPRequest(
+                        path,
+                        method="POST",
+                        body=body,
+                        headers={"Content-Type": "application/json", "Stripe-Signature": sign(body, secret)},
+                    ),
+                    raise_error=False,
+                )
                 statuses[response.code] = statuses.get(response.code, 0) + 1
                 if response.code == 200:
                     acknowledged.add(json.loads(body)["id"])
@@ -277,7 +350,14 @@ def webhooks(base, project_id, secret, bodies, probe_paths, hot_key, concurrency
         return elapsed, statuses, duplicates, acknowledged, during
 
     elapsed, statuses, duplicates, acknowledged, during = asyncio.run(run())
-    return {"events": len(bodies), "seconds": round(elapsed, 2), "events_per_s": round(len(bodies) / elapsed, 1),
-            "statuses": {str(k): v for k, v in sorted(statuses.items())}, "duplicates_answered": duplicates,
-            "concurrency": concurrency, "acknowledged": acknowledged, "started": begun[0],
-            **probe_figures(idle, during)}
+    return {
+        "events": len(bodies),
+        "seconds": round(elapsed, 2),
+        "events_per_s": round(len(bodies) / elapsed, 1),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "duplicates_answered": duplicates,
+        "concurrency": concurrency,
+        "acknowledged": acknowledged,
+        "started": begun[0],
+        **probe_figures(idle, during),
+    }

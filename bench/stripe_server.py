@@ -41,8 +41,9 @@ class LatencyHandler(tornado.web.RequestHandler):
 async def main(latency):
     fake = FakeStripe().start()
     fake.latency = latency
-    control = tornado.web.Application([(r"/latency", LatencyHandler, {"fake": fake}),
-                                       (r"/customers", CustomersHandler, {"fake": fake})])
+    control = tornado.web.Application(
+        [(r"/latency", LatencyHandler, {"fake": fake}), (r"/customers", CustomersHandler, {"fake": fake})]
+    )
     server = control.listen(0, "127.0.0.1")
     port = next(iter(server._sockets.values())).getsockname()[1]
     sys.stdout.write(f"{fake.url} http://127.0.0.1:{port}\n")

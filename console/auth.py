@@ -60,8 +60,9 @@ class LoginHandler(ConsoleHandler):
             page(429, LOCKED)
             return
         # Unknown emails are checked against a dummy hash so the answer takes as long.
-        ok = await check_password(self, password, user.password_hash if user else security.dummy_password_hash(),
-                                  reserved=user is not None)
+        ok = await check_password(
+            self, password, user.password_hash if user else security.dummy_password_hash(), reserved=user is not None
+        )
         if ok is None:
             with block():
                 sessions.cancel_attempt(attempt)
@@ -149,8 +150,11 @@ class AccountHandler(SignedInHandler):
         with block():
             projects.audit("console.password_check_locked", user=user, ip=self.client_ip)
         self.end_session()
-        raise tornado.web.HTTPError(429, reason="Too many wrong current passwords: you are signed out, and "
-                                                "the password can be changed again in 15 minutes.")
+        raise tornado.web.HTTPError(
+            429,
+            reason="Too many wrong current passwords: you are signed out, and "
+            "the password can be changed again in 15 minutes.",
+        )
 
 
 class IndexHandler(SignedInHandler):

@@ -23,11 +23,18 @@ log = logging.getLogger("pulse.console")
 
 PID = r"/console/p/(proj_[0-9A-Za-z]+)"  # the project part of every project page's route
 
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-       "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 ERROR_TITLES = {
-    400: "Bad request", 403: "Forbidden", 404: "Page not found", 405: "Method not allowed",
-    429: "Too many attempts", 500: "Something went wrong", 503: "Service unavailable",
+    400: "Bad request",
+    403: "Forbidden",
+    404: "Page not found",
+    405: "Method not allowed",
+    429: "Too many attempts",
+    500: "Something went wrong",
+    503: "Service unavailable",
 }
 
 
@@ -77,8 +84,11 @@ def timestamp(value, seconds=False):
 
 def make_jinja_env(template_dir):
     """The console's Jinja environment: autoescaped, strict, with `timestamp` and `format_amount` everywhere."""
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir)),
-                             autoescape=jinja2.select_autoescape(default=True), undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(template_dir)),
+        autoescape=jinja2.select_autoescape(default=True),
+        undefined=jinja2.StrictUndefined,
+    )
     env.globals.update(timestamp=timestamp, format_amount=format_amount)
     return env
 
@@ -93,7 +103,7 @@ def safe_next(target, default="/console/"):
 
 
 # Row ids are signed 64-bit: a larger cursor or id overflowed SQLite's driver (a 500, security review L2).
-MAX_ID = 2 ** 63 - 1
+MAX_ID = 2**63 - 1
 
 
 def customer_path(project_public_id, external_user_id):
@@ -147,11 +157,18 @@ class ConsoleHandler(tornado.web.RequestHandler):
     def start_session(self, user):
         """Sign `user` in on this browser with a fresh server-side session (and a new XSRF token)."""
         with block():
-            raw = sessions.create_session(user, ip=self.client_ip,
-                                          user_agent=self.request.headers.get("User-Agent", ""))
-        self.set_cookie(SESSION_COOKIE, raw, path="/", httponly=True, samesite="Lax",
-                        secure=self.over_https,
-                        expires_days=sessions.ABSOLUTE_LIFETIME.total_seconds() / 86400)
+            raw = sessions.create_session(
+                user, ip=self.client_ip, user_agent=self.request.headers.get("User-Agent", "")
+            )
+        self.set_cookie(
+            SESSION_COOKIE,
+            raw,
+            path="/",
+            httponly=True,
+            samesite="Lax",
+            secure=self.over_https,
+            expires_days=sessions.ABSOLUTE_LIFETIME.total_seconds() / 86400,
+        )
         self._new_session = raw
         for cached in ("_raw_xsrf_token", "_xsrf_token"):
             self.__dict__.pop(cached, None)
@@ -185,8 +202,9 @@ class ConsoleHandler(tornado.web.RequestHandler):
             version, token, timestamp = self._get_raw_xsrf_token()
             mask = os.urandom(4)
             masked = bytes(b ^ mask[i % 4] for i, b in enumerate(token))
-            self._xsrf_token = b"|".join([b"2", binascii.b2a_hex(mask), binascii.b2a_hex(masked),
-                                          str(int(timestamp)).encode()])
+            self._xsrf_token = b"|".join(
+                [b"2", binascii.b2a_hex(mask), binascii.b2a_hex(masked), str(int(timestamp)).encode()]
+            )
             if version is None:
                 self._set_xsrf_cookie(self._xsrf_token)
         return self._xsrf_token
@@ -226,11 +244,18 @@ class ConsoleHandler(tornado.web.RequestHandler):
                     nav = self.nav_projects = projects.projects_of(user)
             except DatabaseUnavailable:
                 nav = []
-        return {"request": self.request, "xsrf_form_html": self.xsrf_form_html,
-                "static_url": self.static_url, "current_user": user,
-                "nav_projects": nav or [], "project": getattr(self, "project", None),
-                "section": getattr(self, "section", ""), "notice": notice, "iso": isoformat,
-                "customer_path": customer_path}
+        return {
+            "request": self.request,
+            "xsrf_form_html": self.xsrf_form_html,
+            "static_url": self.static_url,
+            "current_user": user,
+            "nav_projects": nav or [],
+            "project": getattr(self, "project", None),
+            "section": getattr(self, "section", ""),
+            "notice": notice,
+            "iso": isoformat,
+            "customer_path": customer_path,
+        }
 
     def render_page(self, name, status=200, **context):
         template = self.settings["jinja_env"].get_template(name)
@@ -247,9 +272,13 @@ class ConsoleHandler(tornado.web.RequestHandler):
         if isinstance(value, tornado.web.HTTPError):
             return
         where = traceback.extract_tb(tb)[-1] if tb else None
-        log.error("unhandled %s at %s:%s", typ.__name__, where.filename if where else "?",
-                  where.lineno if where else "?",
-                  exc_info=(typ, value, tb) if log.isEnabledFor(logging.DEBUG) else None)
+        log.error(
+            "unhandled %s at %s:%s",
+            typ.__name__,
+            where.filename if where else "?",
+            where.lineno if where else "?",
+            exc_info=(typ, value, tb) if log.isEnabledFor(logging.DEBUG) else None,
+        )
 
     def write_error(self, status_code, **kwargs):
         title = ERROR_TITLES.get(status_code, "Error")

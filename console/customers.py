@@ -3,7 +3,8 @@
 import tornado.web
 
 from console.base import PID, ProjectHandler
-from pulse import insights, subscriptions as subs
+from pulse import insights
+from pulse import subscriptions as subs
 from pulse.db import block
 from pulse.status import ALL_STATUSES, policy_of, row_has_access
 
@@ -17,10 +18,18 @@ class CustomersHandler(ProjectHandler):
         if status not in ALL_STATUSES:
             status = ""
         with block():
-            page, total = insights.search_customers(self.project, q=q, status=status,
-                                                    before=self.cursor_arg("before"), after=self.cursor_arg("after"))
-        self.render_page("customers.html", customers=page.rows, page=page, total=total, q=q,
-                         status_filter=status, statuses=ALL_STATUSES)
+            page, total = insights.search_customers(
+                self.project, q=q, status=status, before=self.cursor_arg("before"), after=self.cursor_arg("after")
+            )
+        self.render_page(
+            "customers.html",
+            customers=page.rows,
+            page=page,
+            total=total,
+            q=q,
+            status_filter=status,
+            statuses=ALL_STATUSES,
+        )
 
 
 class CustomerHandler(ProjectHandler):
@@ -41,8 +50,14 @@ class CustomerHandler(ProjectHandler):
         policy = policy_of(self.project)
         for sub in subscriptions:
             sub.access = row_has_access(sub, policy)
-        self.render_page("customer.html", customer=customer, subscriptions=subscriptions, events=events,
-                         previous=previous, with_access=sum(sub.access for sub in subscriptions))
+        self.render_page(
+            "customer.html",
+            customer=customer,
+            subscriptions=subscriptions,
+            events=events,
+            previous=previous,
+            with_access=sum(sub.access for sub in subscriptions),
+        )
 
 
 default_handlers = [

@@ -22,11 +22,23 @@ class EventsHandler(ProjectHandler):
         if outcome not in insights.OUTCOMES:
             outcome = ""
         with block():
-            page = insights.list_events(self.project, type_=type_, outcome=outcome,
-                                        before=self.cursor_arg("before"), after=self.cursor_arg("after"))
+            page = insights.list_events(
+                self.project,
+                type_=type_,
+                outcome=outcome,
+                before=self.cursor_arg("before"),
+                after=self.cursor_arg("after"),
+            )
             types = insights.event_types(self.project)
-        self.render_page("events.html", events=page.rows, page=page, type=type_, outcome=outcome,
-                         types=types, outcomes=insights.OUTCOMES)
+        self.render_page(
+            "events.html",
+            events=page.rows,
+            page=page,
+            type=type_,
+            outcome=outcome,
+            types=types,
+            outcomes=insights.OUTCOMES,
+        )
 
 
 class EventPage(ProjectHandler):

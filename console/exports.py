@@ -3,8 +3,8 @@
 import tornado.web
 
 from console.base import PID, ProjectHandler
-from web import stream
 from pulse import export
+from web import stream
 
 
 class ExportHandler(ProjectHandler):

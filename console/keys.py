@@ -10,8 +10,12 @@ from console.base import PID, ProjectHandler
 from pulse import apikeys
 from pulse.db import block, database
 
-GRACES = {"now": ("now", 0), "1h": ("after 1 hour", 3600), "24h": ("after 24 hours", 86400),
-          "7d": ("after 7 days", 7 * 86400)}
+GRACES = {
+    "now": ("now", 0),
+    "1h": ("after 1 hour", 3600),
+    "24h": ("after 24 hours", 86400),
+    "7d": ("after 7 days", 7 * 86400),
+}
 
 
 class KeysPage(ProjectHandler):
@@ -22,8 +26,16 @@ class KeysPage(ProjectHandler):
     def show(self, status=200, new_key=None, new_key_note="", error="", done=""):
         with block():
             keys = apikeys.keys_of(self.project)
-        self.render_page("keys.html", status=status, keys=keys, graces=GRACES, new_key=new_key,
-                         new_key_note=new_key_note, error=error, done=done)
+        self.render_page(
+            "keys.html",
+            status=status,
+            keys=keys,
+            graces=GRACES,
+            new_key=new_key,
+            new_key_note=new_key_note,
+            error=error,
+            done=done,
+        )
 
 
 class KeysHandler(KeysPage):
@@ -44,8 +56,7 @@ class KeysHandler(KeysPage):
             return
         with block(), database.atomic():
             issued = apikeys.issue(self.project, label=label)
-            self.audit("api_key.created", project=self.project, key_id=issued.key_id, prefix=issued.prefix,
-                       label=label)
+            self.audit("api_key.created", project=self.project, key_id=issued.key_id, prefix=issued.prefix, label=label)
         # The raw key lives only in this response: it is not stored and cannot be shown again.
         self.show(status=201, new_key=issued, new_key_note=f"New key “{label}” created.")
 
@@ -79,10 +90,20 @@ class KeyActionHandler(KeysPage):
         words, seconds = GRACES[grace]
         with block(), database.atomic():
             issued = apikeys.rotate(key, seconds)
-            self.audit("api_key.rotated", project=self.project, key_id=key.public_id, prefix=key.prefix,
-                       new_key_id=issued.key_id, new_prefix=issued.prefix, grace=grace)
-        self.show(status=201, new_key=issued,
-                  new_key_note=f"Key “{key.label}” rotated; the old key {key.prefix}… stops working {words}.")
+            self.audit(
+                "api_key.rotated",
+                project=self.project,
+                key_id=key.public_id,
+                prefix=key.prefix,
+                new_key_id=issued.key_id,
+                new_prefix=issued.prefix,
+                grace=grace,
+            )
+        self.show(
+            status=201,
+            new_key=issued,
+            new_key_note=f"Key “{key.label}” rotated; the old key {key.prefix}… stops working {words}.",
+        )
 
 
 default_handlers = [

@@ -22,9 +22,15 @@ class PlansPage(ProjectHandler):
     def show(self, status=200, error="", confirm=None, form=None):
         with block():
             catalog = plans.list_plans(self.project)
-        self.render_page("plans.html", status=status, plans=catalog, error=error, confirm=confirm,
-                         form=form or {"plan_slug": "", "stripe_price_ids": ""},
-                         done=DONE.get(self.get_query_argument("done", ""), ""))
+        self.render_page(
+            "plans.html",
+            status=status,
+            plans=catalog,
+            error=error,
+            confirm=confirm,
+            form=form or {"plan_slug": "", "stripe_price_ids": ""},
+            done=DONE.get(self.get_query_argument("done", ""), ""),
+        )
 
 
 class PlansHandler(PlansPage):
@@ -39,12 +45,15 @@ class PlansHandler(PlansPage):
         if not plans.valid_slug(slug):
             return self.show(400, "The plan slug must be 1-100 characters without control characters.", form=form)
         if len(wanted) > plans.MAX_PRICES or not all(plans.valid_price_id(p) for p in wanted):
-            return self.show(400, f"Enter up to {plans.MAX_PRICES} Stripe price ids (price_…), one per line.", form=form)
+            return self.show(
+                400, f"Enter up to {plans.MAX_PRICES} Stripe price ids (price_…), one per line.", form=form
+            )
         try:
             with block():
                 saved, _ = plans.set_prices(self.project, slug, wanted)
-                self.audit("plan.saved", project=self.project, plan_slug=slug,
-                           stripe_price_ids=saved["stripe_price_ids"])
+                self.audit(
+                    "plan.saved", project=self.project, plan_slug=slug, stripe_price_ids=saved["stripe_price_ids"]
+                )
         except plans.PlanConflict as exc:
             return self.show(400, exc.message, form=form)
         self.redirect(self.project_url("plans?done=saved"), status=303)

@@ -32,15 +32,32 @@ class SandboxPage(ProjectHandler):
         for sub_id in sorted(sim.subscriptions, key=lambda s: sim.subscriptions[s]["_seq"], reverse=True):
             sub = sim.subscriptions[sub_id]
             item = sub["items"]["data"][0]
-            rows.append({"id": sub_id, "customer": sub["customer"], "status": sub["status"],
-                         "price": item["price"]["id"], "period_end": _date(item["current_period_end"]),
-                         "trial_end": _date(sub["trial_end"]), "cancel_at_period_end": sub["cancel_at_period_end"],
-                         "retry_at": _date(sub.get("_retry_at")) if sub.get("_retry_at") else "",
-                         "card": lifecycle.card_of(sim, sub["customer"])})
-        self.render_page("sandbox_clock.html", status=status, subscriptions=rows, now=_date(sim.now()),
-                         advanced_days=round(sim.clock_offset / 86400, 2), after_retries=sim.after_retries,
-                         choices=lifecycle.AFTER_RETRIES, days=ADVANCE_DAYS, error=error, done=done,
-                         cards=lifecycle.CARD_STATES)
+            rows.append(
+                {
+                    "id": sub_id,
+                    "customer": sub["customer"],
+                    "status": sub["status"],
+                    "price": item["price"]["id"],
+                    "period_end": _date(item["current_period_end"]),
+                    "trial_end": _date(sub["trial_end"]),
+                    "cancel_at_period_end": sub["cancel_at_period_end"],
+                    "retry_at": _date(sub.get("_retry_at")) if sub.get("_retry_at") else "",
+                    "card": lifecycle.card_of(sim, sub["customer"]),
+                }
+            )
+        self.render_page(
+            "sandbox_clock.html",
+            status=status,
+            subscriptions=rows,
+            now=_date(sim.now()),
+            advanced_days=round(sim.clock_offset / 86400, 2),
+            after_retries=sim.after_retries,
+            choices=lifecycle.AFTER_RETRIES,
+            days=ADVANCE_DAYS,
+            error=error,
+            done=done,
+            cards=lifecycle.CARD_STATES,
+        )
 
     def get(self, project_id):
         self.show(done=self.get_query_argument("done", ""))

@@ -22,11 +22,17 @@ class SettingsPage(ProjectHandler):
             secret = projects.stripe_secret_key(self.project, self.box)
             webhook = projects.webhook_secret(self.project, self.box)
         self.render_page(
-            "settings.html", status=status, error=error, check=check,
-            stripe_key_masked=security.mask_secret(secret), webhook_secret_masked=security.mask_secret(webhook),
+            "settings.html",
+            status=status,
+            error=error,
+            check=check,
+            stripe_key_masked=security.mask_secret(secret),
+            webhook_secret_masked=security.mask_secret(webhook),
             uses_default_key=not secret and bool(self.config.stripe_secret_key),
             has_stored_secret=bool(self.project.stripe_secret_key or self.project.stripe_webhook_secret),
-            webhook_url=self.webhook_url(), local_host=is_local_host(self.request.host))
+            webhook_url=self.webhook_url(),
+            local_host=is_local_host(self.request.host),
+        )
 
 
 class SettingsHandler(SettingsPage):
@@ -46,19 +52,33 @@ class StripeSettingsHandler(SettingsPage):
         except projects.Refused as exc:
             self.show(status=400, error=str(exc))
             return
-        replacing = [name for name, new, stored in (("secret key", secret, self.project.stripe_secret_key),
-                                                     ("webhook signing secret", webhook,
-                                                      self.project.stripe_webhook_secret)) if new and stored]
+        replacing = [
+            name
+            for name, new, stored in (
+                ("secret key", secret, self.project.stripe_secret_key),
+                ("webhook signing secret", webhook, self.project.stripe_webhook_secret),
+            )
+            if new and stored
+        ]
         if replacing and self.get_body_argument("confirm", "").strip().lower() != "replace":
             # A typed word, not a dialog: the confirmation works without JavaScript.
-            self.show(status=400, error=f"This replaces the current {' and '.join(replacing)} at once. "
-                                        "To confirm, type replace in the confirmation box and save again.")
+            self.show(
+                status=400,
+                error=f"This replaces the current {' and '.join(replacing)} at once. "
+                "To confirm, type replace in the confirmation box and save again.",
+            )
             return
         try:
             with block():
-                projects.set_stripe(self.project, self.box, secret_key=secret or None,
-                                    webhook_secret=webhook or None, actor=self.current_user.email,
-                                    user=self.current_user, ip=self.client_ip)
+                projects.set_stripe(
+                    self.project,
+                    self.box,
+                    secret_key=secret or None,
+                    webhook_secret=webhook or None,
+                    actor=self.current_user.email,
+                    user=self.current_user,
+                    ip=self.client_ip,
+                )
         except projects.SandboxRule as exc:
             self.show(status=400, error=str(exc)[0].upper() + str(exc)[1:] + ".")
             return
@@ -83,8 +103,9 @@ class PausedCollectionSettingsHandler(SettingsPage):
             self.show(status=400, error="Choose whether subscriptions with paused payment collection keep access.")
             return
         with block():
-            projects.set_paused_collection_policy(self.project, value == "yes", user=self.current_user,
-                                                  ip=self.client_ip)
+            projects.set_paused_collection_policy(
+                self.project, value == "yes", user=self.current_user, ip=self.client_ip
+            )
         self.redirect(self.project_url("settings?notice=paused_policy_saved"), status=303)
 
 
@@ -110,16 +131,23 @@ class AuditHandler(ProjectHandler):
 
     def get(self, project_id):
         with block():
-            page = insights.audit_entries(self.project, before=self.cursor_arg("before"),
-                                          after=self.cursor_arg("after"))
+            page = insights.audit_entries(
+                self.project, before=self.cursor_arg("before"), after=self.cursor_arg("after")
+            )
         rows = page.rows
         for row in rows:
             try:
                 detail = json.loads(row.detail or "{}")
             except ValueError:
                 detail = {}
-            row.pairs = [(k, {True: "yes", False: "no"}.get(v, v) if isinstance(v, bool) else v)
-                         for k, v in sorted(detail.items())] if isinstance(detail, dict) else []
+            row.pairs = (
+                [
+                    (k, {True: "yes", False: "no"}.get(v, v) if isinstance(v, bool) else v)
+                    for k, v in sorted(detail.items())
+                ]
+                if isinstance(detail, dict)
+                else []
+            )
         self.render_page("audit.html", entries=rows, page=page)
 
 

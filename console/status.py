@@ -1,7 +1,7 @@
 """GET /status: the public service status page."""
 
-from pulse import __version__
 from console.base import ConsoleHandler
+from pulse import __version__
 from web import database_ok
 
 

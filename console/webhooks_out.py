@@ -6,8 +6,12 @@ from pulse import outbox
 from pulse.db import block, transaction
 from pulse.models import WebhookDelivery
 
-DONE = {"deleted": "Endpoint deleted.", "test": "Test event queued.", "resent": "Delivery queued again.",
-        "enabled": "Endpoint enabled; its pending deliveries resume."}
+DONE = {
+    "deleted": "Endpoint deleted.",
+    "test": "Test event queued.",
+    "resent": "Delivery queued again.",
+    "enabled": "Endpoint enabled; its pending deliveries resume.",
+}
 
 
 class WebhooksPage(ProjectHandler):
@@ -17,9 +21,17 @@ class WebhooksPage(ProjectHandler):
         with block():
             endpoints = outbox.endpoints_of(self.project)
             deliveries = outbox.deliveries_of(self.project, limit=100)
-        self.render_page("webhooks.html", status=status, endpoints=endpoints, deliveries=deliveries, error=error,
-                         confirm=confirm, created=created, form=form or {"url": "", "description": ""},
-                         done=DONE.get(self.get_query_argument("done", ""), ""))
+        self.render_page(
+            "webhooks.html",
+            status=status,
+            endpoints=endpoints,
+            deliveries=deliveries,
+            error=error,
+            confirm=confirm,
+            created=created,
+            form=form or {"url": "", "description": ""},
+            done=DONE.get(self.get_query_argument("done", ""), ""),
+        )
 
     def endpoint(self):
         with block():
@@ -34,14 +46,18 @@ class WebhooksHandler(WebhooksPage):
         self.show()
 
     def post(self, project_id):
-        form = {"url": self.get_body_argument("url", "").strip(),
-                "description": self.get_body_argument("description", "").strip()}
+        form = {
+            "url": self.get_body_argument("url", "").strip(),
+            "description": self.get_body_argument("description", "").strip(),
+        }
         try:
             with block(), transaction():
-                endpoint, secret = outbox.create_endpoint(self.project, form["url"], self.settings["secret_box"],
-                                                          self.settings["config"], form["description"])
-                self.audit("webhook_endpoint.created", project=self.project, endpoint=endpoint.public_id,
-                           url=endpoint.url)
+                endpoint, secret = outbox.create_endpoint(
+                    self.project, form["url"], self.settings["secret_box"], self.settings["config"], form["description"]
+                )
+                self.audit(
+                    "webhook_endpoint.created", project=self.project, endpoint=endpoint.public_id, url=endpoint.url
+                )
         except outbox.EndpointError as exc:
             return self.show(400, exc.message, form=form)
         # The secret is shown in this answer only (not stored in clear, never shown again).
@@ -83,8 +99,11 @@ class DeliveryResendHandler(WebhooksPage):
     def post(self, project_id):
         raw = self.get_body_argument("delivery", "")
         with block(), transaction():
-            delivery = WebhookDelivery.get_or_none(WebhookDelivery.id == int(raw), WebhookDelivery.project
-                                                   == self.project) if raw.isdigit() and len(raw) < 18 else None
+            delivery = (
+                WebhookDelivery.get_or_none(WebhookDelivery.id == int(raw), WebhookDelivery.project == self.project)
+                if raw.isdigit() and len(raw) < 18
+                else None
+            )
             if delivery is not None:
                 outbox.resend(delivery)
         if delivery is None:

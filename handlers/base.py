@@ -10,12 +10,11 @@ import traceback
 
 import tornado.web
 
+import web
+from handlers import limits
 from pulse import apikeys, idempotency
 from pulse.db import DatabaseUnavailable, block
 from pulse.logs import redact
-
-from handlers import limits
-import web
 
 log = logging.getLogger("pulse.api")
 
@@ -28,9 +27,18 @@ _SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
 
 # Default code for each status we emit; handlers raise ApiError for a more specific one.
 STATUS_CODES = {
-    400: "invalid_field", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-    405: "method_not_allowed", 409: "conflict", 413: "payload_too_large", 422: "missing_field",
-    429: "rate_limited", 500: "internal_error", 502: "stripe_error", 503: "service_unavailable",
+    400: "invalid_field",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    422: "missing_field",
+    429: "rate_limited",
+    500: "internal_error",
+    502: "stripe_error",
+    503: "service_unavailable",
 }
 MESSAGES = {
     401: "A valid API key is required in the X-API-Key header.",
@@ -68,8 +76,11 @@ def request_id_for(request):
 def allowed_methods(handler_class):
     """Methods a handler class implements, for the Allow header of a 405."""
     base = tornado.web.RequestHandler
-    return [m for m in handler_class.SUPPORTED_METHODS
-            if getattr(handler_class, m.lower(), None) is not getattr(base, m.lower(), None)]
+    return [
+        m
+        for m in handler_class.SUPPORTED_METHODS
+        if getattr(handler_class, m.lower(), None) is not getattr(base, m.lower(), None)
+    ]
 
 
 @tornado.web.stream_request_body
@@ -233,9 +244,14 @@ class ApiHandler(tornado.web.RequestHandler):
             return
         # One line, no traceback text: exception messages can carry data we must not log.
         where = traceback.extract_tb(tb)[-1] if tb else None
-        log.error("unhandled %s at %s:%s", typ.__name__, where.filename if where else "?",
-                  where.lineno if where else "?", extra={"request_id": self.request_id},
-                  exc_info=(typ, value, tb) if log.isEnabledFor(logging.DEBUG) else None)
+        log.error(
+            "unhandled %s at %s:%s",
+            typ.__name__,
+            where.filename if where else "?",
+            where.lineno if where else "?",
+            extra={"request_id": self.request_id},
+            exc_info=(typ, value, tb) if log.isEnabledFor(logging.DEBUG) else None,
+        )
 
     def write_error(self, status_code, **kwargs):
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -247,7 +263,9 @@ class ApiHandler(tornado.web.RequestHandler):
         else:
             status = status_code
             code = STATUS_CODES.get(status, "internal_error" if status >= 500 else "invalid_field")
-            message = MESSAGES.get(status) or (isinstance(exc, tornado.web.HTTPError) and exc.log_message) or self._reason
+            message = (
+                MESSAGES.get(status) or (isinstance(exc, tornado.web.HTTPError) and exc.log_message) or self._reason
+            )
             field, extra = None, {}
             if status == 405:
                 self.set_header("Allow", ", ".join(allowed_methods(type(self))))
@@ -318,14 +336,22 @@ def log_request(handler):
     project = getattr(handler, "project", None)
     path = redact(handler.request.path)
     request_id = getattr(handler, "request_id", None)
-    logging.getLogger("pulse.access").log(level, "%s %s %s", handler.request.method, path, status, extra={
-        "request_id": redact(request_id) if request_id else None,
-        "method": handler.request.method,
-        "path": path,
-        "status": status,
-        "duration_ms": round(handler.request.request_time() * 1000, 2),
-        "ip": web.client_ip(handler.request, handler.settings["config"]) if "config" in handler.settings
-        else handler.request.remote_ip,
-        "project": getattr(project, "public_id", None),
-        "code": getattr(handler, "error_code", None),
-    })
+    logging.getLogger("pulse.access").log(
+        level,
+        "%s %s %s",
+        handler.request.method,
+        path,
+        status,
+        extra={
+            "request_id": redact(request_id) if request_id else None,
+            "method": handler.request.method,
+            "path": path,
+            "status": status,
+            "duration_ms": round(handler.request.request_time() * 1000, 2),
+            "ip": web.client_ip(handler.request, handler.settings["config"])
+            if "config" in handler.settings
+            else handler.request.remote_ip,
+            "project": getattr(project, "public_id", None),
+            "code": getattr(handler, "error_code", None),
+        },
+    )

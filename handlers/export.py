@@ -1,8 +1,7 @@
 """GET /api/customers/export: every customer of the project with its current subscription, streamed."""
 
-from pulse import export
-
 from handlers.base import ApiHandler, invalid
+from pulse import export
 from web import stream
 
 

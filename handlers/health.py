@@ -1,8 +1,7 @@
 """GET /api/health: liveness and database reachability, no auth."""
 
-from pulse import __version__
-
 from handlers.base import ApiHandler
+from pulse import __version__
 from web import database_ok
 
 

@@ -1,7 +1,6 @@
 """Which rate limit an API request counts against (SPEC 3.1); ApiHandler.prepare() applies it."""
 
 from pulse.ratelimit import address_bucket
-
 from web import client_ip
 
 # Stripe delivers webhooks in bursts from a handful of IPs: an anonymous per-IP limit would

@@ -51,15 +51,18 @@ def change_request(data):
     quantity = data.get("quantity")
     if isinstance(quantity, float) and quantity.is_integer():
         quantity = int(quantity)
-    if quantity is not None and (isinstance(quantity, bool) or not isinstance(quantity, int)
-                                 or not 1 <= quantity <= 100000):
+    if quantity is not None and (
+        isinstance(quantity, bool) or not isinstance(quantity, int) or not 1 <= quantity <= 100000
+    ):
         raise invalid("quantity", "quantity must be an integer between 1 and 100000")
     behavior = data.get("proration_behavior", "create_prorations")
     if behavior not in lifecycle.PRORATION_BEHAVIORS:
-        raise invalid("proration_behavior", "proration_behavior must be one of "
-                      + ", ".join(lifecycle.PRORATION_BEHAVIORS))
-    return dict(external_user_id=user, price_id=price_id, plan_slug=slug, quantity=quantity,
-                proration_behavior=behavior)
+        raise invalid(
+            "proration_behavior", "proration_behavior must be one of " + ", ".join(lifecycle.PRORATION_BEHAVIORS)
+        )
+    return dict(
+        external_user_id=user, price_id=price_id, plan_slug=slug, quantity=quantity, proration_behavior=behavior
+    )
 
 
 class LifecycleHandler(BillingHandler):
@@ -70,13 +73,17 @@ class LifecycleHandler(BillingHandler):
             exc = ApiError(exc.status, exc.code, exc.message, field=exc.field)
         elif lifecycle.stripe_field(exc):
             field = lifecycle.stripe_field(exc)
-            exc = ApiError(400, "invalid_field", f"{field}: {exc.message}", field=field,
-                           extra={"stripe_request_id": exc.request_id})
+            exc = ApiError(
+                400,
+                "invalid_field",
+                f"{field}: {exc.message}",
+                field=field,
+                extra={"stripe_request_id": exc.request_id},
+            )
         super()._handle_request_exception(exc)
 
     def stripe_key(self, operation, request):
-        return lifecycle.idempotency_key(self.project, operation, self.request.headers.get("Idempotency-Key"),
-                                         request)
+        return lifecycle.idempotency_key(self.project, operation, self.request.headers.get("Idempotency-Key"), request)
 
 
 class CancelHandler(LifecycleHandler):
@@ -89,8 +96,9 @@ class CancelHandler(LifecycleHandler):
         if not isinstance(at_period_end, bool):
             raise invalid("at_period_end", "at_period_end must be true or false")
         client = self.stripe_client()
-        answer = await lifecycle.cancel(client, self.project, user, at_period_end,
-                                        key=self.stripe_key("cancel", [user, at_period_end]))
+        answer = await lifecycle.cancel(
+            client, self.project, user, at_period_end, key=self.stripe_key("cancel", [user, at_period_end])
+        )
         self.write_json(answer)
 
 
@@ -110,8 +118,7 @@ class ChangeHandler(LifecycleHandler):
         fields = change_request(self.json_body())
         client = self.stripe_client()
         key = self.stripe_key("change", fields)
-        self.write_json(await lifecycle.change(client, self.project, fields.pop("external_user_id"), key=key,
-                                               **fields))
+        self.write_json(await lifecycle.change(client, self.project, fields.pop("external_user_id"), key=key, **fields))
 
 
 class ChangePreviewHandler(LifecycleHandler):

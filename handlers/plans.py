@@ -1,9 +1,8 @@
 """GET /api/plans, PUT /api/plans/{plan_slug}, DELETE /api/plans/{plan_slug}: the plan catalog (SPEC 3.2)."""
 
+from handlers.base import ApiError, ApiHandler, invalid, missing
 from pulse import plans, projects
 from pulse.db import block
-
-from handlers.base import ApiError, ApiHandler, invalid, missing
 
 FIELDS = ("stripe_price_ids",)
 
@@ -25,8 +24,10 @@ def price_ids(data):
     if not isinstance(value, list) or len(value) > plans.MAX_PRICES:
         raise invalid("stripe_price_ids", f"stripe_price_ids must be a list of at most {plans.MAX_PRICES} price ids")
     if not all(plans.valid_price_id(p) for p in value):
-        raise invalid("stripe_price_ids", "each stripe_price_id must be a Stripe price id (1-255 characters, "
-                                          "no spaces or control characters)")
+        raise invalid(
+            "stripe_price_ids",
+            "each stripe_price_id must be a Stripe price id (1-255 characters, no spaces or control characters)",
+        )
     return value
 
 
@@ -47,8 +48,14 @@ class PlanHandler(ApiHandler):
         try:
             with block():
                 plan, created = plans.set_prices(self.project, slug, wanted)
-                projects.audit("plan.saved", project=self.project, actor=self._actor(), ip=self.request.remote_ip,
-                               plan_slug=slug, stripe_price_ids=plan["stripe_price_ids"])
+                projects.audit(
+                    "plan.saved",
+                    project=self.project,
+                    actor=self._actor(),
+                    ip=self.request.remote_ip,
+                    plan_slug=slug,
+                    stripe_price_ids=plan["stripe_price_ids"],
+                )
         except plans.PlanConflict as exc:
             # The body is well formed but clashes with the stored catalog: a state conflict, as 409 means.
             raise ApiError(409, "plan_conflict", exc.message, field=exc.field) from None
@@ -59,8 +66,9 @@ class PlanHandler(ApiHandler):
         try:
             with block():
                 plans.delete_plan(self.project, slug)
-                projects.audit("plan.deleted", project=self.project, actor=self._actor(), ip=self.request.remote_ip,
-                               plan_slug=slug)
+                projects.audit(
+                    "plan.deleted", project=self.project, actor=self._actor(), ip=self.request.remote_ip, plan_slug=slug
+                )
         except plans.PlanNotFound:
             raise ApiError(404, "not_found", "No plan with this plan_slug in this project's catalog.") from None
         self.write_json({"plan_slug": slug, "deleted": True})

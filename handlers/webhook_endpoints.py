@@ -11,11 +11,20 @@ _FIELDS = {"url", "description"}
 
 def delivery_json(delivery):
     """One delivery as the API and the console show it."""
-    return {"id": delivery.id, "webhook_id": delivery.message.public_id, "event_type": delivery.message.event_type,
-            "endpoint": delivery.endpoint.public_id, "status": delivery.status, "attempts": delivery.attempts,
-            "last_status_code": delivery.last_status_code, "last_latency_ms": delivery.last_latency_ms,
-            "last_error": delivery.last_error, "last_attempt_at": isoformat(delivery.last_attempt_at),
-            "delivered_at": isoformat(delivery.delivered_at), "created_at": isoformat(delivery.created_at)}
+    return {
+        "id": delivery.id,
+        "webhook_id": delivery.message.public_id,
+        "event_type": delivery.message.event_type,
+        "endpoint": delivery.endpoint.public_id,
+        "status": delivery.status,
+        "attempts": delivery.attempts,
+        "last_status_code": delivery.last_status_code,
+        "last_latency_ms": delivery.last_latency_ms,
+        "last_error": delivery.last_error,
+        "last_attempt_at": isoformat(delivery.last_attempt_at),
+        "delivered_at": isoformat(delivery.delivered_at),
+        "created_at": isoformat(delivery.created_at),
+    }
 
 
 class EndpointsHandler(ApiHandler):
@@ -38,8 +47,9 @@ class EndpointsHandler(ApiHandler):
             raise invalid("description", "description must be a string")
         try:
             with block(), transaction():
-                endpoint, secret = outbox.create_endpoint(self.project, url, self.settings["secret_box"], self.config,
-                                                          description)
+                endpoint, secret = outbox.create_endpoint(
+                    self.project, url, self.settings["secret_box"], self.config, description
+                )
         except outbox.EndpointError as exc:
             raise invalid(exc.field, exc.message) from None
         self.write_json(dict(outbox.endpoint_json(endpoint), secret=secret), status=201)
@@ -94,9 +104,13 @@ class DeliveryResendHandler(_OneEndpoint):
         with block():
             with transaction():
                 endpoint = self._endpoint(endpoint_id)
-                delivery = WebhookDelivery.get_or_none(WebhookDelivery.id == int(delivery_id),
-                                                       WebhookDelivery.endpoint == endpoint) \
-                    if delivery_id.isdigit() and len(delivery_id) < 18 else None
+                delivery = (
+                    WebhookDelivery.get_or_none(
+                        WebhookDelivery.id == int(delivery_id), WebhookDelivery.endpoint == endpoint
+                    )
+                    if delivery_id.isdigit() and len(delivery_id) < 18
+                    else None
+                )
                 if delivery is None:
                     raise ApiError(404, "not_found", "No such delivery for this endpoint.")
                 outbox.resend(delivery)

@@ -1,10 +1,9 @@
 """POST /api/webhook/{project_id} and POST /api/webhook: Stripe event deliveries (SPEC 4)."""
 
+from handlers.base import ApiError, ApiHandler
 from pulse import projects, webhooks
 from pulse.db import block
 from pulse.models import Project
-
-from handlers.base import ApiError, ApiHandler
 from web import client_ip
 
 
@@ -16,9 +15,15 @@ class _WebhookHandler(ApiHandler):
     async def _deliver(self, project, secret):
         try:
             body = await webhooks.receive(
-                project, self.raw_body, self.request.headers.get("Stripe-Signature"), secret,
-                config=self.config, box=self.settings["secret_box"], limiter=self.settings["rate_limiter"],
-                remote_ip=client_ip(self.request, self.config))
+                project,
+                self.raw_body,
+                self.request.headers.get("Stripe-Signature"),
+                secret,
+                config=self.config,
+                box=self.settings["secret_box"],
+                limiter=self.settings["rate_limiter"],
+                remote_ip=client_ip(self.request, self.config),
+            )
         except webhooks.WebhookError as exc:
             raise ApiError(exc.status, exc.code, exc.message) from None
         self.write_json(body)
@@ -33,9 +38,12 @@ class ProjectWebhookHandler(_WebhookHandler):
         self.project = project
         secret = projects.webhook_secret(project, self.settings["secret_box"])
         if not secret:
-            raise ApiError(503, "webhook_not_configured",
-                           "This project has no Stripe webhook signing secret; set it in the console "
-                           "or with `run.py set-stripe --webhook-secret`.")
+            raise ApiError(
+                503,
+                "webhook_not_configured",
+                "This project has no Stripe webhook signing secret; set it in the console "
+                "or with `run.py set-stripe --webhook-secret`.",
+            )
         await self._deliver(project, secret)
 
 
@@ -43,8 +51,9 @@ class DeploymentWebhookHandler(_WebhookHandler):
     async def post(self):
         secret = self.config.stripe_webhook_secret
         if not secret:
-            raise ApiError(503, "webhook_not_configured",
-                           "The deployment-wide webhook endpoint needs PULSE_STRIPE_WEBHOOK_SECRET.")
+            raise ApiError(
+                503, "webhook_not_configured", "The deployment-wide webhook endpoint needs PULSE_STRIPE_WEBHOOK_SECRET."
+            )
         await self._deliver(None, secret)
 
 

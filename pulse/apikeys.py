@@ -36,8 +36,14 @@ class IssuedKey:
 def issue(project: Project, label: str = "", expires_at: datetime | None = None) -> IssuedKey:
     """Create a key for `project` (inside the caller's db block) and return it once in full."""
     raw, prefix, digest = security.new_api_key(security.TEST_KEY_PREFIX if project.sandbox else security.API_KEY_PREFIX)
-    record = ApiKey.create(public_id=security.public_id("key"), project=project, label=label[:100],
-                           prefix=prefix, key_hash=digest, expires_at=expires_at)
+    record = ApiKey.create(
+        public_id=security.public_id("key"),
+        project=project,
+        label=label[:100],
+        prefix=prefix,
+        key_hash=digest,
+        expires_at=expires_at,
+    )
     return IssuedKey(api_key=raw, key_id=record.public_id, prefix=prefix, record=record)
 
 
@@ -77,8 +83,7 @@ def invalidate(project_id: int | None = None) -> None:
 
 
 def _lookup(digest):
-    row = (ApiKey.select(ApiKey, Project).join(Project)
-           .where(ApiKey.key_hash == digest).first())
+    row = ApiKey.select(ApiKey, Project).join(Project).where(ApiKey.key_hash == digest).first()
     if row is None or not security.same_hash(row.key_hash, digest):
         return None
     now = utcnow()

@@ -44,8 +44,9 @@ class StripeRefused(StripeFailure):
     """Stripe refused a value the tenant sent (API: 400 invalid_field on `field`, with Stripe's message)."""
 
     def __init__(self, failure, field):
-        super().__init__(failure.message, failure.request_id, failure.http_status, failure.code, failure.param,
-                         failure.type)
+        super().__init__(
+            failure.message, failure.request_id, failure.http_status, failure.code, failure.param, failure.type
+        )
         self.field = field
 
 
@@ -99,8 +100,12 @@ def client_for(config, secret_key):
     client = per_loop.get(slot)
     if client is None:
         http = HTTPXClient(timeout=config.stripe_timeout)
-        client = stripe.StripeClient(secret_key, base_addresses={"api": api_base},
-                                     max_network_retries=config.stripe_max_retries, http_client=http)
+        client = stripe.StripeClient(
+            secret_key,
+            base_addresses={"api": api_base},
+            max_network_retries=config.stripe_max_retries,
+            http_client=http,
+        )
         client._pulse_http = http
         per_loop[slot] = client
     return client
@@ -151,11 +156,16 @@ async def call(method, *args, tenant_params=None, **kwargs):
 def has_access_subscription(customer, project):
     """True when `customer` holds a subscription that grants access under the project's policy."""
     # The policy is read in the same query: `project` may come from the API-key cache.
-    return (Subscription.select()
-            .join(Project, on=(Project.id == Subscription.project))
-            .where((Subscription.customer == customer) & (Subscription.project == project.id)
-                   & access_condition(Subscription, Project))
-            .exists())
+    return (
+        Subscription.select()
+        .join(Project, on=(Project.id == Subscription.project))
+        .where(
+            (Subscription.customer == customer)
+            & (Subscription.project == project.id)
+            & access_condition(Subscription, Project)
+        )
+        .exists()
+    )
 
 
 def find_customer(project, external_user_id):
@@ -167,11 +177,16 @@ def find_customer(project, external_user_id):
 # Stripe's `param` for each value the tenant sent -> the tenant's field (StripeRefused).
 CUSTOMER_FIELDS = {"email": "email"}
 CHECKOUT_FIELDS = {
-    "line_items": "stripe_price_id", "line_items[0][price]": "stripe_price_id", "price": "stripe_price_id",
-    "success_url": "success_url", "cancel_url": "cancel_url",
-    "subscription_data[trial_period_days]": "trial_days", "trial_period_days": "trial_days",
+    "line_items": "stripe_price_id",
+    "line_items[0][price]": "stripe_price_id",
+    "price": "stripe_price_id",
+    "success_url": "success_url",
+    "cancel_url": "cancel_url",
+    "subscription_data[trial_period_days]": "trial_days",
+    "trial_period_days": "trial_days",
     "client_reference_id": "external_user_id",
-    "metadata[plan_slug]": "plan_slug", "subscription_data[metadata][plan_slug]": "plan_slug",
+    "metadata[plan_slug]": "plan_slug",
+    "subscription_data[metadata][plan_slug]": "plan_slug",
 }
 PORTAL_FIELDS = {"return_url": "return_url"}
 
@@ -185,16 +200,22 @@ async def create_stripe_customer(client, project, external_user_id, email, repla
     key = customer_idempotency_key(project.public_id, external_user_id, replacing)
     if per_email:
         key = f"{key}-e{_digest(email)[:16]}"
-    created = await call(client.v1.customers.create_async, params={
-        "email": email,
-        "metadata": {"pulse_project_id": project.public_id, "external_user_id": external_user_id},
-    }, options={"idempotency_key": key}, tenant_params=CUSTOMER_FIELDS)
+    created = await call(
+        client.v1.customers.create_async,
+        params={
+            "email": email,
+            "metadata": {"pulse_project_id": project.public_id, "external_user_id": external_user_id},
+        },
+        options={"idempotency_key": key},
+        tenant_params=CUSTOMER_FIELDS,
+    )
     return created.id
 
 
 async def update_stripe_email(client, stripe_customer_id, email):
-    await call(client.v1.customers.update_async, stripe_customer_id, params={"email": email},
-               tenant_params=CUSTOMER_FIELDS)
+    await call(
+        client.v1.customers.update_async, stripe_customer_id, params={"email": email}, tenant_params=CUSTOMER_FIELDS
+    )
 
 
 async def open_checkouts(client, stripe_customer_id):
@@ -214,8 +235,9 @@ async def open_checkouts(client, stripe_customer_id):
 async def expire_checkout(client, session_id):
     """Expire an open Checkout Session so it can no longer be paid; returns its status afterwards."""
     try:
-        session = await call(client.v1.checkout.sessions.expire_async, session_id,
-                             options={"idempotency_key": f"pulse-cx-{session_id}"})
+        session = await call(
+            client.v1.checkout.sessions.expire_async, session_id, options={"idempotency_key": f"pulse-cx-{session_id}"}
+        )
     except StripeFailure as exc:
         if exc.type != "invalid_request_error" or exc.http_status != 400:
             raise
@@ -227,33 +249,42 @@ async def expire_checkout(client, session_id):
 async def create_checkout(client, project, stripe_customer_id, request, idempotency_key=None):
     """A subscription-mode Checkout Session for `request` (a CheckoutRequest), PaymentPulse metadata on both levels."""
     user = request.external_user_id
-    metadata = {"pulse_project_id": project.public_id, "external_user_id": user,
-                "plan_slug": request.plan_slug, "interval": request.interval,
-                # plan_slug holds only while the subscription is still on this price (SPEC 3.3).
-                "stripe_price_id": request.price_id}
+    metadata = {
+        "pulse_project_id": project.public_id,
+        "external_user_id": user,
+        "plan_slug": request.plan_slug,
+        "interval": request.interval,
+        # plan_slug holds only while the subscription is still on this price (SPEC 3.3).
+        "stripe_price_id": request.price_id,
+    }
     subscription_data = {"metadata": metadata}
     if request.trial_days:
         subscription_data["trial_period_days"] = request.trial_days
     options = {"idempotency_key": idempotency_key} if idempotency_key else {}
     params = {
-        "mode": "subscription", "customer": stripe_customer_id,
+        "mode": "subscription",
+        "customer": stripe_customer_id,
         "line_items": [{"price": request.price_id, "quantity": 1}],
-        "success_url": request.success_url, "cancel_url": request.cancel_url,
+        "success_url": request.success_url,
+        "cancel_url": request.cancel_url,
         "metadata": dict(metadata, pulse_checkout_key=idempotency_key) if idempotency_key else metadata,
         "subscription_data": subscription_data,
     }
     if len(user) <= CLIENT_REFERENCE_MAX:
         params["client_reference_id"] = user  # longer ids travel in the metadata only
-    session = await call(client.v1.checkout.sessions.create_async, params=params, options=options,
-                         tenant_params=CHECKOUT_FIELDS)
+    session = await call(
+        client.v1.checkout.sessions.create_async, params=params, options=options, tenant_params=CHECKOUT_FIELDS
+    )
     return Checkout(url=session.url, session_id=session.id)
 
 
 async def create_portal(client, stripe_customer_id, return_url):
     """A Customer Portal session URL; StripeRefused on `return_url` when Stripe refuses it."""
-    session = await call(client.v1.billing_portal.sessions.create_async,
-                         params={"customer": stripe_customer_id, "return_url": return_url},
-                         tenant_params=PORTAL_FIELDS)
+    session = await call(
+        client.v1.billing_portal.sessions.create_async,
+        params={"customer": stripe_customer_id, "return_url": return_url},
+        tenant_params=PORTAL_FIELDS,
+    )
     return session.url
 
 

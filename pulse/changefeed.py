@@ -30,12 +30,18 @@ PRUNE_EVERY = 60.0
 # (trigger, table, event, rows it writes as (project_id, customer_id, external_user_id) expressions).
 _TRIGGERS = (
     ("subscription", "INSERT", [("NEW.project_id", "NEW.customer_id", "NULL")]),
-    ("subscription", "UPDATE", [("NEW.project_id", "NEW.customer_id", "NULL"),
-                                ("OLD.project_id", "OLD.customer_id", "NULL")]),
+    (
+        "subscription",
+        "UPDATE",
+        [("NEW.project_id", "NEW.customer_id", "NULL"), ("OLD.project_id", "OLD.customer_id", "NULL")],
+    ),
     ("subscription", "DELETE", [("OLD.project_id", "OLD.customer_id", "NULL")]),
     ("customer", "INSERT", [("NEW.project_id", "NEW.id", "NEW.external_user_id")]),
-    ("customer", "UPDATE", [("NEW.project_id", "NEW.id", "NEW.external_user_id"),
-                            ("OLD.project_id", "OLD.id", "OLD.external_user_id")]),
+    (
+        "customer",
+        "UPDATE",
+        [("NEW.project_id", "NEW.id", "NEW.external_user_id"), ("OLD.project_id", "OLD.id", "OLD.external_user_id")],
+    ),
     ("customer", "DELETE", [("OLD.project_id", "OLD.id", "OLD.external_user_id")]),
     # Stripe Entitlements (pulse.entitlements) are the answer's `features`.
     ("customer_state", "INSERT", [("NEW.project_id", "NEW.customer_id", "NULL")]),
@@ -101,8 +107,11 @@ class Feed:
         while True:
             gaps = sorted(self.gaps)[:500]
             where = f"id > {param}" + (f" OR id IN ({', '.join([param] * len(gaps))})" if gaps else "")
-            rows = db.execute_sql(f"SELECT id, project_id, customer_id, external_user_id FROM {TABLE} WHERE {where} "
-                                  f"ORDER BY id LIMIT {PAGE}", [self.last, *gaps]).fetchall()
+            rows = db.execute_sql(
+                f"SELECT id, project_id, customer_id, external_user_id FROM {TABLE} WHERE {where} "
+                f"ORDER BY id LIMIT {PAGE}",
+                [self.last, *gaps],
+            ).fetchall()
             expected = self.last + self.step
             for row_id, project_id, customer_id, external_user_id in rows:
                 if self.gaps.pop(row_id, None) is None and row_id > self.last:
@@ -121,5 +130,6 @@ class Feed:
 
     def _prune(self, db):
         # Never the newest row: SQLite (and MySQL before 8) would hand its id out again.
-        ReadModelChange.delete().where((ReadModelChange.created_at < utcnow() - timedelta(seconds=KEEP))
-                                       & (ReadModelChange.id < (self.last or 0))).execute()
+        ReadModelChange.delete().where(
+            (ReadModelChange.created_at < utcnow() - timedelta(seconds=KEEP)) & (ReadModelChange.id < (self.last or 0))
+        ).execute()

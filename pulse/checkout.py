@@ -12,7 +12,8 @@ from datetime import timedelta
 
 import peewee
 
-from pulse import billing, plans, subscriptions as subs
+from pulse import billing, plans
+from pulse import subscriptions as subs
 from pulse.db import DatabaseUnavailable, block, database, transaction, utcnow
 from pulse.models import CheckoutLease, Customer
 
@@ -116,8 +117,9 @@ async def _ensure_stripe_customer(client, project, request, customer, replacing=
             customer = billing.find_customer(project, user)
         if customer is not None and customer.stripe_customer_id:
             return customer
-        stripe_id = await billing.create_stripe_customer(client, project, user, request.email, replacing,
-                                                         per_email=True)
+        stripe_id = await billing.create_stripe_customer(
+            client, project, user, request.email, replacing, per_email=True
+        )
     with block():
         return _store_stripe_customer(project, user, request.email, stripe_id)
 
@@ -163,14 +165,21 @@ def _store_stripe_customer(project, external_user_id, email, stripe_customer_id)
     if found is None:
         try:
             with database.atomic():
-                return Customer.create(project=project, external_user_id=external_user_id, email=email,
-                                       stripe_customer_id=stripe_customer_id)
+                return Customer.create(
+                    project=project,
+                    external_user_id=external_user_id,
+                    email=email,
+                    stripe_customer_id=stripe_customer_id,
+                )
         except peewee.IntegrityError:
             found = billing.find_customer(project, external_user_id)
             if found is None:
                 raise
-    (Customer.update(stripe_customer_id=stripe_customer_id, email=email, updated_at=utcnow())
-     .where((Customer.id == found.id) & Customer.stripe_customer_id.is_null()).execute())
+    (
+        Customer.update(stripe_customer_id=stripe_customer_id, email=email, updated_at=utcnow())
+        .where((Customer.id == found.id) & Customer.stripe_customer_id.is_null())
+        .execute()
+    )
     return Customer.get_by_id(found.id)
 
 
@@ -219,8 +228,10 @@ async def _lease(project, user, hold, wait):
         ours = _mine(project, user) & (CheckoutLease.token == token)
         with block():
             # MySQL counts changed rows, not matched ones: within the same second nothing changes.
-            kept = (CheckoutLease.update(expires_at=utcnow() + hold).where(ours).execute()
-                    or CheckoutLease.select().where(ours).exists())
+            kept = (
+                CheckoutLease.update(expires_at=utcnow() + hold).where(ours).execute()
+                or CheckoutLease.select().where(ours).exists()
+            )
         if not kept:
             raise CheckoutBusy()
 
@@ -251,6 +262,10 @@ def _acquire(project, user, token, hold):
     if held.expires_at >= now:
         return False  # a read, not a write, while we wait: writes empty the hot path's cache
     # The holder's time ran out (its process died): take over with a compare-and-set on the lapsed row.
-    return bool(CheckoutLease.update(token=token, expires_at=now + hold)
-                .where(_mine(project, user) & (CheckoutLease.token == held.token)
-                       & (CheckoutLease.expires_at == held.expires_at)).execute())
+    return bool(
+        CheckoutLease.update(token=token, expires_at=now + hold)
+        .where(
+            _mine(project, user) & (CheckoutLease.token == held.token) & (CheckoutLease.expires_at == held.expires_at)
+        )
+        .execute()
+    )

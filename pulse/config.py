@@ -33,8 +33,18 @@ class RateLimit:
 Parser = Callable[[str, str], Any]
 Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
-_UNITS = {"second": 1, "sec": 1, "s": 1, "minute": 60, "min": 60, "m": 60,
-          "hour": 3600, "h": 3600, "day": 86400, "d": 86400}
+_UNITS = {
+    "second": 1,
+    "sec": 1,
+    "s": 1,
+    "minute": 60,
+    "min": 60,
+    "m": 60,
+    "hour": 3600,
+    "h": 3600,
+    "day": 86400,
+    "d": 86400,
+}
 
 
 def parse_text(name: str, value: str) -> str:
@@ -125,8 +135,9 @@ def parse_networks(name: str, value: str) -> Networks:
         try:
             networks.append(ipaddress.ip_network(item.strip(), strict=False))
         except ValueError:
-            raise ConfigError(f"{name} must be comma-separated addresses or networks such as 10.0.0.0/8 "
-                              f"(got {item.strip()!r})") from None
+            raise ConfigError(
+                f"{name} must be comma-separated addresses or networks such as 10.0.0.0/8 (got {item.strip()!r})"
+            ) from None
     if not networks:
         raise ConfigError(f"{name} must name at least one address or network")
     return tuple(networks)
@@ -148,7 +159,7 @@ def sqlite_path(database_url: str) -> Path | None:
     """The file of a sqlite URL, or None for MySQL and in-memory databases."""
     if not database_url.startswith("sqlite:///"):
         return None
-    path = database_url[len("sqlite:///"):].split("?", 1)[0]
+    path = database_url[len("sqlite:///") :].split("?", 1)[0]
     return None if path in ("", ":memory:") else Path(path)
 
 
@@ -166,8 +177,7 @@ def load_secret_key(env_value, database_url):
         mode = path.stat().st_mode & 0o777
         if mode & 0o077:
             # As ssh does with a private key: a secret others can read is not a secret (L9).
-            raise ConfigError(f"{path} is readable by other users (mode {mode:04o}); "
-                              f"run: chmod 600 {path}") from None
+            raise ConfigError(f"{path} is readable by other users (mode {mode:04o}); run: chmod 600 {path}") from None
         key = path.read_text().strip()
         if len(key) < 16:
             raise ConfigError(f"{path} is empty or too short; delete it or set PULSE_SECRET_KEY") from None

@@ -1,14 +1,14 @@
 """The database: a Peewee proxy opened from PULSE_DATABASE_URL, the `block()` every query runs in, transactions."""
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any
 import logging
 import os
 import select
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import peewee
 from playhouse.db_url import parse
@@ -63,17 +63,24 @@ def open_database(url):
     """Open (lazily) the database at `url` with the settings we rely on."""
     if url.startswith("sqlite"):
         _create_private(url)
-        db = PulseSqliteDatabase(**parse(url), pragmas={
-            "journal_mode": "wal",
-            "busy_timeout": SQLITE_BUSY_TIMEOUT_MS,
-            "foreign_keys": 1,
-            "synchronous": "normal",
-        })
+        db = PulseSqliteDatabase(
+            **parse(url),
+            pragmas={
+                "journal_mode": "wal",
+                "busy_timeout": SQLITE_BUSY_TIMEOUT_MS,
+                "foreign_keys": 1,
+                "synchronous": "normal",
+            },
+        )
     else:
-        params = {"charset": "utf8mb4",
-                  "connect_timeout": CONNECT_TIMEOUT, "read_timeout": QUERY_TIMEOUT, "write_timeout": QUERY_TIMEOUT,
-                  "init_command": "SET time_zone = '+00:00', "
-                                  "sql_mode = 'STRICT_TRANS_TABLES,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO'"}
+        params = {
+            "charset": "utf8mb4",
+            "connect_timeout": CONNECT_TIMEOUT,
+            "read_timeout": QUERY_TIMEOUT,
+            "write_timeout": QUERY_TIMEOUT,
+            "init_command": "SET time_zone = '+00:00', "
+            "sql_mode = 'STRICT_TRANS_TABLES,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO'",
+        }
         params.update(parse(url))
         db = PulseMySQLDatabase(params.pop("database"), **params)
     db._pulse_last_used = 0.0
@@ -162,8 +169,13 @@ def _is_connection_error(exc):
     text = str(exc).lower()
     # SQLite: another process holds the write lock past busy_timeout (a backup, a shell, a long write):
     # the database is unavailable for now, which is a 503 to retry, not a 500.
-    return ("unable to open" in text or "lost connection" in text or "can't connect" in text
-            or "database is locked" in text or "database is busy" in text)
+    return (
+        "unable to open" in text
+        or "lost connection" in text
+        or "can't connect" in text
+        or "database is locked" in text
+        or "database is busy" in text
+    )
 
 
 def _peer_closed(db):
@@ -272,5 +284,4 @@ def retryable(exc: BaseException) -> bool:
 
 def lock_timeout(exc: BaseException) -> bool:
     """A lock we already waited for (MySQL lock wait timeout 1205, SQLite busy_timeout): retrying would wait again."""
-    return isinstance(exc, peewee.OperationalError) and (
-        _code(exc) == 1205 or "database is locked" in str(exc).lower())
+    return isinstance(exc, peewee.OperationalError) and (_code(exc) == 1205 or "database is locked" in str(exc).lower())

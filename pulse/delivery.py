@@ -50,28 +50,65 @@ def claim(owner, limit, config, exclude=()):
     """Lease up to `limit` due deliveries for `owner` -> [(delivery id, message id, payload, url, secret token)]."""
     now = now_ms()
     earlier = WebhookDelivery.alias("earlier")
-    head = ~pw.fn.EXISTS(earlier.select(earlier.id).where(
-        earlier.endpoint == WebhookDelivery.endpoint, earlier.order_key == WebhookDelivery.order_key,
-        earlier.status == PENDING, earlier.id < WebhookDelivery.id))
-    due = (WebhookDelivery.select(WebhookDelivery.id).join(WebhookEndpoint)
-           .where(WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_ms <= now,
-                  WebhookDelivery.lease_until_ms < now, WebhookEndpoint.enabled == True, head)  # noqa: E712
-           .order_by(WebhookDelivery.next_attempt_ms, WebhookDelivery.id).limit(limit + len(exclude)))
+    head = ~pw.fn.EXISTS(
+        earlier.select(earlier.id).where(
+            earlier.endpoint == WebhookDelivery.endpoint,
+            earlier.order_key == WebhookDelivery.order_key,
+            earlier.status == PENDING,
+            earlier.id < WebhookDelivery.id,
+        )
+    )
+    due = (
+        WebhookDelivery.select(WebhookDelivery.id)
+        .join(WebhookEndpoint)
+        .where(
+            WebhookDelivery.status == PENDING,
+            WebhookDelivery.next_attempt_ms <= now,
+            WebhookDelivery.lease_until_ms < now,
+            WebhookEndpoint.enabled == True,
+            head,
+        )  # noqa: E712
+        .order_by(WebhookDelivery.next_attempt_ms, WebhookDelivery.id)
+        .limit(limit + len(exclude))
+    )
     claimed = []
     for row in list(due):
         if row.id in exclude or len(claimed) >= limit:
             continue
         with transaction():
-            won = (WebhookDelivery.update(lease_until_ms=now + lease_ms(config), lease_owner=owner,
-                                          attempts=WebhookDelivery.attempts + 1, last_attempt_at=utcnow())
-                   .where(WebhookDelivery.id == row.id, WebhookDelivery.status == PENDING,
-                          WebhookDelivery.lease_until_ms < now).execute())
+            won = (
+                WebhookDelivery.update(
+                    lease_until_ms=now + lease_ms(config),
+                    lease_owner=owner,
+                    attempts=WebhookDelivery.attempts + 1,
+                    last_attempt_at=utcnow(),
+                )
+                .where(
+                    WebhookDelivery.id == row.id,
+                    WebhookDelivery.status == PENDING,
+                    WebhookDelivery.lease_until_ms < now,
+                )
+                .execute()
+            )
         if won:
-            found = (WebhookDelivery.select(WebhookDelivery.id, WebhookDelivery.attempts, WebhookMessage.public_id,
-                                            WebhookMessage.payload, WebhookMessage.created_ms, WebhookEndpoint.url,
-                                            WebhookEndpoint.secret, WebhookEndpoint.id.alias("endpoint_pk"))
-                     .join(WebhookMessage).switch(WebhookDelivery).join(WebhookEndpoint)
-                     .where(WebhookDelivery.id == row.id).dicts().first())
+            found = (
+                WebhookDelivery.select(
+                    WebhookDelivery.id,
+                    WebhookDelivery.attempts,
+                    WebhookMessage.public_id,
+                    WebhookMessage.payload,
+                    WebhookMessage.created_ms,
+                    WebhookEndpoint.url,
+                    WebhookEndpoint.secret,
+                    WebhookEndpoint.id.alias("endpoint_pk"),
+                )
+                .join(WebhookMessage)
+                .switch(WebhookDelivery)
+                .join(WebhookEndpoint)
+                .where(WebhookDelivery.id == row.id)
+                .dicts()
+                .first()
+            )
             if found:
                 claimed.append(found)
     return claimed
@@ -81,28 +118,43 @@ def record(job, owner, config, status_code=None, latency_ms=None, error=None):
     """Store an attempt's result: succeeded on 2xx, else retry later or fail for good; endpoints may be disabled."""
     now = now_ms()
     delivery_id = job["id"]
-    common = dict(last_status_code=status_code, last_latency_ms=latency_ms,
-                  last_error=error and error[:255], lease_until_ms=0)  # lease_owner stays: who sent it last
+    common = dict(
+        last_status_code=status_code, last_latency_ms=latency_ms, last_error=error and error[:255], lease_until_ms=0
+    )  # lease_owner stays: who sent it last
     ok = status_code is not None and 200 <= status_code < 300
     with transaction():
         mine = (WebhookDelivery.id == delivery_id) & (WebhookDelivery.status == PENDING)
         if ok:
             WebhookDelivery.update(status=SUCCEEDED, delivered_at=utcnow(), **common).where(mine).execute()
-            WebhookEndpoint.update(failing_since=None).where(WebhookEndpoint.id == job["endpoint_pk"],
-                                                             WebhookEndpoint.failing_since.is_null(False)).execute()
+            WebhookEndpoint.update(failing_since=None).where(
+                WebhookEndpoint.id == job["endpoint_pk"], WebhookEndpoint.failing_since.is_null(False)
+            ).execute()
             return SUCCEEDED
         expired = now - job["created_ms"] >= config.webhook_retry_for * 1000
         if expired:
             WebhookDelivery.update(status=FAILED, **common).where(mine).execute()
         else:
-            WebhookDelivery.update(next_attempt_ms=now + backoff_ms(job["attempts"], config.webhook_retry_base),
-                                   **common).where(mine).execute()
-        WebhookEndpoint.update(failing_since=now).where(WebhookEndpoint.id == job["endpoint_pk"],
-                                                        WebhookEndpoint.failing_since.is_null()).execute()
-        disabled = (WebhookEndpoint.update(enabled=False, updated_at=utcnow(), disabled_reason=(
-            f"every delivery failed for {config.webhook_disable_after:g} s (last: {error or status_code})")[:255])
-            .where(WebhookEndpoint.id == job["endpoint_pk"], WebhookEndpoint.enabled == True,  # noqa: E712
-                   WebhookEndpoint.failing_since <= now - config.webhook_disable_after * 1000).execute())
+            WebhookDelivery.update(
+                next_attempt_ms=now + backoff_ms(job["attempts"], config.webhook_retry_base), **common
+            ).where(mine).execute()
+        WebhookEndpoint.update(failing_since=now).where(
+            WebhookEndpoint.id == job["endpoint_pk"], WebhookEndpoint.failing_since.is_null()
+        ).execute()
+        disabled = (
+            WebhookEndpoint.update(
+                enabled=False,
+                updated_at=utcnow(),
+                disabled_reason=(
+                    f"every delivery failed for {config.webhook_disable_after:g} s (last: {error or status_code})"
+                )[:255],
+            )
+            .where(
+                WebhookEndpoint.id == job["endpoint_pk"],
+                WebhookEndpoint.enabled == True,  # noqa: E712
+                WebhookEndpoint.failing_since <= now - config.webhook_disable_after * 1000,
+            )
+            .execute()
+        )
         if disabled:
             log.warning("webhook endpoint %s disabled after sustained failure", job["endpoint_pk"])
     return FAILED if expired else PENDING
@@ -111,8 +163,9 @@ def record(job, owner, config, status_code=None, latency_ms=None, error=None):
 def purge(now=None):
     """Delete messages older than KEEP_DAYS whose deliveries are all finished (the console shows the rest)."""
     cutoff = (now or now_ms()) - KEEP_DAYS * 86400 * 1000
-    open_ = WebhookDelivery.select(WebhookDelivery.id).where(WebhookDelivery.message == WebhookMessage.id,
-                                                            WebhookDelivery.status == PENDING)
+    open_ = WebhookDelivery.select(WebhookDelivery.id).where(
+        WebhookDelivery.message == WebhookMessage.id, WebhookDelivery.status == PENDING
+    )
     with transaction():
         return WebhookMessage.delete().where(WebhookMessage.created_ms < cutoff, ~pw.fn.EXISTS(open_)).execute()
 
@@ -150,9 +203,13 @@ async def resolve(url, config):
 def signed_headers(msg_id, payload, secret):
     """The Standard Webhooks headers for one attempt (timestamp = now)."""
     now = datetime.now(UTC)
-    return {"webhook-id": msg_id, "webhook-timestamp": str(int(now.timestamp())),
-            "webhook-signature": Webhook(secret).sign(msg_id, now, payload),
-            "content-type": "application/json", "user-agent": USER_AGENT}
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(secret).sign(msg_id, now, payload),
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+    }
 
 
 class Deliverer:
@@ -169,8 +226,9 @@ class Deliverer:
 
     def start(self):
         loop = asyncio.get_running_loop()
-        self._client = httpx.AsyncClient(follow_redirects=False, trust_env=False,
-                                         timeout=httpx.Timeout(self.config.webhook_timeout))
+        self._client = httpx.AsyncClient(
+            follow_redirects=False, trust_env=False, timeout=httpx.Timeout(self.config.webhook_timeout)
+        )
         WAKERS.append(self._waker)
         self._loop = loop
         self._task = loop.create_task(self._run())
@@ -196,8 +254,10 @@ class Deliverer:
             try:
                 with block():
                     WebhookDelivery.update(lease_until_ms=0).where(
-                        WebhookDelivery.id.in_(leased), WebhookDelivery.lease_owner == self.owner,
-                        WebhookDelivery.status == PENDING).execute()
+                        WebhookDelivery.id.in_(leased),
+                        WebhookDelivery.lease_owner == self.owner,
+                        WebhookDelivery.status == PENDING,
+                    ).execute()
             except DatabaseUnavailable:
                 pass
         if self._client:
@@ -243,8 +303,13 @@ class Deliverer:
             with block():
                 outcome = record(job, self.owner, self.config, status_code, latency, error)
             if outcome != SUCCEEDED:
-                log.info("webhook %s to endpoint %s: attempt %s failed (%s)", job["public_id"], job["endpoint_pk"],
-                         job["attempts"], error or status_code)
+                log.info(
+                    "webhook %s to endpoint %s: attempt %s failed (%s)",
+                    job["public_id"],
+                    job["endpoint_pk"],
+                    job["attempts"],
+                    error or status_code,
+                )
         except Exception as exc:  # the lease expires and another attempt follows
             log.error("webhook %s delivery crashed: %s", job.get("public_id"), type(exc).__name__)
         finally:
@@ -267,8 +332,9 @@ class Deliverer:
             headers["host"] = host_header
             extensions = {"sni_hostname": server_name} if pinned.startswith("https") else {}
             # Streamed and closed unread: the endpoint's answer body is never downloaded.
-            async with self._client.stream("POST", pinned, content=job["payload"].encode("utf-8"), headers=headers,
-                                           extensions=extensions) as response:
+            async with self._client.stream(
+                "POST", pinned, content=job["payload"].encode("utf-8"), headers=headers, extensions=extensions
+            ) as response:
                 pass
             latency = int((time.monotonic() - started) * 1000)
             error = None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"

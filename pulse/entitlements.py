@@ -39,15 +39,18 @@ def store(project, customer_id, lookup_keys, at_ms):
         return False
     keys = sorted(set(lookup_keys))
     CustomerState.update(features=json.dumps(keys), features_at=at_ms, updated_at=utcnow()).where(
-        CustomerState.id == state.id).execute()
+        CustomerState.id == state.id
+    ).execute()
     stored = {row.lookup_key for row in CustomerFeature.select().where(CustomerFeature.customer == customer_id)}
     if stored != set(keys):
-        CustomerFeature.delete().where(CustomerFeature.customer == customer_id,
-                                       CustomerFeature.lookup_key.not_in(keys or [""])).execute()
+        CustomerFeature.delete().where(
+            CustomerFeature.customer == customer_id, CustomerFeature.lookup_key.not_in(keys or [""])
+        ).execute()
         missing = [key for key in keys if key not in stored]
         if missing:
-            CustomerFeature.insert_many([{"project": project.id, "customer": customer_id, "lookup_key": key}
-                                         for key in missing]).execute()
+            CustomerFeature.insert_many(
+                [{"project": project.id, "customer": customer_id, "lookup_key": key} for key in missing]
+            ).execute()
     outbox.customer_changed(project, customer_id)
     return True
 
@@ -55,6 +58,7 @@ def store(project, customer_id, lookup_keys, at_ms):
 async def refresh_customer(client, project, customer_id):
     """Re-read a customer's active entitlements from Stripe and store them (after a lifecycle change)."""
     from pulse import subscriptions as subs
+
     with block():
         customer = Customer.get_or_none(Customer.id == customer_id)
     if customer is None or not customer.stripe_customer_id:
@@ -72,17 +76,27 @@ async def refresh_customer(client, project, customer_id):
 
 def features_of(customer_id):
     """Stored lookup keys of a customer (sorted). In a block."""
-    return [row.lookup_key for row in CustomerFeature.select(CustomerFeature.lookup_key).where(
-        CustomerFeature.customer == customer_id).order_by(CustomerFeature.lookup_key)]
+    return [
+        row.lookup_key
+        for row in CustomerFeature.select(CustomerFeature.lookup_key)
+        .where(CustomerFeature.customer == customer_id)
+        .order_by(CustomerFeature.lookup_key)
+    ]
 
 
 def has_feature(project_id, external_user_id, lookup_key):
     """(customer found, has_access) from the database only: one indexed query. In a block."""
-    row = (Customer.select(Customer.id, CustomerFeature.id.alias("feature_id"))
-           .join(CustomerFeature, join_type=pw.JOIN.LEFT_OUTER,
-                 on=((CustomerFeature.customer == Customer.id) & (CustomerFeature.lookup_key == lookup_key)))
-           .where(Customer.project == project_id, Customer.external_user_id == external_user_id)
-           .dicts().first())
+    row = (
+        Customer.select(Customer.id, CustomerFeature.id.alias("feature_id"))
+        .join(
+            CustomerFeature,
+            join_type=pw.JOIN.LEFT_OUTER,
+            on=((CustomerFeature.customer == Customer.id) & (CustomerFeature.lookup_key == lookup_key)),
+        )
+        .where(Customer.project == project_id, Customer.external_user_id == external_user_id)
+        .dicts()
+        .first()
+    )
     if row is None:
         return False, False
     return True, row["feature_id"] is not None

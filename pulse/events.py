@@ -5,9 +5,22 @@ from pulse.config import Config
 from pulse.models import Customer, Project, StripeCustomerHistory
 from pulse.outcomes import Outcome
 from pulse.security import SecretBox
-from pulse.stripe_objects import (JSON, CUSTOMER_EVENTS, INVOICE_EVENTS, SUBSCRIPTION_EVENTS, customer_id_of, dict_of,
-                                  event_snapshot, invoice_subscription_id, metadata_of, metadatas_of, obj_of, plain,
-                                  stripe_id, subscription_id_of)
+from pulse.stripe_objects import (
+    CUSTOMER_EVENTS,
+    INVOICE_EVENTS,
+    JSON,
+    SUBSCRIPTION_EVENTS,
+    customer_id_of,
+    dict_of,
+    event_snapshot,
+    invoice_subscription_id,
+    metadata_of,
+    metadatas_of,
+    obj_of,
+    plain,
+    stripe_id,
+    subscription_id_of,
+)
 
 PROCESSED, IGNORED = Outcome.PROCESSED, Outcome.IGNORED
 
@@ -29,8 +42,13 @@ def route(event: JSON) -> Project | None:
     if customer_id:
         # Linked now, else before Stripe deleted it (the late events of a deleted customer).
         for model in (Customer, StripeCustomerHistory):
-            ids = {row.project_id for row in model.select(model.project).where(
-                model.stripe_customer_id == str(customer_id)).distinct().limit(2)}
+            ids = {
+                row.project_id
+                for row in model.select(model.project)
+                .where(model.stripe_customer_id == str(customer_id))
+                .distinct()
+                .limit(2)
+            }
             if ids:
                 project = Project.get_by_id(ids.pop()) if len(ids) == 1 else None
                 return None if project is None or project.sandbox else project
@@ -57,8 +75,9 @@ async def _read(client, event):
     sub_id = subscription_id_of(event)
     if kind == "checkout.session.completed":
         session_id = stripe_id(obj.get("id"))
-        if not session_id or not await _retrieve(client.v1.checkout.sessions.retrieve_async, session_id, found,
-                                                 "session"):
+        if not session_id or not await _retrieve(
+            client.v1.checkout.sessions.retrieve_async, session_id, found, "session"
+        ):
             return found
         session = found["session"]
         sub_id = stripe_id(session.get("subscription")) if session.get("mode") == "subscription" else None
@@ -150,8 +169,7 @@ def _apply_checkout(project, event, fetched):
         return IGNORED, "the session names no customer of this project"
     if fetched.get("subscription"):
         _apply_subscription(project, event, fetched, email=email)
-    outbox.checkout_completed(project, customer, stripe_id(session.get("id")),
-                              stripe_id(session.get("subscription")))
+    outbox.checkout_completed(project, customer, stripe_id(session.get("id")), stripe_id(session.get("subscription")))
     return PROCESSED, None
 
 

@@ -14,16 +14,32 @@ import csv
 import io
 import json
 
+from pulse import status
 from pulse.db import block, isoformat, utcnow
 from pulse.models import Customer, Project, Subscription
-from pulse import status
 
 PAGE_SIZE = 500
 FORMATS = {"json": "application/json; charset=UTF-8", "csv": "text/csv; charset=UTF-8"}
 # SPEC 3.2's columns, then the ones added since (appended, so positional readers keep working).
-CSV_COLUMNS = ("external_user_id", "email", "stripe_customer_id", "created_at", "status", "has_access",
-               "plan_slug", "interval", "stripe_price_id", "current_period_end", "cancel_at", "trial_end",
-               "interval_count", "quantity", "pause_behavior", "pause_resumes_at", "subscriptions_with_access")
+CSV_COLUMNS = (
+    "external_user_id",
+    "email",
+    "stripe_customer_id",
+    "created_at",
+    "status",
+    "has_access",
+    "plan_slug",
+    "interval",
+    "stripe_price_id",
+    "current_period_end",
+    "cancel_at",
+    "trial_end",
+    "interval_count",
+    "quantity",
+    "pause_behavior",
+    "pause_resumes_at",
+    "subscriptions_with_access",
+)
 # A spreadsheet runs a cell starting with one of these as a formula (CSV injection).
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -35,22 +51,24 @@ def filename(project, fmt, today=None):
 
 def page(project_id, after_id=0, size=PAGE_SIZE, policy=status.DEFAULT_POLICY):
     """One page of export rows for customers with id > after_id: (rows, last id or None). Call in a block."""
-    customers = list(Customer
-                     .select(Customer.id, Customer.external_user_id, Customer.email,
-                             Customer.stripe_customer_id, Customer.created_at)
-                     .where((Customer.project == project_id) & (Customer.id > after_id))
-                     .order_by(Customer.id)
-                     .limit(size)
-                     .dicts())
+    customers = list(
+        Customer.select(
+            Customer.id, Customer.external_user_id, Customer.email, Customer.stripe_customer_id, Customer.created_at
+        )
+        .where((Customer.project == project_id) & (Customer.id > after_id))
+        .order_by(Customer.id)
+        .limit(size)
+        .dicts()
+    )
     if not customers:
         return [], None
     by_customer = {}
     columns = [getattr(Subscription, name) for name in status.PUBLIC_COLUMNS]
-    subs = (Subscription
-            .select(Subscription.id, Subscription.customer, Subscription.started_at, *columns)
-            .where((Subscription.project == project_id)
-                   & (Subscription.customer.in_([c["id"] for c in customers])))
-            .dicts())
+    subs = (
+        Subscription.select(Subscription.id, Subscription.customer, Subscription.started_at, *columns)
+        .where((Subscription.project == project_id) & (Subscription.customer.in_([c["id"] for c in customers])))
+        .dicts()
+    )
     for sub in subs:
         by_customer.setdefault(sub["customer"], []).append(sub)
     rows = []
@@ -58,13 +76,15 @@ def page(project_id, after_id=0, size=PAGE_SIZE, policy=status.DEFAULT_POLICY):
         subs = by_customer.get(customer["id"], [])
         sub = status.current(subs, policy)
         with_access = sum(1 for s in subs if status.row_has_access(s, policy))
-        rows.append({
-            "external_user_id": customer["external_user_id"],
-            "email": customer["email"],
-            "stripe_customer_id": customer["stripe_customer_id"],
-            "created_at": isoformat(customer["created_at"]),
-            "subscription": None if sub is None else status.public_subscription(sub, policy, with_access),
-        })
+        rows.append(
+            {
+                "external_user_id": customer["external_user_id"],
+                "email": customer["email"],
+                "stripe_customer_id": customer["stripe_customer_id"],
+                "created_at": isoformat(customer["created_at"]),
+                "subscription": None if sub is None else status.public_subscription(sub, policy, with_access),
+            }
+        )
     return rows, customers[-1]["id"]
 
 

@@ -32,24 +32,40 @@ def _select():
     # One round trip: the customer, the project's access policy (fresh, never cached), its
     # subscriptions, and how many of the user's subscriptions grant access, as plain tuples.
     others = Subscription.alias("others")
-    with_access = (others.select(pw.fn.COUNT(others.id))
-                   .where((others.customer == Customer.id) & status.access_condition(others, Project)))
+    with_access = others.select(pw.fn.COUNT(others.id)).where(
+        (others.customer == Customer.id) & status.access_condition(others, Project)
+    )
     columns = [getattr(Subscription, name) for name in status.PUBLIC_COLUMNS]
-    return (Customer
-            .select(Customer.id, Customer.project, Customer.external_user_id, Customer.email,
-                    Customer.stripe_customer_id, Project.past_due_has_access, Project.paused_collection_has_access,
-                    with_access, *columns, CustomerState.features)
-            .join(Project, on=(Project.id == Customer.project))
-            .switch(Customer)
-            .join(CustomerState, pw.JOIN.LEFT_OUTER, on=(CustomerState.customer == Customer.id))
-            .switch(Customer)
-            .join(Subscription, pw.JOIN.LEFT_OUTER, on=(Subscription.customer == Customer.id)))
+    return (
+        Customer.select(
+            Customer.id,
+            Customer.project,
+            Customer.external_user_id,
+            Customer.email,
+            Customer.stripe_customer_id,
+            Project.past_due_has_access,
+            Project.paused_collection_has_access,
+            with_access,
+            *columns,
+            CustomerState.features,
+        )
+        .join(Project, on=(Project.id == Customer.project))
+        .switch(Customer)
+        .join(CustomerState, pw.JOIN.LEFT_OUTER, on=(CustomerState.customer == Customer.id))
+        .switch(Customer)
+        .join(Subscription, pw.JOIN.LEFT_OUTER, on=(Subscription.customer == Customer.id))
+    )
 
 
 def _query(project_id, external_user_id):
     # The current subscription first (status.current_order).
-    return (_select().where((Customer.project == project_id) & (Customer.external_user_id == external_user_id))
-            .order_by(*status.current_order(Subscription, Project)).limit(1).tuples())
+    return (
+        _select()
+        .where((Customer.project == project_id) & (Customer.external_user_id == external_user_id))
+        .order_by(*status.current_order(Subscription, Project))
+        .limit(1)
+        .tuples()
+    )
 
 
 def _compile(db):
@@ -128,8 +144,7 @@ def answer(project_id, external_user_id):
     db = database.obj
     key = (project_id, external_user_id)
     state = _states.get(db)
-    if (state is not None and state.generation == db.write_generation()
-            and time.monotonic() - state.synced_at < POLL):
+    if state is not None and state.generation == db.write_generation() and time.monotonic() - state.synced_at < POLL:
         hit = state.answers.get(key)
         if hit is not None:
             STATS["hits"] += 1
@@ -184,15 +199,22 @@ WARM_PAGE = 500
 
 def _warm_page(db, state, after):
     """Load the answers of the customers after id `after` (one page); the last id read, or None at the end."""
-    ids = [row[0] for row in db.execute_sql(
-        f"SELECT id FROM {Customer._meta.table_name} WHERE id > {db.param} ORDER BY id LIMIT {WARM_PAGE}",
-        [after]).fetchall()]
+    ids = [
+        row[0]
+        for row in db.execute_sql(
+            f"SELECT id FROM {Customer._meta.table_name} WHERE id > {db.param} ORDER BY id LIMIT {WARM_PAGE}", [after]
+        ).fetchall()
+    ]
     if not ids:
         return None
     _state_of(db)  # the feed first: what is read below is at least that new
     generation = db.write_generation()
-    rows = (_select().where(Customer.id.between(ids[0], ids[-1]))
-            .order_by(Customer.id, *status.current_order(Subscription, Project)).tuples())
+    rows = (
+        _select()
+        .where(Customer.id.between(ids[0], ids[-1]))
+        .order_by(Customer.id, *status.current_order(Subscription, Project))
+        .tuples()
+    )
     seen = set()
     for row in rows:
         if row[0] in seen:
@@ -232,5 +254,10 @@ def log_stats():
     """Log the cache counters (the server calls this on SIGUSR1; `make bench` reads the line)."""
     STATS["reports"] += 1
     entries = sum(len(state.answers) for state in list(_states.values()))
-    log.info("hot-path cache: report=%d hits=%d misses=%d entries=%d", STATS["reports"], STATS["hits"],
-             STATS["misses"], entries)
+    log.info(
+        "hot-path cache: report=%d hits=%d misses=%d entries=%d",
+        STATS["reports"],
+        STATS["hits"],
+        STATS["misses"],
+        entries,
+    )

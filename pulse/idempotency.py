@@ -63,19 +63,20 @@ def begin(project, key, fingerprint, now=None):
             return Outcome("run", record_id=record.id)
         except peewee.IntegrityError:
             pass
-        existing = IdempotencyRecord.get_or_none((IdempotencyRecord.project == project)
-                                                 & (IdempotencyRecord.key == key))
+        existing = IdempotencyRecord.get_or_none(
+            (IdempotencyRecord.project == project) & (IdempotencyRecord.key == key)
+        )
         if existing is None:
             continue  # released (a 5xx) between our insert and this read: try again
         expired = existing.created_at <= now - TTL
         stale = existing.status_code is None and existing.created_at <= now - STALE_IN_FLIGHT
         if expired or (stale and existing.request_hash == fingerprint):
             # Compare-and-set on created_at, so only one of several retries takes the key over.
-            taken = (IdempotencyRecord
-                     .update(request_hash=fingerprint, status_code=None, response_body=None, created_at=now)
-                     .where((IdempotencyRecord.id == existing.id)
-                            & (IdempotencyRecord.created_at == existing.created_at))
-                     .execute())
+            taken = (
+                IdempotencyRecord.update(request_hash=fingerprint, status_code=None, response_body=None, created_at=now)
+                .where((IdempotencyRecord.id == existing.id) & (IdempotencyRecord.created_at == existing.created_at))
+                .execute()
+            )
             if taken:
                 return Outcome("run", record_id=existing.id)
             continue
@@ -89,8 +90,11 @@ def begin(project, key, fingerprint, now=None):
 
 def complete(record_id, status_code, body):
     """Store the response of the request that claimed the record (call inside `with block():`)."""
-    (IdempotencyRecord.update(status_code=status_code, response_body=body)
-     .where(IdempotencyRecord.id == record_id).execute())
+    (
+        IdempotencyRecord.update(status_code=status_code, response_body=body)
+        .where(IdempotencyRecord.id == record_id)
+        .execute()
+    )
 
 
 def release(record_id):

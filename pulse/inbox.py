@@ -17,7 +17,8 @@ from datetime import timedelta
 
 import peewee
 
-from pulse import events, projects, subscriptions as subs, webhooks
+from pulse import events, projects, webhooks
+from pulse import subscriptions as subs
 from pulse.db import DatabaseUnavailable, block, locking, retryable, transaction, utcnow
 from pulse.models import Project, WebhookEvent
 from pulse.outcomes import Outcome
@@ -42,10 +43,15 @@ def due(limit, skip):
     """Ids of up to `limit` events to apply now: pending ones, and failed ones whose retry time has come."""
     now = utcnow()
     pending = WebhookEvent.outcome == Outcome.RECEIVED
-    retry = ((WebhookEvent.outcome == Outcome.FAILED) & WebhookEvent.retry_at.is_null(False)
-             & (WebhookEvent.retry_at <= now))
-    query = (WebhookEvent.select(WebhookEvent.id).where((pending | retry) & WebhookEvent.payload.is_null(False))
-             .order_by(WebhookEvent.id).limit(limit + len(skip)))
+    retry = (
+        (WebhookEvent.outcome == Outcome.FAILED) & WebhookEvent.retry_at.is_null(False) & (WebhookEvent.retry_at <= now)
+    )
+    query = (
+        WebhookEvent.select(WebhookEvent.id)
+        .where((pending | retry) & WebhookEvent.payload.is_null(False))
+        .order_by(WebhookEvent.id)
+        .limit(limit + len(skip))
+    )
     ids = [row_id for (row_id,) in query.tuples()]
     _seen["id"] = max([_seen["id"], *ids])
     return [row_id for row_id in ids if row_id not in skip][:limit]
@@ -54,8 +60,12 @@ def due(limit, skip):
 async def apply_one(row_id, *, config, box):
     """Apply inbox row `row_id` if it is still pending (or due for a retry); never raises."""
     with block():
-        row = (WebhookEvent.select(WebhookEvent, Project).join(Project, peewee.JOIN.LEFT_OUTER)
-               .where(WebhookEvent.id == row_id).first())  # the event and its project in one round trip
+        row = (
+            WebhookEvent.select(WebhookEvent, Project)
+            .join(Project, peewee.JOIN.LEFT_OUTER)
+            .where(WebhookEvent.id == row_id)
+            .first()
+        )  # the event and its project in one round trip
     if row is None or row.outcome not in (Outcome.RECEIVED, Outcome.FAILED):
         return
     project = row.project if row.project_id else None
@@ -75,10 +85,18 @@ async def apply_one(row_id, *, config, box):
                     locked = locking(WebhookEvent.select().where(WebhookEvent.id == row_id)).first()
                     if locked is None or locked.outcome not in (Outcome.RECEIVED, Outcome.FAILED):
                         return  # another worker (or a Stripe retry, inline) got there first
-                    outcome, reason = events.apply(project, event, fetched) if project is not None else (
-                        Outcome.IGNORED, webhooks.UNROUTED)
-                    WebhookEvent.update(outcome=outcome, processed_at=utcnow(), error=None, retry_at=None,
-                                        reason=reason and reason[:255]).where(WebhookEvent.id == row_id).execute()
+                    outcome, reason = (
+                        events.apply(project, event, fetched)
+                        if project is not None
+                        else (Outcome.IGNORED, webhooks.UNROUTED)
+                    )
+                    WebhookEvent.update(
+                        outcome=outcome,
+                        processed_at=utcnow(),
+                        error=None,
+                        retry_at=None,
+                        reason=reason and reason[:255],
+                    ).where(WebhookEvent.id == row_id).execute()
             except Exception as exc:
                 failure = exc
             else:
@@ -133,9 +151,16 @@ def _failed(row_id, event, exc):
             attempts = row.attempts + 1
             retry_at = utcnow() + timedelta(seconds=backoff(attempts)) if attempts < MAX_ATTEMPTS else None
             WebhookEvent.update(outcome=Outcome.FAILED, error=error, attempts=attempts, retry_at=retry_at).where(
-                WebhookEvent.id == row_id, WebhookEvent.outcome.in_([Outcome.RECEIVED, Outcome.FAILED])).execute()
-        log.warning("webhook %s (%s) failed (attempt %d): %s; %s", event["id"], event["type"], attempts, error,
-                    f"retrying in {backoff(attempts):.0f} s" if retry_at else "no more retries by the worker")
+                WebhookEvent.id == row_id, WebhookEvent.outcome.in_([Outcome.RECEIVED, Outcome.FAILED])
+            ).execute()
+        log.warning(
+            "webhook %s (%s) failed (attempt %d): %s; %s",
+            event["id"],
+            event["type"],
+            attempts,
+            error,
+            f"retrying in {backoff(attempts):.0f} s" if retry_at else "no more retries by the worker",
+        )
     except (DatabaseUnavailable, peewee.PeeweeException) as record_exc:
         log.error("webhook %s: the failure could not be recorded (%s)", event["id"], type(record_exc).__name__)
 
@@ -162,7 +187,7 @@ async def run(config, box, stop):
         if not ids:
             try:
                 await asyncio.wait_for(stop.wait(), IDLE_POLL)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         else:
             await asyncio.sleep(0)

@@ -5,8 +5,8 @@ from typing import NamedTuple
 
 import peewee as pw
 
-from pulse.db import utcnow
 from pulse import status as rules
+from pulse.db import utcnow
 from pulse.models import AuditLog, Customer, Membership, Project, Subscription, WebhookEvent
 from pulse.outcomes import Outcome
 from pulse.status import ALL_STATUSES
@@ -19,8 +19,12 @@ OUTCOMES = tuple(Outcome)
 def status_counts(project):
     """{status: count} over the project's subscriptions, every status present (0 when none)."""
     counts = dict.fromkeys(ALL_STATUSES, 0)
-    rows = (Subscription.select(Subscription.status, pw.fn.COUNT(Subscription.id))
-            .where(Subscription.project == project).group_by(Subscription.status).tuples())
+    rows = (
+        Subscription.select(Subscription.status, pw.fn.COUNT(Subscription.id))
+        .where(Subscription.project == project)
+        .group_by(Subscription.status)
+        .tuples()
+    )
     for status, count in rows:
         counts[status] = counts.get(status, 0) + count
     return counts
@@ -33,8 +37,7 @@ def weekly_starts(project, now=None, weeks=WEEKS):
     first = today - timedelta(days=today.weekday()) - timedelta(weeks=weeks - 1)
     buckets = [[first + timedelta(weeks=i), 0] for i in range(weeks)]
     started = pw.fn.COALESCE(Subscription.started_at, Subscription.created_at)
-    rows = (Subscription.select(started.alias("at"))
-            .where(Subscription.project == project, started >= first).tuples())
+    rows = Subscription.select(started.alias("at")).where(Subscription.project == project, started >= first).tuples()
     for (at,) in rows:
         if isinstance(at, str):  # SQLite hands COALESCE back as text
             at = pw.format_date_time(at, pw.DateTimeField.formats)
@@ -45,8 +48,7 @@ def weekly_starts(project, now=None, weeks=WEEKS):
 
 
 def last_webhook(project):
-    return (WebhookEvent.select().where(WebhookEvent.project == project)
-            .order_by(WebhookEvent.id.desc()).first())
+    return WebhookEvent.select().where(WebhookEvent.project == project).order_by(WebhookEvent.id.desc()).first()
 
 
 class Page(NamedTuple):
@@ -79,9 +81,12 @@ def keyset_page(query, id_field, before=0, after=0, limit=PAGE_SIZE):
 
 def recent_failures(project, limit=5):
     """The latest failed and bad-signature deliveries, newest first."""
-    return list(WebhookEvent.select().where(WebhookEvent.project == project,
-                                            WebhookEvent.outcome.in_((Outcome.FAILED, Outcome.INVALID_SIGNATURE)))
-                .order_by(WebhookEvent.id.desc()).limit(limit))
+    return list(
+        WebhookEvent.select()
+        .where(WebhookEvent.project == project, WebhookEvent.outcome.in_((Outcome.FAILED, Outcome.INVALID_SIGNATURE)))
+        .order_by(WebhookEvent.id.desc())
+        .limit(limit)
+    )
 
 
 def search_customers(project, q="", status="", before=0, after=0, limit=PAGE_SIZE):
@@ -94,8 +99,13 @@ def search_customers(project, q="", status="", before=0, after=0, limit=PAGE_SIZ
         by_id = (Customer.external_user_id >= q) & (Customer.external_user_id < q + "\U0010ffff")
         query = query.where(Customer.email.startswith(q.lower()) | by_id)
     if status:
-        query = query.where(pw.fn.EXISTS(Subscription.select(Subscription.id).where(
-            Subscription.customer == Customer.id, Subscription.status == status)))
+        query = query.where(
+            pw.fn.EXISTS(
+                Subscription.select(Subscription.id).where(
+                    Subscription.customer == Customer.id, Subscription.status == status
+                )
+            )
+        )
     page = keyset_page(query, Customer.id, before=before, after=after, limit=limit)
     rows = page.rows
     by_customer = {}
@@ -110,11 +120,13 @@ def search_customers(project, q="", status="", before=0, after=0, limit=PAGE_SIZ
 
 def several_with_access(project, limit=20):
     """(customers with more than one subscription with access, how many in all): a race or a Dashboard duplicate."""
-    counted = (Subscription.select(Subscription.customer, pw.fn.COUNT(Subscription.id).alias("n"))
-               .join(Project, on=(Project.id == Subscription.project))
-               .where((Subscription.project == project.id) & rules.access_condition(Subscription, Project))
-               .group_by(Subscription.customer)
-               .having(pw.fn.COUNT(Subscription.id) > 1))
+    counted = (
+        Subscription.select(Subscription.customer, pw.fn.COUNT(Subscription.id).alias("n"))
+        .join(Project, on=(Project.id == Subscription.project))
+        .where((Subscription.project == project.id) & rules.access_condition(Subscription, Project))
+        .group_by(Subscription.customer)
+        .having(pw.fn.COUNT(Subscription.id) > 1)
+    )
     counts = dict(counted.tuples())
     if not counts:
         return [], 0
@@ -146,8 +158,9 @@ def events_of_customer(project, customer, subscriptions, limit=50):
         cond = by_object if cond is None else (cond | by_object)
     if cond is None:
         return []
-    return list(WebhookEvent.select().where(WebhookEvent.project == project, cond)
-                .order_by(WebhookEvent.id.desc()).limit(limit))
+    return list(
+        WebhookEvent.select().where(WebhookEvent.project == project, cond).order_by(WebhookEvent.id.desc()).limit(limit)
+    )
 
 
 def customer_of_event(project, event):
@@ -168,8 +181,13 @@ def list_events(project, type_="", outcome="", before=0, after=0, limit=PAGE_SIZ
 
 
 def event_types(project):
-    rows = (WebhookEvent.select(WebhookEvent.type).where(WebhookEvent.project == project)
-            .distinct().order_by(WebhookEvent.type).tuples())
+    rows = (
+        WebhookEvent.select(WebhookEvent.type)
+        .where(WebhookEvent.project == project)
+        .distinct()
+        .order_by(WebhookEvent.type)
+        .tuples()
+    )
     return [t for (t,) in rows if t]
 
 
@@ -185,5 +203,6 @@ def audit_entries(project, before=0, after=0, limit=100):
     """A Page of entries newest first: the project's log plus its members' sign-ins."""
     members = Membership.select(Membership.user).where(Membership.project == project)
     query = AuditLog.select().where(
-        (AuditLog.project == project) | (AuditLog.project.is_null() & AuditLog.user.in_(members)))
+        (AuditLog.project == project) | (AuditLog.project.is_null() & AuditLog.user.in_(members))
+    )
     return keyset_page(query, AuditLog.id, before=before, after=after, limit=limit)

@@ -19,10 +19,15 @@ from pulse.stripe_objects import invoice_subscription_id, plain
 
 PRORATION_BEHAVIORS = ("create_prorations", "none", "always_invoice")
 # Stripe's request parameter -> ours, for a 400 that names the caller's field.
-STRIPE_PARAMS = {"items[0][price]": "stripe_price_id", "items[0][quantity]": "quantity",
-                 "subscription_details[items][0][price]": "stripe_price_id",
-                 "subscription_details[items][0][quantity]": "quantity", "proration_behavior": "proration_behavior",
-                 "subscription_details[proration_behavior]": "proration_behavior", "starting_after": "starting_after"}
+STRIPE_PARAMS = {
+    "items[0][price]": "stripe_price_id",
+    "items[0][quantity]": "quantity",
+    "subscription_details[items][0][price]": "stripe_price_id",
+    "subscription_details[items][0][quantity]": "quantity",
+    "proration_behavior": "proration_behavior",
+    "subscription_details[proration_behavior]": "proration_behavior",
+    "starting_after": "starting_after",
+}
 
 
 class LifecycleError(Exception):
@@ -65,8 +70,9 @@ def target(project, external_user_id):
 
 def _live(sub):
     if sub.status == Status.CANCELLED:
-        raise LifecycleError(409, "subscription_ended", "The user's subscription has ended; start a new one with "
-                             "POST /api/checkout.")
+        raise LifecycleError(
+            409, "subscription_ended", "The user's subscription has ended; start a new one with POST /api/checkout."
+        )
     return sub
 
 
@@ -85,11 +91,14 @@ async def cancel(client, project, external_user_id, at_period_end=True, key=None
     _live(sub)
     at = subs.clock_ms()
     if at_period_end:
-        obj = await billing.call(client.v1.subscriptions.update_async, sub.stripe_subscription_id,
-                                 {"cancel_at_period_end": True}, _options(key))
+        obj = await billing.call(
+            client.v1.subscriptions.update_async,
+            sub.stripe_subscription_id,
+            {"cancel_at_period_end": True},
+            _options(key),
+        )
     else:
-        obj = await billing.call(client.v1.subscriptions.cancel_async, sub.stripe_subscription_id, None,
-                                 _options(key))
+        obj = await billing.call(client.v1.subscriptions.cancel_async, sub.stripe_subscription_id, None, _options(key))
     return store(project, customer, plain(obj), at)
 
 
@@ -101,8 +110,12 @@ async def resume(client, project, external_user_id, key=None):
     if not sub.cancel_at_period_end and sub.cancel_at is None:
         raise LifecycleError(409, "not_cancelling", "The user's subscription is not scheduled to cancel.")
     at = subs.clock_ms()
-    obj = await billing.call(client.v1.subscriptions.update_async, sub.stripe_subscription_id,
-                             {"cancel_at_period_end": False, "cancel_at": ""}, _options(key))
+    obj = await billing.call(
+        client.v1.subscriptions.update_async,
+        sub.stripe_subscription_id,
+        {"cancel_at_period_end": False, "cancel_at": ""},
+        _options(key),
+    )
     return store(project, customer, plain(obj), at)
 
 
@@ -114,11 +127,19 @@ def price_for(project, stripe_price_id, plan_slug):
         return stripe_price_id
     prices = plans.prices_of_slug(project, plan_slug)
     if not prices:
-        raise LifecycleError(400, "invalid_field", "No price of this plan_slug in the plan catalog "
-                             "(PUT /api/plans/{plan_slug}); or give stripe_price_id.", "plan_slug")
+        raise LifecycleError(
+            400,
+            "invalid_field",
+            "No price of this plan_slug in the plan catalog (PUT /api/plans/{plan_slug}); or give stripe_price_id.",
+            "plan_slug",
+        )
     if len(prices) > 1:
-        raise LifecycleError(400, "invalid_field", "This plan has several prices (e.g. monthly and yearly): give "
-                             "stripe_price_id.", "plan_slug")
+        raise LifecycleError(
+            400,
+            "invalid_field",
+            "This plan has several prices (e.g. monthly and yearly): give stripe_price_id.",
+            "plan_slug",
+        )
     return prices[0]
 
 
@@ -139,8 +160,17 @@ def _item_change(item, price_id, quantity):
     return change
 
 
-async def change(client, project, external_user_id, *, price_id=None, plan_slug=None, quantity=None,
-                 proration_behavior="create_prorations", key=None):
+async def change(
+    client,
+    project,
+    external_user_id,
+    *,
+    price_id=None,
+    plan_slug=None,
+    quantity=None,
+    proration_behavior="create_prorations",
+    key=None,
+):
     """Swap the plan item to another price (and/or quantity); -> the public answer."""
     with block():
         customer, sub = target(project, external_user_id)
@@ -148,9 +178,12 @@ async def change(client, project, external_user_id, *, price_id=None, plan_slug=
     _live(sub)
     item = await _plan_item(client, project, sub)
     at = subs.clock_ms()
-    obj = await billing.call(client.v1.subscriptions.update_async, sub.stripe_subscription_id,
-                             {"items": [_item_change(item, price_id, quantity)],
-                              "proration_behavior": proration_behavior}, _options(key))
+    obj = await billing.call(
+        client.v1.subscriptions.update_async,
+        sub.stripe_subscription_id,
+        {"items": [_item_change(item, price_id, quantity)], "proration_behavior": proration_behavior},
+        _options(key),
+    )
     answer = store(project, customer, plain(obj), at)
     if plan_slug:
         with block():
@@ -159,18 +192,35 @@ async def change(client, project, external_user_id, *, price_id=None, plan_slug=
     return answer
 
 
-async def preview(client, project, external_user_id, *, price_id=None, plan_slug=None, quantity=None,
-                  proration_behavior="create_prorations"):
+async def preview(
+    client,
+    project,
+    external_user_id,
+    *,
+    price_id=None,
+    plan_slug=None,
+    quantity=None,
+    proration_behavior="create_prorations",
+):
     """Stripe's invoice preview of a change, nothing changed: amount due now, the next invoice, currency."""
     with block():
         customer, sub = target(project, external_user_id)
         price_id = price_for(project, price_id, plan_slug)
     _live(sub)
     item = await _plan_item(client, project, sub)
-    invoice = plain(await billing.call(client.v1.invoices.create_preview_async, {
-        "customer": customer.stripe_customer_id, "subscription": sub.stripe_subscription_id,
-        "subscription_details": {"items": [_item_change(item, price_id, quantity)],
-                                 "proration_behavior": proration_behavior}}))
+    invoice = plain(
+        await billing.call(
+            client.v1.invoices.create_preview_async,
+            {
+                "customer": customer.stripe_customer_id,
+                "subscription": sub.stripe_subscription_id,
+                "subscription_details": {
+                    "items": [_item_change(item, price_id, quantity)],
+                    "proration_behavior": proration_behavior,
+                },
+            },
+        )
+    )
     lines = [line for line in (invoice.get("lines") or {}).get("data") or [] if isinstance(line, dict)]
     proration = sum(line.get("amount") or 0 for line in lines if _is_proration(line))
     now_invoiced = proration_behavior == "always_invoice"
@@ -178,15 +228,26 @@ async def preview(client, project, external_user_id, *, price_id=None, plan_slug
         "currency": invoice.get("currency"),
         "amount_due_now": invoice.get("amount_due") if now_invoiced else 0,
         "proration_amount": proration,
-        "next_invoice": None if now_invoiced else {
-            "amount_due": invoice.get("amount_due"), "total": invoice.get("total"),
-            "date": isoformat(from_timestamp(invoice.get("next_payment_attempt") or invoice.get("period_end")))},
-        "stripe_price_id": price_id, "quantity": quantity, "proration_behavior": proration_behavior,
-        "lines": [{"description": line.get("description"), "amount": line.get("amount"),
-                   "proration": _is_proration(line),
-                   "period_start": isoformat(from_timestamp((line.get("period") or {}).get("start"))),
-                   "period_end": isoformat(from_timestamp((line.get("period") or {}).get("end")))}
-                  for line in lines],
+        "next_invoice": None
+        if now_invoiced
+        else {
+            "amount_due": invoice.get("amount_due"),
+            "total": invoice.get("total"),
+            "date": isoformat(from_timestamp(invoice.get("next_payment_attempt") or invoice.get("period_end"))),
+        },
+        "stripe_price_id": price_id,
+        "quantity": quantity,
+        "proration_behavior": proration_behavior,
+        "lines": [
+            {
+                "description": line.get("description"),
+                "amount": line.get("amount"),
+                "proration": _is_proration(line),
+                "period_start": isoformat(from_timestamp((line.get("period") or {}).get("start"))),
+                "period_end": isoformat(from_timestamp((line.get("period") or {}).get("end"))),
+            }
+            for line in lines
+        ],
     }
 
 
@@ -199,14 +260,22 @@ def _is_proration(line):
 
 
 def invoice_json(invoice):
-    return {"id": invoice.get("id"), "number": invoice.get("number"), "status": invoice.get("status"),
-            "amount_due": invoice.get("amount_due"), "amount_paid": invoice.get("amount_paid"),
-            "amount_remaining": invoice.get("amount_remaining"), "total": invoice.get("total"),
-            "currency": invoice.get("currency"), "created": isoformat(from_timestamp(invoice.get("created"))),
-            "period_start": isoformat(from_timestamp(invoice.get("period_start"))),
-            "period_end": isoformat(from_timestamp(invoice.get("period_end"))),
-            "hosted_invoice_url": invoice.get("hosted_invoice_url"), "invoice_pdf": invoice.get("invoice_pdf"),
-            "stripe_subscription_id": invoice_subscription_id(invoice)}
+    return {
+        "id": invoice.get("id"),
+        "number": invoice.get("number"),
+        "status": invoice.get("status"),
+        "amount_due": invoice.get("amount_due"),
+        "amount_paid": invoice.get("amount_paid"),
+        "amount_remaining": invoice.get("amount_remaining"),
+        "total": invoice.get("total"),
+        "currency": invoice.get("currency"),
+        "created": isoformat(from_timestamp(invoice.get("created"))),
+        "period_start": isoformat(from_timestamp(invoice.get("period_start"))),
+        "period_end": isoformat(from_timestamp(invoice.get("period_end"))),
+        "hosted_invoice_url": invoice.get("hosted_invoice_url"),
+        "invoice_pdf": invoice.get("invoice_pdf"),
+        "stripe_subscription_id": invoice_subscription_id(invoice),
+    }
 
 
 async def invoices(client, project, external_user_id, limit=10, starting_after=None):
@@ -222,5 +291,8 @@ async def invoices(client, project, external_user_id, limit=10, starting_after=N
         params["starting_after"] = starting_after
     page = plain(await billing.call(client.v1.invoices.list_async, params))
     data = [invoice_json(inv) for inv in page.get("data") or [] if isinstance(inv, dict)]
-    return {"data": data, "has_more": bool(page.get("has_more")),
-            "next_starting_after": data[-1]["id"] if data and page.get("has_more") else None}
+    return {
+        "data": data,
+        "has_more": bool(page.get("has_more")),
+        "next_starting_after": data[-1]["id"] if data and page.get("has_more") else None,
+    }

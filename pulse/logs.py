@@ -9,7 +9,9 @@ import time
 # Anything shaped like a secret is cut from every log line, whatever logged it. No \b before the
 # prefix ("x" + key in a malformed header is still a key), and "_" may arrive as %5F in a raw path.
 _US = r"(?:_|%5[Ff])"
-_SECRET = re.compile(rf"(pp{_US}(?:live|test){_US}|[sr]k{_US}(?:live|test){_US}|whsec{_US})(?:[A-Za-z0-9_]|%[0-9A-Fa-f]{{2}})+")
+_SECRET = re.compile(
+    rf"(pp{_US}(?:live|test){_US}|[sr]k{_US}(?:live|test){_US}|whsec{_US})(?:[A-Za-z0-9_]|%[0-9A-Fa-f]{{2}})+"
+)
 
 
 def redact(text):

@@ -32,8 +32,7 @@ PAYING = ("active", "past_due")
 # Never paying: Stripe's `paused` status only comes from a trial that ended without a payment method
 # (docs.stripe.com/billing/subscriptions/trials, missing_payment_method=pause).
 NEVER_PAID = ("incomplete", "incomplete_expired", "paused")
-PER_MONTH = {"monthly": Fraction(1), "yearly": Fraction(1, 12), "weekly": Fraction(52, 12),
-             "daily": Fraction(365, 12)}
+PER_MONTH = {"monthly": Fraction(1), "yearly": Fraction(1, 12), "weekly": Fraction(52, 12), "daily": Fraction(365, 12)}
 TRIAL_WINDOW = timedelta(days=30)
 CHURN_WINDOW = timedelta(days=30)
 # Stripe cancels (or pauses) a trial that ends without a payment method at trial_end itself: a
@@ -60,9 +59,22 @@ class Row(NamedTuple):
 def load(project):
     """[Row] of every subscription of the project. In a block."""
     s = Subscription
-    query = (s.select(s.customer, s.stripe_status, s.unit_amount, s.currency, s.quantity, s.interval,
-                      s.interval_count, s.started_at, s.trial_end, s.canceled_at)
-             .where(s.project == project).tuples())
+    query = (
+        s.select(
+            s.customer,
+            s.stripe_status,
+            s.unit_amount,
+            s.currency,
+            s.quantity,
+            s.interval,
+            s.interval_count,
+            s.started_at,
+            s.trial_end,
+            s.canceled_at,
+        )
+        .where(s.project == project)
+        .tuples()
+    )
     return [Row(*values) for values in query]
 
 
@@ -106,8 +118,10 @@ def _paid(row):
 
 def subscribers(rows):
     """{"active": customers with a paid active or past_due subscription, "trialing": customers with a trial}."""
-    return {"active": len({r.customer_id for r in rows if r.stripe_status in PAYING and _paid(r)}),
-            "trialing": len({r.customer_id for r in rows if r.stripe_status == "trialing"})}
+    return {
+        "active": len({r.customer_id for r in rows if r.stripe_status in PAYING and _paid(r)}),
+        "trialing": len({r.customer_id for r in rows if r.stripe_status == "trialing"}),
+    }
 
 
 def paying_span(row):
@@ -152,10 +166,14 @@ def trial_conversion(rows, now=None, window=TRIAL_WINDOW):
     cancelled or paused at the trial's end, unpaid (its first invoice never paid), incomplete.
     """
     now = now or utcnow()
-    ended = [r for r in rows if r.trial_end is not None and now - window <= r.trial_end <= now
-             and r.stripe_status != "trialing"]
-    converted = sum(1 for r in ended if r.stripe_status in PAYING or
-                    (r.stripe_status == "canceled" and paying_span(r) is not None))
+    ended = [
+        r
+        for r in rows
+        if r.trial_end is not None and now - window <= r.trial_end <= now and r.stripe_status != "trialing"
+    ]
+    converted = sum(
+        1 for r in ended if r.stripe_status in PAYING or (r.stripe_status == "canceled" and paying_span(r) is not None)
+    )
     return Conversion(len(ended), converted)
 
 

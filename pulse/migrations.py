@@ -12,7 +12,8 @@ import logging
 import unicodedata
 
 import peewee as pw
-from playhouse.migrate import MySQLMigrator, SqliteMigrator, migrate as run_operations
+from playhouse.migrate import MySQLMigrator, SqliteMigrator
+from playhouse.migrate import migrate as run_operations
 
 from pulse import emails
 from pulse.db import database, is_mysql, utcnow
@@ -46,15 +47,28 @@ def _customer_history(db, migrator):
 def _plan_items_and_catalog(db, migrator):
     # Issue 10 items 2-6: the plan item's facts, pause_collection, the paused-collection policy, the catalog.
     from pulse.models import Plan, PlanPrice, Project, Subscription
+
     fields = Subscription._meta.fields
-    run_operations(*(migrator.add_column("subscription", name, fields[name])
-                     for name in ("interval_count", "quantity", "unit_amount", "currency", "pause_behavior",
-                                  "pause_resumes_at", "plan_slug_fallback")))
+    run_operations(
+        *(
+            migrator.add_column("subscription", name, fields[name])
+            for name in (
+                "interval_count",
+                "quantity",
+                "unit_amount",
+                "currency",
+                "pause_behavior",
+                "pause_resumes_at",
+                "plan_slug_fallback",
+            )
+        )
+    )
     # Not migrator.add_column: for a NOT NULL column it rebuilds the table on SQLite, and dropping the
     # old `project` table would cascade-delete every customer and subscription (foreign_keys is on).
     kind = "BOOL" if is_mysql(db) else "INTEGER"
-    db.execute_sql(f"ALTER TABLE {Project._meta.table_name} ADD COLUMN paused_collection_has_access {kind} "
-                   "NOT NULL DEFAULT 1")
+    db.execute_sql(
+        f"ALTER TABLE {Project._meta.table_name} ADD COLUMN paused_collection_has_access {kind} NOT NULL DEFAULT 1"
+    )
     db.create_tables([Plan, PlanPrice], safe=True)
     # Until its next event, a stored row falls back to the slug it had.
     Subscription.update(plan_slug_fallback=Subscription.plan_slug).execute()
@@ -98,11 +112,16 @@ def _email_identity(db, migrator):
             # Named in the log of `run.py migrate` and in the audit log, for the operator to resolve.
             log.warning("migration 4: account %s (%r) cannot sign in until resolved: %s", user_id, email, reason)
             # A plain table insert: the AuditLog model may have grown columns a later step adds.
-            audit.insert(actor="migration", action="user.email_flagged", user_id=user_id, created_at=utcnow(),
-                         detail=json.dumps({"user_id": user_id, "email": email, "email_key": key,
-                                            "reason": reason}, sort_keys=True)).execute()
-    run_operations(migrator.drop_index("user", "user_email"),
-                   migrator.add_index("user", ("email_key",), True))
+            audit.insert(
+                actor="migration",
+                action="user.email_flagged",
+                user_id=user_id,
+                created_at=utcnow(),
+                detail=json.dumps(
+                    {"user_id": user_id, "email": email, "email_key": key, "reason": reason}, sort_keys=True
+                ),
+            ).execute()
+    run_operations(migrator.drop_index("user", "user_email"), migrator.add_index("user", ("email_key",), True))
 
 
 def _checkout_lease(db, migrator):
@@ -122,6 +141,7 @@ def _sandbox_projects(db, migrator):
 def _outbox_and_entitlements(db, migrator):
     # Issue 16: outgoing webhooks (endpoints, the outbox, deliveries) and Stripe entitlements per customer.
     from pulse.models import CustomerFeature, CustomerState, WebhookDelivery, WebhookEndpoint, WebhookMessage
+
     db.create_tables([CustomerState, CustomerFeature, WebhookEndpoint, WebhookMessage, WebhookDelivery], safe=True)
 
 
@@ -133,8 +153,10 @@ def _read_model_feed(db, migrator):
     db.create_tables([ReadModelChange], safe=True)
     changefeed.create_triggers(db)
     # ... and the inbox worker's retry time (PULSE_WEBHOOK_APPLY=worker).
-    run_operations(migrator.add_column("webhook_event", "retry_at", WebhookEvent.retry_at),
-                   migrator.add_index("webhook_event", ("outcome", "retry_at"), False))
+    run_operations(
+        migrator.add_column("webhook_event", "retry_at", WebhookEvent.retry_at),
+        migrator.add_index("webhook_event", ("outcome", "retry_at"), False),
+    )
 
 
 # (version, name, step). Steps after the first receive the database and its migrator.

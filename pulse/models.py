@@ -276,7 +276,6 @@ class SandboxState(BaseModel):
     updated_at = pw.DateTimeField(default=utcnow)
 
 
-
 class CustomerState(BaseModel):
     """What the tenant's app was last told about a customer, and the customer's Stripe entitlements.
 
@@ -370,7 +369,27 @@ class ReadModelChange(BaseModel):
     created_at = pw.DateTimeField(constraints=[pw.SQL("DEFAULT CURRENT_TIMESTAMP")], index=True)
 
 
-MODELS = [Project, User, Membership, ApiKey, Customer, Subscription, WebhookEvent,
-          AuditLog, Session, IdempotencyRecord, LoginFailure, StripeCustomerHistory, Plan, PlanPrice,
-          CheckoutLease, SandboxState, CustomerState, CustomerFeature, WebhookEndpoint, WebhookMessage,
-          WebhookDelivery, ReadModelChange]
+MODELS = [
+    Project,
+    User,
+    Membership,
+    ApiKey,
+    Customer,
+    Subscription,
+    WebhookEvent,
+    AuditLog,
+    Session,
+    IdempotencyRecord,
+    LoginFailure,
+    StripeCustomerHistory,
+    Plan,
+    PlanPrice,
+    CheckoutLease,
+    SandboxState,
+    CustomerState,
+    CustomerFeature,
+    WebhookEndpoint,
+    WebhookMessage,
+    WebhookDelivery,
+    ReadModelChange,
+]

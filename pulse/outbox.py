@@ -71,8 +71,11 @@ def address_refusal(address, config):
     if ip.is_unspecified or ip.is_multicast:
         return "an unspecified or multicast address"
     if ip.is_private or ip.is_link_local or ip.is_reserved or not ip.is_global:
-        return None if config.webhook_allow_private else \
-            "a private or link-local address (PULSE_WEBHOOK_ALLOW_PRIVATE=1 allows it)"
+        return (
+            None
+            if config.webhook_allow_private
+            else "a private or link-local address (PULSE_WEBHOOK_ALLOW_PRIVATE=1 allows it)"
+        )
     return None
 
 
@@ -107,9 +110,14 @@ def new_secret():
 
 
 def endpoint_json(endpoint):
-    return {"id": endpoint.public_id, "url": endpoint.url, "description": endpoint.description,
-            "enabled": bool(endpoint.enabled), "disabled_reason": endpoint.disabled_reason,
-            "created_at": isoformat(endpoint.created_at)}
+    return {
+        "id": endpoint.public_id,
+        "url": endpoint.url,
+        "description": endpoint.description,
+        "enabled": bool(endpoint.enabled),
+        "disabled_reason": endpoint.disabled_reason,
+        "created_at": isoformat(endpoint.created_at),
+    }
 
 
 def create_endpoint(project, url, box, config, description=""):
@@ -120,8 +128,9 @@ def create_endpoint(project, url, box, config, description=""):
     if WebhookEndpoint.select().where(WebhookEndpoint.project == project).count() >= MAX_ENDPOINTS:
         raise EndpointError("url", f"a project has at most {MAX_ENDPOINTS} webhook endpoints")
     secret = new_secret()
-    endpoint = WebhookEndpoint.create(public_id=public_id("we"), project=project, url=url,
-                                      description=description or "", secret=box.encrypt(secret))
+    endpoint = WebhookEndpoint.create(
+        public_id=public_id("we"), project=project, url=url, description=description or "", secret=box.encrypt(secret)
+    )
     return endpoint, secret
 
 
@@ -135,16 +144,21 @@ def get_endpoint(project, endpoint_id):
 
 def delete_endpoint(project, endpoint_id):
     """Delete the endpoint and its deliveries; False when the project has no such endpoint."""
-    return bool(WebhookEndpoint.delete().where(WebhookEndpoint.project == project,
-                                               WebhookEndpoint.public_id == endpoint_id).execute())
+    return bool(
+        WebhookEndpoint.delete()
+        .where(WebhookEndpoint.project == project, WebhookEndpoint.public_id == endpoint_id)
+        .execute()
+    )
 
 
 def enable_endpoint(endpoint):
     """Re-enable a disabled endpoint: its pending deliveries resume at once."""
     WebhookEndpoint.update(enabled=True, disabled_reason=None, failing_since=None, updated_at=utcnow()).where(
-        WebhookEndpoint.id == endpoint.id).execute()
-    WebhookDelivery.update(next_attempt_ms=now_ms()).where(WebhookDelivery.endpoint == endpoint,
-                                                           WebhookDelivery.status == PENDING).execute()
+        WebhookEndpoint.id == endpoint.id
+    ).execute()
+    WebhookDelivery.update(next_attempt_ms=now_ms()).where(
+        WebhookDelivery.endpoint == endpoint, WebhookDelivery.status == PENDING
+    ).execute()
     wake()
 
 
@@ -162,40 +176,72 @@ def enqueue(project, event_type, data, order_key, endpoints=None):
 
     Returns the WebhookMessage, or None when the project has no endpoint to send it to.
     """
-    targets = endpoints if endpoints is not None else list(WebhookEndpoint.select().where(
-        WebhookEndpoint.project == project, WebhookEndpoint.enabled == True))  # noqa: E712
+    targets = (
+        endpoints
+        if endpoints is not None
+        else list(WebhookEndpoint.select().where(WebhookEndpoint.project == project, WebhookEndpoint.enabled == True))
+    )  # noqa: E712
     if not targets:
         return None
     msg_id = public_id("msg", 24)
     created = now_ms()
     body = {"type": event_type, "timestamp": isoformat(utcnow()), "id": msg_id, "data": data}
-    message = WebhookMessage.create(public_id=msg_id, project=project, event_type=event_type,
-                                    payload=json.dumps(body, separators=(",", ":"), ensure_ascii=False),
-                                    created_ms=created)
-    WebhookDelivery.insert_many([{"project": project.id if isinstance(project, Project) else project,
-                                  "message": message.id, "endpoint": endpoint.id, "order_key": order_key[:64],
-                                  "next_attempt_ms": created} for endpoint in targets]).execute()
+    message = WebhookMessage.create(
+        public_id=msg_id,
+        project=project,
+        event_type=event_type,
+        payload=json.dumps(body, separators=(",", ":"), ensure_ascii=False),
+        created_ms=created,
+    )
+    WebhookDelivery.insert_many(
+        [
+            {
+                "project": project.id if isinstance(project, Project) else project,
+                "message": message.id,
+                "endpoint": endpoint.id,
+                "order_key": order_key[:64],
+                "next_attempt_ms": created,
+            }
+            for endpoint in targets
+        ]
+    ).execute()
     wake()
     return message
 
 
 def resend(delivery):
     """Send a delivery again (same webhook-id): a new pending delivery after the ones it ordered."""
-    WebhookDelivery.create(project=delivery.project_id, message=delivery.message_id, endpoint=delivery.endpoint_id,
-                           order_key=delivery.order_key, next_attempt_ms=now_ms())
+    WebhookDelivery.create(
+        project=delivery.project_id,
+        message=delivery.message_id,
+        endpoint=delivery.endpoint_id,
+        order_key=delivery.order_key,
+        next_attempt_ms=now_ms(),
+    )
     wake()
 
 
 def send_test(project, endpoint):
     """Queue a `webhook.test` event to one endpoint."""
-    return enqueue(project, "webhook.test", {"endpoint": endpoint.public_id, "message": "a test event from "
-                                             "PaymentPulse"}, f"test:{endpoint.id}", endpoints=[endpoint])
+    return enqueue(
+        project,
+        "webhook.test",
+        {"endpoint": endpoint.public_id, "message": "a test event from PaymentPulse"},
+        f"test:{endpoint.id}",
+        endpoints=[endpoint],
+    )
 
 
 def deliveries_of(project, endpoint=None, limit=100):
-    query = (WebhookDelivery.select(WebhookDelivery, WebhookMessage, WebhookEndpoint)
-             .join(WebhookMessage).switch(WebhookDelivery).join(WebhookEndpoint)
-             .where(WebhookDelivery.project == project).order_by(WebhookDelivery.id.desc()).limit(limit))
+    query = (
+        WebhookDelivery.select(WebhookDelivery, WebhookMessage, WebhookEndpoint)
+        .join(WebhookMessage)
+        .switch(WebhookDelivery)
+        .join(WebhookEndpoint)
+        .where(WebhookDelivery.project == project)
+        .order_by(WebhookDelivery.id.desc())
+        .limit(limit)
+    )
     if endpoint is not None:
         query = query.where(WebhookDelivery.endpoint == endpoint)
     return list(query)
@@ -216,9 +262,16 @@ def answer_of(project, customer):
         return None
     policy = policy_of(project)
     row = current(rows, policy)
-    body = public_subscription(row, policy, sum(1 for r in rows if row_has_access(r, policy)),
-                               {"external_user_id": customer.external_user_id, "email": customer.email,
-                                "stripe_customer_id": customer.stripe_customer_id})
+    body = public_subscription(
+        row,
+        policy,
+        sum(1 for r in rows if row_has_access(r, policy)),
+        {
+            "external_user_id": customer.external_user_id,
+            "email": customer.email,
+            "stripe_customer_id": customer.stripe_customer_id,
+        },
+    )
     body["features"] = json.loads(state.features) if state is not None else []
     return body
 
@@ -252,15 +305,19 @@ def customer_changed(project, customer_id):
     old = json.loads(state.answer) if state.answer else None
     if new == old:
         return None
-    CustomerState.update(answer=json.dumps(new, sort_keys=True) if new is not None else None,
-                         updated_at=utcnow()).where(CustomerState.id == state.id).execute()
+    CustomerState.update(
+        answer=json.dumps(new, sort_keys=True) if new is not None else None, updated_at=utcnow()
+    ).where(CustomerState.id == state.id).execute()
     if new is None:
         return None
     changed = sorted(key for key in new if old is None or old.get(key) != new[key])
     previous = {key: old.get(key) for key in changed} if old is not None else {}
-    return enqueue(project, "subscription.updated", {"object": new, "changed": changed,
-                                                     "previous_attributes": previous},
-                   customer_order_key(customer.id))
+    return enqueue(
+        project,
+        "subscription.updated",
+        {"object": new, "changed": changed, "previous_attributes": previous},
+        customer_order_key(customer.id),
+    )
 
 
 def customers_changed(project, customer_ids):
@@ -275,15 +332,30 @@ def customers_of_subscriptions(query):
 
 def checkout_completed(project, customer, session_id, stripe_subscription_id):
     """Announce `checkout.completed` (once per Checkout Session: the inbox applies an event once)."""
-    return enqueue(project, "checkout.completed", {
-        "external_user_id": customer.external_user_id, "email": customer.email,
-        "stripe_customer_id": customer.stripe_customer_id, "checkout_session_id": session_id,
-        "stripe_subscription_id": stripe_subscription_id, "subscription": answer_of(project, customer)},
-        customer_order_key(customer.id))
+    return enqueue(
+        project,
+        "checkout.completed",
+        {
+            "external_user_id": customer.external_user_id,
+            "email": customer.email,
+            "stripe_customer_id": customer.stripe_customer_id,
+            "checkout_session_id": session_id,
+            "stripe_subscription_id": stripe_subscription_id,
+            "subscription": answer_of(project, customer),
+        },
+        customer_order_key(customer.id),
+    )
 
 
 def customer_deleted(project, customer, stripe_customer_id):
     """Announce `customer.deleted`: the user's Stripe customer was deleted in Stripe."""
-    return enqueue(project, "customer.deleted", {
-        "external_user_id": customer.external_user_id, "email": customer.email,
-        "stripe_customer_id": stripe_customer_id}, customer_order_key(customer.id))
+    return enqueue(
+        project,
+        "customer.deleted",
+        {
+            "external_user_id": customer.external_user_id,
+            "email": customer.email,
+            "stripe_customer_id": stripe_customer_id,
+        },
+        customer_order_key(customer.id),
+    )

@@ -29,8 +29,10 @@ def mode_mismatch(event: JSON, secret_key: str | None) -> str | None:
     mode = key_livemode(secret_key)
     if mode is None or bool(event.get("livemode")) == mode:
         return None
-    return (f"event is {'live' if event.get('livemode') else 'test'} mode but the project's Stripe key is a "
-            f"{'live' if mode else 'test'} key")
+    return (
+        f"event is {'live' if event.get('livemode') else 'test'} mode but the project's Stripe key is a "
+        f"{'live' if mode else 'test'} key"
+    )
 
 
 def named_project(objects: Iterable[JSON | None]) -> str | None:
@@ -47,11 +49,12 @@ def is_linked(project: Project, stripe_customer_id: str | None) -> bool:
     """Whether a customer of `project` uses, or used until Stripe deleted it, this Stripe customer id."""
     if not stripe_customer_id:
         return False
-    return (Customer.select().where(Customer.project == project,
-                                    Customer.stripe_customer_id == stripe_customer_id).exists()
-            or StripeCustomerHistory.select().where(StripeCustomerHistory.project == project,
-                                                    StripeCustomerHistory.stripe_customer_id
-                                                    == stripe_customer_id).exists())
+    return (
+        Customer.select().where(Customer.project == project, Customer.stripe_customer_id == stripe_customer_id).exists()
+        or StripeCustomerHistory.select()
+        .where(StripeCustomerHistory.project == project, StripeCustomerHistory.stripe_customer_id == stripe_customer_id)
+        .exists()
+    )
 
 
 def not_owned(project: Project, objects: Iterable[JSON | None], stripe_customer_id: Any) -> str | None:

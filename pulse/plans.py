@@ -49,8 +49,7 @@ def valid_price_id(price_id):
 
 def catalog_of(project, price_ids=None):
     """{stripe_price_id: plan_slug} of the project's catalog, restricted to `price_ids` when given."""
-    query = (PlanPrice.select(PlanPrice.stripe_price_id, Plan.plan_slug).join(Plan)
-             .where(PlanPrice.project == project))
+    query = PlanPrice.select(PlanPrice.stripe_price_id, Plan.plan_slug).join(Plan).where(PlanPrice.project == project)
     if price_ids is not None:
         ids = [p for p in price_ids if p]
         if not ids:
@@ -60,8 +59,13 @@ def catalog_of(project, price_ids=None):
 
 
 def _prices_of_slug(project, slug):
-    return [p for (p,) in PlanPrice.select(PlanPrice.stripe_price_id).join(Plan)
-            .where(PlanPrice.project == project, Plan.plan_slug == slug).tuples()]
+    return [
+        p
+        for (p,) in PlanPrice.select(PlanPrice.stripe_price_id)
+        .join(Plan)
+        .where(PlanPrice.project == project, Plan.plan_slug == slug)
+        .tuples()
+    ]
 
 
 def prices_of_slug(project, slug):
@@ -70,15 +74,20 @@ def prices_of_slug(project, slug):
 
 
 def _shape(plan, price_ids):
-    return {"plan_slug": plan.plan_slug, "stripe_price_ids": sorted(price_ids),
-            "created_at": isoformat(plan.created_at), "updated_at": isoformat(plan.updated_at)}
+    return {
+        "plan_slug": plan.plan_slug,
+        "stripe_price_ids": sorted(price_ids),
+        "created_at": isoformat(plan.created_at),
+        "updated_at": isoformat(plan.updated_at),
+    }
 
 
 def list_plans(project):
     """Every plan of the project, by slug: [{"plan_slug", "stripe_price_ids", "created_at", "updated_at"}]."""
     prices = {}
-    for plan_id, price_id in (PlanPrice.select(PlanPrice.plan, PlanPrice.stripe_price_id)
-                              .where(PlanPrice.project == project).tuples()):
+    for plan_id, price_id in (
+        PlanPrice.select(PlanPrice.plan, PlanPrice.stripe_price_id).where(PlanPrice.project == project).tuples()
+    ):
         prices.setdefault(plan_id, []).append(price_id)
     plans = Plan.select().where(Plan.project == project).order_by(Plan.plan_slug)
     return [_shape(plan, prices.get(plan.id, [])) for plan in plans]
@@ -96,8 +105,11 @@ def _plan(project, slug, create=False):
 
 
 def _conflict(field, price_id, owner):
-    return PlanConflict(field, f"Price {price_id} already belongs to plan {owner!r} in this project's plan catalog "
-                               "(one price belongs to at most one plan; change it with PUT /api/plans/{plan_slug}).")
+    return PlanConflict(
+        field,
+        f"Price {price_id} already belongs to plan {owner!r} in this project's plan catalog "
+        "(one price belongs to at most one plan; change it with PUT /api/plans/{plan_slug}).",
+    )
 
 
 def check_pair(project, price_id, plan_slug):
@@ -170,16 +182,27 @@ def _reresolve(project, price_ids):
     for price_id, slug in mapping.items():
         by_slug.setdefault(slug, []).append(price_id)
     for slug, prices in by_slug.items():
-        (Subscription.update(plan_slug=slug)
-         .where(Subscription.project == project, Subscription.stripe_price_id.in_(prices)).execute())
+        (
+            Subscription.update(plan_slug=slug)
+            .where(Subscription.project == project, Subscription.stripe_price_id.in_(prices))
+            .execute()
+        )
     dropped = [p for p in price_ids if p not in mapping]
     if dropped:
-        (Subscription.update(plan_slug=pw.fn.COALESCE(Subscription.plan_slug_fallback, ""))
-         .where(Subscription.project == project, Subscription.stripe_price_id.in_(dropped)).execute())
+        (
+            Subscription.update(plan_slug=pw.fn.COALESCE(Subscription.plan_slug_fallback, ""))
+            .where(Subscription.project == project, Subscription.stripe_price_id.in_(dropped))
+            .execute()
+        )
     # The tenant hears of each customer whose plan_slug moved (subscription.updated).
     from pulse import outbox  # here: pulse.outbox reads the catalog's results through pulse.status only
-    outbox.customers_changed(project, outbox.customers_of_subscriptions(
-        (Subscription.project == project) & Subscription.stripe_price_id.in_(list(price_ids))))
+
+    outbox.customers_changed(
+        project,
+        outbox.customers_of_subscriptions(
+            (Subscription.project == project) & Subscription.stripe_price_id.in_(list(price_ids))
+        ),
+    )
 
 
 # ---------------------------------------------------------------- the plan of a Stripe subscription
@@ -225,9 +248,11 @@ def plan_fields(project: Project, subscription: JSON, metadata: JSON) -> dict[st
     lookup_key = price_of(item or {}).get("lookup_key")
     fallback = None
     if price_id:
-        fallback = (lookup_key[:SLUG_MAX] if isinstance(lookup_key, str) and lookup_key
-                    else _metadata_slug(project, metadata, price_id))
+        fallback = (
+            lookup_key[:SLUG_MAX]
+            if isinstance(lookup_key, str) and lookup_key
+            else _metadata_slug(project, metadata, price_id)
+        )
     fields["plan_slug_fallback"] = fallback
     fields["plan_slug"] = catalog.get(price_id) or fallback or ""
     return fields
-

@@ -61,11 +61,13 @@ def validate_stripe_secrets(secret_key=None, webhook_secret=None):
     Only the shape is checked (prefix, then letters, digits and `_`): whether Stripe accepts the key
     is the console's "check connection". None means "not given" and passes.
     """
-    if secret_key is not None and not (secret_key.startswith(STRIPE_KEY_PREFIXES)
-                                       and _SECRET_CHARS.fullmatch(secret_key)):
+    if secret_key is not None and not (
+        secret_key.startswith(STRIPE_KEY_PREFIXES) and _SECRET_CHARS.fullmatch(secret_key)
+    ):
         raise Refused("The secret key must be a Stripe secret key (sk_live_…, sk_test_… or rk_…).")
-    if webhook_secret is not None and not (webhook_secret.startswith(WEBHOOK_SECRET_PREFIX)
-                                           and _SECRET_CHARS.fullmatch(webhook_secret)):
+    if webhook_secret is not None and not (
+        webhook_secret.startswith(WEBHOOK_SECRET_PREFIX) and _SECRET_CHARS.fullmatch(webhook_secret)
+    ):
         raise Refused("The webhook secret must be a Stripe signing secret (whsec_…).")
 
 
@@ -91,8 +93,14 @@ def look_alike_of(email):
 
 def audit(action, *, project=None, user=None, actor=None, ip=None, **detail):
     """Record who did what; `detail` never carries secrets (callers pass masked values)."""
-    AuditLog.create(project=project, user=user, actor=actor or (user.email if user else "system"),
-                    action=action, ip=ip, detail=json.dumps(detail, sort_keys=True, default=str))
+    AuditLog.create(
+        project=project,
+        user=user,
+        actor=actor or (user.email if user else "system"),
+        action=action,
+        ip=ip,
+        detail=json.dumps(detail, sort_keys=True, default=str),
+    )
 
 
 def get_project(public_id):
@@ -103,8 +111,17 @@ def get_project(public_id):
     return project
 
 
-def create_project(name, admin_email, box, *, admin_password=None, stripe_secret_key=None,
-                   stripe_webhook_secret=None, actor="cli", sandbox=False):
+def create_project(
+    name,
+    admin_email,
+    box,
+    *,
+    admin_password=None,
+    stripe_secret_key=None,
+    stripe_webhook_secret=None,
+    actor="cli",
+    sandbox=False,
+):
     """Create a project with its first API key and its admin (new, or an existing account).
 
     The admin is the account with the same email key (NFKC, case-folded). Raises Refused for an
@@ -130,24 +147,27 @@ def create_project(name, admin_email, box, *, admin_password=None, stripe_secret
             if unicodedata.normalize("NFKC", typed) != typed:
                 # Full-width and other compatibility forms are how look-alikes are typed; a new
                 # account is only ever made from the plain form, which an operator can read.
-                raise Refused(f"{typed!r} contains full-width or compatibility characters; "
-                              f"write it as {email!r}.")
+                raise Refused(f"{typed!r} contains full-width or compatibility characters; write it as {email!r}.")
             twin = look_alike_of(email)
             if twin is not None:
-                raise Refused(f"{admin_email.strip()!r} looks like the existing account {twin.email!r}; "
-                              "use that exact address or another one.")
+                raise Refused(
+                    f"{admin_email.strip()!r} looks like the existing account {twin.email!r}; "
+                    "use that exact address or another one."
+                )
             if admin_password is None:
                 admin_password = generated = security.generate_password()
-            user = User.create(email=email, email_key=email,
-                               password_hash=security.hash_password(admin_password))
+            user = User.create(email=email, email_key=email, password_hash=security.hash_password(admin_password))
         public_id = security.public_id("proj")
         if sandbox:
             stripe_secret_key = new_sandbox_secret_key(public_id)
             stripe_webhook_secret = "whsec_" + security.random_base62(32)
         project = Project.create(
-            public_id=public_id, name=name.strip(), sandbox=sandbox,
+            public_id=public_id,
+            name=name.strip(),
+            sandbox=sandbox,
             stripe_secret_key=box.encrypt(stripe_secret_key),
-            stripe_webhook_secret=box.encrypt(stripe_webhook_secret))
+            stripe_webhook_secret=box.encrypt(stripe_webhook_secret),
+        )
         Membership.create(user=user, project=project)
         key = apikeys.issue(project, label="default")
         audit("project.created", project=project, actor=actor, name=project.name, admin=email, sandbox=sandbox)
@@ -203,7 +223,7 @@ def sandbox_project_of(secret_key):
     """The sandbox project a Stripe key belongs to, or None for any other key."""
     if not secret_key or not secret_key.startswith(SANDBOX_KEY_PREFIX):
         return None
-    return secret_key[len(SANDBOX_KEY_PREFIX):].rpartition("_")[0] or None
+    return secret_key[len(SANDBOX_KEY_PREFIX) :].rpartition("_")[0] or None
 
 
 def local_base(config):
@@ -250,8 +270,14 @@ def set_paused_collection_policy(project, allowed, *, actor=None, user=None, ip=
     project.updated_at = utcnow()
     with database.atomic():
         project.save()
-        audit("settings.paused_collection_policy", project=project, actor=actor, user=user, ip=ip,
-              paused_collection_has_access=bool(allowed))
+        audit(
+            "settings.paused_collection_policy",
+            project=project,
+            actor=actor,
+            user=user,
+            ip=ip,
+            paused_collection_has_access=bool(allowed),
+        )
         _announce_policy(project)
     apikeys.invalidate(project.id)  # cached key lookups carry the project row
     return True
@@ -261,5 +287,11 @@ def _announce_policy(project):
     """A policy change can move has_access of many customers: each one whose answer moved hears of it."""
     from pulse import outbox
     from pulse.models import Subscription
-    outbox.customers_changed(project, outbox.customers_of_subscriptions(
-        (Subscription.project == project) & ((Subscription.status == "past_due") | Subscription.pause_behavior.is_null(False))))
+
+    outbox.customers_changed(
+        project,
+        outbox.customers_of_subscriptions(
+            (Subscription.project == project)
+            & ((Subscription.status == "past_due") | Subscription.pause_behavior.is_null(False))
+        ),
+    )

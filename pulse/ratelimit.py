@@ -7,7 +7,6 @@ Redis is reached with redis-py's asyncio client (never blocking the event loop),
 REDIS_TIMEOUT; while it is down every process counts on its own (fail open).
 """
 
-import asyncio
 import ipaddress
 import logging
 import math
@@ -57,8 +56,11 @@ class Decision:
     retry_after: int  # seconds to wait when refused, else 0
 
     def headers(self):
-        values = {"X-RateLimit-Limit": str(self.limit), "X-RateLimit-Remaining": str(self.remaining),
-                  "X-RateLimit-Reset": str(self.reset)}
+        values = {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(self.reset),
+        }
         if not self.allowed:
             values["Retry-After"] = str(self.retry_after)
         return values
@@ -85,9 +87,13 @@ class Limiter:
         now = time.time()
         if remaining >= rate.limit:  # nothing in the window (cannot follow an admitted hit)
             frees_at = now + rate.window
-        return Decision(allowed=allowed, limit=rate.limit, remaining=max(0, remaining),
-                        reset=math.ceil(frees_at),
-                        retry_after=0 if allowed else max(1, math.ceil(frees_at - now)))
+        return Decision(
+            allowed=allowed,
+            limit=rate.limit,
+            remaining=max(0, remaining),
+            reset=math.ceil(frees_at),
+            retry_after=0 if allowed else max(1, math.ceil(frees_at - now)),
+        )
 
     async def close(self):
         await self.storage.reset()
@@ -112,8 +118,13 @@ class RedisLimiter(Limiter):
     def __init__(self, url, prefix="pulse:rl", fallback=None):
         # limits names the schemes async+redis://, async+rediss://, async+redis+unix://.
         uri = "async+redis+" + url if url.startswith("unix://") else "async+" + url
-        storage = RedisStorage(uri, implementation="redispy", key_prefix=prefix,
-                               socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT)
+        storage = RedisStorage(
+            uri,
+            implementation="redispy",
+            key_prefix=prefix,
+            socket_timeout=REDIS_TIMEOUT,
+            socket_connect_timeout=REDIS_TIMEOUT,
+        )
         super().__init__(storage)
         self.fallback = fallback or MemoryLimiter()
         self._down_until = 0.0
@@ -123,10 +134,13 @@ class RedisLimiter(Limiter):
             return await self.fallback.hit(key, rate)
         try:
             return await super().hit(key, rate)
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, RedisError, OSError) as exc:
             # Fail open to per-process counting: an outage must not take the API down with it.
-            log.warning("redis unavailable for rate limits (%s); counting per process for %ss",
-                        type(exc).__name__, REDIS_RETRY_AFTER)
+            log.warning(
+                "redis unavailable for rate limits (%s); counting per process for %ss",
+                type(exc).__name__,
+                REDIS_RETRY_AFTER,
+            )
             self._down_until = time.monotonic() + REDIS_RETRY_AFTER
             return await self.fallback.hit(key, rate)
 

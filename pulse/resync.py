@@ -4,8 +4,8 @@ from collections import Counter
 from collections.abc import Callable
 
 from pulse import billing, outbox, ownership, subscriptions
-from pulse.db import block, transaction, utcnow
 from pulse.config import Config
+from pulse.db import block, transaction, utcnow
 from pulse.models import Customer, Project
 from pulse.security import SecretBox
 from pulse.stripe_objects import metadata_of, plain
@@ -37,21 +37,33 @@ def _repair_email(project, stripe_customer):
     if not email:
         return
     with block():
-        (Customer.update(email=email, updated_at=utcnow())
-         .where(Customer.project == project, Customer.stripe_customer_id == stripe_customer["id"],
-                Customer.email != email).execute())
+        (
+            Customer.update(email=email, updated_at=utcnow())
+            .where(
+                Customer.project == project,
+                Customer.stripe_customer_id == stripe_customer["id"],
+                Customer.email != email,
+            )
+            .execute()
+        )
 
 
-async def sync_project(project: Project, *, config: Config, box: SecretBox,
-                       progress: Callable[[str], object] | None = None) -> dict[str, int]:
+async def sync_project(
+    project: Project, *, config: Config, box: SecretBox, progress: Callable[[str], object] | None = None
+) -> dict[str, int]:
     """Upsert every subscription of the project's Stripe customers; returns outcome counts.
 
     Each listing is stamped with the time it was requested, so a webhook applied meanwhile (a
     later fetch) is never overwritten by it. Raises billing.StripeNotConfigured / StripeFailure.
     """
     client = billing.client_for(config, billing.secret_key_for(project, box, config))
-    outcomes = (subscriptions.CREATED, subscriptions.UPDATED, subscriptions.UNCHANGED, subscriptions.STALE,
-                subscriptions.UNMATCHED)
+    outcomes = (
+        subscriptions.CREATED,
+        subscriptions.UPDATED,
+        subscriptions.UNCHANGED,
+        subscriptions.STALE,
+        subscriptions.UNMATCHED,
+    )
     counts = Counter(dict.fromkeys(("customers", "subscriptions", *outcomes, "skipped", "deleted_customers"), 0))
     listed = set()
     async for stripe_customer in _each(client.v1.customers.list_async, {}):
@@ -59,8 +71,12 @@ async def sync_project(project: Project, *, config: Config, box: SecretBox,
         if stripe_customer.get("deleted"):
             continue
         at = subscriptions.clock_ms()
-        found = [sub async for sub in _each(client.v1.subscriptions.list_async,
-                                             {"customer": stripe_customer["id"], "status": "all"})]
+        found = [
+            sub
+            async for sub in _each(
+                client.v1.subscriptions.list_async, {"customer": stripe_customer["id"], "status": "all"}
+            )
+        ]
         mine = [sub for sub in found if _belongs(project, stripe_customer, sub)]
         counts["skipped"] += len(found) - len(mine)
         if not mine and not _belongs(project, stripe_customer):
@@ -89,8 +105,13 @@ async def _unlink_deleted(project, client, listed, progress):
     A 404 (another account or mode: the project's key changed) is left alone. Returns how many were unlinked.
     """
     with block():
-        linked = [cid for (cid,) in Customer.select(Customer.stripe_customer_id).where(
-            Customer.project == project, Customer.stripe_customer_id.is_null(False)).tuples() if cid not in listed]
+        linked = [
+            cid
+            for (cid,) in Customer.select(Customer.stripe_customer_id)
+            .where(Customer.project == project, Customer.stripe_customer_id.is_null(False))
+            .tuples()
+            if cid not in listed
+        ]
     unlinked = 0
     for stripe_customer_id in linked:
         at = subscriptions.clock_ms()
@@ -104,8 +125,9 @@ async def _unlink_deleted(project, client, listed, progress):
             continue
         with block():
             with transaction():
-                customer = subscriptions.retire_stripe_customer(project, stripe_customer_id,
-                                                                subscriptions.DELETED_IN_STRIPE, at)
+                customer = subscriptions.retire_stripe_customer(
+                    project, stripe_customer_id, subscriptions.DELETED_IN_STRIPE, at
+                )
                 if customer is not None:  # the tenant hears of it as from the missed event
                     outbox.customer_deleted(project, customer, stripe_customer_id)
         unlinked += 1

@@ -44,7 +44,7 @@ def new_api_key(prefix=API_KEY_PREFIX):
 
 def looks_like_api_key(raw):
     """Cheap shape check before touching the database."""
-    body = raw[len(API_KEY_PREFIX):] if raw and raw.startswith((API_KEY_PREFIX, TEST_KEY_PREFIX)) else ""
+    body = raw[len(API_KEY_PREFIX) :] if raw and raw.startswith((API_KEY_PREFIX, TEST_KEY_PREFIX)) else ""
     return 32 <= len(body) <= 128 and all(ch in BASE62 for ch in body)
 
 
@@ -63,8 +63,9 @@ class SecretBox:
     """Fernet encryption of stored Stripe secrets, keyed from PULSE_SECRET_KEY via HKDF."""
 
     def __init__(self, secret_key):
-        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"paymentpulse",
-                   info=b"stripe-secrets-at-rest").derive(secret_key.encode("utf-8"))
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"paymentpulse", info=b"stripe-secrets-at-rest").derive(
+            secret_key.encode("utf-8")
+        )
         self._fernet = Fernet(base64.urlsafe_b64encode(key))
 
     def encrypt(self, plaintext):
@@ -147,7 +148,7 @@ class BcryptPool:
 
     # One set of threads per process and size, shared by every app built in it (tests build many);
     # keyed by pid as well, so a forked worker starts threads of its own.
-    _executors = {}
+    _executors: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
     def __init__(self, workers=None, capacity=None):
         self.workers = workers or max(1, min(4, os.cpu_count() or 1))

@@ -35,8 +35,15 @@ def create_session(user, ip=None, user_agent=""):
     now = utcnow()
     # Sessions nobody presents again are never looked up; drop the ones past their absolute end here.
     Session.delete().where(Session.expires_at <= now).execute()
-    Session.create(token_hash=digest, user=user, created_at=now, last_seen_at=now,
-                   expires_at=now + ABSOLUTE_LIFETIME, ip=ip, user_agent=(user_agent or "")[:255])
+    Session.create(
+        token_hash=digest,
+        user=user,
+        created_at=now,
+        last_seen_at=now,
+        expires_at=now + ABSOLUTE_LIFETIME,
+        ip=ip,
+        user_agent=(user_agent or "")[:255],
+    )
     return raw
 
 
@@ -44,8 +51,7 @@ def session_user(raw):
     """The User of a live session token, else None; expired sessions are deleted."""
     if not raw or len(raw) > 128:
         return None
-    row = (Session.select(Session, User).join(User)
-           .where(Session.token_hash == security.hash_token(raw)).first())
+    row = Session.select(Session, User).join(User).where(Session.token_hash == security.hash_token(raw)).first()
     if row is None:
         return None
     now = utcnow()
@@ -72,10 +78,14 @@ def locked_until(email, ip, now=None):
     """When the email+IP lockout ends, or None: 5 failures within 15 min lock for 15 min after the 5th."""
     now = now or utcnow()
     since = now - FAILURE_WINDOW - LOCKOUT
-    times = [row.created_at for row in LoginFailure.select(LoginFailure.created_at)
-             .where(LoginFailure.email == normalize_email(email), LoginFailure.ip == (ip or ""),
-                    LoginFailure.created_at > since)
-             .order_by(LoginFailure.created_at)]
+    times = [
+        row.created_at
+        for row in LoginFailure.select(LoginFailure.created_at)
+        .where(
+            LoginFailure.email == normalize_email(email), LoginFailure.ip == (ip or ""), LoginFailure.created_at > since
+        )
+        .order_by(LoginFailure.created_at)
+    ]
     until = None
     for i in range(len(times) - MAX_FAILURES + 1):
         if times[i + MAX_FAILURES - 1] - times[i] <= FAILURE_WINDOW:
@@ -140,8 +150,9 @@ def cancel_attempt(attempt_id):
 
 def clear_failures(email, ip):
     """A successful sign-in forgets earlier failures from the same email+IP."""
-    LoginFailure.delete().where(LoginFailure.email == normalize_email(email)[:254],
-                                LoginFailure.ip == (ip or "")[:64]).execute()
+    LoginFailure.delete().where(
+        LoginFailure.email == normalize_email(email)[:254], LoginFailure.ip == (ip or "")[:64]
+    ).execute()
 
 
 def password_problem(new, confirm):

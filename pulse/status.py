@@ -30,9 +30,16 @@ class Status(StrEnum):
 
 ACCESS_STATUSES = (Status.ACTIVE, Status.TRIALING, Status.CANCELLING)
 ALL_STATUSES = tuple(Status)
-_DIRECT = {"active": Status.ACTIVE, "trialing": Status.TRIALING, "past_due": Status.PAST_DUE,
-           "unpaid": Status.UNPAID, "canceled": Status.CANCELLED, "incomplete_expired": Status.CANCELLED,
-           "incomplete": Status.INCOMPLETE, "paused": Status.PAUSED}
+_DIRECT = {
+    "active": Status.ACTIVE,
+    "trialing": Status.TRIALING,
+    "past_due": Status.PAST_DUE,
+    "unpaid": Status.UNPAID,
+    "canceled": Status.CANCELLED,
+    "incomplete_expired": Status.CANCELLED,
+    "incomplete": Status.INCOMPLETE,
+    "paused": Status.PAUSED,
+}
 # Stripe's recurring.interval -> ours; interval_count says how many of them (3 months = quarterly).
 INTERVALS = {"day": "daily", "week": "weekly", "month": "monthly", "year": "yearly"}
 PAUSE_BEHAVIORS = ("keep_as_draft", "mark_uncollectible", "void")
@@ -74,8 +81,12 @@ def _field(row, name):
 
 def row_has_access(row, policy):
     """has_access for a Subscription row (model or dict) under a Policy."""
-    return has_access(_field(row, "status"), policy.past_due_has_access, _field(row, "pause_behavior"),
-                      policy.paused_collection_has_access)
+    return has_access(
+        _field(row, "status"),
+        policy.past_due_has_access,
+        _field(row, "pause_behavior"),
+        policy.paused_collection_has_access,
+    )
 
 
 _EPOCH = datetime(1970, 1, 1)
@@ -84,8 +95,12 @@ _EPOCH = datetime(1970, 1, 1)
 def rank(row, policy):
     """Sort key of the current-subscription rule: access first, then the latest started, then the newest row."""
     started = _field(row, "started_at")
-    return (not row_has_access(row, policy), started is None,
-            -(started - _EPOCH).total_seconds() if started is not None else 0, -_field(row, "id"))
+    return (
+        not row_has_access(row, policy),
+        started is None,
+        -(started - _EPOCH).total_seconds() if started is not None else 0,
+        -_field(row, "id"),
+    )
 
 
 def current(rows, policy=DEFAULT_POLICY):
@@ -95,15 +110,19 @@ def current(rows, policy=DEFAULT_POLICY):
 
 def access_condition(subscription, project):
     """SQL twin of `row_has_access`: `subscription` and `project` are models or aliases in the query."""
-    granted = (subscription.status.in_([s.value for s in ACCESS_STATUSES])
-               | ((subscription.status == Status.PAST_DUE.value) & (project.past_due_has_access == True)))  # noqa: E712
+    granted = subscription.status.in_([s.value for s in ACCESS_STATUSES]) | (
+        (subscription.status == Status.PAST_DUE.value) & (project.past_due_has_access == True)
+    )  # noqa: E712
     return granted & (subscription.pause_behavior.is_null() | (project.paused_collection_has_access == True))  # noqa: E712
 
 
 def current_order(subscription, project):
     """SQL twin of `rank`: ORDER BY terms that put the current subscription first."""
-    return [pw.Case(None, [(access_condition(subscription, project), 0)], 1),
-            subscription.started_at.desc(nulls="LAST"), subscription.id.desc()]
+    return [
+        pw.Case(None, [(access_condition(subscription, project), 0)], 1),
+        subscription.started_at.desc(nulls="LAST"),
+        subscription.id.desc(),
+    ]
 
 
 def iso_time(value):
@@ -114,9 +133,20 @@ def iso_time(value):
 
 
 # Subscription columns the public shape reads, in the hot path's SELECT order.
-PUBLIC_COLUMNS = ("status", "plan_slug", "interval", "interval_count", "quantity", "stripe_price_id",
-                  "current_period_end", "cancel_at", "trial_end", "pause_behavior", "pause_resumes_at",
-                  "stripe_subscription_id")
+PUBLIC_COLUMNS = (
+    "status",
+    "plan_slug",
+    "interval",
+    "interval_count",
+    "quantity",
+    "stripe_price_id",
+    "current_period_end",
+    "cancel_at",
+    "trial_end",
+    "pause_behavior",
+    "pause_resumes_at",
+    "stripe_subscription_id",
+)
 
 
 def public_subscription(row, policy, with_access, customer=None):
@@ -128,26 +158,28 @@ def public_subscription(row, policy, with_access, customer=None):
     """
     get = row.__getitem__ if isinstance(row, dict) else row.__getattribute__
     behavior = get("pause_behavior")
-    body = {} if customer is None else {"external_user_id": customer["external_user_id"],
-                                        "email": customer["email"]}
-    body.update({
-        "status": get("status"),
-        "has_access": has_access(get("status"), policy.past_due_has_access, behavior,
-                                 policy.paused_collection_has_access),
-        "plan_slug": get("plan_slug") or None,
-        "interval": get("interval") or None,
-        "interval_count": get("interval_count"),
-        "quantity": get("quantity"),
-        "stripe_price_id": get("stripe_price_id") or None,
-        "current_period_end": iso_time(get("current_period_end")),
-        "cancel_at": iso_time(get("cancel_at")),
-        "trial_end": iso_time(get("trial_end")),
-        "pause_collection": {"behavior": behavior, "resumes_at": iso_time(get("pause_resumes_at"))}
-        if behavior else None,
-        "subscriptions_with_access": with_access,
-    })
+    body = {} if customer is None else {"external_user_id": customer["external_user_id"], "email": customer["email"]}
+    body.update(
+        {
+            "status": get("status"),
+            "has_access": has_access(
+                get("status"), policy.past_due_has_access, behavior, policy.paused_collection_has_access
+            ),
+            "plan_slug": get("plan_slug") or None,
+            "interval": get("interval") or None,
+            "interval_count": get("interval_count"),
+            "quantity": get("quantity"),
+            "stripe_price_id": get("stripe_price_id") or None,
+            "current_period_end": iso_time(get("current_period_end")),
+            "cancel_at": iso_time(get("cancel_at")),
+            "trial_end": iso_time(get("trial_end")),
+            "pause_collection": {"behavior": behavior, "resumes_at": iso_time(get("pause_resumes_at"))}
+            if behavior
+            else None,
+            "subscriptions_with_access": with_access,
+        }
+    )
     if customer is not None:
         body["stripe_customer_id"] = customer["stripe_customer_id"]
     body["stripe_subscription_id"] = get("stripe_subscription_id")
     return body
-

@@ -18,9 +18,15 @@ from pulse.db import from_timestamp
 JSON = dict[str, Any]
 
 # Event types by the object they carry (data.object): which object an event names follows from these.
-SUBSCRIPTION_EVENTS = frozenset({"customer.subscription.created", "customer.subscription.updated",
-                                 "customer.subscription.deleted", "customer.subscription.paused",
-                                 "customer.subscription.resumed"})
+SUBSCRIPTION_EVENTS = frozenset(
+    {
+        "customer.subscription.created",
+        "customer.subscription.updated",
+        "customer.subscription.deleted",
+        "customer.subscription.paused",
+        "customer.subscription.resumed",
+    }
+)
 INVOICE_EVENTS = frozenset({"invoice.paid", "invoice.payment_failed"})
 CUSTOMER_EVENTS = frozenset({"customer.updated", "customer.deleted"})
 
@@ -114,8 +120,7 @@ def metadatas_of(obj: JSON) -> Iterator[JSON]:
 def period_end(subscription: JSON) -> datetime | None:
     """current_period_end from the items (API 2025-03-31+), else the top-level field (older)."""
     items = ((subscription.get("items") or {}).get("data")) or []
-    ends = [item["current_period_end"] for item in items
-            if isinstance(item, dict) and item.get("current_period_end")]
+    ends = [item["current_period_end"] for item in items if isinstance(item, dict) and item.get("current_period_end")]
     if ends:
         return from_timestamp(max(ends))
     return from_timestamp(subscription.get("current_period_end"))

@@ -13,8 +13,8 @@ from pulse import billing, events
 from pulse.config import Config, RateLimit
 from pulse.db import DatabaseUnavailable, block, database, lock_timeout, locking, retryable, transaction, utcnow
 from pulse.models import Project, WebhookEvent
-from pulse.ratelimit import address_bucket
 from pulse.outcomes import Outcome
+from pulse.ratelimit import address_bucket
 from pulse.security import SecretBox
 from pulse.stripe_objects import JSON, customer_id_of, obj_of, stripe_id
 
@@ -28,8 +28,10 @@ INVALID_RECORDS_PER_ADDRESS = RateLimit(60, 60)
 INVALID_RECORDS_PER_PROJECT = RateLimit(120, 3600)
 PROCESSED, IGNORED, FAILED = Outcome.PROCESSED, Outcome.IGNORED, Outcome.FAILED
 INVALID_SIGNATURE = Outcome.INVALID_SIGNATURE
-UNROUTED = ("no project: no pulse_project_id metadata names a project, and its Stripe customer is linked "
-            "to a customer of no project (or of several)")
+UNROUTED = (
+    "no project: no pulse_project_id metadata names a project, and its Stripe customer is linked "
+    "to a customer of no project (or of several)"
+)
 _SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
 
 
@@ -77,15 +79,23 @@ async def record_invalid(project, reason, remote_ip, limiter):
     """
     ip = (remote_ip or "")[:64]
     scope = project.public_id if project is not None else "-"
-    for key, rate in (("webhook-invalid:ip:" + address_bucket(ip), INVALID_RECORDS_PER_ADDRESS),
-                      ("webhook-invalid:project:" + scope, INVALID_RECORDS_PER_PROJECT)):
+    for key, rate in (
+        ("webhook-invalid:ip:" + address_bucket(ip), INVALID_RECORDS_PER_ADDRESS),
+        ("webhook-invalid:project:" + scope, INVALID_RECORDS_PER_PROJECT),
+    ):
         if not (await limiter.hit(key, rate)).allowed:
-            log.warning("invalid webhook signature from %s not recorded (over %s for this %s): %s",
-                        ip, rate, key.split(":")[1], reason)
+            log.warning(
+                "invalid webhook signature from %s not recorded (over %s for this %s): %s",
+                ip,
+                rate,
+                key.split(":")[1],
+                reason,
+            )
             return
     with block():
-        WebhookEvent.create(project=project, outcome=INVALID_SIGNATURE, error=reason[:200], remote_ip=ip or None,
-                            processed_at=utcnow())
+        WebhookEvent.create(
+            project=project, outcome=INVALID_SIGNATURE, error=reason[:200], remote_ip=ip or None, processed_at=utcnow()
+        )
 
 
 def parse(raw):
@@ -101,13 +111,15 @@ def parse(raw):
         try:
             json.dumps(event, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
-            raise WebhookError(400, "invalid_payload", "Event body contains an unpaired \\u surrogate escape.") from None
+            raise WebhookError(
+                400, "invalid_payload", "Event body contains an unpaired \\u surrogate escape."
+            ) from None
     if not isinstance(event.get("id"), str) or not event["id"] or len(event["id"]) > 255:
         raise WebhookError(400, "invalid_payload", "Event has no id.")
     if not isinstance(event.get("type"), str) or not event["type"]:
         raise WebhookError(400, "invalid_payload", "Event has no type.")
     created = event.get("created")
-    if created is not None and (isinstance(created, bool) or not isinstance(created, int) or not 0 <= created < 2 ** 40):
+    if created is not None and (isinstance(created, bool) or not isinstance(created, int) or not 0 <= created < 2**40):
         # Stored in a BIGINT and used for ordering: out of range, it crashed even the failure record.
         raise WebhookError(400, "invalid_payload", "Event created must be a Unix timestamp.")
     data = event.get("data")
@@ -121,35 +133,45 @@ def parse(raw):
 
 def _lookup(project, event_id):
     query = WebhookEvent.select().where(WebhookEvent.stripe_event_id == event_id)
-    query = query.where(WebhookEvent.project.is_null()) if project is None else query.where(
-        WebhookEvent.project == project)
+    query = (
+        query.where(WebhookEvent.project.is_null()) if project is None else query.where(WebhookEvent.project == project)
+    )
     return query
 
 
 def _row_fields(event, raw):
     obj = obj_of(event)
     customer = customer_id_of(obj)
-    return dict(stripe_event_id=event["id"], type=event["type"][:100],
-                api_version=(event.get("api_version") or None) and str(event["api_version"])[:40],
-                livemode=bool(event.get("livemode")), object_id=(stripe_id(obj.get("id")) or "")[:255] or None,
-                stripe_customer_id=customer and str(customer)[:255], stripe_created=event.get("created")
-                if isinstance(event.get("created"), int) else None, payload=raw)
+    return dict(
+        stripe_event_id=event["id"],
+        type=event["type"][:100],
+        api_version=(event.get("api_version") or None) and str(event["api_version"])[:40],
+        livemode=bool(event.get("livemode")),
+        object_id=(stripe_id(obj.get("id")) or "")[:255] or None,
+        stripe_customer_id=customer and str(customer)[:255],
+        stripe_created=event.get("created") if isinstance(event.get("created"), int) else None,
+        payload=raw,
+    )
 
 
 def _claim(project, event, raw, remote_ip):
     """Insert the inbox row, or take over a failed one; raises _Duplicate when already handled."""
     try:
         with database.atomic():
-            return WebhookEvent.create(project=project, outcome=Outcome.RECEIVED, remote_ip=remote_ip,
-                                       **_row_fields(event, raw))
+            return WebhookEvent.create(
+                project=project, outcome=Outcome.RECEIVED, remote_ip=remote_ip, **_row_fields(event, raw)
+            )
     except peewee.IntegrityError:
         pass
     row = locking(_lookup(project, event["id"])).first()
     if row is None or row.outcome != FAILED:
         raise _Duplicate()
     # Only one concurrent retry may take over a failed event.
-    if not WebhookEvent.update(outcome=Outcome.RECEIVED, attempts=WebhookEvent.attempts + 1).where(
-            WebhookEvent.id == row.id, WebhookEvent.outcome == FAILED).execute():
+    if (
+        not WebhookEvent.update(outcome=Outcome.RECEIVED, attempts=WebhookEvent.attempts + 1)
+        .where(WebhookEvent.id == row.id, WebhookEvent.outcome == FAILED)
+        .execute()
+    ):
         raise _Duplicate()
     return row
 
@@ -157,8 +179,10 @@ def _claim(project, event, raw, remote_ip):
 def short_error(exc: BaseException) -> str:
     """A short, secret-free description of a failure (no SQL, no keys)."""
     if isinstance(exc, billing.StripeFailure):
-        return f"Stripe request failed (http {exc.http_status or '-'}, code {exc.code or '-'}, " \
-               f"request {exc.request_id or '-'})"[:200]
+        return (
+            f"Stripe request failed (http {exc.http_status or '-'}, code {exc.code or '-'}, "
+            f"request {exc.request_id or '-'})"[:200]
+        )
     return f"{type(exc).__name__} while applying the event"
 
 
@@ -170,22 +194,32 @@ def _record_failure(project, event, raw, remote_ip, exc):
             with transaction():
                 try:
                     with database.atomic():
-                        WebhookEvent.create(project=project, outcome=FAILED, error=error, remote_ip=remote_ip,
-                                            **_row_fields(event, raw))
+                        WebhookEvent.create(
+                            project=project, outcome=FAILED, error=error, remote_ip=remote_ip, **_row_fields(event, raw)
+                        )
                         return
                 except peewee.IntegrityError:
                     pass
                 WebhookEvent.update(outcome=FAILED, error=error, attempts=WebhookEvent.attempts + 1).where(
                     WebhookEvent.id == locking(_lookup(project, event["id"])).first().id,
-                    WebhookEvent.outcome != PROCESSED, WebhookEvent.outcome != IGNORED).execute()
+                    WebhookEvent.outcome != PROCESSED,
+                    WebhookEvent.outcome != IGNORED,
+                ).execute()
     except DatabaseUnavailable:
         raise
     except Exception as record_exc:  # still answer 500 (Stripe retries); never a crash page
         log.error("webhook %s: the failure could not be recorded (%s)", event["id"], type(record_exc).__name__)
 
 
-async def process(project: Project | None, event: JSON, raw: bytes | str, *, config: Config, box: SecretBox,
-                  remote_ip: str | None = None) -> JSON:
+async def process(
+    project: Project | None,
+    event: JSON,
+    raw: bytes | str,
+    *,
+    config: Config,
+    box: SecretBox,
+    remote_ip: str | None = None,
+) -> JSON:
     """Store and apply a verified event exactly once; returns the response body.
 
     Raises WebhookError(500) after recording a failure, so Stripe retries.
@@ -209,10 +243,12 @@ async def process(project: Project | None, event: JSON, raw: bytes | str, *, con
                 with transaction():
                     row = _claim(project, event, raw, remote_ip)
                     # One ownership rule for both endpoints and the console's re-apply (events.apply).
-                    outcome, reason = events.apply(project, event, fetched) if project is not None else (
-                        IGNORED, UNROUTED)
-                    WebhookEvent.update(outcome=outcome, processed_at=utcnow(), error=None,
-                                        reason=reason and reason[:255]).where(WebhookEvent.id == row.id).execute()
+                    outcome, reason = (
+                        events.apply(project, event, fetched) if project is not None else (IGNORED, UNROUTED)
+                    )
+                    WebhookEvent.update(
+                        outcome=outcome, processed_at=utcnow(), error=None, reason=reason and reason[:255]
+                    ).where(WebhookEvent.id == row.id).execute()
             except _Duplicate:
                 return {"received": True, "duplicate": True}
             except DatabaseUnavailable:
@@ -257,16 +293,21 @@ def enqueue(project, event, raw, remote_ip=None):
     with block():
         try:
             with database.atomic():
-                WebhookEvent.create(project=project, outcome=Outcome.RECEIVED, remote_ip=remote_ip,
-                                    **_row_fields(event, raw))
+                WebhookEvent.create(
+                    project=project, outcome=Outcome.RECEIVED, remote_ip=remote_ip, **_row_fields(event, raw)
+                )
         except peewee.IntegrityError:
             row = _lookup(project, event["id"]).first()
-            if row is not None and row.outcome == FAILED and WebhookEvent.update(retry_at=utcnow()).where(
-                    WebhookEvent.id == row.id, WebhookEvent.outcome == FAILED).execute():
+            if (
+                row is not None
+                and row.outcome == FAILED
+                and WebhookEvent.update(retry_at=utcnow())
+                .where(WebhookEvent.id == row.id, WebhookEvent.outcome == FAILED)
+                .execute()
+            ):
                 return {"received": True, "queued": True}
             return {"received": True, "duplicate": True}
     return {"received": True, "queued": True}
-
 
 
 async def receive(project, raw, header, secret, *, config, box, limiter, remote_ip=None):
@@ -285,8 +326,7 @@ async def receive(project, raw, header, secret, *, config, box, limiter, remote_
     if getattr(config, "webhook_apply", "inline") == "worker":
         # On a thread with its own connection: a lock wait or a slow commit then holds up this
         # delivery only, not every request on the loop (the thread waits outside the GIL).
-        return await asyncio.get_running_loop().run_in_executor(_store_pool(), enqueue, project, event, raw,
-                                                                remote_ip)
+        return await asyncio.get_running_loop().run_in_executor(_store_pool(), enqueue, project, event, raw, remote_ip)
     return await process(project, event, raw, config=config, box=box, remote_ip=remote_ip)
 
 

@@ -32,8 +32,9 @@ async def perform(config, box, project, change):
     """Run `change(simulator)` on the project's account, then deliver its events (first attempts awaited).
     Returns (result, event types, how many were accepted)."""
     result, events = store.run(project, change, page_base(config, project))
-    accepted = await delivery.deliver(f"{projects.local_base(config)}/api/webhook/{project.public_id}",
-                                      projects.webhook_secret(project, box), events)
+    accepted = await delivery.deliver(
+        f"{projects.local_base(config)}/api/webhook/{project.public_id}", projects.webhook_secret(project, box), events
+    )
     return result, [event["type"] for event in events], accepted
 
 
@@ -73,14 +74,17 @@ class StripeApiHandler(tornado.web.RequestHandler):
 
     async def _serve(self, project_id, path):
         auth = self.request.headers.get("Authorization", "")
-        key = auth[len("Bearer "):] if auth.startswith("Bearer ") else ""
+        key = auth[len("Bearer ") :] if auth.startswith("Bearer ") else ""
         project = sandbox_project(project_id)
         box = self.settings["secret_box"]
         expected = projects.stripe_secret_key(project, box) if project is not None else None
         # Only the project's own simulator key: a live project's key (or another sandbox's) gets Stripe's 401.
         if not key or not expected or not hmac.compare_digest(key.encode(), expected.encode()):
-            message = ("You did not provide an API key." if not key else
-                       f"Invalid API Key provided: {key[:8]}{'*' * 8}{key[-4:]}")
+            message = (
+                "You did not provide an API key."
+                if not key
+                else f"Invalid API Key provided: {key[:8]}{'*' * 8}{key[-4:]}"
+            )
             return self._answer(401, objects.error_body(message))
         method = self.request.method
         raw = self.request.body.decode("utf-8", "replace") if method == "POST" else self.request.query
@@ -92,12 +96,19 @@ class StripeApiHandler(tornado.web.RequestHandler):
             return self._answer(*sim.handle(method, path, params, key))
         try:
             (status, body, replayed), events = store.run(
-                project, lambda sim: sim.handle(method, path, params, key, idem), page_base(self.settings["config"],
-                                                                                          project))
+                project,
+                lambda sim: sim.handle(method, path, params, key, idem),
+                page_base(self.settings["config"], project),
+            )
         except store.Busy:
-            return self._answer(409, objects.error_body("This object cannot be accessed right now because another "
-                                                        "API request or Stripe process is currently accessing it.",
-                                                        code="lock_timeout"))
+            return self._answer(
+                409,
+                objects.error_body(
+                    "This object cannot be accessed right now because another "
+                    "API request or Stripe process is currently accessing it.",
+                    code="lock_timeout",
+                ),
+            )
         if events:  # answered first: PaymentPulse's own call must not wait for its webhooks
             url = f"{projects.local_base(self.settings['config'])}/api/webhook/{project.public_id}"
             task = asyncio.ensure_future(delivery.deliver(url, projects.webhook_secret(project, box), events))
@@ -117,8 +128,11 @@ class SandboxApiHandler(ApiHandler):
         if self._finished:
             return
         if not self.project.sandbox:
-            raise ApiError(403, "not_a_sandbox", "This API key belongs to a live project; the sandbox API "
-                                                 "answers only sandbox projects' pp_test_ keys.")
+            raise ApiError(
+                403,
+                "not_a_sandbox",
+                "This API key belongs to a live project; the sandbox API answers only sandbox projects' pp_test_ keys.",
+            )
 
     async def act(self, change):
         try:
@@ -134,8 +148,9 @@ class SandboxApiHandler(ApiHandler):
 
     def reply(self, done, **extra):
         result, types, accepted = done
-        self.write_json(dict(extra, **({"result": result} if result is not None else {}), events=types,
-                             delivered=accepted))
+        self.write_json(
+            dict(extra, **({"result": result} if result is not None else {}), events=types, delivered=accepted)
+        )
 
 
 def _clock(sim):
@@ -178,8 +193,10 @@ class SubscriptionsHandler(SandboxApiHandler):
     def get(self):
         sim = store.read(self.project)
         with sim.clock():
-            subs = [sim.subscription(sub_id) for sub_id in sorted(
-                sim.subscriptions, key=lambda s: sim.subscriptions[s]["_seq"], reverse=True)]
+            subs = [
+                sim.subscription(sub_id)
+                for sub_id in sorted(sim.subscriptions, key=lambda s: sim.subscriptions[s]["_seq"], reverse=True)
+            ]
         self.write_json({"data": subs})
 
 

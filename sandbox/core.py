@@ -31,8 +31,7 @@ def invalid(message, param=None, code=None):
 class Simulator:
     """One Stripe account: tables of objects by id, plus the clock offset, settings and pending events."""
 
-    TABLES = ("customers", "sessions", "portal_sessions", "subscriptions", "prices", "invoices",
-              "deleted_customers")
+    TABLES = ("customers", "sessions", "portal_sessions", "subscriptions", "prices", "invoices", "deleted_customers")
 
     def __init__(self):
         self.customers, self.sessions, self.portal_sessions, self.subscriptions = {}, {}, {}, {}
@@ -55,10 +54,17 @@ class Simulator:
     def to_state(self):
         """Everything as JSON-ready data."""
         state = {name: getattr(self, name) for name in self.TABLES}
-        state.update(api_version=self.api_version, account=self.account, clock_offset=self.clock_offset,
-                     after_retries=self.after_retries, outbox=self.outbox, seq=next(self._seq),
-                     idempotent=[[list(slot), list(value)] for slot, value in self.idempotent.items()
-                                 if value is not None][-IDEMPOTENCY_MAX:])
+        state.update(
+            api_version=self.api_version,
+            account=self.account,
+            clock_offset=self.clock_offset,
+            after_retries=self.after_retries,
+            outbox=self.outbox,
+            seq=next(self._seq),
+            idempotent=[[list(slot), list(value)] for slot, value in self.idempotent.items() if value is not None][
+                -IDEMPOTENCY_MAX:
+            ],
+        )
         return state
 
     @classmethod
@@ -70,8 +76,9 @@ class Simulator:
         sim.clock_offset, sim.after_retries = state["clock_offset"], state["after_retries"]
         sim.outbox = state.get("outbox", [])
         sim._seq = itertools.count(state.get("seq", 0))
-        sim.idempotent = {tuple(slot): ((value[0][0], value[0][1]), value[1], value[2])
-                          for slot, value in state.get("idempotent", [])}
+        sim.idempotent = {
+            tuple(slot): ((value[0][0], value[0][1]), value[1], value[2]) for slot, value in state.get("idempotent", [])
+        }
         return sim
 
     def clock(self):
@@ -172,14 +179,24 @@ class Simulator:
         if trial and status == "active" and trial_days is None:
             status = "trialing"
         with self.clock():
-            sub = objects.subscription(session["customer"], price_obj, status=status, metadata=data["metadata"],
-                                       trial_days=trial, start=start)
+            sub = objects.subscription(
+                session["customer"], price_obj, status=status, metadata=data["metadata"], trial_days=trial, start=start
+            )
         sub["_seq"] = next(self._seq)
         self.subscriptions[sub["id"]] = sub
         customer = self.customers.get(session["customer"]) or {}
-        session.update(status="complete", payment_status="paid", subscription=sub["id"],
-                       customer_details={"email": customer.get("email") or session.get("customer_email"),
-                                         "name": None, "phone": None, "tax_exempt": "none", "address": None})
+        session.update(
+            status="complete",
+            payment_status="paid",
+            subscription=sub["id"],
+            customer_details={
+                "email": customer.get("email") or session.get("customer_email"),
+                "name": None,
+                "phone": None,
+                "tax_exempt": "none",
+                "address": None,
+            },
+        )
         return self.subscription(sub["id"])
 
     def set_subscription(self, sub_id, **changes):
@@ -234,8 +251,15 @@ class Simulator:
         if idempotency_key and self.idempotent.get(slot) is not None:
             stored = self.idempotent[slot]
             if tuple(stored[0]) != (path, params):
-                return 400, objects.error_body("Keys for idempotent requests can only be used with the same "
-                                               "parameters they were first used with.", "idempotency_error"), False
+                return (
+                    400,
+                    objects.error_body(
+                        "Keys for idempotent requests can only be used with the same "
+                        "parameters they were first used with.",
+                        "idempotency_error",
+                    ),
+                    False,
+                )
             return stored[1], stored[2], True
         try:
             with self.clock():
@@ -285,12 +309,16 @@ class Simulator:
         if parts[0] == "invoices" and method == "GET":
             if len(parts) == 2:
                 return objects.public(self._get(self.invoices, "invoice", parts[1]))
-            found = [i for i in self.invoices.values()
-                     if all(not params.get(k) or i[k] == params[k] for k in ("customer", "subscription", "status"))]
+            found = [
+                i
+                for i in self.invoices.values()
+                if all(not params.get(k) or i[k] == params[k] for k in ("customer", "subscription", "status"))
+            ]
             listing = objects.page(found, params, "/v1/invoices")
             return dict(listing, data=[objects.public(i) for i in listing["data"]])
-        raise StripeError(404, objects.error_body(f"Unrecognized request URL ({method}: /v1/{path}).",
-                                                  code="resource_missing"))
+        raise StripeError(
+            404, objects.error_body(f"Unrecognized request URL ({method}: /v1/{path}).", code="resource_missing")
+        )
 
     def _customers(self, method, parts, params):
         if len(parts) == 1 and method == "POST":
@@ -315,15 +343,20 @@ class Simulator:
                 if "metadata" in params:
                     cus["metadata"] = objects.merge_metadata(cus["metadata"], params["metadata"] or {})
             return objects.public(cus)
-        raise StripeError(404, objects.error_body(f"Unrecognized request URL ({method}: /v1/{'/'.join(parts)}).",
-                                                  code="resource_missing"))
+        raise StripeError(
+            404,
+            objects.error_body(f"Unrecognized request URL ({method}: /v1/{'/'.join(parts)}).", code="resource_missing"),
+        )
 
     def _checkout_sessions(self, method, parts, params):
         if len(parts) == 2 and method == "POST":
             return objects.public(self._store(self.sessions, self._new_checkout(params)))
         if len(parts) == 2 and method == "GET":
-            found = [c for c in self.sessions.values()
-                     if all(not params.get(k) or c[k] == params[k] for k in ("customer", "status", "subscription"))]
+            found = [
+                c
+                for c in self.sessions.values()
+                if all(not params.get(k) or c[k] == params[k] for k in ("customer", "status", "subscription"))
+            ]
             listing = objects.page(found, params, "/v1/checkout/sessions")
             return dict(listing, data=[objects.public(c) for c in listing["data"]])
         if len(parts) == 3 and method == "GET":
@@ -331,20 +364,28 @@ class Simulator:
         if len(parts) == 4 and parts[3] == "expire" and method == "POST":
             session = self._get(self.sessions, "checkout.session", parts[2])
             if session["status"] != "open":
-                raise invalid(f"Only Checkout Sessions with a status in [\"open\"] can be expired. This Checkout "
-                              f"Session has a status of \"{session['status']}\".", code="checkout_session_not_open")
+                raise invalid(
+                    f'Only Checkout Sessions with a status in ["open"] can be expired. This Checkout '
+                    f'Session has a status of "{session["status"]}".',
+                    code="checkout_session_not_open",
+                )
             session.update(status="expired", url=None)
             self.emit("checkout.session.expired", objects.public(session))
             return objects.public(session)
-        raise StripeError(404, objects.error_body(f"Unrecognized request URL ({method}: /v1/{'/'.join(parts)}).",
-                                                  code="resource_missing"))
+        raise StripeError(
+            404,
+            objects.error_body(f"Unrecognized request URL ({method}: /v1/{'/'.join(parts)}).", code="resource_missing"),
+        )
 
     def _subscriptions(self, method, parts, params):
         if len(parts) == 1 and method == "GET":
             status = params.get("status")
-            found = [s for s in self.subscriptions.values()
-                     if (not params.get("customer") or s["customer"] == params["customer"])
-                     and (status == "all" or (s["status"] == status if status else s["status"] != "canceled"))]
+            found = [
+                s
+                for s in self.subscriptions.values()
+                if (not params.get("customer") or s["customer"] == params["customer"])
+                and (status == "all" or (s["status"] == status if status else s["status"] != "canceled"))
+            ]
             listing = objects.page(found, params, "/v1/subscriptions")
             return dict(listing, data=[self.subscription(s["id"]) for s in listing["data"]])
         sub_id = parts[1] if len(parts) > 1 else ""
@@ -359,8 +400,10 @@ class Simulator:
             if sub["status"] != "paused":
                 raise invalid("Only subscriptions with status `paused` can be resumed.")
             return self.resume_paused(sub_id)
-        raise StripeError(404, objects.error_body(f"Unrecognized request URL ({method}: /v1/{'/'.join(parts)}).",
-                                                  code="resource_missing"))
+        raise StripeError(
+            404,
+            objects.error_body(f"Unrecognized request URL ({method}: /v1/{'/'.join(parts)}).", code="resource_missing"),
+        )
 
     def _new_checkout(self, params):
         if params.get("mode") not in ("payment", "setup", "subscription"):
@@ -376,8 +419,9 @@ class Simulator:
                 self._missing("price", line.get("price"), param=f"line_items[{index}][price]")
         trial = (params.get("subscription_data") or {}).get("trial_period_days")
         if trial is not None and not (trial.isdigit() and 1 <= int(trial) <= 730):
-            raise invalid("Invalid trial_period_days.", "subscription_data[trial_period_days]",
-                          "parameter_invalid_integer")
+            raise invalid(
+                "Invalid trial_period_days.", "subscription_data[trial_period_days]", "parameter_invalid_integer"
+            )
         return objects.checkout_session(params, self.page_base)
 
     # ------------------------------------------------------------ subscription changes with their events
@@ -392,15 +436,19 @@ class Simulator:
         if "cancel_at_period_end" in params:
             at_end = params["cancel_at_period_end"] == "true"
             period_end = sub["items"]["data"][0]["current_period_end"]
-            changes.update(cancel_at_period_end=at_end, cancel_at=period_end if at_end else None,
-                           canceled_at=objects.now() if at_end else None)
+            changes.update(
+                cancel_at_period_end=at_end,
+                cancel_at=period_end if at_end else None,
+                canceled_at=objects.now() if at_end else None,
+            )
         if "pause_collection" in params:
             pause = params["pause_collection"]
             if pause and pause.get("behavior") not in ("keep_as_draft", "mark_uncollectible", "void"):
                 raise invalid("Invalid pause_collection[behavior].", "pause_collection[behavior]")
             resumes = pause.get("resumes_at") if pause else None
-            changes["pause_collection"] = ({"behavior": pause["behavior"], "resumes_at": int(resumes) if resumes
-                                            else None} if pause else None)
+            changes["pause_collection"] = (
+                {"behavior": pause["behavior"], "resumes_at": int(resumes) if resumes else None} if pause else None
+            )
         if "metadata" in params:
             changes["metadata"] = params["metadata"] or {}
         items = params.get("items") or []
@@ -419,8 +467,10 @@ class Simulator:
         """DELETE /v1/subscriptions/:id: ends it at once."""
         sub = self.subscriptions[sub_id]
         if sub["status"] == "canceled":
-            raise invalid(f"A canceled subscription can only update its cancellation_details and metadata. "
-                          f"No such subscription: '{sub_id}' is already canceled.")
+            raise invalid(
+                f"A canceled subscription can only update its cancellation_details and metadata. "
+                f"No such subscription: '{sub_id}' is already canceled."
+            )
         before = self.subscription(sub_id)
         self.set_subscription(sub_id, status="canceled")
         self.emit_subscription("customer.subscription.deleted", sub_id, before)

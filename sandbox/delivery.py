@@ -31,9 +31,15 @@ def signature(secret, payload, timestamp=None):
 
 async def _attempt(client, url, secret, payload):
     try:
-        response = await client.post(url, content=payload, headers={
-            "Content-Type": "application/json; charset=utf-8", "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
-            "Stripe-Signature": signature(secret, payload)})
+        response = await client.post(
+            url,
+            content=payload,
+            headers={
+                "Content-Type": "application/json; charset=utf-8",
+                "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+                "Stripe-Signature": signature(secret, payload),
+            },
+        )
     except httpx.HTTPError as exc:
         log.info("sandbox webhook delivery failed: %s", type(exc).__name__)
         return False

@@ -94,8 +94,9 @@ def pay_checkout(sim, session_id, card="4242424242424242"):
     item = stored["items"]["data"][0]
     amount = 0 if stored["status"] == "trialing" else _amount(stored)
     sim.emit_subscription("customer.subscription.created", sub["id"])
-    inv = _invoice(sim, sub["id"], "subscription_create", amount, item["current_period_start"],
-                   item["current_period_end"])
+    inv = _invoice(
+        sim, sub["id"], "subscription_create", amount, item["current_period_start"], item["current_period_end"]
+    )
     _charge(sim, inv, outcome)
     session.update(invoice=inv["id"], amount_total=amount, amount_subtotal=amount, currency=stored["currency"])
     sim.emit("checkout.session.completed", objects.public(session))

@@ -77,14 +77,33 @@ def error_body(message, type_="invalid_request_error", code=None, param=None):
 
 def customer(params):
     return {
-        "id": new_id("cus"), "object": "customer", "address": None, "balance": 0, "created": now(),
-        "currency": None, "default_source": None, "delinquent": False, "description": params.get("description"),
-        "discount": None, "email": params.get("email"), "invoice_prefix": secrets.token_hex(4).upper(),
-        "invoice_settings": {"custom_fields": None, "default_payment_method": None, "footer": None,
-                             "rendering_options": None},
-        "livemode": False, "metadata": merge_metadata({}, params.get("metadata")), "name": params.get("name"),
-        "next_invoice_sequence": 1, "phone": params.get("phone"), "preferred_locales": [], "shipping": None,
-        "tax_exempt": "none", "test_clock": None,
+        "id": new_id("cus"),
+        "object": "customer",
+        "address": None,
+        "balance": 0,
+        "created": now(),
+        "currency": None,
+        "default_source": None,
+        "delinquent": False,
+        "description": params.get("description"),
+        "discount": None,
+        "email": params.get("email"),
+        "invoice_prefix": secrets.token_hex(4).upper(),
+        "invoice_settings": {
+            "custom_fields": None,
+            "default_payment_method": None,
+            "footer": None,
+            "rendering_options": None,
+        },
+        "livemode": False,
+        "metadata": merge_metadata({}, params.get("metadata")),
+        "name": params.get("name"),
+        "next_invoice_sequence": 1,
+        "phone": params.get("phone"),
+        "preferred_locales": [],
+        "shipping": None,
+        "tax_exempt": "none",
+        "test_clock": None,
     }
 
 
@@ -93,20 +112,38 @@ def checkout_session(params, page_base=None):
     session_id = "cs_test_" + secrets.token_hex(24)
     subscription_data = params.get("subscription_data") or {}
     return {
-        "id": session_id, "object": "checkout.session", "allow_promotion_codes": None, "amount_subtotal": None,
-        "amount_total": None, "cancel_url": params.get("cancel_url"),
-        "client_reference_id": params.get("client_reference_id"), "created": now(), "currency": None,
-        "customer": params.get("customer"), "customer_creation": None, "customer_email": params.get("customer_email"),
-        "expires_at": now() + 86400, "invoice": None, "livemode": False, "locale": None,
-        "metadata": merge_metadata({}, params.get("metadata")), "mode": params.get("mode"),
-        "payment_intent": None, "payment_method_types": ["card"], "payment_status": "unpaid",
-        "status": "open", "subscription": None, "success_url": params.get("success_url"),
+        "id": session_id,
+        "object": "checkout.session",
+        "allow_promotion_codes": None,
+        "amount_subtotal": None,
+        "amount_total": None,
+        "cancel_url": params.get("cancel_url"),
+        "client_reference_id": params.get("client_reference_id"),
+        "created": now(),
+        "currency": None,
+        "customer": params.get("customer"),
+        "customer_creation": None,
+        "customer_email": params.get("customer_email"),
+        "expires_at": now() + 86400,
+        "invoice": None,
+        "livemode": False,
+        "locale": None,
+        "metadata": merge_metadata({}, params.get("metadata")),
+        "mode": params.get("mode"),
+        "payment_intent": None,
+        "payment_method_types": ["card"],
+        "payment_status": "unpaid",
+        "status": "open",
+        "subscription": None,
+        "success_url": params.get("success_url"),
         "ui_mode": "hosted",
         "url": f"{page_base}/checkout/{session_id}" if page_base else f"https://checkout.stripe.com/c/pay/{session_id}",
         # Not part of Stripe's session object: kept so complete_checkout can build the subscription.
         "_line_items": params.get("line_items") or [],
-        "_subscription_data": {"metadata": merge_metadata({}, subscription_data.get("metadata")),
-                               "trial_period_days": subscription_data.get("trial_period_days")},
+        "_subscription_data": {
+            "metadata": merge_metadata({}, subscription_data.get("metadata")),
+            "trial_period_days": subscription_data.get("trial_period_days"),
+        },
     }
 
 
@@ -119,22 +156,52 @@ def portal_session(params, page_base=None):
     session_id = "bps_" + secrets.token_hex(12)
     token = "test_" + secrets.token_hex(16)
     return {
-        "id": session_id, "object": "billing_portal.session", "configuration": "bpc_" + secrets.token_hex(8),
-        "created": now(), "customer": params.get("customer"), "flow": None, "livemode": False, "locale": None,
-        "on_behalf_of": None, "return_url": params.get("return_url"),
+        "id": session_id,
+        "object": "billing_portal.session",
+        "configuration": "bpc_" + secrets.token_hex(8),
+        "created": now(),
+        "customer": params.get("customer"),
+        "flow": None,
+        "livemode": False,
+        "locale": None,
+        "on_behalf_of": None,
+        "return_url": params.get("return_url"),
         "url": f"{page_base}/portal/{session_id}" if page_base else f"https://billing.stripe.com/p/session/{token}",
     }
 
 
-def price(price_id, interval="month", unit_amount=2000, *, interval_count=1, usage_type="licensed", lookup_key=None,
-          currency="usd"):
+def price(
+    price_id,
+    interval="month",
+    unit_amount=2000,
+    *,
+    interval_count=1,
+    usage_type="licensed",
+    lookup_key=None,
+    currency="usd",
+):
     return {
-        "id": price_id, "object": "price", "active": True, "billing_scheme": "per_unit", "created": now(),
-        "currency": currency, "livemode": False, "lookup_key": lookup_key, "metadata": {}, "nickname": None,
+        "id": price_id,
+        "object": "price",
+        "active": True,
+        "billing_scheme": "per_unit",
+        "created": now(),
+        "currency": currency,
+        "livemode": False,
+        "lookup_key": lookup_key,
+        "metadata": {},
+        "nickname": None,
         "product": "prod_" + secrets.token_hex(6),
-        "recurring": {"interval": interval, "interval_count": interval_count, "meter": None, "usage_type": usage_type,
-                      "trial_period_days": None},
-        "tax_behavior": "unspecified", "type": "recurring", "unit_amount": unit_amount,
+        "recurring": {
+            "interval": interval,
+            "interval_count": interval_count,
+            "meter": None,
+            "usage_type": usage_type,
+            "trial_period_days": None,
+        },
+        "tax_behavior": "unspecified",
+        "type": "recurring",
+        "unit_amount": unit_amount,
         "unit_amount_decimal": str(unit_amount),
     }
 
@@ -148,20 +215,52 @@ def subscription(customer_id, price_obj, *, status="active", metadata=None, tria
         trial_end = start + 14 * 86400
     period_end = trial_end or start + INTERVAL_DAYS.get(interval, 30) * price_obj["recurring"]["interval_count"] * 86400
     sub_id = new_id("sub")
-    item = {"id": new_id("si"), "object": "subscription_item", "created": start, "discounts": [], "metadata": {},
-            "price": price_obj, "quantity": 1, "subscription": sub_id, "tax_rates": [],
-            "current_period_start": start, "current_period_end": period_end}
+    item = {
+        "id": new_id("si"),
+        "object": "subscription_item",
+        "created": start,
+        "discounts": [],
+        "metadata": {},
+        "price": price_obj,
+        "quantity": 1,
+        "subscription": sub_id,
+        "tax_rates": [],
+        "current_period_start": start,
+        "current_period_end": period_end,
+    }
     return {
-        "id": sub_id, "object": "subscription", "application": None, "billing_cycle_anchor": start,
-        "billing_mode": {"type": "classic"}, "cancel_at": None, "cancel_at_period_end": False, "canceled_at": None,
+        "id": sub_id,
+        "object": "subscription",
+        "application": None,
+        "billing_cycle_anchor": start,
+        "billing_mode": {"type": "classic"},
+        "cancel_at": None,
+        "cancel_at_period_end": False,
+        "canceled_at": None,
         "cancellation_details": {"comment": None, "feedback": None, "reason": None},
-        "collection_method": "charge_automatically", "created": start, "currency": "usd",
-        "customer": customer_id, "days_until_due": None, "default_payment_method": None, "description": None,
-        "discounts": [], "ended_at": None,
-        "items": {"object": "list", "data": [item], "has_more": False,
-                  "url": f"/v1/subscription_items?subscription={sub_id}"},
-        "latest_invoice": None, "livemode": False, "metadata": dict(metadata or {}), "pause_collection": None,
-        "start_date": start, "status": status, "test_clock": None, "trial_end": trial_end,
+        "collection_method": "charge_automatically",
+        "created": start,
+        "currency": "usd",
+        "customer": customer_id,
+        "days_until_due": None,
+        "default_payment_method": None,
+        "description": None,
+        "discounts": [],
+        "ended_at": None,
+        "items": {
+            "object": "list",
+            "data": [item],
+            "has_more": False,
+            "url": f"/v1/subscription_items?subscription={sub_id}",
+        },
+        "latest_invoice": None,
+        "livemode": False,
+        "metadata": dict(metadata or {}),
+        "pause_collection": None,
+        "start_date": start,
+        "status": status,
+        "test_clock": None,
+        "trial_end": trial_end,
         "trial_start": start if trial_end else None,
         "_version": 1,
     }
@@ -170,10 +269,19 @@ def subscription(customer_id, price_obj, *, status="active", metadata=None, tria
 def legacy_plan(price_obj):
     """The `plan` object Stripe puts beside (and before 2018 instead of) an item's `price`."""
     recurring = price_obj["recurring"]
-    return {"id": price_obj["id"], "object": "plan", "active": True, "amount": price_obj["unit_amount"],
-            "currency": price_obj["currency"], "interval": recurring["interval"],
-            "interval_count": recurring["interval_count"], "usage_type": recurring["usage_type"],
-            "product": price_obj["product"], "nickname": None, "metadata": {}}
+    return {
+        "id": price_obj["id"],
+        "object": "plan",
+        "active": True,
+        "amount": price_obj["unit_amount"],
+        "currency": price_obj["currency"],
+        "interval": recurring["interval"],
+        "interval_count": recurring["interval_count"],
+        "usage_type": recurring["usage_type"],
+        "product": price_obj["product"],
+        "nickname": None,
+        "metadata": {},
+    }
 
 
 def render_subscription(sub, api_version):
@@ -192,11 +300,21 @@ def render_subscription(sub, api_version):
 
 def account():
     return {
-        "id": "acct_fake" + secrets.token_hex(4), "object": "account", "business_profile": {"name": "Fake Stripe"},
-        "business_type": None, "capabilities": {"card_payments": "active", "transfers": "active"},
-        "charges_enabled": True, "country": "US", "created": now(), "default_currency": "usd",
-        "details_submitted": True, "email": "owner@example.test", "metadata": {}, "payouts_enabled": True,
-        "settings": {"dashboard": {"display_name": "Fake Stripe", "timezone": "Etc/UTC"}}, "type": "standard",
+        "id": "acct_fake" + secrets.token_hex(4),
+        "object": "account",
+        "business_profile": {"name": "Fake Stripe"},
+        "business_type": None,
+        "capabilities": {"card_payments": "active", "transfers": "active"},
+        "charges_enabled": True,
+        "country": "US",
+        "created": now(),
+        "default_currency": "usd",
+        "details_submitted": True,
+        "email": "owner@example.test",
+        "metadata": {},
+        "payouts_enabled": True,
+        "settings": {"dashboard": {"display_name": "Fake Stripe", "timezone": "Etc/UTC"}},
+        "type": "standard",
     }
 
 
@@ -205,35 +323,81 @@ def event(type_, data_object, api_version, previous_attributes=None):
     data = {"object": data_object}
     if previous_attributes is not None:
         data["previous_attributes"] = previous_attributes
-    return {"id": new_id("evt"), "object": "event", "api_version": api_version, "created": now(), "data": data,
-            "livemode": False, "pending_webhooks": 1, "request": {"id": None, "idempotency_key": None},
-            "type": type_}
+    return {
+        "id": new_id("evt"),
+        "object": "event",
+        "api_version": api_version,
+        "created": now(),
+        "data": data,
+        "livemode": False,
+        "pending_webhooks": 1,
+        "request": {"id": None, "idempotency_key": None},
+        "type": type_,
+    }
 
 
 def invoice(sub, *, billing_reason, amount_due, status="open", period_start=None, period_end=None):
     """An invoice for the subscription's items (one line per item), not yet paid."""
     item = sub["items"]["data"][0]
     created = now()
-    lines = [{"id": new_id("il"), "object": "line_item", "amount": amount_due, "currency": sub["currency"],
-              "description": None, "livemode": False, "metadata": {},
-              "period": {"start": period_start or created, "end": period_end or created},
-              "pricing": {"price_details": {"price": item["price"]["id"], "product": item["price"]["product"]},
-                          "type": "price_details", "unit_amount_decimal": item["price"]["unit_amount_decimal"]},
-              "quantity": item["quantity"], "subscription": sub["id"]}]
+    lines = [
+        {
+            "id": new_id("il"),
+            "object": "line_item",
+            "amount": amount_due,
+            "currency": sub["currency"],
+            "description": None,
+            "livemode": False,
+            "metadata": {},
+            "period": {"start": period_start or created, "end": period_end or created},
+            "pricing": {
+                "price_details": {"price": item["price"]["id"], "product": item["price"]["product"]},
+                "type": "price_details",
+                "unit_amount_decimal": item["price"]["unit_amount_decimal"],
+            },
+            "quantity": item["quantity"],
+            "subscription": sub["id"],
+        }
+    ]
     return {
-        "id": "in_" + secrets.token_hex(12), "object": "invoice", "account_country": "US", "amount_due": amount_due,
-        "amount_paid": 0, "amount_remaining": amount_due, "attempt_count": 0, "attempted": False,
-        "auto_advance": True, "billing_reason": billing_reason, "collection_method": "charge_automatically",
-        "created": created, "currency": sub["currency"], "customer": sub["customer"], "due_date": None,
-        "hosted_invoice_url": None, "lines": {"object": "list", "data": lines, "has_more": False,
-                                              "url": "/v1/invoices/upcoming/lines"},
-        "livemode": False, "metadata": {}, "next_payment_attempt": None, "number": None,
-        "parent": {"subscription_details": {"metadata": dict(sub["metadata"]), "subscription": sub["id"]},
-                   "type": "subscription_details", "quote_details": None},
-        "period_start": period_start or created, "period_end": period_end or created,
-        "status": status, "status_transitions": {"finalized_at": None, "marked_uncollectible_at": None,
-                                                 "paid_at": None, "voided_at": None},
-        "subscription": sub["id"], "subtotal": amount_due, "total": amount_due,
+        "id": "in_" + secrets.token_hex(12),
+        "object": "invoice",
+        "account_country": "US",
+        "amount_due": amount_due,
+        "amount_paid": 0,
+        "amount_remaining": amount_due,
+        "attempt_count": 0,
+        "attempted": False,
+        "auto_advance": True,
+        "billing_reason": billing_reason,
+        "collection_method": "charge_automatically",
+        "created": created,
+        "currency": sub["currency"],
+        "customer": sub["customer"],
+        "due_date": None,
+        "hosted_invoice_url": None,
+        "lines": {"object": "list", "data": lines, "has_more": False, "url": "/v1/invoices/upcoming/lines"},
+        "livemode": False,
+        "metadata": {},
+        "next_payment_attempt": None,
+        "number": None,
+        "parent": {
+            "subscription_details": {"metadata": dict(sub["metadata"]), "subscription": sub["id"]},
+            "type": "subscription_details",
+            "quote_details": None,
+        },
+        "period_start": period_start or created,
+        "period_end": period_end or created,
+        "status": status,
+        "status_transitions": {
+            "finalized_at": None,
+            "marked_uncollectible_at": None,
+            "paid_at": None,
+            "voided_at": None,
+        },
+        "subscription": sub["id"],
+        "subtotal": amount_due,
+        "total": amount_due,
     }
 
 
@@ -243,6 +407,6 @@ def page(objects, params, url):
     after = params.get("starting_after")
     if after:
         ids = [o["id"] for o in ordered]
-        ordered = ordered[ids.index(after) + 1:] if after in ids else []
+        ordered = ordered[ids.index(after) + 1 :] if after in ids else []
     limit = max(1, min(100, int(params.get("limit") or 10)))
     return {"object": "list", "data": ordered[:limit], "has_more": len(ordered) > limit, "url": url}

@@ -14,8 +14,10 @@ from sandbox import lifecycle, objects, store
 from sandbox.api import perform, sandbox_project
 from sandbox.core import StripeError
 
-TEST_CARDS = [("4242424242424242", "4242 4242 4242 4242 (pays, and so do renewals)"),
-              ("4000000000000341", "4000 0000 0000 0341 (pays now, renewals fail)")]
+TEST_CARDS = [
+    ("4242424242424242", "4242 4242 4242 4242 (pays, and so do renewals)"),
+    ("4000000000000341", "4000 0000 0000 0341 (pays now, renewals fail)"),
+]
 DECLINED_CARD = "4000000000000002"
 
 
@@ -33,8 +35,10 @@ class PageHandler(tornado.web.RequestHandler):
         self.finish(template.render(xsrf_form_html=self.xsrf_form_html, project=self.project, **values))
 
     def write_error(self, status_code, **kwargs):
-        self.finish(f"<!doctype html><title>{status_code}</title><h1>{status_code}</h1><p>This sandbox page "
-                    "does not exist (or no longer does).</p>")
+        self.finish(
+            f"<!doctype html><title>{status_code}</title><h1>{status_code}</h1><p>This sandbox page "
+            "does not exist (or no longer does).</p>"
+        )
 
     async def act(self, change):
         return await perform(self.settings["config"], self.settings["secret_box"], self.project, change)
@@ -55,14 +59,23 @@ class CheckoutPage(PageHandler):
         if session is None:
             raise tornado.web.HTTPError(404)
         price = sim.prices.get(((session["_line_items"] or [{}])[0]).get("price") or "")
-        recurring = (price or {}).get("recurring") or {"interval": session["metadata"].get("interval", "month"),
-                                                       "interval_count": 1}
-        self.render_page("sandbox/checkout.html", status=status, session=objects.public(session),
-                         plan_slug=session["metadata"].get("plan_slug", ""),
-                         price_id=((session["_line_items"] or [{}])[0]).get("price", ""),
-                         amount=_money((price or {}).get("unit_amount", 2000), (price or {}).get("currency")),
-                         interval=recurring, trial_days=session["_subscription_data"].get("trial_period_days"),
-                         cards=TEST_CARDS, declined_card=DECLINED_CARD, error=error)
+        recurring = (price or {}).get("recurring") or {
+            "interval": session["metadata"].get("interval", "month"),
+            "interval_count": 1,
+        }
+        self.render_page(
+            "sandbox/checkout.html",
+            status=status,
+            session=objects.public(session),
+            plan_slug=session["metadata"].get("plan_slug", ""),
+            price_id=((session["_line_items"] or [{}])[0]).get("price", ""),
+            amount=_money((price or {}).get("unit_amount", 2000), (price or {}).get("currency")),
+            interval=recurring,
+            trial_days=session["_subscription_data"].get("trial_period_days"),
+            cards=TEST_CARDS,
+            declined_card=DECLINED_CARD,
+            error=error,
+        )
 
     def get(self, project_id, session_id):
         sim = store.read(self.project)
@@ -106,14 +119,29 @@ class PortalPage(PageHandler):
                 continue
             item = sub["items"]["data"][0]
             price = item["price"]
-            subs.append({"id": sub_id, "status": sub["status"], "price_id": price["id"],
-                         "plan_slug": slug_of.get(price["id"], ""),
-                         "amount": _money(price["unit_amount"], price["currency"]),
-                         "interval": price["recurring"]["interval"], "period_end": _date(item["current_period_end"]),
-                         "cancel_at_period_end": sub["cancel_at_period_end"],
-                         "pause_collection": sub["pause_collection"]})
-        self.render_page("sandbox/portal.html", status=status, portal=objects.public(portal), subscriptions=subs,
-                         catalog=catalog, error=error, done=done, card=lifecycle.card_of(sim, portal["customer"]))
+            subs.append(
+                {
+                    "id": sub_id,
+                    "status": sub["status"],
+                    "price_id": price["id"],
+                    "plan_slug": slug_of.get(price["id"], ""),
+                    "amount": _money(price["unit_amount"], price["currency"]),
+                    "interval": price["recurring"]["interval"],
+                    "period_end": _date(item["current_period_end"]),
+                    "cancel_at_period_end": sub["cancel_at_period_end"],
+                    "pause_collection": sub["pause_collection"],
+                }
+            )
+        self.render_page(
+            "sandbox/portal.html",
+            status=status,
+            portal=objects.public(portal),
+            subscriptions=subs,
+            catalog=catalog,
+            error=error,
+            done=done,
+            card=lifecycle.card_of(sim, portal["customer"]),
+        )
 
     def get(self, project_id, portal_id):
         self.show(portal_id, done=self.get_query_argument("done", ""))
@@ -140,8 +168,9 @@ class PortalPage(PageHandler):
             await self.act(change)
         except StripeError as exc:
             return self.show(portal_id, 400, exc.body["error"]["message"])
-        self.redirect(f"/sandbox/{self.project.public_id}/portal/{portal_id}?" + urlencode({"done": action}),
-                      status=303)
+        self.redirect(
+            f"/sandbox/{self.project.public_id}/portal/{portal_id}?" + urlencode({"done": action}), status=303
+        )
 
 
 default_handlers = [

@@ -36,8 +36,11 @@ def _save(project, sim, version):
                 return False
             SandboxState.create(project=project.id, state=state, version=1)
             return True
-    return bool(SandboxState.update(state=state, version=version + 1, updated_at=utcnow())
-                .where((SandboxState.project == project.id) & (SandboxState.version == version)).execute())
+    return bool(
+        SandboxState.update(state=state, version=version + 1, updated_at=utcnow())
+        .where((SandboxState.project == project.id) & (SandboxState.version == version))
+        .execute()
+    )
 
 
 def run(project, change, page_base=None):

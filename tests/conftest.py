@@ -11,13 +11,12 @@ import pymysql
 import pytest
 import tornado.httpserver
 
+import run
 from pulse import db
 from pulse.config import load_config
 from pulse.migrations import migrate_database
 from pulse.security import SecretBox
 from tests.support import MYSQL_URL, TEST_SECRET, empty_mysql, mysql_server_url
-
-import run
 
 # Fixtures shared by several test modules, loaded here rather than imported by name.
 pytest_plugins = ["tests.webhook_support", "tests.webhook_receiver"]
@@ -128,8 +127,15 @@ def api(http_client, base_url, project):
             del all_headers["X-API-Key"]
         if body is None and method in ("POST", "PUT", "PATCH"):
             body = ""
-        return await http_client.fetch(base_url + path, method=method, headers=all_headers,
-                                       body=body, raise_error=False, follow_redirects=False, **kwargs)
+        return await http_client.fetch(
+            base_url + path,
+            method=method,
+            headers=all_headers,
+            body=body,
+            raise_error=False,
+            follow_redirects=False,
+            **kwargs,
+        )
 
     return call
 
@@ -153,7 +159,8 @@ def fake_stripe(io_loop):
 # ---------------------------------------------------------------- no secret in any log line of the run
 
 _SHAPED_SECRET = re.compile(
-    r"pp_(?:live|test)_[0-9A-Za-z]{32,}|(?:sk|rk)_(?:live|test)_[0-9A-Za-z_]{12,}|whsec_[0-9A-Za-z_]{12,}")
+    r"pp_(?:live|test)_[0-9A-Za-z]{32,}|(?:sk|rk)_(?:live|test)_[0-9A-Za-z_]{12,}|whsec_[0-9A-Za-z_]{12,}"
+)
 
 
 class _SecretWatch(logging.Handler):
@@ -162,6 +169,7 @@ class _SecretWatch(logging.Handler):
     def __init__(self, known):
         super().__init__()
         from pulse.logs import JsonFormatter
+
         self.formatter_ = JsonFormatter()
         self.known = known
         self.leaks = []
@@ -186,8 +194,10 @@ class _SecretWatch(logging.Handler):
 def no_secrets_in_logs():
     """Every log record of the whole test run (INFO and up, as served) must be free of test secrets."""
     from tests.fake_stripe import FAKE_SECRET_KEY
-    watch = _SecretWatch({"PULSE_SECRET_KEY": TEST_SECRET, "Stripe key": FAKE_SECRET_KEY,
-                          "admin password": "correct horse battery"})
+
+    watch = _SecretWatch(
+        {"PULSE_SECRET_KEY": TEST_SECRET, "Stripe key": FAKE_SECRET_KEY, "admin password": "correct horse battery"}
+    )
     root = logging.getLogger()
     previous = root.level
     root.setLevel(min(previous, logging.INFO) if previous else logging.INFO)

@@ -34,16 +34,20 @@ class Console:
             jar = SimpleCookie()
             jar.load(header)
             for name, morsel in jar.items():
-                if morsel.value == "" or morsel["expires"].startswith(("Thu, 01 Jan 1970", "Wed, 31 Dec 1969")) \
-                        or morsel["max-age"] == "0":
+                if (
+                    morsel.value == ""
+                    or morsel["expires"].startswith(("Thu, 01 Jan 1970", "Wed, 31 Dec 1969"))
+                    or morsel["max-age"] == "0"
+                ):
                     self.cookies.pop(name, None)
                 else:
                     self.cookies[name] = morsel.value
         return response
 
     async def get(self, path, headers=None):
-        response = await self.http_client.fetch(self.base_url + path, headers=self._headers(headers),
-                                                raise_error=False, follow_redirects=False)
+        response = await self.http_client.fetch(
+            self.base_url + path, headers=self._headers(headers), raise_error=False, follow_redirects=False
+        )
         return self._keep(response)
 
     async def post(self, path, data=None, xsrf=True, headers=None):
@@ -52,8 +56,13 @@ class Console:
             # What the page's form carries: the token of the _xsrf cookie, which sign-in rotates.
             form["_xsrf"] = self.cookies.get("_xsrf", XSRF)
         response = await self.http_client.fetch(
-            self.base_url + path, method="POST", body=urlencode(form), raise_error=False, follow_redirects=False,
-            headers=self._headers({"Content-Type": "application/x-www-form-urlencoded", **(headers or {})}))
+            self.base_url + path,
+            method="POST",
+            body=urlencode(form),
+            raise_error=False,
+            follow_redirects=False,
+            headers=self._headers({"Content-Type": "application/x-www-form-urlencoded", **(headers or {})}),
+        )
         return self._keep(response)
 
     async def login(self, email, password=PASSWORD, next_path=""):
@@ -73,28 +82,59 @@ def seed(project, count=3, status="active"):
     with db.block():
         customers = []
         for i in range(count):
-            customer = Customer.create(project=project, external_user_id=f"user-{i:03d}",
-                                       email=f"person{i}@example.com", stripe_customer_id=f"cus_seed{i}")
-            Subscription.create(project=project, customer=customer, stripe_subscription_id=f"sub_seed{i}",
-                                plan_slug="pro", stripe_price_id="price_pro", stripe_status=status,
-                                status=status, started_at=now - timedelta(days=7 * i),
-                                current_period_end=now + timedelta(days=30))
+            customer = Customer.create(
+                project=project,
+                external_user_id=f"user-{i:03d}",
+                email=f"person{i}@example.com",
+                stripe_customer_id=f"cus_seed{i}",
+            )
+            Subscription.create(
+                project=project,
+                customer=customer,
+                stripe_subscription_id=f"sub_seed{i}",
+                plan_slug="pro",
+                stripe_price_id="price_pro",
+                stripe_status=status,
+                status=status,
+                started_at=now - timedelta(days=7 * i),
+                current_period_end=now + timedelta(days=30),
+            )
             customers.append(customer)
-        WebhookEvent.create(project=project, stripe_event_id="evt_ok", type="invoice.paid", outcome="processed",
-                            object_id="in_1", stripe_customer_id="cus_seed0", payload='{"id": "evt_ok"}')
-        failed = WebhookEvent.create(project=project, stripe_event_id="evt_bad", type="customer.updated",
-                                     outcome="failed", error="ValueError while applying the event",
-                                     object_id="cus_seed0", stripe_customer_id="cus_seed0",
-                                     payload=json.dumps(failed_event_payload()))
+        WebhookEvent.create(
+            project=project,
+            stripe_event_id="evt_ok",
+            type="invoice.paid",
+            outcome="processed",
+            object_id="in_1",
+            stripe_customer_id="cus_seed0",
+            payload='{"id": "evt_ok"}',
+        )
+        failed = WebhookEvent.create(
+            project=project,
+            stripe_event_id="evt_bad",
+            type="customer.updated",
+            outcome="failed",
+            error="ValueError while applying the event",
+            object_id="cus_seed0",
+            stripe_customer_id="cus_seed0",
+            payload=json.dumps(failed_event_payload()),
+        )
     return customers, failed
 
 
 def failed_event_payload(event_id="evt_bad", customer_id="cus_seed0", email="renamed@example.com"):
     """A customer.updated event that applies cleanly (no Stripe key: the payload is used as is)."""
-    return {"id": event_id, "object": "event", "api_version": "2025-08-27.basil", "created": 1700000000,
-            "livemode": False, "type": "customer.updated",
-            "data": {"object": {"id": customer_id, "object": "customer", "email": email,
-                                "name": "<script>alert(1)</script>"}}}
+    return {
+        "id": event_id,
+        "object": "event",
+        "api_version": "2025-08-27.basil",
+        "created": 1700000000,
+        "livemode": False,
+        "type": "customer.updated",
+        "data": {
+            "object": {"id": customer_id, "object": "customer", "email": email, "name": "<script>alert(1)</script>"}
+        },
+    }
 
 
 def new_key_in(body):

@@ -81,18 +81,28 @@ class FakeStripe(LifecycleMixin, Simulator):
 
     def config_overrides(self, **extra):
         """Settings that point PaymentPulse at this server (use as the `config_overrides` fixture)."""
-        return {"stripe_api_base": self.url, "stripe_secret_key": FAKE_SECRET_KEY, "stripe_timeout": 5.0,
-                "stripe_max_retries": 2, **extra}
+        return {
+            "stripe_api_base": self.url,
+            "stripe_secret_key": FAKE_SECRET_KEY,
+            "stripe_timeout": 5.0,
+            "stripe_max_retries": 2,
+            **extra,
+        }
 
     def client(self, api_key=FAKE_SECRET_KEY, max_network_retries=0):
         """A real StripeClient aimed at this server (close with `await c._requestor._client.close_async()`)."""
-        return stripe.StripeClient(api_key, base_addresses={"api": self.url}, max_network_retries=max_network_retries,
-                                   http_client=HTTPXClient(timeout=5))
+        return stripe.StripeClient(
+            api_key,
+            base_addresses={"api": self.url},
+            max_network_retries=max_network_retries,
+            http_client=HTTPXClient(timeout=5),
+        )
 
     # ------------------------------------------------------------ faults and inspection
 
-    def fail_next(self, n=1, status=500, kind="http", path=None, message="An unexpected error occurred (fake).",
-                  method=None):
+    def fail_next(
+        self, n=1, status=500, kind="http", path=None, message="An unexpected error occurred (fake).", method=None
+    ):
         """The next `n` requests (to `path` prefix and with `method`, if given) fail; kind "http" or "drop"."""
         assert kind in ("http", "drop"), kind
         self.faults.extend(Fault(status, kind, path, message, method) for _ in range(n))
@@ -122,7 +132,9 @@ class FakeStripe(LifecycleMixin, Simulator):
 
     def calls(self, method=None, path=None):
         """Logged requests filtered by method and path prefix."""
-        return [r for r in self.requests if (method is None or r[0] == method) and (path is None or r[1].startswith(path))]
+        return [
+            r for r in self.requests if (method is None or r[0] == method) and (path is None or r[1].startswith(path))
+        ]
 
 
 class _Handler(tornado.web.RequestHandler):
@@ -166,18 +178,26 @@ class _Handler(tornado.web.RequestHandler):
         headers = dict(self.request.headers)
         fake.requests.append((self.request.method, "/v1/" + path, params, headers))
         auth = self.request.headers.get("Authorization", "")
-        key = auth[len("Bearer "):] if auth.startswith("Bearer ") else ""
+        key = auth[len("Bearer ") :] if auth.startswith("Bearer ") else ""
         if not key.startswith(("sk_", "rk_")) or (fake.api_keys is not None and key not in fake.api_keys):
-            message = ("You did not provide an API key." if not key else
-                       f"Invalid API Key provided: {key[:8]}{'*' * 8}{key[-4:]}")
+            message = (
+                "You did not provide an API key."
+                if not key
+                else f"Invalid API Key provided: {key[:8]}{'*' * 8}{key[-4:]}"
+            )
             return self._answer(401, objects.error_body(message))
         idem = self.request.headers.get("Idempotency-Key") if self.request.method == "POST" else None
         if idem and fake.idempotent.get((key, idem), ()) is None:
             # Like Stripe: a key whose first request is still running answers 409 (clients retry these).
-            return self._answer(409, objects.error_body(
-                "There is currently another in-progress request using this Idempotent Key (that probably means "
-                f"you submitted twice, and the other request is still going through): {idem}. Please try again "
-                "later.", "idempotency_error"))
+            return self._answer(
+                409,
+                objects.error_body(
+                    "There is currently another in-progress request using this Idempotent Key (that probably means "
+                    f"you submitted twice, and the other request is still going through): {idem}. Please try again "
+                    "later.",
+                    "idempotency_error",
+                ),
+            )
         if idem and (key, idem) not in fake.idempotent:
             fake.idempotent[(key, idem)] = None  # in flight while we wait out the latency
         try:
@@ -186,8 +206,14 @@ class _Handler(tornado.web.RequestHandler):
         finally:
             if idem and fake.idempotent.get((key, idem), ()) is None:
                 del fake.idempotent[(key, idem)]
-        fault = next((f for f in fake.faults if (f.path is None or ("/v1/" + path).startswith(f.path))
-                      and f.method in (None, self.request.method)), None)
+        fault = next(
+            (
+                f
+                for f in fake.faults
+                if (f.path is None or ("/v1/" + path).startswith(f.path)) and f.method in (None, self.request.method)
+            ),
+            None,
+        )
         if fault:
             fake.faults.remove(fault)
             if fault.kind == "http":

@@ -32,11 +32,21 @@ class LifecycleMixin:
         number = f"{sub['customer'][-6:].upper()}-{len(self.invoices) + 1:04d}"
         invoice_id = objects.new_id("in")
         invoice = {
-            "id": invoice_id, "object": "invoice", "number": number, "customer": sub["customer"],
-            "status": status, "amount_due": amount_due, "amount_paid": amount_due if status == "paid" else 0,
-            "amount_remaining": 0 if status == "paid" else amount_due, "total": amount_due, "subtotal": amount_due,
-            "currency": "usd", "created": created or objects.now(), "period_start": item["current_period_start"],
-            "period_end": item["current_period_end"], "livemode": False,
+            "id": invoice_id,
+            "object": "invoice",
+            "number": number,
+            "customer": sub["customer"],
+            "status": status,
+            "amount_due": amount_due,
+            "amount_paid": amount_due if status == "paid" else 0,
+            "amount_remaining": 0 if status == "paid" else amount_due,
+            "total": amount_due,
+            "subtotal": amount_due,
+            "currency": "usd",
+            "created": created or objects.now(),
+            "period_start": item["current_period_start"],
+            "period_end": item["current_period_end"],
+            "livemode": False,
             "hosted_invoice_url": f"https://invoice.stripe.com/i/acct_fake/test_{secrets.token_hex(8)}",
             "invoice_pdf": f"https://pay.stripe.com/invoice/acct_fake/test_{secrets.token_hex(8)}/pdf",
             "parent": {"type": "subscription_details", "subscription_details": {"subscription": sub_id}},
@@ -47,8 +57,7 @@ class LifecycleMixin:
     def attach_feature(self, price_or_product, lookup_key):
         """Attach a Feature (by lookup_key) to a Product (prod_…, or a price id's product), as the Dashboard does."""
         self._lifecycle_state()
-        product = price_or_product if price_or_product.startswith("prod_") else \
-            self.prices[price_or_product]["product"]
+        product = price_or_product if price_or_product.startswith("prod_") else self.prices[price_or_product]["product"]
         self.product_features.setdefault(product, [])
         if lookup_key not in self.product_features[product]:
             self.product_features[product].append(lookup_key)
@@ -86,13 +95,22 @@ class LifecycleMixin:
                 raise self._error("Missing required param: customer.", "customer")
             if params["customer"] not in self.customers:
                 self._missing("customer", params["customer"], "customer")
-            data = [{"id": f"ent_{key}", "object": "entitlements.active_entitlement", "feature": f"feat_{key}",
-                     "livemode": False, "lookup_key": key} for key in self.active_features(params["customer"])]
+            data = [
+                {
+                    "id": f"ent_{key}",
+                    "object": "entitlements.active_entitlement",
+                    "feature": f"feat_{key}",
+                    "livemode": False,
+                    "lookup_key": key,
+                }
+                for key in self.active_features(params["customer"])
+            ]
             return objects.page(data, params, "/v1/entitlements/active_entitlements")
         return None
 
     def _error(self, message, param, code=None):
         from tests.fake_stripe import StripeError
+
         return StripeError(400, objects.error_body(message, code=code, param=param))
 
     def _price_param(self, value, param):
@@ -107,12 +125,12 @@ class LifecycleMixin:
 
     def _update(self, sub, params):
         if sub["status"] in ("canceled", "incomplete_expired"):
-            raise self._error("A canceled subscription can only update its cancellation_details and metadata.",
-                              None)
+            raise self._error("A canceled subscription can only update its cancellation_details and metadata.", None)
         behavior = params.get("proration_behavior")
         if behavior is not None and behavior not in PRORATIONS:
-            raise self._error(f"Invalid proration_behavior: must be one of {', '.join(PRORATIONS)}",
-                              "proration_behavior")
+            raise self._error(
+                f"Invalid proration_behavior: must be one of {', '.join(PRORATIONS)}", "proration_behavior"
+            )
         item = sub["items"]["data"][0]
         if "cancel_at_period_end" in params:
             at_end = params["cancel_at_period_end"] == "true"
@@ -126,8 +144,9 @@ class LifecycleMixin:
         for n, change in enumerate(params.get("items") or []):
             target = next((i for i in sub["items"]["data"] if i["id"] == change.get("id")), None)
             if target is None:
-                raise self._error(f"No such subscription item: '{change.get('id')}'", f"items[{n}][id]",
-                                  "resource_missing")
+                raise self._error(
+                    f"No such subscription item: '{change.get('id')}'", f"items[{n}][id]", "resource_missing"
+                )
             if "price" in change:
                 target["price"] = self._price_param(change["price"], f"items[{n}][price]")
             if "quantity" in change:
@@ -146,23 +165,56 @@ class LifecycleMixin:
         item = sub["items"]["data"][0]
         old = item["price"]["unit_amount"] * (item["quantity"] or 1)
         change = (details.get("items") or [{}])[0]
-        price = self._price_param(change["price"], "subscription_details[items][0][price]") if change.get(
-            "price") else item["price"]
+        price = (
+            self._price_param(change["price"], "subscription_details[items][0][price]")
+            if change.get("price")
+            else item["price"]
+        )
         new = price["unit_amount"] * int(change.get("quantity") or item["quantity"] or 1)
         start, end = item["current_period_start"], item["current_period_end"]
         remaining = max(0.0, min(1.0, (end - objects.now()) / max(end - start, 1)))
         proration = round((new - old) * remaining) if behavior != "none" else 0
-        lines = [{"id": objects.new_id("il"), "object": "line_item", "amount": proration, "currency": "usd",
-                  "description": "Remaining time on the new plan, less unused time on the old",
-                  "period": {"start": objects.now(), "end": end}, "proration": True}] if proration else []
+        lines = (
+            [
+                {
+                    "id": objects.new_id("il"),
+                    "object": "line_item",
+                    "amount": proration,
+                    "currency": "usd",
+                    "description": "Remaining time on the new plan, less unused time on the old",
+                    "period": {"start": objects.now(), "end": end},
+                    "proration": True,
+                }
+            ]
+            if proration
+            else []
+        )
         if behavior != "always_invoice":
-            lines.append({"id": objects.new_id("il"), "object": "line_item", "amount": new, "currency": "usd",
-                          "description": "Next period", "period": {"start": end, "end": end + (end - start)},
-                          "proration": False})
+            lines.append(
+                {
+                    "id": objects.new_id("il"),
+                    "object": "line_item",
+                    "amount": new,
+                    "currency": "usd",
+                    "description": "Next period",
+                    "period": {"start": end, "end": end + (end - start)},
+                    "proration": False,
+                }
+            )
         total = sum(line["amount"] for line in lines)
-        return {"id": None, "object": "invoice", "customer": sub["customer"], "currency": "usd",
-                "amount_due": max(total, 0), "subtotal": total, "total": total, "livemode": False,
-                "lines": {"object": "list", "data": lines, "has_more": False, "url": "/v1/invoices/preview/lines"},
-                "next_payment_attempt": objects.now() if behavior == "always_invoice" else end,
-                "period_start": start, "period_end": end, "status": "draft",
-                "parent": {"type": "subscription_details", "subscription_details": {"subscription": sub["id"]}}}
+        return {
+            "id": None,
+            "object": "invoice",
+            "customer": sub["customer"],
+            "currency": "usd",
+            "amount_due": max(total, 0),
+            "subtotal": total,
+            "total": total,
+            "livemode": False,
+            "lines": {"object": "list", "data": lines, "has_more": False, "url": "/v1/invoices/preview/lines"},
+            "next_payment_attempt": objects.now() if behavior == "always_invoice" else end,
+            "period_start": start,
+            "period_end": end,
+            "status": "draft",
+            "parent": {"type": "subscription_details", "subscription_details": {"subscription": sub["id"]}},
+        }

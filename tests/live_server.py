@@ -19,8 +19,14 @@ class LiveServer:
     def __init__(self, database_url, env=None, limits=None, processes=1):
         self.database_url = database_url
         self.env = dict(os.environ)
-        self.env.update({"PULSE_DATABASE_URL": database_url, "PULSE_SECRET_KEY": TEST_SECRET,
-                         "PULSE_LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1"})
+        self.env.update(
+            {
+                "PULSE_DATABASE_URL": database_url,
+                "PULSE_SECRET_KEY": TEST_SECRET,
+                "PULSE_LOG_LEVEL": "info",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         self.env.update(env or {})
         self.limits = limits or {}
         self.processes = processes
@@ -30,10 +36,18 @@ class LiveServer:
 
     def start(self, timeout=30):
         argv = ["serve", "--host", "127.0.0.1", "--port", "0", "--processes", str(self.processes)]
-        code = f"import sys, run, server; server.HTTP_SERVER_LIMITS.update({self.limits!r}); sys.exit(run.main({argv!r}))"
-        self.proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=self.env,
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True)
+        code = (
+            f"import sys, run, server; server.HTTP_SERVER_LIMITS.update({self.limits!r}); sys.exit(run.main({argv!r}))"
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         started = threading.Event()
 
         def drain():
@@ -53,8 +67,15 @@ class LiveServer:
 
     def cli(self, *args):
         """Run `run.py ARGS --json` against the same database -> the parsed JSON output."""
-        done = subprocess.run([sys.executable, "run.py", *args, "--json"], cwd=ROOT, env=self.env,
-                              capture_output=True, text=True, timeout=60, check=False)
+        done = subprocess.run(
+            [sys.executable, "run.py", *args, "--json"],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"run.py {args[0]} failed: {done.stderr}")
         self.logs.extend(done.stderr.splitlines())

@@ -3,9 +3,19 @@
 from playhouse.migrate import migrate as run_operations
 
 from pulse import changefeed, db, migrations
-from pulse.models import (CheckoutLease, CustomerFeature, CustomerState, Plan, PlanPrice, ReadModelChange,
-                          SandboxState,
-                          StripeCustomerHistory, WebhookDelivery, WebhookEndpoint, WebhookMessage)
+from pulse.models import (
+    CheckoutLease,
+    CustomerFeature,
+    CustomerState,
+    Plan,
+    PlanPrice,
+    ReadModelChange,
+    SandboxState,
+    StripeCustomerHistory,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookMessage,
+)
 
 
 def back_to_version_1(database):
@@ -17,8 +27,10 @@ def back_to_version_1(database):
     for name in changefeed.trigger_names():
         database.execute_sql(f"DROP TRIGGER IF EXISTS {name}")
     database.drop_tables([ReadModelChange])
-    run_operations(migrator.drop_index("webhook_event", "webhook_event_outcome_retry_at"),
-                   migrator.drop_column("webhook_event", "retry_at"))
+    run_operations(
+        migrator.drop_index("webhook_event", "webhook_event_outcome_retry_at"),
+        migrator.drop_column("webhook_event", "retry_at"),
+    )
     # step 10: outgoing webhooks outbox, customer entitlements
     database.drop_tables([WebhookDelivery, WebhookMessage, WebhookEndpoint, CustomerFeature, CustomerState])
     # step 9: sandbox projects
@@ -27,12 +39,27 @@ def back_to_version_1(database):
     # step 5: checkout leases
     database.drop_tables([CheckoutLease])
     # step 4: accounts keyed by the normalised email (back to a unique email)
-    run_operations(migrator.drop_index("user", "user_email_key"), migrator.drop_column("user", "email_key"),
-                   migrator.add_index("user", ("email",), True))
+    run_operations(
+        migrator.drop_index("user", "user_email_key"),
+        migrator.drop_column("user", "email_key"),
+        migrator.add_index("user", ("email",), True),
+    )
     # step 3: plan items, pause_collection, plan catalog
-    run_operations(*(migrator.drop_column("subscription", name) for name in (
-        "interval_count", "quantity", "unit_amount", "currency", "pause_behavior", "pause_resumes_at",
-        "plan_slug_fallback")), migrator.drop_column("project", "paused_collection_has_access"))
+    run_operations(
+        *(
+            migrator.drop_column("subscription", name)
+            for name in (
+                "interval_count",
+                "quantity",
+                "unit_amount",
+                "currency",
+                "pause_behavior",
+                "pause_resumes_at",
+                "plan_slug_fallback",
+            )
+        ),
+        migrator.drop_column("project", "paused_collection_has_access"),
+    )
     database.drop_tables([PlanPrice, Plan])
     # step 2: customer history and ignore reasons
     database.drop_tables([StripeCustomerHistory])

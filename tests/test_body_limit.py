@@ -65,8 +65,10 @@ def parse(raw):
 
 @pytest.mark.gen_test(timeout=30)
 async def test_declared_oversize_body_is_refused_and_the_answer_arrives(base_url, api):
-    head = (f"POST /api/_test/sink HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {2 * MIB}\r\n\r\n")
+    head = (
+        f"POST /api/_test/sink HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {2 * MIB}\r\n\r\n"
+    )
     status, headers, body = parse(await raw_exchange(base_url, head, [b"a" * 65536] * 32))
     assert status == 413
     assert headers[b"Content-Type"] == b"application/json; charset=UTF-8"
@@ -76,8 +78,10 @@ async def test_declared_oversize_body_is_refused_and_the_answer_arrives(base_url
 
 @pytest.mark.gen_test(timeout=30)
 async def test_expect_continue_is_refused_before_the_body_is_sent(base_url, http_server):
-    head = (f"POST /api/_test/sink HTTP/1.1\r\nHost: x\r\nConnection: close\r\nExpect: 100-continue\r\n"
-            f"Content-Length: {MIB + 1}\r\n\r\n")
+    head = (
+        f"POST /api/_test/sink HTTP/1.1\r\nHost: x\r\nConnection: close\r\nExpect: 100-continue\r\n"
+        f"Content-Length: {MIB + 1}\r\n\r\n"
+    )
     status, _, body = parse(await raw_exchange(base_url, head, []))
     assert status == 413 and body["error"]["code"] == "payload_too_large"
 
@@ -112,4 +116,4 @@ async def test_unpaired_surrogate_escapes_are_invalid_json_not_a_500(api, text):
 @pytest.mark.gen_test
 async def test_escaped_surrogate_pairs_are_fine(api):
     response = await api("POST", "/api/_test/json", key="", body='{"name": "\\ud83d\\ude00"}')
-    assert response.code == 200 and body_of(response) == {"name": "\U0001F600"}
+    assert response.code == 200 and body_of(response) == {"name": "\U0001f600"}

@@ -9,8 +9,8 @@ from pulse import db, projects
 from pulse.billing import customer_idempotency_key
 from pulse.models import Customer, Project
 from tests.billing_support import DROP, add_customer, add_subscription, checkout_body
-from tests.support import body_of
 from tests.fake_stripe import FAKE_SECRET_KEY
+from tests.support import body_of
 
 
 @pytest.fixture
@@ -40,8 +40,13 @@ async def test_checkout_creates_customer_and_subscription_session(api, fake_stri
     assert session["mode"] == "subscription" and session["customer"] == row.stripe_customer_id
     assert session["client_reference_id"] == "user-1"
     assert session["success_url"] == "https://app.test/welcome" and session["cancel_url"] == "https://app.test/pricing"
-    meta = {"pulse_project_id": pid, "external_user_id": "user-1", "plan_slug": "pro", "interval": "yearly",
-            "stripe_price_id": "price_pro_monthly"}
+    meta = {
+        "pulse_project_id": pid,
+        "external_user_id": "user-1",
+        "plan_slug": "pro",
+        "interval": "yearly",
+        "stripe_price_id": "price_pro_monthly",
+    }
     assert session["metadata"] == meta
     params = fake_stripe.calls("POST", "/v1/checkout/sessions")[0][2]
     assert params["line_items"] == [{"price": "price_pro_monthly", "quantity": "1"}]
@@ -68,22 +73,47 @@ REQUIRED = ["external_user_id", "email", "plan_slug", "stripe_price_id", "succes
 async def test_missing_required_field(api, fake_stripe, field, absent):
     response = await api("POST", "/api/checkout", checkout_body(**{field: absent}))
     assert response.code == 422
-    assert error_of(response) == {"status": 422, "code": "missing_field", "message": f"{field} is required",
-                                  "field": field}
+    assert error_of(response) == {
+        "status": 422,
+        "code": "missing_field",
+        "message": f"{field} is required",
+        "field": field,
+    }
     assert fake_stripe.requests == []
 
 
 INVALID = [
-    ("external_user_id", ""), ("external_user_id", "x" * 256), ("external_user_id", 42), ("external_user_id", ["a"]),
-    ("email", "not-an-email"), ("email", "a@b"), ("email", "a b@c.test"), ("email", 7), ("email", ""),
+    ("external_user_id", ""),
+    ("external_user_id", "x" * 256),
+    ("external_user_id", 42),
+    ("external_user_id", ["a"]),
+    ("email", "not-an-email"),
+    ("email", "a@b"),
+    ("email", "a b@c.test"),
+    ("email", 7),
+    ("email", ""),
     ("email", "a@" + "b" * 250 + ".test"),
-    ("plan_slug", ""), ("plan_slug", "p" * 101), ("plan_slug", 3),
-    ("stripe_price_id", "prod_123"), ("stripe_price_id", "price_"), ("stripe_price_id", 12),
-    ("success_url", "/relative"), ("success_url", "ftp://files.test/x"), ("success_url", "javascript:alert(1)"),
-    ("success_url", "https://"), ("success_url", "https://app.test/a b"), ("cancel_url", "app.test/cancel"),
+    ("plan_slug", ""),
+    ("plan_slug", "p" * 101),
+    ("plan_slug", 3),
+    ("stripe_price_id", "prod_123"),
+    ("stripe_price_id", "price_"),
+    ("stripe_price_id", 12),
+    ("success_url", "/relative"),
+    ("success_url", "ftp://files.test/x"),
+    ("success_url", "javascript:alert(1)"),
+    ("success_url", "https://"),
+    ("success_url", "https://app.test/a b"),
+    ("cancel_url", "app.test/cancel"),
     ("cancel_url", {"u": 1}),
-    ("interval", "weekly"), ("interval", "Monthly"), ("interval", 1),
-    ("trial_days", 0), ("trial_days", 731), ("trial_days", -1), ("trial_days", "7"), ("trial_days", True),
+    ("interval", "weekly"),
+    ("interval", "Monthly"),
+    ("interval", 1),
+    ("trial_days", 0),
+    ("trial_days", 731),
+    ("trial_days", -1),
+    ("trial_days", "7"),
+    ("trial_days", True),
     ("trial_days", 1.5),
 ]
 
@@ -99,12 +129,19 @@ async def test_invalid_field(api, fake_stripe, field, value):
 
 
 @pytest.mark.gen_test
-@pytest.mark.parametrize("changes", [
-    {"external_user_id": "x" * 255}, {"external_user_id": "ünïcode 🙂 id with spaces"},
-    {"external_user_id": "ada@example.test"}, {"trial_days": 1}, {"trial_days": 730},
-    {"success_url": "http://localhost:3000/ok?x=1#y"}, {"email": "Ada.Lovelace+pp@sub.example.co.uk"},
-    {"success_url": "https://app.test/ok?session_id={CHECKOUT_SESSION_ID}"},
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"external_user_id": "x" * 255},
+        {"external_user_id": "ünïcode 🙂 id with spaces"},
+        {"external_user_id": "ada@example.test"},
+        {"trial_days": 1},
+        {"trial_days": 730},
+        {"success_url": "http://localhost:3000/ok?x=1#y"},
+        {"email": "Ada.Lovelace+pp@sub.example.co.uk"},
+        {"success_url": "https://app.test/ok?session_id={CHECKOUT_SESSION_ID}"},
+    ],
+)
 async def test_valid_edge_values(api, fake_stripe, changes):
     response = await api("POST", "/api/checkout", checkout_body(**changes))
     assert response.code == 200, response.body
@@ -128,10 +165,18 @@ async def test_body_must_be_json_object(api, fake_stripe):
 
 
 @pytest.mark.gen_test
-@pytest.mark.parametrize("stripe_status,past_due_policy,expected", [
-    ("active", True, 409), ("trialing", True, 409), ("past_due", True, 409), ("past_due", False, 200),
-    ("canceled", True, 200), ("incomplete", True, 200), ("unpaid", True, 200),
-])
+@pytest.mark.parametrize(
+    "stripe_status,past_due_policy,expected",
+    [
+        ("active", True, 409),
+        ("trialing", True, 409),
+        ("past_due", True, 409),
+        ("past_due", False, 200),
+        ("canceled", True, 200),
+        ("incomplete", True, 200),
+        ("unpaid", True, 200),
+    ],
+)
 async def test_already_subscribed(api, fake_stripe, project, stripe_status, past_due_policy, expected):
     with db.block():
         Project.update(past_due_has_access=past_due_policy).where(Project.id == project.project.id).execute()
@@ -197,8 +242,9 @@ async def test_dropped_connection_is_retried_with_the_same_key(api, fake_stripe,
 
 @pytest.mark.gen_test
 async def test_stripe_error_is_502_with_message_and_request_id(api, fake_stripe):
-    fake_stripe.fail_next(1, status=400, path="/v1/checkout/sessions", message="No such price: 'price_pro_monthly'",
-                          method="POST")
+    fake_stripe.fail_next(
+        1, status=400, path="/v1/checkout/sessions", message="No such price: 'price_pro_monthly'", method="POST"
+    )
     response = await api("POST", "/api/checkout", checkout_body())
     assert response.code == 502
     error = error_of(response)
@@ -305,8 +351,9 @@ async def test_customer_unknown_to_stripe_is_replaced_once(api, fake_stripe, pro
 
 @pytest.mark.gen_test
 async def test_other_missing_resources_are_not_retried(api, fake_stripe, project):
-    fake_stripe.fail_next(1, status=404, path="/v1/checkout/sessions", message="No such price: 'price_pro_monthly'",
-                          method="POST")
+    fake_stripe.fail_next(
+        1, status=404, path="/v1/checkout/sessions", message="No such price: 'price_pro_monthly'", method="POST"
+    )
     response = await api("POST", "/api/checkout", checkout_body())
     assert response.code == 502
     assert len(fake_stripe.calls("POST", "/v1/checkout/sessions")) == 1

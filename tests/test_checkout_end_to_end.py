@@ -13,15 +13,24 @@ from tests.live_server import LiveServer
 
 @pytest.fixture
 def served(db_url, fake_stripe):
-    env = {"PULSE_STRIPE_API_BASE": fake_stripe.url, "PULSE_STRIPE_SECRET_KEY": FAKE_SECRET_KEY,
-           "PULSE_STRIPE_MAX_RETRIES": "0", "PULSE_RATE_LIMIT_AUTHENTICATED": "1000/minute"}
+    env = {
+        "PULSE_STRIPE_API_BASE": fake_stripe.url,
+        "PULSE_STRIPE_SECRET_KEY": FAKE_SECRET_KEY,
+        "PULSE_STRIPE_MAX_RETRIES": "0",
+        "PULSE_RATE_LIMIT_AUTHENTICATED": "1000/minute",
+    }
     server = LiveServer(db_url, env=env).start()  # blocks briefly; the fake is idle meanwhile
     client = tornado.httpclient.AsyncHTTPClient(force_instance=True)
     key = server.create_project("EndToEnd")["api_key"]
 
     async def post(path, body):
-        response = await client.fetch(server.base_url + path, method="POST", body=json.dumps(body),
-                                      raise_error=False, headers={"X-API-Key": key, "Content-Type": "application/json"})
+        response = await client.fetch(
+            server.base_url + path,
+            method="POST",
+            body=json.dumps(body),
+            raise_error=False,
+            headers={"X-API-Key": key, "Content-Type": "application/json"},
+        )
         return response.code, json.loads(response.body)
 
     yield post
@@ -47,8 +56,9 @@ async def test_double_checkout_ends_in_one_payable_session(served, fake_stripe):
 
 @pytest.mark.gen_test(timeout=60)
 async def test_refused_email_then_the_corrected_one(served, fake_stripe):
-    fake_stripe.refuse("email", "maria@.example.test", "Invalid email address: maria@.example.test",
-                       code="email_invalid")
+    fake_stripe.refuse(
+        "email", "maria@.example.test", "Invalid email address: maria@.example.test", code="email_invalid"
+    )
     status, body = await served("/api/checkout", checkout_body(external_user_id="u-100", email="maria@.example.test"))
     assert status == 400, body
     assert (body["error"]["code"], body["error"]["field"]) == ("invalid_field", "email")

@@ -18,17 +18,29 @@ from tests.live_server import LiveServer
 @pytest.mark.gen_test(timeout=90)
 async def test_one_customer_across_processes(db_url, fake_stripe):
     fake_stripe.latency = 0.1  # keeps the racers' Stripe calls overlapping
-    env = {"PULSE_STRIPE_API_BASE": fake_stripe.url, "PULSE_STRIPE_SECRET_KEY": FAKE_SECRET_KEY,
-           "PULSE_STRIPE_MAX_RETRIES": "3", "PULSE_RATE_LIMIT_AUTHENTICATED": "1000/minute"}
+    env = {
+        "PULSE_STRIPE_API_BASE": fake_stripe.url,
+        "PULSE_STRIPE_SECRET_KEY": FAKE_SECRET_KEY,
+        "PULSE_STRIPE_MAX_RETRIES": "3",
+        "PULSE_RATE_LIMIT_AUTHENTICATED": "1000/minute",
+    }
     server = LiveServer(db_url, env=env, processes=3).start()  # blocks briefly; the fake is idle meanwhile
     client = tornado.httpclient.AsyncHTTPClient(force_instance=True, max_clients=30)
     try:
         key = server.create_project("Multi")["api_key"]
         body = json.dumps(checkout_body(external_user_id="racer"))
-        responses = await asyncio.gather(*[
-            client.fetch(server.base_url + "/api/checkout", method="POST", body=body, raise_error=False,
-                         headers={"X-API-Key": key, "Content-Type": "application/json"})
-            for _ in range(24)])
+        responses = await asyncio.gather(
+            *[
+                client.fetch(
+                    server.base_url + "/api/checkout",
+                    method="POST",
+                    body=body,
+                    raise_error=False,
+                    headers={"X-API-Key": key, "Content-Type": "application/json"},
+                )
+                for _ in range(24)
+            ]
+        )
     finally:
         client.close()
         server.stop()

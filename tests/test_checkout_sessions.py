@@ -10,8 +10,8 @@ from pulse import db
 from pulse.models import CheckoutLease, Customer
 from tests import fake_stripe_objects as objects
 from tests.billing_support import checkout_body
-from tests.support import body_of
 from tests.fake_stripe import StripeError
+from tests.support import body_of
 
 
 @pytest.fixture
@@ -58,8 +58,10 @@ async def test_other_users_and_one_time_payment_sessions_are_left_alone(api, fak
     mine = body_of(await api("POST", "/api/checkout", checkout_body()))
     theirs = body_of(await api("POST", "/api/checkout", checkout_body(external_user_id="user-2")))
     customer = fake_stripe.sessions[mine["session_id"]]["customer"]
-    payment = fake_stripe._store(fake_stripe.sessions, objects.checkout_session(
-        {"mode": "payment", "customer": customer, "success_url": "https://app.test/"}))  # the tenant's own one-off sale
+    payment = fake_stripe._store(
+        fake_stripe.sessions,
+        objects.checkout_session({"mode": "payment", "customer": customer, "success_url": "https://app.test/"}),
+    )  # the tenant's own one-off sale
     again = body_of(await api("POST", "/api/checkout", checkout_body()))
     assert sorted(open_sessions(fake_stripe)) == sorted([theirs["session_id"], payment["id"], again["session_id"]])
 
@@ -98,8 +100,12 @@ async def test_a_live_lease_makes_the_waiter_answer_409_checkout_in_progress(api
     # Short Stripe timeouts make the lease's hold, and so a waiter's patience, about 2 seconds.
     app.settings["config"] = dataclasses.replace(app.settings["config"], stripe_timeout=0.1, stripe_max_retries=0)
     with db.block():
-        CheckoutLease.create(project=project.project, external_user_id="user-1", token="someone-else",
-                             expires_at=db.utcnow() + timedelta(minutes=5))
+        CheckoutLease.create(
+            project=project.project,
+            external_user_id="user-1",
+            token="someone-else",
+            expires_at=db.utcnow() + timedelta(minutes=5),
+        )
     response = await api("POST", "/api/checkout", checkout_body())
     assert response.code == 409, response.body
     assert body_of(response)["error"]["code"] == "checkout_in_progress" and response.headers["Retry-After"] == "1"
@@ -111,8 +117,12 @@ async def test_a_live_lease_makes_the_waiter_answer_409_checkout_in_progress(api
 @pytest.mark.gen_test
 async def test_a_lapsed_lease_of_a_dead_process_is_taken_over(api, fake_stripe, project):
     with db.block():
-        CheckoutLease.create(project=project.project, external_user_id="user-1", token="crashed",
-                             expires_at=db.utcnow() - timedelta(seconds=1))
+        CheckoutLease.create(
+            project=project.project,
+            external_user_id="user-1",
+            token="crashed",
+            expires_at=db.utcnow() - timedelta(seconds=1),
+        )
     response = await api("POST", "/api/checkout", checkout_body())
     assert response.code == 200, response.body
     with db.block():

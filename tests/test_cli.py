@@ -22,8 +22,9 @@ def cli_env(db_url, tmp_path):
 
 
 def cli(env, *args):
-    result = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], env=env, cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert "Traceback" not in result.stderr, result.stderr
     return result
 
@@ -37,8 +38,13 @@ def free_port():
 def start_server(env, port, log_path):
     """`run.py serve` in a subprocess, its stderr (the logs) going to `log_path`."""
     with open(log_path, "w") as log:
-        return subprocess.Popen([sys.executable, str(ROOT / "run.py"), "--port", str(port)], env=env, cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=log)
+        return subprocess.Popen(
+            [sys.executable, str(ROOT / "run.py"), "--port", str(port)],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
 
 
 def wait_for_port(port, process, timeout=20.0):
@@ -56,6 +62,7 @@ def wait_for_port(port, process, timeout=20.0):
 def http_get(port, path, key=None):
     import urllib.error
     import urllib.request
+
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"X-API-Key": key} if key else {})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
@@ -75,8 +82,18 @@ def test_create_project_json_and_key_works_against_the_api(cli_env, tmp_path):
 
     again = json.loads(cli(cli_env, "create-project", "Beta", "--admin-email", "a@acme.test", "--json").stdout)
     assert "admin_password" not in again  # existing account joined, no new password
-    given = json.loads(cli(cli_env, "create-project", "Gamma", "--admin-email", "g@acme.test",
-                           "--admin-password", "a-long-password", "--json").stdout)
+    given = json.loads(
+        cli(
+            cli_env,
+            "create-project",
+            "Gamma",
+            "--admin-email",
+            "g@acme.test",
+            "--admin-password",
+            "a-long-password",
+            "--json",
+        ).stdout
+    )
     assert "admin_password" not in given
 
     key = json.loads(cli(cli_env, "create-api-key", data["project_id"], "--label", "ci", "--json").stdout)
@@ -101,23 +118,34 @@ def test_create_project_json_and_key_works_against_the_api(cli_env, tmp_path):
 def test_set_stripe_prints_masked_values(cli_env):
     project = json.loads(cli(cli_env, "create-project", "Acme", "--admin-email", "a@acme.test", "--json").stdout)
     secret = "sk_test_" + "S3cr3tValue" * 3 + "a1b2"
-    result = cli(cli_env, "set-stripe", project["project_id"], "--secret-key", secret, "--webhook-secret", "whsec_abcdefghijklmnopqrst")
+    result = cli(
+        cli_env,
+        "set-stripe",
+        project["project_id"],
+        "--secret-key",
+        secret,
+        "--webhook-secret",
+        "whsec_abcdefghijklmnopqrst",
+    )
     assert result.returncode == 0
     assert "sk_test_…a1b2" in result.stdout and secret not in result.stdout + result.stderr
     assert "whsec_abcdefghijklmnopqrst" not in result.stdout
 
 
-@pytest.mark.parametrize("args,status,needle", [
-    (["create-project", "Acme"], 2, "--admin-email"),
-    (["create-project", "Acme", "--admin-email", "not-an-email"], 2, "invalid --admin-email"),
-    (["create-project", "Acme", "--admin-email", "a@b.co", "--admin-password", "short-pw1"], 2, "at least 10"),
-    (["create-api-key", "proj_doesnotexist"], 1, "no project"),
-    (["set-stripe", "proj_doesnotexist", "--secret-key", "sk_test_x"], 1, "no project"),
-    (["set-stripe", "proj_x"], 2, "--secret-key"),
-    (["set-stripe", "proj_x", "--secret-key", "pk_test_oops"], 2, "sk_"),
-    (["frobnicate"], 2, "invalid choice"),
-    (["serve", "--processes", "0"], 2, "--processes"),
-])
+@pytest.mark.parametrize(
+    "args,status,needle",
+    [
+        (["create-project", "Acme"], 2, "--admin-email"),
+        (["create-project", "Acme", "--admin-email", "not-an-email"], 2, "invalid --admin-email"),
+        (["create-project", "Acme", "--admin-email", "a@b.co", "--admin-password", "short-pw1"], 2, "at least 10"),
+        (["create-api-key", "proj_doesnotexist"], 1, "no project"),
+        (["set-stripe", "proj_doesnotexist", "--secret-key", "sk_test_x"], 1, "no project"),
+        (["set-stripe", "proj_x"], 2, "--secret-key"),
+        (["set-stripe", "proj_x", "--secret-key", "pk_test_oops"], 2, "sk_"),
+        (["frobnicate"], 2, "invalid choice"),
+        (["serve", "--processes", "0"], 2, "--processes"),
+    ],
+)
 def test_errors_are_one_line_with_the_right_status(cli_env, args, status, needle):
     result = cli(cli_env, *args)
     assert result.returncode == status
@@ -191,8 +219,13 @@ def _children(pid):
 def test_a_worker_that_dies_is_replaced(cli_env, tmp_path):
     port = free_port()
     with open(tmp_path / "server.log", "w") as log:
-        server = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "serve", "--port", str(port),
-                                   "--processes", "2"], env=cli_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
+        server = subprocess.Popen(
+            [sys.executable, str(ROOT / "run.py"), "serve", "--port", str(port), "--processes", "2"],
+            env=cli_env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
     try:
         wait_for_port(port, server)
         deadline = time.monotonic() + 20

@@ -28,15 +28,30 @@ def test_the_table_fills_every_config_field_once():
 
 def test_every_setting_is_read(tmp_path):
     env = {
-        "PULSE_DATABASE_URL": "mysql://u:p@db:3306/pulse", "PULSE_HOST": "0.0.0.0", "PULSE_PORT": "9000",
-        "PULSE_SECRET_KEY": "s" * 32, "PULSE_STRIPE_SECRET_KEY": "sk_test_x", "PULSE_STRIPE_WEBHOOK_SECRET": "whsec_x",
-        "PULSE_STRIPE_API_BASE": "http://localhost:12111/", "PULSE_STRIPE_TIMEOUT": "2.5",
-        "PULSE_STRIPE_MAX_RETRIES": "0", "PULSE_FORCE_HTTPS": "0", "PULSE_TRUST_PROXY": "yes",
-        "PULSE_RATE_LIMIT_AUTHENTICATED": "10/second", "PULSE_RATE_LIMIT_ANONYMOUS": "5/hour",
-        "PULSE_REDIS_URL": "redis://localhost:6379/1", "PULSE_STATUS_PAGE_URL": "https://status.example.com",
-        "PULSE_LOG_LEVEL": "DEBUG", "PULSE_BCRYPT_ROUNDS": "10", "PULSE_TRUSTED_PROXIES": "10.0.0.0/8, 2001:db8::1",
-        "PULSE_WEBHOOK_ALLOW_LOOPBACK": "1", "PULSE_WEBHOOK_ALLOW_PRIVATE": "on", "PULSE_WEBHOOK_TIMEOUT": "3",
-        "PULSE_WEBHOOK_RETRY_BASE": "0.5", "PULSE_WEBHOOK_RETRY_FOR": "60", "PULSE_WEBHOOK_DISABLE_AFTER": "120",
+        "PULSE_DATABASE_URL": "mysql://u:p@db:3306/pulse",
+        "PULSE_HOST": "0.0.0.0",
+        "PULSE_PORT": "9000",
+        "PULSE_SECRET_KEY": "s" * 32,
+        "PULSE_STRIPE_SECRET_KEY": "sk_test_x",
+        "PULSE_STRIPE_WEBHOOK_SECRET": "whsec_x",
+        "PULSE_STRIPE_API_BASE": "http://localhost:12111/",
+        "PULSE_STRIPE_TIMEOUT": "2.5",
+        "PULSE_STRIPE_MAX_RETRIES": "0",
+        "PULSE_FORCE_HTTPS": "0",
+        "PULSE_TRUST_PROXY": "yes",
+        "PULSE_RATE_LIMIT_AUTHENTICATED": "10/second",
+        "PULSE_RATE_LIMIT_ANONYMOUS": "5/hour",
+        "PULSE_REDIS_URL": "redis://localhost:6379/1",
+        "PULSE_STATUS_PAGE_URL": "https://status.example.com",
+        "PULSE_LOG_LEVEL": "DEBUG",
+        "PULSE_BCRYPT_ROUNDS": "10",
+        "PULSE_TRUSTED_PROXIES": "10.0.0.0/8, 2001:db8::1",
+        "PULSE_WEBHOOK_ALLOW_LOOPBACK": "1",
+        "PULSE_WEBHOOK_ALLOW_PRIVATE": "on",
+        "PULSE_WEBHOOK_TIMEOUT": "3",
+        "PULSE_WEBHOOK_RETRY_BASE": "0.5",
+        "PULSE_WEBHOOK_RETRY_FOR": "60",
+        "PULSE_WEBHOOK_DISABLE_AFTER": "120",
         "PULSE_WEBHOOK_POLL": "0.2",
         "PULSE_WEBHOOK_APPLY": "Worker",
     }
@@ -61,22 +76,25 @@ def test_every_setting_is_read(tmp_path):
     assert (config.webhook_disable_after, config.webhook_poll) == (120.0, 0.2)
 
 
-@pytest.mark.parametrize("name,value,needle", [
-    ("PULSE_PORT", "abc", "PULSE_PORT must be a whole number"),
-    ("PULSE_PORT", "70000", "PULSE_PORT must be between"),
-    ("PULSE_FORCE_HTTPS", "maybe", "PULSE_FORCE_HTTPS must be 1 or 0"),
-    ("PULSE_RATE_LIMIT_ANONYMOUS", "lots", "PULSE_RATE_LIMIT_ANONYMOUS must look like 600/minute"),
-    ("PULSE_RATE_LIMIT_AUTHENTICATED", "0/minute", "must look like"),
-    ("PULSE_DATABASE_URL", "postgres://x/y", "PULSE_DATABASE_URL must be"),
-    ("PULSE_LOG_LEVEL", "loud", "PULSE_LOG_LEVEL must be one of"),
-    ("PULSE_REDIS_URL", "localhost:6379", "PULSE_REDIS_URL must start with"),
-    ("PULSE_STRIPE_API_BASE", "ftp://x", "PULSE_STRIPE_API_BASE must be"),
-    ("PULSE_STRIPE_TIMEOUT", "0", "PULSE_STRIPE_TIMEOUT must be between"),
-    ("PULSE_SECRET_KEY", "short", "at least 16"),
-    ("PULSE_TRUSTED_PROXIES", "10.0.0.0/8,proxy.internal", "PULSE_TRUSTED_PROXIES must be comma-separated"),
-    ("PULSE_TRUSTED_PROXIES", " , ", "PULSE_TRUSTED_PROXIES must name at least one"),
-    ("PULSE_BCRYPT_ROUNDS", "3", "PULSE_BCRYPT_ROUNDS must be between 4 and 16"),
-])
+@pytest.mark.parametrize(
+    "name,value,needle",
+    [
+        ("PULSE_PORT", "abc", "PULSE_PORT must be a whole number"),
+        ("PULSE_PORT", "70000", "PULSE_PORT must be between"),
+        ("PULSE_FORCE_HTTPS", "maybe", "PULSE_FORCE_HTTPS must be 1 or 0"),
+        ("PULSE_RATE_LIMIT_ANONYMOUS", "lots", "PULSE_RATE_LIMIT_ANONYMOUS must look like 600/minute"),
+        ("PULSE_RATE_LIMIT_AUTHENTICATED", "0/minute", "must look like"),
+        ("PULSE_DATABASE_URL", "postgres://x/y", "PULSE_DATABASE_URL must be"),
+        ("PULSE_LOG_LEVEL", "loud", "PULSE_LOG_LEVEL must be one of"),
+        ("PULSE_REDIS_URL", "localhost:6379", "PULSE_REDIS_URL must start with"),
+        ("PULSE_STRIPE_API_BASE", "ftp://x", "PULSE_STRIPE_API_BASE must be"),
+        ("PULSE_STRIPE_TIMEOUT", "0", "PULSE_STRIPE_TIMEOUT must be between"),
+        ("PULSE_SECRET_KEY", "short", "at least 16"),
+        ("PULSE_TRUSTED_PROXIES", "10.0.0.0/8,proxy.internal", "PULSE_TRUSTED_PROXIES must be comma-separated"),
+        ("PULSE_TRUSTED_PROXIES", " , ", "PULSE_TRUSTED_PROXIES must name at least one"),
+        ("PULSE_BCRYPT_ROUNDS", "3", "PULSE_BCRYPT_ROUNDS must be between 4 and 16"),
+    ],
+)
 def test_bad_values_name_the_variable(tmp_path, name, value, needle):
     env = {"PULSE_DATABASE_URL": f"sqlite:///{tmp_path}/pulse.db", name: value}
     with pytest.raises(ConfigError) as info:

@@ -24,6 +24,7 @@ def test_dummy_hash_is_a_real_bcrypt_hash_at_the_configured_cost(rounds):
         assert security.dummy_password_hash().startswith(f"$2b${rounds:02d}$")
         assert security.hash_password("x").startswith(f"$2b${rounds:02d}$")
         import bcrypt
+
         assert bcrypt.checkpw(b"nope", security.dummy_password_hash().encode()) is False
     finally:
         security.configure_bcrypt(saved)
@@ -31,18 +32,26 @@ def test_dummy_hash_is_a_real_bcrypt_hash_at_the_configured_cost(rounds):
 
 def test_bcrypt_rounds_setting_defaults_to_12_and_refuses_below_4():
     from pulse.config import ConfigError, load_config
+
     assert load_config(environ={}, secret_key="k" * 20).bcrypt_rounds == 12
     assert load_config(environ={"PULSE_BCRYPT_ROUNDS": "5"}, secret_key="k" * 20).bcrypt_rounds == 5
     with pytest.raises(ConfigError, match="PULSE_BCRYPT_ROUNDS must be between 4 and 16"):
         load_config(environ={"PULSE_BCRYPT_ROUNDS": "3"}, secret_key="k" * 20)
 
 
-@pytest.mark.parametrize("target, expected", [
-    ("/console/p/proj_1/keys?x=1", "/console/p/proj_1/keys?x=1"),
-    ("//evil.example/", "/console/"), ("/\\evil.example", "/console/"), ("https://evil.example", "/console/"),
-    ("javascript:alert(1)", "/console/"), ("", "/console/"), ("/ok\r\nSet-Cookie: x=1", "/console/"),
-    ("evil.example", "/console/"),
-])
+@pytest.mark.parametrize(
+    "target, expected",
+    [
+        ("/console/p/proj_1/keys?x=1", "/console/p/proj_1/keys?x=1"),
+        ("//evil.example/", "/console/"),
+        ("/\\evil.example", "/console/"),
+        ("https://evil.example", "/console/"),
+        ("javascript:alert(1)", "/console/"),
+        ("", "/console/"),
+        ("/ok\r\nSet-Cookie: x=1", "/console/"),
+        ("evil.example", "/console/"),
+    ],
+)
 def test_safe_next(target, expected):
     assert safe_next(target) == expected
 
@@ -93,7 +102,8 @@ async def test_five_failures_lock_the_email_and_ip_for_15_minutes(console, proje
         # 16 minutes later the lock has expired.
         for row in LoginFailure.select():
             LoginFailure.update(created_at=row.created_at - timedelta(minutes=16)).where(
-                LoginFailure.id == row.id).execute()
+                LoginFailure.id == row.id
+            ).execute()
     assert (await console.login(email)).code == 302
 
 
@@ -107,8 +117,7 @@ async def test_lockout_page_is_429_from_a_template(console, project):
 
 @pytest.mark.gen_test(timeout=60)
 async def test_forms_without_the_xsrf_token_are_refused(console, project):
-    response = await console.post("/console/login", {"email": project.admin.email, "password": PASSWORD},
-                                  xsrf=False)
+    response = await console.post("/console/login", {"email": project.admin.email, "password": PASSWORD}, xsrf=False)
     assert response.code == 403 and SESSION_COOKIE not in console.cookies
     assert (await console.login(project.admin.email)).code == 302
     response = await console.post("/console/logout", xsrf=False)
@@ -134,15 +143,22 @@ async def test_password_change_ends_every_session(console, http_client, base_url
     other = Console(http_client, base_url)
     await other.login(project.admin.email)
     await console.login(project.admin.email)
-    response = await console.post("/console/account", {"current_password": "wrong one", "new_password": "x" * 12,
-                                                       "confirm_password": "x" * 12})
+    response = await console.post(
+        "/console/account", {"current_password": "wrong one", "new_password": "x" * 12, "confirm_password": "x" * 12}
+    )
     assert response.code == 400 and "not correct" in text(response)
-    response = await console.post("/console/account", {"current_password": PASSWORD, "new_password": "short",
-                                                       "confirm_password": "short"})
+    response = await console.post(
+        "/console/account", {"current_password": PASSWORD, "new_password": "short", "confirm_password": "short"}
+    )
     assert response.code == 400
-    response = await console.post("/console/account", {"current_password": PASSWORD,
-                                                       "new_password": "a new long password",
-                                                       "confirm_password": "a new long password"})
+    response = await console.post(
+        "/console/account",
+        {
+            "current_password": PASSWORD,
+            "new_password": "a new long password",
+            "confirm_password": "a new long password",
+        },
+    )
     assert response.code == 302
     assert (await other.get("/console/account")).code == 302
     assert (await console.get("/console/account")).code == 302
@@ -193,14 +209,21 @@ class TestIPv6Neighbours:
     async def test_one_slash_64_shares_the_lockout(self, console, project):
         email = project.admin.email
         for n in range(5):
-            response = await console.post("/console/login", {"email": email, "password": "wrong password"},
-                                          headers={"X-Forwarded-For": f"2001:db8:1:2::{n + 1:x}"})
+            response = await console.post(
+                "/console/login",
+                {"email": email, "password": "wrong password"},
+                headers={"X-Forwarded-For": f"2001:db8:1:2::{n + 1:x}"},
+            )
             assert response.code in (401, 429), response.code
         # A sixth address of the same /64 is still locked out, even with the right password.
-        same = await console.post("/console/login", {"email": email, "password": PASSWORD},
-                                  headers={"X-Forwarded-For": "2001:db8:1:2:ffff::9"})
+        same = await console.post(
+            "/console/login",
+            {"email": email, "password": PASSWORD},
+            headers={"X-Forwarded-For": "2001:db8:1:2:ffff::9"},
+        )
         assert same.code == 429
         # Another /64 is another client.
-        other = await console.post("/console/login", {"email": email, "password": PASSWORD},
-                                   headers={"X-Forwarded-For": "2001:db8:1:3::1"})
+        other = await console.post(
+            "/console/login", {"email": email, "password": PASSWORD}, headers={"X-Forwarded-For": "2001:db8:1:3::1"}
+        )
         assert other.code == 302

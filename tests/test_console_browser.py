@@ -23,10 +23,19 @@ ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = os.environ.get("PULSE_TEST_CHROMIUM", "/usr/bin/chromium")
 if not os.access(CHROMIUM, os.X_OK) and os.environ.get("PULSE_TEST_REQUIRE_ALL") != "1":
     # Local runs without a browser skip; CI sets PULSE_TEST_REQUIRE_ALL=1, and then a missing Chromium fails.
-    pytest.skip(f"browser tests need Chromium at {CHROMIUM}: apt-get install chromium fonts-dejavu-core "
-                "(or set PULSE_TEST_CHROMIUM)", allow_module_level=True)
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+    pytest.skip(
+        f"browser tests need Chromium at {CHROMIUM}: apt-get install chromium fonts-dejavu-core "
+        "(or set PULSE_TEST_CHROMIUM)",
+        allow_module_level=True,
+    )
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 PASSWORD = "browser test password"
 WEBHOOK_SECRET = "whsec_browser_test_secret_0123456789"
 
@@ -57,22 +66,28 @@ class ThreadedFakeStripe:
 
 def cli(env, *args):
     """Run `run.py` like an operator would; returns its --json output."""
-    done = subprocess.run([sys.executable, "run.py", *args, "--json"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "run.py", *args, "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
 
 def send_event(server, project_id, event):
     body = stripe_events.body_of_event(event)
-    status, _, answer = server.request("POST", f"/api/webhook/{project_id}", body=body, headers={
-        "Content-Type": "application/json", "Stripe-Signature": stripe_events.sign(body, WEBHOOK_SECRET)})
+    status, _, answer = server.request(
+        "POST",
+        f"/api/webhook/{project_id}",
+        body=body,
+        headers={"Content-Type": "application/json", "Stripe-Signature": stripe_events.sign(body, WEBHOOK_SECRET)},
+    )
     return status, answer
 
 
 def api_status(server, key, external_user_id):
-    status, _, _ = server.request("GET", f"/api/subscription?external_user_id={external_user_id}",
-                                  headers={"X-API-Key": key})
+    status, _, _ = server.request(
+        "GET", f"/api/subscription?external_user_id={external_user_id}", headers={"X-API-Key": key}
+    )
     return status
 
 
@@ -85,17 +100,30 @@ def shot(page, name):
 def stack(db_url):
     """(server, project json, fake Stripe): a project seeded by the CLI, one good and one failed webhook."""
     with ThreadedFakeStripe() as fake:
-        server = LiveServer(db_url, env={"PULSE_STRIPE_API_BASE": fake.url, "PULSE_STRIPE_MAX_RETRIES": "0",
-                                         "PULSE_STRIPE_TIMEOUT": "5"})
-        created = cli(server.env, "create-project", "Acme Browser", "--admin-email", "owner@acme.test",
-                      "--admin-password", PASSWORD, "--stripe-secret-key", "sk_test_browser_" + "0" * 20,
-                      "--stripe-webhook-secret", WEBHOOK_SECRET)
+        server = LiveServer(
+            db_url,
+            env={"PULSE_STRIPE_API_BASE": fake.url, "PULSE_STRIPE_MAX_RETRIES": "0", "PULSE_STRIPE_TIMEOUT": "5"},
+        )
+        created = cli(
+            server.env,
+            "create-project",
+            "Acme Browser",
+            "--admin-email",
+            "owner@acme.test",
+            "--admin-password",
+            PASSWORD,
+            "--stripe-secret-key",
+            "sk_test_browser_" + "0" * 20,
+            "--stripe-webhook-secret",
+            WEBHOOK_SECRET,
+        )
         project_id = created["project_id"]
         with server:
             for user in ("bob", "carol"):
                 session, _ = stripe_events.new_subscription(fake, user, project_id=project_id)
-                status, answer = send_event(server, project_id, stripe_events.event("checkout.session.completed",
-                                                                                    session))
+                status, answer = send_event(
+                    server, project_id, stripe_events.event("checkout.session.completed", session)
+                )
                 assert status == 200, answer
             # Stripe is down while alice's checkout arrives: the event is stored as failed.
             session, _ = stripe_events.new_subscription(fake, "alice", project_id=project_id)
@@ -246,8 +274,23 @@ def test_pages_work_without_javascript(stack):
             browser.close()
 
 
-PAGES = ["/console/login", "", "keys", "keys/{key}/revoke", "customers", "customers/bob", "events", "events/{event}",
-         "settings", "audit", "/console/account", "/console/", "/status", "/console/no-such-page", "webhooks"]
+PAGES = [
+    "/console/login",
+    "",
+    "keys",
+    "keys/{key}/revoke",
+    "customers",
+    "customers/bob",
+    "events",
+    "events/{event}",
+    "settings",
+    "audit",
+    "/console/account",
+    "/console/",
+    "/status",
+    "/console/no-such-page",
+    "webhooks",
+]
 VIEWPORTS = {"390": {"width": 390, "height": 844}, "1366": {"width": 1366, "height": 860}}
 
 
@@ -257,18 +300,22 @@ def test_every_page_fits_a_phone_and_a_laptop_without_sideways_scrolling(stack):
     project_id, base = created["project_id"], server.base_url
     # Long values are what break narrow layouts: a long external id and email, and a second project.
     long_id = "customer-with-a-rather-long-external-id-0123456789"
-    session, _ = stripe_events.new_subscription(fake, long_id, project_id=project_id,
-                                                email="someone.with.a.long.address@subdomain.example.test")
+    session, _ = stripe_events.new_subscription(
+        fake, long_id, project_id=project_id, email="someone.with.a.long.address@subdomain.example.test"
+    )
     assert send_event(server, project_id, stripe_events.event("checkout.session.completed", session))[0] == 200
     cli(server.env, "create-project", "Second project with a long name", "--admin-email", "owner@acme.test")
     # An outgoing webhook endpoint with a long URL and a delivery (it fails: no such host), for the webhooks page.
     hook = json.dumps({"url": "https://hooks.a-rather-long-subdomain.example.test/paymentpulse/webhooks/production"})
-    status, _, body = server.request("POST", "/api/webhook-endpoints", hook, {"X-API-Key": created["api_key"],
-                                                                             "Content-Type": "application/json"})
+    status, _, body = server.request(
+        "POST", "/api/webhook-endpoints", hook, {"X-API-Key": created["api_key"], "Content-Type": "application/json"}
+    )
     assert status == 201, body
     endpoint_id = json.loads(body)["id"]
-    assert server.request("POST", f"/api/webhook-endpoints/{endpoint_id}/test", "",
-                          {"X-API-Key": created["api_key"]})[0] == 202
+    assert (
+        server.request("POST", f"/api/webhook-endpoints/{endpoint_id}/test", "", {"X-API-Key": created["api_key"]})[0]
+        == 202
+    )
     failures = []
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -10,11 +10,29 @@ from pulse.db import utcnow
 from pulse.models import ApiKey, AuditLog, Customer, Project, WebhookEvent
 from tests.console_support import Console, new_key_in, seed, text
 
-PAGES = ["", "keys", "customers", "customers?q=user-00&status=active", "customers/user-000", "events",
-         "events?outcome=failed&type=customer.updated", "events/{failed}", "settings", "audit",
-         "export?format=csv", "export?format=json"]
-POSTS = ["keys", "keys/{key}/rotate", "keys/{key}/revoke", "events/{failed}/reapply", "settings/stripe",
-         "settings/policy", "settings/check"]
+PAGES = [
+    "",
+    "keys",
+    "customers",
+    "customers?q=user-00&status=active",
+    "customers/user-000",
+    "events",
+    "events?outcome=failed&type=customer.updated",
+    "events/{failed}",
+    "settings",
+    "audit",
+    "export?format=csv",
+    "export?format=json",
+]
+POSTS = [
+    "keys",
+    "keys/{key}/rotate",
+    "keys/{key}/revoke",
+    "events/{failed}/reapply",
+    "settings/stripe",
+    "settings/policy",
+    "settings/check",
+]
 
 
 @pytest.fixture
@@ -39,8 +57,10 @@ async def test_every_page_renders_for_a_member_with_security_headers(console, pr
         response = await console.get(url(project, suffix, seeded))
         assert response.code == 200, suffix
         headers = response.headers
-        assert "script-src 'self'" in headers["Content-Security-Policy"] and "unsafe-inline" not in \
-            headers["Content-Security-Policy"]
+        assert (
+            "script-src 'self'" in headers["Content-Security-Policy"]
+            and "unsafe-inline" not in headers["Content-Security-Policy"]
+        )
         assert headers["X-Frame-Options"] == "DENY" and headers["X-Content-Type-Options"] == "nosniff"
         assert headers["Referrer-Policy"] == "same-origin"
         if headers["Content-Type"].startswith("text/html"):
@@ -83,9 +103,14 @@ async def test_non_members_get_403_on_every_project_page(console, project, seede
 @pytest.mark.gen_test(timeout=60)
 async def test_unknown_things_are_404_pages(console, project, seeded):
     await console.login(project.admin.email)
-    for path in ("/console/p/proj_doesnotexist/", "/console/p/proj_doesnotexist/keys", "/console/nope",
-                 url(project, "customers/nobody", seeded), url(project, "events/999999", seeded),
-                 url(project, "keys/key_unknown/revoke", seeded)):
+    for path in (
+        "/console/p/proj_doesnotexist/",
+        "/console/p/proj_doesnotexist/keys",
+        "/console/nope",
+        url(project, "customers/nobody", seeded),
+        url(project, "events/999999", seeded),
+        url(project, "keys/key_unknown/revoke", seeded),
+    ):
         response = await console.get(path) if "revoke" not in path else await console.post(path)
         assert response.code == 404, path
         assert "Page not found" in text(response) or "No " in text(response)
@@ -132,16 +157,21 @@ async def test_keys_create_rotate_revoke_with_audit(console, project, seeded):
     assert 'name="confirmed" value="yes"' in text(confirm) and 'name="grace" value="now"' in text(confirm)
     with db.block():
         assert apikeys.authenticate(raw) is not None
-    response = await console.post(url(project, f"keys/{created.public_id}/rotate", seeded),
-                                  {"grace": "now", "confirmed": "yes"})
+    response = await console.post(
+        url(project, f"keys/{created.public_id}/rotate", seeded), {"grace": "now", "confirmed": "yes"}
+    )
     assert response.code == 201
     with db.block():
         assert apikeys.authenticate(raw) is None
 
-    assert (await console.post(url(project, f"keys/{created.public_id}/rotate", seeded),
-                               {"grace": "now", "confirmed": "yes"})).code == 409
-    assert (await console.post(url(project, f"keys/{project.api_key.key_id}/rotate", seeded),
-                               {"grace": "forever"})).code == 400
+    assert (
+        await console.post(
+            url(project, f"keys/{created.public_id}/rotate", seeded), {"grace": "now", "confirmed": "yes"}
+        )
+    ).code == 409
+    assert (
+        await console.post(url(project, f"keys/{project.api_key.key_id}/rotate", seeded), {"grace": "forever"})
+    ).code == 400
     revoke = url(project, f"keys/{project.api_key.key_id}/revoke", seeded)
     confirm = await console.post(revoke)
     assert confirm.code == 200 and "Revoke key “default”?" in text(confirm) and "cannot be undone" in text(confirm)
@@ -154,8 +184,10 @@ async def test_keys_create_rotate_revoke_with_audit(console, project, seeded):
     done = text(await console.get(response.headers["Location"]))
     assert f"Key “default” ({project.api_key.prefix}…) was revoked" in done  # the notice names the key
     with db.block():
-        actions = [a.action for a in AuditLog.select().where(AuditLog.project == project.project,
-                                                             AuditLog.user == project.admin)]
+        actions = [
+            a.action
+            for a in AuditLog.select().where(AuditLog.project == project.project, AuditLog.user == project.admin)
+        ]
     assert actions.count("api_key.created") == 1 and actions.count("api_key.rotated") == 2
     assert actions.count("api_key.revoked") == 1
     audit = text(await console.get(url(project, "audit", seeded)))
@@ -243,7 +275,7 @@ async def test_dashboard_counts_chart_and_failures(console, project, seeded):
     # Two server-rendered SVGs of the same 12 weeks: the wide one, and a narrow one with readable labels on phones.
     assert page.count("<rect ") == 24 and page.count("<svg") == 2 and "(3 in total)" in page
     assert "customer.updated" in page  # the recent failure
-    health = page[page.index("Setup health"):page.index('class="stats"')]
+    health = page[page.index("Setup health") : page.index('class="stats"')]
     # The seeded project has no Stripe key or signing secret and a failed event.
     assert "No Stripe secret key" in health and f"set-stripe {project.project.public_id} --secret-key" in health
     assert "No webhook signing secret" in health and "1 event failed to apply" in health
@@ -254,14 +286,14 @@ async def test_dashboard_counts_chart_and_failures(console, project, seeded):
 async def test_settings_are_write_only_and_audited(console, project, seeded, box):
     await console.login(project.admin.email)
     secret = "sk_test_" + "A1b2" * 8
-    response = await console.post(url(project, "settings/stripe", seeded),
-                                  {"stripe_secret_key": secret, "stripe_webhook_secret": ""})
+    response = await console.post(
+        url(project, "settings/stripe", seeded), {"stripe_secret_key": secret, "stripe_webhook_secret": ""}
+    )
     assert response.code == 303
     page = text(await console.get(url(project, "settings", seeded)))
     assert secret not in page and "sk_test_…A1b2" in page
     assert re.search(rf'value="http://[a-z0-9.]+:\d+/api/webhook/{project.project.public_id}"', page)
-    assert (await console.post(url(project, "settings/stripe", seeded),
-                               {"stripe_secret_key": "nonsense"})).code == 400
+    assert (await console.post(url(project, "settings/stripe", seeded), {"stripe_secret_key": "nonsense"})).code == 400
     assert (await console.post(url(project, "settings/stripe", seeded), {})).code == 400
     response = await console.post(url(project, "settings/policy", seeded), {"past_due_has_access": "no"})
     assert response.code == 303
@@ -302,19 +334,27 @@ async def test_errors_render_the_error_page_never_a_traceback(console, project, 
 @pytest.mark.gen_test(timeout=60)
 async def test_customer_list_shows_the_subscription_the_api_reports(console, project, seeded):
     from pulse.models import Subscription
+
     with db.block():
         customer = Customer.get(Customer.external_user_id == "user-000")
         # A newer row that has ended must not hide the active subscription.
-        Subscription.create(project=project.project, customer=customer, stripe_subscription_id="sub_old_cancelled",
-                            stripe_status="canceled", status="cancelled", started_at=utcnow())
+        Subscription.create(
+            project=project.project,
+            customer=customer,
+            stripe_subscription_id="sub_old_cancelled",
+            stripe_status="canceled",
+            status="cancelled",
+            started_at=utcnow(),
+        )
     await console.login(project.admin.email)
     page = text(await console.get(url(project, "customers?q=user-000", seeded)))
     assert 'badge-ok">active<' in page and 'badge ">cancelled<' not in page
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_database_outage_gives_a_503_page_and_the_status_page_still_renders(console, project, seeded,
-                                                                                   monkeypatch):
+async def test_database_outage_gives_a_503_page_and_the_status_page_still_renders(
+    console, project, seeded, monkeypatch
+):
     from pulse import sessions
     from pulse.db import DatabaseUnavailable
 
@@ -333,14 +373,28 @@ async def test_database_outage_gives_a_503_page_and_the_status_page_still_render
 def test_weekly_starts_buckets_by_monday_weeks(project):
     from pulse import insights
     from pulse.models import Subscription
+
     now = utcnow()
     monday = (now - timedelta(days=now.weekday())).replace(hour=0, minute=0, second=0)
     with db.block():
         customer = Customer.create(project=project.project, external_user_id="w")
-        for n, started in enumerate([now, monday, monday - timedelta(seconds=1), monday - timedelta(weeks=11),
-                                     monday - timedelta(weeks=11, seconds=1)]):
-            Subscription.create(project=project.project, customer=customer, stripe_subscription_id=f"sub_w{n}",
-                                stripe_status="active", status="active", started_at=started)
+        for n, started in enumerate(
+            [
+                now,
+                monday,
+                monday - timedelta(seconds=1),
+                monday - timedelta(weeks=11),
+                monday - timedelta(weeks=11, seconds=1),
+            ]
+        ):
+            Subscription.create(
+                project=project.project,
+                customer=customer,
+                stripe_subscription_id=f"sub_w{n}",
+                stripe_status="active",
+                status="active",
+                started_at=started,
+            )
         series = insights.weekly_starts(project.project, now=now)
     assert len(series) == 12 and series[-1][0] == monday.date()
     assert [count for _, count in series] == [1] + [0] * 9 + [1, 2]

@@ -25,8 +25,10 @@ async def test_plans_page_lists_adds_refuses_conflicts_and_deletes_after_confirm
         plans.learn_pair(project.project, "price_pro_monthly", "pro")
     page = await console.get(url(project, "plans"))
     assert page.code == 200 and "price_pro_monthly" in text(page) and 'aria-current="page">Plans' in text(page)
-    saved = await console.post(url(project, "plans"), {"plan_slug": "team <b>",
-                                                       "stripe_price_ids": "price_team_m,\nprice_team_y  price_team_m"})
+    saved = await console.post(
+        url(project, "plans"),
+        {"plan_slug": "team <b>", "stripe_price_ids": "price_team_m,\nprice_team_y  price_team_m"},
+    )
     assert saved.code == 303 and saved.headers["Location"].endswith("plans?done=saved")
     page = text(await console.get(url(project, "plans?done=saved")))
     assert "Plan saved." in page and "team &lt;b&gt;" in page and "price_team_y" in page
@@ -53,9 +55,14 @@ async def test_plans_page_lists_adds_refuses_conflicts_and_deletes_after_confirm
 async def test_paused_collection_setting_and_customer_page(console, project):
     customers, _ = seed(project.project, count=2)
     with db.block():
-        Subscription.update(pause_behavior="mark_uncollectible", pause_resumes_at=datetime(2027, 3, 1), quantity=5,
-                            interval_count=3, unit_amount=1999, currency="eur").where(
-            Subscription.customer == customers[0].id).execute()
+        Subscription.update(
+            pause_behavior="mark_uncollectible",
+            pause_resumes_at=datetime(2027, 3, 1),
+            quantity=5,
+            interval_count=3,
+            unit_amount=1999,
+            currency="eur",
+        ).where(Subscription.customer == customers[0].id).execute()
     await console.login(project.admin.email)
     page = text(await console.get(url(project, "customers/user-000")))
     assert "paused (mark uncollectible)" in page and "2027-03-01" in page and "every 3 ×" in page
@@ -66,8 +73,9 @@ async def test_paused_collection_setting_and_customer_page(console, project):
         assert Project.get_by_id(project.project.id).paused_collection_has_access is False
         assert AuditLog.select().where(AuditLog.action == "settings.paused_collection_policy").count() == 1
     assert "no access" in text(await console.get(url(project, "customers/user-000")))
-    assert (await console.post(url(project, "settings/paused-collection"), {"paused_collection_has_access": "x"})) \
-        .code == 400
+    assert (
+        await console.post(url(project, "settings/paused-collection"), {"paused_collection_has_access": "x"})
+    ).code == 400
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -76,8 +84,14 @@ async def test_customers_with_two_subscriptions_with_access_are_flagged(console,
     await console.login(project.admin.email)
     assert "more than one subscription with access" not in text(await console.get(url(project)))
     with db.block():
-        Subscription.create(project=project.project, customer=customers[1], stripe_subscription_id="sub_dup",
-                            stripe_status="active", status="active", plan_slug="pro")
+        Subscription.create(
+            project=project.project,
+            customer=customers[1],
+            stripe_subscription_id="sub_dup",
+            stripe_status="active",
+            status="active",
+            plan_slug="pro",
+        )
     dashboard = text(await console.get(url(project)))
     assert "more than one subscription with access" in dashboard and "customers/user-001" in dashboard
     assert "2 subscriptions grant access" in text(await console.get(url(project, "customers/user-001")))

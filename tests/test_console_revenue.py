@@ -15,7 +15,7 @@ def console(http_client, base_url):
 
 
 def revenue_of(page):
-    return page[page.index('id="revenue"'):page.index("Subscriptions started")]
+    return page[page.index('id="revenue"') : page.index("Subscriptions started")]
 
 
 def stat(section, label):

@@ -41,8 +41,9 @@ def test_setup_health_names_each_problem_until_it_is_fixed(app, make_project, bo
         WebhookEvent.create(project=project, stripe_event_id="evt_good", type="product.created", outcome="ignored")
     assert codes(project) == []
     with db.block():
-        WebhookEvent.create(project=project, stripe_event_id="evt_old", outcome="failed",
-                            received_at=utcnow() - timedelta(days=8))
+        WebhookEvent.create(
+            project=project, stripe_event_id="evt_old", outcome="failed", received_at=utcnow() - timedelta(days=8)
+        )
         WebhookEvent.create(project=project, outcome="invalid_signature", error="timestamp outside the tolerance")
     assert codes(project) == ["invalid_signatures"]  # the 8-day-old failure is not "recent"
     with db.block():
@@ -64,8 +65,9 @@ def test_setup_health_names_each_problem_until_it_is_fixed(app, make_project, bo
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_dashboard_flags_a_wrong_signing_secret_until_a_good_delivery(console, http_client, base_url,
-                                                                            make_project):
+async def test_dashboard_flags_a_wrong_signing_secret_until_a_good_delivery(
+    console, http_client, base_url, make_project
+):
     new = make_project(name="Signed", stripe_webhook_secret=WHSEC, stripe_secret_key="sk_test_" + "k" * 24)
     dashboard = f"/console/p/{new.project.public_id}/"
     await console.login(new.admin.email)
@@ -75,16 +77,20 @@ async def test_dashboard_flags_a_wrong_signing_secret_until_a_good_delivery(cons
 
     async def deliver(secret):
         body = body_of_event(event("product.created", {"id": "prod_health", "object": "product"}))
-        return await http_client.fetch(f"{base_url}/api/webhook/{new.project.public_id}", method="POST", body=body,
-                                       headers={"Content-Type": "application/json",
-                                                "Stripe-Signature": sign(body, secret)}, raise_error=False)
+        return await http_client.fetch(
+            f"{base_url}/api/webhook/{new.project.public_id}",
+            method="POST",
+            body=body,
+            headers={"Content-Type": "application/json", "Stripe-Signature": sign(body, secret)},
+            raise_error=False,
+        )
 
     assert (await deliver("whsec_the_wrong_one_" + "0" * 20)).code == 400
     page = text(await console.get(dashboard))
-    health = page[page.index("Setup health"):page.index('class="stats"')]
+    health = page[page.index("Setup health") : page.index('class="stats"')]
     assert "1 webhook delivery with a bad signature" in health and "wrong signing secret" in health
     assert "outcome=invalid_signature" in health
-    recent = page[page.index("Recent failures"):]
+    recent = page[page.index("Recent failures") :]
     assert "invalid signature" in recent and "No failed" not in recent  # no longer hidden from the dashboard
     assert (await deliver(WHSEC)).code == 200
     page = text(await console.get(dashboard))
@@ -118,8 +124,11 @@ async def test_replacing_a_stored_secret_needs_the_typed_word(console, make_proj
 def test_one_timestamp_format_with_zone_and_relative_time():
     now = utcnow().replace(microsecond=0)
     shown = str(timestamp(now - timedelta(minutes=3), seconds=True))
-    assert re.fullmatch(r'<time datetime="\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ" title="3 minutes ago">'
-                        r'\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC</time>', shown), shown
+    assert re.fullmatch(
+        r'<time datetime="\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ" title="3 minutes ago">'
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC</time>",
+        shown,
+    ), shown
     assert str(timestamp("2026-11-30T14:07:43Z")).endswith(">2026-11-30 14:07 UTC</time>")
     assert "—" in str(timestamp(None))
     assert relative(now + timedelta(days=2, hours=1), now=now) == "in 2 days"
@@ -130,6 +139,7 @@ def test_one_timestamp_format_with_zone_and_relative_time():
 @pytest.mark.gen_test(timeout=60)
 async def test_every_page_renders_times_the_one_way(console, make_project):
     from tests.console_support import seed
+
     new = make_project(name="Times")
     seed(new.project)
     await console.login(new.admin.email)
@@ -139,7 +149,10 @@ async def test_every_page_renders_times_the_one_way(console, make_project):
         times = re.findall(r"<time[^>]*>[^<]*</time>", body)
         assert times, suffix
         for tag in times:
-            assert re.fullmatch(r'<time datetime="[0-9T:-]+Z" title="[a-z0-9 ]+">'
-                                r'\d{4}-\d\d-\d\d \d\d:\d\d(:\d\d)? UTC</time>', tag), (suffix, tag)
+            assert re.fullmatch(
+                r'<time datetime="[0-9T:-]+Z" title="[a-z0-9 ]+">'
+                r"\d{4}-\d\d-\d\d \d\d:\d\d(:\d\d)? UTC</time>",
+                tag,
+            ), (suffix, tag)
     events = text(await console.get(base + "events"))
     assert re.search(r">\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC</time>", events)  # the webhook log shows seconds

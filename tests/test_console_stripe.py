@@ -41,7 +41,9 @@ async def test_exports_stream_every_customer_as_csv_and_json(console, project):
     base = f"/console/p/{project.project.public_id}/export"
     response = await console.get(base + "?format=csv")
     assert response.code == 200 and response.headers["Content-Type"].startswith("text/csv")
-    assert response.headers["Content-Disposition"].startswith(f'attachment; filename="customers-{project.project.public_id}-')
+    assert response.headers["Content-Disposition"].startswith(
+        f'attachment; filename="customers-{project.project.public_id}-'
+    )
     assert response.body.startswith(b"\xef\xbb\xbf")  # UTF-8 BOM: Excel then reads names as UTF-8
     rows = list(csv.reader(io.StringIO(response.body.decode("utf-8-sig"))))
     assert rows[0][:5] == ["external_user_id", "email", "stripe_customer_id", "created_at", "status"]
@@ -62,9 +64,15 @@ async def test_reapply_that_fails_again_says_so_and_a_later_one_succeeds(console
     _, sub = stripe_events.new_subscription(fake_stripe, "zed", project_id=project.project.public_id)
     event = stripe_events.event("customer.subscription.updated", sub)
     with db.block():
-        row = WebhookEvent.create(project=project.project, stripe_event_id=event["id"], type=event["type"],
-                                  outcome="failed", error="Stripe APIError (http 500, code -)",
-                                  object_id=sub["id"], payload=json.dumps(event))
+        row = WebhookEvent.create(
+            project=project.project,
+            stripe_event_id=event["id"],
+            type=event["type"],
+            outcome="failed",
+            error="Stripe APIError (http 500, code -)",
+            object_id=sub["id"],
+            payload=json.dumps(event),
+        )
     await console.login(project.admin.email)
     path = f"/console/p/{project.project.public_id}/events/{row.id}/reapply"
     fake_stripe.fail_next(1, status=500, path="/v1/subscriptions")

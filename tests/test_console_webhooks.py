@@ -9,8 +9,9 @@ from pulse.models import AuditLog, WebhookDelivery, WebhookEndpoint
 from tests.console_support import Console, text
 from tests.webhook_receiver import settled
 
-config_overrides = pytest.fixture(lambda: {"webhook_allow_loopback": True, "webhook_retry_base": 0.05,
-                                           "webhook_poll": 0.1})
+config_overrides = pytest.fixture(
+    lambda: {"webhook_allow_loopback": True, "webhook_retry_base": 0.05, "webhook_poll": 0.1}
+)
 
 
 @pytest.fixture

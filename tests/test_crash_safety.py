@@ -13,10 +13,10 @@ import tornado.httpclient
 
 from pulse import db
 from pulse.models import Customer, Subscription, WebhookEvent
-from tests.support import TEST_SECRET
 from tests.fake_stripe import FAKE_SECRET_KEY
 from tests.live_server import LiveServer
 from tests.stripe_events import body_of_event, new_subscription, sign
+from tests.support import TEST_SECRET
 from tests.webhook_support import truth
 
 WHSEC = "whsec_crash_" + "d" * 24
@@ -24,16 +24,27 @@ USERS = 12
 
 
 def server_for(db_url, fake):
-    return LiveServer(db_url, env={"PULSE_SECRET_KEY": TEST_SECRET, "PULSE_STRIPE_API_BASE": fake.url,
-                                   "PULSE_STRIPE_SECRET_KEY": FAKE_SECRET_KEY, "PULSE_STRIPE_MAX_RETRIES": "0",
-                                   "PULSE_STRIPE_TIMEOUT": "5"})
+    return LiveServer(
+        db_url,
+        env={
+            "PULSE_SECRET_KEY": TEST_SECRET,
+            "PULSE_STRIPE_API_BASE": fake.url,
+            "PULSE_STRIPE_SECRET_KEY": FAKE_SECRET_KEY,
+            "PULSE_STRIPE_MAX_RETRIES": "0",
+            "PULSE_STRIPE_TIMEOUT": "5",
+        },
+    )
 
 
 def stripe_history(fake, project_id):
     """A realistic stream: checkouts, then changes made in Stripe, each with its event."""
     events, subs = [], {}
-    changes = [dict(status="past_due"), dict(cancel_at_period_end=True), dict(status="canceled"),
-               dict(status="active", cancel_at_period_end=False)]
+    changes = [
+        dict(status="past_due"),
+        dict(cancel_at_period_end=True),
+        dict(status="canceled"),
+        dict(status="active", cancel_at_period_end=False),
+    ]
     for n in range(USERS):
         user = f"crash-user-{n}"
         session, sub = new_subscription(fake, user, project_id=project_id)
@@ -51,9 +62,13 @@ async def deliver_all(client, server, project_id, events):
         body = body_of_event(event)
         try:
             response = await client.fetch(
-                server.base_url + f"/api/webhook/{project_id}", method="POST", body=body, raise_error=False,
+                server.base_url + f"/api/webhook/{project_id}",
+                method="POST",
+                body=body,
+                raise_error=False,
                 headers={"Content-Type": "application/json", "Stripe-Signature": sign(body, WHSEC)},
-                request_timeout=30)
+                request_timeout=30,
+            )
         except (OSError, tornado.httpclient.HTTPClientError):
             return event["id"], None
         return event["id"], (response.code if response.code != 599 else None)
@@ -96,8 +111,9 @@ async def test_kill_9_mid_burst_then_redelivery_matches_stripe(db_url, fake_stri
         again = await deliver_all(client, server, project_id, unacked)
         assert set(again.values()) == {200}, again
         for user, sub_id in subs.items():
-            status, _, body = server.request("GET", f"/api/subscription?external_user_id={user}",
-                                             headers={"X-API-Key": hooked.api_key.api_key})
+            status, _, body = server.request(
+                "GET", f"/api/subscription?external_user_id={user}", headers={"X-API-Key": hooked.api_key.api_key}
+            )
             assert status == 200, body
             found = json.loads(body)
             expected = truth(fake_stripe, sub_id)

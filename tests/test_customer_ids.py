@@ -72,6 +72,7 @@ def test_in_chromium_each_customer_link_opens_its_page(db_url):
         db.bind(db_url)
         with db.block():
             from pulse.models import Project
+
             seed_odd(Project.get(Project.public_id == created["project_id"]))
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])

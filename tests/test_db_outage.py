@@ -12,8 +12,8 @@ import pytest
 
 from pulse import db
 from pulse.models import WebhookEvent
-from tests.support import MYSQL_URL, body_of
 from tests.stripe_events import body_of_event, new_subscription, sign
+from tests.support import MYSQL_URL, body_of
 from tests.tcp_proxy import TcpProxy
 
 # A request that hangs longer than this has not "failed quickly" (read_timeout is 30 s, connect 2 s).
@@ -50,6 +50,7 @@ def db_url(request, proxy):
     """The run's MySQL database (emptied), reached through the proxy."""
     direct = request.getfixturevalue("mysql_database_url")
     from tests.support import empty_mysql
+
     empty_mysql(direct)
     parts = urlsplit(direct)
     netloc = parts.netloc.rsplit("@", 1)
@@ -64,6 +65,7 @@ async def _get(api, path, key=None):
 async def _wait_healthy(api, attempts=40):
     """Health until it says ok; recovery must come by itself, without a restart."""
     import asyncio
+
     for _ in range(attempts):
         response = await _get(api, "/api/health", key="")
         if response.code == 200:
@@ -159,9 +161,14 @@ def inbox(event_id):
 def deliver(http_client, base_url, project, event):
     """One signed delivery (Stripe signs every retry afresh) -> response future."""
     body = body_of_event(event)
-    return http_client.fetch(base_url + f"/api/webhook/{project.public_id}", method="POST", body=body,
-                             headers={"Content-Type": "application/json", "Stripe-Signature": sign(body, WHSEC)},
-                             raise_error=False, request_timeout=BOUND)
+    return http_client.fetch(
+        base_url + f"/api/webhook/{project.public_id}",
+        method="POST",
+        body=body,
+        headers={"Content-Type": "application/json", "Stripe-Signature": sign(body, WHSEC)},
+        raise_error=False,
+        request_timeout=BOUND,
+    )
 
 
 async def assert_subscribed(api, hooked, user):
@@ -172,8 +179,9 @@ async def assert_subscribed(api, hooked, user):
 
 
 @pytest.mark.gen_test(timeout=90)
-async def test_webhook_during_outage_is_5xx_and_the_retry_applies(api, proxy, fake_stripe, make_project,
-                                                                   http_client, base_url):
+async def test_webhook_during_outage_is_5xx_and_the_retry_applies(
+    api, proxy, fake_stripe, make_project, http_client, base_url
+):
     hooked = make_project(name="Hooked", stripe_webhook_secret=WHSEC)
     session, _sub = new_subscription(fake_stripe, "outage-user", project_id=hooked.project.public_id)
     event = fake_stripe.event("checkout.session.completed", session)
@@ -191,10 +199,12 @@ async def test_webhook_during_outage_is_5xx_and_the_retry_applies(api, proxy, fa
 
 
 @pytest.mark.gen_test(timeout=90)
-async def test_database_lost_while_the_webhook_awaits_stripe(api, proxy, fake_stripe, make_project,
-                                                             http_client, base_url):
+async def test_database_lost_while_the_webhook_awaits_stripe(
+    api, proxy, fake_stripe, make_project, http_client, base_url
+):
     """The cut lands between reading the project and writing the inbox (the handler is awaiting Stripe)."""
     import asyncio
+
     hooked = make_project(name="Hooked", stripe_webhook_secret=WHSEC)
     session, _sub = new_subscription(fake_stripe, "midflight-user", project_id=hooked.project.public_id)
     event = fake_stripe.event("checkout.session.completed", session)

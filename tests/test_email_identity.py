@@ -38,24 +38,41 @@ def cli_env(db_url):
 
 
 def cli(env, *args):
-    done = subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "run.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
     assert "Traceback" not in done.stderr, done.stderr
     return done
 
 
 def test_the_reviews_look_alike_cannot_capture_a_project_created_later(cli_env):
     """M3 as reported: Mallory registers the full-width form, then Victim Corp is created."""
-    mallory = cli(cli_env, "create-project", "Mallory Shop", "--admin-email", FULL_WIDTH,
-                  "--admin-password", "MalloryPass123", "--json")
+    mallory = cli(
+        cli_env,
+        "create-project",
+        "Mallory Shop",
+        "--admin-email",
+        FULL_WIDTH,
+        "--admin-password",
+        "MalloryPass123",
+        "--json",
+    )
     assert mallory.returncode == 2 and "full-width" in mallory.stderr, mallory.stderr
     victim = cli(cli_env, "create-project", "Victim Corp", "--admin-email", VICTIM, "--json")
     assert victim.returncode == 0, victim.stderr
     data = json.loads(victim.stdout)
     assert data["admin_email"] == VICTIM and data["admin_password"]  # a new account of her own
     for look_alike in (ACCENTED, CYRILLIC):
-        refused = cli(cli_env, "create-project", "Mallory Shop", "--admin-email", look_alike,
-                      "--admin-password", "MalloryPass123", "--json")
+        refused = cli(
+            cli_env,
+            "create-project",
+            "Mallory Shop",
+            "--admin-email",
+            look_alike,
+            "--admin-password",
+            "MalloryPass123",
+            "--json",
+        )
         assert refused.returncode == 2 and "looks like the existing account" in refused.stderr, refused.stderr
         assert len(refused.stderr.strip().splitlines()) == 1
     # The full-width form of an existing address is that account: no new one, no password given.
@@ -76,8 +93,13 @@ def test_a_look_alike_registered_first_blocks_the_real_address_instead_of_captur
 async def test_sign_in_matches_the_key_exactly(http_client, base_url, make_project):
     """Width and case variants are the account; accented look-alikes are not (MySQL's collation aliased them)."""
     make_project(name="Victim Corp", admin_email=VICTIM, admin_password="victim-password-1")
-    for typed, expected in ((" ＶＩＣＴＩＭ@Victim.test", 302), (VICTIM.upper(), 302),
-                            (ACCENTED, 401), (CYRILLIC, 401), ("victim@victim.test\u200b", 401)):
+    for typed, expected in (
+        (" ＶＩＣＴＩＭ@Victim.test", 302),
+        (VICTIM.upper(), 302),
+        (ACCENTED, 401),
+        (CYRILLIC, 401),
+        ("victim@victim.test\u200b", 401),
+    ):
         response = await Console(http_client, base_url).login(typed, "victim-password-1")
         assert response.code == expected, typed
 
@@ -93,11 +115,13 @@ def test_migration_4_keys_accounts_and_flags_look_alikes(db_url, caplog):
         # had already merged the full-width form into one row: Mallory's, holding Victim Corp.
         rows = [FULL_WIDTH, "alice@x.test"] if db.is_mysql() else [VICTIM, FULL_WIDTH, "alice@x.test"]
         for email in rows:
-            insert.insert(email=email, password_hash="$2b$04$" + "x" * 53, created_at=now,
-                          password_changed_at=now).execute()
+            insert.insert(
+                email=email, password_hash="$2b$04$" + "x" * 53, created_at=now, password_changed_at=now
+            ).execute()
         ids = {email: user_id for user_id, email in User.select(User.id, User.email).tuples()}
         pw.Table("membership", ("user_id", "project_id", "role", "created_at")).bind(database).insert(
-            user_id=ids[rows[0]], project_id=project.id, role="admin", created_at=now).execute()
+            user_id=ids[rows[0]], project_id=project.id, role="admin", created_at=now
+        ).execute()
     assert migrations.current_version() == 1
     with caplog.at_level(logging.WARNING, logger="pulse.migrations"):
         assert "console accounts keyed by normalised email" in migrations.migrate_database()
@@ -116,7 +140,8 @@ def test_migration_4_keys_accounts_and_flags_look_alikes(db_url, caplog):
         with db.block() as database:
             collation = database.execute_sql(
                 "SELECT collation_name FROM information_schema.columns WHERE table_schema = DATABASE() "
-                "AND table_name = 'user' AND column_name = 'email_key'").fetchone()[0]
+                "AND table_name = 'user' AND column_name = 'email_key'"
+            ).fetchone()[0]
         assert collation.endswith("_bin"), collation
     with db.block():
         assert projects.find_user(VICTIM) == (User.get(User.email == VICTIM) if not db.is_mysql() else None)

@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from handlers.base import ApiHandler, missing, invalid
+from handlers.base import ApiHandler, invalid, missing
 from pulse.db import DatabaseUnavailable
 from tests.support import body_of
 
@@ -35,8 +35,10 @@ class DbDownHandler(ApiHandler):
 
 @pytest.fixture
 def app(app):
-    app.add_handlers(r".*", [(r"/api/_test/boom", BoomHandler), (r"/api/_test/echo", EchoHandler),
-                             (r"/api/_test/dbdown", DbDownHandler)])
+    app.add_handlers(
+        r".*",
+        [(r"/api/_test/boom", BoomHandler), (r"/api/_test/echo", EchoHandler), (r"/api/_test/dbdown", DbDownHandler)],
+    )
     return app
 
 
@@ -60,7 +62,9 @@ def assert_envelope(response, status, code, field=None):
 @pytest.mark.gen_test
 async def test_401_missing_unknown_and_malformed_keys(api):
     for key in ("", "pp_live_" + "x" * 40, "nonsense", "pp_live_short"):
-        assert_envelope(await api("POST", "/api/_test/echo", json_body={"email": "a@b.co"}, key=key), 401, "unauthorized")
+        assert_envelope(
+            await api("POST", "/api/_test/echo", json_body={"email": "a@b.co"}, key=key), 401, "unauthorized"
+        )
 
 
 @pytest.mark.gen_test

@@ -12,19 +12,35 @@ from pulse import db, export
 from pulse.models import Customer, Subscription
 from tests.support import body_of
 
-CSV_HEADER = ("external_user_id,email,stripe_customer_id,created_at,status,has_access,plan_slug,interval,"
-              "stripe_price_id,current_period_end,cancel_at,trial_end,interval_count,quantity,pause_behavior,"
-              "pause_resumes_at,subscriptions_with_access")
+CSV_HEADER = (
+    "external_user_id,email,stripe_customer_id,created_at,status,has_access,plan_slug,interval,"
+    "stripe_price_id,current_period_end,cancel_at,trial_end,interval_count,quantity,pause_behavior,"
+    "pause_resumes_at,subscriptions_with_access"
+)
 
 
 def add_customer(project, external_user_id, email="u@example.com", stripe_customer_id=None, subs=()):
     with db.block():
-        customer = Customer.create(project=project, external_user_id=external_user_id, email=email,
-                                   stripe_customer_id=stripe_customer_id, created_at=datetime(2026, 1, 2, 3, 4, 5))
+        customer = Customer.create(
+            project=project,
+            external_user_id=external_user_id,
+            email=email,
+            stripe_customer_id=stripe_customer_id,
+            created_at=datetime(2026, 1, 2, 3, 4, 5),
+        )
         for i, (status, started) in enumerate(subs):
-            Subscription.create(project=project, customer=customer, stripe_subscription_id=f"sub_{external_user_id}_{i}",
-                                plan_slug="pro", stripe_price_id="price_pro", interval="yearly", stripe_status=status,
-                                status=status, started_at=started, current_period_end=datetime(2027, 1, 2))
+            Subscription.create(
+                project=project,
+                customer=customer,
+                stripe_subscription_id=f"sub_{external_user_id}_{i}",
+                plan_slug="pro",
+                stripe_price_id="price_pro",
+                interval="yearly",
+                stripe_status=status,
+                status=status,
+                started_at=started,
+                current_period_end=datetime(2027, 1, 2),
+            )
     return customer
 
 
@@ -35,8 +51,12 @@ def read_csv(response):
 @pytest.mark.gen_test
 async def test_json_export_has_every_customer_with_its_current_subscription(api, project, make_project):
     p = project.project
-    add_customer(p, "u1", stripe_customer_id="cus_1", subs=[("cancelled", datetime(2026, 5, 1)),
-                                                            ("active", datetime(2026, 1, 1))])
+    add_customer(
+        p,
+        "u1",
+        stripe_customer_id="cus_1",
+        subs=[("cancelled", datetime(2026, 5, 1)), ("active", datetime(2026, 1, 1))],
+    )
     add_customer(p, "u2", subs=[("cancelled", datetime(2026, 1, 1)), ("unpaid", datetime(2026, 3, 1))])
     add_customer(p, "u3")
     other = make_project(name="Other")
@@ -51,10 +71,20 @@ async def test_json_export_has_every_customer_with_its_current_subscription(api,
     first = customers[0]
     assert first["stripe_customer_id"] == "cus_1" and first["created_at"] == "2026-01-02T03:04:05Z"
     assert first["subscription"] == {
-        "status": "active", "has_access": True, "plan_slug": "pro", "interval": "yearly", "interval_count": None,
-        "quantity": None, "stripe_price_id": "price_pro", "current_period_end": "2027-01-02T00:00:00Z",
-        "cancel_at": None, "trial_end": None, "pause_collection": None, "subscriptions_with_access": 1,
-        "stripe_subscription_id": "sub_u1_1"}  # access wins over the more recent one
+        "status": "active",
+        "has_access": True,
+        "plan_slug": "pro",
+        "interval": "yearly",
+        "interval_count": None,
+        "quantity": None,
+        "stripe_price_id": "price_pro",
+        "current_period_end": "2027-01-02T00:00:00Z",
+        "cancel_at": None,
+        "trial_end": None,
+        "pause_collection": None,
+        "subscriptions_with_access": 1,
+        "stripe_subscription_id": "sub_u1_1",
+    }  # access wins over the more recent one
     assert customers[1]["subscription"]["stripe_subscription_id"] == "sub_u2_1"  # no access: most recent
     assert customers[1]["subscription"]["has_access"] is False
     assert customers[2]["subscription"] is None
@@ -62,21 +92,21 @@ async def test_json_export_has_every_customer_with_its_current_subscription(api,
 
 @pytest.mark.gen_test
 async def test_csv_export_and_formula_injection(api, project):
-    add_customer(project.project, "=HYPERLINK(\"http://evil\")", email="+1@example.com", subs=[("active", None)])
+    add_customer(project.project, '=HYPERLINK("http://evil")', email="+1@example.com", subs=[("active", None)])
     add_customer(project.project, "-5", email="@me")
     add_customer(project.project, "\tx", email="\rmail")
-    add_customer(project.project, "plain, \"quoted\"", email="ok@example.com")
+    add_customer(project.project, 'plain, "quoted"', email="ok@example.com")
     response = await api("GET", "/api/customers/export?format=csv")
     assert response.code == 200
     assert response.headers["Content-Type"] == "text/csv; charset=UTF-8"
     assert response.headers["Content-Disposition"].endswith('.csv"')
     assert response.body.decode().splitlines()[0] == CSV_HEADER
     rows = read_csv(response)
-    assert rows[1][:2] == ["'=HYPERLINK(\"http://evil\")", "'+1@example.com"]
+    assert rows[1][:2] == ['\'=HYPERLINK("http://evil")', "'+1@example.com"]
     assert rows[1][4:8] == ["active", "true", "pro", "yearly"]
     assert rows[2][:2] == ["'-5", "'@me"] and rows[2][4:] == [""] * 13
     assert rows[3][:2] == ["'\tx", "'\rmail"]
-    assert rows[4][:2] == ["plain, \"quoted\"", "ok@example.com"]
+    assert rows[4][:2] == ['plain, "quoted"', "ok@example.com"]
     assert len(rows) == 5
 
 
@@ -86,8 +116,12 @@ async def test_empty_export_and_bad_format(api):
     assert (await api("GET", "/api/customers/export?format=csv")).body.decode() == CSV_HEADER + "\r\n"
     bad = await api("GET", "/api/customers/export?format=xml")
     assert bad.code == 400
-    assert body_of(bad)["error"] == {"status": 400, "code": "invalid_field", "message": "format must be json or csv",
-                                     "field": "format"}
+    assert body_of(bad)["error"] == {
+        "status": 400,
+        "code": "invalid_field",
+        "message": "format must be json or csv",
+        "field": "format",
+    }
     assert (await api("GET", "/api/customers/export", key="")).code == 401
 
 
@@ -114,13 +148,33 @@ async def test_100k_customers_are_streamed_page_by_page(api, project, make_proje
         for start in range(0, 100_000, 5000):
             with db.database.atomic():
                 Customer.insert_many(
-                    [{"project": p.id, "external_user_id": f"user-{i}", "email": f"u{i}@example.com",
-                      "created_at": created, "updated_at": created} for i in range(start, start + 5000)]).execute()
+                    [
+                        {
+                            "project": p.id,
+                            "external_user_id": f"user-{i}",
+                            "email": f"u{i}@example.com",
+                            "created_at": created,
+                            "updated_at": created,
+                        }
+                        for i in range(start, start + 5000)
+                    ]
+                ).execute()
         ids = [c.id for c in Customer.select(Customer.id).where(Customer.project == p).limit(1000)]
         Subscription.insert_many(
-            [{"project": p.id, "customer": cid, "stripe_subscription_id": f"sub_{cid}", "stripe_status": "active",
-              "status": "active", "created_at": created, "updated_at": created, "synced_at": created}
-             for cid in ids]).execute()
+            [
+                {
+                    "project": p.id,
+                    "customer": cid,
+                    "stripe_subscription_id": f"sub_{cid}",
+                    "stripe_status": "active",
+                    "status": "active",
+                    "created_at": created,
+                    "updated_at": created,
+                    "synced_at": created,
+                }
+                for cid in ids
+            ]
+        ).execute()
     other = make_project(name="Other")
     add_customer(other.project, "user-intruder")
 
@@ -137,8 +191,9 @@ async def test_100k_customers_are_streamed_page_by_page(api, project, make_proje
     for fmt in ("csv", "json"):
         page_sizes.clear()
         received.clear()
-        response = await api("GET", f"/api/customers/export?format={fmt}", streaming_callback=received.append,
-                             request_timeout=200)
+        response = await api(
+            "GET", f"/api/customers/export?format={fmt}", streaming_callback=received.append, request_timeout=200
+        )
         assert response.code == 200
         # Never more than one page of rows in hand, and the body left in many pieces.
         assert max(page_sizes) == export.PAGE_SIZE and len(page_sizes) == 100_000 // export.PAGE_SIZE + 1
@@ -161,8 +216,9 @@ async def test_database_outage_mid_export_truncates_instead_of_faking_a_complete
     from pulse.db import DatabaseUnavailable
 
     with db.block():
-        Customer.insert_many([{"project": project.project.id, "external_user_id": f"u{i}"}
-                              for i in range(export.PAGE_SIZE + 10)]).execute()
+        Customer.insert_many(
+            [{"project": project.project.id, "external_user_id": f"u{i}"} for i in range(export.PAGE_SIZE + 10)]
+        ).execute()
     real_page, calls = export.page, []
 
     def failing_page(*args, **kwargs):

@@ -8,8 +8,8 @@ import stripe
 
 from pulse import billing
 from pulse.stripe_objects import plain
-from tests.fake_stripe import FAKE_SECRET_KEY
 from sandbox.objects import decode_form
+from tests.fake_stripe import FAKE_SECRET_KEY
 
 
 @pytest.fixture
@@ -26,17 +26,25 @@ def client(fake_stripe, io_loop):
 
 
 def test_decode_form_nesting():
-    params = decode_form("metadata[a]=1&line_items[0][price]=price_x&line_items[0][quantity]=1"
-                         "&subscription_data[metadata][k]=v&subscription_data[trial_period_days]=7&email=")
-    assert params == {"metadata": {"a": "1"}, "line_items": [{"price": "price_x", "quantity": "1"}],
-                      "subscription_data": {"metadata": {"k": "v"}, "trial_period_days": "7"}, "email": ""}
+    params = decode_form(
+        "metadata[a]=1&line_items[0][price]=price_x&line_items[0][quantity]=1"
+        "&subscription_data[metadata][k]=v&subscription_data[trial_period_days]=7&email="
+    )
+    assert params == {
+        "metadata": {"a": "1"},
+        "line_items": [{"price": "price_x", "quantity": "1"}],
+        "subscription_data": {"metadata": {"k": "v"}, "trial_period_days": "7"},
+        "email": "",
+    }
 
 
 @pytest.mark.gen_test
 async def test_customer_crud_and_list(client, fake_stripe):
     sc = client()
-    made = [await sc.v1.customers.create_async(params={"email": f"u{i}@x.test", "metadata": {"n": str(i)}})
-            for i in range(3)]
+    made = [
+        await sc.v1.customers.create_async(params={"email": f"u{i}@x.test", "metadata": {"n": str(i)}})
+        for i in range(3)
+    ]
     assert made[0].object == "customer" and made[0].metadata["n"] == "0"
     got = await sc.v1.customers.retrieve_async(made[1].id)
     assert got.email == "u1@x.test"
@@ -73,11 +81,17 @@ async def test_idempotency_key_replays(client, fake_stripe):
 async def test_checkout_complete_and_subscription_shapes(client, fake_stripe):
     sc = client()
     cus = await sc.v1.customers.create_async(params={"email": "a@x.test"})
-    session = await sc.v1.checkout.sessions.create_async(params={
-        "mode": "subscription", "customer": cus.id, "client_reference_id": "u1",
-        "line_items": [{"price": "price_pro", "quantity": 1}], "success_url": "https://a.test/ok",
-        "metadata": {"interval": "yearly"},
-        "subscription_data": {"metadata": {"plan_slug": "pro"}, "trial_period_days": 7}})
+    session = await sc.v1.checkout.sessions.create_async(
+        params={
+            "mode": "subscription",
+            "customer": cus.id,
+            "client_reference_id": "u1",
+            "line_items": [{"price": "price_pro", "quantity": 1}],
+            "success_url": "https://a.test/ok",
+            "metadata": {"interval": "yearly"},
+            "subscription_data": {"metadata": {"plan_slug": "pro"}, "trial_period_days": 7},
+        }
+    )
     assert session.url.startswith("https://checkout.stripe.com/") and session.mode == "subscription"
     sub = fake_stripe.complete_checkout(session.id)
     assert sub["status"] == "trialing" and sub["metadata"] == {"plan_slug": "pro"}
@@ -95,7 +109,9 @@ async def test_checkout_complete_and_subscription_shapes(client, fake_stripe):
     assert live.data == []
     every = await sc.v1.subscriptions.list_async(params={"customer": cus.id, "status": "all"})
     assert [s.id for s in every.data] == [sub["id"]]
-    portal = await sc.v1.billing_portal.sessions.create_async(params={"customer": cus.id, "return_url": "https://a.test"})
+    portal = await sc.v1.billing_portal.sessions.create_async(
+        params={"customer": cus.id, "return_url": "https://a.test"}
+    )
     assert portal.url.startswith("https://billing.stripe.com/")
     account = await sc.v1.accounts.retrieve_current_async()
     assert account.object == "account"
@@ -121,6 +137,7 @@ async def test_faults_http_and_drop(client, fake_stripe):
 @pytest.mark.gen_test
 async def test_same_key_in_flight_is_409(client, fake_stripe):
     import asyncio
+
     fake_stripe.latency = 0.2
     sc = client()
     create = sc.v1.customers.create_async
@@ -140,9 +157,14 @@ async def test_old_api_version_shape_over_http(client, fake_stripe):
     fake_stripe.api_version = "2024-06-20"
     sc = client()
     cus = await sc.v1.customers.create_async(params={"email": "a@x.test"})
-    session = await sc.v1.checkout.sessions.create_async(params={
-        "mode": "subscription", "customer": cus.id, "line_items": [{"price": "price_a", "quantity": 1}],
-        "success_url": "https://a.test/ok"})
+    session = await sc.v1.checkout.sessions.create_async(
+        params={
+            "mode": "subscription",
+            "customer": cus.id,
+            "line_items": [{"price": "price_a", "quantity": 1}],
+            "success_url": "https://a.test/ok",
+        }
+    )
     sub = fake_stripe.complete_checkout(session.id, status="active")
     fetched = plain(await sc.v1.subscriptions.retrieve_async(sub["id"]))
     assert fetched["current_period_end"] > fetched["created"]
@@ -155,9 +177,14 @@ async def test_gateway_reads_subscriptions_as_plain_dicts(fake_stripe, config):
     cus = await client.v1.customers.create_async(params={"email": "a@x.test"})
     subs = []
     for _ in range(3):
-        session = await client.v1.checkout.sessions.create_async(params={
-            "mode": "subscription", "customer": cus.id, "line_items": [{"price": "price_a", "quantity": 1}],
-            "success_url": "https://a.test/ok"})
+        session = await client.v1.checkout.sessions.create_async(
+            params={
+                "mode": "subscription",
+                "customer": cus.id,
+                "line_items": [{"price": "price_a", "quantity": 1}],
+                "success_url": "https://a.test/ok",
+            }
+        )
         subs.append(fake_stripe.complete_checkout(session.id))
     fake_stripe.set_subscription(subs[0]["id"], status="canceled")
     listed = await billing.list_subscriptions(client, cus.id)
@@ -184,8 +211,9 @@ async def test_deleting_a_customer_cancels_its_subscriptions_and_leaves_a_tombst
         await sc.v1.customers.update_async(sub["customer"], params={"email": "x@y.test"})
     assert err.value.http_status == 404 and err.value.code == "resource_missing"
     with pytest.raises(stripe.InvalidRequestError) as err:
-        await sc.v1.billing_portal.sessions.create_async(params={"customer": sub["customer"],
-                                                                 "return_url": "https://app.test/"})
+        await sc.v1.billing_portal.sessions.create_async(
+            params={"customer": sub["customer"], "return_url": "https://app.test/"}
+        )
     assert err.value.param == "customer"
     # A completed session carries the customer's details, as Stripe's does.
     assert session["customer_details"]["email"] == "gone@example.test"

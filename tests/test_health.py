@@ -17,8 +17,12 @@ async def test_health_needs_no_key(api):
 
 @pytest.mark.gen_test
 async def test_browsers_are_sent_to_the_status_page(api):
-    response = await api("GET", "/api/health", key="", headers={
-        "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"})
+    response = await api(
+        "GET",
+        "/api/health",
+        key="",
+        headers={"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"},
+    )
     assert response.code == 302
     assert response.headers["Location"] == "/status"
 
@@ -26,6 +30,7 @@ async def test_browsers_are_sent_to_the_status_page(api):
 @pytest.mark.gen_test
 async def test_health_reports_a_database_it_cannot_reach(api, app):
     from pulse import db
+
     working = db.database.obj
     db.bind("sqlite:////nonexistent-dir/for/sure/pulse.db")
     try:
@@ -46,10 +51,17 @@ async def test_status_page(http_client, base_url):
     assert "script-src 'self'" in response.headers["Content-Security-Policy"]
 
 
-@pytest.mark.parametrize("accept,expected", [
-    ("text/html", True), ("application/json", False), ("*/*", False), (None, False),
-    ("application/json, text/html;q=0.5", False), ("text/html;q=0.9, application/json;q=0.1", True),
-    ("text/html;q=0", False),
-])
+@pytest.mark.parametrize(
+    "accept,expected",
+    [
+        ("text/html", True),
+        ("application/json", False),
+        ("*/*", False),
+        (None, False),
+        ("application/json, text/html;q=0.5", False),
+        ("text/html;q=0.9, application/json;q=0.1", True),
+        ("text/html;q=0", False),
+    ],
+)
 def test_prefers_html(accept, expected):
     assert prefers_html(accept) is expected

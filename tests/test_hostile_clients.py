@@ -55,8 +55,9 @@ def parse(raw):
 
 def test_slow_body_is_cut_and_others_are_served(server):
     slow = connect(server, timeout=15)
-    slow.sendall(b"POST /api/checkout HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: 1000\r\n\r\n{\"a\":")
+    slow.sendall(
+        b'POST /api/checkout HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"a":'
+    )
     # While the body trickles in, an ordinary request is served.
     assert server.healthy()
     started = time.monotonic()
@@ -72,7 +73,7 @@ def test_slow_body_is_cut_and_others_are_served(server):
             if slow.recv(65536) == b"":
                 closed = True
                 break
-        except socket.timeout:
+        except TimeoutError:
             pass
         except ConnectionResetError:
             closed = True
@@ -103,8 +104,10 @@ def send_quietly(sock, data):
 
 def test_oversized_body_with_content_length_gets_413(server):
     sock = connect(server)
-    sock.sendall(b"POST /api/checkout HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"X-API-Key: %s\r\nContent-Length: %d\r\n\r\n" % (server.api_key.encode(), MIB + 1))
+    sock.sendall(
+        b"POST /api/checkout HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"X-API-Key: %s\r\nContent-Length: %d\r\n\r\n" % (server.api_key.encode(), MIB + 1)
+    )
     send_quietly(sock, b"x" * (MIB + 1))
     status, head, body = parse(read_all(sock))
     sock.close()
@@ -115,8 +118,10 @@ def test_oversized_body_with_content_length_gets_413(server):
 
 def test_oversized_chunked_body_gets_413(server):
     sock = connect(server)
-    sock.sendall(b"POST /api/checkout HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"X-API-Key: %s\r\nTransfer-Encoding: chunked\r\n\r\n" % server.api_key.encode())
+    sock.sendall(
+        b"POST /api/checkout HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"X-API-Key: %s\r\nTransfer-Encoding: chunked\r\n\r\n" % server.api_key.encode()
+    )
     chunk = b"x" * 65536
     for _ in range(4 * MIB // len(chunk)):
         send_quietly(sock, b"%x\r\n%s\r\n" % (len(chunk), chunk))
@@ -131,8 +136,10 @@ def test_oversized_chunked_body_gets_413(server):
 def test_endless_chunked_body_is_cut(server):
     """A body that never ends (well past the 64 MiB drain cap would take too long): body_timeout ends it."""
     sock = connect(server, timeout=15)
-    sock.sendall(b"POST /api/checkout HTTP/1.1\r\nHost: x\r\nX-API-Key: %s\r\n"
-                 b"Transfer-Encoding: chunked\r\n\r\n" % server.api_key.encode())
+    sock.sendall(
+        b"POST /api/checkout HTTP/1.1\r\nHost: x\r\nX-API-Key: %s\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" % server.api_key.encode()
+    )
     chunk = b"y" * 1024
     closed = False
     for _ in range(2000):
@@ -155,7 +162,7 @@ def test_big_body_to_a_non_api_route_is_refused_unread(server):
     sock.settimeout(1.5)
     try:
         answer = sock.recv(65536)
-    except socket.timeout:
+    except TimeoutError:
         answer = None
     except ConnectionResetError:
         answer = b""

@@ -3,8 +3,8 @@
 import pytest
 from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
 
-from web import HSTS, client_ip, is_secure, redirect_target
 from pulse.config import load_config
+from web import HSTS, client_ip, is_secure, redirect_target
 
 PROXY_HTTP = {"X-Forwarded-Proto": "http", "X-Forwarded-For": "203.0.113.7"}
 PROXY_HTTPS = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.7"}
@@ -51,8 +51,9 @@ def test_forwarded_proto_is_believed_only_from_a_trusted_proxy():
     # A peer that is not a listed proxy cannot claim https, even with PULSE_TRUST_PROXY=1.
     assert not is_secure(request(remote_ip="203.0.113.50", headers=PROXY_HTTPS), trusted)
     # X-Scheme is never read (nginx passes a client's copy through: security review H2).
-    assert not is_secure(request(remote_ip="10.0.0.2", headers={"X-Scheme": "https", "X-Forwarded-Proto": "http"}),
-                         trusted)
+    assert not is_secure(
+        request(remote_ip="10.0.0.2", headers={"X-Scheme": "https", "X-Forwarded-Proto": "http"}), trusted
+    )
 
 
 def test_client_ip_honours_forwarded_for_only_when_trusted():

@@ -63,8 +63,9 @@ async def test_same_key_other_body_is_a_conflict(api):
 
 @pytest.mark.gen_test
 async def test_concurrent_duplicate_is_refused_while_the_first_is_in_flight(api):
-    first, second = await asyncio.gather(charge(api, {"amount": 5, "slow": True}),
-                                         charge(api, {"amount": 5, "slow": True}))
+    first, second = await asyncio.gather(
+        charge(api, {"amount": 5, "slow": True}), charge(api, {"amount": 5, "slow": True})
+    )
     codes = sorted([first.code, second.code])
     assert codes == [201, 409]
     loser = first if first.code == 409 else second
@@ -93,8 +94,13 @@ async def test_client_errors_are_stored_server_errors_are_not(api):
 async def test_keys_are_per_project(api, make_project):
     other = make_project(name="Other")
     await charge(api, {"amount": 5})
-    response = await api("POST", "/api/_test/charge", json_body={"amount": 7}, key=other.api_key.api_key,
-                         headers={"Idempotency-Key": "key-1"})
+    response = await api(
+        "POST",
+        "/api/_test/charge",
+        json_body={"amount": 7},
+        key=other.api_key.api_key,
+        headers={"Idempotency-Key": "key-1"},
+    )
     assert response.code == 201 and body_of(response)["amount"] == 7
     assert len(CALLS) == 2
 
@@ -115,8 +121,12 @@ async def test_records_expire_after_24_hours(api, project):
 async def test_an_abandoned_in_flight_record_is_taken_over(api, project):
     fingerprint = idempotency.request_hash("POST", "/api/_test/charge", b'{"amount": 5}')
     with db.block():
-        IdempotencyRecord.create(project=project.project, key="key-1", request_hash=fingerprint,
-                                 created_at=db.utcnow() - timedelta(minutes=3))
+        IdempotencyRecord.create(
+            project=project.project,
+            key="key-1",
+            request_hash=fingerprint,
+            created_at=db.utcnow() - timedelta(minutes=3),
+        )
     response = await charge(api, {"amount": 5})
     assert response.code == 201 and len(CALLS) == 1
 

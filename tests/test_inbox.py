@@ -38,8 +38,9 @@ async def test_queued_events_about_one_subscription_share_one_stripe_read(app, c
     project = hooked.project
     session, sub = stripe_events.new_subscription(fake_stripe, "queued", project_id=project.public_id)
     fake_stripe.requests.clear()
-    updates = [stripe_events.event("customer.subscription.updated", fake_stripe.subscription(sub["id"]))
-               for _ in range(3)]
+    updates = [
+        stripe_events.event("customer.subscription.updated", fake_stripe.subscription(sub["id"])) for _ in range(3)
+    ]
     assert [queue(project, e) for e in updates] == [{"received": True, "queued": True}] * 3
     assert queue(project, updates[0]) == {"received": True, "duplicate": True}
     await drain(config)
@@ -57,8 +58,9 @@ async def test_queued_events_about_one_subscription_share_one_stripe_read(app, c
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_a_failed_event_waits_for_its_retry_time_and_a_stripe_retry_makes_it_due(app, config, fake_stripe,
-                                                                                      hooked):
+async def test_a_failed_event_waits_for_its_retry_time_and_a_stripe_retry_makes_it_due(
+    app, config, fake_stripe, hooked
+):
     project = hooked.project
     session, sub = stripe_events.new_subscription(fake_stripe, "flaky", project_id=project.public_id)
     event = stripe_events.event("checkout.session.completed", session)

@@ -9,7 +9,8 @@ import json
 from urllib.parse import quote, urlencode
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from pulse.config import RateLimit
 from tests.billing_support import add_customer, add_subscription, checkout_body
@@ -17,15 +18,20 @@ from tests.console_support import Console, text
 from tests.stripe_events import sign
 
 WHSEC = "whsec_hardening_" + "h" * 24
-PROPERTY = settings(max_examples=40, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+PROPERTY = settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 CONTROL = ["\x00", "\x01", "\x08", "\x09", "\x0a", "\x0b", "\x0d", "\x1f", "\x7f", "\x85", "\x9f"]
 
 
 @pytest.fixture
 def config_overrides(fake_stripe):
-    return fake_stripe.config_overrides(stripe_max_retries=0, rate_limit_authenticated=RateLimit(100000, 60),
-                                        rate_limit_anonymous=RateLimit(100000, 60))
+    return fake_stripe.config_overrides(
+        stripe_max_retries=0, rate_limit_authenticated=RateLimit(100000, 60), rate_limit_anonymous=RateLimit(100000, 60)
+    )
 
 
 @pytest.fixture
@@ -57,9 +63,13 @@ async def signed_in(http_client, base_url, project):
 
 def deliver(http_client, base_url, hooked, body):
     body = body if isinstance(body, bytes) else body.encode("utf-8")
-    return http_client.fetch(base_url + f"/api/webhook/{hooked.project.public_id}", method="POST", body=body,
-                             raise_error=False, headers={"Content-Type": "application/json",
-                                                         "Stripe-Signature": sign(body, WHSEC)})
+    return http_client.fetch(
+        base_url + f"/api/webhook/{hooked.project.public_id}",
+        method="POST",
+        body=body,
+        raise_error=False,
+        headers={"Content-Type": "application/json", "Stripe-Signature": sign(body, WHSEC)},
+    )
 
 
 # ---------------------------------------------------------------- M4: exact ids
@@ -67,8 +77,9 @@ def deliver(http_client, base_url, hooked, body):
 
 @pytest.mark.gen_test(timeout=60)
 @pytest.mark.parametrize("char", CONTROL, ids=[f"U+{ord(c):04X}" for c in CONTROL])
-async def test_control_characters_in_ids_are_400_on_every_route_that_takes_one(api, project, http_client, base_url,
-                                                                                char):
+async def test_control_characters_in_ids_are_400_on_every_route_that_takes_one(
+    api, project, http_client, base_url, char
+):
     victim = add_customer(project.project, "john smith", email="john@victim.test")
     add_subscription(victim)
     assert (await api("GET", "/api/subscription?external_user_id=john%20smith")).code == 200
@@ -95,11 +106,19 @@ async def test_control_characters_in_ids_are_400_on_every_route_that_takes_one(a
 @pytest.mark.gen_test(timeout=60)
 async def test_json_nested_fifty_thousand_deep_is_400(api):
     deep = "[" * 50000 + "]" * 50000
-    assert_4xx(await api("POST", "/api/checkout", body=deep, headers={"Content-Type": "application/json"}),
-               "invalid_json")
+    assert_4xx(
+        await api("POST", "/api/checkout", body=deep, headers={"Content-Type": "application/json"}), "invalid_json"
+    )
     deep_object = '{"a":' * 50000 + "1" + "}" * 50000
-    assert_4xx(await api("POST", "/api/checkout", body=deep_object,
-                         headers={"Content-Type": "application/json", "Idempotency-Key": "deep-1"}), "invalid_json")
+    assert_4xx(
+        await api(
+            "POST",
+            "/api/checkout",
+            body=deep_object,
+            headers={"Content-Type": "application/json", "Idempotency-Key": "deep-1"},
+        ),
+        "invalid_json",
+    )
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -117,11 +136,11 @@ async def test_huge_console_cursors_and_event_ids_are_not_500(http_client, base_
     console = await signed_in(http_client, base_url, project)
     base = f"/console/p/{project.project.public_id}"
     for path in ("/customers?after=", "/events?before=", "/audit?before="):
-        for value in (2 ** 63, 2 ** 70, -(2 ** 70), "9" * 5000):
+        for value in (2**63, 2**70, -(2**70), "9" * 5000):
             response = await console.get(base + path + str(value))
             assert response.code == 200, (path, response.code)
-    assert (await console.get(base + f"/events/{2 ** 70}")).code == 404
-    assert (await console.get(base + f"/events/{2 ** 63 - 1}")).code == 404
+    assert (await console.get(base + f"/events/{2**70}")).code == 404
+    assert (await console.get(base + f"/events/{2**63 - 1}")).code == 404
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -140,20 +159,31 @@ async def test_nul_in_a_static_path_is_404(http_client, base_url):
 
 # ---------------------------------------------------------------- "never 5xx", one property per surface
 
-nested = st.builds(lambda depth, opener: (opener * depth) + ("1" if opener == '{"a":' else "")
-                   + ({"[": "]", '{"a":': "}"}[opener] * depth),
-                   st.integers(min_value=1, max_value=120000), st.sampled_from(["[", '{"a":']))
+nested = st.builds(
+    lambda depth, opener: (
+        (opener * depth) + ("1" if opener == '{"a":' else "") + ({"[": "]", '{"a":': "}"}[opener] * depth)
+    ),
+    st.integers(min_value=1, max_value=120000),
+    st.sampled_from(["[", '{"a":']),
+)
 hostile_text = st.text(max_size=60) | st.sampled_from(
-    ["\x00", "\x7f", "\x85", "%00", "%ff", "a" * 3000, "../../etc/passwd", "\\u0000", "/\x7f"])
+    ["\x00", "\x7f", "\x85", "%00", "%ff", "a" * 3000, "../../etc/passwd", "\\u0000", "/\x7f"]
+)
 
 
 def test_api_bodies_never_5xx(io_loop, api):
     @PROPERTY
-    @given(body=nested | hostile_text.map(json.dumps), path=st.sampled_from(["/api/checkout", "/api/portal"]),
-           idempotent=st.booleans())
+    @given(
+        body=nested | hostile_text.map(json.dumps),
+        path=st.sampled_from(["/api/checkout", "/api/portal"]),
+        idempotent=st.booleans(),
+    )
     @example(body="[" * 50000 + "]" * 50000, path="/api/checkout", idempotent=True)
     def check(body, path, idempotent):
-        headers = {"Content-Type": "application/json", **({"Idempotency-Key": "k-" + str(len(body))} if idempotent else {})}
+        headers = {
+            "Content-Type": "application/json",
+            **({"Idempotency-Key": "k-" + str(len(body))} if idempotent else {}),
+        }
         response = run(io_loop, lambda: api("POST", path, body=body, headers=headers))
         assert response.code < 500, (response.code, response.body[:200])
 
@@ -162,8 +192,11 @@ def test_api_bodies_never_5xx(io_loop, api):
 
 def test_query_strings_never_5xx(io_loop, api):
     @PROPERTY
-    @given(raw=st.binary(max_size=80), name=st.sampled_from(["external_user_id", "format", "x"]),
-           path=st.sampled_from(["/api/subscription", "/api/customers/export", "/api/health"]))
+    @given(
+        raw=st.binary(max_size=80),
+        name=st.sampled_from(["external_user_id", "format", "x"]),
+        path=st.sampled_from(["/api/subscription", "/api/customers/export", "/api/health"]),
+    )
     @example(raw=b"john\x01smith", name="external_user_id", path="/api/subscription")
     @example(raw=b"\xed\xb0\x80", name="external_user_id", path="/api/subscription")
     def check(raw, name, path):
@@ -177,13 +210,17 @@ def test_console_forms_and_cursors_never_5xx(io_loop, http_client, base_url, pro
     console = run(io_loop, lambda: signed_in(http_client, base_url, project))
     anonymous = Console(http_client, base_url)
     base = f"/console/p/{project.project.public_id}"
-    cursor = st.one_of(st.integers(min_value=-(2 ** 80), max_value=2 ** 80).map(str), hostile_text)
+    cursor = st.one_of(st.integers(min_value=-(2**80), max_value=2**80).map(str), hostile_text)
 
     @PROPERTY
-    @given(page=st.sampled_from(["/customers?after=", "/events?before=", "/audit?before=", "/customers?q=",
-                                 "/events?type=", "/events/"]), value=cursor,
-           form=st.fixed_dictionaries({"email": hostile_text, "password": hostile_text, "next": hostile_text}))
-    @example(page="/events/", value=str(2 ** 70), form={"email": "", "password": "", "next": "/\x7f"})
+    @given(
+        page=st.sampled_from(
+            ["/customers?after=", "/events?before=", "/audit?before=", "/customers?q=", "/events?type=", "/events/"]
+        ),
+        value=cursor,
+        form=st.fixed_dictionaries({"email": hostile_text, "password": hostile_text, "next": hostile_text}),
+    )
+    @example(page="/events/", value=str(2**70), form={"email": "", "password": "", "next": "/\x7f"})
     def check(page, value, form):
         response = run(io_loop, lambda: console.get(base + page + quote(value, safe="")))
         assert response.code < 500, (page, value, response.code)
@@ -205,8 +242,15 @@ def test_webhook_bodies_never_5xx(io_loop, http_client, base_url, hooked):
     def check(event_id, depth, raw):
         # raw: the id spliced in as written (JSON escapes kept), else JSON-encoded as text.
         id_json = f'"{event_id}"' if raw and '"' not in event_id and "\\\\" not in event_id else json.dumps(event_id)
-        body = ('{"id": ' + id_json + ', "type": "some.unknown.type", "data": {"object": '
-                + '{"a":' * depth + "1" + "}" * depth + "}}")
+        body = (
+            '{"id": '
+            + id_json
+            + ', "type": "some.unknown.type", "data": {"object": '
+            + '{"a":' * depth
+            + "1"
+            + "}" * depth
+            + "}}"
+        )
         response = run(io_loop, lambda: deliver(http_client, base_url, hooked, body))
         assert response.code < 500, (event_id, depth, response.code, response.body[:200])
 

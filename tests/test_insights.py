@@ -22,8 +22,9 @@ def walk(fetch):
 def test_events_audit_and_customers_page_newest_first_both_ways(app, project):
     with db.block():
         for i in range(7):
-            WebhookEvent.create(project=project.project, stripe_event_id=f"evt_{i}", type="invoice.paid",
-                                outcome="processed")
+            WebhookEvent.create(
+                project=project.project, stripe_event_id=f"evt_{i}", type="invoice.paid", outcome="processed"
+            )
             AuditLog.create(project=project.project, actor="cli", action=f"test.{i}")
             Customer.create(project=project.project, external_user_id=f"c{i}")
         events, events_back = walk(lambda **c: insights.list_events(project.project, limit=3, **c))

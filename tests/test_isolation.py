@@ -12,28 +12,49 @@ import pytest
 
 from pulse import db, plans
 from pulse.models import ApiKey, Customer, WebhookEvent
-from sandbox import api as sandbox_api, pages as sandbox_pages
+from sandbox import api as sandbox_api
+from sandbox import pages as sandbox_pages
 from tests.billing_support import checkout_body
-from tests.support import body_of
 from tests.console_support import PASSWORD, Console, seed
 from tests.stripe_events import sign
-
+from tests.support import body_of
 
 WHSEC_A = "whsec_isolation_a_" + "e" * 20
 WHSEC_B = "whsec_isolation_b_" + "f" * 20
 
 # Routes that belong to no project (they take no project id and show nothing of one).
-UNSCOPED = {"/api/health", "/status", "/console", "/console/", "/console/login", "/console/logout",
-            "/console/account", "/console/.*", "/api/webhook/?"}
+UNSCOPED = {
+    "/api/health",
+    "/status",
+    "/console",
+    "/console/",
+    "/console/login",
+    "/console/logout",
+    "/console/account",
+    "/console/.*",
+    "/api/webhook/?",
+}
 # API routes scoped by the X-API-Key: exercised one by one below.
-KEY_SCOPED = {"/api/checkout", "/api/portal", "/api/subscription", "/api/customers/export", "/api/plans",
-              "/api/plans/([^/]+)",
-              # issue 16: test_issue_16_routes_with_another_projects_key
-              "/api/subscription/cancel", "/api/subscription/resume", "/api/subscription/change",
-              "/api/subscription/change/preview", "/api/invoices", "/api/entitlements/([^/]+)",
-              "/api/webhook-endpoints", "/api/webhook-endpoints/([A-Za-z0-9_]{1,64})",
-              "/api/webhook-endpoints/([A-Za-z0-9_]{1,64})/test", "/api/webhook-endpoints/([A-Za-z0-9_]{1,64})/enable",
-              "/api/webhook-endpoints/([A-Za-z0-9_]{1,64})/deliveries/([A-Za-z0-9_]{1,40})/resend"}
+KEY_SCOPED = {
+    "/api/checkout",
+    "/api/portal",
+    "/api/subscription",
+    "/api/customers/export",
+    "/api/plans",
+    "/api/plans/([^/]+)",
+    # issue 16: test_issue_16_routes_with_another_projects_key
+    "/api/subscription/cancel",
+    "/api/subscription/resume",
+    "/api/subscription/change",
+    "/api/subscription/change/preview",
+    "/api/invoices",
+    "/api/entitlements/([^/]+)",
+    "/api/webhook-endpoints",
+    "/api/webhook-endpoints/([A-Za-z0-9_]{1,64})",
+    "/api/webhook-endpoints/([A-Za-z0-9_]{1,64})/test",
+    "/api/webhook-endpoints/([A-Za-z0-9_]{1,64})/enable",
+    "/api/webhook-endpoints/([A-Za-z0-9_]{1,64})/deliveries/([A-Za-z0-9_]{1,40})/resend",
+}
 OTHER = {"/api/webhook/([A-Za-z0-9_-]{1,40})/?", r"/api/openapi\.json"}
 # The simulator of sandbox projects: its Stripe API by the project's simulator key, its pages by session id,
 # its sandbox API by a sandbox project's key; isolation tested in tests/test_sandbox.py
@@ -110,8 +131,11 @@ async def test_console_routes_of_another_project_are_forbidden(app, tenants, htt
         for method in ("get", "post"):
             if getattr(handler, method) is getattr(handler.__mro__[-2], method, None):
                 continue
-            response = await (console.get(path) if method == "get" else
-                              console.post(path, {"grace": "0", "secret_key": "sk_test_evil", "policy": "deny"}))
+            response = await (
+                console.get(path)
+                if method == "get"
+                else console.post(path, {"grace": "0", "secret_key": "sk_test_evil", "policy": "deny"})
+            )
             assert response.code in (403, 404), f"{method.upper()} {path} -> {response.code}"
             assert_nothing_of(a_values, response, f"{method.upper()} {path}")
             tried += 1
@@ -133,14 +157,14 @@ async def test_api_routes_with_another_projects_key(api, app, tenants, fake_stri
     assert response.code == 404, response.body
     assert_nothing_of(a_values, response, "GET /api/subscription")
 
-    response = await api("POST", "/api/portal", {"external_user_id": user, "return_url": "https://b.test/"},
-                         key=key_b)
+    response = await api("POST", "/api/portal", {"external_user_id": user, "return_url": "https://b.test/"}, key=key_b)
     assert response.code == 404, response.body
     assert_nothing_of(a_values, response, "POST /api/portal")
 
     # Checkout for the same external id under B makes B's own customer; A's is untouched.
-    response = await api("POST", "/api/checkout", checkout_body(external_user_id=user, email="b-user@b.test"),
-                         key=key_b)
+    response = await api(
+        "POST", "/api/checkout", checkout_body(external_user_id=user, email="b-user@b.test"), key=key_b
+    )
     assert response.code == 200, response.body
     assert_nothing_of(a_values[3:], response, "POST /api/checkout")
     with db.block():
@@ -154,8 +178,9 @@ async def test_api_routes_with_another_projects_key(api, app, tenants, fake_stri
         if response.code == 404 and b"No such endpoint" in response.body:
             continue  # the export API has not landed in this tree
         assert response.code == 200, response.body
-        assert_nothing_of([c.email for c in customers] + [c.stripe_customer_id for c in customers], response,
-                          f"export {fmt}")
+        assert_nothing_of(
+            [c.email for c in customers] + [c.stripe_customer_id for c in customers], response, f"export {fmt}"
+        )
 
     # A's plan catalog: B sees none of it and cannot delete it.
     with db.block():
@@ -167,18 +192,26 @@ async def test_api_routes_with_another_projects_key(api, app, tenants, fake_stri
         assert plans.catalog_of(a.project) == {"price_alpha_secret": "alpha-gold"}
 
     # A's webhook endpoint does not accept B's signing secret.
-    body = '{"id":"evt_cross","object":"event","type":"customer.updated","data":{"object":{"id":"cus_seed0",' \
-           '"object":"customer","email":"hijacked@evil.test"}}}'
-    response = await http_client.fetch(base_url + f"/api/webhook/{a.project.public_id}", method="POST",
-                                       body=body, raise_error=False,
-                                       headers={"Stripe-Signature": sign(body, WHSEC_B),
-                                                "Content-Type": "application/json"})
+    body = (
+        '{"id":"evt_cross","object":"event","type":"customer.updated","data":{"object":{"id":"cus_seed0",'
+        '"object":"customer","email":"hijacked@evil.test"}}}'
+    )
+    response = await http_client.fetch(
+        base_url + f"/api/webhook/{a.project.public_id}",
+        method="POST",
+        body=body,
+        raise_error=False,
+        headers={"Stripe-Signature": sign(body, WHSEC_B), "Content-Type": "application/json"},
+    )
     assert response.code == 400, response.body
     assert body_of(response)["error"]["code"] == "invalid_signature"
     with db.block():
         assert Customer.get_by_id(customers[0].id).email == customers[0].email
-        assert not WebhookEvent.select().where(WebhookEvent.stripe_event_id == "evt_cross",
-                                               WebhookEvent.outcome == "processed").exists()
+        assert (
+            not WebhookEvent.select()
+            .where(WebhookEvent.stripe_event_id == "evt_cross", WebhookEvent.outcome == "processed")
+            .exists()
+        )
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -191,27 +224,33 @@ async def test_issue_16_routes_with_another_projects_key(api, app, tenants):
     a_values = secrets_of(a, customers)
     user = customers[0].external_user_id
     key_b = b.api_key.api_key
-    for method, path, data in (("POST", "/api/subscription/cancel", {"external_user_id": user}),
-                               ("POST", "/api/subscription/resume", {"external_user_id": user}),
-                               ("POST", "/api/subscription/change", {"external_user_id": user,
-                                                                     "stripe_price_id": "price_x"}),
-                               ("POST", "/api/subscription/change/preview", {"external_user_id": user,
-                                                                             "stripe_price_id": "price_x"}),
-                               ("GET", f"/api/invoices?external_user_id={user}", None),
-                               ("GET", f"/api/entitlements/api_access?external_user_id={user}", None)):
+    for method, path, data in (
+        ("POST", "/api/subscription/cancel", {"external_user_id": user}),
+        ("POST", "/api/subscription/resume", {"external_user_id": user}),
+        ("POST", "/api/subscription/change", {"external_user_id": user, "stripe_price_id": "price_x"}),
+        ("POST", "/api/subscription/change/preview", {"external_user_id": user, "stripe_price_id": "price_x"}),
+        ("GET", f"/api/invoices?external_user_id={user}", None),
+        ("GET", f"/api/entitlements/api_access?external_user_id={user}", None),
+    ):
         response = await api(method, path, data, key=key_b)
         assert response.code == 404, (path, response.body)
         assert_nothing_of(a_values, response, f"{method} {path}")
     with db.block(), db.transaction():
-        endpoint, secret = outbox.create_endpoint(a.project, "https://alpha.example.com/hooks", app.settings[
-            "secret_box"], app.settings["config"])
+        endpoint, secret = outbox.create_endpoint(
+            a.project, "https://alpha.example.com/hooks", app.settings["secret_box"], app.settings["config"]
+        )
         outbox.send_test(a.project, endpoint)
         delivery = WebhookDelivery.get(WebhookDelivery.endpoint == endpoint)
     listed = await api("GET", "/api/webhook-endpoints", key=key_b)
     assert listed.code == 200 and b"alpha.example.com" not in listed.body
     base = f"/api/webhook-endpoints/{endpoint.public_id}"
-    for method, path in (("GET", base), ("DELETE", base), ("POST", base + "/test"), ("POST", base + "/enable"),
-                         ("POST", f"{base}/deliveries/{delivery.id}/resend")):
+    for method, path in (
+        ("GET", base),
+        ("DELETE", base),
+        ("POST", base + "/test"),
+        ("POST", base + "/enable"),
+        ("POST", f"{base}/deliveries/{delivery.id}/resend"),
+    ):
         response = await api(method, path, {} if method == "POST" else None, key=key_b)
         assert response.code == 404, (method, path, response.body)
         assert b"alpha.example.com" not in response.body and secret.encode() not in response.body
@@ -227,16 +266,18 @@ async def test_bad_keys_are_401_everywhere(api, tenants):
     forged = "pp_live_" + "A" * 40
     near = a.api_key.api_key[:-1] + ("x" if a.api_key.api_key[-1] != "x" else "y")
     for key in (forged, near, a.api_key.api_key.lower(), "Bearer " + a.api_key.api_key, "", "x" * 300):
-        for method, path, data in (("GET", f"/api/subscription?external_user_id={user}", None),
-                                   ("POST", "/api/portal", {"external_user_id": user, "return_url": "https://x.test/"}),
-                                   ("POST", "/api/checkout", checkout_body(external_user_id=user)),
-                                   ("GET", "/api/customers/export?format=csv", None),
-                                   ("GET", "/api/plans", None),
-                                   ("PUT", "/api/plans/pro", {"stripe_price_ids": []}),
-                                   ("POST", "/api/subscription/cancel", {"external_user_id": user}),
-                                   ("GET", f"/api/invoices?external_user_id={user}", None),
-                                   ("GET", f"/api/entitlements/x?external_user_id={user}", None),
-                                   ("GET", "/api/webhook-endpoints", None)):
+        for method, path, data in (
+            ("GET", f"/api/subscription?external_user_id={user}", None),
+            ("POST", "/api/portal", {"external_user_id": user, "return_url": "https://x.test/"}),
+            ("POST", "/api/checkout", checkout_body(external_user_id=user)),
+            ("GET", "/api/customers/export?format=csv", None),
+            ("GET", "/api/plans", None),
+            ("PUT", "/api/plans/pro", {"stripe_price_ids": []}),
+            ("POST", "/api/subscription/cancel", {"external_user_id": user}),
+            ("GET", f"/api/invoices?external_user_id={user}", None),
+            ("GET", f"/api/entitlements/x?external_user_id={user}", None),
+            ("GET", "/api/webhook-endpoints", None),
+        ):
             response = await api(method, path, data, key=key or "", headers={} if key else {"X-API-Key": ""})
             if response.code == 404 and b"No such endpoint" in response.body:
                 continue

@@ -32,8 +32,11 @@ def _pulse_deps(path):
 
 def test_the_domain_never_imports_the_web_layers():
     for path in PULSE:
-        web = [module for module, _ in _imports(path)
-               if module.split(".")[0] in ("handlers", "console", "run", "web", "sandbox")]
+        web = [
+            module
+            for module, _ in _imports(path)
+            if module.split(".")[0] in ("handlers", "console", "run", "web", "sandbox")
+        ]
         assert not web, f"pulse/{path.name} imports {web}: pulse/ is the domain, the web layers import it"
 
 
@@ -79,12 +82,27 @@ def test_no_module_reaches_for_another_modules_private_names():
     """A helper used elsewhere is public where a newcomer looks (webhooks once called subscriptions._locking)."""
     for path in [*PULSE, *(ROOT / "handlers").glob("*.py"), *(ROOT / "console").glob("*.py")]:
         tree = ast.parse(path.read_text())
-        modules = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                   and node.module in ("pulse", "handlers", "console") for alias in node.names}
-        private = {f"{node.value.id}.{node.attr}" for node in ast.walk(tree) if isinstance(node, ast.Attribute)
-                   and isinstance(node.value, ast.Name) and node.value.id in modules
-                   and node.attr.startswith("_") and not node.attr.startswith("__")}
-        imported = {f"{node.module}.{alias.name}" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                    and (node.module or "").split(".")[0] in ("pulse", "handlers", "console")
-                    for alias in node.names if alias.name.startswith("_") and not alias.name.startswith("__")}
+        modules = {
+            alias.asname or alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module in ("pulse", "handlers", "console")
+            for alias in node.names
+        }
+        private = {
+            f"{node.value.id}.{node.attr}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in modules
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        }
+        imported = {
+            f"{node.module}.{alias.name}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom)
+            and (node.module or "").split(".")[0] in ("pulse", "handlers", "console")
+            for alias in node.names
+            if alias.name.startswith("_") and not alias.name.startswith("__")
+        }
         assert not private | imported, f"{path.relative_to(ROOT)} uses {sorted(private | imported)}"

@@ -17,8 +17,14 @@ def call(http_client, base_url, hooked):
         all_headers = {"X-API-Key": hooked.api_key.api_key, **(headers or {})}
         if body is not None:
             all_headers["Content-Type"] = "application/json"
-        return await http_client.fetch(base_url + path, method=method, headers=all_headers,
-                                       body=json.dumps(body) if body is not None else None, raise_error=False)
+        return await http_client.fetch(
+            base_url + path,
+            method=method,
+            headers=all_headers,
+            body=json.dumps(body) if body is not None else None,
+            raise_error=False,
+        )
+
     return send
 
 
@@ -30,13 +36,15 @@ def subscribed(fake_stripe, hooked, deliver, io_loop):
     async def go():
         resp = await deliver(event("checkout.session.completed", session))
         assert body_of(resp)["outcome"] == "processed"
+
     io_loop.run_sync(go)
     return sub
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_cancel_at_period_end_then_resume_store_stripes_answer_at_once(call, fake_stripe, subscribed, read,
-                                                                             hooked, deliver):
+async def test_cancel_at_period_end_then_resume_store_stripes_answer_at_once(
+    call, fake_stripe, subscribed, read, hooked, deliver
+):
     resp = await call("POST", "/api/subscription/cancel", {"external_user_id": "user-1"})
     assert resp.code == 200, resp.body
     answer = body_of(resp)
@@ -57,8 +65,9 @@ async def test_cancel_at_period_end_then_resume_store_stripes_answer_at_once(cal
     assert resp.code == 409 and body_of(resp)["error"]["code"] == "not_cancelling"
 
     # A cancel_at date (the new Dashboard's way) is undone too.
-    stripe_sub = fake_stripe.set_subscription(subscribed["id"], cancel_at=stripe_sub["items"]["data"][0][
-        "current_period_end"] - 86400)
+    stripe_sub = fake_stripe.set_subscription(
+        subscribed["id"], cancel_at=stripe_sub["items"]["data"][0]["current_period_end"] - 86400
+    )
     await deliver(event("customer.subscription.updated", stripe_sub))
     assert (await read(hooked, "user-1"))["status"] == "cancelling"
     resp = await call("POST", "/api/subscription/resume", {"external_user_id": "user-1"})
@@ -87,11 +96,15 @@ async def test_unknown_users_and_bad_bodies(call, subscribed):
     assert resp.code == 400 and body_of(resp)["error"]["field"] == "now"
     resp = await call("POST", "/api/subscription/change", {"external_user_id": "user-1"})
     assert resp.code == 422 and body_of(resp)["error"]["field"] == "stripe_price_id"
-    resp = await call("POST", "/api/subscription/change", {"external_user_id": "user-1", "stripe_price_id": "price_x",
-                                                           "proration_behavior": "sometimes"})
+    resp = await call(
+        "POST",
+        "/api/subscription/change",
+        {"external_user_id": "user-1", "stripe_price_id": "price_x", "proration_behavior": "sometimes"},
+    )
     assert resp.code == 400 and body_of(resp)["error"]["field"] == "proration_behavior"
-    resp = await call("POST", "/api/subscription/change", {"external_user_id": "user-1", "plan_slug": "pro",
-                                                           "quantity": None})
+    resp = await call(
+        "POST", "/api/subscription/change", {"external_user_id": "user-1", "plan_slug": "pro", "quantity": None}
+    )
     assert resp.code == 400 and body_of(resp)["error"]["field"] == "quantity"
     resp = await call("GET", "/api/invoices?external_user_id=user-1&limit=0")
     assert resp.code == 400 and body_of(resp)["error"]["field"] == "limit"
@@ -100,8 +113,7 @@ async def test_unknown_users_and_bad_bodies(call, subscribed):
 @pytest.mark.gen_test(timeout=30)
 async def test_change_plan_by_price_or_catalog_slug_with_idempotency(call, fake_stripe, subscribed, read, hooked):
     fake_stripe.add_price("price_team", "month", 5000)
-    body = {"external_user_id": "user-1", "stripe_price_id": "price_team", "quantity": 3,
-            "proration_behavior": "none"}
+    body = {"external_user_id": "user-1", "stripe_price_id": "price_team", "quantity": 3, "proration_behavior": "none"}
     first = await call("POST", "/api/subscription/change", body, headers={"Idempotency-Key": "chg-1"})
     assert first.code == 200, first.body
     assert (body_of(first)["stripe_price_id"], body_of(first)["quantity"]) == ("price_team", 3)
@@ -126,8 +138,9 @@ async def test_change_plan_by_price_or_catalog_slug_with_idempotency(call, fake_
 
 @pytest.mark.gen_test(timeout=30)
 async def test_stripe_rejecting_the_price_names_our_field(call, subscribed):
-    resp = await call("POST", "/api/subscription/change", {"external_user_id": "user-1",
-                                                           "stripe_price_id": "price_unknown"})
+    resp = await call(
+        "POST", "/api/subscription/change", {"external_user_id": "user-1", "stripe_price_id": "price_unknown"}
+    )
     assert resp.code == 400, resp.body
     error = body_of(resp)["error"]
     assert (error["code"], error["field"]) == ("invalid_field", "stripe_price_id")
@@ -138,17 +151,20 @@ async def test_stripe_rejecting_the_price_names_our_field(call, subscribed):
 async def test_change_preview_returns_stripes_invoice_preview_and_changes_nothing(call, fake_stripe, subscribed):
     fake_stripe.add_price("price_team", "month", 5000)
     version = fake_stripe.version(subscribed["id"])
-    resp = await call("POST", "/api/subscription/change/preview", {"external_user_id": "user-1",
-                                                                   "stripe_price_id": "price_team"})
+    resp = await call(
+        "POST", "/api/subscription/change/preview", {"external_user_id": "user-1", "stripe_price_id": "price_team"}
+    )
     assert resp.code == 200, resp.body
     preview = body_of(resp)
     assert preview["currency"] == "usd" and preview["amount_due_now"] == 0
     assert 0 < preview["proration_amount"] <= 3000  # 50.00 - 20.00 for the rest of the period
     assert preview["next_invoice"]["amount_due"] == 5000 + preview["proration_amount"]
     assert [line["proration"] for line in preview["lines"]] == [True, False]
-    resp = await call("POST", "/api/subscription/change/preview", {"external_user_id": "user-1",
-                                                                   "stripe_price_id": "price_team",
-                                                                   "proration_behavior": "always_invoice"})
+    resp = await call(
+        "POST",
+        "/api/subscription/change/preview",
+        {"external_user_id": "user-1", "stripe_price_id": "price_team", "proration_behavior": "always_invoice"},
+    )
     preview = body_of(resp)
     assert preview["amount_due_now"] == preview["proration_amount"] > 0 and preview["next_invoice"] is None
     assert fake_stripe.version(subscribed["id"]) == version
@@ -159,8 +175,7 @@ async def test_change_preview_returns_stripes_invoice_preview_and_changes_nothin
 
 @pytest.mark.gen_test(timeout=30)
 async def test_invoices_are_listed_and_paged_as_stripe_pages(call, fake_stripe, subscribed):
-    made = [fake_stripe.add_invoice(subscribed["id"], amount_due=2000 + n, created=1_700_000_000 + n)
-            for n in range(3)]
+    made = [fake_stripe.add_invoice(subscribed["id"], amount_due=2000 + n, created=1_700_000_000 + n) for n in range(3)]
     resp = await call("GET", "/api/invoices?external_user_id=user-1&limit=2")
     assert resp.code == 200, resp.body
     page = body_of(resp)
@@ -184,21 +199,41 @@ async def test_invoices_are_listed_and_paged_as_stripe_pages(call, fake_stripe, 
 
 def summary(customer_id, *lookup_keys):
     """The payload of entitlements.active_entitlement_summary.updated (only a hint: we re-read Stripe's list)."""
-    return {"object": "entitlements.active_entitlement_summary", "customer": customer_id, "livemode": False,
-            "entitlements": {"object": "list", "has_more": False, "url": "/v1/entitlements/active_entitlements",
-                             "data": [{"id": f"ent_{k}", "object": "entitlements.active_entitlement",
-                                       "feature": f"feat_{k}", "livemode": False, "lookup_key": k}
-                                      for k in lookup_keys]}}
+    return {
+        "object": "entitlements.active_entitlement_summary",
+        "customer": customer_id,
+        "livemode": False,
+        "entitlements": {
+            "object": "list",
+            "has_more": False,
+            "url": "/v1/entitlements/active_entitlements",
+            "data": [
+                {
+                    "id": f"ent_{k}",
+                    "object": "entitlements.active_entitlement",
+                    "feature": f"feat_{k}",
+                    "livemode": False,
+                    "lookup_key": k,
+                }
+                for k in lookup_keys
+            ],
+        },
+    }
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_entitlements_event_stores_stripes_features_and_the_fast_check_answers(call, fake_stripe, subscribed,
-                                                                                     read, hooked, deliver):
+async def test_entitlements_event_stores_stripes_features_and_the_fast_check_answers(
+    call, fake_stripe, subscribed, read, hooked, deliver
+):
     fake_stripe.attach_feature("price_monthly", "api_access")
     fake_stripe.attach_feature("price_monthly", "exports")
     # The payload claims a feature Stripe does not list: the re-read list is what counts.
-    resp = await deliver(event("entitlements.active_entitlement_summary.updated",
-                               summary(subscribed["customer"], "api_access", "admin_panel")))
+    resp = await deliver(
+        event(
+            "entitlements.active_entitlement_summary.updated",
+            summary(subscribed["customer"], "api_access", "admin_panel"),
+        )
+    )
     assert body_of(resp)["outcome"] == "processed"
     assert (await read(hooked, "user-1"))["features"] == ["api_access", "exports"]
     checks = {}
@@ -213,8 +248,9 @@ async def test_entitlements_event_stores_stripes_features_and_the_fast_check_ans
     # A plan change moves the features at once (no wait for Stripe's event).
     fake_stripe.add_price("price_team", "month", 5000)
     fake_stripe.attach_feature("price_team", "admin_panel")
-    resp = await call("POST", "/api/subscription/change", {"external_user_id": "user-1",
-                                                           "stripe_price_id": "price_team"})
+    resp = await call(
+        "POST", "/api/subscription/change", {"external_user_id": "user-1", "stripe_price_id": "price_team"}
+    )
     assert resp.code == 200, resp.body
     assert (await read(hooked, "user-1"))["features"] == ["admin_panel"]
     resp = await call("GET", "/api/entitlements/api_access?external_user_id=user-1")
@@ -222,13 +258,15 @@ async def test_entitlements_event_stores_stripes_features_and_the_fast_check_ans
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_entitlements_of_another_projects_customer_are_ignored(fake_stripe, subscribed, make_project, deliver,
-                                                                     read, hooked):
+async def test_entitlements_of_another_projects_customer_are_ignored(
+    fake_stripe, subscribed, make_project, deliver, read, hooked
+):
     fake_stripe.attach_feature("price_monthly", "api_access")
     other = make_project(name="Other")
     _, theirs = new_subscription(fake_stripe, "user-9", project_id=other.project.public_id)
-    resp = await deliver(event("entitlements.active_entitlement_summary.updated",
-                               summary(theirs["customer"], "api_access")))
+    resp = await deliver(
+        event("entitlements.active_entitlement_summary.updated", summary(theirs["customer"], "api_access"))
+    )
     assert body_of(resp)["outcome"] == "ignored"
     assert (await read(hooked, "user-1"))["features"] == []
 
@@ -237,8 +275,9 @@ async def test_entitlements_of_another_projects_customer_are_ignored(fake_stripe
 async def test_entitlements_event_before_the_checkout_event_is_kept(fake_stripe, hooked, deliver, read, call):
     session, sub = new_subscription(fake_stripe, "user-2", project_id=hooked.project.public_id)
     fake_stripe.attach_feature("price_monthly", "api_access")
-    resp = await deliver(event("entitlements.active_entitlement_summary.updated",
-                               summary(sub["customer"], "api_access")))
+    resp = await deliver(
+        event("entitlements.active_entitlement_summary.updated", summary(sub["customer"], "api_access"))
+    )
     assert body_of(resp)["outcome"] == "processed"  # the customer's metadata names the user
     assert body_of(await call("GET", "/api/entitlements/api_access?external_user_id=user-2"))["has_access"] is True
     assert body_of(await deliver(event("checkout.session.completed", session)))["outcome"] == "processed"

@@ -28,7 +28,7 @@ def raw_request(port, data, timeout=5):
                 if not chunk:
                     break
                 chunks.append(chunk)
-        except (socket.timeout, ConnectionResetError):
+        except (TimeoutError, ConnectionResetError):
             pass
     return b"".join(chunks)
 
@@ -46,10 +46,18 @@ def misplacements(key):
         ("GET", "/api/subscription?external_user_id=1", {"Authorization": f"Bearer {key}"}, None),
         ("GET", "/api/subscription?external_user_id=1", {"X-API-Key": "x" + key}, None),
         ("GET", "/api/subscription?external_user_id=1", {"X-API-Key": key + "x"}, None),
-        ("GET", "/api/health", {"Cookie": f"session={key}", "Referer": f"https://a.test/?k={key}",
-                                "User-Agent": key}, None),
-        ("POST", "/api/checkout", {"X-API-Key": key, "Idempotency-Key": key, "Content-Type": "application/json"},
-         json.dumps({"external_user_id": key, "email": key})),
+        (
+            "GET",
+            "/api/health",
+            {"Cookie": f"session={key}", "Referer": f"https://a.test/?k={key}", "User-Agent": key},
+            None,
+        ),
+        (
+            "POST",
+            "/api/checkout",
+            {"X-API-Key": key, "Idempotency-Key": key, "Content-Type": "application/json"},
+            json.dumps({"external_user_id": key, "email": key}),
+        ),
         ("POST", f"/api/webhook/{key[:40]}", {"Stripe-Signature": f"t=1,v1={key}"}, "{}"),
         ("GET", f"/console/login?next=/{quoted}", {}, None),
         ("POST", "/console/login", {"Content-Type": "application/x-www-form-urlencoded", "Cookie": "_xsrf=x"}, form),
@@ -72,8 +80,14 @@ def malformed(key):
 
 
 def test_no_key_in_any_log_line_wherever_the_client_put_it(db_url, tmp_path):
-    server = LiveServer(db_url, env={"PULSE_LOG_LEVEL": "debug", "PULSE_RATE_LIMIT_ANONYMOUS": "100000/minute",
-                                     "PULSE_RATE_LIMIT_AUTHENTICATED": "100000/minute"})
+    server = LiveServer(
+        db_url,
+        env={
+            "PULSE_LOG_LEVEL": "debug",
+            "PULSE_RATE_LIMIT_ANONYMOUS": "100000/minute",
+            "PULSE_RATE_LIMIT_AUTHENTICATED": "100000/minute",
+        },
+    )
     with server:
         project = server.create_project("Leaky")
         secrets = [project["api_key"], "sk_live_" + "S" * 40, "whsec_" + "W" * 32]

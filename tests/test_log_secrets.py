@@ -13,7 +13,7 @@ import tornado.httpclient
 
 from tests.billing_support import checkout_body
 from tests.console_support import Console
-from tests.live_server import LiveServer, TEST_SECRET
+from tests.live_server import TEST_SECRET, LiveServer
 from tests.stripe_events import body_of_event, new_subscription, sign
 
 STRIPE_KEY = "sk_test_logcheck_" + "K9" * 14
@@ -28,30 +28,50 @@ WRONG_PASSWORD = "hunter2-wrong-logcheck"
 @pytest.mark.gen_test(timeout=120)
 async def test_a_full_flow_logs_no_secret(tmp_path, fake_stripe):
     fake_stripe.api_keys = {STRIPE_KEY, NEW_STRIPE_KEY}
-    server = LiveServer(f"sqlite:///{tmp_path / 'pulse.db'}", env={
-        "PULSE_LOG_LEVEL": "debug", "PULSE_STRIPE_API_BASE": fake_stripe.url,
-        "PULSE_STRIPE_WEBHOOK_SECRET": DEPLOY_WEBHOOK_SECRET, "PULSE_STRIPE_MAX_RETRIES": "0"})
-    created = server.create_project("Logs", admin_email="logs@example.test", admin_password=ADMIN_PASSWORD,
-                                    stripe_secret_key=STRIPE_KEY, stripe_webhook_secret=WEBHOOK_SECRET)
+    server = LiveServer(
+        f"sqlite:///{tmp_path / 'pulse.db'}",
+        env={
+            "PULSE_LOG_LEVEL": "debug",
+            "PULSE_STRIPE_API_BASE": fake_stripe.url,
+            "PULSE_STRIPE_WEBHOOK_SECRET": DEPLOY_WEBHOOK_SECRET,
+            "PULSE_STRIPE_MAX_RETRIES": "0",
+        },
+    )
+    created = server.create_project(
+        "Logs",
+        admin_email="logs@example.test",
+        admin_password=ADMIN_PASSWORD,
+        stripe_secret_key=STRIPE_KEY,
+        stripe_webhook_secret=WEBHOOK_SECRET,
+    )
     second_key = server.cli("create-api-key", created["project_id"], "--label", "second")["api_key"]
     project_id, api_key = created["project_id"], created["api_key"]
     server.start()
     http = tornado.httpclient.AsyncHTTPClient(force_instance=True)
     cookies = set()
     try:
+
         async def call(method, path, body=None, key=api_key, headers=None):
             all_headers = {"X-API-Key": key, "Content-Type": "application/json", **(headers or {})}
-            return await http.fetch(server.base_url + path, method=method, body=body, headers=all_headers,
-                                    raise_error=False, follow_redirects=False)
+            return await http.fetch(
+                server.base_url + path,
+                method=method,
+                body=body,
+                headers=all_headers,
+                raise_error=False,
+                follow_redirects=False,
+            )
 
         import json
+
         ok = await call("POST", "/api/checkout", json.dumps(checkout_body()), headers={"Idempotency-Key": "log-1"})
         assert ok.code == 200, ok.body
         await call("POST", "/api/checkout", json.dumps(checkout_body(external_user_id="user-2")), key=second_key)
         await call("GET", "/api/subscription?external_user_id=user-1")
         await call("POST", "/api/portal", json.dumps({"external_user_id": "user-1", "return_url": "https://a.test/"}))
-        fake_stripe.fail_next(1, status=400, path="/v1/checkout/sessions", message="No such price (fake)",
-                              method="POST")
+        fake_stripe.fail_next(
+            1, status=400, path="/v1/checkout/sessions", message="No such price (fake)", method="POST"
+        )
         await call("POST", "/api/checkout", json.dumps(checkout_body(external_user_id="user-3")))
         fake_stripe.api_keys = {NEW_STRIPE_KEY}  # Stripe now rejects the project's key: its message names it
         await call("POST", "/api/checkout", json.dumps(checkout_body(external_user_id="user-4")))
@@ -61,10 +81,18 @@ async def test_a_full_flow_logs_no_secret(tmp_path, fake_stripe):
 
         session, _sub = new_subscription(fake_stripe, "user-5", project_id=project_id)
         event = body_of_event(fake_stripe.event("checkout.session.completed", session))
-        for path, secret in ((f"/api/webhook/{project_id}", WEBHOOK_SECRET), ("/api/webhook", DEPLOY_WEBHOOK_SECRET),
-                             (f"/api/webhook/{project_id}", "whsec_wrong_" + "X" * 20)):
-            await http.fetch(server.base_url + path, method="POST", body=event, raise_error=False,
-                             headers={"Stripe-Signature": sign(event, secret), "Content-Type": "application/json"})
+        for path, secret in (
+            (f"/api/webhook/{project_id}", WEBHOOK_SECRET),
+            ("/api/webhook", DEPLOY_WEBHOOK_SECRET),
+            (f"/api/webhook/{project_id}", "whsec_wrong_" + "X" * 20),
+        ):
+            await http.fetch(
+                server.base_url + path,
+                method="POST",
+                body=event,
+                raise_error=False,
+                headers={"Stripe-Signature": sign(event, secret), "Content-Type": "application/json"},
+            )
 
         console = Console(http, server.base_url)
         await console.login("logs@example.test", WRONG_PASSWORD)
@@ -74,8 +102,10 @@ async def test_a_full_flow_logs_no_secret(tmp_path, fake_stripe):
         assert cookies, "no session cookie was set"
         for page in ("/", "/keys", "/customers", "/events", "/settings", "/audit", "/export?format=csv"):
             await console.get(f"/console/p/{project_id}{page}")
-        await console.post(f"/console/p/{project_id}/settings/stripe",
-                           {"stripe_secret_key": NEW_STRIPE_KEY, "stripe_webhook_secret": NEW_WEBHOOK_SECRET})
+        await console.post(
+            f"/console/p/{project_id}/settings/stripe",
+            {"stripe_secret_key": NEW_STRIPE_KEY, "stripe_webhook_secret": NEW_WEBHOOK_SECRET},
+        )
         await console.post(f"/console/p/{project_id}/settings/check")
         await console.post(f"/console/p/{project_id}/keys", {"label": "from-console"})
         await console.post("/console/logout")
@@ -87,11 +117,18 @@ async def test_a_full_flow_logs_no_secret(tmp_path, fake_stripe):
     # The grep must have something to grep: the requests above are all logged.
     for expected in ("/api/checkout", "/api/webhook", "/console/login", "/console/logout"):
         assert expected in logs, f"no log line for {expected}"
-    secrets = {"Stripe secret key": STRIPE_KEY, "rotated Stripe key": NEW_STRIPE_KEY,
-               "webhook secret": WEBHOOK_SECRET, "rotated webhook secret": NEW_WEBHOOK_SECRET,
-               "deployment webhook secret": DEPLOY_WEBHOOK_SECRET, "admin password": ADMIN_PASSWORD,
-               "wrong password": WRONG_PASSWORD, "PULSE_SECRET_KEY": TEST_SECRET,
-               "API key": api_key, "second API key": second_key}
+    secrets = {
+        "Stripe secret key": STRIPE_KEY,
+        "rotated Stripe key": NEW_STRIPE_KEY,
+        "webhook secret": WEBHOOK_SECRET,
+        "rotated webhook secret": NEW_WEBHOOK_SECRET,
+        "deployment webhook secret": DEPLOY_WEBHOOK_SECRET,
+        "admin password": ADMIN_PASSWORD,
+        "wrong password": WRONG_PASSWORD,
+        "PULSE_SECRET_KEY": TEST_SECRET,
+        "API key": api_key,
+        "second API key": second_key,
+    }
     secrets.update({f"session cookie {n}": value for n, value in enumerate(cookies)})
     for name, value in secrets.items():
         for fragment in {f for f in (value, value[-20:], value.split("_")[-1]) if len(f) >= 12}:

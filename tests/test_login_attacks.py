@@ -35,15 +35,18 @@ def checked_for(email):
     """Passwords of `email`'s account that bcrypt has checked so far (audit rows)."""
     with db.block():
         user = User.get(User.email_key == email)
-        return (AuditLog.select().where(AuditLog.user == user,
-                                        AuditLog.action.in_(("console.sign_in_failed", "console.signed_in")))
-                .count())
+        return (
+            AuditLog.select()
+            .where(AuditLog.user == user, AuditLog.action.in_(("console.sign_in_failed", "console.signed_in")))
+            .count()
+        )
 
 
 def client(base_url, connections, local_address=None):
     transport = httpx.AsyncHTTPTransport(local_address=local_address) if local_address else None
-    return httpx.AsyncClient(base_url=base_url, timeout=120, transport=transport,
-                             limits=httpx.Limits(max_connections=connections))
+    return httpx.AsyncClient(
+        base_url=base_url, timeout=120, transport=transport, limits=httpx.Limits(max_connections=connections)
+    )
 
 
 async def burst(base_url, attempts, local_address=None):
@@ -51,9 +54,12 @@ async def burst(base_url, attempts, local_address=None):
     async with client(base_url, len(attempts), local_address) as c:
         await c.get("/console/login")
         token = c.cookies["_xsrf"]
-        responses = await asyncio.gather(*[
-            c.post("/console/login", data={"email": email, "password": password, "_xsrf": token})
-            for email, password in attempts])
+        responses = await asyncio.gather(
+            *[
+                c.post("/console/login", data={"email": email, "password": password, "_xsrf": token})
+                for email, password in attempts
+            ]
+        )
     return [r.status_code for r in responses]
 
 
@@ -67,11 +73,14 @@ async def burst_in_order(port, token, attempts):
     # request arrives: it then reads them in the order the requests land, which is list order.
     connections = [await asyncio.open_connection("127.0.0.1", port) for _ in attempts]
     await asyncio.sleep(1.0)
-    for (_, writer), (email, password) in zip(connections, attempts):
+    for (_, writer), (email, password) in zip(connections, attempts, strict=True):
         body = urlencode({"email": email, "password": password, "_xsrf": token}).encode()
-        writer.write(b"POST /console/login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-                     b"Content-Type: application/x-www-form-urlencoded\r\n"
-                     + f"Cookie: _xsrf={token}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        writer.write(
+            b"POST /console/login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            + f"Cookie: _xsrf={token}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
 
     async def status(reader, writer):
         line = await reader.readline()
@@ -150,8 +159,16 @@ def test_a_real_admin_signs_in_within_seconds_during_a_flood_from_many_addresses
         server.create_project("Lock", admin_email=EMAIL, admin_password=REAL)
 
         async def attack():
-            flood = [asyncio.ensure_future(burst(server.base_url, [(f"ghost{i}-{j}@x.test", "guess") for j in range(3)],
-                                                 local_address=f"127.0.0.{10 + i}")) for i in range(40)]
+            flood = [
+                asyncio.ensure_future(
+                    burst(
+                        server.base_url,
+                        [(f"ghost{i}-{j}@x.test", "guess") for j in range(3)],
+                        local_address=f"127.0.0.{10 + i}",
+                    )
+                )
+                for i in range(40)
+            ]
             await asyncio.sleep(0.3)  # the flood is under way
             started = time.monotonic()
             admin = await burst(server.base_url, [(EMAIL, REAL)], local_address="127.0.0.2")
@@ -169,17 +186,29 @@ def test_a_real_admin_signs_in_within_seconds_during_a_flood_from_many_addresses
 @pytest.mark.parametrize("live", [1, 2], indirect=True, ids=["1-process", "2-processes"])
 def test_a_stolen_session_cannot_guess_the_current_password(live):
     """L12: /console/account's current-password check: 5 wrong answers, then 429 and the session ends."""
+
     async def attack():
         async with client(live.base_url, 12) as c:
             await c.get("/console/login")
-            signed_in = await c.post("/console/login", data={"email": EMAIL, "password": REAL,
-                                                             "_xsrf": c.cookies["_xsrf"]})
+            signed_in = await c.post(
+                "/console/login", data={"email": EMAIL, "password": REAL, "_xsrf": c.cookies["_xsrf"]}
+            )
             assert signed_in.status_code == 302, signed_in.text[:500]
             token = c.cookies["_xsrf"]
-            responses = await asyncio.gather(*[
-                c.post("/console/account", data={"current_password": f"guess-{i}", "new_password": "x" * 12,
-                                                 "confirm_password": "x" * 12, "_xsrf": token})
-                for i in range(12)])
+            responses = await asyncio.gather(
+                *[
+                    c.post(
+                        "/console/account",
+                        data={
+                            "current_password": f"guess-{i}",
+                            "new_password": "x" * 12,
+                            "confirm_password": "x" * 12,
+                            "_xsrf": token,
+                        },
+                    )
+                    for i in range(12)
+                ]
+            )
             after = await c.get("/console/account")
             return [r.status_code for r in responses], after
 
@@ -188,8 +217,9 @@ def test_a_stolen_session_cannot_guess_the_current_password(live):
     assert after.status_code == 302, (codes, after.status_code)  # signed out
     with db.block():
         user = User.get(User.email_key == EMAIL)
-        checks = AuditLog.select().where(AuditLog.user == user,
-                                         AuditLog.action == "console.password_check_failed").count()
+        checks = (
+            AuditLog.select().where(AuditLog.user == user, AuditLog.action == "console.password_check_failed").count()
+        )
     assert checks <= 5, (codes, checks)
 
 

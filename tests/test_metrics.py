@@ -16,20 +16,23 @@ def row(amount=1000, quantity=1, interval="monthly", count=1, currency="usd"):
     return metrics.Row(1, "active", amount, currency, quantity, interval, count, None, None, None)
 
 
-@pytest.mark.parametrize("kwargs, expected", [
-    ({"quantity": 3}, 3000),
-    ({"interval": "yearly", "amount": 12000}, 1000),
-    ({"interval": "weekly", "amount": 1200}, 5200),                    # x 52 / 12
-    ({"interval": "daily", "amount": 100}, Fraction(36500, 12)),       # x 365 / 12
-    ({"interval": "monthly", "count": 3, "amount": 3000}, 1000),       # quarterly
-    ({"interval": "yearly", "count": 2, "amount": 24000, "quantity": 5}, 5000),
-    ({"quantity": None}, 1000),                                        # Stripe's default quantity
-    ({"count": None}, 1000),
-    ({"quantity": 0}, 0),
-    ({"amount": None}, None),                                          # not priced yet
-    ({"currency": None}, None),
-    ({"interval": ""}, None),                                          # unknown interval
-])
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        ({"quantity": 3}, 3000),
+        ({"interval": "yearly", "amount": 12000}, 1000),
+        ({"interval": "weekly", "amount": 1200}, 5200),  # x 52 / 12
+        ({"interval": "daily", "amount": 100}, Fraction(36500, 12)),  # x 365 / 12
+        ({"interval": "monthly", "count": 3, "amount": 3000}, 1000),  # quarterly
+        ({"interval": "yearly", "count": 2, "amount": 24000, "quantity": 5}, 5000),
+        ({"quantity": None}, 1000),  # Stripe's default quantity
+        ({"count": None}, 1000),
+        ({"quantity": 0}, 0),
+        ({"amount": None}, None),  # not priced yet
+        ({"currency": None}, None),
+        ({"interval": ""}, None),  # unknown interval
+    ],
+)
 def test_monthly_amount_normalises_to_a_month(kwargs, expected):
     assert metrics.monthly_amount(row(**kwargs)) == expected
 

@@ -6,7 +6,7 @@ from pulse.models import CheckoutLease, Customer, Project
 
 def test_step_5_creates_the_checkout_lease_table_on_an_older_database(db_url):
     db.bind(db_url)
-    (number, name, step), = [s for s in migrations.STEPS if s[0] == 5]
+    ((number, name, step),) = [s for s in migrations.STEPS if s[0] == 5]
     assert name == "checkout lease: one checkout at a time per user"
     with db.block() as database:
         project = Project.create(public_id="proj_lease", name="Old")

@@ -5,7 +5,7 @@ import pytest
 from playhouse.migrate import migrate as run_operations
 
 from pulse import db, migrations
-from pulse.models import Customer, MODELS, Project
+from pulse.models import MODELS, Customer, Project
 from tests.migration_support import back_to_version_1
 
 
@@ -80,9 +80,14 @@ def test_mysql_tables_are_innodb_utf8mb4(db_url):
 def test_identifiers_we_did_not_mint_compare_byte_for_byte(db_url):
     """Stripe ids, tenants' user ids and idempotency keys differ by case alone; MySQL must not merge them."""
     db.bind(db_url)
-    exact = [("customer", "external_user_id"), ("customer", "stripe_customer_id"),
-             ("subscription", "stripe_subscription_id"), ("webhook_event", "stripe_event_id"),
-             ("idempotency_record", "key"), ("user", "email_key")]
+    exact = [
+        ("customer", "external_user_id"),
+        ("customer", "stripe_customer_id"),
+        ("subscription", "stripe_subscription_id"),
+        ("webhook_event", "stripe_event_id"),
+        ("idempotency_record", "key"),
+        ("user", "email_key"),
+    ]
     with db.block():
         project = Project.create(public_id="proj_case", name="Case")
         Customer.create(project=project, external_user_id="cus-A", stripe_customer_id="cus_AbC")
@@ -94,7 +99,9 @@ def test_identifiers_we_did_not_mint_compare_byte_for_byte(db_url):
         for table, column in exact:
             collation = database.execute_sql(
                 "SELECT collation_name FROM information_schema.columns "
-                "WHERE table_schema = DATABASE() AND table_name = %s AND column_name = %s", (table, column)).fetchone()[0]
+                "WHERE table_schema = DATABASE() AND table_name = %s AND column_name = %s",
+                (table, column),
+            ).fetchone()[0]
             assert collation.endswith("_bin"), (table, column, collation)
 
 
@@ -118,8 +125,9 @@ def test_upgrade_to_2_adds_customer_history_and_ignore_reasons(db_url):
         StripeCustomerHistory.create(project=project, customer=customer, stripe_customer_id="cus_1", reason="x")
         with pytest.raises(pw.IntegrityError):
             with database.atomic():
-                StripeCustomerHistory.create(project=project, customer=customer, stripe_customer_id="cus_1",
-                                             reason="again")
+                StripeCustomerHistory.create(
+                    project=project, customer=customer, stripe_customer_id="cus_1", reason="again"
+                )
 
 
 def test_step_3_adds_plan_items_pause_and_the_catalog_to_a_version_1_database(db_url):
@@ -127,13 +135,27 @@ def test_step_3_adds_plan_items_pause_and_the_catalog_to_a_version_1_database(db
     from pulse.models import Plan, PlanPrice, Subscription
 
     db.bind(db_url)
-    new_columns = ["interval_count", "quantity", "unit_amount", "currency", "pause_behavior", "pause_resumes_at",
-                   "plan_slug_fallback"]
+    new_columns = [
+        "interval_count",
+        "quantity",
+        "unit_amount",
+        "currency",
+        "pause_behavior",
+        "pause_resumes_at",
+        "plan_slug_fallback",
+    ]
     with db.block() as database:
         project = Project.create(public_id="proj_v1", name="V1")
         customer = Customer.create(project=project, external_user_id="u1", email="u1@x.test")
-        Subscription.create(project=project, customer=customer, stripe_subscription_id="sub_v1", plan_slug="pro",
-                            stripe_price_id="price_pro", stripe_status="active", status="active")
+        Subscription.create(
+            project=project,
+            customer=customer,
+            stripe_subscription_id="sub_v1",
+            plan_slug="pro",
+            stripe_price_id="price_pro",
+            stripe_status="active",
+            status="active",
+        )
         back_to_version_1(database)
     assert [s[0] for s in migrations.pending()] == [step[0] for step in migrations.STEPS[1:]]
     assert "plan items, pause_collection, plan catalog" in migrations.migrate_database()
@@ -182,4 +204,3 @@ def test_step_10_adds_the_outbox_and_entitlements_to_a_version_1_database(db_url
         assert Customer.get(Customer.external_user_id == "u1").email == "u1@x.test"
         assert sum(model.select().count() for model in tables) == 0
     assert migrations.current_version() == migrations.LATEST and migrations.pending() == []
-

@@ -9,8 +9,13 @@ from pulse.models import WebhookDelivery
 from tests.live_server import LiveServer
 from tests.webhook_receiver import Receiver, all_delivered
 
-ENV = {"PULSE_WEBHOOK_ALLOW_LOOPBACK": "1", "PULSE_WEBHOOK_TIMEOUT": "1", "PULSE_WEBHOOK_RETRY_BASE": "0.1",
-       "PULSE_WEBHOOK_POLL": "0.1", "PULSE_FORCE_HTTPS": "0"}
+ENV = {
+    "PULSE_WEBHOOK_ALLOW_LOOPBACK": "1",
+    "PULSE_WEBHOOK_TIMEOUT": "1",
+    "PULSE_WEBHOOK_RETRY_BASE": "0.1",
+    "PULSE_WEBHOOK_POLL": "0.1",
+    "PULSE_FORCE_HTTPS": "0",
+}
 
 
 def api(server, method, path, key, body=None):
@@ -73,7 +78,10 @@ def test_kill_9_mid_delivery_loses_nothing_and_repeats_only_the_same_webhook_id(
     db.bind(db_url)
     with db.block():
         assert [(d.status, d.attempts) for d in WebhookDelivery.select().order_by(WebhookDelivery.id)] == [
-            ("succeeded", 2), ("succeeded", 1), ("succeeded", 1)]
+            ("succeeded", 2),
+            ("succeeded", 1),
+            ("succeeded", 1),
+        ]
     db.database.close()
 
 

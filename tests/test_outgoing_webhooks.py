@@ -12,34 +12,49 @@ from tests.support import body_of
 from tests.webhook_receiver import settled
 from tests.webhook_support import webhook_overrides
 
-config_overrides = pytest.fixture(lambda fake_stripe: {
-    **webhook_overrides(fake_stripe), "webhook_allow_loopback": True, "webhook_retry_base": 0.05,
-    "webhook_timeout": 2.0, "webhook_poll": 0.1})
+config_overrides = pytest.fixture(
+    lambda fake_stripe: {
+        **webhook_overrides(fake_stripe),
+        "webhook_allow_loopback": True,
+        "webhook_retry_base": 0.05,
+        "webhook_timeout": 2.0,
+        "webhook_poll": 0.1,
+    }
+)
 
 
 async def add_endpoint(http_client, base_url, project, url):
-    resp = await http_client.fetch(base_url + "/api/webhook-endpoints", method="POST",
-                                   headers={"X-API-Key": project.api_key.api_key, "Content-Type": "application/json"},
-                                   body=json.dumps({"url": url, "description": "app"}), raise_error=False)
+    resp = await http_client.fetch(
+        base_url + "/api/webhook-endpoints",
+        method="POST",
+        headers={"X-API-Key": project.api_key.api_key, "Content-Type": "application/json"},
+        body=json.dumps({"url": url, "description": "app"}),
+        raise_error=False,
+    )
     assert resp.code == 201, resp.body
     return body_of(resp)
 
 
 @pytest.mark.gen_test(timeout=40)
-async def test_subscription_lifecycle_reaches_the_app_signed_in_order(http_client, base_url, fake_stripe, hooked,
-                                                                       deliver, receiver, deliverer):
+async def test_subscription_lifecycle_reaches_the_app_signed_in_order(
+    http_client, base_url, fake_stripe, hooked, deliver, receiver, deliverer
+):
     created = await add_endpoint(http_client, base_url, hooked, receiver.url)
     assert created["secret"].startswith("whsec_") and created["enabled"] is True
     receiver.secret = created["secret"]
-    listed = body_of(await http_client.fetch(base_url + "/api/webhook-endpoints",
-                                             headers={"X-API-Key": hooked.api_key.api_key}))
+    listed = body_of(
+        await http_client.fetch(base_url + "/api/webhook-endpoints", headers={"X-API-Key": hooked.api_key.api_key})
+    )
     assert [e["id"] for e in listed["data"]] == [created["id"]] and "secret" not in listed["data"][0]
 
-    session, sub = new_subscription(fake_stripe, "user-1", project_id=hooked.project.public_id,
-                                    email="one@example.test")
+    session, sub = new_subscription(
+        fake_stripe, "user-1", project_id=hooked.project.public_id, email="one@example.test"
+    )
     assert body_of(await deliver(event("checkout.session.completed", session)))["outcome"] == "processed"
-    first, completed = await receiver.until(1, event_type="subscription.updated"), \
-        await receiver.until(1, event_type="checkout.completed")
+    first, completed = (
+        await receiver.until(1, event_type="subscription.updated"),
+        await receiver.until(1, event_type="checkout.completed"),
+    )
     update = first[0]["data"]
     assert update["object"]["status"] == "active" and update["object"]["external_user_id"] == "user-1"
     assert update["object"]["features"] == [] and "status" in update["changed"]
@@ -71,22 +86,32 @@ async def test_subscription_lifecycle_reaches_the_app_signed_in_order(http_clien
     # One customer, one order: what the app saw is the order of the changes; each webhook-id once.
     ids = [webhook_id for webhook_id, _ in receiver.received]
     assert len(ids) == len(set(ids)) and not receiver.rejected
-    assert [b["type"] for b in receiver.events()] == ["subscription.updated", "checkout.completed",
-                                                      "subscription.updated", "subscription.updated",
-                                                      "subscription.updated", "customer.deleted"]
+    assert [b["type"] for b in receiver.events()] == [
+        "subscription.updated",
+        "checkout.completed",
+        "subscription.updated",
+        "subscription.updated",
+        "subscription.updated",
+        "customer.deleted",
+    ]
 
 
 @pytest.mark.gen_test(timeout=40)
-async def test_endpoint_down_then_up_gets_everything_once_in_order(http_client, base_url, fake_stripe, hooked,
-                                                                   deliver, receiver, deliverer):
+async def test_endpoint_down_then_up_gets_everything_once_in_order(
+    http_client, base_url, fake_stripe, hooked, deliver, receiver, deliverer
+):
     created = await add_endpoint(http_client, base_url, hooked, receiver.url)
     receiver.secret = created["secret"]
     receiver.down()
     session, sub = new_subscription(fake_stripe, "user-1", project_id=hooked.project.public_id)
     await deliver(event("checkout.session.completed", session))
     statuses = []
-    for change in ({"cancel_at_period_end": True}, {"cancel_at_period_end": False, "status": "past_due"},
-                   {"status": "active"}, {"quantity": 3}):
+    for change in (
+        {"cancel_at_period_end": True},
+        {"cancel_at_period_end": False, "status": "past_due"},
+        {"status": "active"},
+        {"quantity": 3},
+    ):
         current = fake_stripe.set_subscription(sub["id"], **change)
         await deliver(event("customer.subscription.updated", current))
     for _ in range(500):  # several failed attempts while down
@@ -116,14 +141,19 @@ async def test_endpoint_down_then_up_gets_everything_once_in_order(http_client, 
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_sustained_failure_disables_the_endpoint(http_client, base_url, fake_stripe, hooked, app, receiver,
-                                                       deliverer):
+async def test_sustained_failure_disables_the_endpoint(
+    http_client, base_url, fake_stripe, hooked, app, receiver, deliverer
+):
     created = await add_endpoint(http_client, base_url, hooked, receiver.url)
     receiver.secret = created["secret"]
     receiver.mode = "fail"
     object.__setattr__(app.settings["config"], "webhook_disable_after", 0.5)
-    resp = await http_client.fetch(f"{base_url}/api/webhook-endpoints/{created['id']}/test", method="POST", body="",
-                                   headers={"X-API-Key": hooked.api_key.api_key})
+    resp = await http_client.fetch(
+        f"{base_url}/api/webhook-endpoints/{created['id']}/test",
+        method="POST",
+        body="",
+        headers={"X-API-Key": hooked.api_key.api_key},
+    )
     assert resp.code == 202
     for _ in range(300):
         with db.block():
@@ -132,27 +162,37 @@ async def test_sustained_failure_disables_the_endpoint(http_client, base_url, fa
             break
         await asyncio.sleep(0.05)
     assert not endpoint.enabled and "failed" in endpoint.disabled_reason
-    found = body_of(await http_client.fetch(f"{base_url}/api/webhook-endpoints/{created['id']}",
-                                            headers={"X-API-Key": hooked.api_key.api_key}))
+    found = body_of(
+        await http_client.fetch(
+            f"{base_url}/api/webhook-endpoints/{created['id']}", headers={"X-API-Key": hooked.api_key.api_key}
+        )
+    )
     assert found["enabled"] is False and found["deliveries"][0]["status"] == "pending"
     assert found["deliveries"][0]["last_status_code"] == 503
     receiver.mode = "ok"
     object.__setattr__(app.settings["config"], "webhook_disable_after", 259200.0)
-    resp = await http_client.fetch(f"{base_url}/api/webhook-endpoints/{created['id']}/enable", method="POST",
-                                   body="", headers={"X-API-Key": hooked.api_key.api_key})
+    resp = await http_client.fetch(
+        f"{base_url}/api/webhook-endpoints/{created['id']}/enable",
+        method="POST",
+        body="",
+        headers={"X-API-Key": hooked.api_key.api_key},
+    )
     assert body_of(resp)["enabled"] is True
     tests = await receiver.until(1, event_type="webhook.test")
     assert tests[0]["data"]["endpoint"] == created["id"]
 
 
 @pytest.mark.gen_test(timeout=30)
-@pytest.mark.parametrize("url, message", [
-    ("http://example.com/hook", "https"),
-    ("https://10.0.0.5/hook", "private"),
-    ("https://169.254.169.254/latest", "private or link-local"),
-    ("https://user:pw@example.com/", "credentials"),
-    ("ftp://example.com/", "https"),
-])
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("http://example.com/hook", "https"),
+        ("https://10.0.0.5/hook", "private"),
+        ("https://169.254.169.254/latest", "private or link-local"),
+        ("https://user:pw@example.com/", "credentials"),
+        ("ftp://example.com/", "https"),
+    ],
+)
 async def test_endpoint_urls_are_checked(api, url, message):
     resp = await api("POST", "/api/webhook-endpoints", json_body={"url": url})
     assert resp.code == 400, resp.body
@@ -161,16 +201,18 @@ async def test_endpoint_urls_are_checked(api, url, message):
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_loopback_refused_unless_allowed_and_checked_at_send_time(api, app, http_client, base_url, project,
-                                                                        receiver, deliverer):
+async def test_loopback_refused_unless_allowed_and_checked_at_send_time(
+    api, app, http_client, base_url, project, receiver, deliverer
+):
     config = app.settings["config"]
     object.__setattr__(config, "webhook_allow_loopback", False)
     resp = await api("POST", "/api/webhook-endpoints", json_body={"url": receiver.url})
     assert resp.code == 400 and "loopback" in body_of(resp)["error"]["message"]
     object.__setattr__(config, "webhook_allow_loopback", True)
     # A DNS name is judged at each send: localhost resolves to loopback, refused once loopback is off.
-    created = body_of(await api("POST", "/api/webhook-endpoints",
-                                json_body={"url": receiver.url.replace("127.0.0.1", "localhost")}))
+    created = body_of(
+        await api("POST", "/api/webhook-endpoints", json_body={"url": receiver.url.replace("127.0.0.1", "localhost")})
+    )
     object.__setattr__(config, "webhook_allow_loopback", False)
     await api("POST", f"/api/webhook-endpoints/{created['id']}/test")
     for _ in range(200):  # attempts counts at the claim; last_error once the attempt is recorded
@@ -198,8 +240,9 @@ async def test_redirects_are_not_followed_and_endpoints_delete(api, project, rec
 
 
 @pytest.mark.gen_test(timeout=40)
-async def test_every_cause_of_a_changed_answer_sends_subscription_updated(http_client, base_url, fake_stripe, hooked,
-                                                                          deliver, receiver, deliverer):
+async def test_every_cause_of_a_changed_answer_sends_subscription_updated(
+    http_client, base_url, fake_stripe, hooked, deliver, receiver, deliverer
+):
     """A lifecycle call, Stripe Entitlements, the plan catalog and the access settings all change the answer."""
     from pulse import projects
     from tests.test_lifecycle import summary
@@ -212,8 +255,9 @@ async def test_every_cause_of_a_changed_answer_sends_subscription_updated(http_c
     headers = {"X-API-Key": hooked.api_key.api_key, "Content-Type": "application/json"}
 
     async def post(path, body, method="POST"):
-        resp = await http_client.fetch(base_url + path, method=method, headers=headers, body=json.dumps(body),
-                                       raise_error=False)
+        resp = await http_client.fetch(
+            base_url + path, method=method, headers=headers, body=json.dumps(body), raise_error=False
+        )
         assert resp.code in (200, 201), resp.body
 
     await post("/api/subscription/cancel", {"external_user_id": "user-1"})
@@ -226,8 +270,13 @@ async def test_every_cause_of_a_changed_answer_sends_subscription_updated(http_c
         projects.set_past_due_policy(hooked.project, False)
     updates = await receiver.until(6, event_type="subscription.updated")
     changed = [u["data"]["changed"] for u in updates[1:]]
-    assert changed == [["cancel_at", "status"], ["features"], ["plan_slug"], ["cancel_at", "status"],
-                       ["has_access", "subscriptions_with_access"]]
+    assert changed == [
+        ["cancel_at", "status"],
+        ["features"],
+        ["plan_slug"],
+        ["cancel_at", "status"],
+        ["has_access", "subscriptions_with_access"],
+    ]
     assert updates[2]["data"]["object"]["features"] == ["api_access"]
     assert updates[-1]["data"]["object"]["has_access"] is False
 
@@ -279,8 +328,9 @@ async def test_finished_messages_are_purged_after_30_days_pending_ones_kept(api,
 
 
 @pytest.mark.gen_test(timeout=40)
-async def test_sync_stripe_announces_what_the_missed_events_would_have(http_client, base_url, fake_stripe, hooked,
-                                                                      deliver, receiver, deliverer, app):
+async def test_sync_stripe_announces_what_the_missed_events_would_have(
+    http_client, base_url, fake_stripe, hooked, deliver, receiver, deliverer, app
+):
     from pulse import resync
 
     created = await add_endpoint(http_client, base_url, hooked, receiver.url)

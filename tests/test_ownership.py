@@ -5,7 +5,8 @@ import secrets
 
 import pytest
 
-from pulse import db, events, ownership, subscriptions as subs
+from pulse import db, events, ownership
+from pulse import subscriptions as subs
 from pulse.models import Customer, CustomerFeature, StripeCustomerHistory, Subscription
 from tests.billing_support import checkout_body
 from tests.stripe_events import customer_object, event, invoice, new_subscription
@@ -26,15 +27,31 @@ def bravo(make_project):
 def state_of(project):
     """Everything a webhook may change in a project, comparable before and after."""
     with db.block():
-        customers = sorted(Customer.select(Customer.external_user_id, Customer.email, Customer.stripe_customer_id)
-                           .where(Customer.project == project).tuples())
-        subscriptions = sorted(Subscription.select(Subscription.stripe_subscription_id, Subscription.status,
-                                                   Subscription.customer, Subscription.snapshot_at)
-                               .where(Subscription.project == project).tuples())
-        history = sorted(StripeCustomerHistory.select(StripeCustomerHistory.stripe_customer_id)
-                         .where(StripeCustomerHistory.project == project).tuples())
-        features = sorted(CustomerFeature.select(CustomerFeature.customer, CustomerFeature.lookup_key)
-                          .where(CustomerFeature.project == project).tuples())
+        customers = sorted(
+            Customer.select(Customer.external_user_id, Customer.email, Customer.stripe_customer_id)
+            .where(Customer.project == project)
+            .tuples()
+        )
+        subscriptions = sorted(
+            Subscription.select(
+                Subscription.stripe_subscription_id,
+                Subscription.status,
+                Subscription.customer,
+                Subscription.snapshot_at,
+            )
+            .where(Subscription.project == project)
+            .tuples()
+        )
+        history = sorted(
+            StripeCustomerHistory.select(StripeCustomerHistory.stripe_customer_id)
+            .where(StripeCustomerHistory.project == project)
+            .tuples()
+        )
+        features = sorted(
+            CustomerFeature.select(CustomerFeature.customer, CustomerFeature.lookup_key)
+            .where(CustomerFeature.project == project)
+            .tuples()
+        )
     return customers, subscriptions, history + features  # features: Stripe Entitlements (issue 16)
 
 
@@ -51,8 +68,9 @@ def test_the_ownership_rule(make_project):
     with db.block():
         linked = Customer.create(project=alpha, external_user_id="u1", stripe_customer_id="cus_alpha")
         gone = Customer.create(project=bravo, external_user_id="u2")
-        StripeCustomerHistory.create(project=bravo, customer=gone, stripe_customer_id="cus_deleted",
-                                     reason=subs.DELETED_IN_STRIPE)
+        StripeCustomerHistory.create(
+            project=bravo, customer=gone, stripe_customer_id="cus_deleted", reason=subs.DELETED_IN_STRIPE
+        )
         mine, theirs = {"metadata": {"pulse_project_id": alpha.public_id}}, {"metadata": {"pulse_project_id": "x"}}
         bare = {"metadata": {}}
         # Metadata decides, whoever links the customer; the most specific object's metadata first.
@@ -69,7 +87,8 @@ def test_the_ownership_rule(make_project):
         assert "no Stripe customer" in ownership.not_owned(alpha, [bare], None)
         assert linked.stripe_customer_id == "cus_alpha"
     assert ownership.mode_mismatch({"livemode": True}, "sk_test_x") == (
-        "event is live mode but the project's Stripe key is a test key")
+        "event is live mode but the project's Stripe key is a test key"
+    )
     assert ownership.mode_mismatch({"livemode": False}, "rk_live_x") is not None
     assert ownership.mode_mismatch({"livemode": False}, "sk_test_x") is None
     assert ownership.mode_mismatch({"livemode": True}, "sk_live_x") is None
@@ -93,7 +112,9 @@ def test_retiring_a_deleted_stripe_customer(make_project):
         history = [(cid, why) for cid, why, _ in subs.previous_stripe_customers(ada)]
         assert history == [("cus_ada", "deleted in Stripe")]
         assert (Subscription.get_by_id(live.id).status, Subscription.get_by_id(live.id).snapshot_at) == (
-            "cancelled", 5_000)  # the repeated event found it cancelled already
+            "cancelled",
+            5_000,
+        )  # the repeated event found it cancelled already
         assert Subscription.get_by_id(newer.id).status == "active"
         # Never linked again, whoever names it.
         with db.transaction():
@@ -107,23 +128,26 @@ def test_retiring_a_deleted_stripe_customer(make_project):
 
 @pytest.mark.gen_test(timeout=60)
 @pytest.mark.parametrize("alpha_endpoint", ["project", "deployment"])
-async def test_every_handled_event_changes_exactly_one_project(read, fake_stripe, hooked, bravo, deliver,
-                                                                alpha_endpoint):
+async def test_every_handled_event_changes_exactly_one_project(
+    read, fake_stripe, hooked, bravo, deliver, alpha_endpoint
+):
     """Stripe delivers each event to every endpoint of the account: Alpha applies it, Bravo ignores it."""
     alpha = hooked
     alpha_path = dict(path="/api/webhook", secret=DEPLOY_WHSEC) if alpha_endpoint == "deployment" else {}
     bravo_path = dict(path=f"/api/webhook/{bravo.project.public_id}", secret=BRAVO_WHSEC)
     # Bravo has its own user "42" (an unpaid checkout); Alpha's "42" pays.
     with db.block():
-        Customer.create(project=bravo.project, external_user_id="42", email="bob@bravo.test",
-                        stripe_customer_id="cus_bravo_42")
+        Customer.create(
+            project=bravo.project, external_user_id="42", email="bob@bravo.test", stripe_customer_id="cus_bravo_42"
+        )
     session, sub = new_subscription(fake_stripe, "42", project_id=alpha.project.public_id)
     # A subscription made outside PaymentPulse (no metadata) for a customer Alpha linked earlier.
     _, loose = new_subscription(fake_stripe, "legacy")
     with db.block():
         Customer.create(project=alpha.project, external_user_id="legacy", stripe_customer_id=loose["customer"])
-    fake_stripe.set_subscription(loose["id"], metadata={"external_user_id": "", "plan_slug": "", "interval": "",
-                                                        "pulse_project_id": ""})
+    fake_stripe.set_subscription(
+        loose["id"], metadata={"external_user_id": "", "plan_slug": "", "interval": "", "pulse_project_id": ""}
+    )
 
     def story():
         yield event("checkout.session.completed", session)
@@ -134,16 +158,25 @@ async def test_every_handled_event_changes_exactly_one_project(read, fake_stripe
         yield event("customer.subscription.paused", fake_stripe.set_subscription(sub["id"], status="paused"))
         yield event("customer.subscription.resumed", fake_stripe.set_subscription(sub["id"], status="active"))
         yield event("customer.subscription.updated", fake_stripe.set_subscription(loose["id"], status="past_due"))
-        fake_stripe.attach_feature(fake_stripe.subscription(sub["id"])["items"]["data"][0]["price"]["product"],
-                                   "api_access")
-        yield event("entitlements.active_entitlement_summary.updated",
-                    {"object": "entitlements.active_entitlement_summary", "customer": sub["customer"],
-                     "livemode": False, "entitlements": {"object": "list", "data": [], "has_more": False}})
+        fake_stripe.attach_feature(
+            fake_stripe.subscription(sub["id"])["items"]["data"][0]["price"]["product"], "api_access"
+        )
+        yield event(
+            "entitlements.active_entitlement_summary.updated",
+            {
+                "object": "entitlements.active_entitlement_summary",
+                "customer": sub["customer"],
+                "livemode": False,
+                "entitlements": {"object": "list", "data": [], "has_more": False},
+            },
+        )
         fake_stripe.dispatch("POST", f"customers/{sub['customer']}", {"email": "new42@alpha.test"})
         yield event("customer.updated", customer_object(sub["customer"], "new42@alpha.test"))
         canceled, tombstone = fake_stripe.delete_customer(sub["customer"])
-        yield event("customer.deleted", customer_object(sub["customer"], "new42@alpha.test",
-                                                        {"pulse_project_id": alpha.project.public_id}))
+        yield event(
+            "customer.deleted",
+            customer_object(sub["customer"], "new42@alpha.test", {"pulse_project_id": alpha.project.public_id}),
+        )
         yield event("customer.subscription.deleted", canceled[0])
 
     seen = set()
@@ -177,19 +210,23 @@ async def test_a_session_naming_another_projects_user_is_ignored(read, fake_stri
 
 @pytest.mark.gen_test(timeout=30)
 async def test_livemode_must_match_the_key_and_a_404_is_never_applied_from_the_payload(
-        read, fake_stripe, hooked, deliver, make_project):
+    read, fake_stripe, hooked, deliver, make_project
+):
     session, sub = new_subscription(fake_stripe, "mode", project_id=hooked.project.public_id)
     live = event("customer.subscription.created", sub)
     live["livemode"] = True
     before = len(fake_stripe.requests)
     assert body_of(await deliver(live))["outcome"] == "ignored"
     assert reason_of(hooked.project, live) == (
-        "ignored", "event is live mode but the project's Stripe key is a test key")
+        "ignored",
+        "event is live mode but the project's Stripe key is a test key",
+    )
     assert len(fake_stripe.requests) == before  # not even re-read
     # A live-key project never applies test-mode events.
     secret = "whsec_live_" + "f" * 24
-    live_project = make_project(name="Live", stripe_webhook_secret=secret,
-                                stripe_secret_key="sk_live_" + secrets.token_hex(12))
+    live_project = make_project(
+        name="Live", stripe_webhook_secret=secret, stripe_secret_key="sk_live_" + secrets.token_hex(12)
+    )
     test_event = event("customer.subscription.created", sub)
     resp = await deliver(test_event, path=f"/api/webhook/{live_project.project.public_id}", secret=secret)
     assert body_of(resp)["outcome"] == "ignored"
@@ -231,13 +268,15 @@ async def test_console_reapply_uses_the_same_rule(fake_stripe, hooked, bravo, de
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_a_tenant_forging_events_with_another_tenants_ids_gets_nothing(read, fake_stripe, hooked, deliver,
-                                                                             make_project, http_client, base_url):
+async def test_a_tenant_forging_events_with_another_tenants_ids_gets_nothing(
+    read, fake_stripe, hooked, deliver, make_project, http_client, base_url
+):
     """Mallory shares the deployment key, sets her own webhook secret and signs events naming the
     victim's cus_/sub_ ids: nothing is applied; her API shows no subscription, email or portal for them."""
     victim = hooked
-    session, sub = new_subscription(fake_stripe, "vip7", project_id=victim.project.public_id,
-                                    email="vip7@victim-customer.test")
+    session, sub = new_subscription(
+        fake_stripe, "vip7", project_id=victim.project.public_id, email="vip7@victim-customer.test"
+    )
     assert body_of(await deliver(event("checkout.session.completed", session)))["outcome"] == "processed"
     # Also a subscription without metadata for the victim's linked customer (made in the Dashboard).
     _, side = new_subscription(fake_stripe, "vip7-side")
@@ -250,14 +289,31 @@ async def test_a_tenant_forging_events_with_another_tenants_ids_gets_nothing(rea
     to_mallory = dict(path=f"/api/webhook/{mallory.project.public_id}", secret=secret)
     spy = {"pulse_project_id": mallory.project.public_id, "external_user_id": "spy"}
     forged = [
-        event("checkout.session.completed", {"id": session["id"], "object": "checkout.session",
-                                             "mode": "subscription", "customer": sub["customer"],
-                                             "subscription": sub["id"], "client_reference_id": "spy",
-                                             "metadata": spy}),
-        event("checkout.session.completed", {"id": "cs_forged", "object": "checkout.session",
-                                             "mode": "subscription", "customer": sub["customer"],
-                                             "subscription": side["id"], "client_reference_id": "spy",
-                                             "metadata": spy, "customer_details": {"email": "x@evil.test"}}),
+        event(
+            "checkout.session.completed",
+            {
+                "id": session["id"],
+                "object": "checkout.session",
+                "mode": "subscription",
+                "customer": sub["customer"],
+                "subscription": sub["id"],
+                "client_reference_id": "spy",
+                "metadata": spy,
+            },
+        ),
+        event(
+            "checkout.session.completed",
+            {
+                "id": "cs_forged",
+                "object": "checkout.session",
+                "mode": "subscription",
+                "customer": sub["customer"],
+                "subscription": side["id"],
+                "client_reference_id": "spy",
+                "metadata": spy,
+                "customer_details": {"email": "x@evil.test"},
+            },
+        ),
         event("customer.subscription.updated", dict(sub, metadata=spy)),
         event("customer.subscription.created", dict(fake_stripe.subscription(side["id"]), metadata=spy)),
         event("invoice.paid", invoice(dict(sub, metadata=spy))),
@@ -271,11 +327,17 @@ async def test_a_tenant_forging_events_with_another_tenants_ids_gets_nothing(rea
     assert state_of(mallory.project) == ([], [], [])
     assert state_of(victim.project) == victim_before
     headers = {"X-API-Key": mallory.api_key.api_key, "Content-Type": "application/json"}
-    resp = await http_client.fetch(f"{base_url}/api/subscription?external_user_id=spy", headers=headers,
-                                   raise_error=False)
+    resp = await http_client.fetch(
+        f"{base_url}/api/subscription?external_user_id=spy", headers=headers, raise_error=False
+    )
     assert resp.code == 404
-    resp = await http_client.fetch(f"{base_url}/api/portal", method="POST", headers=headers, raise_error=False,
-                                   body='{"external_user_id": "spy", "return_url": "https://evil.test/"}')
+    resp = await http_client.fetch(
+        f"{base_url}/api/portal",
+        method="POST",
+        headers=headers,
+        raise_error=False,
+        body='{"external_user_id": "spy", "return_url": "https://evil.test/"}',
+    )
     assert resp.code == 404 and not fake_stripe.calls("POST", "/v1/billing_portal")
     resp = await http_client.fetch(f"{base_url}/api/customers/export", headers=headers, raise_error=False)
     assert resp.code == 200 and b"vip7" not in resp.body and sub["customer"].encode() not in resp.body
@@ -296,8 +358,10 @@ async def test_customer_deleted_unlinks_keeps_history_and_cancels(read, fake_str
     assert reason_of(hooked.project, evt)[1] == "the customer still exists at Stripe"
     canceled, _ = fake_stripe.delete_customer(old_customer)
     # Stripe sends both events in any order; customer.deleted first is the harder one.
-    assert body_of(await deliver(event("customer.deleted", customer_object(old_customer, "ada@example.test"))))[
-        "outcome"] == "processed"
+    assert (
+        body_of(await deliver(event("customer.deleted", customer_object(old_customer, "ada@example.test"))))["outcome"]
+        == "processed"
+    )
     found = await read(hooked, "ada")
     assert (found["status"], found["has_access"], found["stripe_customer_id"]) == ("cancelled", False, None)
     assert body_of(await deliver(event("customer.subscription.deleted", canceled[0])))["outcome"] == "processed"
@@ -305,7 +369,8 @@ async def test_customer_deleted_unlinks_keeps_history_and_cancels(read, fake_str
         customer = Customer.get(Customer.project == hooked.project, Customer.external_user_id == "ada")
         assert customer.stripe_customer_id is None  # the late event did not link the deleted id again
         assert [(cid, why) for cid, why, _ in subs.previous_stripe_customers(customer)] == [
-            (old_customer, "deleted in Stripe")]
+            (old_customer, "deleted in Stripe")
+        ]
     assert_matches_stripe(dict(found, stripe_customer_id=old_customer), fake_stripe, sub["id"])
     resp = await api_client("POST", "/api/portal", {"external_user_id": "ada", "return_url": "https://app.test/"})
     assert resp.code == 404 and body_of(resp)["error"]["code"] == "not_found"
@@ -324,9 +389,14 @@ async def test_customer_deleted_unlinks_keeps_history_and_cancels(read, fake_str
 @pytest.fixture
 def api_client(http_client, base_url, hooked):
     async def call(method, path, body):
-        return await http_client.fetch(base_url + path, method=method, body=json.dumps(body), raise_error=False,
-                                       headers={"X-API-Key": hooked.api_key.api_key,
-                                                "Content-Type": "application/json"})
+        return await http_client.fetch(
+            base_url + path,
+            method=method,
+            body=json.dumps(body),
+            raise_error=False,
+            headers={"X-API-Key": hooked.api_key.api_key, "Content-Type": "application/json"},
+        )
+
     return call
 
 
@@ -341,16 +411,24 @@ async def test_shared_account_and_deleted_customer_through_the_real_server(db_ur
     from tests.live_server import LiveServer
     from tests.stripe_events import body_of_event, sign
 
-    env = {"PULSE_STRIPE_API_BASE": fake_stripe.url, "PULSE_STRIPE_SECRET_KEY": FAKE_SECRET_KEY,
-           "PULSE_STRIPE_MAX_RETRIES": "0", "PULSE_STRIPE_WEBHOOK_SECRET": DEPLOY_WHSEC}
+    env = {
+        "PULSE_STRIPE_API_BASE": fake_stripe.url,
+        "PULSE_STRIPE_SECRET_KEY": FAKE_SECRET_KEY,
+        "PULSE_STRIPE_MAX_RETRIES": "0",
+        "PULSE_STRIPE_WEBHOOK_SECRET": DEPLOY_WHSEC,
+    }
     server = LiveServer(db_url, env=env).start()
     client = tornado.httpclient.AsyncHTTPClient(force_instance=True)
     secrets_of = {}
 
     async def call(method, path, key, body=None, headers=None):
-        resp = await client.fetch(server.base_url + path, method=method, raise_error=False,
-                                  body=None if body is None else body if isinstance(body, str) else json.dumps(body),
-                                  headers={"X-API-Key": key, "Content-Type": "application/json", **(headers or {})})
+        resp = await client.fetch(
+            server.base_url + path,
+            method=method,
+            raise_error=False,
+            body=None if body is None else body if isinstance(body, str) else json.dumps(body),
+            headers={"X-API-Key": key, "Content-Type": "application/json", **(headers or {})},
+        )
         return resp.code, json.loads(resp.body)
 
     async def to_every_endpoint(evt):
@@ -366,8 +444,13 @@ async def test_shared_account_and_deleted_customer_through_the_real_server(db_ur
         alpha_whsec = "whsec_alpha_" + "1" * 24
         alpha = server.create_project("Alpha", stripe_webhook_secret=alpha_whsec)
         bravo = server.create_project("Bravo", stripe_webhook_secret=BRAVO_WHSEC)
-        secrets_of.update({f"/api/webhook/{alpha['project_id']}": alpha_whsec,
-                           f"/api/webhook/{bravo['project_id']}": BRAVO_WHSEC, "/api/webhook": DEPLOY_WHSEC})
+        secrets_of.update(
+            {
+                f"/api/webhook/{alpha['project_id']}": alpha_whsec,
+                f"/api/webhook/{bravo['project_id']}": BRAVO_WHSEC,
+                "/api/webhook": DEPLOY_WHSEC,
+            }
+        )
         portal = {"external_user_id": "42", "return_url": "https://app.test/account"}
         assert (await call("POST", "/api/checkout", bravo["api_key"], checkout_body(external_user_id="42")))[0] == 200
         code, started = await call("POST", "/api/checkout", alpha["api_key"], checkout_body(external_user_id="42"))
@@ -383,8 +466,10 @@ async def test_shared_account_and_deleted_customer_through_the_real_server(db_ur
         assert (await call("GET", "/api/subscription?external_user_id=42", bravo["api_key"]))[0] == 404
 
         canceled, _ = fake_stripe.delete_customer(sub["customer"])
-        for evt in (event("customer.deleted", customer_object(sub["customer"], "ada@example.test")),
-                    event("customer.subscription.deleted", canceled[0])):
+        for evt in (
+            event("customer.deleted", customer_object(sub["customer"], "ada@example.test")),
+            event("customer.subscription.deleted", canceled[0]),
+        ):
             assert await to_every_endpoint(evt) == ["processed", "ignored", None]
         code, body = await call("GET", "/api/subscription?external_user_id=42", alpha["api_key"])
         assert (code, body["status"], body["has_access"], body["stripe_customer_id"]) == (200, "cancelled", False, None)
@@ -401,8 +486,9 @@ async def test_shared_account_and_deleted_customer_through_the_real_server(db_ur
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_customer_deleted_after_the_portal_met_the_404_and_after_a_new_checkout(read, fake_stripe, hooked,
-                                                                                      deliver, api_client):
+async def test_customer_deleted_after_the_portal_met_the_404_and_after_a_new_checkout(
+    read, fake_stripe, hooked, deliver, api_client
+):
     session, sub = new_subscription(fake_stripe, "bea", project_id=hooked.project.public_id)
     assert body_of(await deliver(event("checkout.session.completed", session)))["outcome"] == "processed"
     fake_stripe.delete_customer(sub["customer"])

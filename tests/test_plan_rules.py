@@ -1,27 +1,37 @@
-"""The rules of SPEC 3.3 at their own level: plan item, interval, plan_slug, pause_collection, access, the current row."""
+"""SPEC 3.3's rules at their own level: plan item, interval, plan_slug, pause_collection, access, the current row."""
 
 from datetime import datetime, timedelta
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pulse import db, hotpath, plans, status, stripe_objects
 from pulse.models import Customer, Plan, PlanPrice, Project, Subscription
 from sandbox import objects
 
 
-def item(price_id, interval="month", *, count=1, usage="licensed", quantity=1, lookup_key=None, legacy=False,
-         amount=2000):
+def item(
+    price_id, interval="month", *, count=1, usage="licensed", quantity=1, lookup_key=None, legacy=False, amount=2000
+):
     price = objects.price(price_id, interval, amount, interval_count=count, usage_type=usage, lookup_key=lookup_key)
     if legacy:
-        return {"id": "si_" + price_id, "object": "subscription_item", "plan": objects.legacy_plan(price),
-                "quantity": quantity}
+        return {
+            "id": "si_" + price_id,
+            "object": "subscription_item",
+            "plan": objects.legacy_plan(price),
+            "quantity": quantity,
+        }
     return {"id": "si_" + price_id, "object": "subscription_item", "price": price, "quantity": quantity}
 
 
 def sub(*items, metadata=None, pause=None):
-    return {"id": "sub_1", "items": {"object": "list", "data": list(items)}, "metadata": metadata or {},
-            "pause_collection": pause}
+    return {
+        "id": "sub_1",
+        "items": {"object": "list", "data": list(items)},
+        "metadata": metadata or {},
+        "pause_collection": pause,
+    }
 
 
 # ---------------------------------------------------------------- the plan item
@@ -47,8 +57,13 @@ def test_the_catalog_picks_the_plan_among_licensed_add_ons():
 def test_legacy_plan_objects_and_one_time_items():
     legacy = item("plan_gold", "year", count=2, legacy=True, amount=9900)
     assert plans.item_facts(stripe_objects.plan_item(sub(legacy), {})) == {
-        "stripe_price_id": "plan_gold", "interval": "yearly", "interval_count": 2, "quantity": 1,
-        "unit_amount": 9900, "currency": "usd"}
+        "stripe_price_id": "plan_gold",
+        "interval": "yearly",
+        "interval_count": 2,
+        "quantity": 1,
+        "unit_amount": 9900,
+        "currency": "usd",
+    }
     metered_legacy = item("plan_calls", usage="metered", legacy=True)
     assert stripe_objects.plan_item(sub(metered_legacy), {}) is None
     one_time = item("price_setup_fee")
@@ -56,9 +71,16 @@ def test_legacy_plan_objects_and_one_time_items():
     assert stripe_objects.plan_item(sub(one_time, legacy), {})["id"] == "si_plan_gold"
 
 
-@pytest.mark.parametrize("interval, count, word", [("day", 1, "daily"), ("week", 2, "weekly"),
-                                                   ("month", 3, "monthly"), ("month", 6, "monthly"),
-                                                   ("year", 1, "yearly")])
+@pytest.mark.parametrize(
+    "interval, count, word",
+    [
+        ("day", 1, "daily"),
+        ("week", 2, "weekly"),
+        ("month", 3, "monthly"),
+        ("month", 6, "monthly"),
+        ("year", 1, "yearly"),
+    ],
+)
 def test_every_interval_and_interval_count(interval, count, word):
     facts = plans.item_facts(item("price_x", interval, count=count, quantity=7))
     assert (facts["interval"], facts["interval_count"], facts["quantity"]) == (word, count, 7)
@@ -137,17 +159,31 @@ def test_pause_collection_and_the_project_setting(behavior):
 
 
 def test_status_vocabulary_is_one_enum():
-    assert [s.value for s in status.ALL_STATUSES] == ["active", "trialing", "cancelling", "past_due", "unpaid",
-                                                      "cancelled", "incomplete", "paused"]
+    assert [s.value for s in status.ALL_STATUSES] == [
+        "active",
+        "trialing",
+        "cancelling",
+        "past_due",
+        "unpaid",
+        "cancelled",
+        "incomplete",
+        "paused",
+    ]
     assert status.map_status("canceled") == "cancelled" and status.map_status("weird") == "incomplete"
     assert status.map_status("trialing", cancel_at=123) == "cancelling"
 
 
 # ---------------------------------------------------------------- the current row: SQL and Python agree
 
-ROWS = st.lists(st.tuples(st.sampled_from([s.value for s in status.ALL_STATUSES]),
-                          st.one_of(st.none(), st.integers(0, 3)),  # started: few distinct days, ties included
-                          st.sampled_from([None, "void", "keep_as_draft"])), min_size=1, max_size=6)
+ROWS = st.lists(
+    st.tuples(
+        st.sampled_from([s.value for s in status.ALL_STATUSES]),
+        st.one_of(st.none(), st.integers(0, 3)),  # started: few distinct days, ties included
+        st.sampled_from([None, "void", "keep_as_draft"]),
+    ),
+    min_size=1,
+    max_size=6,
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -158,12 +194,19 @@ def test_sql_and_python_rankings_pick_the_same_row(shop, rows, past_due, paused)
         Subscription.delete().execute()
         Customer.delete().execute()
         Project.update(past_due_has_access=past_due, paused_collection_has_access=paused).where(
-            Project.id == shop.id).execute()
+            Project.id == shop.id
+        ).execute()
         customer = Customer.create(project=shop, external_user_id="u", email="u@example.test")
         for i, (state, day, behavior) in enumerate(rows):
-            Subscription.create(project=shop, customer=customer, stripe_subscription_id=f"sub_{i}", status=state,
-                                stripe_status=state, pause_behavior=behavior,
-                                started_at=None if day is None else base + timedelta(days=day))
+            Subscription.create(
+                project=shop,
+                customer=customer,
+                stripe_subscription_id=f"sub_{i}",
+                status=state,
+                stripe_status=state,
+                pause_behavior=behavior,
+                started_at=None if day is None else base + timedelta(days=day),
+            )
         stored = list(Subscription.select().where(Subscription.customer == customer))
         policy = status.Policy(past_due, paused)
         expected = status.current(stored, policy)

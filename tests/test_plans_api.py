@@ -28,7 +28,9 @@ async def test_create_list_replace_delete(api):
     assert (await put(api, "team/EU ü", ["plan_legacy_gold"])).code == 201  # any slug; legacy plan ids too
     listed = body_of(await api("GET", "/api/plans"))["plans"]
     assert [(p["plan_slug"], p["stripe_price_ids"]) for p in listed] == [
-        ("pro", ["price_pro_monthly", "price_pro_yearly"]), ("team/EU ü", ["plan_legacy_gold"])]
+        ("pro", ["price_pro_monthly", "price_pro_yearly"]),
+        ("team/EU ü", ["plan_legacy_gold"]),
+    ]
     replaced = await put(api, "pro", ["price_pro_yearly"])
     assert replaced.code == 200 and body_of(replaced)["stripe_price_ids"] == ["price_pro_yearly"]
     deleted = await api("DELETE", "/api/plans/pro")
@@ -48,12 +50,14 @@ async def test_bad_input_and_conflicts(api):
     assert conflict.code == 409
     error = body_of(conflict)["error"]
     assert error["code"] == "plan_conflict" and error["field"] == "stripe_price_ids" and "'pro'" in error["message"]
-    cases = [({"stripe_price_ids": "price_a"}, 400, "stripe_price_ids"),
-             ({"stripe_price_ids": ["price a"]}, 400, "stripe_price_ids"),
-             ({"stripe_price_ids": [7]}, 400, "stripe_price_ids"),
-             ({"stripe_price_ids": ["p"] * 101}, 400, "stripe_price_ids"),
-             ({}, 422, "stripe_price_ids"),
-             ({"stripe_price_ids": [], "colour": "red"}, 400, "colour")]
+    cases = [
+        ({"stripe_price_ids": "price_a"}, 400, "stripe_price_ids"),
+        ({"stripe_price_ids": ["price a"]}, 400, "stripe_price_ids"),
+        ({"stripe_price_ids": [7]}, 400, "stripe_price_ids"),
+        ({"stripe_price_ids": ["p"] * 101}, 400, "stripe_price_ids"),
+        ({}, 422, "stripe_price_ids"),
+        ({"stripe_price_ids": [], "colour": "red"}, 400, "colour"),
+    ]
     for body, code, field in cases:
         response = await api("PUT", "/api/plans/x", body)
         assert response.code == code and body_of(response)["error"]["field"] == field, body
@@ -70,8 +74,9 @@ async def test_plans_belong_to_one_project(api, make_project, http_client, base_
     headers = {"X-API-Key": other.api_key.api_key, "Content-Type": "application/json"}
     listed = await http_client.fetch(base_url + "/api/plans", headers=headers)
     assert body_of(listed) == {"plans": []}
-    theirs = await http_client.fetch(base_url + "/api/plans/basic", method="PUT", headers=headers,
-                                     body='{"stripe_price_ids": ["price_a"]}')
+    theirs = await http_client.fetch(
+        base_url + "/api/plans/basic", method="PUT", headers=headers, body='{"stripe_price_ids": ["price_a"]}'
+    )
     assert theirs.code == 201  # the same price may sell another plan in another project
 
 
@@ -102,8 +107,9 @@ async def test_catalog_changes_reach_stored_subscriptions_at_once(api, project):
     customer = add_customer(project.project, "user-1")
     add_subscription(customer, "active", stripe_price_id="price_gold_m", plan_slug="", plan_slug_fallback=None)
     other = add_customer(project.project, "user-2")
-    add_subscription(other, "active", stripe_price_id="price_silver", plan_slug="silver-lookup",
-                     plan_slug_fallback="silver-lookup")
+    add_subscription(
+        other, "active", stripe_price_id="price_silver", plan_slug="silver-lookup", plan_slug_fallback="silver-lookup"
+    )
 
     async def slug(user):
         return body_of(await api("GET", "/api/subscription?external_user_id=" + user))["plan_slug"]

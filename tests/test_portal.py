@@ -4,11 +4,12 @@ import dataclasses
 
 import pytest
 
-from pulse import db, subscriptions as subs
+from pulse import db
+from pulse import subscriptions as subs
 from pulse.models import Customer
 from tests.billing_support import add_customer, checkout_body
-from tests.support import body_of
 from tests.fake_stripe import FAKE_SECRET_KEY
+from tests.support import body_of
 
 
 @pytest.fixture
@@ -46,14 +47,17 @@ async def test_unknown_user_is_404(api, fake_stripe, project, make_project):
 
 
 @pytest.mark.gen_test
-@pytest.mark.parametrize("body,status,field", [
-    ({"return_url": "https://app.test"}, 422, "external_user_id"),
-    ({"external_user_id": "user-1"}, 422, "return_url"),
-    ({"external_user_id": "", "return_url": "https://app.test"}, 400, "external_user_id"),
-    ({"external_user_id": 5, "return_url": "https://app.test"}, 400, "external_user_id"),
-    ({"external_user_id": "user-1", "return_url": "/account"}, 400, "return_url"),
-    ({"external_user_id": "user-1", "return_url": "mailto:a@b.test"}, 400, "return_url"),
-])
+@pytest.mark.parametrize(
+    "body,status,field",
+    [
+        ({"return_url": "https://app.test"}, 422, "external_user_id"),
+        ({"external_user_id": "user-1"}, 422, "return_url"),
+        ({"external_user_id": "", "return_url": "https://app.test"}, 400, "external_user_id"),
+        ({"external_user_id": 5, "return_url": "https://app.test"}, 400, "external_user_id"),
+        ({"external_user_id": "user-1", "return_url": "/account"}, 400, "return_url"),
+        ({"external_user_id": "user-1", "return_url": "mailto:a@b.test"}, 400, "return_url"),
+    ],
+)
 async def test_validation(api, fake_stripe, body, status, field):
     response = await api("POST", "/api/portal", body)
     assert response.code == status
@@ -88,7 +92,8 @@ async def test_customer_unknown_to_stripe_is_404_and_unlinked(api, fake_stripe, 
         customer = Customer.get(Customer.project == project.project, Customer.external_user_id == "user-1")
         assert customer.stripe_customer_id is None
         assert [(cid, why) for cid, why, _ in subs.previous_stripe_customers(customer)] == [
-            ("cus_gone_from_stripe", "unknown to Stripe")]
+            ("cus_gone_from_stripe", "unknown to Stripe")
+        ]
     # The next checkout makes a new Stripe customer; the portal then works again.
     assert (await api("POST", "/api/checkout", checkout_body())).code == 200
     response = await api("POST", "/api/portal", portal_body())

@@ -64,16 +64,23 @@ def substitute(block, app_port, http_port, https_port, cert, key):
 def self_signed(directory):
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(HOST)]), critical=False)
-            .sign(key, hashes.SHA256()))
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(HOST)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path
 
 
@@ -93,12 +100,15 @@ class Nginx:
         self.http_port, self.https_port = free_port(), free_port()
         cert, key = self_signed(directory)
         block = substitute(documented_block(), app_port, self.http_port, self.https_port, cert, key)
-        temp = "\n".join(f"  {kind}_temp_path {directory}/{kind};" for kind in
-                         ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        temp = "\n".join(
+            f"  {kind}_temp_path {directory}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
         user = "user root;\n" if os.geteuid() == 0 else ""  # workers must write the temp dirs below
-        conf = (f"{user}daemon off;\nworker_processes 1;\npid {directory}/nginx.pid;\n"
-                f"error_log {directory}/error.log;\nevents {{ worker_connections 64; }}\n"
-                f"http {{\n  access_log {directory}/access.log;\n{temp}\n{block}\n}}\n")
+        conf = (
+            f"{user}daemon off;\nworker_processes 1;\npid {directory}/nginx.pid;\n"
+            f"error_log {directory}/error.log;\nevents {{ worker_connections 64; }}\n"
+            f"http {{\n  access_log {directory}/access.log;\n{temp}\n{block}\n}}\n"
+        )
         self.conf = directory / "nginx.conf"
         self.conf.write_text(conf)
         self.proc = None
@@ -124,8 +134,13 @@ class Nginx:
 
     def request(self, method, path, source, headers=None, body=None):
         """One HTTPS request from `source` (a loopback address) -> (status, headers, body)."""
-        conn = http.client.HTTPSConnection("127.0.0.1", self.https_port, context=ssl._create_unverified_context(),
-                                           source_address=(source, 0), timeout=15)
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1",
+            self.https_port,
+            context=ssl._create_unverified_context(),
+            source_address=(source, 0),
+            timeout=15,
+        )
         try:
             conn.request(method, path, body=body, headers={"Host": HOST, **(headers or {})})
             response = conn.getresponse()
@@ -136,9 +151,14 @@ class Nginx:
 
 def spoofed(i):
     """Every header a client might forge to pick its own address or scheme."""
-    return {"X-Real-Ip": f"10.2.0.{i}", "X-Forwarded-For": f"10.1.0.{i}", "X-Scheme": "http",
-            "X-Forwarded-Proto": "http", "Forwarded": f"for=10.3.0.{i};proto=http",
-            "X-Forwarded-Host": "evil.test"}
+    return {
+        "X-Real-Ip": f"10.2.0.{i}",
+        "X-Forwarded-For": f"10.1.0.{i}",
+        "X-Scheme": "http",
+        "X-Forwarded-Proto": "http",
+        "Forwarded": f"for=10.3.0.{i};proto=http",
+        "X-Forwarded-Host": "evil.test",
+    }
 
 
 def access_ips(server, marker, count):
@@ -154,8 +174,10 @@ def access_ips(server, marker, count):
 
 @pytest.fixture
 def stack(db_url, tmp_path):
-    server = LiveServer(db_url, env={"PULSE_TRUST_PROXY": "1", "PULSE_TRUSTED_PROXIES": "127.0.0.1",
-                                     "PULSE_RATE_LIMIT_ANONYMOUS": "5/minute"})
+    server = LiveServer(
+        db_url,
+        env={"PULSE_TRUST_PROXY": "1", "PULSE_TRUSTED_PROXIES": "127.0.0.1", "PULSE_RATE_LIMIT_ANONYMOUS": "5/minute"},
+    )
     nginx = None
     try:
         server.start()
@@ -174,8 +196,9 @@ def test_spoofed_forwarding_headers_change_neither_bucket_nor_logged_address(sta
     bad_key = {"X-API-Key": "pp_live_" + "Z" * 40}
     codes = []
     for i in range(8):
-        status, headers, _ = nginx.request("GET", "/api/subscription?external_user_id=1&probe=limit", ATTACKER,
-                                           {**bad_key, **spoofed(i)})
+        status, headers, _ = nginx.request(
+            "GET", "/api/subscription?external_user_id=1&probe=limit", ATTACKER, {**bad_key, **spoofed(i)}
+        )
         codes.append(status)
         assert headers["X-RateLimit-Limit"] == "5"
     # One bucket for the attacker whatever it forged, and no HTTPS redirect from a forged scheme.
@@ -191,26 +214,36 @@ def test_spoofed_forwarding_headers_change_neither_bucket_nor_logged_address(sta
         assert status == 200
         xsrf = re.search(r"_xsrf=([^;]+)", headers["Set-Cookie"]).group(1)
         form = urllib.parse.urlencode({"email": project["admin_email"], "password": f"guess-{i}", "_xsrf": xsrf})
-        return nginx.request("POST", "/console/login", source, {**spoofed(100 + i), "Cookie": f"_xsrf={xsrf}",
-                                                                 "Content-Type": "application/x-www-form-urlencoded"},
-                             form)[0]
+        return nginx.request(
+            "POST",
+            "/console/login",
+            source,
+            {**spoofed(100 + i), "Cookie": f"_xsrf={xsrf}", "Content-Type": "application/x-www-form-urlencoded"},
+            form,
+        )[0]
 
     guesses = [sign_in(ATTACKER, i) for i in range(7)]
     assert guesses[0] == 401 and 429 in guesses[:6], guesses
-    assert guesses[guesses.index(429):] == [429] * (7 - guesses.index(429)), guesses
+    assert guesses[guesses.index(429) :] == [429] * (7 - guesses.index(429)), guesses
     assert sign_in(BYSTANDER, 99) == 401  # another real address is not locked out
 
     # Invalid webhook signatures are recorded with that address too (and capped by it).
     for i in range(3):
-        status, _, _ = nginx.request("POST", f"/api/webhook/{project['project_id']}", ATTACKER,
-                                     {**spoofed(i), "Stripe-Signature": "t=1,v1=00", "Content-Type": "application/json"},
-                                     b'{"id": "evt_forged"}')
+        status, _, _ = nginx.request(
+            "POST",
+            f"/api/webhook/{project['project_id']}",
+            ATTACKER,
+            {**spoofed(i), "Stripe-Signature": "t=1,v1=00", "Content-Type": "application/json"},
+            b'{"id": "evt_forged"}',
+        )
         assert status == 400
 
     db.bind(db_url)
     with db.block():
         audit_ips = {row.ip for row in AuditLog.select().where(AuditLog.action == "console.sign_in_failed")}
-        webhook_ips = {row.remote_ip for row in WebhookEvent.select().where(WebhookEvent.outcome == "invalid_signature")}
+        webhook_ips = {
+            row.remote_ip for row in WebhookEvent.select().where(WebhookEvent.outcome == "invalid_signature")
+        }
     assert audit_ips == {ATTACKER, BYSTANDER}
     assert webhook_ips == {ATTACKER}
     assert access_ips(server, "/console/login", 16) == [ATTACKER] * 14 + [BYSTANDER] * 2

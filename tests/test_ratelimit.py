@@ -97,15 +97,18 @@ async def test_unreachable_redis_fails_open_to_per_process_counting(caplog):
     assert sum("redis unavailable" in r.message for r in caplog.records) == 1  # then it stops trying for a while
 
 
-@pytest.mark.parametrize("ip,bucket", [
-    ("203.0.113.7", "203.0.113.7"),
-    ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64"),
-    ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
-    ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
-    ("::ffff:203.0.113.7", "203.0.113.7"),
-    ("::1", "::/64"),
-    ("not-an-ip", "not-an-ip"),
-])
+@pytest.mark.parametrize(
+    "ip,bucket",
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+        ("::ffff:203.0.113.7", "203.0.113.7"),
+        ("::1", "::/64"),
+        ("not-an-ip", "not-an-ip"),
+    ],
+)
 def test_address_bucket_groups_ipv6_by_64(ip, bucket):
     assert address_bucket(ip) == bucket
 

@@ -49,8 +49,15 @@ def test_answers_stay_in_memory_until_the_feed_names_them(app, project, db_url):
     answer(shop.id, "user-1"), answer(shop.id, "user-2")
     assert hotpath.STATS["hits"] == hits + 2
 
-    elsewhere(db_url, [Subscription], lambda: Subscription.update(
-        status=map_status("canceled"), stripe_status="canceled").where(Subscription.id == subscription.id).execute())
+    elsewhere(
+        db_url,
+        [Subscription],
+        lambda: (
+            Subscription.update(status=map_status("canceled"), stripe_status="canceled")
+            .where(Subscription.id == subscription.id)
+            .execute()
+        ),
+    )
     assert wait_for(lambda: answer(shop.id, "user-1")[1]["has_access"] is False)
     misses = hotpath.STATS["misses"]
     assert answer(shop.id, "user-2")[1]["has_access"] is True  # the change named user-1 only
@@ -63,8 +70,13 @@ def test_a_user_created_elsewhere_replaces_a_remembered_404(app, project, db_url
 
     def create():
         customer = Customer.create(project=shop.id, external_user_id="late-user", email="late@example.test")
-        return Subscription.create(project=shop.id, customer=customer, stripe_subscription_id="sub_late",
-                                   stripe_status="active", status="active")
+        return Subscription.create(
+            project=shop.id,
+            customer=customer,
+            stripe_subscription_id="sub_late",
+            stripe_status="active",
+            status="active",
+        )
 
     elsewhere(db_url, [Customer, Subscription], create)
     assert wait_for(lambda: (answer(shop.id, "late-user")[1] or {}).get("stripe_subscription_id") == "sub_late")
@@ -75,8 +87,9 @@ def test_a_policy_change_elsewhere_reaches_every_answer_of_the_project(app, proj
     for user in ("due-1", "due-2"):
         add_subscription(add_customer(shop, user), "past_due")
         assert answer(shop.id, user)[1]["has_access"] is True
-    elsewhere(db_url, [Project], lambda: Project.update(past_due_has_access=False).where(
-        Project.id == shop.id).execute())
+    elsewhere(
+        db_url, [Project], lambda: Project.update(past_due_has_access=False).where(Project.id == shop.id).execute()
+    )
     assert wait_for(lambda: [answer(shop.id, u)[1]["has_access"] for u in ("due-1", "due-2")] == [False, False])
 
 
@@ -131,8 +144,10 @@ def test_step_11_adds_the_feed_and_its_triggers_to_an_older_database(db_url):
             handle.execute_sql(f"DROP TRIGGER IF EXISTS {name}")
         handle.drop_tables([ReadModelChange])
         migrator = migrations._migrator(handle)
-        run_operations(migrator.drop_index("webhook_event", "webhook_event_outcome_retry_at"),
-                       migrator.drop_column("webhook_event", "retry_at"))
+        run_operations(
+            migrator.drop_index("webhook_event", "webhook_event_outcome_retry_at"),
+            migrator.drop_column("webhook_event", "retry_at"),
+        )
         migrations.SchemaVersion.delete().where(migrations.SchemaVersion.version == 11).execute()
         shop = Project.create(public_id="proj_v10", name="Before the feed")
     assert "read model change feed, inbox retry time" in migrations.migrate_database()

@@ -18,14 +18,19 @@ def test_every_setting_is_documented_in_the_configuration_table():
 def test_the_configuration_table_gives_each_default():
     rows = [line for line in README.splitlines() if line.startswith("| `PULSE_")]
     cells = {row.split("`")[1]: row.split("|")[2].replace("`", "") for row in rows}
-    wrong = {setting.name: setting.default_text() for setting in TABLE
-             if setting.default_text() not in cells.get(setting.name, "")}
+    wrong = {
+        setting.name: setting.default_text()
+        for setting in TABLE
+        if setting.default_text() not in cells.get(setting.name, "")
+    }
     assert not wrong, wrong
 
 
 def test_readme_opens_with_make_run_and_make_test():
     first_block = README.split("```", 2)[1]
-    commands = [line.split("#")[0].strip() for line in first_block.splitlines() if line.strip() and not line.startswith("sh")]
+    commands = [
+        line.split("#")[0].strip() for line in first_block.splitlines() if line.strip() and not line.startswith("sh")
+    ]
     assert commands == ["make run", "make test"]
 
 
@@ -47,6 +52,7 @@ def test_every_command_in_the_readme_exists_in_the_cli_and_the_makefile():
     import re
 
     import run
+
     parser = run.build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
     targets = set(re.findall(r"^([a-z][\w.-]*):", (README_PATH.parent / "Makefile").read_text(), re.M))
@@ -70,6 +76,7 @@ def test_every_command_in_the_readme_exists_in_the_cli_and_the_makefile():
 
 def test_every_test_variable_is_documented():
     import re
+
     root = README_PATH.parent
     sources = [p.read_text() for p in (root / "tests").glob("*.py")] + [(root / ".ci" / "run").read_text()]
     used = set(re.findall(r"PULSE_TEST_[A-Z_]+", "\n".join(sources)))
@@ -87,8 +94,19 @@ def test_the_ci_recipe_runs_offline(tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = dict(os.environ, PORT=str(port), PULSE_DATABASE_URL=f"sqlite:///{tmp_path / 'ci.db'}",
-               PULSE_STRIPE_API_BASE="http://127.0.0.1:9")  # any real-Stripe call would fail: none is made
-    done = subprocess.run(["bash", "-c", script], cwd=README_PATH.parent, env=env, capture_output=True, text=True,
-                          timeout=120, check=False)
+    env = dict(
+        os.environ,
+        PORT=str(port),
+        PULSE_DATABASE_URL=f"sqlite:///{tmp_path / 'ci.db'}",
+        PULSE_STRIPE_API_BASE="http://127.0.0.1:9",
+    )  # any real-Stripe call would fail: none is made
+    done = subprocess.run(
+        ["bash", "-c", script],
+        cwd=README_PATH.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0 and "CI scenario passed" in done.stdout, done.stderr[-3000:]

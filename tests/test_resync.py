@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from pulse import billing, db, resync, subscriptions as subs
+from pulse import billing, db, resync
+from pulse import subscriptions as subs
 from pulse.models import Customer, Subscription
-from tests.support import TEST_SECRET
 from tests.fake_stripe import FAKE_SECRET_KEY
 from tests.stripe_events import NEW_API, OLD_API, event, new_subscription
+from tests.support import TEST_SECRET
 from tests.webhook_support import assert_matches_stripe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,8 +36,9 @@ def lost_webhooks(fake, project, other_project):
 
 @pytest.mark.gen_test(timeout=60)
 @pytest.mark.parametrize("api_version", [OLD_API, NEW_API])
-async def test_sync_repairs_state_whose_webhooks_were_lost(read, fake_stripe, hooked, make_project, deliver, app,
-                                                           api_version):
+async def test_sync_repairs_state_whose_webhooks_were_lost(
+    read, fake_stripe, hooked, make_project, deliver, app, api_version
+):
     fake_stripe.api_version = api_version
     other = make_project(name="Other")
     ids = lost_webhooks(fake_stripe, hooked.project, other.project)
@@ -49,10 +51,16 @@ async def test_sync_repairs_state_whose_webhooks_were_lost(read, fake_stripe, ho
     assert await read(hooked, "missed-1") is None
 
     lines = []
-    counts = await resync.sync_project(hooked.project, config=app.settings["config"],
-                                       box=app.settings["secret_box"], progress=lines.append)
+    counts = await resync.sync_project(
+        hooked.project, config=app.settings["config"], box=app.settings["secret_box"], progress=lines.append
+    )
     assert {k: counts[k] for k in ("created", "updated", "unchanged", "skipped", "customers")} == {
-        "created": 2, "updated": 1, "unchanged": 1, "skipped": 1, "customers": 4}
+        "created": 2,
+        "updated": 1,
+        "unchanged": 1,
+        "skipped": 1,
+        "customers": 4,
+    }
     assert len(lines) == 4
     for user, sub_id in ids.items():
         assert_matches_stripe(await read(hooked, user), fake_stripe, sub_id)
@@ -62,8 +70,7 @@ async def test_sync_repairs_state_whose_webhooks_were_lost(read, fake_stripe, ho
     with db.block():
         assert Customer.select().where(Customer.project == other.project).count() == 0
 
-    again = await resync.sync_project(hooked.project, config=app.settings["config"],
-                                      box=app.settings["secret_box"])
+    again = await resync.sync_project(hooked.project, config=app.settings["config"], box=app.settings["secret_box"])
     assert (again["created"], again["updated"], again["unchanged"]) == (0, 0, 4)
 
 
@@ -75,9 +82,14 @@ async def test_an_older_listing_never_overwrites_a_newer_webhook(read, fake_stri
     listed = fake_stripe.subscription(sub["id"])  # what a sync started now would have read
     await asyncio.sleep(0.01)
     fake_stripe.set_subscription(sub["id"], status="past_due")
-    assert (await deliver(event("invoice.payment_failed", {"id": "in_1", "object": "invoice",
-                                                           "customer": sub["customer"],
-                                                           "subscription": sub["id"]}))).code == 200
+    assert (
+        await deliver(
+            event(
+                "invoice.payment_failed",
+                {"id": "in_1", "object": "invoice", "customer": sub["customer"], "subscription": sub["id"]},
+            )
+        )
+    ).code == 200
     assert (await read(hooked, "racer"))["status"] == "past_due"
     with db.block():
         with db.transaction():
@@ -86,8 +98,15 @@ async def test_an_older_listing_never_overwrites_a_newer_webhook(read, fake_stri
 
 
 async def run_cli(*args, env):
-    proc = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "run.py"), *args, cwd=ROOT, env=env,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "run.py"),
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await proc.communicate()
     return proc.returncode, out.decode(), err.decode()
 
@@ -96,9 +115,15 @@ async def run_cli(*args, env):
 async def test_sync_stripe_command(read, fake_stripe, hooked, make_project, db_url):
     other = make_project(name="Other")
     ids = lost_webhooks(fake_stripe, hooked.project, other.project)
-    env = dict(os.environ, PULSE_DATABASE_URL=db_url, PULSE_SECRET_KEY=TEST_SECRET,
-               PULSE_STRIPE_API_BASE=fake_stripe.url, PULSE_STRIPE_SECRET_KEY=FAKE_SECRET_KEY,
-               PULSE_STRIPE_MAX_RETRIES="0", PULSE_LOG_LEVEL="warning")
+    env = dict(
+        os.environ,
+        PULSE_DATABASE_URL=db_url,
+        PULSE_SECRET_KEY=TEST_SECRET,
+        PULSE_STRIPE_API_BASE=fake_stripe.url,
+        PULSE_STRIPE_SECRET_KEY=FAKE_SECRET_KEY,
+        PULSE_STRIPE_MAX_RETRIES="0",
+        PULSE_LOG_LEVEL="warning",
+    )
     db.database.close()  # the child opens its own connection (SQLite: the same file)
     code, out, err = await run_cli("sync-stripe", hooked.project.public_id, env=env)
     assert code == 0, err
@@ -120,17 +145,18 @@ async def test_sync_stripe_command(read, fake_stripe, hooked, make_project, db_u
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_sync_applies_a_missed_customer_deletion_and_leaves_a_404_alone(read, fake_stripe, hooked, deliver,
-                                                                            app):
+async def test_sync_applies_a_missed_customer_deletion_and_leaves_a_404_alone(read, fake_stripe, hooked, deliver, app):
     _, sub = new_subscription(fake_stripe, "deleted-later", project_id=hooked.project.public_id)
     assert (await deliver(event("customer.subscription.created", sub))).code == 200
     fake_stripe.delete_customer(sub["customer"])  # and both webhooks are lost
     with db.block():
-        other = Customer.create(project=hooked.project, external_user_id="other-account",
-                                stripe_customer_id="cus_in_another_account")
+        other = Customer.create(
+            project=hooked.project, external_user_id="other-account", stripe_customer_id="cus_in_another_account"
+        )
     lines = []
-    counts = await resync.sync_project(hooked.project, config=app.settings["config"],
-                                       box=app.settings["secret_box"], progress=lines.append)
+    counts = await resync.sync_project(
+        hooked.project, config=app.settings["config"], box=app.settings["secret_box"], progress=lines.append
+    )
     assert counts["deleted_customers"] == 1
     assert lines == [f"{sub['customer']}: deleted in Stripe, unlinked"]
     found = await read(hooked, "deleted-later")

@@ -41,15 +41,25 @@ class Tenant:
 
     def api(self, method, path, body=None, key=None):
         # Connection: close, as an API answer refused in prepare() drops the connection without saying so.
-        response = self.http.request(method, path, json=body, headers={"X-API-Key": key or self.key,
-                                                                       "Connection": "close"})
+        response = self.http.request(
+            method, path, json=body, headers={"X-API-Key": key or self.key, "Connection": "close"}
+        )
         return response.status_code, (response.json() if response.content else None)
 
     def checkout(self, user="u1", price="price_pro_monthly", plan="pro", **extra):
-        status, body = self.api("POST", "/api/checkout", {
-            "external_user_id": user, "email": f"{user}@example.test", "plan_slug": plan, "stripe_price_id": price,
-            "success_url": "http://app.test/welcome?s={CHECKOUT_SESSION_ID}", "cancel_url": "http://app.test/pricing",
-            **extra})
+        status, body = self.api(
+            "POST",
+            "/api/checkout",
+            {
+                "external_user_id": user,
+                "email": f"{user}@example.test",
+                "plan_slug": plan,
+                "stripe_price_id": price,
+                "success_url": "http://app.test/welcome?s={CHECKOUT_SESSION_ID}",
+                "cancel_url": "http://app.test/pricing",
+                **extra,
+            },
+        )
         assert status == 200, body
         return body
 
@@ -97,8 +107,15 @@ def test_checkout_page_pay_sends_signed_webhooks_and_grants_access(db_url):
             events = list(WebhookEvent.select().order_by(WebhookEvent.id))
         kinds = [e.type for e in events]
         # Stripe's order, each through POST /api/webhook/{project} and its signature check.
-        assert kinds == ["customer.updated", "customer.subscription.created", "invoice.created", "invoice.finalized",
-                         "invoice.paid", "invoice.payment_succeeded", "checkout.session.completed"]
+        assert kinds == [
+            "customer.updated",
+            "customer.subscription.created",
+            "invoice.created",
+            "invoice.finalized",
+            "invoice.paid",
+            "invoice.payment_succeeded",
+            "checkout.session.completed",
+        ]
         applied = {e.type: e.outcome for e in events}
         assert applied["customer.subscription.created"] == "processed"
         assert applied["checkout.session.completed"] in ("processed", "duplicate", "ignored")
@@ -183,8 +200,9 @@ def test_clock_trial_end_renewal_and_scheduled_cancel(db_url):
 
         # A trial without a card on file ends paused (trial_settings: pause), until resumed.
         session = tenant.checkout(user="u2", trial_days=3)
-        status, paid = tenant.api("POST", f"/sandbox/api/checkout_sessions/{session['session_id']}/pay",
-                                  {"card": CARD_OK})
+        status, paid = tenant.api(
+            "POST", f"/sandbox/api/checkout_sessions/{session['session_id']}/pay", {"card": CARD_OK}
+        )
         assert status == 200 and paid["result"]["status"] == "trialing"
         customer = paid["result"]["customer"]
         assert tenant.api("POST", f"/sandbox/api/customers/{customer}/card", {"card": "none"})[0] == 200
@@ -211,8 +229,14 @@ def test_state_survives_a_restart_and_serves_every_process(db_url):
 def test_live_keys_never_reach_the_simulator_and_sandboxes_never_mix(db_url):
     with LiveServer(db_url) as server:
         one, two = sandbox_project(server, "One"), sandbox_project(server, "Two")
-        live = Tenant(server, server.create_project("Live", stripe_secret_key="sk_test_live_project_0000000000",
-                                                    stripe_webhook_secret="whsec_live_project_000000000000"))
+        live = Tenant(
+            server,
+            server.create_project(
+                "Live",
+                stripe_secret_key="sk_test_live_project_0000000000",
+                stripe_webhook_secret="whsec_live_project_000000000000",
+            ),
+        )
         assert live.key.startswith("pp_live_")
         # The sandbox API answers only a sandbox project's pp_test_ key.
         status, body = live.api("GET", "/sandbox/api/clock")
@@ -220,8 +244,10 @@ def test_live_keys_never_reach_the_simulator_and_sandboxes_never_mix(db_url):
         assert live.api("GET", "/sandbox/api/clock", key="pp_test_" + "x" * 40)[0] == 401
         # The simulator's Stripe API answers only the project's own simulator key.
         for project_id in (one.created["project_id"], live.created["project_id"]):
-            answer = live.http.get(f"/sandbox/{project_id}/v1/customers",
-                                   headers={"Authorization": "Bearer sk_test_live_project_0000000000"})
+            answer = live.http.get(
+                f"/sandbox/{project_id}/v1/customers",
+                headers={"Authorization": "Bearer sk_test_live_project_0000000000"},
+            )
             assert answer.status_code == 401 and answer.json()["error"]["type"] == "invalid_request_error"
 
         session = one.checkout()
@@ -236,24 +262,39 @@ def test_live_keys_never_reach_the_simulator_and_sandboxes_never_mix(db_url):
 
 
 def run_cli(server, *args):
-    return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, env=server.env, capture_output=True,
-                          text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "run.py", *args],
+        cwd=ROOT,
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_cli_keeps_sandbox_and_live_credentials_apart(db_url):
     server = LiveServer(db_url)
     done = run_cli(server, "create-project", "Mixed", "--sandbox", "--stripe-secret-key", "sk_test_x" * 3)
     assert done.returncode == 2 and "sandbox" in done.stderr
-    done = run_cli(server, "create-project", "Live", "--admin-email", "a@live.test",
-                   "--stripe-secret-key", "sk_test_sandbox_proj_x_abc")
+    done = run_cli(
+        server,
+        "create-project",
+        "Live",
+        "--admin-email",
+        "a@live.test",
+        "--stripe-secret-key",
+        "sk_test_sandbox_proj_x_abc",
+    )
     assert done.returncode == 2 and "sandbox" in done.stderr
     sandbox = server.cli("create-project", "Demo", "--sandbox")
     assert sandbox["admin_email"] == "admin@sandbox.test" and sandbox["api_key"].startswith("pp_test_")
     done = run_cli(server, "set-stripe", sandbox["project_id"], "--secret-key", "sk_live_" + "1" * 24)
     assert done.returncode == 2 and "simulator" in done.stderr
     live = server.cli("create-project", "Live", "--admin-email", "a@live.test")
-    done = run_cli(server, "set-stripe", live["project_id"], "--secret-key",
-                   f"sk_test_sandbox_{sandbox['project_id']}_abc")
+    done = run_cli(
+        server, "set-stripe", live["project_id"], "--secret-key", f"sk_test_sandbox_{sandbox['project_id']}_abc"
+    )
     assert done.returncode == 2
     assert run_cli(server, "create-project", "NoAdmin").returncode == 2
 
@@ -271,9 +312,14 @@ def test_routing_rules_are_structural(in_process):
     from pulse.models import Project
     from pulse.security import SecretBox
 
-    config = load_config(environ={}, database_url=in_process, secret_key="x" * 32, port=8123,
-                         stripe_secret_key="sk_live_deployment_000000000000",
-                         stripe_api_base="https://api.stripe.com")
+    config = load_config(
+        environ={},
+        database_url=in_process,
+        secret_key="x" * 32,
+        port=8123,
+        stripe_secret_key="sk_live_deployment_000000000000",
+        stripe_api_base="https://api.stripe.com",
+    )
     box = SecretBox(config.secret_key)
     with db.block():
         sandbox = projects.create_project("S", "s@x.test", box, admin_password="password123", sandbox=True).project
@@ -324,8 +370,12 @@ def test_real_stripes_deployment_endpoint_never_routes_to_a_sandbox_project(in_p
         Customer.create(project=live, external_user_id="u1", stripe_customer_id="cus_live")
 
         def routed(metadata, customer):
-            return events.route({"type": "customer.updated", "data": {"object": {
-                "id": customer, "object": "customer", "customer": None, "metadata": metadata}}})
+            return events.route(
+                {
+                    "type": "customer.updated",
+                    "data": {"object": {"id": customer, "object": "customer", "customer": None, "metadata": metadata}},
+                }
+            )
 
         assert routed({"pulse_project_id": sandbox.public_id}, "cus_x") is None
         assert routed({}, "cus_sandboxed") is None

@@ -17,15 +17,28 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM = os.environ.get("PULSE_TEST_CHROMIUM", "/usr/bin/chromium")
 if not os.access(CHROMIUM, os.X_OK) and os.environ.get("PULSE_TEST_REQUIRE_ALL") != "1":
-    pytest.skip(f"browser tests need Chromium at {CHROMIUM}: apt-get install chromium fonts-dejavu-core "
-                "(or set PULSE_TEST_CHROMIUM)", allow_module_level=True)
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+    pytest.skip(
+        f"browser tests need Chromium at {CHROMIUM}: apt-get install chromium fonts-dejavu-core "
+        "(or set PULSE_TEST_CHROMIUM)",
+        allow_module_level=True,
+    )
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def api(server, key, method, path, body=None):
-    status, _, answer = server.request(method, path, body=json.dumps(body) if body is not None else None,
-                                       headers={"X-API-Key": key, "Content-Type": "application/json"})
+    status, _, answer = server.request(
+        method,
+        path,
+        body=json.dumps(body) if body is not None else None,
+        headers={"X-API-Key": key, "Content-Type": "application/json"},
+    )
     return status, json.loads(answer) if answer else None
 
 
@@ -34,10 +47,21 @@ def test_sandbox_billing_flow_in_a_real_browser(db_url):
         created = server.cli("create-project", "Demo", "--sandbox")
         key, project_id, base = created["api_key"], created["project_id"], server.base_url
         assert api(server, key, "PUT", "/api/plans/team", {"stripe_price_ids": ["price_team_monthly"]})[0] in (200, 201)
-        status, session = api(server, key, "POST", "/api/checkout", {
-            "external_user_id": "ada", "email": "ada@example.test", "plan_slug": "pro",
-            "stripe_price_id": "price_pro_monthly", "trial_days": 7,
-            "success_url": f"{base}/status?paid={{CHECKOUT_SESSION_ID}}", "cancel_url": f"{base}/status"})
+        status, session = api(
+            server,
+            key,
+            "POST",
+            "/api/checkout",
+            {
+                "external_user_id": "ada",
+                "email": "ada@example.test",
+                "plan_slug": "pro",
+                "stripe_price_id": "price_pro_monthly",
+                "trial_days": 7,
+                "success_url": f"{base}/status?paid={{CHECKOUT_SESSION_ID}}",
+                "cancel_url": f"{base}/status",
+            },
+        )
         assert status == 200, session
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -62,8 +86,9 @@ def test_sandbox_billing_flow_in_a_real_browser(db_url):
                 assert {"customer.subscription.created", "checkout.session.completed"} <= processed
 
                 # The portal page: switch plan; plan_slug follows.
-                status, portal = api(server, key, "POST", "/api/portal",
-                                     {"external_user_id": "ada", "return_url": f"{base}/status"})
+                status, portal = api(
+                    server, key, "POST", "/api/portal", {"external_user_id": "ada", "return_url": f"{base}/status"}
+                )
                 assert status == 200, portal
                 page.goto(portal["url"])
                 expect(page.locator(".subscription .plan")).to_contain_text("price_pro_monthly")

@@ -38,6 +38,8 @@ async def test_a_sandbox_projects_stripe_settings_cannot_be_replaced(console, ma
     await console.login("demo@example.test")
     page = text(await console.get(f"/console/p/{sandbox.project.public_id}/settings"))
     assert "built-in Stripe simulator" in page and 'name="stripe_secret_key"' not in page
-    response = await console.post(f"/console/p/{sandbox.project.public_id}/settings/stripe",
-                                  {"stripe_secret_key": "sk_live_" + "1" * 24, "confirm": "replace"})
+    response = await console.post(
+        f"/console/p/{sandbox.project.public_id}/settings/stripe",
+        {"stripe_secret_key": "sk_live_" + "1" * 24, "confirm": "replace"},
+    )
     assert response.code == 400 and "its keys cannot be changed" in text(response)

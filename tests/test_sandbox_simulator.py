@@ -18,9 +18,14 @@ DAY = 86400
 
 def paid_subscription(sim, trial_days=None, card="4242424242424242", price="price_pro_monthly"):
     customer = sim.dispatch("POST", "customers", {"email": "ada@example.test"})
-    params = {"mode": "subscription", "customer": customer["id"], "success_url": "https://app.test/ok",
-              "line_items": [{"price": price, "quantity": "1"}], "metadata": {"interval": "monthly"},
-              "subscription_data": {"metadata": {"pulse_project_id": "proj_x"}}}
+    params = {
+        "mode": "subscription",
+        "customer": customer["id"],
+        "success_url": "https://app.test/ok",
+        "line_items": [{"price": price, "quantity": "1"}],
+        "metadata": {"interval": "monthly"},
+        "subscription_data": {"metadata": {"pulse_project_id": "proj_x"}},
+    }
     if trial_days:
         params["subscription_data"]["trial_period_days"] = str(trial_days)
     session = sim.dispatch("POST", "checkout/sessions", params)
@@ -66,8 +71,9 @@ def test_trial_end_pays_or_pauses_and_resume_starts_a_period():
     lifecycle.advance(sim, 8 * DAY)
     types = [(e["type"], e["data"]["object"].get("id")) for e in sim.outbox]
     assert ("customer.subscription.paused", cardless) in types
-    assert not any(e["type"].startswith("invoice.") and e["data"]["object"]["subscription"] == cardless
-                   for e in sim.outbox)
+    assert not any(
+        e["type"].startswith("invoice.") and e["data"]["object"]["subscription"] == cardless for e in sim.outbox
+    )
     assert sim.subscription(paying)["status"] == "active" and sim.subscription(cardless)["status"] == "paused"
     paid = [e for e in sim.outbox if e["type"] == "invoice.paid"]
     assert [e["data"]["object"]["amount_paid"] for e in paid] == [2000]
@@ -96,8 +102,12 @@ def test_paused_collection_voids_renewals_and_switch_keeps_known_prices():
     sim.add_price("price_team_yearly", "year", 20000, lookup_key="team")
     lifecycle.pause_collection(sim, sub_id)
     sim.outbox.clear()
-    assert lifecycle.advance(sim, 31 * DAY) == ["invoice.created", "invoice.finalized", "invoice.voided",
-                                               "customer.subscription.updated"]
+    assert lifecycle.advance(sim, 31 * DAY) == [
+        "invoice.created",
+        "invoice.finalized",
+        "invoice.voided",
+        "customer.subscription.updated",
+    ]
     assert sim.subscription(sub_id)["status"] == "active"
     switched = lifecycle.switch_price(sim, sub_id, "price_team_yearly")
     assert switched["items"]["data"][0]["price"]["lookup_key"] == "team"
@@ -107,10 +117,18 @@ def test_paused_collection_voids_renewals_and_switch_keeps_known_prices():
 def test_declined_card_and_a_paid_session_cannot_pay():
     sim = Simulator()
     customer = sim.dispatch("POST", "customers", {"email": "ada@example.test"})
-    session = sim.dispatch("POST", "checkout/sessions", {
-        "mode": "subscription", "customer": customer["id"], "success_url": "https://app.test/ok",
-        "line_items": [{"price": "price_pro_monthly", "quantity": "1"}], "metadata": {},
-        "subscription_data": {"metadata": {}}})
+    session = sim.dispatch(
+        "POST",
+        "checkout/sessions",
+        {
+            "mode": "subscription",
+            "customer": customer["id"],
+            "success_url": "https://app.test/ok",
+            "line_items": [{"price": "price_pro_monthly", "quantity": "1"}],
+            "metadata": {},
+            "subscription_data": {"metadata": {}},
+        },
+    )
     with pytest.raises(lifecycle.Declined):
         lifecycle.pay_checkout(sim, session["id"], "4000000000000002")
     assert sim.subscriptions == {} and sim.session(session["id"])["status"] == "open"
@@ -141,8 +159,9 @@ async def test_deliveries_are_signed_in_order_and_a_failed_one_is_retried():
     class Endpoint(tornado.web.RequestHandler):
         def post(self):
             event = json.loads(self.request.body)
-            received.append((event["id"], verify(self.request.body, self.request.headers.get("Stripe-Signature"),
-                                                 secret)))
+            received.append(
+                (event["id"], verify(self.request.body, self.request.headers.get("Stripe-Signature"), secret))
+            )
             if failures.get(event["id"]):
                 failures[event["id"]] -= 1
                 self.set_status(500)

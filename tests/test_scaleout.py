@@ -12,9 +12,9 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from pulse import apikeys, db
 from pulse.models import ApiKey, Customer, Project, Subscription, WebhookEvent
 from tests import stripe_events
-from tests.support import MYSQL_URL
 from tests.fake_stripe import FAKE_SECRET_KEY
 from tests.live_server import LiveServer
+from tests.support import MYSQL_URL
 
 REDIS_URL = os.environ.get("PULSE_TEST_REDIS_URL")
 REQUIRE_ALL = os.environ.get("PULSE_TEST_REQUIRE_ALL") == "1"
@@ -40,8 +40,11 @@ def redis_url():
 
 def servers(db_url, fake=None, count=2, **env):
     """`count` LiveServers (not yet started) on one database, pointed at the fake Stripe."""
-    extra = {"PULSE_STRIPE_API_BASE": fake.url, "PULSE_STRIPE_SECRET_KEY": FAKE_SECRET_KEY,
-             "PULSE_STRIPE_MAX_RETRIES": "2"} if fake else {}
+    extra = (
+        {"PULSE_STRIPE_API_BASE": fake.url, "PULSE_STRIPE_SECRET_KEY": FAKE_SECRET_KEY, "PULSE_STRIPE_MAX_RETRIES": "2"}
+        if fake
+        else {}
+    )
     extra.update(env)
     return [LiveServer(db_url, env=extra) for _ in range(count)]
 
@@ -59,14 +62,21 @@ async def call(server, method, path, key=None, body=None, headers=None):
         body = json.dumps(body)
         all_headers["Content-Type"] = "application/json"
     http = AsyncHTTPClient()
-    return await http.fetch(HTTPRequest(server.base_url + path, method=method, headers=all_headers, body=body,
-                                        request_timeout=30), raise_error=False)
+    return await http.fetch(
+        HTTPRequest(server.base_url + path, method=method, headers=all_headers, body=body, request_timeout=30),
+        raise_error=False,
+    )
 
 
 def checkout_body(user):
-    return {"external_user_id": user, "email": f"{user}@example.test", "plan_slug": "pro",
-            "stripe_price_id": "price_monthly", "success_url": "https://app.example.test/ok",
-            "cancel_url": "https://app.example.test/cancel"}
+    return {
+        "external_user_id": user,
+        "email": f"{user}@example.test",
+        "plan_slug": "pro",
+        "stripe_price_id": "price_monthly",
+        "success_url": "https://app.example.test/ok",
+        "cancel_url": "https://app.example.test/cancel",
+    }
 
 
 @pytest.mark.gen_test(timeout=90)
@@ -77,8 +87,12 @@ async def test_simultaneous_checkouts_in_two_processes_make_one_stripe_customer(
             server.start()
         project = live[0].create_project("Scale")
         fake_stripe.latency = 0.2  # widen the window in which both processes are mid-flight
-        responses = await asyncio.gather(*(call(live[i % 2], "POST", "/api/checkout", project["api_key"],
-                                                checkout_body("race-user")) for i in range(8)))
+        responses = await asyncio.gather(
+            *(
+                call(live[i % 2], "POST", "/api/checkout", project["api_key"], checkout_body("race-user"))
+                for i in range(8)
+            )
+        )
         assert [r.code for r in responses] == [200] * 8, [r.body for r in responses]
         assert len(fake_stripe.customers) == 1
         (stripe_customer,) = fake_stripe.customers
@@ -104,9 +118,18 @@ async def test_one_webhook_delivered_to_both_processes_at_once_is_applied_once(d
         event = stripe_events.event("checkout.session.completed", session)
         body = stripe_events.body_of_event(event)
         path = f"/api/webhook/{project['project_id']}"
-        responses = await asyncio.gather(*(call(live[i % 2], "POST", path, body=body, headers={
-            "Content-Type": "application/json", "Stripe-Signature": stripe_events.sign(body, WHSEC)})
-            for i in range(6)))
+        responses = await asyncio.gather(
+            *(
+                call(
+                    live[i % 2],
+                    "POST",
+                    path,
+                    body=body,
+                    headers={"Content-Type": "application/json", "Stripe-Signature": stripe_events.sign(body, WHSEC)},
+                )
+                for i in range(6)
+            )
+        )
         assert [r.code for r in responses] == [200] * 6, [r.body for r in responses]
         answers = [json.loads(r.body) for r in responses]
         assert sum(1 for a in answers if not a.get("duplicate")) == 1, answers
@@ -123,10 +146,16 @@ async def test_one_webhook_delivered_to_both_processes_at_once_is_applied_once(d
 
         # A cancellation applied by process A: A shows it at once, B within the 2 s SPEC allows.
         fake_stripe.set_subscription(sub["id"], status="canceled")
-        update = stripe_events.body_of_event(stripe_events.event("customer.subscription.updated",
-                                                                 fake_stripe.subscription(sub["id"])))
-        applied = await call(live[0], "POST", path, body=update, headers={
-            "Content-Type": "application/json", "Stripe-Signature": stripe_events.sign(update, WHSEC)})
+        update = stripe_events.body_of_event(
+            stripe_events.event("customer.subscription.updated", fake_stripe.subscription(sub["id"]))
+        )
+        applied = await call(
+            live[0],
+            "POST",
+            path,
+            body=update,
+            headers={"Content-Type": "application/json", "Stripe-Signature": stripe_events.sign(update, WHSEC)},
+        )
         assert applied.code == 200, applied.body
         read = await call(live[0], "GET", "/api/subscription?external_user_id=hook-user", project["api_key"])
         assert json.loads(read.body)["status"] == "cancelled"
@@ -146,8 +175,12 @@ async def test_rate_limit_is_counted_across_processes_with_redis(db_url):
         for server in live:
             server.start()
         project = live[0].create_project("Limited")
-        responses = await asyncio.gather(*(call(live[i % 2], "GET", "/api/subscription?external_user_id=nobody",
-                                                project["api_key"]) for i in range(20)))
+        responses = await asyncio.gather(
+            *(
+                call(live[i % 2], "GET", "/api/subscription?external_user_id=nobody", project["api_key"])
+                for i in range(20)
+            )
+        )
         codes = [r.code for r in responses]
         assert codes.count(429) == 10, codes
         assert codes.count(404) == 10, codes  # admitted: an unknown user is a 404, not a 429
@@ -167,8 +200,9 @@ async def test_serve_with_two_processes_drains_in_flight_requests_on_sigterm(db_
         project = server.create_project("Drain")
         assert server.healthy()
         fake_stripe.latency = 1.0  # the checkout is still in flight when SIGTERM arrives
-        pending = asyncio.ensure_future(call(server, "POST", "/api/checkout", project["api_key"],
-                                             checkout_body("drain-user")))
+        pending = asyncio.ensure_future(
+            call(server, "POST", "/api/checkout", project["api_key"], checkout_body("drain-user"))
+        )
         while not fake_stripe.requests:
             await asyncio.sleep(0.02)
         server.proc.send_signal(signal.SIGTERM)
@@ -220,9 +254,15 @@ class Worker:
         from tests.live_server import ROOT
 
         self.logs = []
-        self.proc = subprocess.Popen([sys.executable, "run.py", "worker"], cwd=ROOT, env=server.env,
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "run.py", "worker"],
+            cwd=ROOT,
+            env=server.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         started = threading.Event()
 
         def drain():
@@ -278,8 +318,9 @@ async def test_two_servers_and_a_worker_apply_an_event_once_and_both_read_models
         event = stripe_events.event("checkout.session.completed", session)
         body = stripe_events.body_of_event(event)
         headers = {"Content-Type": "application/json", "Stripe-Signature": stripe_events.sign(body, WHSEC)}
-        responses = await asyncio.gather(*(call(live[i % 2], "POST", path, body=body, headers=headers)
-                                           for i in range(6)))
+        responses = await asyncio.gather(
+            *(call(live[i % 2], "POST", path, body=body, headers=headers) for i in range(6))
+        )
         assert [r.code for r in responses] == [200] * 6, [r.body for r in responses]
         answers = [json.loads(r.body) for r in responses]
         assert sum(1 for a in answers if a.get("queued")) == 1 and sum(1 for a in answers if a.get("duplicate")) == 5
@@ -292,6 +333,7 @@ async def test_two_servers_and_a_worker_apply_an_event_once_and_both_read_models
 
         assert await eventually(applied, 15), outcome_of(db_url, event["id"])
         for server in live:
+
             async def shows(server=server):
                 read = await call(server, "GET", user_path, key)
                 return read.code == 200 and json.loads(read.body)["stripe_subscription_id"] == sub["id"]
@@ -303,8 +345,13 @@ async def test_two_servers_and_a_worker_apply_an_event_once_and_both_read_models
         update = stripe_events.event("customer.subscription.updated", fake_stripe.subscription(sub["id"]))
         update_body = stripe_events.body_of_event(update)
         fake_stripe.fail_next(3, status=500, path="/v1/subscriptions")  # the first try and both client retries
-        stored = await call(live[1], "POST", path, body=update_body, headers={
-            "Content-Type": "application/json", "Stripe-Signature": stripe_events.sign(update_body, WHSEC)})
+        stored = await call(
+            live[1],
+            "POST",
+            path,
+            body=update_body,
+            headers={"Content-Type": "application/json", "Stripe-Signature": stripe_events.sign(update_body, WHSEC)},
+        )
         assert json.loads(stored.body) == {"received": True, "queued": True}
 
         async def failed_once():

@@ -68,12 +68,15 @@ def test_stripe_secrets_are_encrypted_at_rest(app, make_project, box):
         security.SecretBox("another-secret-key-entirely").decrypt(row.stripe_secret_key)
 
 
-@pytest.mark.parametrize("value,masked", [
-    ("sk_live_51HxYzAbCdEfGhIjKa1b2", "sk_live_…a1b2"),
-    ("whsec_abcdefghijklmnopqrstuvwxyz12", "whsec_…yz12"),
-    ("sk_test_short", "sk_test_…"),
-    ("", ""),
-])
+@pytest.mark.parametrize(
+    "value,masked",
+    [
+        ("sk_live_51HxYzAbCdEfGhIjKa1b2", "sk_live_…a1b2"),
+        ("whsec_abcdefghijklmnopqrstuvwxyz12", "whsec_…yz12"),
+        ("sk_test_short", "sk_test_…"),
+        ("", ""),
+    ],
+)
 def test_mask_secret(value, masked):
     assert security.mask_secret(value) == masked
 

@@ -12,8 +12,7 @@ from tests.live_server import ROOT
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_sign_in_runs_bcrypt_once_whether_or_not_the_account_exists(http_client, base_url, project,
-                                                                           monkeypatch):
+async def test_sign_in_runs_bcrypt_once_whether_or_not_the_account_exists(http_client, base_url, project, monkeypatch):
     """Same work for a known and an unknown email: response time does not reveal accounts."""
     calls = []
     real = security.check_password
@@ -36,25 +35,33 @@ async def test_sign_in_runs_bcrypt_once_whether_or_not_the_account_exists(http_c
 
 def test_api_keys_and_session_tokens_are_stored_as_hashes():
     raw, prefix, digest = security.new_api_key()
-    assert raw not in digest and raw[len(prefix):] not in digest and len(digest) == 64
+    assert raw not in digest and raw[len(prefix) :] not in digest and len(digest) == 64
     token, token_hash = security.new_session_token()
     assert token not in token_hash and len(token_hash) == 64
 
 
 def test_cli_refuses_a_password_bcrypt_would_not_take(tmp_path):
-    env = dict(os.environ, PULSE_DATABASE_URL=f"sqlite:///{tmp_path / 'pulse.db'}",
-               PULSE_SECRET_KEY="review-secret-key-0123456789")
-    done = subprocess.run([sys.executable, "run.py", "create-project", "X", "--admin-email", "a@b.test",
-                           "--admin-password", "p" * 73], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=60, check=False)
+    env = dict(
+        os.environ,
+        PULSE_DATABASE_URL=f"sqlite:///{tmp_path / 'pulse.db'}",
+        PULSE_SECRET_KEY="review-secret-key-0123456789",
+    )
+    done = subprocess.run(
+        [sys.executable, "run.py", "create-project", "X", "--admin-email", "a@b.test", "--admin-password", "p" * 73],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == "run.py: error: --admin-password must be at most 72 bytes"
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_every_console_post_route_refuses_a_form_without_the_xsrf_token(app, http_client, base_url,
-                                                                              make_project):
+async def test_every_console_post_route_refuses_a_form_without_the_xsrf_token(app, http_client, base_url, make_project):
     """CSRF: a signed-in admin's browser posting from another site (no token) changes nothing."""
     from pulse import db
     from pulse.models import ApiKey
@@ -76,10 +83,19 @@ async def test_every_console_post_route_refuses_a_form_without_the_xsrf_token(ap
         if not pattern.startswith("/console"):
             continue
         path = fill(pattern, owner.project.public_id, key_id, failed.id, customers[0].external_user_id)
-        response = await console.post(path, {"grace": "0", "label": "csrf", "stripe_secret_key": "sk_test_csrf",
-                                             "past_due_has_access": "no", "current_password": PASSWORD,
-                                             "new_password": "x" * 12, "confirm_password": "x" * 12},
-                                      xsrf=False)
+        response = await console.post(
+            path,
+            {
+                "grace": "0",
+                "label": "csrf",
+                "stripe_secret_key": "sk_test_csrf",
+                "past_due_has_access": "no",
+                "current_password": PASSWORD,
+                "new_password": "x" * 12,
+                "confirm_password": "x" * 12,
+            },
+            xsrf=False,
+        )
         assert response.code == 403, f"POST {path} without an XSRF token -> {response.code}"
         tried += 1
     assert tried >= 8

@@ -16,6 +16,7 @@ from tests.support import body_of
 @pytest.fixture
 def db_url(tmp_path):
     from pulse.migrations import migrate_database
+
     url = f"sqlite:///{tmp_path / 'pulse.db'}"
     db.bind(url)
     migrate_database()
@@ -33,7 +34,7 @@ async def test_write_lock_held_elsewhere_is_503_and_clears(db_url, api, app, pro
     monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 300)  # keep the test short; the default is 10 s
     db.database.close()
     db.bind(db_url)
-    holder = sqlite3.connect(db_url[len("sqlite:///"):], isolation_level=None)
+    holder = sqlite3.connect(db_url[len("sqlite:///") :], isolation_level=None)
     try:
         holder.execute("BEGIN IMMEDIATE")  # the write lock, as `sqlite3 pulse.db` in a transaction holds it
         response = await api("POST", "/api/checkout", checkout_body(), request_timeout=20)
@@ -51,7 +52,8 @@ async def test_write_lock_held_elsewhere_is_503_and_clears(db_url, api, app, pro
 
 @pytest.mark.gen_test(timeout=60)
 async def test_webhook_waits_out_a_held_lock_once_then_503_and_the_retry_applies(
-        db_url, app, make_project, fake_stripe, http_client, base_url, monkeypatch):
+    db_url, app, make_project, fake_stripe, http_client, base_url, monkeypatch
+):
     from pulse import webhooks
     from tests.stripe_events import body_of_event, event, new_subscription, sign
 
@@ -67,11 +69,16 @@ async def test_webhook_waits_out_a_held_lock_once_then_503_and_the_retry_applies
     db.bind(db_url)
 
     async def deliver():
-        return await http_client.fetch(f"{base_url}/api/webhook/{hooked.project.public_id}", method="POST",
-                                       body=body, headers={"Stripe-Signature": sign(body, secret)},
-                                       raise_error=False, request_timeout=30)
+        return await http_client.fetch(
+            f"{base_url}/api/webhook/{hooked.project.public_id}",
+            method="POST",
+            body=body,
+            headers={"Stripe-Signature": sign(body, secret)},
+            raise_error=False,
+            request_timeout=30,
+        )
 
-    holder = sqlite3.connect(db_url[len("sqlite:///"):], isolation_level=None)
+    holder = sqlite3.connect(db_url[len("sqlite:///") :], isolation_level=None)
     try:
         holder.execute("BEGIN IMMEDIATE")
         response = await deliver()
@@ -83,6 +90,9 @@ async def test_webhook_waits_out_a_held_lock_once_then_503_and_the_retry_applies
         holder.close()
     response = await deliver()
     assert response.code == 200 and body_of(response).get("duplicate") is None, response.body
-    read = await http_client.fetch(f"{base_url}/api/subscription?external_user_id=user-lock",
-                                   headers={"X-API-Key": hooked.api_key.api_key}, raise_error=False)
+    read = await http_client.fetch(
+        f"{base_url}/api/subscription?external_user_id=user-lock",
+        headers={"X-API-Key": hooked.api_key.api_key},
+        raise_error=False,
+    )
     assert read.code == 200 and body_of(read)["status"] == "active"

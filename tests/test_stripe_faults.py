@@ -9,8 +9,8 @@ import asyncio
 import pytest
 
 from tests.billing_support import checkout_body
-from tests.support import body_of
 from tests.fake_stripe import FAKE_SECRET_KEY
+from tests.support import body_of
 
 STRIPE_TIMEOUT = 0.5
 # A request that takes longer than this has hung on Stripe (timeout x attempts is well under it).
@@ -23,8 +23,9 @@ def config_overrides(fake_stripe):
 
 
 async def checkout(api, key="retry-1", **changes):
-    return await api("POST", "/api/checkout", checkout_body(**changes), headers={"Idempotency-Key": key},
-                     request_timeout=BOUND)
+    return await api(
+        "POST", "/api/checkout", checkout_body(**changes), headers={"Idempotency-Key": key}, request_timeout=BOUND
+    )
 
 
 def assert_stripe_error(response):
@@ -75,8 +76,9 @@ async def test_one_5xx_is_retried_invisibly(api, fake_stripe, status):
 @pytest.mark.gen_test(timeout=60)
 @pytest.mark.parametrize("status", [500, 429])
 async def test_persistent_failure_is_502_and_the_later_retry_makes_no_duplicates(api, fake_stripe, status):
-    fake_stripe.fail_next(5, status=status, path="/v1/checkout/sessions", message="Stripe is having a moment (fake).",
-                          method="POST")
+    fake_stripe.fail_next(
+        5, status=status, path="/v1/checkout/sessions", message="Stripe is having a moment (fake).", method="POST"
+    )
     response = await checkout(api)
     assert_stripe_error(response)
     assert "Stripe is having a moment (fake)." in body_of(response)["error"]["message"]
@@ -124,6 +126,7 @@ async def test_portal_with_stripe_down_is_502(api, fake_stripe):
     response = await checkout(api)
     assert response.code == 200, response.body
     fake_stripe.fail_next(5, kind="drop", path="/v1/billing_portal")
-    response = await api("POST", "/api/portal", {"external_user_id": "user-1", "return_url": "https://app.test/"},
-                         request_timeout=BOUND)
+    response = await api(
+        "POST", "/api/portal", {"external_user_id": "user-1", "return_url": "https://app.test/"}, request_timeout=BOUND
+    )
     assert_stripe_error(response)

@@ -67,10 +67,18 @@ def test_which_subscription_and_customer_an_event_names():
     assert so.subscription_id_of(event("customer.updated", cus)) is None
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("cus_1", "cus_1"), ({"id": "cus_2", "object": "customer"}, "cus_2"), ("", None), (None, None), (7, None),
-    ({"id": 7}, None), (["cus_1"], None),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("cus_1", "cus_1"),
+        ({"id": "cus_2", "object": "customer"}, "cus_2"),
+        ("", None),
+        (None, None),
+        (7, None),
+        ({"id": 7}, None),
+        (["cus_1"], None),
+    ],
+)
 def test_stripe_id_accepts_an_id_or_an_expanded_object_and_nothing_else(value, expected):
     assert so.stripe_id(value) == expected
 
@@ -86,12 +94,17 @@ def test_readers_answer_empty_for_odd_shapes_instead_of_raising():
 
 @pytest.mark.parametrize("api_version", [OLD_API, NEW_API])
 def test_subscription_times_read_stripes_example_subscription(api_version):
-    sub = subscription_in(api_version, cancel_at=PERIOD_END, cancel_at_period_end=False, canceled_at=None,
-                          trial_end=None)
+    sub = subscription_in(
+        api_version, cancel_at=PERIOD_END, cancel_at_period_end=False, canceled_at=None, trial_end=None
+    )
     times = so.subscription_times(sub)
     assert times == {
-        "stripe_status": "active", "cancel_at_period_end": False, "current_period_end": datetime(2030, 1, 1),
-        "cancel_at": datetime(2030, 1, 1), "canceled_at": None, "trial_end": None,
+        "stripe_status": "active",
+        "cancel_at_period_end": False,
+        "current_period_end": datetime(2030, 1, 1),
+        "cancel_at": datetime(2030, 1, 1),
+        "canceled_at": None,
+        "trial_end": None,
         "started_at": datetime.fromtimestamp(sub["created"], UTC).replace(tzinfo=None),
     }
     assert so.subscription_times({"start_date": PERIOD_END})["started_at"] == datetime(2030, 1, 1)

@@ -25,14 +25,19 @@ def customer_emails(fake):
 
 @pytest.mark.gen_test
 async def test_email_refused_for_a_new_user_stores_nothing_and_the_fixed_retry_succeeds(api, fake_stripe):
-    fake_stripe.refuse("email", "maria@.example.test", "Invalid email address: maria@.example.test",
-                       code="email_invalid")
+    fake_stripe.refuse(
+        "email", "maria@.example.test", "Invalid email address: maria@.example.test", code="email_invalid"
+    )
     response = await api("POST", "/api/checkout", checkout_body(external_user_id="u-100", email="maria@.example.test"))
     assert response.code == 400, response.body
     error = error_of(response)
-    assert error == {"status": 400, "code": "invalid_field", "field": "email",
-                     "message": "Invalid email address: maria@.example.test",
-                     "stripe_request_id": error["stripe_request_id"]}
+    assert error == {
+        "status": 400,
+        "code": "invalid_field",
+        "field": "email",
+        "message": "Invalid email address: maria@.example.test",
+        "stripe_request_id": error["stripe_request_id"],
+    }
     assert error["stripe_request_id"].startswith("req_")
     with db.block():
         assert Customer.select().count() == 0 and CheckoutLease.select().count() == 0
@@ -50,8 +55,7 @@ async def test_email_refused_for_a_new_user_stores_nothing_and_the_fixed_retry_s
 @pytest.mark.gen_test
 async def test_email_change_refused_keeps_the_stored_email(api, fake_stripe):
     assert (await api("POST", "/api/checkout", checkout_body())).code == 200
-    fake_stripe.refuse("email", "ada@..example.test", "Invalid email address: ada@..example.test",
-                       code="email_invalid")
+    fake_stripe.refuse("email", "ada@..example.test", "Invalid email address: ada@..example.test", code="email_invalid")
     response = await api("POST", "/api/checkout", checkout_body(email="ada@..example.test"))
     assert response.code == 400 and error_of(response)["field"] == "email"
     (cus,) = fake_stripe.customers.values()
@@ -65,19 +69,25 @@ async def test_email_change_refused_keeps_the_stored_email(api, fake_stripe):
 
 
 @pytest.mark.gen_test
-@pytest.mark.parametrize("stripe_param,value,field,changes", [
-    ("success_url", "https://app.test/ok", "success_url", {"success_url": "https://app.test/ok"}),
-    ("cancel_url", "https://app.test/no", "cancel_url", {"cancel_url": "https://app.test/no"}),
-    ("subscription_data[trial_period_days]", "30", "trial_days", {"trial_days": 30}),
-    ("line_items[0][price]", "price_archived", "stripe_price_id", {"stripe_price_id": "price_archived"}),
-])
+@pytest.mark.parametrize(
+    "stripe_param,value,field,changes",
+    [
+        ("success_url", "https://app.test/ok", "success_url", {"success_url": "https://app.test/ok"}),
+        ("cancel_url", "https://app.test/no", "cancel_url", {"cancel_url": "https://app.test/no"}),
+        ("subscription_data[trial_period_days]", "30", "trial_days", {"trial_days": 30}),
+        ("line_items[0][price]", "price_archived", "stripe_price_id", {"stripe_price_id": "price_archived"}),
+    ],
+)
 async def test_each_session_field_stripe_refuses_is_named(api, fake_stripe, stripe_param, value, field, changes):
     fake_stripe.refuse(stripe_param, value, f"Stripe does not accept {value} here.")
     response = await api("POST", "/api/checkout", checkout_body(**changes))
     assert response.code == 400, response.body
     error = error_of(response)
-    assert (error["code"], error["field"], error["message"]) == ("invalid_field", field,
-                                                                 f"Stripe does not accept {value} here.")
+    assert (error["code"], error["field"], error["message"]) == (
+        "invalid_field",
+        field,
+        f"Stripe does not accept {value} here.",
+    )
     assert fake_stripe.sessions == {}
 
 
@@ -93,8 +103,9 @@ async def test_a_param_we_did_not_take_from_the_tenant_stays_502(api, fake_strip
 async def test_portal_return_url_refused_is_400_on_return_url(api, fake_stripe):
     assert (await api("POST", "/api/checkout", checkout_body())).code == 200
     fake_stripe.refuse("return_url", "https://app.test/internal", "Not a valid URL")
-    response = await api("POST", "/api/portal", {"external_user_id": "user-1",
-                                                 "return_url": "https://app.test/internal"})
+    response = await api(
+        "POST", "/api/portal", {"external_user_id": "user-1", "return_url": "https://app.test/internal"}
+    )
     assert response.code == 400
     assert (error_of(response)["field"], error_of(response)["message"]) == ("return_url", "Not a valid URL")
 
@@ -133,15 +144,22 @@ async def test_ids_that_cannot_be_a_price_are_refused_before_stripe(api, fake_st
 
 
 @pytest.mark.gen_test
-@pytest.mark.parametrize("path,body", [
-    ("/api/checkout", checkout_body(trial_day=14)),
-    ("/api/portal", {"external_user_id": "user-1", "return_url": "https://app.test/", "trial_day": 14}),
-])
+@pytest.mark.parametrize(
+    "path,body",
+    [
+        ("/api/checkout", checkout_body(trial_day=14)),
+        ("/api/portal", {"external_user_id": "user-1", "return_url": "https://app.test/", "trial_day": 14}),
+    ],
+)
 async def test_unknown_body_field_is_400_like_stripe(api, fake_stripe, path, body):
     response = await api("POST", path, body)
     assert response.code == 400
-    assert error_of(response) == {"status": 400, "code": "invalid_field", "message": "unknown parameter: trial_day",
-                                  "field": "trial_day"}
+    assert error_of(response) == {
+        "status": 400,
+        "code": "invalid_field",
+        "message": "unknown parameter: trial_day",
+        "field": "trial_day",
+    }
     assert fake_stripe.requests == []
 
 

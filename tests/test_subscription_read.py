@@ -18,17 +18,40 @@ def read(api, user):
 @pytest.mark.gen_test
 async def test_full_body(api, project):
     customer = add_customer(project.project, "user-1", email="ada@example.test", stripe_customer_id="cus_1")
-    add_subscription(customer, "trialing", stripe_subscription_id="sub_1", plan_slug="team", interval="yearly",
-                     stripe_price_id="price_team_y", current_period_end=datetime(2026, 12, 1, 10, 0, 0),
-                     trial_end=datetime(2026, 12, 1, 10, 0, 0), cancel_at=None, interval_count=1, quantity=3)
+    add_subscription(
+        customer,
+        "trialing",
+        stripe_subscription_id="sub_1",
+        plan_slug="team",
+        interval="yearly",
+        stripe_price_id="price_team_y",
+        current_period_end=datetime(2026, 12, 1, 10, 0, 0),
+        trial_end=datetime(2026, 12, 1, 10, 0, 0),
+        cancel_at=None,
+        interval_count=1,
+        quantity=3,
+    )
     response = await read(api, "user-1")
     assert response.code == 200
     assert body_of(response) == {
-        "external_user_id": "user-1", "email": "ada@example.test", "status": "trialing", "has_access": True,
-        "plan_slug": "team", "interval": "yearly", "interval_count": 1, "quantity": 3,
-        "stripe_price_id": "price_team_y", "current_period_end": "2026-12-01T10:00:00Z", "cancel_at": None,
-        "trial_end": "2026-12-01T10:00:00Z", "pause_collection": None, "subscriptions_with_access": 1,
-        "stripe_customer_id": "cus_1", "stripe_subscription_id": "sub_1", "features": []}
+        "external_user_id": "user-1",
+        "email": "ada@example.test",
+        "status": "trialing",
+        "has_access": True,
+        "plan_slug": "team",
+        "interval": "yearly",
+        "interval_count": 1,
+        "quantity": 3,
+        "stripe_price_id": "price_team_y",
+        "current_period_end": "2026-12-01T10:00:00Z",
+        "cancel_at": None,
+        "trial_end": "2026-12-01T10:00:00Z",
+        "pause_collection": None,
+        "subscriptions_with_access": 1,
+        "stripe_customer_id": "cus_1",
+        "stripe_subscription_id": "sub_1",
+        "features": [],
+    }
 
 
 @pytest.mark.gen_test

@@ -21,10 +21,16 @@ def buy(http_client, base_url, hooked, fake_stripe, deliver):
 
     async def go(user, price, plan_slug, expect=200):
         response = await http_client.fetch(
-            base_url + "/api/checkout", method="POST", raise_error=False,
+            base_url + "/api/checkout",
+            method="POST",
+            raise_error=False,
             headers={"X-API-Key": hooked.api_key.api_key, "Content-Type": "application/json"},
-            body=json.dumps(checkout_body(external_user_id=user, stripe_price_id=price, plan_slug=plan_slug,
-                                          email=f"{user}@example.test")))
+            body=json.dumps(
+                checkout_body(
+                    external_user_id=user, stripe_price_id=price, plan_slug=plan_slug, email=f"{user}@example.test"
+                )
+            ),
+        )
         assert response.code == expect, response.body
         if expect != 200:
             return body_of(response)
@@ -81,41 +87,64 @@ async def test_several_items_report_the_plan_item_and_its_seats(buy, read, hooke
     fake_stripe.add_item(sub["id"], "plan_old_calls", quantity=None, first=True, legacy=True)  # only a `plan` object
     current = fake_stripe.add_item(sub["id"], "price_extra_storage", quantity=2, first=True)
     assert [(i.get("price") or i["plan"])["id"] for i in current["items"]["data"]] == [
-        "price_extra_storage", "plan_old_calls", "price_api_calls", "price_pro_yearly"]  # the plan item comes last
+        "price_extra_storage",
+        "plan_old_calls",
+        "price_api_calls",
+        "price_pro_yearly",
+    ]  # the plan item comes last
     await changed(deliver, current)
     found = await read(hooked, "ada")
-    assert (found["stripe_price_id"], found["interval"], found["interval_count"], found["quantity"], found["plan_slug"]) \
-        == ("price_pro_yearly", "yearly", 1, 4, "pro")
+    assert (
+        found["stripe_price_id"],
+        found["interval"],
+        found["interval_count"],
+        found["quantity"],
+        found["plan_slug"],
+    ) == ("price_pro_yearly", "yearly", 1, 4, "pro")
 
 
 @pytest.mark.gen_test(timeout=30)
-@pytest.mark.parametrize("interval, count, word", [("day", 1, "daily"), ("week", 1, "weekly"), ("week", 2, "weekly"),
-                                                   ("month", 3, "monthly"), ("month", 6, "monthly"),
-                                                   ("year", 1, "yearly")])
-async def test_every_billing_interval(buy, read, hooked, fake_stripe, deliver, http_client, base_url,
-                                      interval, count, word):
+@pytest.mark.parametrize(
+    "interval, count, word",
+    [
+        ("day", 1, "daily"),
+        ("week", 1, "weekly"),
+        ("week", 2, "weekly"),
+        ("month", 3, "monthly"),
+        ("month", 6, "monthly"),
+        ("year", 1, "yearly"),
+    ],
+)
+async def test_every_billing_interval(
+    buy, read, hooked, fake_stripe, deliver, http_client, base_url, interval, count, word
+):
     fake_stripe.add_price("price_every", interval, 9900, interval_count=count)
     await buy("ada", "price_every", "pro")
     found = await read(hooked, "ada")
     assert (found["interval"], found["interval_count"], found["quantity"]) == (word, count, 1)
-    export = await http_client.fetch(base_url + "/api/customers/export?format=json",
-                                     headers={"X-API-Key": hooked.api_key.api_key})
+    export = await http_client.fetch(
+        base_url + "/api/customers/export?format=json", headers={"X-API-Key": hooked.api_key.api_key}
+    )
     exported = body_of(export)["customers"][0]["subscription"]
     assert {k: exported[k] for k in ("interval", "interval_count")} == {"interval": word, "interval_count": count}
 
 
 @pytest.mark.gen_test(timeout=30)
 @pytest.mark.parametrize("behavior", ["keep_as_draft", "mark_uncollectible", "void"])
-async def test_paused_collection_is_shown_and_follows_the_project_setting(buy, read, hooked, fake_stripe, deliver,
-                                                                          behavior):
+async def test_paused_collection_is_shown_and_follows_the_project_setting(
+    buy, read, hooked, fake_stripe, deliver, behavior
+):
     sub = await buy("ada", "price_pro_monthly", "pro")
     resumes = int(time.time()) + 90 * 86400
-    await changed(deliver, fake_stripe.set_subscription(
-        sub["id"], pause_collection={"behavior": behavior, "resumes_at": resumes}))
+    await changed(
+        deliver, fake_stripe.set_subscription(sub["id"], pause_collection={"behavior": behavior, "resumes_at": resumes})
+    )
     found = await read(hooked, "ada")
     assert found["status"] == "active" and found["has_access"] is True  # default: the pause keeps access
-    assert found["pause_collection"] == {"behavior": behavior,
-                                         "resumes_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(resumes))}
+    assert found["pause_collection"] == {
+        "behavior": behavior,
+        "resumes_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(resumes)),
+    }
     with db.block():
         Project.update(paused_collection_has_access=False).where(Project.id == hooked.project.id).execute()
     assert (await read(hooked, "ada"))["has_access"] is False
@@ -145,12 +174,23 @@ async def test_sync_stripe_repairs_a_swap_whose_webhook_was_lost(buy, read, hook
     fake_stripe.add_price("price_team_quarterly", "month", 27000, interval_count=3)
     sub = await buy("ada", "price_pro_monthly", "pro")
     await buy("bob", "price_team_quarterly", "team")
-    fake_stripe.set_subscription(sub["id"], price="price_team_quarterly", quantity=3,
-                                 pause_collection={"behavior": "keep_as_draft", "resumes_at": None})
+    fake_stripe.set_subscription(
+        sub["id"],
+        price="price_team_quarterly",
+        quantity=3,
+        pause_collection={"behavior": "keep_as_draft", "resumes_at": None},
+    )
     assert (await read(hooked, "ada"))["plan_slug"] == "pro"  # the webhook never came
     await resync.sync_project(hooked.project, config=app.settings["config"], box=app.settings["secret_box"])
     found = await read(hooked, "ada")
-    assert {k: found[k] for k in ("plan_slug", "stripe_price_id", "interval", "interval_count", "quantity",
-                                  "pause_collection")} == {
-        "plan_slug": "team", "stripe_price_id": "price_team_quarterly", "interval": "monthly", "interval_count": 3,
-        "quantity": 3, "pause_collection": {"behavior": "keep_as_draft", "resumes_at": None}}
+    assert {
+        k: found[k]
+        for k in ("plan_slug", "stripe_price_id", "interval", "interval_count", "quantity", "pause_collection")
+    } == {
+        "plan_slug": "team",
+        "stripe_price_id": "price_team_quarterly",
+        "interval": "monthly",
+        "interval_count": 3,
+        "quantity": 3,
+        "pause_collection": {"behavior": "keep_as_draft", "resumes_at": None},
+    }

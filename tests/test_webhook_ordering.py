@@ -10,8 +10,8 @@ import pytest
 from pulse import db, webhooks
 from pulse.config import RateLimit
 from pulse.models import Customer, Subscription
-from tests.support import body_of
 from tests.stripe_events import NEW_API, body_of_event, customer_object, event, invoice, new_subscription
+from tests.support import body_of
 from tests.webhook_support import BOTH_SHAPES, assert_matches_stripe, events_of, webhook_overrides
 
 config_overrides = pytest.fixture(lambda fake_stripe: webhook_overrides(fake_stripe))
@@ -26,35 +26,58 @@ def _mutations(rng, period_end):
     """A random story of one subscription at Stripe: (changes, event types it emits)."""
     steps = []
     for _ in range(rng.randint(2, 6)):
-        pick = rng.choice(["past_due", "recover", "cancel_period_end", "cancel_at_only", "uncancel", "upgrade",
-                           "renew", "pause", "unpaid", "quarterly", "weekly_lookup", "seats", "pause_collection",
-                           "resume_collection"])
+        pick = rng.choice(
+            [
+                "past_due",
+                "recover",
+                "cancel_period_end",
+                "cancel_at_only",
+                "uncancel",
+                "upgrade",
+                "renew",
+                "pause",
+                "unpaid",
+                "quarterly",
+                "weekly_lookup",
+                "seats",
+                "pause_collection",
+                "resume_collection",
+            ]
+        )
         if pick == "past_due":
             steps.append(({"status": "past_due"}, ["invoice.payment_failed", "customer.subscription.updated"]))
         elif pick == "recover":
             steps.append(({"status": "active"}, ["invoice.paid", "customer.subscription.updated"]))
         elif pick == "cancel_period_end":
-            steps.append(({"cancel_at_period_end": True, "cancel_at": period_end},
-                          ["customer.subscription.updated"]))
+            steps.append(({"cancel_at_period_end": True, "cancel_at": period_end}, ["customer.subscription.updated"]))
         elif pick == "cancel_at_only":  # flexible billing mode, or a portal cancellation at a date
-            steps.append(({"cancel_at_period_end": False, "cancel_at": period_end - 3600},
-                          ["customer.subscription.updated"]))
+            steps.append(
+                ({"cancel_at_period_end": False, "cancel_at": period_end - 3600}, ["customer.subscription.updated"])
+            )
         elif pick == "uncancel":
             steps.append(({"cancel_at_period_end": False, "cancel_at": None}, ["customer.subscription.updated"]))
         elif pick == "upgrade":
             steps.append(({"price": "price_yearly", "interval": "year"}, ["customer.subscription.updated"]))
         elif pick == "renew":
             period_end += 30 * 86400
-            steps.append(({"current_period_end": period_end, "status": "active"},
-                          ["invoice.paid", "customer.subscription.updated"]))
+            steps.append(
+                (
+                    {"current_period_end": period_end, "status": "active"},
+                    ["invoice.paid", "customer.subscription.updated"],
+                )
+            )
         elif pick in ("quarterly", "weekly_lookup"):  # a Portal or Dashboard swap; prices from _add_prices
             steps.append(({"price": f"price_{pick}"}, ["customer.subscription.updated"]))
         elif pick == "seats":
             steps.append(({"quantity": rng.randint(2, 9)}, ["customer.subscription.updated"]))
         elif pick == "pause_collection":  # Stripe keeps the status, only pause_collection changes
             behavior = rng.choice(["keep_as_draft", "mark_uncollectible", "void"])
-            steps.append(({"pause_collection": {"behavior": behavior, "resumes_at": rng.choice([None, period_end])}},
-                          ["customer.subscription.updated"]))
+            steps.append(
+                (
+                    {"pause_collection": {"behavior": behavior, "resumes_at": rng.choice([None, period_end])}},
+                    ["customer.subscription.updated"],
+                )
+            )
         elif pick == "resume_collection":
             steps.append(({"pause_collection": None}, ["customer.subscription.updated"]))
         elif pick == "pause":
@@ -105,11 +128,14 @@ async def test_random_delivery_orders_end_in_stripes_state(read, fake_stripe, ho
         api_version = rng.choice(BOTH_SHAPES)
         fake_stripe.api_version = api_version
         user = f"prop-{seed}"
-        session, sub = new_subscription(fake_stripe, user, project_id=hooked.project.public_id,
-                                        status=rng.choice(["active", "trialing"]))
+        session, sub = new_subscription(
+            fake_stripe, user, project_id=hooked.project.public_id, status=rng.choice(["active", "trialing"])
+        )
         period_end = fake_stripe.subscription(sub["id"], NEW_API)["items"]["data"][0]["current_period_end"]
-        pending = [_event_for(fake_stripe, kind, sub["id"], api_version, session)
-                   for kind in ("checkout.session.completed", "customer.subscription.created", "invoice.paid")]
+        pending = [
+            _event_for(fake_stripe, kind, sub["id"], api_version, session)
+            for kind in ("checkout.session.completed", "customer.subscription.created", "invoice.paid")
+        ]
         delivered, story = [], _mutations(rng, period_end)
         while story or pending:
             roll = rng.random()
@@ -129,12 +155,17 @@ async def test_random_delivery_orders_end_in_stripes_state(read, fake_stripe, ho
             delivered += [e for e in batch if e not in delivered]
         deleted = rng.random() < 0.5
         if deleted:  # deleted in the Dashboard; events from just before arrive after its customer.deleted, or not
-            final = [_event_for(fake_stripe, kind, sub["id"], api_version, session) for kind in rng.sample(
-                ["checkout.session.completed", "customer.subscription.updated", "invoice.paid"], 2)]
+            final = [
+                _event_for(fake_stripe, kind, sub["id"], api_version, session)
+                for kind in rng.sample(
+                    ["checkout.session.completed", "customer.subscription.updated", "invoice.paid"], 2
+                )
+            ]
             canceled, _ = fake_stripe.delete_customer(sub["customer"])
             final += [event("customer.subscription.deleted", c, api_version) for c in canceled]
-            final.append(event("customer.deleted", customer_object(sub["customer"], f"{user}@example.test"),
-                               api_version))
+            final.append(
+                event("customer.deleted", customer_object(sub["customer"], f"{user}@example.test"), api_version)
+            )
             rng.shuffle(final)
             while final:
                 size = rng.choice([1, 2])  # concurrent, too
@@ -163,8 +194,9 @@ async def test_random_delivery_orders_end_in_stripes_state(read, fake_stripe, ho
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_without_a_stripe_key_an_older_snapshot_never_overwrites_a_newer_one(read, fake_stripe, hooked, deliver,
-                                                                                    app):
+async def test_without_a_stripe_key_an_older_snapshot_never_overwrites_a_newer_one(
+    read, fake_stripe, hooked, deliver, app
+):
     """Payload-only mode (no Stripe key to re-fetch with): ordering by the event's `created`."""
     import dataclasses
     import random
@@ -177,12 +209,24 @@ async def test_without_a_stripe_key_an_older_snapshot_never_overwrites_a_newer_o
         user = f"payload-{seed}"
         session, sub = new_subscription(fake_stripe, user, project_id=hooked.project.public_id)
         created = int(time.time()) - 1000
-        events = [event("customer.subscription.created", fake_stripe.subscription(sub["id"], api_version),
-                        api_version, created=created)]
+        events = [
+            event(
+                "customer.subscription.created",
+                fake_stripe.subscription(sub["id"], api_version),
+                api_version,
+                created=created,
+            )
+        ]
         for step, (changes, _) in enumerate(_mutations(rng, created + 86400 * 30), start=1):
             fake_stripe.set_subscription(sub["id"], **changes)
-            events.append(event("customer.subscription.updated", fake_stripe.subscription(sub["id"], api_version),
-                                api_version, created=created + 10 * step))
+            events.append(
+                event(
+                    "customer.subscription.updated",
+                    fake_stripe.subscription(sub["id"], api_version),
+                    api_version,
+                    created=created + 10 * step,
+                )
+            )
         schedule = events + [rng.choice(events) for _ in range(3)]
         rng.shuffle(schedule)
         for evt in schedule:
@@ -198,8 +242,11 @@ async def test_concurrent_deliveries_on_separate_connections_like_two_processes(
     import concurrent.futures
 
     session, sub = new_subscription(fake_stripe, "twoproc", project_id=hooked.project.public_id)
-    events = [event("checkout.session.completed", session), event("customer.subscription.created", sub),
-              event("invoice.paid", invoice(sub))]
+    events = [
+        event("checkout.session.completed", session),
+        event("customer.subscription.created", sub),
+        event("invoice.paid", invoice(sub)),
+    ]
     deliveries = [events[0]] * 4 + events[1:] * 2
     config, box = app.settings["config"], app.settings["secret_box"]
     start = threading.Barrier(len(deliveries))
@@ -207,10 +254,12 @@ async def test_concurrent_deliveries_on_separate_connections_like_two_processes(
     def in_other_process(evt):
         async def go():
             from pulse import billing
+
             try:
                 return await webhooks.process(hooked.project, evt, body_of_event(evt), config=config, box=box)
             finally:
                 await billing.close_clients()
+
         start.wait()
         try:
             return asyncio.run(go())
@@ -231,8 +280,9 @@ async def test_concurrent_deliveries_on_separate_connections_like_two_processes(
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_a_flood_of_forgeries_is_answered_but_recorded_only_up_to_a_cap(fake_stripe, hooked, deliver,
-                                                                               monkeypatch):
+async def test_a_flood_of_forgeries_is_answered_but_recorded_only_up_to_a_cap(
+    fake_stripe, hooked, deliver, monkeypatch
+):
     monkeypatch.setattr(webhooks, "INVALID_RECORDS_PER_ADDRESS", RateLimit(3, 60))
     for _ in range(6):
         resp = await deliver('{"id": "evt_x"}', secret="whsec_forged")
@@ -241,8 +291,9 @@ async def test_a_flood_of_forgeries_is_answered_but_recorded_only_up_to_a_cap(fa
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_forgeries_from_rotating_addresses_are_capped_per_project(app, fake_stripe, hooked, make_project,
-                                                                        deliver, monkeypatch):
+async def test_forgeries_from_rotating_addresses_are_capped_per_project(
+    app, fake_stripe, hooked, make_project, deliver, monkeypatch
+):
     """Security review L4/L10: a fresh address per forgery (here, behind a trusted proxy) gets no fresh budget."""
     config = app.settings["config"]
     app.settings["config"] = dataclasses.replace(config, trust_proxy=True)
@@ -252,8 +303,13 @@ async def test_forgeries_from_rotating_addresses_are_capped_per_project(app, fak
         resp = await deliver('{"id": "evt_x"}', secret="whsec_forged", headers=via)
         assert resp.code == 400 and body_of(resp)["error"]["code"] == "invalid_signature"
     rows = events_of(hooked.project, outcome="invalid_signature")
-    assert len(rows) == 5 and {r.remote_ip for r in rows} == {"2001:db8::1", "198.51.100.1", "2001:db8:2::1",
-                                                              "198.51.100.3", "2001:db8:4::1"}
+    assert len(rows) == 5 and {r.remote_ip for r in rows} == {
+        "2001:db8::1",
+        "198.51.100.1",
+        "2001:db8:2::1",
+        "198.51.100.3",
+        "2001:db8:4::1",
+    }
     # Another project's budget is its own.
     other = make_project(name="Other", stripe_webhook_secret="whsec_other")
     resp = await deliver('{"id": "evt_x"}', secret="whsec_forged", path=f"/api/webhook/{other.project.public_id}")

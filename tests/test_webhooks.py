@@ -8,11 +8,17 @@ import pytest
 
 from pulse import db, subscriptions, webhooks
 from pulse.models import Customer, Subscription, WebhookEvent
+from tests.stripe_events import NEW_API, OLD_API, body_of_event, customer_object, event, invoice, new_subscription, sign
 from tests.support import body_of
-from tests.stripe_events import NEW_API, OLD_API, body_of_event, customer_object, event, invoice, \
-    new_subscription, sign
-from tests.webhook_support import BOTH_SHAPES, DEPLOY_WHSEC, WHSEC, assert_matches_stripe, events_of, iso, \
-    webhook_overrides
+from tests.webhook_support import (
+    BOTH_SHAPES,
+    DEPLOY_WHSEC,
+    WHSEC,
+    assert_matches_stripe,
+    events_of,
+    iso,
+    webhook_overrides,
+)
 
 config_overrides = pytest.fixture(lambda fake_stripe: webhook_overrides(fake_stripe))
 
@@ -24,8 +30,9 @@ config_overrides = pytest.fixture(lambda fake_stripe: webhook_overrides(fake_str
 @pytest.mark.parametrize("api_version", BOTH_SHAPES)
 async def test_checkout_then_lifecycle_events_in_either_payload_shape(read, fake_stripe, hooked, deliver, api_version):
     fake_stripe.api_version = api_version
-    session, sub = new_subscription(fake_stripe, "user-1", project_id=hooked.project.public_id,
-                                    email="one@example.test")
+    session, sub = new_subscription(
+        fake_stripe, "user-1", project_id=hooked.project.public_id, email="one@example.test"
+    )
     if api_version == OLD_API:
         assert "current_period_end" in sub and "current_period_end" not in sub["items"]["data"][0]
     else:
@@ -59,9 +66,11 @@ async def test_checkout_then_lifecycle_events_in_either_payload_shape(read, fake
     assert (await read(hooked, "user-1"))["status"] == "active"
 
     # Classic portal cancellation: cancel_at_period_end.
-    current = fake_stripe.set_subscription(sub["id"], cancel_at_period_end=True,
-                                           cancel_at=current["items"]["data"][0].get("current_period_end")
-                                           or current["current_period_end"])
+    current = fake_stripe.set_subscription(
+        sub["id"],
+        cancel_at_period_end=True,
+        cancel_at=current["items"]["data"][0].get("current_period_end") or current["current_period_end"],
+    )
     await deliver(event("customer.subscription.updated", current, api_version))
     found = await read(hooked, "user-1")
     assert found["status"] == "cancelling" and found["has_access"] is True
@@ -111,8 +120,11 @@ async def test_every_status_mapping_in_either_payload_shape(read, fake_stripe, h
         user = f"status-{n}"
         _, sub = new_subscription(fake_stripe, user, project_id=hooked.project.public_id)
         period_end = fake_stripe.subscription(sub["id"], NEW_API)["items"]["data"][0]["current_period_end"]
-        changes = {"status": stripe_status, "cancel_at_period_end": at_period_end,
-                   "cancel_at": period_end - 86400 if cancel_at else None}
+        changes = {
+            "status": stripe_status,
+            "cancel_at_period_end": at_period_end,
+            "cancel_at": period_end - 86400 if cancel_at else None,
+        }
         if stripe_status == "active" and cancel_at and not at_period_end:
             changes["billing_mode"] = {"type": "flexible"}
         current = fake_stripe.set_subscription(sub["id"], **changes)
@@ -127,8 +139,9 @@ async def test_every_status_mapping_in_either_payload_shape(read, fake_stripe, h
 
 @pytest.mark.gen_test(timeout=30)
 async def test_subscription_event_before_checkout_creates_customer_from_metadata(read, fake_stripe, hooked, deliver):
-    session, sub = new_subscription(fake_stripe, "early-bird", project_id=hooked.project.public_id,
-                                    status="trialing", trial_days=7)
+    session, sub = new_subscription(
+        fake_stripe, "early-bird", project_id=hooked.project.public_id, status="trialing", trial_days=7
+    )
     resp = await deliver(event("customer.subscription.created", sub))
     assert body_of(resp)["outcome"] == "processed"
     found = await read(hooked, "early-bird")
@@ -146,11 +159,20 @@ async def test_subscription_event_before_checkout_creates_customer_from_metadata
 @pytest.mark.gen_test(timeout=30)
 async def test_events_about_things_we_do_not_manage_are_ignored(read, fake_stripe, hooked, deliver):
     session, sub = new_subscription(fake_stripe, "payer", project_id=hooked.project.public_id)
-    one_off = fake_stripe.dispatch("POST", "checkout/sessions", {
-        "mode": "payment", "customer": sub["customer"], "success_url": "https://app.example.test/ok",
-        "metadata": {"pulse_project_id": hooked.project.public_id}})
-    assert body_of(await deliver(event("checkout.session.completed", one_off))) == {"received": True,
-                                                                                  "outcome": "ignored"}
+    one_off = fake_stripe.dispatch(
+        "POST",
+        "checkout/sessions",
+        {
+            "mode": "payment",
+            "customer": sub["customer"],
+            "success_url": "https://app.example.test/ok",
+            "metadata": {"pulse_project_id": hooked.project.public_id},
+        },
+    )
+    assert body_of(await deliver(event("checkout.session.completed", one_off))) == {
+        "received": True,
+        "outcome": "ignored",
+    }
     # A subscription created outside PaymentPulse: no metadata, a Stripe customer we never saw.
     stranger = dict(sub, id="sub_stranger", customer="cus_stranger", metadata={})
     assert body_of(await deliver(event("customer.subscription.updated", stranger)))["outcome"] == "ignored"
@@ -224,8 +246,9 @@ async def test_stripe_failure_is_recorded_and_the_retry_applies_it(read, fake_st
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_failure_while_applying_rolls_back_and_reapply_recovers(read, fake_stripe, hooked, deliver, monkeypatch,
-                                                                       app):
+async def test_failure_while_applying_rolls_back_and_reapply_recovers(
+    read, fake_stripe, hooked, deliver, monkeypatch, app
+):
     session, sub = new_subscription(fake_stripe, "broken", project_id=hooked.project.public_id)
     evt = event("customer.subscription.created", sub)
 
@@ -248,8 +271,7 @@ async def test_failure_while_applying_rolls_back_and_reapply_recovers(read, fake
     outcome = await webhooks.reapply(row.id, config=app.settings["config"], box=app.settings["secret_box"])
     assert outcome == "processed"
     assert_matches_stripe(await read(hooked, "broken"), fake_stripe, sub["id"])
-    assert await webhooks.reapply(row.id, config=app.settings["config"], box=app.settings["secret_box"]) \
-        == "processed"
+    assert await webhooks.reapply(row.id, config=app.settings["config"], box=app.settings["secret_box"]) == "processed"
     assert body_of(await deliver(evt)) == {"received": True, "duplicate": True}
 
 
@@ -275,8 +297,11 @@ async def test_invalid_signatures_are_rejected_recorded_and_not_applied(read, fa
     rows = events_of(hooked.project, outcome="invalid_signature")
     assert len(rows) == len(cases)
     assert all(r.remote_ip == "127.0.0.1" and r.received_at and r.error for r in rows)
-    assert [r.error for r in rows][:3] == ["missing Stripe-Signature header", "no matching v1 signature",
-                                          "timestamp outside the tolerance zone"]
+    assert [r.error for r in rows][:3] == [
+        "missing Stripe-Signature header",
+        "no matching v1 signature",
+        "timestamp outside the tolerance zone",
+    ]
     assert await read(hooked, "forged") is None
     assert not events_of(hooked.project, stripe_event_id=evt["id"])
     # A rolled secret: Stripe sends one v1 per active secret, and any may match.
@@ -287,11 +312,16 @@ async def test_invalid_signatures_are_rejected_recorded_and_not_applied(read, fa
 
 @pytest.mark.gen_test(timeout=30)
 async def test_signed_but_malformed_payloads_are_400_not_500(fake_stripe, hooked, deliver):
-    bodies = ["not json", "[]", json.dumps({"type": "x", "data": {"object": {}}}),
-              json.dumps({"id": "evt_1", "data": {"object": {}}}), json.dumps({"id": "evt_1", "type": "x"}),
-              json.dumps({"id": "evt_1", "type": "x", "data": {"object": "nope"}}),
-              json.dumps({"id": "evt_1", "type": "x", "created": "yesterday", "data": {"object": {}}}),
-              "\ufeff" + json.dumps({"id": "evt_1", "type": "x", "data": []})]
+    bodies = [
+        "not json",
+        "[]",
+        json.dumps({"type": "x", "data": {"object": {}}}),
+        json.dumps({"id": "evt_1", "data": {"object": {}}}),
+        json.dumps({"id": "evt_1", "type": "x"}),
+        json.dumps({"id": "evt_1", "type": "x", "data": {"object": "nope"}}),
+        json.dumps({"id": "evt_1", "type": "x", "created": "yesterday", "data": {"object": {}}}),
+        "\ufeff" + json.dumps({"id": "evt_1", "type": "x", "data": []}),
+    ]
     for body in bodies:
         resp = await deliver(body)
         assert resp.code == 400, body
@@ -311,8 +341,9 @@ async def test_unknown_project_and_missing_secrets(fake_stripe, make_project, de
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_deployment_endpoint_routes_by_metadata_then_customer_else_ignores(read, fake_stripe, hooked, make_project,
-                                                                                 deliver):
+async def test_deployment_endpoint_routes_by_metadata_then_customer_else_ignores(
+    read, fake_stripe, hooked, make_project, deliver
+):
     other = make_project(name="Other")
     wide = dict(path="/api/webhook", secret=DEPLOY_WHSEC)
     # 1. pulse_project_id metadata on the session.

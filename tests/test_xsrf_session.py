@@ -22,14 +22,21 @@ from tests.console_support import PASSWORD, Console, text
 def self_signed(tmp_path):
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
     (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                         serialization.PrivateFormat.PKCS8,
-                                                         serialization.NoEncryption()))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
     return context
@@ -58,9 +65,14 @@ async def test_xsrf_cookie_is_secure_over_https_and_replaced_at_sign_in(app, pro
         assert "Secure" in before and "HttpOnly" in before and "SameSite=Lax" in before
         token = SimpleCookie(before)["_xsrf"].value
         signed_in = await client.fetch(
-            base + "/console/login", method="POST", validate_cert=False, follow_redirects=False, raise_error=False,
+            base + "/console/login",
+            method="POST",
+            validate_cert=False,
+            follow_redirects=False,
+            raise_error=False,
             headers={"Cookie": f"_xsrf={token}", "Content-Type": "application/x-www-form-urlencoded"},
-            body=urlencode({"email": project.admin.email, "password": PASSWORD, "_xsrf": token}))
+            body=urlencode({"email": project.admin.email, "password": PASSWORD, "_xsrf": token}),
+        )
         assert signed_in.code == 302
         after = set_cookies(signed_in)
         assert "Secure" in after["_xsrf"] and "Secure" in after["pulse_session"]

@@ -108,6 +108,7 @@ class Receiver:
     async def until(self, count, timeout=15, event_type=None):
         """wait_for without blocking the test's event loop (where the delivery loop runs)."""
         import asyncio
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if len(self.events(event_type)) >= count:
@@ -148,8 +149,11 @@ async def settled(timeout=15):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with db.block():
-            busy = WebhookDelivery.select().where(WebhookDelivery.status == "pending",
-                                                  WebhookDelivery.lease_until_ms > 0).exists()
+            busy = (
+                WebhookDelivery.select()
+                .where(WebhookDelivery.status == "pending", WebhookDelivery.lease_until_ms > 0)
+                .exists()
+            )
         if not busy:
             return
         await asyncio.sleep(0.02)

@@ -10,9 +10,8 @@ import pytest
 
 from pulse import db
 from pulse.models import WebhookEvent
-from tests.support import body_of
 from tests.stripe_events import NEW_API, OLD_API, body_of_event, sign
-
+from tests.support import body_of
 
 WHSEC = "whsec_project_" + "a" * 24
 DEPLOY_WHSEC = "whsec_deploy_" + "b" * 24
@@ -36,12 +35,19 @@ def deliver(http_client, base_url, hooked):
 
     async def send(evt, path=None, secret=WHSEC, timestamp=None, headers=None, signature=None):
         body = evt if isinstance(evt, (str, bytes)) else body_of_event(evt)
-        all_headers = {"Content-Type": "application/json",
-                       "Stripe-Signature": signature or sign(body, secret, timestamp)}
+        all_headers = {
+            "Content-Type": "application/json",
+            "Stripe-Signature": signature or sign(body, secret, timestamp),
+        }
         all_headers.update(headers or {})
         all_headers = {k: v for k, v in all_headers.items() if v is not None}
-        return await http_client.fetch(base_url + (path or f"/api/webhook/{hooked.project.public_id}"),
-                                       method="POST", body=body, headers=all_headers, raise_error=False)
+        return await http_client.fetch(
+            base_url + (path or f"/api/webhook/{hooked.project.public_id}"),
+            method="POST",
+            body=body,
+            headers=all_headers,
+            raise_error=False,
+        )
 
     return send
 
@@ -51,8 +57,11 @@ def read(http_client, base_url):
     """read(new_project, external_user_id) -> GET /api/subscription's body, or None on 404."""
 
     async def get(new_project, external_user_id):
-        resp = await http_client.fetch(f"{base_url}/api/subscription?external_user_id={external_user_id}",
-                                       headers={"X-API-Key": new_project.api_key.api_key}, raise_error=False)
+        resp = await http_client.fetch(
+            f"{base_url}/api/subscription?external_user_id={external_user_id}",
+            headers={"X-API-Key": new_project.api_key.api_key},
+            raise_error=False,
+        )
         if resp.code == 404:
             assert body_of(resp)["error"]["code"] == "not_found"
             return None
@@ -76,9 +85,16 @@ def iso(ts):
     return None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-STATUS_WORDS = {"active": "active", "trialing": "trialing", "past_due": "past_due", "unpaid": "unpaid",
-                "canceled": "cancelled", "incomplete_expired": "cancelled", "incomplete": "incomplete",
-                "paused": "paused"}
+STATUS_WORDS = {
+    "active": "active",
+    "trialing": "trialing",
+    "past_due": "past_due",
+    "unpaid": "unpaid",
+    "canceled": "cancelled",
+    "incomplete_expired": "cancelled",
+    "incomplete": "incomplete",
+    "paused": "paused",
+}
 
 
 INTERVAL_WORDS = {"day": "daily", "week": "weekly", "month": "monthly", "year": "yearly"}
@@ -98,16 +114,25 @@ def truth(fake, sub_id):
         status = "cancelling"
     meta = sub["metadata"]
     slug = price.get("lookup_key") or (
-        meta.get("plan_slug") if meta.get("stripe_price_id", price["id"]) == price["id"] else None)
+        meta.get("plan_slug") if meta.get("stripe_price_id", price["id"]) == price["id"] else None
+    )
     pause = sub.get("pause_collection")
-    return {"status": status, "has_access": status in ("active", "trialing", "cancelling", "past_due"),
-            "stripe_price_id": price["id"], "interval": INTERVAL_WORDS[price["recurring"]["interval"]],
-            "interval_count": price["recurring"]["interval_count"], "quantity": item["quantity"],
-            "current_period_end": iso(max(i["current_period_end"] for i in sub["items"]["data"])),
-            "cancel_at": iso(sub["cancel_at"]), "trial_end": iso(sub["trial_end"]), "plan_slug": slug,
-            "pause_collection": pause and {"behavior": pause["behavior"], "resumes_at": iso(pause.get("resumes_at"))},
-            "subscriptions_with_access": int(status in ("active", "trialing", "cancelling", "past_due")),
-            "stripe_subscription_id": sub_id, "stripe_customer_id": sub["customer"]}
+    return {
+        "status": status,
+        "has_access": status in ("active", "trialing", "cancelling", "past_due"),
+        "stripe_price_id": price["id"],
+        "interval": INTERVAL_WORDS[price["recurring"]["interval"]],
+        "interval_count": price["recurring"]["interval_count"],
+        "quantity": item["quantity"],
+        "current_period_end": iso(max(i["current_period_end"] for i in sub["items"]["data"])),
+        "cancel_at": iso(sub["cancel_at"]),
+        "trial_end": iso(sub["trial_end"]),
+        "plan_slug": slug,
+        "pause_collection": pause and {"behavior": pause["behavior"], "resumes_at": iso(pause.get("resumes_at"))},
+        "subscriptions_with_access": int(status in ("active", "trialing", "cancelling", "past_due")),
+        "stripe_subscription_id": sub_id,
+        "stripe_customer_id": sub["customer"],
+    }
 
 
 def assert_matches_stripe(found, fake, sub_id):
