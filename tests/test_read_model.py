@@ -10,6 +10,7 @@ from pulse import changefeed, db, hotpath, migrations
 from pulse.models import Customer, Project, ReadModelChange, Subscription
 from pulse.status import map_status
 from tests.billing_support import add_customer, add_subscription
+from tests.support import MYSQL_URL
 
 
 def answer(project_id, user):
@@ -112,10 +113,11 @@ def test_the_http_answer_is_the_public_json(app, project):
     assert found is True and decoded["status"] == "trialing" and decoded["email"] == "j@example.test"
 
 
+# MySQL only (SQLite has one writer at a time, so its ids commit in order); without MySQL the empty
+# parameter set is reported as a skip, as the other MySQL tests are.
+@pytest.mark.parametrize("db_url", ["mysql"] if MYSQL_URL else [], indirect=True)
 def test_the_feed_rereads_an_id_committed_after_a_higher_one(db_url):
     """MySQL hands out auto-increment ids at insert: a transaction may commit after a later one was read."""
-    if not db_url.startswith("mysql"):
-        pytest.skip("SQLite has one writer at a time: ids commit in order")
     db.bind(db_url)
     with db.block() as handle:
         shop = Project.create(public_id="proj_gap", name="Gap")
