@@ -12,7 +12,7 @@ from datetime import timedelta
 
 import peewee
 
-from pulse import billing, outbox, plans
+from pulse import billing, plans
 from pulse import subscriptions as subs
 from pulse.db import DatabaseUnavailable, block, database, transaction, utcnow
 from pulse.models import CheckoutLease, Customer
@@ -175,13 +175,11 @@ def _store_stripe_customer(project, external_user_id, email, stripe_customer_id)
             found = billing.find_customer(project, external_user_id)
             if found is None:
                 raise
-    with transaction():
-        (
-            Customer.update(stripe_customer_id=stripe_customer_id, email=email, updated_at=utcnow())
-            .where((Customer.id == found.id) & Customer.stripe_customer_id.is_null())
-            .execute()
-        )
-        outbox.customer_changed(project, found.id)  # the answer shows the Stripe customer and email
+    (
+        Customer.update(stripe_customer_id=stripe_customer_id, email=email, updated_at=utcnow())
+        .where((Customer.id == found.id) & Customer.stripe_customer_id.is_null())
+        .execute()
+    )
     return Customer.get_by_id(found.id)
 
 
@@ -191,14 +189,11 @@ def _forget_stripe_customer(project, customer):
     stale = customer.stripe_customer_id
     with transaction():
         subs.retire_stripe_customer(project, stale, subs.UNKNOWN_TO_STRIPE, subs.clock_ms(), end_subscriptions=False)
-        outbox.customer_changed(project, customer.id)
     customer.stripe_customer_id = Customer.get_by_id(customer.id).stripe_customer_id
 
 
 def _store_email(customer, email):
-    with transaction():
-        Customer.update(email=email, updated_at=utcnow()).where(Customer.id == customer.id).execute()
-        outbox.customer_changed(customer.project_id, customer.id)
+    Customer.update(email=email, updated_at=utcnow()).where(Customer.id == customer.id).execute()
     customer.email = email
 
 
