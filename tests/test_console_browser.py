@@ -4,7 +4,6 @@ import asyncio
 import csv
 import io
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -14,28 +13,14 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from tests import stripe_events
+from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, require_chromium
 from tests.fake_stripe import FakeStripe
 from tests.live_server import ROOT, LiveServer
 
 pytestmark = pytest.mark.browser
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-CHROMIUM = os.environ.get("PULSE_TEST_CHROMIUM", "/usr/bin/chromium")
-if not os.access(CHROMIUM, os.X_OK) and os.environ.get("PULSE_TEST_REQUIRE_ALL") != "1":
-    # Local runs without a browser skip; CI sets PULSE_TEST_REQUIRE_ALL=1, and then a missing Chromium fails.
-    pytest.skip(
-        f"browser tests need Chromium at {CHROMIUM}: apt-get install chromium fonts-dejavu-core "
-        "(or set PULSE_TEST_CHROMIUM)",
-        allow_module_level=True,
-    )
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+require_chromium()
 PASSWORD = "browser test password"
 WEBHOOK_SECRET = "whsec_browser_test_secret_0123456789"
 

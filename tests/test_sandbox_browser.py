@@ -3,7 +3,6 @@ page -> Pay -> signed webhooks -> access -> portal page -> switch plan -> the co
 failed renewal -> past_due -> unpaid, no access."""
 
 import json
-import os
 import re
 
 import pytest
@@ -11,25 +10,12 @@ from playwright.sync_api import expect, sync_playwright
 
 from pulse import db
 from pulse.models import WebhookEvent
+from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, require_chromium
 from tests.live_server import LiveServer
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = os.environ.get("PULSE_TEST_CHROMIUM", "/usr/bin/chromium")
-if not os.access(CHROMIUM, os.X_OK) and os.environ.get("PULSE_TEST_REQUIRE_ALL") != "1":
-    pytest.skip(
-        f"browser tests need Chromium at {CHROMIUM}: apt-get install chromium fonts-dejavu-core "
-        "(or set PULSE_TEST_CHROMIUM)",
-        allow_module_level=True,
-    )
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+require_chromium()
 
 
 def api(server, key, method, path, body=None):
