@@ -1,115 +1,19 @@
-"""OpenAPI paths and schemas of issue 16: webhook endpoints (outgoing webhooks), subscription lifecycle, entitlements.
+"""OpenAPI schemas and paths of the subscription lifecycle, invoices and entitlements (issue 16; handlers/manage.py)."""
 
-handlers/openapi.py merges SCHEMAS and `paths()` into its document.
-"""
-
-import copy
-
-from handlers.openapi import (
+from handlers.openapi_parts import (
     EXTERNAL_USER_ID,
     IDEMPOTENCY_KEY,
+    NULLABLE_INT,
     NULLABLE_STRING,
     NULLABLE_TIME,
     STRIPE_PRICE_ID,
     json_response,
 )
-from handlers.openapi import error_responses as errors
-from handlers.openapi import schema_ref as ref
+from handlers.openapi_parts import error_responses as errors
+from handlers.openapi_parts import schema_ref as ref
 from pulse import lifecycle
 
-ENDPOINT_ID = {
-    "name": "endpoint_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_]{1,64}$"},
-}
-NULLABLE_INT = {"type": ["integer", "null"]}
-
 SCHEMAS = {
-    "WebhookEndpointRequest": {
-        "type": "object",
-        "required": ["url"],
-        "additionalProperties": False,
-        "properties": {
-            "url": {
-                "type": "string",
-                "maxLength": 2048,
-                "description": "https (http only to loopback, "
-                "with PULSE_WEBHOOK_ALLOW_LOOPBACK=1). Private and link-local addresses are refused "
-                "unless PULSE_WEBHOOK_ALLOW_PRIVATE=1.",
-            },
-            "description": {"type": "string", "maxLength": 200},
-        },
-    },
-    "WebhookEndpoint": {
-        "type": "object",
-        "required": ["id", "url", "description", "enabled", "disabled_reason", "created_at"],
-        "properties": {
-            "id": {"type": "string"},
-            "url": {"type": "string"},
-            "description": {"type": "string"},
-            "enabled": {
-                "type": "boolean",
-                "description": "false once every delivery failed for "
-                "PULSE_WEBHOOK_DISABLE_AFTER seconds; POST .../enable resumes it",
-            },
-            "disabled_reason": NULLABLE_STRING,
-            "created_at": {"type": "string", "format": "date-time"},
-            "secret": {"type": "string", "description": "whsec_…: only in the answer of the creation"},
-        },
-    },
-    "WebhookEndpointList": {
-        "type": "object",
-        "required": ["data"],
-        "properties": {"data": {"type": "array", "items": ref("WebhookEndpoint")}},
-    },
-    "WebhookDelivery": {
-        "type": "object",
-        "required": [
-            "id",
-            "webhook_id",
-            "event_type",
-            "endpoint",
-            "status",
-            "attempts",
-            "last_status_code",
-            "last_latency_ms",
-            "last_error",
-            "last_attempt_at",
-            "delivered_at",
-            "created_at",
-        ],
-        "properties": {
-            "id": {"type": "integer"},
-            "webhook_id": {"type": "string"},
-            "event_type": {"type": "string"},
-            "endpoint": {"type": "string"},
-            "status": {"type": "string", "enum": ["pending", "succeeded", "failed"]},
-            "attempts": {"type": "integer"},
-            "last_status_code": NULLABLE_INT,
-            "last_latency_ms": NULLABLE_INT,
-            "last_error": NULLABLE_STRING,
-            "last_attempt_at": NULLABLE_TIME,
-            "delivered_at": NULLABLE_TIME,
-            "created_at": {"type": "string", "format": "date-time"},
-        },
-    },
-    "WebhookEndpointDetail": {
-        "allOf": [
-            ref("WebhookEndpoint"),
-            {
-                "type": "object",
-                "required": ["deliveries"],
-                "properties": {
-                    "deliveries": {
-                        "type": "array",
-                        "items": ref("WebhookDelivery"),
-                        "description": "The 50 latest, newest first.",
-                    }
-                },
-            },
-        ]
-    },
     "CancelRequest": {
         "type": "object",
         "required": ["external_user_id"],
@@ -222,34 +126,7 @@ SCHEMAS = {
             "has_access": {"type": "boolean"},
         },
     },
-    "WebhookEndpointDeleted": {
-        "type": "object",
-        "required": ["id", "deleted"],
-        "properties": {"id": {"type": "string"}, "deleted": {"type": "boolean"}},
-    },
-    "WebhookQueued": {
-        "type": "object",
-        "required": ["webhook_id"],
-        "properties": {
-            "webhook_id": {"type": "string"},
-            "event_type": {"type": "string"},
-            "resent": {"type": "boolean"},
-        },
-    },
 }
-
-
-def _empty_post(summary, response, status="202"):
-    return {
-        "post": {
-            "summary": summary,
-            "parameters": [ENDPOINT_ID, IDEMPOTENCY_KEY],
-            "responses": {
-                status: json_response(ref(response), "Queued" if status == "202" else "OK"),
-                **errors(400, 401, 404, 409, 429, 503),
-            },
-        }
-    }
 
 
 def _lifecycle_post(summary, request, response, description):
@@ -274,21 +151,8 @@ _STORED = (
 _USER_QUERY = {"name": "external_user_id", "in": "query", "required": True, "schema": EXTERNAL_USER_ID}
 
 
-def extend_subscription(schemas):
-    """GET /api/subscription's `features`: lookup keys of the customer's active Stripe entitlements."""
-    schemas = copy.deepcopy(schemas)
-    own = schemas["Subscription"]["allOf"][1]
-    own["required"] = [*own["required"], "features"]
-    own["properties"]["features"] = {
-        "type": "array",
-        "items": {"type": "string"},
-        "description": "Lookup keys of the customer's active Stripe Entitlements.",
-    }
-    return schemas
-
-
 def paths():
-    """The paths of this module, for the OpenAPI document."""
+    """{path: path item} of the lifecycle, invoice and entitlement operations, for the OpenAPI document."""
     return {
         "/api/subscription/cancel": _lifecycle_post(
             "Cancel the user's subscription at the period end, or now", "CancelRequest", "Subscription", _STORED
@@ -345,67 +209,6 @@ def paths():
                     _USER_QUERY,
                 ],
                 "responses": {"200": json_response(ref("Entitlement"), "OK"), **errors(400, 401, 404, 422, 429, 503)},
-            }
-        },
-        "/api/webhook-endpoints": {
-            "get": {
-                "summary": "The project's outgoing webhook endpoints",
-                "responses": {"200": json_response(ref("WebhookEndpointList"), "OK"), **errors(401, 429, 503)},
-            },
-            "post": {
-                "summary": "Add an endpoint; the answer shows its whsec_ signing secret, once",
-                "description": "Events (Standard Webhooks signed: webhook-id, webhook-timestamp, "
-                "webhook-signature): subscription.updated, checkout.completed, customer.deleted, "
-                "webhook.test.",
-                "parameters": [IDEMPOTENCY_KEY],
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": ref("WebhookEndpointRequest")}},
-                },
-                "responses": {
-                    "201": json_response(ref("WebhookEndpoint"), "Created"),
-                    **errors(400, 401, 409, 413, 422, 429, 503),
-                },
-            },
-        },
-        "/api/webhook-endpoints/{endpoint_id}": {
-            "get": {
-                "summary": "An endpoint and its latest deliveries",
-                "parameters": [ENDPOINT_ID],
-                "responses": {"200": json_response(ref("WebhookEndpointDetail"), "OK"), **errors(401, 404, 429, 503)},
-            },
-            "delete": {
-                "summary": "Delete an endpoint and its deliveries",
-                "parameters": [ENDPOINT_ID],
-                "responses": {
-                    "200": json_response(ref("WebhookEndpointDeleted"), "Deleted"),
-                    **errors(401, 404, 429, 503),
-                },
-            },
-        },
-        "/api/webhook-endpoints/{endpoint_id}/test": _empty_post(
-            "Send a webhook.test event to the endpoint", "WebhookQueued"
-        ),
-        "/api/webhook-endpoints/{endpoint_id}/enable": _empty_post(
-            "Re-enable a disabled endpoint", "WebhookEndpoint", "200"
-        ),
-        "/api/webhook-endpoints/{endpoint_id}/deliveries/{delivery_id}/resend": {
-            "post": {
-                "summary": "Send a delivery again, with the same webhook-id",
-                "parameters": [
-                    ENDPOINT_ID,
-                    IDEMPOTENCY_KEY,
-                    {
-                        "name": "delivery_id",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "integer", "minimum": 0, "maximum": 10**17},
-                    },
-                ],
-                "responses": {
-                    "202": json_response(ref("WebhookQueued"), "Queued"),
-                    **errors(400, 401, 404, 409, 429, 503),
-                },
             }
         },
     }

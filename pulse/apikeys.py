@@ -49,7 +49,7 @@ def issue(project: Project, label: str = "", expires_at: datetime | None = None)
 
 def authenticate(raw: str | None) -> tuple[ApiKey, Project] | None:
     """The (ApiKey, Project) for a live key, else None. Call inside a db block."""
-    if not security.looks_like_api_key(raw or ""):
+    if raw is None or not security.looks_like_api_key(raw):
         return None
     digest = security.hash_token(raw)
     # Keyed by the bound database too: tests (and tools) rebind the proxy between databases.
@@ -82,7 +82,7 @@ def invalidate(project_id: int | None = None) -> None:
             _cache.pop(slot, None)
 
 
-def _lookup(digest):
+def _lookup(digest: str) -> tuple[ApiKey, Project] | None:
     row = ApiKey.select(ApiKey, Project).join(Project).where(ApiKey.key_hash == digest).first()
     if row is None or not security.same_hash(row.key_hash, digest):
         return None
@@ -95,7 +95,7 @@ def _lookup(digest):
     return row, row.project
 
 
-def _touch(row, now):
+def _touch(row: ApiKey, now: datetime) -> None:
     mono = time.monotonic()
     with _lock:
         last = _last_used_written.get(row.id)
@@ -132,7 +132,7 @@ def status(key: ApiKey, now: datetime | None = None) -> str:
     return "active"
 
 
-def keys_of(project):
+def keys_of(project: Project) -> list[ApiKey]:
     """The project's keys, newest first, each with `.state` (see `status`). Call inside a db block."""
     rows = list(ApiKey.select().where(ApiKey.project == project).order_by(ApiKey.id.desc()))
     now = utcnow()
@@ -141,7 +141,7 @@ def keys_of(project):
     return rows
 
 
-def key_of(project, key_id):
+def key_of(project: Project, key_id: str) -> ApiKey | None:
     """The project's key with public id `key_id` (`key_…`), or None. Call inside a db block."""
     key = ApiKey.get_or_none(ApiKey.public_id == key_id, ApiKey.project == project)
     if key is not None:

@@ -25,7 +25,7 @@ class RateLimit:
     limit: int
     window: int
 
-    def __str__(self):
+    def __str__(self) -> str:
         unit = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}[self.window]
         return f"{self.limit}/{unit}"
 
@@ -163,7 +163,7 @@ def sqlite_path(database_url: str) -> Path | None:
     return None if path in ("", ":memory:") else Path(path)
 
 
-def load_secret_key(env_value, database_url):
+def load_secret_key(env_value: str | None, database_url: str) -> str:
     """PULSE_SECRET_KEY, else the key in pulse.secret beside the SQLite db, made once."""
     if env_value:
         if len(env_value) < 16:

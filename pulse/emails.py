@@ -57,12 +57,12 @@ _CONFUSABLES = str.maketrans(
 )
 
 
-def is_valid(email):
+def is_valid(email: object) -> bool:
     """True for a plausible address of at most 254 characters (the pattern above; no DNS lookup)."""
     return isinstance(email, str) and len(email) <= MAX_LENGTH and _EMAIL.fullmatch(email) is not None
 
 
-def key(email):
+def key(email: str) -> str:
     """The identity of an address (SPEC 5): NFKC, trimmed, case-folded.
 
     Full-width, compatibility and case variants of one address give the same key, so they name
@@ -72,7 +72,7 @@ def key(email):
     return unicodedata.normalize("NFKC", text.casefold())
 
 
-def skeleton(email):
+def skeleton(email: str) -> str:
     """A coarser form of `key`: accents dropped and Cyrillic/Greek look-alikes mapped to Latin.
 
     Two different keys with one skeleton (`victim@` and `vïctim@`, or a Cyrillic `с`) are

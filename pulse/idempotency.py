@@ -6,12 +6,12 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import peewee
 
 from pulse.db import database, utcnow
-from pulse.models import IdempotencyRecord
+from pulse.models import IdempotencyRecord, Project
 
 log = logging.getLogger("pulse.idempotency")
 
@@ -36,12 +36,12 @@ class Outcome:
     reason: str | None = None  # "in_flight" | "mismatch" for conflicts
 
 
-def valid_key(key):
+def valid_key(key: str) -> bool:
     """Keys are 1-255 printable ASCII characters (a UUID is the usual choice)."""
     return bool(_KEY.fullmatch(key))
 
 
-def request_hash(method, path, body):
+def request_hash(method: str, path: str, body: bytes) -> str:
     """A fingerprint of what the request asks for; JSON bodies compare by value, not key order."""
     try:
         canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
@@ -52,7 +52,7 @@ def request_hash(method, path, body):
     return digest.hexdigest()
 
 
-def begin(project, key, fingerprint, now=None):
+def begin(project: Project, key: str, fingerprint: str, now: datetime | None = None) -> Outcome:
     """Claim `key` for a new request, or say why not. Call inside `with block():`."""
     now = now or utcnow()
     _maybe_purge(now)
@@ -88,7 +88,7 @@ def begin(project, key, fingerprint, now=None):
     return Outcome("conflict", reason="in_flight")
 
 
-def complete(record_id, status_code, body):
+def complete(record_id: int, status_code: int, body: str) -> None:
     """Store the response of the request that claimed the record (call inside `with block():`)."""
     (
         IdempotencyRecord.update(status_code=status_code, response_body=body)
@@ -97,18 +97,18 @@ def complete(record_id, status_code, body):
     )
 
 
-def release(record_id):
+def release(record_id: int) -> None:
     """Forget a claim whose request failed on our side (5xx), so a retry runs again."""
     IdempotencyRecord.delete().where(IdempotencyRecord.id == record_id).execute()
 
 
-def purge(now=None):
+def purge(now: datetime | None = None) -> int:
     """Delete records older than 24 h; returns how many went."""
     cutoff = (now or utcnow()) - TTL
     return IdempotencyRecord.delete().where(IdempotencyRecord.created_at <= cutoff).execute()
 
 
-def _maybe_purge(now):
+def _maybe_purge(now: datetime) -> None:
     # At most every ten minutes per process: the index on created_at makes it cheap.
     global _next_purge
     if time.monotonic() < _next_purge:

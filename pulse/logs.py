@@ -5,6 +5,7 @@ import logging
 import re
 import sys
 import time
+from typing import TextIO
 
 # Anything shaped like a secret is cut from every log line, whatever logged it. No \b before the
 # prefix ("x" + key in a malformed header is still a key), and "_" may arrive as %5F in a raw path.
@@ -14,12 +15,12 @@ _SECRET = re.compile(
 )
 
 
-def redact(text):
+def redact(text: str) -> str:
     """Replace secret-shaped substrings with their kind and an ellipsis."""
     return _SECRET.sub(lambda m: m.group(1) + "…", text)
 
 
-def _redacted(value):
+def _redacted(value: object) -> object:
     return redact(value) if isinstance(value, str) else value
 
 
@@ -28,7 +29,7 @@ class JsonFormatter(logging.Formatter):
 
     FIELDS = ("request_id", "method", "path", "status", "duration_ms", "ip", "project", "code", "event_id")
 
-    def format(self, record):
+    def format(self, record: logging.LogRecord) -> str:
         entry = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
@@ -44,7 +45,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def setup_logging(level="info", stream=None):
+def setup_logging(level: str = "info", stream: TextIO | None = None) -> None:
     """Install the JSON formatter on the root logger at `level`."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())

@@ -1,5 +1,7 @@
 """Peewee models for every entity of SPEC 2. Times are naive UTC."""
 
+from typing import Any
+
 import peewee as pw
 
 from pulse.db import database, is_mysql, utcnow
@@ -13,7 +15,7 @@ class LongTextField(pw.TextField):
     field_type = "LONGTEXT"
 
 
-def exact_collation(db):
+def exact_collation(db: Any) -> str:
     """The binary, no-pad utf8mb4 collation of this MySQL/MariaDB server."""
     if db.server_version is None:
         db.connect(reuse_if_open=True)
@@ -29,7 +31,7 @@ class ExactCharField(pw.CharField):
     Used for every identifier we did not mint: tenants' user ids, Stripe ids, idempotency keys.
     """
 
-    def ddl_datatype(self, ctx):
+    def ddl_datatype(self, ctx: Any) -> Any:
         datatype = super().ddl_datatype(ctx)
         if is_mysql():
             collation = exact_collation(database.obj)

@@ -1,7 +1,8 @@
 """sync-stripe: re-read a project's Stripe customers and subscriptions and repair local state."""
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from pulse import billing, outbox, ownership, subscriptions
 from pulse.config import Config
@@ -11,13 +12,13 @@ from pulse.security import SecretBox
 from pulse.stripe_objects import metadata_of, plain
 
 
-def _belongs(project, stripe_customer, subscription=None):
+def _belongs(project: Project, stripe_customer: dict[str, Any], subscription: dict[str, Any] | None = None) -> bool:
     """Whether a Stripe object is this project's, by the same rule as webhooks (pulse.ownership)."""
     with block():
         return ownership.not_owned(project, [subscription, stripe_customer], stripe_customer["id"]) is None
 
 
-async def _each(method, params):
+async def _each(method: Callable[..., Any], params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     """Every object of a Stripe list endpoint, as plain dicts, in pages of 100 (stripe-python's paging).
 
     `next_page_async` follows `has_more`/`starting_after` as `auto_paging_iter()` does; we walk
@@ -32,7 +33,7 @@ async def _each(method, params):
         page = await billing.call(page.next_page_async)
 
 
-def _repair_email(project, stripe_customer):
+def _repair_email(project: Project, stripe_customer: dict[str, Any]) -> None:
     email = (stripe_customer.get("email") or "")[:254]
     if not email:
         return
@@ -99,7 +100,9 @@ async def sync_project(
     return dict(counts)
 
 
-async def _unlink_deleted(project, client, listed, progress):
+async def _unlink_deleted(
+    project: Project, client: Any, listed: set[str], progress: Callable[[str], object] | None
+) -> int:
     """Apply a missed customer.deleted: a linked customer absent from the listing that Stripe shows deleted.
 
     A 404 (another account or mode: the project's key changed) is left alone. Returns how many were unlinked.

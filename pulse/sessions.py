@@ -2,7 +2,8 @@
 
 import contextlib
 import hashlib
-from datetime import timedelta
+from collections.abc import Iterator
+from datetime import datetime, timedelta
 
 from pulse import projects, security
 from pulse.db import database, is_mysql, utcnow
@@ -24,12 +25,12 @@ ATTEMPT_LOCK_WAIT = 5
 ACCOUNT_SCOPE = "account"
 
 
-def find_user(email):
+def find_user(email: str) -> User | None:
     """The account for `email`'s key (NFKC, case-folded), or None. Call inside a db block."""
     return projects.find_user(email)
 
 
-def create_session(user, ip=None, user_agent=""):
+def create_session(user: User, ip: str | None = None, user_agent: str = "") -> str:
     """Start a session for `user`; returns the raw token for the cookie (only its hash is stored)."""
     raw, digest = security.new_session_token()
     now = utcnow()
@@ -47,7 +48,7 @@ def create_session(user, ip=None, user_agent=""):
     return raw
 
 
-def session_user(raw):
+def session_user(raw: str | None) -> User | None:
     """The User of a live session token, else None; expired sessions are deleted."""
     if not raw or len(raw) > 128:
         return None
@@ -63,18 +64,18 @@ def session_user(raw):
     return row.user
 
 
-def end_session(raw):
+def end_session(raw: str | None) -> None:
     """Delete the session behind `raw` (sign-out)."""
     if raw:
         Session.delete().where(Session.token_hash == security.hash_token(raw)).execute()
 
 
-def end_all_sessions(user):
+def end_all_sessions(user: User) -> int:
     """Delete every session of `user` (password change)."""
     return Session.delete().where(Session.user == user).execute()
 
 
-def locked_until(email, ip, now=None):
+def locked_until(email: str, ip: str | None, now: datetime | None = None) -> datetime | None:
     """When the email+IP lockout ends, or None: 5 failures within 15 min lock for 15 min after the 5th."""
     now = now or utcnow()
     since = now - FAILURE_WINDOW - LOCKOUT
@@ -96,7 +97,7 @@ def locked_until(email, ip, now=None):
 
 
 @contextlib.contextmanager
-def _attempt_lock(email, ip):
+def _attempt_lock(email: str, ip: str | None) -> Iterator[None]:
     """Serialise counting attempts for one email+address across requests and processes."""
     db = database.obj
     if is_mysql(db):
@@ -115,7 +116,7 @@ def _attempt_lock(email, ip):
             yield
 
 
-def begin_attempt(email, ip):
+def begin_attempt(email: str, ip: str | None) -> int | None:
     """Count a sign-in attempt before its password is checked; its row id, or None when locked.
 
     The row counts as a failure from now on: failures plus attempts still in flight never exceed
@@ -137,25 +138,25 @@ def begin_attempt(email, ip):
     return row.id
 
 
-def finish_attempt(email, ip, ok):
+def finish_attempt(email: str, ip: str | None, ok: bool) -> None:
     """After the check: success forgets the email+address's failures; a failure stays counted."""
     if ok:
         clear_failures(email, ip)
 
 
-def cancel_attempt(attempt_id):
+def cancel_attempt(attempt_id: int | None) -> None:
     """Un-count an attempt whose password was never checked (the bcrypt pool was full)."""
     LoginFailure.delete().where(LoginFailure.id == attempt_id).execute()
 
 
-def clear_failures(email, ip):
+def clear_failures(email: str, ip: str | None) -> None:
     """A successful sign-in forgets earlier failures from the same email+IP."""
     LoginFailure.delete().where(
         LoginFailure.email == normalize_email(email)[:254], LoginFailure.ip == (ip or "")[:64]
     ).execute()
 
 
-def password_problem(new, confirm):
+def password_problem(new: str, confirm: str) -> str | None:
     """A message when a new password is unacceptable (projects.validate_admin_password), else None."""
     try:
         projects.validate_admin_password(new, "The new password")
@@ -166,7 +167,7 @@ def password_problem(new, confirm):
     return None
 
 
-def set_password(user, new_hash):
+def set_password(user: User, new_hash: str) -> None:
     """Store a new bcrypt hash and end every session of the user."""
     with database.atomic():
         now = utcnow()

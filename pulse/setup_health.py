@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from pulse.db import utcnow
-from pulse.models import AuditLog, WebhookEvent
+from pulse.models import AuditLog, Project, WebhookEvent
 from pulse.outcomes import Outcome
 
 RECENT = timedelta(days=7)
@@ -21,7 +21,13 @@ class Problem:
     at: datetime | None = None
 
 
-def problems(project, *, default_secret_key=False, default_webhook_secret=False, now=None):
+def problems(
+    project: Project,
+    *,
+    default_secret_key: bool = False,
+    default_webhook_secret: bool = False,
+    now: datetime | None = None,
+) -> list[Problem]:
     """[Problem] for `project`, worst first; [] when set-up looks right. Call inside a db block.
 
     Codes: `stripe_key_missing` (no project key and no deployment-wide key: checkouts answer 503),
@@ -57,7 +63,7 @@ def problems(project, *, default_secret_key=False, default_webhook_secret=False,
     return found
 
 
-def _last_connection_check(project):
+def _last_connection_check(project: Project) -> tuple[bool, datetime] | None:
     """(ok, when) of the last connection check, or None when none ran since the secret key last changed."""
     log = AuditLog.select().where(AuditLog.project == project)
     row = log.where(AuditLog.action == "settings.connection_checked").order_by(AuditLog.id.desc()).first()

@@ -6,9 +6,10 @@ both built from ACCESS_STATUSES and `has_access`), and the public JSON of a subs
 (`public_subscription`). A property test checks that the SQL and Python rankings pick the same row.
 """
 
+from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import peewee as pw
 
@@ -30,7 +31,7 @@ class Status(StrEnum):
 
 ACCESS_STATUSES = (Status.ACTIVE, Status.TRIALING, Status.CANCELLING)
 ALL_STATUSES = tuple(Status)
-_DIRECT = {
+_DIRECT: dict[str | None, Status] = {
     "active": Status.ACTIVE,
     "trialing": Status.TRIALING,
     "past_due": Status.PAST_DUE,
@@ -45,6 +46,10 @@ INTERVALS = {"day": "daily", "week": "weekly", "month": "monthly", "year": "year
 PAUSE_BEHAVIORS = ("keep_as_draft", "mark_uncollectible", "void")
 
 
+# A Subscription row: the model, or a dict of its columns (raw SQL and exports read dicts).
+Row = Any
+
+
 class Policy(NamedTuple):
     """A project's access settings: past_due keeps access? paused collection keeps access?"""
 
@@ -55,18 +60,24 @@ class Policy(NamedTuple):
 DEFAULT_POLICY = Policy()  # Stripe's own view: past_due and paused collection keep access
 
 
-def policy_of(project):
+def policy_of(project: Any) -> Policy:
+    """The project's access Policy (a Project row, or any object with its two policy fields)."""
     return Policy(bool(project.past_due_has_access), bool(project.paused_collection_has_access))
 
 
-def map_status(stripe_status, cancel_at_period_end=False, cancel_at=None):
+def map_status(stripe_status: str | None, cancel_at_period_end: bool | None = False, cancel_at: object = None) -> str:
     """PaymentPulse status for a Stripe subscription's status and cancellation fields."""
     if stripe_status in ("active", "trialing") and (cancel_at_period_end or cancel_at):
         return Status.CANCELLING.value
     return _DIRECT.get(stripe_status, Status.INCOMPLETE).value
 
 
-def has_access(status, past_due_has_access=True, pause_behavior=None, paused_collection_has_access=True):
+def has_access(
+    status: str,
+    past_due_has_access: bool = True,
+    pause_behavior: str | None = None,
+    paused_collection_has_access: bool = True,
+) -> bool:
     """Whether a subscription with this status (and pause_collection behavior, if any) grants access."""
     if pause_behavior and not paused_collection_has_access:
         return False
@@ -75,11 +86,11 @@ def has_access(status, past_due_has_access=True, pause_behavior=None, paused_col
     return status in ACCESS_STATUSES
 
 
-def _field(row, name):
+def _field(row: Row, name: str) -> Any:
     return row[name] if isinstance(row, dict) else getattr(row, name)
 
 
-def row_has_access(row, policy):
+def row_has_access(row: Row, policy: Policy) -> bool:
     """has_access for a Subscription row (model or dict) under a Policy."""
     return has_access(
         _field(row, "status"),
@@ -92,7 +103,7 @@ def row_has_access(row, policy):
 _EPOCH = datetime(1970, 1, 1)
 
 
-def rank(row, policy):
+def rank(row: Row, policy: Policy) -> tuple[bool, bool, float, int]:
     """Sort key of the current-subscription rule: access first, then the latest started, then the newest row."""
     started = _field(row, "started_at")
     return (
@@ -103,12 +114,12 @@ def rank(row, policy):
     )
 
 
-def current(rows, policy=DEFAULT_POLICY):
+def current(rows: Sequence[Row], policy: Policy = DEFAULT_POLICY) -> Row | None:
     """The subscription GET /api/subscription reports among one user's rows (models or dicts), or None."""
     return min(rows, key=lambda row: rank(row, policy)) if rows else None
 
 
-def access_condition(subscription, project):
+def access_condition(subscription: Any, project: Any) -> Any:
     """SQL twin of `row_has_access`: `subscription` and `project` are models or aliases in the query."""
     granted = subscription.status.in_([s.value for s in ACCESS_STATUSES]) | (
         (subscription.status == Status.PAST_DUE.value) & (project.past_due_has_access == True)
@@ -116,7 +127,7 @@ def access_condition(subscription, project):
     return granted & (subscription.pause_behavior.is_null() | (project.paused_collection_has_access == True))  # noqa: E712
 
 
-def current_order(subscription, project):
+def current_order(subscription: Any, project: Any) -> list[Any]:
     """SQL twin of `rank`: ORDER BY terms that put the current subscription first."""
     return [
         pw.Case(None, [(access_condition(subscription, project), 0)], 1),
@@ -125,7 +136,7 @@ def current_order(subscription, project):
     ]
 
 
-def iso_time(value):
+def iso_time(value: datetime | str | None) -> str | None:
     """ISO 8601 with Z for a stored time: a datetime, or the text SQLite hands back for raw SQL."""
     if value is None or isinstance(value, datetime):
         return isoformat(value)
@@ -149,7 +160,9 @@ PUBLIC_COLUMNS = (
 )
 
 
-def public_subscription(row, policy, with_access, customer=None):
+def public_subscription(
+    row: Row, policy: Policy, with_access: int, customer: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The public JSON of a subscription (SPEC 3.2): GET /api/subscription, and each export row's subscription.
 
     `row` holds PUBLIC_COLUMNS (a model or a dict); `with_access` is how many of the user's

@@ -19,7 +19,7 @@ from pulse.security import SecretBox
 from tests.support import MYSQL_URL, TEST_SECRET, empty_mysql, mysql_server_url
 
 # Fixtures shared by several test modules, loaded here rather than imported by name.
-pytest_plugins = ["tests.webhook_support", "tests.webhook_receiver"]
+pytest_plugins = ["tests.webhook_support", "tests.webhook_receiver", "tests.console_support"]
 
 BACKENDS = ["sqlite"] + (["mysql"] if MYSQL_URL else [])
 # bcrypt at its minimum cost: half the suite's time went on cost 12. Subprocess servers inherit it.

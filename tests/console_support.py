@@ -1,4 +1,7 @@
-"""A cookie-keeping console client for handler tests, and seed data for console pages."""
+"""A cookie-keeping console client for handler tests, and seed data for console pages.
+
+A pytest plugin (tests/conftest.py lists it in `pytest_plugins`): `console` and `seeded` reach every test.
+"""
 
 import json
 import re
@@ -6,6 +9,8 @@ import secrets
 from datetime import timedelta
 from http.cookies import SimpleCookie
 from urllib.parse import urlencode
+
+import pytest
 
 from pulse import db
 from pulse.db import utcnow
@@ -141,3 +146,21 @@ def new_key_in(body):
     """The once-shown raw key on a keys page."""
     found = re.search(r'id="new-key"[^>]*value="(pp_live_[0-9A-Za-z]+)"', body)
     return found.group(1) if found else None
+
+
+@pytest.fixture
+def console(http_client, base_url):
+    """A signed-out Console on the test app."""
+    return Console(http_client, base_url)
+
+
+@pytest.fixture
+def seeded(project):
+    """`seed` the `project` fixture's project -> {"failed": failed event id, "key": its API key id} for `url`."""
+    customers, failed = seed(project.project)
+    return {"failed": failed.id, "key": project.api_key.key_id}
+
+
+def url(project, suffix, seeded):
+    """The console path of `project`'s page `suffix`, with {failed} and {key} filled from `seeded`."""
+    return f"/console/p/{project.project.public_id}/" + suffix.format(**seeded)

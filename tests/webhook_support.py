@@ -81,6 +81,12 @@ def events_of(project=None, **where):
         return list(query)
 
 
+def reason_of(project, evt):
+    """(outcome, reason) of the one stored row of Stripe event `evt` in `project`."""
+    [row] = events_of(project, stripe_event_id=evt["id"])
+    return row.outcome, row.reason
+
+
 def iso(ts):
     return None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
