@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import signal
@@ -20,7 +21,8 @@ log = logging.getLogger("pulse.server")
 DRAIN_SECONDS = 10.0
 # Tornado's HTTPServer limits against slow and hostile clients. API handlers stream their bodies and
 # cut them at 1 MiB themselves; every other handler's body is buffered in RAM, so the server-wide cap
-# stays small (a console form is a few hundred bytes). Tests shorten the timeouts.
+# stays small (a console form is a few hundred bytes). Tests shorten the timeouts. A header block over
+# max_header_size gets no answer at all: Tornado's IOStream closes the connection itself (QA #12).
 HTTP_SERVER_LIMITS = dict(
     max_body_size=2 * 1024 * 1024, idle_connection_timeout=60, body_timeout=30, max_header_size=64 * 1024
 )
@@ -117,7 +119,15 @@ def serve(make_app, config, processes=1):
     db.bind(config.database_url)
     migrate_database()
     db.database.close()  # children must not share the parent's connection
-    sockets = tornado.netutil.bind_sockets(config.port, config.host)
+    try:
+        sockets = tornado.netutil.bind_sockets(config.port, config.host)
+    except OSError as exc:
+        hint = "; choose another port with --port N or PULSE_PORT=N"
+        if exc.errno == errno.EADDRINUSE:
+            hint = " (another server is listening there)" + hint
+        elif exc.errno == errno.EADDRNOTAVAIL:
+            hint = "; set --host or PULSE_HOST to an address of this machine"
+        raise OSError(exc.errno, f"cannot listen on {config.host}:{config.port}: {exc.strerror}{hint}") from None
     # The port actually bound (--port 0 picks one): sandbox projects reach their simulator through it.
     config = dataclasses.replace(config, port=sockets[0].getsockname()[1])
     if processes > 1:

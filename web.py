@@ -3,6 +3,7 @@
 import asyncio
 import ipaddress
 import logging
+import re
 
 import tornado.web
 from tornado.iostream import StreamClosedError
@@ -16,6 +17,17 @@ log = logging.getLogger("pulse.web")
 HSTS = "max-age=31536000; includeSubDomains"
 # Any of these means a proxy stands between us and the client: loopback is then not the client.
 FORWARDING_HEADERS = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Real-Ip", "X-Scheme", "Forwarded")
+
+
+_DIGITS = re.compile(r"[0-9]{1,18}")
+
+
+def ascii_int(text):
+    """`text` as an int when it is 1-18 ASCII digits, else None.
+
+    int() and str.isdigit() also take "²", "٣", " 7" and "1_0": client numbers are read with this only.
+    """
+    return int(text) if isinstance(text, str) and _DIGITS.fullmatch(text) else None
 
 
 def _last(value):

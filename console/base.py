@@ -333,12 +333,12 @@ class ProjectHandler(SignedInHandler):
         return f"{scheme}://{self.request.host}/api/webhook/{self.project.public_id}"
 
     def cursor_arg(self, name):
-        """A page cursor from the query string: a row id in [0, MAX_ID], 0 when absent or not a whole number."""
-        try:
-            value = int(self.get_query_argument(name, "0") or 0)
-        except ValueError:
-            return 0
-        return min(max(value, 0), MAX_ID)
+        """A page cursor from the query string: a row id in [0, MAX_ID], 0 when absent or not ASCII digits."""
+        raw = self.get_query_argument(name, "")
+        value = web.ascii_int(raw)
+        if value is None:
+            return MAX_ID if raw.isascii() and raw.isdigit() else 0  # 19+ digits: past every row
+        return min(value, MAX_ID)
 
 
 class ConsoleNotFoundHandler(ConsoleHandler):

@@ -45,7 +45,7 @@ class EventPage(ProjectHandler):
     section = "events"
 
     def event(self, event_id):
-        if int(event_id) > MAX_ID:
+        if len(event_id) > 19 or int(event_id) > MAX_ID:  # the route takes only [0-9]+
             raise tornado.web.HTTPError(404, reason="No such webhook event in this project.")
         with block():
             event = insights.get_event(self.project, event_id)

@@ -44,10 +44,8 @@ class PlansHandler(PlansPage):
         wanted = price_ids_of(text)
         if not plans.valid_slug(slug):
             return self.show(400, "The plan slug must be 1-100 characters without control characters.", form=form)
-        if len(wanted) > plans.MAX_PRICES or not all(plans.valid_price_id(p) for p in wanted):
-            return self.show(
-                400, f"Enter up to {plans.MAX_PRICES} Stripe price ids (price_…), one per line.", form=form
-            )
+        if not 1 <= len(wanted) <= plans.MAX_PRICES or not all(plans.valid_price_id(p) for p in wanted):
+            return self.show(400, f"Enter 1 to {plans.MAX_PRICES} Stripe price ids (price_…), one per line.", form=form)
         try:
             with block():
                 saved, _ = plans.set_prices(self.project, slug, wanted)

@@ -1,5 +1,6 @@
 """A sandbox project's simulator page: its subscriptions, cards and clock (SPEC 8)."""
 
+import re
 from datetime import UTC, datetime
 
 import tornado.web
@@ -12,6 +13,7 @@ from sandbox.api import perform
 from sandbox.core import StripeError
 
 ADVANCE_DAYS = (1, 3, 7, 14, 31, 365)
+_DAYS = re.compile(r"[0-9]{1,4}(\.[0-9]{1,6})?")
 
 
 def _date(ts):
@@ -65,10 +67,9 @@ class SandboxPage(ProjectHandler):
     async def post(self, project_id):
         action = self.get_body_argument("action", "")
         if action == "advance":
-            try:
-                days = float(self.get_body_argument("days", ""))
-            except ValueError:
-                days = 0
+            raw = self.get_body_argument("days", "").strip()
+            # float() also takes "٣", "1_0" and "inf": ASCII decimals only, as for every client number.
+            days = float(raw) if _DAYS.fullmatch(raw) else 0
             if not 0 < days <= 3660:
                 return self.show(400, "Advance by more than 0 and at most 3660 days.")
             change = lambda sim: lifecycle.advance(sim, int(days * 86400))  # noqa: E731

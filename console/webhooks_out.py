@@ -5,6 +5,7 @@ from console.dashboard import PID
 from pulse import outbox
 from pulse.db import block, transaction
 from pulse.models import WebhookDelivery
+from web import ascii_int
 
 DONE = {
     "deleted": "Endpoint deleted.",
@@ -97,12 +98,12 @@ class EndpointEnableHandler(WebhooksPage):
 
 class DeliveryResendHandler(WebhooksPage):
     def post(self, project_id):
-        raw = self.get_body_argument("delivery", "")
+        number = ascii_int(self.get_body_argument("delivery", ""))
         with block(), transaction():
             delivery = (
-                WebhookDelivery.get_or_none(WebhookDelivery.id == int(raw), WebhookDelivery.project == self.project)
-                if raw.isdigit() and len(raw) < 18
-                else None
+                None
+                if number is None
+                else WebhookDelivery.get_or_none(WebhookDelivery.id == number, WebhookDelivery.project == self.project)
             )
             if delivery is not None:
                 outbox.resend(delivery)

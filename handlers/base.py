@@ -11,7 +11,7 @@ import traceback
 import tornado.web
 
 import web
-from handlers import limits
+from handlers import inputs, limits
 from pulse import apikeys, idempotency
 from pulse.db import DatabaseUnavailable, block
 from pulse.logs import redact
@@ -124,10 +124,10 @@ class ApiHandler(tornado.web.RequestHandler):
         self.set_header("X-Request-Id", self.request_id)
         # Allow up to the hard cap so an oversize body reaches data_received and gets our 413.
         self.request.connection.set_max_body_size(DRAIN_BYTES)
-        length = self.request.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        length = inputs.declared_length(self.request.headers, huge=DRAIN_BYTES + 1)
+        if length is not None and length > MAX_BODY_BYTES:
             expecting = self.request.headers.get("Expect", "").lower() == "100-continue"
-            if expecting or int(length) > DRAIN_BYTES:
+            if expecting or length > DRAIN_BYTES:
                 raise ApiError(413, "payload_too_large", MESSAGES[413])  # nothing sent yet, or too much to read
             self._too_large = True  # drained by data_received, answered when the method would run
             return
@@ -188,7 +188,12 @@ class ApiHandler(tornado.web.RequestHandler):
         if not raw.strip():
             raise ApiError(400, "invalid_json", "Request body must be a JSON object.")
         try:
-            data = json.loads(raw)
+            data = inputs.loads(raw)
+        except inputs.DuplicateKey as exc:
+            shown = json.dumps(exc.args[0][:100])  # ASCII-escaped: a lone surrogate or control character prints
+            raise ApiError(
+                400, "invalid_json", f"Request body has a duplicate key {shown}: send each field once."
+            ) from None
         except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested thousands deep
             raise ApiError(400, "invalid_json", "Request body is not valid JSON.") from None
         if not isinstance(data, dict):
@@ -205,6 +210,33 @@ class ApiHandler(tornado.web.RequestHandler):
                 shown = unknown if len(unknown) <= 100 else unknown[:100] + "…"
                 raise invalid(shown, f"unknown parameter: {shown}")
         return data
+
+    def decode_argument(self, value, name=None):
+        """Path and query values as text; bytes that are not UTF-8 are 400 naming the argument (or `path`)."""
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            field = name or "path"
+            raise invalid(field, f"{field} must be UTF-8") from None
+
+    def query_arg(self, name):
+        r"""The last `name` query parameter exactly as sent, or None.
+
+        get_query_argument turns \x00-\x08 and \x0e-\x1f into spaces, so "john\x01smith" would read
+        "john smith" (security review M4): ids are read with this, and refused if they hold control characters.
+        """
+        values = self.request.query_arguments.get(name)
+        return self.decode_argument(values[-1], name) if values else None
+
+    def query_int(self, name, default, low, high):
+        """An integer query parameter in [low, high], ASCII digits only; `default` when absent, else 400 naming it."""
+        raw = self.query_arg(name)
+        if raw is None:
+            return default
+        value = web.ascii_int(raw)
+        if value is None or not low <= value <= high:
+            raise invalid(name, f"{name} must be an integer between {low} and {high}")
+        return value
 
     def write_json(self, data, status=200):
         self.set_status(status)
@@ -281,7 +313,10 @@ class ApiHandler(tornado.web.RequestHandler):
 
 
 IDEMPOTENCY_MESSAGES = {
-    "mismatch": "This Idempotency-Key was already used with a different request body.",
+    "mismatch": "This Idempotency-Key was already used on this endpoint with a different request body;"
+    " send a new key for a new request.",
+    "other_endpoint": "This Idempotency-Key was already used on a different endpoint (method and path);"
+    " send a new key for each request.",
     "in_flight": "A request with this Idempotency-Key is still being processed; retry once it completes.",
 }
 

@@ -55,21 +55,6 @@ def external_user_id(value, field="external_user_id"):
     return value
 
 
-def query_id(handler, name):
-    r"""The last `name` query parameter exactly as sent, or None.
-
-    Tornado's get_query_argument turns \x00-\x08 and \x0e-\x1f into spaces, so "john\x01smith"
-    would read "john smith"'s subscription (security review M4): read the raw bytes instead.
-    """
-    values = handler.request.query_arguments.get(name)
-    if not values:
-        return None
-    try:
-        return values[-1].decode("utf-8")
-    except UnicodeDecodeError:
-        raise invalid(name, f"{name} must be UTF-8") from None
-
-
 def email(data, field="email"):
     value = _required(data, field).strip()
     if not emails.is_valid(value):
@@ -240,7 +225,7 @@ class PortalHandler(BillingHandler):
 
 class SubscriptionHandler(ApiHandler):
     def get(self):
-        user = query_id(self, "external_user_id")
+        user = self.query_arg("external_user_id")
         if user is None:
             raise missing("external_user_id")
         external_user_id(user)

@@ -131,23 +131,21 @@ class ChangePreviewHandler(LifecycleHandler):
 
 class InvoicesHandler(LifecycleHandler):
     async def get(self):
-        user = self.get_query_argument("external_user_id", None, strip=False)
+        user = self.query_arg("external_user_id")
         if user is None:
             raise missing("external_user_id")
         external_user_id(user)
-        limit = self.get_query_argument("limit", "10", strip=False)
-        if not limit.isdigit() or not 1 <= int(limit) <= 100:
-            raise invalid("limit", "limit must be an integer between 1 and 100")
-        after = self.get_query_argument("starting_after", None, strip=False)
+        limit = self.query_int("limit", 10, 1, 100)
+        after = self.query_arg("starting_after")
         if after is not None and not _CURSOR.fullmatch(after):
             raise invalid("starting_after", "starting_after must be an invoice id (in_…) from the previous page")
         client = self.stripe_client()
-        self.write_json(await lifecycle.invoices(client, self.project, user, int(limit), after))
+        self.write_json(await lifecycle.invoices(client, self.project, user, limit, after))
 
 
 class EntitlementHandler(LifecycleHandler):
     def get(self, feature):
-        user = self.get_query_argument("external_user_id", None, strip=False)
+        user = self.query_arg("external_user_id")
         if user is None:
             raise missing("external_user_id")
         external_user_id(user)
@@ -166,5 +164,5 @@ default_handlers = [
     (r"/api/subscription/change", ChangeHandler),
     (r"/api/subscription/change/preview", ChangePreviewHandler),
     (r"/api/invoices", InvoicesHandler),
-    (r"/api/entitlements/([^/]+)", EntitlementHandler),
+    (r"/api/entitlements/(?P<feature>[^/]+)", EntitlementHandler),
 ]

@@ -21,8 +21,9 @@ def price_ids(data):
     if "stripe_price_ids" not in data or data["stripe_price_ids"] is None:
         raise missing("stripe_price_ids")
     value = data["stripe_price_ids"]
-    if not isinstance(value, list) or len(value) > plans.MAX_PRICES:
-        raise invalid("stripe_price_ids", f"stripe_price_ids must be a list of at most {plans.MAX_PRICES} price ids")
+    if not isinstance(value, list) or not 1 <= len(value) <= plans.MAX_PRICES:
+        # A plan with no price could never match a subscription: delete the plan instead.
+        raise invalid("stripe_price_ids", f"stripe_price_ids must be a list of 1 to {plans.MAX_PRICES} price ids")
     if not all(plans.valid_price_id(p) for p in value):
         raise invalid(
             "stripe_price_ids",
@@ -76,5 +77,5 @@ class PlanHandler(ApiHandler):
 
 default_handlers = [
     (r"/api/plans", PlansHandler),
-    (r"/api/plans/([^/]+)", PlanHandler),
+    (r"/api/plans/(?P<plan_slug>[^/]+)", PlanHandler),
 ]

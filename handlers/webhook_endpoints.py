@@ -4,6 +4,7 @@ from handlers.base import ApiError, ApiHandler, idempotent, invalid, missing
 from pulse import outbox
 from pulse.db import block, isoformat, transaction
 from pulse.models import WebhookDelivery
+from web import ascii_int
 
 _NO_ENDPOINT = "No webhook endpoint with this id in this project."
 _FIELDS = {"url", "description"}
@@ -104,12 +105,11 @@ class DeliveryResendHandler(_OneEndpoint):
         with block():
             with transaction():
                 endpoint = self._endpoint(endpoint_id)
+                number = ascii_int(delivery_id)
                 delivery = (
-                    WebhookDelivery.get_or_none(
-                        WebhookDelivery.id == int(delivery_id), WebhookDelivery.endpoint == endpoint
-                    )
-                    if delivery_id.isdigit() and len(delivery_id) < 18
-                    else None
+                    None
+                    if number is None
+                    else WebhookDelivery.get_or_none(WebhookDelivery.id == number, WebhookDelivery.endpoint == endpoint)
                 )
                 if delivery is None:
                     raise ApiError(404, "not_found", "No such delivery for this endpoint.")

@@ -328,7 +328,14 @@ def load_config(environ: Mapping[str, str] | None = None, **overrides: Any) -> C
         if setting.parse is not None and raw not in (None, ""):
             values[setting.field] = setting.parse(setting.name, raw)
     values.update(overrides)
+    database_url = values.get("database_url", DEFAULT_DATABASE_URL)
+    db_file = sqlite_path(database_url)
+    if db_file is not None and not db_file.parent.is_dir():
+        # SQLite creates the file, never its directory: say so, not "unable to open database file".
+        raise ConfigError(
+            f"the directory {db_file.parent} of the SQLite database in PULSE_DATABASE_URL does not exist;"
+            f" create it first (mkdir -p {db_file.parent})"
+        )
     if "secret_key" not in values:
-        database_url = values.get("database_url", DEFAULT_DATABASE_URL)
         values["secret_key"] = load_secret_key(env.get("PULSE_SECRET_KEY") or None, database_url)
     return Config(**values)

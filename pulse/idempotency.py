@@ -33,7 +33,7 @@ class Outcome:
     record_id: int | None = None
     status_code: int | None = None
     body: str | None = None
-    reason: str | None = None  # "in_flight" | "mismatch" for conflicts
+    reason: str | None = None  # "in_flight" | "mismatch" (other body) | "other_endpoint" for conflicts
 
 
 def valid_key(key: str) -> bool:
@@ -41,15 +41,36 @@ def valid_key(key: str) -> bool:
     return bool(_KEY.fullmatch(key))
 
 
+def _once(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    # A body that repeats a key is refused by the API: it must not share a fingerprint with its last-wins twin.
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        raise ValueError("duplicate key")
+    return data
+
+
 def request_hash(method: str, path: str, body: bytes) -> str:
-    """A fingerprint of what the request asks for; JSON bodies compare by value, not key order."""
+    """A fingerprint of what the request asks for; JSON bodies compare by value, not key order.
+
+    64 hex characters (the column's size): 16 of the endpoint alone, so a conflict can say whether
+    the endpoint or the body differs, then 48 of endpoint and body together.
+    """
     try:
-        canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
-    except (ValueError, UnicodeDecodeError, RecursionError):  # not JSON, or nested too deep to compare
+        value = json.loads(body, object_pairs_hook=_once)
+        canonical = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    except (ValueError, UnicodeDecodeError, RecursionError):  # not JSON (or repeats a key), or nested too deep
         canonical = body
-    digest = hashlib.sha256(f"{method} {path}\n".encode())
-    digest.update(canonical)
-    return digest.hexdigest()
+    endpoint = f"{method} {path}\n".encode()
+    return hashlib.sha256(endpoint).hexdigest()[:16] + hashlib.sha256(endpoint + canonical).hexdigest()[:48]
+
+
+def _same_request(stored: str, fingerprint: str) -> bool:
+    # Records written before the endpoint prefix hold the whole sha256 of endpoint and body (gone after 24 h).
+    return stored == fingerprint or stored[:48] == fingerprint[16:]
+
+
+def _conflict_reason(stored: str, fingerprint: str) -> str:
+    return "mismatch" if stored[:16] == fingerprint[:16] else "other_endpoint"
 
 
 def begin(project: Project, key: str, fingerprint: str, now: datetime | None = None) -> Outcome:
@@ -70,7 +91,8 @@ def begin(project: Project, key: str, fingerprint: str, now: datetime | None = N
             continue  # released (a 5xx) between our insert and this read: try again
         expired = existing.created_at <= now - TTL
         stale = existing.status_code is None and existing.created_at <= now - STALE_IN_FLIGHT
-        if expired or (stale and existing.request_hash == fingerprint):
+        same = _same_request(existing.request_hash, fingerprint)
+        if expired or (stale and same):
             # Compare-and-set on created_at, so only one of several retries takes the key over.
             taken = (
                 IdempotencyRecord.update(request_hash=fingerprint, status_code=None, response_body=None, created_at=now)
@@ -80,8 +102,8 @@ def begin(project: Project, key: str, fingerprint: str, now: datetime | None = N
             if taken:
                 return Outcome("run", record_id=existing.id)
             continue
-        if existing.request_hash != fingerprint:
-            return Outcome("conflict", reason="mismatch")
+        if not same:
+            return Outcome("conflict", reason=_conflict_reason(existing.request_hash, fingerprint))
         if existing.status_code is None:
             return Outcome("conflict", reason="in_flight")
         return Outcome("replay", status_code=existing.status_code, body=existing.response_body)

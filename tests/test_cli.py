@@ -250,3 +250,30 @@ def test_a_worker_that_dies_is_replaced(cli_env, tmp_path):
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def test_serve_on_a_port_in_use_names_it_and_how_to_choose_another(cli_env):
+    """QA #6/#13: not just "Address already in use": which address, and --port / PULSE_PORT."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli(cli_env, "serve", "--port", str(port))
+    assert result.returncode == 1
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"run.py: error: cannot listen on 127.0.0.1:{port}: Address already in use"), line
+    assert "--port" in line and "PULSE_PORT" in line, line
+
+
+@pytest.mark.parametrize("secret", [True, False], ids=["PULSE_SECRET_KEY set", "key file"])
+def test_a_sqlite_database_in_a_missing_directory_says_to_create_it(cli_env, tmp_path, secret):
+    """QA #13: SQLite makes the file, never its directory; the message says so instead of "pulse.secret"."""
+    folder = tmp_path / "nowhere" / "deeper"
+    env = {**cli_env, "PULSE_DATABASE_URL": f"sqlite:///{folder}/pulse.db"}
+    if not secret:
+        env.pop("PULSE_SECRET_KEY")
+    result = cli(env, "migrate")
+    assert result.returncode == 2
+    line = result.stderr.strip()
+    assert "\n" not in line and f"mkdir -p {folder}" in line and "does not exist" in line, line
+    assert not folder.exists()

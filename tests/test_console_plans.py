@@ -37,6 +37,8 @@ async def test_plans_page_lists_adds_refuses_conflicts_and_deletes_after_confirm
     conflict = await console.post(url(project, "plans"), {"plan_slug": "other", "stripe_price_ids": "price_team_y"})
     assert conflict.code == 400 and "already belongs to plan" in text(conflict)
     assert (await console.post(url(project, "plans"), {"plan_slug": "", "stripe_price_ids": "x"})).code == 400
+    empty = await console.post(url(project, "plans"), {"plan_slug": "bare", "stripe_price_ids": " \n"})
+    assert empty.code == 400 and "Enter 1 to" in text(empty)  # a plan with no price could match nothing
     asked = await console.post(url(project, "plans/delete"), {"plan_slug": "pro"})
     assert asked.code == 200 and "Delete plan “pro”?" in text(asked)
     with db.block():

@@ -128,6 +128,44 @@ def test_query_parameters_never_500(io_loop, api, params, path):
     assert b"Traceback" not in response.body
 
 
+@FUZZ
+@given(
+    raw=st.binary(min_size=1, max_size=12) | st.text(max_size=6).map(lambda t: t.encode("utf-8")),
+    name=st.sampled_from(["external_user_id", "limit", "starting_after", "format", "bom"]),
+    where=st.sampled_from(["query", "path"]),
+    route=st.sampled_from(
+        [
+            ("GET", "/api/invoices?external_user_id=42&{q}"),
+            ("GET", "/api/subscription?{q}"),
+            ("GET", "/api/customers/export?{q}"),
+            ("GET", "/api/entitlements/{p}?external_user_id=42&{q}"),
+            ("PUT", "/api/plans/{p}?{q}"),
+            ("DELETE", "/api/plans/{p}?{q}"),
+        ]
+    ),
+)
+@example(raw="\u00b2".encode(), name="limit", where="query", route=("GET", "/api/invoices?external_user_id=42&{q}"))
+@example(raw=b"\xff", name="limit", where="path", route=("PUT", "/api/plans/{p}?{q}"))
+def test_query_and_path_bytes_are_named_in_400s(io_loop, api, raw, name, where, route):
+    """QA #2/#10: any bytes in a query value or a path segment: never 5xx; a 400 names its field, no b'…' repr."""
+    from urllib.parse import quote
+
+    method, template = route
+    value = quote(raw, safe="")
+    q = f"{name}={value}" if where == "query" else "x=1"
+    p = value if where == "path" else "pro"
+    body = '{"stripe_price_ids": ["price_q"]}' if method == "PUT" else None
+    response = run(
+        io_loop,
+        lambda: api(method, template.format(q=q, p=p), body=body, headers={"Content-Type": "application/json"}),
+    )
+    assert response.code < 500 and b"Traceback" not in response.body, (response.code, response.body[:300])
+    if response.code == 400:
+        error = body_of(response)["error"]
+        assert error["code"] == "invalid_field" and error.get("field"), error
+        assert "b'" not in error["message"] and "\\x" not in error["message"], error
+
+
 # ---------------------------------------------------------------- signed but malformed webhooks
 
 

@@ -247,3 +247,22 @@ def test_abandoned_bodies_do_not_hold_up_a_graceful_shutdown(tmp_path):
         live.stop()
     assert live.proc.returncode == 0
     assert not [line for line in live.logs if "drain timed out" in line], live.logs[-5:]
+
+
+@pytest.mark.parametrize("length", [b"\xb2", b"\xb9", b"1\xb3", b"\xb2" * 30], ids=["2", "1", "13", "2x30"])
+def test_a_content_length_in_unicode_digits_is_400_not_500(server, length):
+    """QA #2: "²" (latin-1 0xB2) passes str.isdigit() but not int(); the API must not 500 on it."""
+    sock = connect(server)
+    sock.sendall(
+        b"POST /api/portal HTTP/1.1\r\nHost: x\r\nX-API-Key: "
+        + server.api_key.encode()
+        + b"\r\nContent-Type: application/json\r\nContent-Length: "
+        + length
+        + b"\r\n\r\n{}"
+    )
+    raw = read_all(sock)
+    sock.close()
+    status, head, body = parse(raw)
+    assert status == 400, raw[:300]
+    assert b"internal_error" not in body
+    assert server.healthy()

@@ -30,7 +30,7 @@ class Charge(ApiHandler):
 @pytest.fixture
 def app(app):
     CALLS.clear()
-    app.add_handlers(r".*", [(r"/api/_test/charge", Charge)])
+    app.add_handlers(r".*", [(r"/api/_test/charge", Charge), (r"/api/_test/refund", Charge)])
     return app
 
 
@@ -59,6 +59,33 @@ async def test_same_key_other_body_is_a_conflict(api):
     assert body_of(response)["error"]["code"] == "idempotency_conflict"
     assert "different request body" in body_of(response)["error"]["message"]
     assert len(CALLS) == 1
+
+
+@pytest.mark.gen_test
+async def test_each_conflict_says_what_differs(api):
+    """QA #13: another endpoint is not "a different request body"; a body change on one endpoint is."""
+    await charge(api, {"amount": 5})
+    elsewhere = await api("POST", "/api/_test/refund", json_body={"amount": 5}, headers={"Idempotency-Key": "key-1"})
+    assert elsewhere.code == 409 and body_of(elsewhere)["error"]["code"] == "idempotency_conflict"
+    message = body_of(elsewhere)["error"]["message"]
+    assert "different endpoint" in message and "body" not in message, message
+    other_body = body_of(await charge(api, {"amount": 6}))["error"]["message"]
+    assert "different request body" in other_body and "endpoint (" not in other_body, other_body
+    assert len(CALLS) == 1
+
+
+@pytest.mark.gen_test
+async def test_a_record_stored_before_the_endpoint_prefix_still_replays(api, project):
+    import hashlib
+
+    legacy = hashlib.sha256(b'POST /api/_test/charge\n{"amount":5}').hexdigest()
+    with db.block():
+        IdempotencyRecord.create(
+            project=project.project, key="key-1", request_hash=legacy, status_code=201, response_body='{"charge": 9}'
+        )
+    replay = await charge(api, {"amount": 5})
+    assert replay.code == 201 and body_of(replay) == {"charge": 9} and not CALLS
+    assert (await charge(api, {"amount": 6})).code == 409
 
 
 @pytest.mark.gen_test

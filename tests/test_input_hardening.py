@@ -157,6 +157,113 @@ async def test_nul_in_a_static_path_is_404(http_client, base_url):
         assert response.code == 404, path
 
 
+# ---------------------------------------------------------------- QA 2026-11-30: numbers, JSON keys, bytes
+
+# int() and str.isdigit() take all of these; a client number is 1-18 ASCII digits and nothing else.
+NOT_ASCII_NUMBERS = [
+    "\u00b2",
+    "\u0663",
+    "\uff13",
+    "\u2463",
+    "\U0001d7d1",
+    " 3",
+    "3 ",
+    "+3",
+    "1_0",
+    "0x3",
+    "3.0",
+    "-1",
+    "",
+]
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.parametrize("value", NOT_ASCII_NUMBERS, ids=[ascii(v) for v in NOT_ASCII_NUMBERS])
+async def test_invoice_limit_takes_ascii_digits_only(api, value):
+    response = await api("GET", "/api/invoices?" + urlencode({"external_user_id": "42", "limit": value}))
+    assert_4xx(response, "invalid_field")
+    assert body_of(response)["error"]["field"] == "limit"
+    for bad in ("0", "101", "9" * 30, "9" * 5000):
+        response = await api("GET", f"/api/invoices?external_user_id=42&limit={bad}")
+        assert_4xx(response, "invalid_field")
+        assert body_of(response)["error"]["field"] == "limit"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_console_resend_takes_an_ascii_delivery_id_only(http_client, base_url, project):
+    console = await signed_in(http_client, base_url, project)
+    path = f"/console/p/{project.project.public_id}/webhooks/resend"
+    for value in NOT_ASCII_NUMBERS + ["9" * 5000]:
+        response = await console.post(path, {"delivery": value})
+        assert response.code == 404, (ascii(value), response.code)
+
+
+DUPLICATES = [
+    ("POST", "/api/subscription/cancel", '{"external_user_id": "nobody", "external_user_id": "42"}'),
+    ("POST", "/api/subscription/cancel", '{"external_user_id": "42", "external_\\u0075ser_id": "42"}'),
+    ("POST", "/api/checkout", '{"external_user_id": "42", "extra": {"a": 1, "b": {"c": 1, "c": 1}}}'),
+    ("POST", "/api/portal", '{"external_user_id": "42", "x": [1, {"k": 1, "k": 2}]}'),
+    ("POST", "/api/subscription/change", '{"quantity": 1, "quantity": 2, "external_user_id": "42"}'),
+    ("PUT", "/api/plans/pro", '{"stripe_price_ids": ["price_a"], "stripe_price_ids": ["price_b"]}'),
+    ("POST", "/api/webhook-endpoints", '{"url": "https://a.test/h", "url": "https://b.test/h"}'),
+]
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.parametrize(
+    "method, path, raw", DUPLICATES, ids=[f"{m} {p} {i}" for i, (m, p, _) in enumerate(DUPLICATES)]
+)
+async def test_duplicate_json_keys_are_400_at_any_depth(api, method, path, raw):
+    """QA #9: "last one wins" lets a proxy or a log read another user than the one acted on."""
+    for headers in ({}, {"Idempotency-Key": "dup-" + path}):
+        response = await api(method, path, body=raw, headers={"Content-Type": "application/json", **headers})
+        assert_4xx(response, "invalid_json")
+        assert "duplicate key" in body_of(response)["error"]["message"]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_duplicate_key_body_and_its_clean_twin_are_different_idempotent_requests(api):
+    headers = {"Content-Type": "application/json", "Idempotency-Key": "twin"}
+    dup = '{"external_user_id": "nobody", "external_user_id": "42"}'
+    assert_4xx(await api("POST", "/api/subscription/cancel", body=dup, headers=headers), "invalid_json")
+    clean = await api("POST", "/api/subscription/cancel", body='{"external_user_id": "42"}', headers=headers)
+    assert_4xx(clean, "idempotency_conflict")  # not a replay of the 400: it is another request
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_signed_stripe_webhooks_are_parsed_as_stripe_sends_them(http_client, base_url, hooked):
+    """The duplicate-key rule is the API's: a Stripe event is verified by its signature, not reshaped."""
+    raw = '{"id": "evt_dup", "type": "some.unknown", "type": "some.unknown", "data": {"object": {"id": "x"}}}'
+    response = await deliver(http_client, base_url, hooked, raw)
+    assert response.code == 200, response.body
+
+
+NOT_UTF8 = [
+    ("GET", "/api/subscription?external_user_id=%ff", "external_user_id"),
+    ("GET", "/api/invoices?external_user_id=%ff%fe", "external_user_id"),
+    ("GET", "/api/invoices?external_user_id=42&limit=%b2", "limit"),
+    ("GET", "/api/invoices?external_user_id=42&starting_after=in_%c3", "starting_after"),
+    ("GET", "/api/entitlements/%ff?external_user_id=42", "feature"),
+    ("GET", "/api/entitlements/api?external_user_id=%ed%a0%80", "external_user_id"),
+    ("PUT", "/api/plans/%ff", "plan_slug"),
+    ("DELETE", "/api/plans/pro%c0%af", "plan_slug"),
+    ("GET", "/api/customers/export?format=%ff", "format"),
+    ("GET", "/api/customers/export?bom=%80", "bom"),
+]
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.parametrize("method, path, field", NOT_UTF8, ids=[p for _, p, _ in NOT_UTF8])
+async def test_bytes_that_are_not_utf8_name_the_argument(api, method, path, field):
+    """QA #10: the SPEC 3.1 envelope with `field`, and no Python bytes repr (Tornado's "Invalid unicode in …")."""
+    body = '{"stripe_price_ids": ["price_q"]}' if method == "PUT" else ("{}" if method == "POST" else None)
+    response = await api(method, path, body=body, headers={"Content-Type": "application/json"})
+    assert_4xx(response, "invalid_field")
+    error = body_of(response)["error"]
+    assert error["field"] == field, error
+    assert error["message"] == f"{field} must be UTF-8", error
+
+
 # ---------------------------------------------------------------- "never 5xx", one property per surface
 
 nested = st.builds(

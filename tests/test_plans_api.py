@@ -57,6 +57,7 @@ async def test_bad_input_and_conflicts(api):
         ({"stripe_price_ids": ["p"] * 101}, 400, "stripe_price_ids"),
         ({}, 422, "stripe_price_ids"),
         ({"stripe_price_ids": [], "colour": "red"}, 400, "colour"),
+        ({"stripe_price_ids": []}, 400, "stripe_price_ids"),  # QA #13: a plan needs a price to match anything
     ]
     for body, code, field in cases:
         response = await api("PUT", "/api/plans/x", body)

@@ -43,3 +43,16 @@ async def test_a_sandbox_projects_stripe_settings_cannot_be_replaced(console, ma
         {"stripe_secret_key": "sk_live_" + "1" * 24, "confirm": "replace"},
     )
     assert response.code == 400 and "its keys cannot be changed" in text(response)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_clock_form_takes_ascii_decimal_days_only(console, make_project):
+    """QA #2: float() also reads "٣", "1_0" and "３" as numbers; the form takes 0-9 and one dot."""
+    sandbox = make_project(name="Demo", admin_email="demo@example.test", sandbox=True)
+    await console.login("demo@example.test")
+    path = f"/console/p/{sandbox.project.public_id}/sandbox"
+    for days in ("\u0663", "1_0", "\uff13", "\u00b2", "inf", "nan", "-1", "", "1e2", "0", "3661"):
+        response = await console.post(path, {"action": "advance", "days": days})
+        assert response.code == 400 and "Advance by more than 0" in text(response), ascii(days)
+    for days in ("3", "2.5", " 7 "):
+        assert (await console.post(path, {"action": "advance", "days": days})).code == 303, days
