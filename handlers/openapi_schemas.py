@@ -174,6 +174,7 @@ SCHEMAS = {
         "properties": {
             "stripe_price_ids": {
                 "type": "array",
+                "minItems": 1,
                 "maxItems": plans.MAX_PRICES,
                 "items": {"type": "string", "pattern": f"^{plans.PRICE_ID.pattern}$"},
                 "description": "Every Stripe price of the plan; a price belongs to at most one plan.",
