@@ -159,6 +159,10 @@ def test_a_real_admin_signs_in_within_seconds_during_a_flood_from_many_addresses
         server.create_project("Lock", admin_email=EMAIL, admin_password=REAL)
 
         async def attack():
+            # One quiet sign-in sets the yardstick, so a loaded machine slows both sides alike.
+            quiet_started = time.monotonic()
+            assert await burst(server.base_url, [(EMAIL, REAL)], local_address="127.0.0.3") == [302]
+            quiet = time.monotonic() - quiet_started
             flood = [
                 asyncio.ensure_future(
                     burst(
@@ -173,13 +177,14 @@ def test_a_real_admin_signs_in_within_seconds_during_a_flood_from_many_addresses
             started = time.monotonic()
             admin = await burst(server.base_url, [(EMAIL, REAL)], local_address="127.0.0.2")
             took = time.monotonic() - started
-            return admin, took, [code for codes in await asyncio.gather(*flood) for code in codes]
+            return admin, took, quiet, [code for codes in await asyncio.gather(*flood) for code in codes]
 
-        admin, took, flood = run_async(attack())
+        admin, took, quiet, flood = run_async(attack())
     finally:
         server.stop()
-    summary = (admin, round(took, 2), {code: flood.count(code) for code in set(flood)})
-    assert admin == [302] and took < 5, summary
+    summary = (admin, round(took, 2), round(quiet, 2), {code: flood.count(code) for code in set(flood)})
+    # Queued behind the whole flood, the admin would wait for about 120 hashes / workers: tens of quiet sign-ins.
+    assert admin == [302] and took < max(5, 12 * quiet), summary
     assert set(flood) <= {401, 503} and 503 in flood, summary
 
 
