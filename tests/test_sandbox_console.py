@@ -43,3 +43,15 @@ async def test_a_sandbox_projects_stripe_settings_cannot_be_replaced(console, ma
         {"stripe_secret_key": "sk_live_" + "1" * 24, "confirm": "replace"},
     )
     assert response.code == 400 and "its keys cannot be changed" in text(response)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_clock_page_lists_the_simulators_subscriptions_with_their_cards(console, make_project):
+    from sandbox import store
+    from tests.test_sandbox_simulator import paid_subscription
+
+    sandbox = make_project(name="Demo", admin_email="demo@example.test", sandbox=True)
+    sub_id, _ = store.run(sandbox.project, lambda sim: paid_subscription(sim, card="4000000000000341"))
+    await console.login("demo@example.test")
+    page = text(await console.get(f"/console/p/{sandbox.project.public_id}/sandbox"))
+    assert sub_id in page and "price_pro_monthly" in page and '<option value="fails" selected>' in page
