@@ -96,7 +96,8 @@ def test_cancel_resume_change_preview_invoices_and_features_on_a_sandbox_project
         assert tenant.subscription()[1]["features"] == ["admin_panel", "api_access"]  # re-read at once
         project_id = project_row_id(db_url, tenant.created["project_id"])
         wanted = ("entitlements.active_entitlement_summary.updated", "processed")
-        assert eventually(lambda: wanted in events_of(db_url, project_id)), events_of(db_url, project_id)
+        # The change's summary (admin_panel added) comes last of its events; the checkout's came first.
+        assert eventually(lambda: events_of(db_url, project_id).count(wanted) == 2), events_of(db_url, project_id)
         arrived = [kind for kind, _ in events_of(db_url, project_id)]
         assert arrived.count("invoice.paid") == 2 and arrived.count("customer.subscription.updated") >= 1
 
@@ -124,9 +125,9 @@ def test_cancel_resume_change_preview_invoices_and_features_on_a_sandbox_project
         assert status == 200 and (body["status"], body["has_access"]) == ("cancelled", False), body
         assert eventually(lambda: not has(tenant, "api_access")) and not has(tenant, "admin_panel")
         assert tenant.subscription()[1]["features"] == []
+        assert eventually(lambda: events_of(db_url, project_id).count(wanted) == 3), events_of(db_url, project_id)
         took = events_of(db_url, project_id)
-        assert [kind for kind, _ in took].count(wanted[0]) == 3
-        assert {outcome for kind, outcome in took if kind == wanted[0]} == {"processed"}
+        assert [kind for kind, _ in took].count(wanted[0]) == 3  # each processed, none ignored
         assert "customer.subscription.deleted" in [kind for kind, _ in took]
 
 
