@@ -1,8 +1,8 @@
 """The simulator over HTTP: Stripe's API at /sandbox/{project}/v1/..., and the sandbox API for scripts.
 
 Stripe's API answers only the sandbox project's own simulator key (`sk_test_sandbox_…`), which billing
-routes here and nowhere else; the sandbox API (clock, payments, cards, portal moves: README "Testing your
-integration in CI") answers only a sandbox project's `pp_test_` API keys.
+routes here and nowhere else; the sandbox API (clock, payments, cards, portal moves, prices, Features on
+Products: README "Sandbox API") answers only a sandbox project's `pp_test_` API keys.
 """
 
 import asyncio
