@@ -44,7 +44,7 @@ class SandboxPage(ProjectHandler):
                     "trial_end": _date(sub["trial_end"]),
                     "cancel_at_period_end": sub["cancel_at_period_end"],
                     "retry_at": _date(sub.get("_retry_at")) if sub.get("_retry_at") else "",
-                    "card": lifecycle.card_of(sim, sub["customer"]),
+                    "card": sim.card_of(sub["customer"]),
                 }
             )
         self.render_page(

@@ -1,13 +1,14 @@
 """The simulator over HTTP: Stripe's API at /sandbox/{project}/v1/..., and the sandbox API for scripts.
 
 Stripe's API answers only the sandbox project's own simulator key (`sk_test_sandbox_…`), which billing
-routes here and nowhere else; the sandbox API (clock, payments, cards, portal moves: README "Testing your
-integration in CI") answers only a sandbox project's `pp_test_` API keys.
+routes here and nowhere else; the sandbox API (clock, payments, cards, portal moves, prices, Features on
+Products: README "Sandbox API") answers only a sandbox project's `pp_test_` API keys.
 """
 
 import asyncio
 import hmac
 import json
+import re
 import secrets
 
 import tornado.web
@@ -238,6 +239,66 @@ class CardHandler(SandboxApiHandler):
         self.reply(await self.act(lambda sim: lifecycle.set_card(sim, customer_id, card)))
 
 
+class PriceHandler(SandboxApiHandler):
+    """Define a price before use (otherwise any price id becomes a monthly 20.00 USD price on first use)."""
+
+    async def post(self):
+        data = self.json_body()
+        price_id, amount = data.get("id"), data.get("unit_amount", 2000)
+        interval, currency = data.get("interval", "month"), data.get("currency", "usd")
+        if not isinstance(price_id, str) or not re.fullmatch(r"price_[A-Za-z0-9_]{1,200}", price_id):
+            raise ApiError(400, "invalid_field", "id must be a price id (price_…).", "id")
+        if isinstance(amount, bool) or not isinstance(amount, int) or not 0 <= amount <= 99_999_999:
+            raise ApiError(400, "invalid_field", "unit_amount must be a whole number of minor units.", "unit_amount")
+        if interval not in objects.INTERVAL_DAYS:
+            raise ApiError(400, "invalid_field", "interval must be day, week, month or year.", "interval")
+        if not isinstance(currency, str) or not re.fullmatch(r"[a-z]{3}", currency):
+            raise ApiError(400, "invalid_field", "currency must be a 3-letter ISO code in lower case.", "currency")
+
+        def change(sim):
+            if price_id in sim.prices:
+                raise StripeError(400, objects.error_body(f"Price {price_id} already exists (prices are immutable)."))
+            return sim.add_price(price_id, interval, amount, currency=currency)
+
+        self.reply(await self.act(change))
+
+
+class FeaturesHandler(SandboxApiHandler):
+    """A Feature (Stripe Entitlements) on a price's Product: attach or detach it, as the Dashboard does."""
+
+    def get(self):
+        sim = store.read(self.project)
+        prices = {}
+        for price in sim.prices.values():
+            prices.setdefault(price["product"], []).append(price["id"])
+        attached = sorted(sim.product_features.values(), key=lambda a: a["_seq"])
+        self.write_json(
+            {
+                "data": [
+                    {
+                        "product": a["_product"],
+                        "prices": sorted(prices.get(a["_product"], [])),
+                        "lookup_key": a["entitlement_feature"]["lookup_key"],
+                        "name": a["entitlement_feature"]["name"],
+                    }
+                    for a in attached
+                ]
+            }
+        )
+
+    async def post(self, action):
+        data = self.json_body()
+        key, target = data.get("lookup_key"), data.get("price") or data.get("product")
+        if not isinstance(key, str) or not re.fullmatch(r"[^\x00-\x1f\x7f/]{1,80}", key):
+            raise ApiError(400, "invalid_field", "lookup_key must be 1-80 characters.", "lookup_key")
+        if not isinstance(target, str) or not re.fullmatch(r"(price|prod)_[A-Za-z0-9_]{1,200}", target):
+            raise ApiError(400, "invalid_field", "Give price (price_…) or product (prod_…).", "price")
+        if action == "attach":
+            self.reply(await self.act(lambda sim: sim.attach_feature(target, key, data.get("name") or None)))
+        else:
+            self.reply(await self.act(lambda sim: sim.detach_feature(target, key)))
+
+
 SID = r"([A-Za-z0-9_]{1,255})"
 default_handlers = [
     (r"/sandbox/api/clock", ClockHandler),
@@ -247,5 +308,8 @@ default_handlers = [
     (r"/sandbox/api/subscriptions/" + SID + r"/(\w+)", SubscriptionActionHandler),
     (r"/sandbox/api/checkout_sessions/" + SID + r"/pay", PayHandler),
     (r"/sandbox/api/customers/" + SID + r"/card", CardHandler),
+    (r"/sandbox/api/prices", PriceHandler),
+    (r"/sandbox/api/features", FeaturesHandler),
+    (r"/sandbox/api/features/(attach|detach)", FeaturesHandler),
     (r"/sandbox/([A-Za-z0-9_-]{1,40})/v1/(.*)", StripeApiHandler),
 ]

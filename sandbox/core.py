@@ -9,6 +9,10 @@ Stripe's order; the sandbox delivers them signed (sandbox/delivery.py), the test
 import itertools
 
 from sandbox import objects
+from sandbox.entitlements import Entitlements
+from sandbox.invoices import Invoices
+from sandbox.objects import StripeError, invalid
+from sandbox.subscriptions import Subscriptions
 
 NEW_API_VERSION = "2025-08-27.basil"
 OUTBOX_MAX = 1000  # undelivered events kept (the tests never drain theirs)
@@ -16,26 +20,26 @@ IDEMPOTENCY_MAX = 500  # remembered idempotency keys (Stripe keeps them 24 hours
 LIVE_STATUSES = ("trialing", "active", "past_due", "unpaid", "paused", "incomplete")
 
 
-class StripeError(Exception):
-    """An API error as Stripe answers it: HTTP status and the `{"error": {...}}` body."""
-
-    def __init__(self, status, body, headers=None):
-        super().__init__(body["error"]["message"])
-        self.status, self.body, self.headers = status, body, headers or {}
-
-
-def invalid(message, param=None, code=None):
-    return StripeError(400, objects.error_body(message, code=code, param=param))
-
-
-class Simulator:
+class Simulator(Subscriptions, Invoices, Entitlements):
     """One Stripe account: tables of objects by id, plus the clock offset, settings and pending events."""
 
-    TABLES = ("customers", "sessions", "portal_sessions", "subscriptions", "prices", "invoices", "deleted_customers")
+    TABLES = (
+        "customers",
+        "sessions",
+        "portal_sessions",
+        "subscriptions",
+        "prices",
+        "invoices",
+        "deleted_customers",
+        "products",
+        "features",
+        "product_features",
+    )
 
     def __init__(self):
         self.customers, self.sessions, self.portal_sessions, self.subscriptions = {}, {}, {}, {}
         self.prices, self.invoices = {}, {}
+        self.products, self.features, self.product_features = {}, {}, {}  # Entitlements (sandbox/entitlements.py)
         self.deleted_customers = {}  # id -> Stripe's tombstone {"id", "object": "customer", "deleted": true}
         self.api_version = NEW_API_VERSION
         self.idempotent = {}  # (api key, idempotency key) -> ((path, params), status, body), None while in flight
@@ -132,22 +136,6 @@ class Simulator:
         self.prices[price_id] = objects.price(price_id, interval, unit_amount, **options)
         return self.prices[price_id]
 
-    def add_item(self, sub_id, price_id, quantity=1, first=False, legacy=False):
-        """Add an item on an existing price (metered: quantity None); `first` lists it before the others
-        (Stripe does not order items); `legacy` gives it only the old `plan` object, no `price`."""
-        sub = self.subscriptions[sub_id]
-        template = sub["items"]["data"][0]
-        price_obj = self.prices[price_id]
-        item = {k: v for k, v in template.items() if k not in ("price", "plan")}
-        item.update(id=objects.new_id("si"), quantity=quantity, created=objects.now())
-        if legacy:
-            item["plan"] = objects.legacy_plan(price_obj)
-        else:
-            item["price"] = price_obj
-        sub["items"]["data"].insert(0 if first else len(sub["items"]["data"]), item)
-        sub["_version"] += 1
-        return self.subscription(sub_id)
-
     def _price(self, price_id, interval):
         # Any price id works in the simulator: an unknown one becomes a recurring price on first use.
         if price_id not in self.prices:
@@ -199,36 +187,6 @@ class Simulator:
         )
         return self.subscription(sub["id"])
 
-    def set_subscription(self, sub_id, **changes):
-        """Change a subscription like Stripe would (status, cancel_at_period_end, cancel_at, canceled_at,
-        current_period_end, current_period_start, trial_end, ended_at, metadata, price, interval, quantity,
-        pause_collection) on the first item; see add_item for more items."""
-        sub = self.subscriptions[sub_id]
-        item = sub["items"]["data"][0]
-        for key, value in changes.items():
-            if key in ("current_period_end", "current_period_start"):
-                item[key] = value
-            elif key in ("price", "interval"):
-                # A swap to a known price keeps it as it is (interval_count, lookup_key...), as Stripe would.
-                price_id = changes.get("price", item["price"]["id"])
-                if "interval" in changes or price_id not in self.prices:
-                    interval = changes.get("interval", item["price"]["recurring"]["interval"])
-                    self.prices[price_id] = objects.price(price_id, interval)
-                item["price"] = self.prices[price_id]
-            elif key == "quantity":
-                item["quantity"] = value
-            elif key == "metadata":
-                sub["metadata"] = objects.merge_metadata(sub["metadata"], value)
-            elif key in sub:
-                sub[key] = value
-            else:
-                raise KeyError(f"unknown subscription field {key!r}")
-        if changes.get("status") == "canceled" and sub["canceled_at"] is None:
-            with self.clock():
-                sub["canceled_at"] = sub["ended_at"] = objects.now()
-        sub["_version"] += 1
-        return self.subscription(sub_id)
-
     def delete_customer(self, cus_id):
         """Delete a customer like Stripe: its live subscriptions are canceled at once, later reads show a
         tombstone, and any other use answers 404. Returns (canceled subscriptions, tombstone)."""
@@ -242,6 +200,14 @@ class Simulator:
         self.deleted_customers[cus_id] = {"id": cus_id, "object": "customer", "deleted": True}
         self.emit("customer.deleted", dict(self.deleted_customers[cus_id]))
         return canceled, dict(self.deleted_customers[cus_id])
+
+    def run(self, change):
+        """`change(self)`, then the entitlement summaries of the customers whose active features it moved."""
+        before = self.entitlement_snapshot()
+        result = change(self)
+        with self.clock():
+            self.announce_entitlements(before)
+        return result
 
     # ------------------------------------------------------------ the API
 
@@ -306,19 +272,13 @@ class Simulator:
             keys = params.get("lookup_keys") or []
             found = [p for p in self.prices.values() if not keys or p.get("lookup_key") in keys]
             return objects.page(found, params, "/v1/prices")
-        if parts[0] == "invoices" and method == "GET":
-            if len(parts) == 2:
-                return objects.public(self._get(self.invoices, "invoice", parts[1]))
-            found = [
-                i
-                for i in self.invoices.values()
-                if all(not params.get(k) or i[k] == params[k] for k in ("customer", "subscription", "status"))
-            ]
-            listing = objects.page(found, params, "/v1/invoices")
-            return dict(listing, data=[objects.public(i) for i in listing["data"]])
-        raise StripeError(
-            404, objects.error_body(f"Unrecognized request URL ({method}: /v1/{path}).", code="resource_missing")
-        )
+        if parts[0] == "invoices":
+            return self._invoices(method, parts, params)
+        if parts[0] == "entitlements":
+            return self._entitlements(method, parts, params)
+        if parts[0] == "products":
+            return self._products(method, parts, params)
+        raise objects.unrecognized(method, parts)
 
     def _customers(self, method, parts, params):
         if len(parts) == 1 and method == "POST":
@@ -343,10 +303,7 @@ class Simulator:
                 if "metadata" in params:
                     cus["metadata"] = objects.merge_metadata(cus["metadata"], params["metadata"] or {})
             return objects.public(cus)
-        raise StripeError(
-            404,
-            objects.error_body(f"Unrecognized request URL ({method}: /v1/{'/'.join(parts)}).", code="resource_missing"),
-        )
+        raise objects.unrecognized(method, parts)
 
     def _checkout_sessions(self, method, parts, params):
         if len(parts) == 2 and method == "POST":
@@ -372,38 +329,7 @@ class Simulator:
             session.update(status="expired", url=None)
             self.emit("checkout.session.expired", objects.public(session))
             return objects.public(session)
-        raise StripeError(
-            404,
-            objects.error_body(f"Unrecognized request URL ({method}: /v1/{'/'.join(parts)}).", code="resource_missing"),
-        )
-
-    def _subscriptions(self, method, parts, params):
-        if len(parts) == 1 and method == "GET":
-            status = params.get("status")
-            found = [
-                s
-                for s in self.subscriptions.values()
-                if (not params.get("customer") or s["customer"] == params["customer"])
-                and (status == "all" or (s["status"] == status if status else s["status"] != "canceled"))
-            ]
-            listing = objects.page(found, params, "/v1/subscriptions")
-            return dict(listing, data=[self.subscription(s["id"]) for s in listing["data"]])
-        sub_id = parts[1] if len(parts) > 1 else ""
-        sub = self._get(self.subscriptions, "subscription", sub_id)
-        if len(parts) == 2 and method == "GET":
-            return self.subscription(sub_id)
-        if len(parts) == 2 and method == "DELETE":
-            return self.cancel_now(sub_id)
-        if len(parts) == 2 and method == "POST":
-            return self.update_subscription(sub_id, params)
-        if len(parts) == 3 and parts[2] == "resume" and method == "POST":
-            if sub["status"] != "paused":
-                raise invalid("Only subscriptions with status `paused` can be resumed.")
-            return self.resume_paused(sub_id)
-        raise StripeError(
-            404,
-            objects.error_body(f"Unrecognized request URL ({method}: /v1/{'/'.join(parts)}).", code="resource_missing"),
-        )
+        raise objects.unrecognized(method, parts)
 
     def _new_checkout(self, params):
         if params.get("mode") not in ("payment", "setup", "subscription"):
@@ -423,63 +349,3 @@ class Simulator:
                 "Invalid trial_period_days.", "subscription_data[trial_period_days]", "parameter_invalid_integer"
             )
         return objects.checkout_session(params, self.page_base)
-
-    # ------------------------------------------------------------ subscription changes with their events
-
-    def update_subscription(self, sub_id, params):
-        """POST /v1/subscriptions/:id: cancel_at_period_end, pause_collection, metadata, items[0][price]."""
-        sub = self.subscriptions[sub_id]
-        if sub["status"] in ("canceled", "incomplete_expired"):
-            raise invalid("A canceled subscription can only update its cancellation_details and metadata.")
-        before = self.subscription(sub_id)
-        changes = {}
-        if "cancel_at_period_end" in params:
-            at_end = params["cancel_at_period_end"] == "true"
-            period_end = sub["items"]["data"][0]["current_period_end"]
-            changes.update(
-                cancel_at_period_end=at_end,
-                cancel_at=period_end if at_end else None,
-                canceled_at=objects.now() if at_end else None,
-            )
-        if "pause_collection" in params:
-            pause = params["pause_collection"]
-            if pause and pause.get("behavior") not in ("keep_as_draft", "mark_uncollectible", "void"):
-                raise invalid("Invalid pause_collection[behavior].", "pause_collection[behavior]")
-            resumes = pause.get("resumes_at") if pause else None
-            changes["pause_collection"] = (
-                {"behavior": pause["behavior"], "resumes_at": int(resumes) if resumes else None} if pause else None
-            )
-        if "metadata" in params:
-            changes["metadata"] = params["metadata"] or {}
-        items = params.get("items") or []
-        if items and items[0].get("price"):
-            price_id = items[0]["price"]
-            if price_id not in self.prices:
-                self._missing("price", price_id, param="items[0][price]")
-            changes["price"] = price_id
-        if items and items[0].get("quantity"):
-            changes["quantity"] = int(items[0]["quantity"])
-        self.set_subscription(sub_id, **changes)
-        self.emit_subscription("customer.subscription.updated", sub_id, before)
-        return self.subscription(sub_id)
-
-    def cancel_now(self, sub_id):
-        """DELETE /v1/subscriptions/:id: ends it at once."""
-        sub = self.subscriptions[sub_id]
-        if sub["status"] == "canceled":
-            raise invalid(
-                f"A canceled subscription can only update its cancellation_details and metadata. "
-                f"No such subscription: '{sub_id}' is already canceled."
-            )
-        before = self.subscription(sub_id)
-        self.set_subscription(sub_id, status="canceled")
-        self.emit_subscription("customer.subscription.deleted", sub_id, before)
-        return self.subscription(sub_id)
-
-    def resume_paused(self, sub_id):
-        """POST /v1/subscriptions/:id/resume: a subscription paused at trial end starts a paid period now."""
-        before = self.subscription(sub_id)
-        self.set_subscription(sub_id, status="active")
-        self.emit_subscription("customer.subscription.resumed", sub_id, before)
-        self.emit_subscription("customer.subscription.updated", sub_id, before)
-        return self.subscription(sub_id)

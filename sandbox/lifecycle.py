@@ -4,7 +4,7 @@ actions, and time passing (Stripe's test clocks). Each queues the events Stripe 
 
 import time
 
-from sandbox import objects
+from sandbox import invoices, objects
 from sandbox.core import invalid
 
 # Stripe's test cards: https://docs.stripe.com/testing
@@ -13,7 +13,6 @@ CARDS = {
     "4000000000000341": "fails",  # attaches, then every charge is declined (renewals fail)
     "4000000000000002": "declined",  # declined at checkout
 }
-RETRY_DAYS = (3, 5, 7)  # Stripe's default retry schedule for failed renewals: days after each failure
 AFTER_RETRIES = ("canceled", "unpaid", "past_due")  # Billing settings "if all retries for a payment fail"
 CARD_STATES = ("ok", "fails", "none")
 
@@ -25,42 +24,6 @@ class Declined(Exception):
 def _interval_seconds(price):
     recurring = price["recurring"]
     return objects.INTERVAL_DAYS.get(recurring["interval"], 30) * recurring["interval_count"] * 86400
-
-
-def _amount(sub):
-    return sum((item["price"].get("unit_amount") or 0) * (item.get("quantity") or 1) for item in sub["items"]["data"])
-
-
-def _invoice(sim, sub_id, reason, amount, start, end):
-    sub = sim.subscriptions[sub_id]
-    with sim.clock():
-        inv = objects.invoice(sub, billing_reason=reason, amount_due=amount, period_start=start, period_end=end)
-    sim._store(sim.invoices, inv)
-    sub["latest_invoice"] = inv["id"]
-    sim.emit("invoice.created", objects.public(inv))
-    inv["status"] = "open"
-    inv["status_transitions"]["finalized_at"] = sim.now()
-    sim.emit("invoice.finalized", objects.public(inv))
-    return inv
-
-
-def _charge(sim, inv, card):
-    """Attempt the invoice with the customer's card; True when paid (a 0 invoice is paid without one)."""
-    inv["attempt_count"] += 1
-    inv["attempted"] = True
-    if inv["amount_due"] == 0 or card == "ok":
-        inv.update(status="paid", amount_paid=inv["amount_due"], amount_remaining=0, next_payment_attempt=None)
-        inv["status_transitions"]["paid_at"] = sim.now()
-        sim.emit("invoice.paid", objects.public(inv))
-        sim.emit("invoice.payment_succeeded", objects.public(inv))
-        return True
-    sim.emit("invoice.payment_failed", objects.public(inv))
-    return False
-
-
-def card_of(sim, customer_id):
-    customer = sim.customers.get(customer_id) or {}
-    return customer.get("_card", "none")
 
 
 def set_card(sim, customer_id, state):
@@ -92,12 +55,13 @@ def pay_checkout(sim, session_id, card="4242424242424242"):
     stored = sim.subscriptions[sub["id"]]
     stored["default_payment_method"] = sim.customers[session["customer"]]["invoice_settings"]["default_payment_method"]
     item = stored["items"]["data"][0]
-    amount = 0 if stored["status"] == "trialing" else _amount(stored)
+    period = (item["current_period_start"], item["current_period_end"])
+    items = [(entry["id"], entry["price"], entry["quantity"]) for entry in stored["items"]["data"]]
     sim.emit_subscription("customer.subscription.created", sub["id"])
-    inv = _invoice(
-        sim, sub["id"], "subscription_create", amount, item["current_period_start"], item["current_period_end"]
-    )
-    _charge(sim, inv, outcome)
+    lines = invoices.period_lines(stored, items, period, trial=stored["status"] == "trialing")
+    inv = sim.open_invoice(sub["id"], "subscription_create", lines, *period)
+    sim.charge(inv)
+    amount = inv["amount_due"]
     session.update(invoice=inv["id"], amount_total=amount, amount_subtotal=amount, currency=stored["currency"])
     sim.emit("checkout.session.completed", objects.public(session))
     return sim.subscription(sub["id"])
@@ -108,8 +72,9 @@ def pay_checkout(sim, session_id, card="4242424242424242"):
 
 def switch_price(sim, sub_id, price_id):
     sub = sim._get(sim.subscriptions, "subscription", sub_id)
-    sim._price(price_id, sub["items"]["data"][0]["price"]["recurring"]["interval"])
-    return sim.update_subscription(sub_id, {"items": [{"price": price_id}]})
+    item = sub["items"]["data"][0]
+    sim._price(price_id, item["price"]["recurring"]["interval"])
+    return sim.update_subscription(sub_id, {"items": [{"id": item["id"], "price": price_id}]})
 
 
 def cancel_at_period_end(sim, sub_id):
@@ -153,10 +118,11 @@ def _renew(sim, sub_id):
     sub = sim.subscriptions[sub_id]
     item = sub["items"]["data"][0]
     start = item["current_period_end"]
-    item.update(current_period_start=start, current_period_end=start + _interval_seconds(item["price"]))
-    reason = "subscription_cycle"
+    end = start + _interval_seconds(item["price"])
+    for each in sub["items"]["data"]:
+        each.update(current_period_start=start, current_period_end=end)
     if sub["status"] == "trialing":
-        card = card_of(sim, sub["customer"])
+        card = sim.card_of(sub["customer"])
         if card == "none":  # trial_settings.end_behavior.missing_payment_method = "pause"
             before_status = sub["status"]
             sub["status"] = "paused"
@@ -164,35 +130,13 @@ def _renew(sim, sub_id):
             return before_status, None
         sub["status"] = "active"
     sub["_version"] += 1
-    inv = _invoice(sim, sub_id, reason, _amount(sub), start, item["current_period_end"])
+    inv = sim.open_invoice(sub_id, "subscription_cycle", sim.renewal_lines(sub, (start, end)), start, end)
     if sub["pause_collection"]:
         inv.update(status="void")
         inv["status_transitions"]["voided_at"] = sim.now()
         sim.emit("invoice.voided", objects.public(inv))
         return None, None
     return None, inv
-
-
-def _settle(sim, sub_id, inv, failures):
-    """Charge `inv`; on failure move along the retry schedule, then to the account's after-retries status."""
-    sub = sim.subscriptions[sub_id]
-    if _charge(sim, inv, card_of(sim, sub["customer"])):
-        sub.update(status="active", _retry_at=None, _failures=0, _open_invoice=None)
-        return "updated"
-    sub["_failures"] = failures + 1
-    sub["_open_invoice"] = inv["id"]
-    if sub["_failures"] <= len(RETRY_DAYS):
-        sub.update(status="past_due", _retry_at=sim.now() + RETRY_DAYS[sub["_failures"] - 1] * 86400)
-        inv["next_payment_attempt"] = sub["_retry_at"]
-        return "updated"
-    sub["_retry_at"] = None
-    inv["next_payment_attempt"] = None
-    if sim.after_retries == "canceled":
-        sub.update(status="canceled", canceled_at=sim.now(), ended_at=sim.now())
-        sub["cancellation_details"] = {"comment": None, "feedback": None, "reason": "payment_failed"}
-        return "deleted"
-    sub["status"] = sim.after_retries
-    return "updated"
 
 
 def _step(sim, sub_id, what):
@@ -205,12 +149,12 @@ def _step(sim, sub_id, what):
         return
     if what == "retry":
         inv = sim.invoices[sub["_open_invoice"]]
-        kind = _settle(sim, sub_id, inv, sub.get("_failures", 0))
+        kind = sim.settle(sub_id, inv, sub.get("_failures", 0))
     else:
         paused_from, inv = _renew(sim, sub_id)
         if paused_from:
             sim.emit_subscription("customer.subscription.paused", sub_id, before)
-        kind = _settle(sim, sub_id, inv, 0) if inv else "updated"
+        kind = sim.settle(sub_id, inv, 0) if inv else "updated"
     sub["_version"] += 1
     sim.emit_subscription(f"customer.subscription.{kind}", sub_id, before)
 

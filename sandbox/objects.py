@@ -65,6 +65,26 @@ def merge_metadata(current, update):
     return merged
 
 
+class StripeError(Exception):
+    """An API error as Stripe answers it: HTTP status and the `{"error": {...}}` body."""
+
+    def __init__(self, status, body, headers=None):
+        super().__init__(body["error"]["message"])
+        self.status, self.body, self.headers = status, body, headers or {}
+
+
+def invalid(message, param=None, code=None):
+    """Stripe's 400 invalid_request_error (code resource_missing for an unknown id in a parameter)."""
+    return StripeError(400, error_body(message, code=code, param=param))
+
+
+def unrecognized(method, parts):
+    """Stripe's 404 for a path or method it does not serve."""
+    return StripeError(
+        404, error_body(f"Unrecognized request URL ({method}: /v1/{'/'.join(parts)}).", code="resource_missing")
+    )
+
+
 def error_body(message, type_="invalid_request_error", code=None, param=None):
     error = {"message": message, "type": type_}
     if code:
@@ -333,71 +353,6 @@ def event(type_, data_object, api_version, previous_attributes=None):
         "pending_webhooks": 1,
         "request": {"id": None, "idempotency_key": None},
         "type": type_,
-    }
-
-
-def invoice(sub, *, billing_reason, amount_due, status="open", period_start=None, period_end=None):
-    """An invoice for the subscription's items (one line per item), not yet paid."""
-    item = sub["items"]["data"][0]
-    created = now()
-    lines = [
-        {
-            "id": new_id("il"),
-            "object": "line_item",
-            "amount": amount_due,
-            "currency": sub["currency"],
-            "description": None,
-            "livemode": False,
-            "metadata": {},
-            "period": {"start": period_start or created, "end": period_end or created},
-            "pricing": {
-                "price_details": {"price": item["price"]["id"], "product": item["price"]["product"]},
-                "type": "price_details",
-                "unit_amount_decimal": item["price"]["unit_amount_decimal"],
-            },
-            "quantity": item["quantity"],
-            "subscription": sub["id"],
-        }
-    ]
-    return {
-        "id": "in_" + secrets.token_hex(12),
-        "object": "invoice",
-        "account_country": "US",
-        "amount_due": amount_due,
-        "amount_paid": 0,
-        "amount_remaining": amount_due,
-        "attempt_count": 0,
-        "attempted": False,
-        "auto_advance": True,
-        "billing_reason": billing_reason,
-        "collection_method": "charge_automatically",
-        "created": created,
-        "currency": sub["currency"],
-        "customer": sub["customer"],
-        "due_date": None,
-        "hosted_invoice_url": None,
-        "lines": {"object": "list", "data": lines, "has_more": False, "url": "/v1/invoices/upcoming/lines"},
-        "livemode": False,
-        "metadata": {},
-        "next_payment_attempt": None,
-        "number": None,
-        "parent": {
-            "subscription_details": {"metadata": dict(sub["metadata"]), "subscription": sub["id"]},
-            "type": "subscription_details",
-            "quote_details": None,
-        },
-        "period_start": period_start or created,
-        "period_end": period_end or created,
-        "status": status,
-        "status_transitions": {
-            "finalized_at": None,
-            "marked_uncollectible_at": None,
-            "paid_at": None,
-            "voided_at": None,
-        },
-        "subscription": sub["id"],
-        "subtotal": amount_due,
-        "total": amount_due,
     }
 
 

@@ -140,7 +140,7 @@ class PortalPage(PageHandler):
             catalog=catalog,
             error=error,
             done=done,
-            card=lifecycle.card_of(sim, portal["customer"]),
+            card=sim.card_of(portal["customer"]),
         )
 
     def get(self, project_id, portal_id):
@@ -173,7 +173,33 @@ class PortalPage(PageHandler):
         )
 
 
+class InvoicePage(PageHandler):
+    """The invoice's hosted page (its `hosted_invoice_url`), reached by the invoice id as Stripe's by its token."""
+
+    def get(self, project_id, invoice_id):
+        invoice = store.read(self.project).invoices.get(invoice_id)
+        if invoice is None:
+            raise tornado.web.HTTPError(404)
+        currency = invoice["currency"]
+        self.render_page(
+            "sandbox/invoice.html",
+            invoice=objects.public(invoice),
+            created=_date(invoice["created"]),
+            amount_due=_money(invoice["amount_due"], currency),
+            amount_paid=_money(invoice["amount_paid"], currency),
+            lines=[
+                {
+                    "description": line["description"],
+                    "quantity": line["quantity"],
+                    "amount": _money(line["amount"], currency),
+                }
+                for line in invoice["lines"]["data"]
+            ],
+        )
+
+
 default_handlers = [
     (r"/sandbox/([A-Za-z0-9_-]{1,40})/checkout/([A-Za-z0-9_]{1,255})", CheckoutPage),
     (r"/sandbox/([A-Za-z0-9_-]{1,40})/portal/([A-Za-z0-9_]{1,255})", PortalPage),
+    (r"/sandbox/([A-Za-z0-9_-]{1,40})/invoice/(in_[A-Za-z0-9]{1,255})", InvoicePage),
 ]

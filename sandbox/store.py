@@ -52,7 +52,7 @@ def run(project, change, page_base=None):
         with block():
             sim, version = _load(project)
             sim.page_base = page_base
-            result = change(sim)
+            result = sim.run(change)
             events, sim.outbox = sim.outbox, []
             try:
                 saved = _save(project, sim, version)

@@ -14,6 +14,8 @@ Usage (see the `fake_stripe` fixture in conftest.py):
     fake.api_version = "2024-06-20"          # old shape: billing period on the subscription, not the items
     fake.strict_prices = True                # unknown prices are refused (default: any id is a new price)
     fake.refuse("email", "maria@.example.test", "Invalid email address: maria@.example.test", code="email_invalid")
+    fake.add_invoice(sub_id, amount_due=2000, status="paid")     # an invoice Stripe made earlier
+    fake.attach_feature("price_monthly", "api_access")          # the simulator's: a Feature on the price's Product
 
 State, API and Stripe's behaviour live in sandbox/ (the sandbox projects serve the same class);
 only the transport, faults and request log are here.
@@ -31,9 +33,8 @@ import tornado.netutil
 import tornado.web
 
 from pulse.billing import HTTPXClient
-from sandbox import objects
+from sandbox import invoices, objects
 from sandbox.core import NEW_API_VERSION, Simulator, StripeError  # noqa: F401  (tests import them from here)
-from tests.fake_stripe_lifecycle import LifecycleMixin
 
 log = logging.getLogger("tests.fake_stripe")
 
@@ -49,7 +50,7 @@ class Fault:
     method: str | None = None
 
 
-class FakeStripe(LifecycleMixin, Simulator):
+class FakeStripe(Simulator):
     """The simulator with faults and a request log; `url` once started."""
 
     def __init__(self):
@@ -127,8 +128,24 @@ class FakeStripe(LifecycleMixin, Simulator):
         """The simulator's answer, unless a refusal set up by the test applies."""
         if method == "POST" and isinstance(params, dict):
             self._check_refusals(params)
-        found = self.dispatch_lifecycle(method, path.strip("/").split("/"), params)
-        return found if found is not None else super().dispatch(method, path, params)
+        return super().dispatch(method, path, params)
+
+    def add_invoice(self, sub_id, amount_due=2000, status="paid", created=None):
+        """An invoice Stripe made earlier (no events): one line of `amount_due`, finalized, paid if asked."""
+        sub = self.subscriptions[sub_id]
+        item = sub["items"]["data"][0]
+        period = (item["current_period_start"], item["current_period_end"])
+        lines = invoices.period_lines(sub, [(item["id"], item["price"], item["quantity"])], period)
+        lines[0].update(amount=amount_due, subtotal=amount_due)
+        with self.clock():
+            inv = invoices.invoice(
+                sub, billing_reason="subscription_cycle", lines=lines, period_start=period[0], period_end=period[1]
+            )
+            self.finalize(inv)
+        if status == "paid":
+            inv.update(status="paid", amount_paid=amount_due, amount_remaining=0, attempted=True, attempt_count=1)
+        inv["created"] = created or inv["created"]
+        return objects.public(self._store(self.invoices, inv))
 
     def calls(self, method=None, path=None):
         """Logged requests filtered by method and path prefix."""

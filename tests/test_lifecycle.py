@@ -159,7 +159,11 @@ async def test_change_preview_returns_stripes_invoice_preview_and_changes_nothin
     assert preview["currency"] == "usd" and preview["amount_due_now"] == 0
     assert 0 < preview["proration_amount"] <= 3000  # 50.00 - 20.00 for the rest of the period
     assert preview["next_invoice"]["amount_due"] == 5000 + preview["proration_amount"]
-    assert [line["proration"] for line in preview["lines"]] == [True, False]
+    # Stripe's two proration lines (unused time on the old price, remaining time on the new), then the period.
+    assert [line["proration"] for line in preview["lines"]] == [True, True, False]
+    credit, charge, period = (line["amount"] for line in preview["lines"])
+    assert credit < 0 < charge and abs(charge * 2000 - -credit * 5000) <= 5000 and period == 5000
+    assert credit + charge == preview["proration_amount"]
     resp = await call(
         "POST",
         "/api/subscription/change/preview",

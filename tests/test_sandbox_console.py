@@ -56,3 +56,15 @@ async def test_the_clock_form_takes_ascii_decimal_days_only(console, make_projec
         assert response.code == 400 and "Advance by more than 0" in text(response), ascii(days)
     for days in ("3", "2.5", " 7 "):
         assert (await console.post(path, {"action": "advance", "days": days})).code == 303, days
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_clock_page_lists_the_simulators_subscriptions_with_their_cards(console, make_project):
+    from sandbox import store
+    from tests.test_sandbox_simulator import paid_subscription
+
+    sandbox = make_project(name="Demo", admin_email="demo@example.test", sandbox=True)
+    sub_id, _ = store.run(sandbox.project, lambda sim: paid_subscription(sim, card="4000000000000341"))
+    await console.login("demo@example.test")
+    page = text(await console.get(f"/console/p/{sandbox.project.public_id}/sandbox"))
+    assert sub_id in page and "price_pro_monthly" in page and '<option value="fails" selected>' in page
