@@ -5,9 +5,14 @@ conditional UPDATE in a short transaction (several processes never send one at o
 no database connection held, then recorded. Only the oldest pending delivery of an (endpoint,
 order key) is claimable, so one customer's messages arrive in order. A process killed mid-send
 leaves its lease to expire: the delivery is sent again, with the same webhook-id.
+
+Timeouts use `asyncio.timeout`, not `asyncio.wait_for`: on Python 3.11 wait_for swallows a
+cancellation that arrives as the awaited thing completes (CPython gh-86296), which once left
+stop() waiting forever for a loop that went on polling (a send finishing at shutdown wakes it).
 """
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import random
@@ -32,6 +37,7 @@ MAX_BACKOFF_S = 6 * 3600
 MAX_IN_FLIGHT = 32
 KEEP_DAYS = 30  # delivered (or given up) messages are kept this long for the console and resends
 PURGE_EVERY_S = 3600
+STOP_GRACE_S = 5.0  # stop() waits at most this long for the loop and the cancelled sends to end
 USER_AGENT = f"PaymentPulse-Webhooks/{__version__}"
 
 
@@ -223,6 +229,7 @@ class Deliverer:
         self._task = None
         self._client = None
         self._db_down = False
+        self._stopping = False
 
     def start(self):
         loop = asyncio.get_running_loop()
@@ -241,15 +248,19 @@ class Deliverer:
             pass
 
     async def stop(self):
+        """End the loop and cancel the sends in flight (their leases are released); bounded by STOP_GRACE_S."""
+        self._stopping = True  # the loop ends at its next turn even if a cancellation were lost
         if self._waker in WAKERS:
             WAKERS.remove(self._waker)
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        self._wake.set()
         leased = list(self.in_flight)
-        for task in list(self.in_flight.values()):
+        tasks = [task for task in (self._task, *self.in_flight.values()) if task is not None and not task.done()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self.in_flight.values(), return_exceptions=True)
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=STOP_GRACE_S)
+            if stuck:  # never seen; a shutdown must not wait on it forever
+                log.warning("outbox: %d task(s) still running %s s after stop; leaving them", len(stuck), STOP_GRACE_S)
         if leased:  # stopped mid-send: another process may take them now, not when the lease runs out
             try:
                 with block():
@@ -261,11 +272,13 @@ class Deliverer:
             except DatabaseUnavailable:
                 pass
         if self._client:
-            await self._client.aclose()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STOP_GRACE_S):
+                    await self._client.aclose()
 
     async def _run(self):
         purged_at = 0.0
-        while True:
+        while not self._stopping:
             try:
                 if time.monotonic() - purged_at > PURGE_EVERY_S:
                     purged_at = time.monotonic()
@@ -282,10 +295,9 @@ class Deliverer:
             except Exception as exc:  # keep the loop alive; the next poll tries again
                 log.error("outbox claim failed: %s", type(exc).__name__)
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.config.webhook_poll)
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.webhook_poll):
+                    await self._wake.wait()
 
     def _claim_more(self):
         room = MAX_IN_FLIGHT - len(self.in_flight)
@@ -320,7 +332,8 @@ class Deliverer:
         """One HTTP attempt -> (status code or None, latency ms, error text or None). Never raises for the network."""
         started = time.monotonic()
         try:
-            return await asyncio.wait_for(self._attempt(job, started), self.config.webhook_timeout)
+            async with asyncio.timeout(self.config.webhook_timeout):
+                return await self._attempt(job, started)
         except (TimeoutError, httpx.TimeoutException):
             return None, int((time.monotonic() - started) * 1000), "timed out"
 
