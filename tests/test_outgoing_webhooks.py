@@ -347,3 +347,36 @@ async def test_sync_stripe_announces_what_the_missed_events_would_have(
     deleted = await receiver.until(1, event_type="customer.deleted")
     assert deleted[0]["data"]["external_user_id"] == "user-1"
     assert (await receiver.until(3, event_type="subscription.updated"))[-1]["data"]["object"]["status"] == "cancelled"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_checkout_that_changes_the_stored_email_sends_subscription_updated(
+    http_client, base_url, fake_stripe, hooked, deliver, receiver, deliverer
+):
+    """The checkout workflow changes the answer too (the stored email, once Stripe accepted it)."""
+    from tests.billing_support import checkout_body
+
+    created = await add_endpoint(http_client, base_url, hooked, receiver.url)
+    receiver.secret = created["secret"]
+    session, sub = new_subscription(fake_stripe, "user-1", project_id=hooked.project.public_id, email="old@x.test")
+    await deliver(event("checkout.session.completed", session))
+    await receiver.until(1, event_type="subscription.updated")
+    ended = fake_stripe.set_subscription(sub["id"], status="canceled")
+    await deliver(event("customer.subscription.deleted", ended))
+    await receiver.until(2, event_type="subscription.updated")
+    headers = {"X-API-Key": hooked.api_key.api_key, "Content-Type": "application/json"}
+    # The catalog already knows the pair, so only the checkout's own write can announce the change.
+    catalog = json.dumps({"stripe_price_ids": ["price_monthly"]})
+    resp = await http_client.fetch(base_url + "/api/plans/pro", method="PUT", headers=headers, body=catalog)
+    assert resp.code in (200, 201)
+    resp = await http_client.fetch(
+        base_url + "/api/checkout",
+        method="POST",
+        raise_error=False,
+        headers={"X-API-Key": hooked.api_key.api_key, "Content-Type": "application/json"},
+        body=json.dumps(checkout_body(email="new@x.test", stripe_price_id="price_monthly")),
+    )
+    assert resp.code == 200, resp.body
+    updates = await receiver.until(3, event_type="subscription.updated")
+    assert updates[-1]["data"]["changed"] == ["email"]
+    assert updates[-1]["data"]["object"]["email"] == "new@x.test"
