@@ -2,7 +2,7 @@
 
 from console.base import ProjectHandler
 from console.dashboard import PID
-from pulse import outbox
+from pulse import endpoints, outbox
 from pulse.db import block, transaction
 from pulse.models import WebhookDelivery
 
@@ -19,12 +19,12 @@ class WebhooksPage(ProjectHandler):
 
     def show(self, status=200, error="", confirm=None, created=None, form=None):
         with block():
-            endpoints = outbox.endpoints_of(self.project)
+            rows = endpoints.endpoints_of(self.project)
             deliveries = outbox.deliveries_of(self.project, limit=100)
         self.render_page(
             "webhooks.html",
             status=status,
-            endpoints=endpoints,
+            endpoints=rows,
             deliveries=deliveries,
             error=error,
             confirm=confirm,
@@ -35,7 +35,7 @@ class WebhooksPage(ProjectHandler):
 
     def endpoint(self):
         with block():
-            found = outbox.get_endpoint(self.project, self.get_body_argument("endpoint", ""))
+            found = endpoints.get_endpoint(self.project, self.get_body_argument("endpoint", ""))
         if found is None:
             self.show(404, "No such endpoint in this project.")
         return found
@@ -52,13 +52,13 @@ class WebhooksHandler(WebhooksPage):
         }
         try:
             with block(), transaction():
-                endpoint, secret = outbox.create_endpoint(
+                endpoint, secret = endpoints.create_endpoint(
                     self.project, form["url"], self.settings["secret_box"], self.settings["config"], form["description"]
                 )
                 self.audit(
                     "webhook_endpoint.created", project=self.project, endpoint=endpoint.public_id, url=endpoint.url
                 )
-        except outbox.EndpointError as exc:
+        except endpoints.EndpointError as exc:
             return self.show(400, exc.message, form=form)
         # The secret is shown in this answer only (not stored in clear, never shown again).
         self.show(201, created={"endpoint": endpoint, "secret": secret})
@@ -72,7 +72,7 @@ class EndpointDeleteHandler(WebhooksPage):
         if self.get_body_argument("confirm", "") != "yes":
             return self.show(confirm=endpoint)  # asks again, without JavaScript
         with block():
-            outbox.delete_endpoint(self.project, endpoint.public_id)
+            endpoints.delete_endpoint(self.project, endpoint.public_id)
             self.audit("webhook_endpoint.deleted", project=self.project, endpoint=endpoint.public_id)
         self.redirect(self.project_url("webhooks?done=deleted"), status=303)
 
@@ -91,7 +91,7 @@ class EndpointEnableHandler(WebhooksPage):
         endpoint = self.endpoint()
         if endpoint is not None:
             with block(), transaction():
-                outbox.enable_endpoint(endpoint)
+                endpoints.enable_endpoint(endpoint)
             self.redirect(self.project_url("webhooks?done=enabled"), status=303)
 
 

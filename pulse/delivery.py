@@ -28,8 +28,9 @@ from standardwebhooks.webhooks import Webhook
 
 from pulse import __version__
 from pulse.db import DatabaseUnavailable, block, transaction, utcnow
+from pulse.endpoints import address_refusal
 from pulse.models import WebhookDelivery, WebhookEndpoint, WebhookMessage
-from pulse.outbox import FAILED, PENDING, SUCCEEDED, WAKERS, address_refusal, now_ms
+from pulse.outbox import FAILED, PENDING, SUCCEEDED, WAKERS, now_ms
 
 log = logging.getLogger("pulse.delivery")
 

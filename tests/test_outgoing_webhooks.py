@@ -270,7 +270,7 @@ async def test_finished_messages_are_purged_after_30_days_pending_ones_kept(api,
 def test_private_and_link_local_targets_are_allowed_only_by_the_setting(host):
     """PULSE_WEBHOOK_ALLOW_PRIVATE=1 opens private and link-local targets; loopback keeps its own setting."""
     from pulse.config import load_config
-    from pulse.outbox import EndpointError, check_url
+    from pulse.endpoints import EndpointError, check_url
     from tests.support import TEST_SECRET
 
     def config(**settings):
