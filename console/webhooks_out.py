@@ -29,7 +29,9 @@ class WebhooksPage(ProjectHandler):
             error=error,
             confirm=confirm,
             created=created,
-            form=form or {"url": "", "description": ""},
+            form=form or {"url": "", "description": "", "events": list(endpoints.SUBSCRIBABLE)},
+            event_types=endpoints.SUBSCRIBABLE,
+            events_of=endpoints.events_of,
             done=DONE.get(self.get_query_argument("done", ""), ""),
         )
 
@@ -49,11 +51,23 @@ class WebhooksHandler(WebhooksPage):
         form = {
             "url": self.get_body_argument("url", "").strip(),
             "description": self.get_body_argument("description", "").strip(),
+            "events": self.get_body_arguments("enabled_events"),
         }
+        # The page's form marks itself: there, no box ticked is a mistake, not "every event".
+        chosen = form["events"] if form["events"] or self.get_body_argument("choose_events", "") else None
+        if chosen is not None and set(chosen) == set(endpoints.SUBSCRIBABLE):
+            chosen = ["*"]
         try:
+            if chosen == []:
+                raise endpoints.EndpointError("enabled_events", "Choose at least one event type to send.")
             with block(), transaction():
                 endpoint, secret = endpoints.create_endpoint(
-                    self.project, form["url"], self.settings["secret_box"], self.settings["config"], form["description"]
+                    self.project,
+                    form["url"],
+                    self.settings["secret_box"],
+                    self.settings["config"],
+                    form["description"],
+                    chosen,
                 )
                 self.audit(
                     "webhook_endpoint.created", project=self.project, endpoint=endpoint.public_id, url=endpoint.url

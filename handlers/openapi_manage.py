@@ -15,7 +15,7 @@ from handlers.openapi import (
 )
 from handlers.openapi import error_responses as errors
 from handlers.openapi import schema_ref as ref
-from pulse import lifecycle
+from pulse import endpoints, lifecycle, outbox
 
 ENDPOINT_ID = {
     "name": "endpoint_id",
@@ -24,6 +24,15 @@ ENDPOINT_ID = {
     "schema": {"type": "string", "pattern": "^[A-Za-z0-9_]{1,64}$"},
 }
 NULLABLE_INT = {"type": ["integer", "null"]}
+ENABLED_EVENTS = {
+    "type": "array",
+    "minItems": 1,
+    "uniqueItems": True,
+    "items": {"type": "string", "enum": [outbox.ALL_EVENTS, *endpoints.SUBSCRIBABLE]},
+    "default": [outbox.ALL_EVENTS],
+    "description": 'The event types the endpoint receives; ["*"] (the default) is every type, '
+    "including types added later. webhook.test is always sent when asked for.",
+}
 
 SCHEMAS = {
     "WebhookEndpointRequest": {
@@ -39,15 +48,17 @@ SCHEMAS = {
                 "unless PULSE_WEBHOOK_ALLOW_PRIVATE=1.",
             },
             "description": {"type": "string", "maxLength": 200},
+            "enabled_events": ENABLED_EVENTS,
         },
     },
     "WebhookEndpoint": {
         "type": "object",
-        "required": ["id", "url", "description", "enabled", "disabled_reason", "created_at"],
+        "required": ["id", "url", "description", "enabled_events", "enabled", "disabled_reason", "created_at"],
         "properties": {
             "id": {"type": "string"},
             "url": {"type": "string"},
             "description": {"type": "string"},
+            "enabled_events": ENABLED_EVENTS,
             "enabled": {
                 "type": "boolean",
                 "description": "false once every delivery failed for "

@@ -6,7 +6,7 @@ from pulse.db import block, isoformat, transaction
 from pulse.models import WebhookDelivery
 
 _NO_ENDPOINT = "No webhook endpoint with this id in this project."
-_FIELDS = {"url", "description"}
+_FIELDS = {"url", "description", "enabled_events"}
 
 
 def delivery_json(delivery):
@@ -45,10 +45,13 @@ class EndpointsHandler(ApiHandler):
         description = data.get("description", "")
         if not isinstance(description, str):
             raise invalid("description", "description must be a string")
+        events = data.get("enabled_events")
+        if "enabled_events" in data and events is None:
+            raise invalid("enabled_events", 'enabled_events must be a list of event types (or ["*"])')
         try:
             with block(), transaction():
                 endpoint, secret = endpoints.create_endpoint(
-                    self.project, url, self.settings["secret_box"], self.config, description
+                    self.project, url, self.settings["secret_box"], self.config, description, events
                 )
         except endpoints.EndpointError as exc:
             raise invalid(exc.field, exc.message) from None

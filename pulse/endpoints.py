@@ -2,15 +2,18 @@
 
 import base64
 import ipaddress
+import json
 import secrets
 from urllib.parse import urlsplit
 
 from pulse.db import isoformat, utcnow
 from pulse.models import WebhookDelivery, WebhookEndpoint
-from pulse.outbox import PENDING, now_ms, wake
+from pulse.outbox import ALL_EVENTS, EVENT_TYPES, PENDING, now_ms, wake
 from pulse.security import public_id
 
 MAX_ENDPOINTS = 16
+# What an endpoint may subscribe to; webhook.test is sent to whichever endpoint asked for it.
+SUBSCRIBABLE = tuple(event_type for event_type in EVENT_TYPES if event_type != "webhook.test")
 
 
 class EndpointError(ValueError):
@@ -75,9 +78,27 @@ def check_url(url, config):
     return url
 
 
+def check_events(value):
+    """enabled_events to store (None: all): a non-empty list of SUBSCRIBABLE types or "*"; else EndpointError."""
+    if value is None:
+        return [ALL_EVENTS]
+    choices = ", ".join((ALL_EVENTS, *SUBSCRIBABLE))
+    if not isinstance(value, list) or not value or not all(isinstance(item, str) for item in value):
+        raise EndpointError("enabled_events", f"enabled_events must be a non-empty list of event types ({choices})")
+    unknown = [item for item in value if item != ALL_EVENTS and item not in SUBSCRIBABLE]
+    if unknown:
+        raise EndpointError("enabled_events", f"{unknown[0][:64]!r} is not an event type ({choices})")
+    return [ALL_EVENTS] if ALL_EVENTS in value else sorted(set(value))
+
+
 def new_secret():
     """A Standard Webhooks secret: whsec_ and 32 random bytes in base64."""
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
+
+
+def events_of(endpoint):
+    """The endpoint's enabled_events as a list (["*"]: every type)."""
+    return json.loads(endpoint.enabled_events)
 
 
 def endpoint_json(endpoint):
@@ -85,22 +106,32 @@ def endpoint_json(endpoint):
         "id": endpoint.public_id,
         "url": endpoint.url,
         "description": endpoint.description,
+        "enabled_events": events_of(endpoint),
         "enabled": bool(endpoint.enabled),
         "disabled_reason": endpoint.disabled_reason,
         "created_at": isoformat(endpoint.created_at),
     }
 
 
-def create_endpoint(project, url, box, config, description=""):
-    """A new endpoint -> (WebhookEndpoint, its whsec_ secret, shown this once). Raises EndpointError."""
+def create_endpoint(project, url, box, config, description="", enabled_events=None):
+    """A new endpoint -> (WebhookEndpoint, its whsec_ secret, shown this once). Raises EndpointError.
+
+    `enabled_events`: the event types it receives (a list, see check_events); None means all.
+    """
     check_url(url, config)
+    events = check_events(enabled_events)
     if len(description or "") > 200:
         raise EndpointError("description", "description must be at most 200 characters")
     if WebhookEndpoint.select().where(WebhookEndpoint.project == project).count() >= MAX_ENDPOINTS:
         raise EndpointError("url", f"a project has at most {MAX_ENDPOINTS} webhook endpoints")
     secret = new_secret()
     endpoint = WebhookEndpoint.create(
-        public_id=public_id("we"), project=project, url=url, description=description or "", secret=box.encrypt(secret)
+        public_id=public_id("we"),
+        project=project,
+        url=url,
+        description=description or "",
+        enabled_events=json.dumps(events),
+        secret=box.encrypt(secret),
     )
     return endpoint, secret
 

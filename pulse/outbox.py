@@ -26,6 +26,7 @@ from pulse.security import public_id
 from pulse.status import current, policy_of, public_subscription, row_has_access
 
 EVENT_TYPES = ("subscription.updated", "checkout.completed", "customer.deleted", "webhook.test")
+ALL_EVENTS = "*"
 PENDING, SUCCEEDED, FAILED = "pending", "succeeded", "failed"
 WAKERS: list = []  # callables that wake this process's delivery loop (pulse.delivery registers one)
 
@@ -43,16 +44,24 @@ def wake():
         waker()
 
 
+def receives(endpoint, event_type):
+    """Whether `endpoint` chose to receive `event_type` (its enabled_events, Stripe's filter)."""
+    chosen = json.loads(endpoint.enabled_events)
+    return ALL_EVENTS in chosen or event_type in chosen
+
+
 def enqueue(project, event_type, data, order_key, endpoints=None):
-    """Write one message and its deliveries (to every enabled endpoint, or `endpoints`). Call in the transaction.
+    """Write one message and its deliveries (to each enabled endpoint that receives the type, or to `endpoints`).
+
+    Call in the transaction of the change.
 
     Returns the WebhookMessage, or None when the project has no endpoint to send it to.
     """
-    targets = (
-        endpoints
-        if endpoints is not None
-        else list(WebhookEndpoint.select().where(WebhookEndpoint.project == project, WebhookEndpoint.enabled == True))
-    )  # noqa: E712
+    if endpoints is None:
+        enabled = WebhookEndpoint.select().where(WebhookEndpoint.project == project, WebhookEndpoint.enabled == True)  # noqa: E712
+        targets = [endpoint for endpoint in enabled if receives(endpoint, event_type)]
+    else:
+        targets = endpoints
     if not targets:
         return None
     msg_id = public_id("msg", 24)
