@@ -12,6 +12,7 @@ stop() waiting forever for a loop that went on polling (a send finishing at shut
 """
 
 import asyncio
+import collections
 import contextlib
 import ipaddress
 import logging
@@ -36,6 +37,8 @@ log = logging.getLogger("pulse.delivery")
 
 MAX_BACKOFF_S = 6 * 3600
 MAX_IN_FLIGHT = 32
+# One endpoint's share of those: a slow endpoint (one tenant's) cannot hold every slot and delay the others.
+MAX_IN_FLIGHT_PER_ENDPOINT = 8
 KEEP_DAYS = 30  # delivered (or given up) messages are kept this long for the console and resends
 PURGE_EVERY_S = 3600
 STOP_GRACE_S = 5.0  # stop() waits at most this long for the loop and the cancelled sends to end
@@ -53,8 +56,13 @@ def lease_ms(config):
     return int((config.webhook_timeout + 2) * 1000)
 
 
-def claim(owner, limit, config, exclude=()):
-    """Lease up to `limit` due deliveries for `owner` -> [(delivery id, message id, payload, url, secret token)]."""
+def claim(owner, limit, config, exclude=(), busy=None):
+    """Lease up to `limit` due deliveries for `owner` -> [(delivery id, message id, payload, url, secret token)].
+
+    `busy` ({endpoint pk: sends in flight}, updated here) keeps each endpoint under MAX_IN_FLIGHT_PER_ENDPOINT.
+    """
+    busy = {} if busy is None else busy
+    full = [endpoint for endpoint, count in busy.items() if count >= MAX_IN_FLIGHT_PER_ENDPOINT]
     now = now_ms()
     earlier = WebhookDelivery.alias("earlier")
     head = ~pw.fn.EXISTS(
@@ -66,21 +74,23 @@ def claim(owner, limit, config, exclude=()):
         )
     )
     due = (
-        WebhookDelivery.select(WebhookDelivery.id)
+        WebhookDelivery.select(WebhookDelivery.id, WebhookDelivery.endpoint)
         .join(WebhookEndpoint)
         .where(
             WebhookDelivery.status == PENDING,
             WebhookDelivery.next_attempt_ms <= now,
             WebhookDelivery.lease_until_ms < now,
-            WebhookEndpoint.enabled == True,
+            WebhookEndpoint.enabled == True,  # noqa: E712
             head,
-        )  # noqa: E712
+            *([WebhookDelivery.endpoint.not_in(full)] if full else []),
+        )
         .order_by(WebhookDelivery.next_attempt_ms, WebhookDelivery.id)
         .limit(limit + len(exclude))
     )
     claimed = []
     for row in list(due):
-        if row.id in exclude or len(claimed) >= limit:
+        endpoint = row.endpoint_id
+        if row.id in exclude or len(claimed) >= limit or busy.get(endpoint, 0) >= MAX_IN_FLIGHT_PER_ENDPOINT:
             continue
         with transaction():
             won = (
@@ -118,6 +128,7 @@ def claim(owner, limit, config, exclude=()):
             )
             if found:
                 claimed.append(found)
+                busy[endpoint] = busy.get(endpoint, 0) + 1
     return claimed
 
 
@@ -226,6 +237,7 @@ class Deliverer:
         self.config, self.box = config, box
         self.owner = f"{socket.gethostname()[:20]}-{secrets.token_hex(6)}"
         self.in_flight = {}  # delivery id -> task
+        self.endpoint_of = {}  # delivery id -> endpoint pk, of the sends in flight
         self._wake = asyncio.Event()
         self._task = None
         self._client = None
@@ -301,14 +313,20 @@ class Deliverer:
                     await self._wake.wait()
 
     def _claim_more(self):
-        room = MAX_IN_FLIGHT - len(self.in_flight)
-        if room <= 0:
-            return
-        with block():
-            jobs = claim(self.owner, room, self.config, exclude=set(self.in_flight))
-        for job in jobs:
-            task = asyncio.get_running_loop().create_task(self._deliver(job))
-            self.in_flight[job["id"]] = task
+        for _ in range(3):  # again once an endpoint filled its share: the rows after its own are due too
+            room = MAX_IN_FLIGHT - len(self.in_flight)
+            if room <= 0:
+                return
+            busy = collections.Counter(self.endpoint_of.values())
+            full = sum(count >= MAX_IN_FLIGHT_PER_ENDPOINT for count in busy.values())
+            with block():
+                jobs = claim(self.owner, room, self.config, exclude=set(self.in_flight), busy=busy)
+            for job in jobs:
+                task = asyncio.get_running_loop().create_task(self._deliver(job))
+                self.in_flight[job["id"]] = task
+                self.endpoint_of[job["id"]] = job["endpoint_pk"]
+            if not jobs or sum(count >= MAX_IN_FLIGHT_PER_ENDPOINT for count in busy.values()) == full:
+                return
 
     async def _deliver(self, job):
         try:
@@ -327,6 +345,7 @@ class Deliverer:
             log.error("webhook %s delivery crashed: %s", job.get("public_id"), type(exc).__name__)
         finally:
             self.in_flight.pop(job["id"], None)
+            self.endpoint_of.pop(job["id"], None)
             self._wake.set()  # the next message of this customer may be due now
 
     async def send(self, job):
