@@ -11,6 +11,7 @@ DONE = {
     "test": "Test event queued.",
     "resent": "Delivery queued again.",
     "enabled": "Endpoint enabled; its pending deliveries resume.",
+    "events": "Event types saved; they apply from the next change on.",
 }
 
 
@@ -55,11 +56,8 @@ class WebhooksHandler(WebhooksPage):
         }
         # The page's form marks itself: there, no box ticked is a mistake, not "every event".
         chosen = form["events"] if form["events"] or self.get_body_argument("choose_events", "") else None
-        if chosen is not None and set(chosen) == set(endpoints.SUBSCRIBABLE):
-            chosen = ["*"]
         try:
-            if chosen == []:
-                raise endpoints.EndpointError("enabled_events", "Choose at least one event type to send.")
+            chosen = chosen_events(chosen)
             with block(), transaction():
                 endpoint, secret = endpoints.create_endpoint(
                     self.project,
@@ -76,6 +74,31 @@ class WebhooksHandler(WebhooksPage):
             return self.show(400, exc.message, form=form)
         # The secret is shown in this answer only (not stored in clear, never shown again).
         self.show(201, created={"endpoint": endpoint, "secret": secret})
+
+
+class EndpointEventsHandler(WebhooksPage):
+    def post(self, project_id):
+        endpoint = self.endpoint()
+        if endpoint is None:
+            return
+        try:
+            with block(), transaction():
+                endpoints.update_endpoint(
+                    endpoint, enabled_events=chosen_events(self.get_body_arguments("enabled_events"))
+                )
+                self.audit("webhook_endpoint.updated", project=self.project, endpoint=endpoint.public_id)
+        except endpoints.EndpointError as exc:
+            return self.show(400, exc.message)
+        self.redirect(self.project_url("webhooks?done=events"), status=303)
+
+
+def chosen_events(ticked):
+    """The form's ticked event types as enabled_events: all of them is "*" (later types too); none is refused."""
+    if ticked is None:
+        return None
+    if not ticked:
+        raise endpoints.EndpointError("enabled_events", "Choose at least one event type to send.")
+    return ["*"] if set(ticked) == set(endpoints.SUBSCRIBABLE) else ticked
 
 
 class EndpointDeleteHandler(WebhooksPage):
@@ -128,6 +151,7 @@ class DeliveryResendHandler(WebhooksPage):
 default_handlers = [
     (PID + r"/webhooks", WebhooksHandler),
     (PID + r"/webhooks/delete", EndpointDeleteHandler),
+    (PID + r"/webhooks/events", EndpointEventsHandler),
     (PID + r"/webhooks/test", EndpointTestHandler),
     (PID + r"/webhooks/enable", EndpointEnableHandler),
     (PID + r"/webhooks/resend", DeliveryResendHandler),

@@ -15,7 +15,8 @@ from handlers.openapi import (
 )
 from handlers.openapi import error_responses as errors
 from handlers.openapi import schema_ref as ref
-from pulse import endpoints, lifecycle, outbox
+from handlers.openapi_webhook_events import ENABLED_EVENTS, UPDATE_ENDPOINT
+from pulse import lifecycle
 
 ENDPOINT_ID = {
     "name": "endpoint_id",
@@ -24,15 +25,6 @@ ENDPOINT_ID = {
     "schema": {"type": "string", "pattern": "^[A-Za-z0-9_]{1,64}$"},
 }
 NULLABLE_INT = {"type": ["integer", "null"]}
-ENABLED_EVENTS = {
-    "type": "array",
-    "minItems": 1,
-    "uniqueItems": True,
-    "items": {"type": "string", "enum": [outbox.ALL_EVENTS, *endpoints.SUBSCRIBABLE]},
-    "default": [outbox.ALL_EVENTS],
-    "description": 'The event types the endpoint receives; ["*"] (the default) is every type, '
-    "including types added later. webhook.test is always sent when asked for.",
-}
 
 SCHEMAS = {
     "WebhookEndpointRequest": {
@@ -385,6 +377,7 @@ def paths():
                 "parameters": [ENDPOINT_ID],
                 "responses": {"200": json_response(ref("WebhookEndpointDetail"), "OK"), **errors(401, 404, 429, 503)},
             },
+            "patch": UPDATE_ENDPOINT,
             "delete": {
                 "summary": "Delete an endpoint and its deliveries",
                 "parameters": [ENDPOINT_ID],

@@ -1,4 +1,4 @@
-"""GET/POST /api/webhook-endpoints, DELETE /api/webhook-endpoints/{id}, and an endpoint's deliveries and test event."""
+"""GET/POST /api/webhook-endpoints, GET/PATCH/DELETE /api/webhook-endpoints/{id}, deliveries and test events."""
 
 from handlers.base import ApiError, ApiHandler, idempotent, invalid, missing
 from pulse import endpoints, outbox
@@ -74,6 +74,20 @@ class EndpointHandler(_OneEndpoint):
             endpoint = self._endpoint(endpoint_id)
             rows = outbox.deliveries_of(self.project, endpoint, limit=50)
         self.write_json(dict(endpoints.endpoint_json(endpoint), deliveries=[delivery_json(row) for row in rows]))
+
+    def patch(self, endpoint_id):
+        data = self.json_body(allowed=("description", "enabled_events"))
+        for name, kind in (("description", str), ("enabled_events", list)):
+            if name in data and not isinstance(data[name], kind):
+                raise invalid(name, f"{name} must be a {'string' if kind is str else 'list of event types'}")
+        try:
+            with block(), transaction():
+                endpoint = endpoints.update_endpoint(
+                    self._endpoint(endpoint_id), data.get("description"), data.get("enabled_events")
+                )
+        except endpoints.EndpointError as exc:
+            raise invalid(exc.field, exc.message) from None
+        self.write_json(endpoints.endpoint_json(endpoint))
 
     def delete(self, endpoint_id):
         with block():

@@ -136,6 +136,23 @@ def create_endpoint(project, url, box, config, description="", enabled_events=No
     return endpoint, secret
 
 
+def update_endpoint(endpoint, description=None, enabled_events=None):
+    """Change what the endpoint receives and its description (None: unchanged); raises EndpointError.
+
+    New filters apply to the changes announced from now on; messages already queued are sent.
+    """
+    changes = {}
+    if description is not None:
+        if len(description) > 200:
+            raise EndpointError("description", "description must be at most 200 characters")
+        changes["description"] = description
+    if enabled_events is not None:
+        changes["enabled_events"] = json.dumps(check_events(enabled_events))
+    if changes:
+        WebhookEndpoint.update(updated_at=utcnow(), **changes).where(WebhookEndpoint.id == endpoint.id).execute()
+    return WebhookEndpoint.get_by_id(endpoint.id)
+
+
 def endpoints_of(project):
     return list(WebhookEndpoint.select().where(WebhookEndpoint.project == project).order_by(WebhookEndpoint.id))
 

@@ -84,3 +84,21 @@ async def test_the_form_chooses_the_event_types_an_endpoint_receives(console, pr
     assert stored == ['["customer.deleted", "subscription.updated"]', '["*"]']
     page = text(await console.get(url(project, "webhooks")))
     assert "customer.deleted, subscription.updated" in page and "all events" in page
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_endpoints_event_types_are_changed_in_place(console, project, receiver):
+    await console.login(project.admin.email)
+    assert (await console.post(url(project, "webhooks"), {"url": receiver.url})).code == 201
+    with db.block():
+        endpoint = WebhookEndpoint.get()
+    assert endpoint.enabled_events == '["*"]'  # a form without the boxes (a script): every event
+    target = url(project, "webhooks/events")
+    refused = await console.post(target, {"endpoint": endpoint.public_id})
+    assert refused.code == 400 and "at least one event type" in text(refused)
+    saved = await console.post(target, {"endpoint": endpoint.public_id, "enabled_events": ["checkout.completed"]})
+    assert saved.code == 303
+    with db.block():
+        assert WebhookEndpoint.get().enabled_events == '["checkout.completed"]'
+        assert AuditLog.select().where(AuditLog.action == "webhook_endpoint.updated").count() == 1
+    assert (await console.post(target, {"endpoint": "we_nope", "enabled_events": ["checkout.completed"]})).code == 404

@@ -247,15 +247,17 @@ async def test_issue_16_routes_with_another_projects_key(api, app, tenants):
     for method, path in (
         ("GET", base),
         ("DELETE", base),
+        ("PATCH", base),
         ("POST", base + "/test"),
         ("POST", base + "/enable"),
         ("POST", f"{base}/deliveries/{delivery.id}/resend"),
     ):
-        response = await api(method, path, {} if method == "POST" else None, key=key_b)
+        body = {"POST": {}, "PATCH": {"enabled_events": ["customer.deleted"]}}.get(method)
+        response = await api(method, path, body, key=key_b)
         assert response.code == 404, (method, path, response.body)
         assert b"alpha.example.com" not in response.body and secret.encode() not in response.body
     with db.block():
-        assert endpoints.get_endpoint(a.project, endpoint.public_id) is not None
+        assert endpoints.get_endpoint(a.project, endpoint.public_id).enabled_events == '["*"]'
         assert WebhookDelivery.select().where(WebhookDelivery.endpoint == endpoint).count() == 1
 
 

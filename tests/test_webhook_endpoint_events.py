@@ -1,6 +1,7 @@
 """Per-endpoint event filters (Stripe's enabled_events): an endpoint receives only the types it chose."""
 
 import asyncio
+import json
 
 import pytest
 from playhouse.migrate import migrate as run_operations
@@ -112,3 +113,43 @@ def test_step_12_gives_existing_endpoints_every_event(db_url, monkeypatch):
     with db.block():
         assert WebhookEndpoint.get(WebhookEndpoint.public_id == "we_old").enabled_events == '["*"]'
     assert migrations.current_version() == migrations.LATEST
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_patch_changes_what_an_endpoint_receives_from_the_next_change_on(
+    http_client, base_url, fake_stripe, hooked, deliver, receiver, deliverer
+):
+    created = await add_endpoint(http_client, base_url, hooked, receiver.url)
+    receiver.secret = created["secret"]
+    headers = {"X-API-Key": hooked.api_key.api_key, "Content-Type": "application/json"}
+
+    async def patch(path, body):
+        return await http_client.fetch(
+            base_url + path, method="PATCH", headers=headers, body=json.dumps(body), raise_error=False
+        )
+
+    path = f"/api/webhook-endpoints/{created['id']}"
+    resp = await patch(path, {"enabled_events": ["customer.deleted"], "description": "deletions only"})
+    assert resp.code == 200, resp.body
+    changed = body_of(resp)
+    assert changed["enabled_events"] == ["customer.deleted"] and changed["description"] == "deletions only"
+    for body, field in (
+        ({"enabled_events": []}, "enabled_events"),
+        ({"enabled_events": "*"}, "enabled_events"),
+        ({"description": 5}, "description"),
+        ({"url": "https://elsewhere.example/"}, "url"),
+    ):
+        refused = await patch(path, body)
+        assert refused.code == 400 and body_of(refused)["error"]["field"] == field, refused.body
+    assert (await patch("/api/webhook-endpoints/we_missing", {"description": "x"})).code == 404
+
+    session, _sub = new_subscription(fake_stripe, "user-1", project_id=hooked.project.public_id)
+    await deliver(event("checkout.session.completed", session))  # subscription.updated, checkout.completed
+    resp = await http_client.fetch(base_url + path + "/test", method="POST", body="", headers=headers)
+    assert resp.code == 202
+    await receiver.until(1)
+    await asyncio.sleep(0.3)
+    assert [body["type"] for body in receiver.events()] == ["webhook.test"]
+    assert (await patch(path, {"enabled_events": ["*"]})).code == 200
+    with db.block():
+        assert WebhookEndpoint.get().enabled_events == '["*"]'
