@@ -3,12 +3,42 @@
 from handlers.openapi_parts import IDEMPOTENCY_KEY, NULLABLE_INT, NULLABLE_STRING, NULLABLE_TIME, json_response
 from handlers.openapi_parts import error_responses as errors
 from handlers.openapi_parts import schema_ref as ref
+from pulse import endpoints, outbox
 
 ENDPOINT_ID = {
     "name": "endpoint_id",
     "in": "path",
     "required": True,
     "schema": {"type": "string", "pattern": "^[A-Za-z0-9_]{1,64}$"},
+}
+_EVENTS = {
+    "type": "array",
+    "minItems": 1,
+    "uniqueItems": True,
+    "items": {"type": "string", "enum": [outbox.ALL_EVENTS, *endpoints.SUBSCRIBABLE]},
+}
+ENABLED_EVENTS = {
+    **_EVENTS,
+    "default": [outbox.ALL_EVENTS],
+    "description": 'The event types the endpoint receives; ["*"] (the default) is every type, '
+    "including types added later. webhook.test is always sent when asked for.",
+}
+UPDATE_ENDPOINT = {
+    "summary": "Change an endpoint's enabled_events or description (applies from the next change on)",
+    "parameters": [ENDPOINT_ID],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"description": {"type": "string", "maxLength": 200}, "enabled_events": _EVENTS},
+                }
+            }
+        },
+    },
+    "responses": {"200": json_response(ref("WebhookEndpoint"), "OK"), **errors(400, 401, 404, 413, 429, 503)},
 }
 
 SCHEMAS = {
@@ -25,15 +55,17 @@ SCHEMAS = {
                 "unless PULSE_WEBHOOK_ALLOW_PRIVATE=1.",
             },
             "description": {"type": "string", "maxLength": 200},
+            "enabled_events": ENABLED_EVENTS,
         },
     },
     "WebhookEndpoint": {
         "type": "object",
-        "required": ["id", "url", "description", "enabled", "disabled_reason", "created_at"],
+        "required": ["id", "url", "description", "enabled_events", "enabled", "disabled_reason", "created_at"],
         "properties": {
             "id": {"type": "string"},
             "url": {"type": "string"},
             "description": {"type": "string"},
+            "enabled_events": ENABLED_EVENTS,
             "enabled": {
                 "type": "boolean",
                 "description": "false once every delivery failed for "
@@ -156,6 +188,7 @@ def paths():
                 "parameters": [ENDPOINT_ID],
                 "responses": {"200": json_response(ref("WebhookEndpointDetail"), "OK"), **errors(401, 404, 429, 503)},
             },
+            "patch": UPDATE_ENDPOINT,
             "delete": {
                 "summary": "Delete an endpoint and its deliveries",
                 "parameters": [ENDPOINT_ID],

@@ -1,13 +1,13 @@
-"""GET/POST /api/webhook-endpoints, DELETE /api/webhook-endpoints/{id}, and an endpoint's deliveries and test event."""
+"""GET/POST /api/webhook-endpoints, GET/PATCH/DELETE /api/webhook-endpoints/{id}, deliveries and test events."""
 
 from handlers.base import ApiError, ApiHandler, idempotent, invalid, missing
-from pulse import outbox
+from pulse import endpoints, outbox
 from pulse.db import block, isoformat, transaction
 from pulse.models import WebhookDelivery
 from web import ascii_int
 
 _NO_ENDPOINT = "No webhook endpoint with this id in this project."
-_FIELDS = {"url", "description"}
+_FIELDS = {"url", "description", "enabled_events"}
 
 
 def delivery_json(delivery):
@@ -31,8 +31,8 @@ def delivery_json(delivery):
 class EndpointsHandler(ApiHandler):
     def get(self):
         with block():
-            rows = outbox.endpoints_of(self.project)
-        self.write_json({"data": [outbox.endpoint_json(row) for row in rows]})
+            rows = endpoints.endpoints_of(self.project)
+        self.write_json({"data": [endpoints.endpoint_json(row) for row in rows]})
 
     @idempotent
     def post(self):
@@ -46,21 +46,24 @@ class EndpointsHandler(ApiHandler):
         description = data.get("description", "")
         if not isinstance(description, str):
             raise invalid("description", "description must be a string")
+        events = data.get("enabled_events")
+        if "enabled_events" in data and events is None:
+            raise invalid("enabled_events", 'enabled_events must be a list of event types (or ["*"])')
         try:
             with block(), transaction():
-                endpoint, secret = outbox.create_endpoint(
-                    self.project, url, self.settings["secret_box"], self.config, description
+                endpoint, secret = endpoints.create_endpoint(
+                    self.project, url, self.settings["secret_box"], self.config, description, events
                 )
-        except outbox.EndpointError as exc:
+        except endpoints.EndpointError as exc:
             raise invalid(exc.field, exc.message) from None
-        self.write_json(dict(outbox.endpoint_json(endpoint), secret=secret), status=201)
+        self.write_json(dict(endpoints.endpoint_json(endpoint), secret=secret), status=201)
 
 
 class _OneEndpoint(ApiHandler):
     """Base of the routes under one endpoint (each serves only its own methods: Allow stays exact)."""
 
     def _endpoint(self, endpoint_id):
-        endpoint = outbox.get_endpoint(self.project, endpoint_id)
+        endpoint = endpoints.get_endpoint(self.project, endpoint_id)
         if endpoint is None:
             raise ApiError(404, "not_found", _NO_ENDPOINT)
         return endpoint
@@ -71,11 +74,25 @@ class EndpointHandler(_OneEndpoint):
         with block():
             endpoint = self._endpoint(endpoint_id)
             rows = outbox.deliveries_of(self.project, endpoint, limit=50)
-        self.write_json(dict(outbox.endpoint_json(endpoint), deliveries=[delivery_json(row) for row in rows]))
+        self.write_json(dict(endpoints.endpoint_json(endpoint), deliveries=[delivery_json(row) for row in rows]))
+
+    def patch(self, endpoint_id):
+        data = self.json_body(allowed=("description", "enabled_events"))
+        for name, kind in (("description", str), ("enabled_events", list)):
+            if name in data and not isinstance(data[name], kind):
+                raise invalid(name, f"{name} must be a {'string' if kind is str else 'list of event types'}")
+        try:
+            with block(), transaction():
+                endpoint = endpoints.update_endpoint(
+                    self._endpoint(endpoint_id), data.get("description"), data.get("enabled_events")
+                )
+        except endpoints.EndpointError as exc:
+            raise invalid(exc.field, exc.message) from None
+        self.write_json(endpoints.endpoint_json(endpoint))
 
     def delete(self, endpoint_id):
         with block():
-            if not outbox.delete_endpoint(self.project, endpoint_id):
+            if not endpoints.delete_endpoint(self.project, endpoint_id):
                 raise ApiError(404, "not_found", _NO_ENDPOINT)
         self.write_json({"id": endpoint_id, "deleted": True})
 
@@ -94,9 +111,9 @@ class EndpointEnableHandler(_OneEndpoint):
     def post(self, endpoint_id):
         with block():
             with transaction():
-                outbox.enable_endpoint(self._endpoint(endpoint_id))
+                endpoints.enable_endpoint(self._endpoint(endpoint_id))
             endpoint = self._endpoint(endpoint_id)
-        self.write_json(outbox.endpoint_json(endpoint))
+        self.write_json(endpoints.endpoint_json(endpoint))
 
 
 class DeliveryResendHandler(_OneEndpoint):

@@ -12,7 +12,7 @@ from datetime import timedelta
 
 import peewee
 
-from pulse import billing, plans
+from pulse import billing, outbox, plans
 from pulse import subscriptions as subs
 from pulse.db import DatabaseUnavailable, block, database, transaction, utcnow
 from pulse.models import CheckoutLease, Customer
@@ -175,11 +175,13 @@ def _store_stripe_customer(project, external_user_id, email, stripe_customer_id)
             found = billing.find_customer(project, external_user_id)
             if found is None:
                 raise
-    (
-        Customer.update(stripe_customer_id=stripe_customer_id, email=email, updated_at=utcnow())
-        .where((Customer.id == found.id) & Customer.stripe_customer_id.is_null())
-        .execute()
-    )
+    with transaction():
+        (
+            Customer.update(stripe_customer_id=stripe_customer_id, email=email, updated_at=utcnow())
+            .where((Customer.id == found.id) & Customer.stripe_customer_id.is_null())
+            .execute()
+        )
+        outbox.customer_changed(project, found.id)  # the answer shows the Stripe customer and email
     return Customer.get_by_id(found.id)
 
 
@@ -193,7 +195,9 @@ def _forget_stripe_customer(project, customer):
 
 
 def _store_email(customer, email):
-    Customer.update(email=email, updated_at=utcnow()).where(Customer.id == customer.id).execute()
+    with transaction():
+        Customer.update(email=email, updated_at=utcnow()).where(Customer.id == customer.id).execute()
+        outbox.customer_changed(customer.project_id, customer.id)
     customer.email = email
 
 

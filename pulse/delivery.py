@@ -5,9 +5,15 @@ conditional UPDATE in a short transaction (several processes never send one at o
 no database connection held, then recorded. Only the oldest pending delivery of an (endpoint,
 order key) is claimable, so one customer's messages arrive in order. A process killed mid-send
 leaves its lease to expire: the delivery is sent again, with the same webhook-id.
+
+Timeouts use `asyncio.timeout`, not `asyncio.wait_for`: on Python 3.11 wait_for swallows a
+cancellation that arrives as the awaited thing completes (CPython gh-86296), which once left
+stop() waiting forever for a loop that went on polling (a send finishing at shutdown wakes it).
 """
 
 import asyncio
+import collections
+import contextlib
 import ipaddress
 import logging
 import random
@@ -23,15 +29,19 @@ from standardwebhooks.webhooks import Webhook
 
 from pulse import __version__
 from pulse.db import DatabaseUnavailable, block, transaction, utcnow
+from pulse.endpoints import address_refusal
 from pulse.models import WebhookDelivery, WebhookEndpoint, WebhookMessage
-from pulse.outbox import FAILED, PENDING, SUCCEEDED, WAKERS, address_refusal, now_ms
+from pulse.outbox import FAILED, PENDING, SUCCEEDED, WAKERS, now_ms
 
 log = logging.getLogger("pulse.delivery")
 
 MAX_BACKOFF_S = 6 * 3600
 MAX_IN_FLIGHT = 32
+# One endpoint's share of those: a slow endpoint (one tenant's) cannot hold every slot and delay the others.
+MAX_IN_FLIGHT_PER_ENDPOINT = 8
 KEEP_DAYS = 30  # delivered (or given up) messages are kept this long for the console and resends
 PURGE_EVERY_S = 3600
+STOP_GRACE_S = 5.0  # stop() waits at most this long for the loop and the cancelled sends to end
 USER_AGENT = f"PaymentPulse-Webhooks/{__version__}"
 
 
@@ -46,8 +56,13 @@ def lease_ms(config):
     return int((config.webhook_timeout + 2) * 1000)
 
 
-def claim(owner, limit, config, exclude=()):
-    """Lease up to `limit` due deliveries for `owner` -> [(delivery id, message id, payload, url, secret token)]."""
+def claim(owner, limit, config, exclude=(), busy=None):
+    """Lease up to `limit` due deliveries for `owner` -> [(delivery id, message id, payload, url, secret token)].
+
+    `busy` ({endpoint pk: sends in flight}, updated here) keeps each endpoint under MAX_IN_FLIGHT_PER_ENDPOINT.
+    """
+    busy = {} if busy is None else busy
+    full = [endpoint for endpoint, count in busy.items() if count >= MAX_IN_FLIGHT_PER_ENDPOINT]
     now = now_ms()
     earlier = WebhookDelivery.alias("earlier")
     head = ~pw.fn.EXISTS(
@@ -59,21 +74,23 @@ def claim(owner, limit, config, exclude=()):
         )
     )
     due = (
-        WebhookDelivery.select(WebhookDelivery.id)
+        WebhookDelivery.select(WebhookDelivery.id, WebhookDelivery.endpoint)
         .join(WebhookEndpoint)
         .where(
             WebhookDelivery.status == PENDING,
             WebhookDelivery.next_attempt_ms <= now,
             WebhookDelivery.lease_until_ms < now,
-            WebhookEndpoint.enabled == True,
+            WebhookEndpoint.enabled == True,  # noqa: E712
             head,
-        )  # noqa: E712
+            *([WebhookDelivery.endpoint.not_in(full)] if full else []),
+        )
         .order_by(WebhookDelivery.next_attempt_ms, WebhookDelivery.id)
         .limit(limit + len(exclude))
     )
     claimed = []
     for row in list(due):
-        if row.id in exclude or len(claimed) >= limit:
+        endpoint = row.endpoint_id
+        if row.id in exclude or len(claimed) >= limit or busy.get(endpoint, 0) >= MAX_IN_FLIGHT_PER_ENDPOINT:
             continue
         with transaction():
             won = (
@@ -111,6 +128,7 @@ def claim(owner, limit, config, exclude=()):
             )
             if found:
                 claimed.append(found)
+                busy[endpoint] = busy.get(endpoint, 0) + 1
     return claimed
 
 
@@ -219,10 +237,12 @@ class Deliverer:
         self.config, self.box = config, box
         self.owner = f"{socket.gethostname()[:20]}-{secrets.token_hex(6)}"
         self.in_flight = {}  # delivery id -> task
+        self.endpoint_of = {}  # delivery id -> endpoint pk, of the sends in flight
         self._wake = asyncio.Event()
         self._task = None
         self._client = None
         self._db_down = False
+        self._stopping = False
 
     def start(self):
         loop = asyncio.get_running_loop()
@@ -241,15 +261,19 @@ class Deliverer:
             pass
 
     async def stop(self):
+        """End the loop and cancel the sends in flight (their leases are released); bounded by STOP_GRACE_S."""
+        self._stopping = True  # the loop ends at its next turn even if a cancellation were lost
         if self._waker in WAKERS:
             WAKERS.remove(self._waker)
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        self._wake.set()
         leased = list(self.in_flight)
-        for task in list(self.in_flight.values()):
+        tasks = [task for task in (self._task, *self.in_flight.values()) if task is not None and not task.done()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self.in_flight.values(), return_exceptions=True)
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=STOP_GRACE_S)
+            if stuck:  # never seen; a shutdown must not wait on it forever
+                log.warning("outbox: %d task(s) still running %s s after stop; leaving them", len(stuck), STOP_GRACE_S)
         if leased:  # stopped mid-send: another process may take them now, not when the lease runs out
             try:
                 with block():
@@ -261,11 +285,13 @@ class Deliverer:
             except DatabaseUnavailable:
                 pass
         if self._client:
-            await self._client.aclose()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STOP_GRACE_S):
+                    await self._client.aclose()
 
     async def _run(self):
         purged_at = 0.0
-        while True:
+        while not self._stopping:
             try:
                 if time.monotonic() - purged_at > PURGE_EVERY_S:
                     purged_at = time.monotonic()
@@ -282,20 +308,25 @@ class Deliverer:
             except Exception as exc:  # keep the loop alive; the next poll tries again
                 log.error("outbox claim failed: %s", type(exc).__name__)
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.config.webhook_poll)
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.webhook_poll):
+                    await self._wake.wait()
 
     def _claim_more(self):
-        room = MAX_IN_FLIGHT - len(self.in_flight)
-        if room <= 0:
-            return
-        with block():
-            jobs = claim(self.owner, room, self.config, exclude=set(self.in_flight))
-        for job in jobs:
-            task = asyncio.get_running_loop().create_task(self._deliver(job))
-            self.in_flight[job["id"]] = task
+        for _ in range(3):  # again once an endpoint filled its share: the rows after its own are due too
+            room = MAX_IN_FLIGHT - len(self.in_flight)
+            if room <= 0:
+                return
+            busy = collections.Counter(self.endpoint_of.values())
+            full = sum(count >= MAX_IN_FLIGHT_PER_ENDPOINT for count in busy.values())
+            with block():
+                jobs = claim(self.owner, room, self.config, exclude=set(self.in_flight), busy=busy)
+            for job in jobs:
+                task = asyncio.get_running_loop().create_task(self._deliver(job))
+                self.in_flight[job["id"]] = task
+                self.endpoint_of[job["id"]] = job["endpoint_pk"]
+            if not jobs or sum(count >= MAX_IN_FLIGHT_PER_ENDPOINT for count in busy.values()) == full:
+                return
 
     async def _deliver(self, job):
         try:
@@ -314,13 +345,15 @@ class Deliverer:
             log.error("webhook %s delivery crashed: %s", job.get("public_id"), type(exc).__name__)
         finally:
             self.in_flight.pop(job["id"], None)
+            self.endpoint_of.pop(job["id"], None)
             self._wake.set()  # the next message of this customer may be due now
 
     async def send(self, job):
         """One HTTP attempt -> (status code or None, latency ms, error text or None). Never raises for the network."""
         started = time.monotonic()
         try:
-            return await asyncio.wait_for(self._attempt(job, started), self.config.webhook_timeout)
+            async with asyncio.timeout(self.config.webhook_timeout):
+                return await self._attempt(job, started)
         except (TimeoutError, httpx.TimeoutException):
             return None, int((time.monotonic() - started) * 1000), "timed out"
 

@@ -159,6 +159,13 @@ def _read_model_feed(db, migrator):
     )
 
 
+def _endpoint_event_filters(db, migrator):
+    # Issue 16: which event types each outgoing webhook endpoint receives (Stripe's enabled_events).
+    if "enabled_events" in {column.name for column in db.get_columns("webhook_endpoint")}:
+        return  # step 10 created the table from the current model
+    db.execute_sql("ALTER TABLE webhook_endpoint ADD COLUMN enabled_events VARCHAR(255) NOT NULL DEFAULT '[\"*\"]'")
+
+
 # (version, name, step). Steps after the first receive the database and its migrator.
 STEPS = [
     (1, "initial schema", _initial),
@@ -169,6 +176,7 @@ STEPS = [
     (9, "sandbox projects and their simulated Stripe", _sandbox_projects),
     (10, "outgoing webhooks outbox, customer entitlements", _outbox_and_entitlements),
     (11, "read model change feed, inbox retry time", _read_model_feed),
+    (12, "outgoing webhook endpoints: enabled event types", _endpoint_event_filters),
 ]
 LATEST = STEPS[-1][0]
 

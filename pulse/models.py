@@ -312,6 +312,7 @@ class WebhookEndpoint(BaseModel):
     project = pw.ForeignKeyField(Project, backref="webhook_endpoints", on_delete="CASCADE")
     url = pw.CharField(max_length=2048)
     description = pw.CharField(max_length=200, default="")
+    enabled_events = pw.CharField(max_length=255, default='["*"]')  # JSON: event types it receives, or ["*"]
     secret = pw.TextField()  # Fernet token of the whsec_ secret, see pulse.security
     enabled = pw.BooleanField(default=True)
     disabled_reason = pw.CharField(max_length=255, null=True)

@@ -1,4 +1,4 @@
-"""Outgoing webhooks to the tenant's app: endpoints, the transactional outbox, and what each event says.
+"""Outgoing webhooks to the tenant's app: the transactional outbox and what each event says (see pulse.endpoints).
 
 A message row (and one delivery row per enabled endpoint) is written in the transaction of the
 change it announces, so a change is never announced without being stored, nor stored without being
@@ -7,12 +7,8 @@ announced; pulse.delivery sends the rows. Bodies follow Standard Webhooks: {type
 pulse.plans, pulse.projects and pulse.entitlements call after each change of stored state.
 """
 
-import base64
-import ipaddress
 import json
-import secrets
 import time
-from urllib.parse import urlsplit
 
 import peewee as pw
 
@@ -30,136 +26,13 @@ from pulse.security import public_id
 from pulse.status import current, policy_of, public_subscription, row_has_access
 
 EVENT_TYPES = ("subscription.updated", "checkout.completed", "customer.deleted", "webhook.test")
-MAX_ENDPOINTS = 16
+ALL_EVENTS = "*"
 PENDING, SUCCEEDED, FAILED = "pending", "succeeded", "failed"
 WAKERS: list = []  # callables that wake this process's delivery loop (pulse.delivery registers one)
 
 
-class EndpointError(ValueError):
-    """A webhook endpoint request we refuse: `field` and a message (API: 400 invalid_field)."""
-
-    def __init__(self, field, message):
-        super().__init__(message)
-        self.field, self.message = field, message
-
-
 def now_ms():
     return int(time.time() * 1000)
-
-
-# ---------------------------------------------------------------- endpoints
-
-
-def loopback_host(host):
-    """Whether `host` names the loopback interface (localhost or a loopback literal)."""
-    if host.lower() in ("localhost", "localhost.") or host.lower().endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def address_refusal(address, config):
-    """Why an outgoing webhook may not go to IP `address` (a string), or None when it may (SSRF rule)."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip.is_loopback:
-        allowed = config.webhook_allow_loopback
-        return None if allowed else "a loopback address (PULSE_WEBHOOK_ALLOW_LOOPBACK=1 allows it)"
-    if ip.is_unspecified or ip.is_multicast:
-        return "an unspecified or multicast address"
-    if ip.is_private or ip.is_link_local or ip.is_reserved or not ip.is_global:
-        return (
-            None
-            if config.webhook_allow_private
-            else "a private or link-local address (PULSE_WEBHOOK_ALLOW_PRIVATE=1 allows it)"
-        )
-    return None
-
-
-def check_url(url, config):
-    """The endpoint URL if acceptable, else EndpointError: https (http only to loopback), no credentials."""
-    if not isinstance(url, str) or not url or len(url) > 2048 or any(ch.isspace() or ord(ch) < 32 for ch in url):
-        raise EndpointError("url", "url must be an absolute https URL of at most 2048 characters")
-    try:
-        parts = urlsplit(url)
-        host, _port = parts.hostname, parts.port
-    except ValueError:
-        raise EndpointError("url", "url must be an absolute https URL") from None
-    if parts.scheme not in ("https", "http") or not host:
-        raise EndpointError("url", "url must be an absolute https URL")
-    if parts.username or parts.password:
-        raise EndpointError("url", "url must not carry credentials")
-    if parts.scheme == "http" and not loopback_host(host):
-        raise EndpointError("url", "url must use https (http is accepted only for loopback, in development)")
-    literal = host if not loopback_host(host) or host.lower().startswith(("127.", "::")) else "127.0.0.1"
-    try:
-        reason = address_refusal(literal, config)
-    except ValueError:
-        reason = None  # a DNS name: checked at every send, after resolution
-    if reason:
-        raise EndpointError("url", f"url points to {reason}")
-    return url
-
-
-def new_secret():
-    """A Standard Webhooks secret: whsec_ and 32 random bytes in base64."""
-    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
-
-
-def endpoint_json(endpoint):
-    return {
-        "id": endpoint.public_id,
-        "url": endpoint.url,
-        "description": endpoint.description,
-        "enabled": bool(endpoint.enabled),
-        "disabled_reason": endpoint.disabled_reason,
-        "created_at": isoformat(endpoint.created_at),
-    }
-
-
-def create_endpoint(project, url, box, config, description=""):
-    """A new endpoint -> (WebhookEndpoint, its whsec_ secret, shown this once). Raises EndpointError."""
-    check_url(url, config)
-    if len(description or "") > 200:
-        raise EndpointError("description", "description must be at most 200 characters")
-    if WebhookEndpoint.select().where(WebhookEndpoint.project == project).count() >= MAX_ENDPOINTS:
-        raise EndpointError("url", f"a project has at most {MAX_ENDPOINTS} webhook endpoints")
-    secret = new_secret()
-    endpoint = WebhookEndpoint.create(
-        public_id=public_id("we"), project=project, url=url, description=description or "", secret=box.encrypt(secret)
-    )
-    return endpoint, secret
-
-
-def endpoints_of(project):
-    return list(WebhookEndpoint.select().where(WebhookEndpoint.project == project).order_by(WebhookEndpoint.id))
-
-
-def get_endpoint(project, endpoint_id):
-    return WebhookEndpoint.get_or_none(WebhookEndpoint.project == project, WebhookEndpoint.public_id == endpoint_id)
-
-
-def delete_endpoint(project, endpoint_id):
-    """Delete the endpoint and its deliveries; False when the project has no such endpoint."""
-    return bool(
-        WebhookEndpoint.delete()
-        .where(WebhookEndpoint.project == project, WebhookEndpoint.public_id == endpoint_id)
-        .execute()
-    )
-
-
-def enable_endpoint(endpoint):
-    """Re-enable a disabled endpoint: its pending deliveries resume at once."""
-    WebhookEndpoint.update(enabled=True, disabled_reason=None, failing_since=None, updated_at=utcnow()).where(
-        WebhookEndpoint.id == endpoint.id
-    ).execute()
-    WebhookDelivery.update(next_attempt_ms=now_ms()).where(
-        WebhookDelivery.endpoint == endpoint, WebhookDelivery.status == PENDING
-    ).execute()
-    wake()
 
 
 # ---------------------------------------------------------------- the outbox
@@ -171,16 +44,24 @@ def wake():
         waker()
 
 
+def receives(endpoint, event_type):
+    """Whether `endpoint` chose to receive `event_type` (its enabled_events, Stripe's filter)."""
+    chosen = json.loads(endpoint.enabled_events)
+    return ALL_EVENTS in chosen or event_type in chosen
+
+
 def enqueue(project, event_type, data, order_key, endpoints=None):
-    """Write one message and its deliveries (to every enabled endpoint, or `endpoints`). Call in the transaction.
+    """Write one message and its deliveries (to each enabled endpoint that receives the type, or to `endpoints`).
+
+    Call in the transaction of the change.
 
     Returns the WebhookMessage, or None when the project has no endpoint to send it to.
     """
-    targets = (
-        endpoints
-        if endpoints is not None
-        else list(WebhookEndpoint.select().where(WebhookEndpoint.project == project, WebhookEndpoint.enabled == True))
-    )  # noqa: E712
+    if endpoints is None:
+        enabled = WebhookEndpoint.select().where(WebhookEndpoint.project == project, WebhookEndpoint.enabled == True)  # noqa: E712
+        targets = [endpoint for endpoint in enabled if receives(endpoint, event_type)]
+    else:
+        targets = endpoints
     if not targets:
         return None
     msg_id = public_id("msg", 24)

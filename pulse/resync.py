@@ -6,7 +6,7 @@ from typing import Any
 
 from pulse import billing, outbox, ownership, subscriptions
 from pulse.config import Config
-from pulse.db import block, transaction, utcnow
+from pulse.db import block, transaction
 from pulse.models import Customer, Project
 from pulse.security import SecretBox
 from pulse.stripe_objects import metadata_of, plain
@@ -34,19 +34,12 @@ async def _each(method: Callable[..., Any], params: dict[str, Any]) -> AsyncIter
 
 
 def _repair_email(project: Project, stripe_customer: dict[str, Any]) -> None:
+    """Copy Stripe's email (a missed customer.updated); the answer shows it, so the tenant hears of it."""
     email = (stripe_customer.get("email") or "")[:254]
     if not email:
         return
-    with block():
-        (
-            Customer.update(email=email, updated_at=utcnow())
-            .where(
-                Customer.project == project,
-                Customer.stripe_customer_id == stripe_customer["id"],
-                Customer.email != email,
-            )
-            .execute()
-        )
+    with block(), transaction():
+        subscriptions.update_linked_email(project, stripe_customer["id"], email)
 
 
 async def sync_project(

@@ -63,7 +63,7 @@ class Console:
         response = await self.http_client.fetch(
             self.base_url + path,
             method="POST",
-            body=urlencode(form),
+            body=urlencode(form, doseq=True),  # a list value: one field per item (checkboxes)
             raise_error=False,
             follow_redirects=False,
             headers=self._headers({"Content-Type": "application/x-www-form-urlencoded", **(headers or {})}),

@@ -23,6 +23,8 @@ def back_to_version_1(database):
     migrator = migrations._migrator(database)
     if not db.is_mysql():
         database.execute_sql("PRAGMA foreign_keys = OFF")  # SQLite drops columns by rebuilding the table
+    # step 12: the event types each outgoing webhook endpoint receives
+    run_operations(migrator.drop_column("webhook_endpoint", "enabled_events"))
     # step 11: the read model's change feed and the inbox retry time
     for name in changefeed.trigger_names():
         database.execute_sql(f"DROP TRIGGER IF EXISTS {name}")

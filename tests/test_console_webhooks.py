@@ -62,3 +62,43 @@ async def test_endpoints_deliveries_resend_and_test_event(console, project, rece
     assert actions == ["webhook_endpoint.created", "webhook_endpoint.deleted"]
     assert (await console.post(url(project, "webhooks/test"), {"endpoint": endpoint.public_id})).code == 404
     assert (await console.post(url(project, "webhooks"), {"url": receiver.url}, xsrf=False)).code == 403
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_form_chooses_the_event_types_an_endpoint_receives(console, project, receiver):
+    """Ticked boxes become enabled_events; all ticked is every event ("*"), none ticked is refused."""
+    await console.login(project.admin.email)
+    page = text(await console.get(url(project, "webhooks")))
+    assert page.count('name="enabled_events"') == 3 and page.count(" checked") == 3
+    marker = {"choose_events": "1"}
+    refused = await console.post(url(project, "webhooks"), {"url": receiver.url, **marker})
+    assert refused.code == 400 and "at least one event type" in text(refused)
+    chosen = ["customer.deleted", "subscription.updated"]
+    created = await console.post(url(project, "webhooks"), {"url": receiver.url, "enabled_events": chosen, **marker})
+    assert created.code == 201
+    every = ["subscription.updated", "checkout.completed", "customer.deleted"]
+    created = await console.post(url(project, "webhooks"), {"url": receiver.url, "enabled_events": every, **marker})
+    assert created.code == 201
+    with db.block():
+        stored = [row.enabled_events for row in WebhookEndpoint.select().order_by(WebhookEndpoint.id)]
+    assert stored == ['["customer.deleted", "subscription.updated"]', '["*"]']
+    page = text(await console.get(url(project, "webhooks")))
+    assert "customer.deleted, subscription.updated" in page and "all events" in page
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_endpoints_event_types_are_changed_in_place(console, project, receiver):
+    await console.login(project.admin.email)
+    assert (await console.post(url(project, "webhooks"), {"url": receiver.url})).code == 201
+    with db.block():
+        endpoint = WebhookEndpoint.get()
+    assert endpoint.enabled_events == '["*"]'  # a form without the boxes (a script): every event
+    target = url(project, "webhooks/events")
+    refused = await console.post(target, {"endpoint": endpoint.public_id})
+    assert refused.code == 400 and "at least one event type" in text(refused)
+    saved = await console.post(target, {"endpoint": endpoint.public_id, "enabled_events": ["checkout.completed"]})
+    assert saved.code == 303
+    with db.block():
+        assert WebhookEndpoint.get().enabled_events == '["checkout.completed"]'
+        assert AuditLog.select().where(AuditLog.action == "webhook_endpoint.updated").count() == 1
+    assert (await console.post(target, {"endpoint": "we_nope", "enabled_events": ["checkout.completed"]})).code == 404

@@ -217,7 +217,7 @@ async def test_api_routes_with_another_projects_key(api, app, tenants, fake_stri
 @pytest.mark.gen_test(timeout=60)
 async def test_issue_16_routes_with_another_projects_key(api, app, tenants):
     """Lifecycle, invoices, entitlements and webhook endpoints: B's key reaches none of A's."""
-    from pulse import outbox
+    from pulse import endpoints, outbox
     from pulse.models import WebhookDelivery
 
     a, b, customers, failed = tenants
@@ -236,7 +236,7 @@ async def test_issue_16_routes_with_another_projects_key(api, app, tenants):
         assert response.code == 404, (path, response.body)
         assert_nothing_of(a_values, response, f"{method} {path}")
     with db.block(), db.transaction():
-        endpoint, secret = outbox.create_endpoint(
+        endpoint, secret = endpoints.create_endpoint(
             a.project, "https://alpha.example.com/hooks", app.settings["secret_box"], app.settings["config"]
         )
         outbox.send_test(a.project, endpoint)
@@ -247,15 +247,17 @@ async def test_issue_16_routes_with_another_projects_key(api, app, tenants):
     for method, path in (
         ("GET", base),
         ("DELETE", base),
+        ("PATCH", base),
         ("POST", base + "/test"),
         ("POST", base + "/enable"),
         ("POST", f"{base}/deliveries/{delivery.id}/resend"),
     ):
-        response = await api(method, path, {} if method == "POST" else None, key=key_b)
+        body = {"POST": {}, "PATCH": {"enabled_events": ["customer.deleted"]}}.get(method)
+        response = await api(method, path, body, key=key_b)
         assert response.code == 404, (method, path, response.body)
         assert b"alpha.example.com" not in response.body and secret.encode() not in response.body
     with db.block():
-        assert outbox.get_endpoint(a.project, endpoint.public_id) is not None
+        assert endpoints.get_endpoint(a.project, endpoint.public_id).enabled_events == '["*"]'
         assert WebhookDelivery.select().where(WebhookDelivery.endpoint == endpoint).count() == 1
 
 

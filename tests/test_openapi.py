@@ -51,7 +51,7 @@ def test_document_loads_in_schemathesis_with_every_operation():
 
     schema = schemathesis.openapi.from_dict(document())
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 25  # 12, and issue 16: 7 webhook-endpoint operations, 6 lifecycle and entitlements
+    assert len(operations) == 26  # 12, and issue 16: 8 webhook-endpoint operations, 6 lifecycle and entitlements
 
 
 def test_every_operation_documents_the_error_envelope_and_request_id():

@@ -150,7 +150,7 @@ def test_step_11_adds_the_feed_and_its_triggers_to_an_older_database(db_url):
             migrator.drop_index("webhook_event", "webhook_event_outcome_retry_at"),
             migrator.drop_column("webhook_event", "retry_at"),
         )
-        migrations.SchemaVersion.delete().where(migrations.SchemaVersion.version == 11).execute()
+        migrations.SchemaVersion.delete().where(migrations.SchemaVersion.version >= 11).execute()  # back to 10
         shop = Project.create(public_id="proj_v10", name="Before the feed")
     assert "read model change feed, inbox retry time" in migrations.migrate_database()
     with db.block():

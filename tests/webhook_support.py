@@ -4,6 +4,7 @@ A pytest plugin (tests/conftest.py lists it in `pytest_plugins`): its fixtures r
 module without imports; its helpers are imported as usual.
 """
 
+import json
 import time
 
 import pytest
@@ -21,6 +22,30 @@ BOTH_SHAPES = [OLD_API, NEW_API]
 def webhook_overrides(fake_stripe):
     """Settings for webhook tests (a test module's `config_overrides`): the fake, the deployment secret, no retries."""
     return fake_stripe.config_overrides(stripe_webhook_secret=DEPLOY_WHSEC, stripe_max_retries=0)
+
+
+def outgoing_overrides(fake_stripe):
+    """Settings for outgoing-webhook tests: the fake, loopback receivers, fast retries and polls."""
+    return {
+        **webhook_overrides(fake_stripe),
+        "webhook_allow_loopback": True,
+        "webhook_retry_base": 0.05,
+        "webhook_timeout": 2.0,
+        "webhook_poll": 0.1,
+    }
+
+
+async def add_endpoint(http_client, base_url, project, url, **fields):
+    """POST /api/webhook-endpoints for `project` (a NewProject) -> the created endpoint, with its secret."""
+    resp = await http_client.fetch(
+        base_url + "/api/webhook-endpoints",
+        method="POST",
+        headers={"X-API-Key": project.api_key.api_key, "Content-Type": "application/json"},
+        body=json.dumps({"url": url, "description": "app", **fields}),
+        raise_error=False,
+    )
+    assert resp.code == 201, resp.body
+    return body_of(resp)
 
 
 @pytest.fixture
