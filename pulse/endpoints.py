@@ -4,8 +4,10 @@ import base64
 import ipaddress
 import json
 import secrets
+import socket
 from urllib.parse import urlsplit
 
+from pulse.config import Config
 from pulse.db import isoformat, utcnow
 from pulse.models import WebhookDelivery, WebhookEndpoint
 from pulse.outbox import ALL_EVENTS, EVENT_TYPES, PENDING, now_ms, wake
@@ -34,17 +36,45 @@ def loopback_host(host):
         return False
 
 
-def address_refusal(address, config):
-    """Why an outgoing webhook may not go to IP `address` (a string), or None when it may (SSRF rule)."""
+# IPv6 forms that carry an IPv4 address a packet may end up at: NAT64 (RFC 6052, RFC 8215).
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+# IETF protocol assignments (RFC 6890): Python 3.11 calls most of it global, IANA does not.
+_IETF = ipaddress.ip_network("192.0.0.0/24")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address inside an IPv4-mapped, 6to4, Teredo (client) or NAT64 address, else None."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    if any(ip in network for network in _NAT64):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def address_refusal(address: str, config: Config) -> str | None:
+    """Why an outgoing webhook may not go to IP `address` (a string), or None when it may (SSRF rule).
+
+    IPv6 forms that wrap an IPv4 address (mapped, 6to4, Teredo, NAT64) are judged by that address;
+    raises ValueError when `address` is not an IP literal.
+    """
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    inner = _embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else None
+    # The wrapper and what it wraps must both pass: Teredo's own prefix is not global, 6to4's is.
+    return (inner and _refusal(inner, config)) or _refusal(ip, config)
+
+
+def _refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, config: Config) -> str | None:
     if ip.is_loopback:
         allowed = config.webhook_allow_loopback
         return None if allowed else "a loopback address (PULSE_WEBHOOK_ALLOW_LOOPBACK=1 allows it)"
     if ip.is_unspecified or ip.is_multicast:
         return "an unspecified or multicast address"
-    if ip.is_private or ip.is_link_local or ip.is_reserved or not ip.is_global:
+    special = isinstance(ip, ipaddress.IPv4Address) and ip in _IETF
+    if special or ip.is_private or ip.is_link_local or ip.is_reserved or not ip.is_global:
         return (
             None
             if config.webhook_allow_private
@@ -53,22 +83,36 @@ def address_refusal(address, config):
     return None
 
 
+def _ip_literal(host: str) -> str:
+    """`host` as a standard IP literal when it is one in any legacy form (2130706433, 0x7f.1, 017700000001)."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    try:
+        return socket.inet_ntoa(socket.inet_aton(host))  # the forms resolvers accept without DNS
+    except OSError:
+        return host
+
+
 def check_url(url, config):
     """The endpoint URL if acceptable, else EndpointError: https (http only to loopback), no credentials."""
     if not isinstance(url, str) or not url or len(url) > 2048 or any(ch.isspace() or ord(ch) < 32 for ch in url):
         raise EndpointError("url", "url must be an absolute https URL of at most 2048 characters")
     try:
         parts = urlsplit(url)
-        host, _port = parts.hostname, parts.port
+        host, port = parts.hostname, parts.port
     except ValueError:
         raise EndpointError("url", "url must be an absolute https URL") from None
+    if port == 0:
+        raise EndpointError("url", "url must name a port from 1 to 65535")
     if parts.scheme not in ("https", "http") or not host:
         raise EndpointError("url", "url must be an absolute https URL")
     if parts.username or parts.password:
         raise EndpointError("url", "url must not carry credentials")
     if parts.scheme == "http" and not loopback_host(host):
         raise EndpointError("url", "url must use https (http is accepted only for loopback, in development)")
-    literal = host if not loopback_host(host) or host.lower().startswith(("127.", "::")) else "127.0.0.1"
+    literal = _ip_literal(host) if not loopback_host(host) or host.lower().startswith(("127.", "::")) else "127.0.0.1"
     try:
         reason = address_refusal(literal, config)
     except ValueError:
@@ -76,6 +120,15 @@ def check_url(url, config):
     if reason:
         raise EndpointError("url", f"url points to {reason}")
     return url
+
+
+def check_description(value: object) -> str:
+    """The description if acceptable (a string of at most 200 characters, no control characters), else EndpointError."""
+    if not isinstance(value, str) or len(value) > 200:
+        raise EndpointError("description", "description must be a string of at most 200 characters")
+    if any(ord(ch) < 32 or 0x7F <= ord(ch) < 0xA0 for ch in value):
+        raise EndpointError("description", "description must not contain control characters")
+    return value
 
 
 def check_events(value):
@@ -120,8 +173,7 @@ def create_endpoint(project, url, box, config, description="", enabled_events=No
     """
     check_url(url, config)
     events = check_events(enabled_events)
-    if len(description or "") > 200:
-        raise EndpointError("description", "description must be at most 200 characters")
+    check_description(description or "")
     if WebhookEndpoint.select().where(WebhookEndpoint.project == project).count() >= MAX_ENDPOINTS:
         raise EndpointError("url", f"a project has at most {MAX_ENDPOINTS} webhook endpoints")
     secret = new_secret()
@@ -143,8 +195,7 @@ def update_endpoint(endpoint, description=None, enabled_events=None):
     """
     changes = {}
     if description is not None:
-        if len(description) > 200:
-            raise EndpointError("description", "description must be at most 200 characters")
+        check_description(description)
         changes["description"] = description
     if enabled_events is not None:
         changes["enabled_events"] = json.dumps(check_events(enabled_events))

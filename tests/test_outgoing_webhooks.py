@@ -170,6 +170,16 @@ async def test_sustained_failure_disables_the_endpoint(
         ("https://169.254.169.254/latest", "private or link-local"),
         ("https://user:pw@example.com/", "credentials"),
         ("ftp://example.com/", "https"),
+        # Addresses that wrap or spell a private one (QA 2026-11-30 #11): judged by what they reach.
+        ("https://[2002:a9fe:a9fe::1]/h", "private or link-local"),  # 6to4 of 169.254.169.254
+        ("https://[2001:0:4136:e378:8000:63bf:3fff:fffa]/h", "private or link-local"),  # Teredo, client 192.0.0.5
+        ("https://[64:ff9b::a9fe:a9fe]/h", "private or link-local"),  # NAT64 of 169.254.169.254
+        ("https://[::ffff:10.0.0.1]/h", "private or link-local"),  # IPv4-mapped
+        ("https://192.0.0.8/h", "private or link-local"),  # IETF protocol assignments
+        ("https://167772161/h", "private or link-local"),  # 10.0.0.1 as one number
+        ("https://0xa.1/h", "private or link-local"),  # 10.0.0.1 in hex, short form
+        ("https://012.0.0.1/h", "private or link-local"),  # 10.0.0.1 in octal
+        ("https://example.com:0/h", "port"),
     ],
 )
 async def test_endpoint_urls_are_checked(api, url, message):
@@ -177,6 +187,14 @@ async def test_endpoint_urls_are_checked(api, url, message):
     assert resp.code == 400, resp.body
     error = body_of(resp)["error"]
     assert error["field"] == "url" and message in error["message"]
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("description", ["a\u0000b", "line\nbreak", "bell\u0007", "c1\u0085", 7, "x" * 201])
+async def test_endpoint_descriptions_are_checked(api, description):
+    url = "https://hooks.example.com/in"
+    created = await api("POST", "/api/webhook-endpoints", json_body={"url": url, "description": description})
+    assert created.code == 400 and body_of(created)["error"]["field"] == "description", created.body
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -280,7 +298,8 @@ def test_private_and_link_local_targets_are_allowed_only_by_the_setting(host):
     with pytest.raises(EndpointError, match="private or link-local"):
         check_url(url, config())
     assert check_url(url, config(webhook_allow_private=True)) == url
-    with pytest.raises(EndpointError, match="loopback"):
-        check_url("https://127.0.0.1/hooks", config(webhook_allow_private=True))
+    for loopback in ("127.0.0.1", "2130706433", "0x7f.1", "017700000001", "[::ffff:127.0.0.1]", "[64:ff9b::7f00:1]"):
+        with pytest.raises(EndpointError, match="loopback"):
+            check_url(f"https://{loopback}/hooks", config(webhook_allow_private=True))
     with pytest.raises(EndpointError, match="multicast"):
         check_url("https://224.0.0.1/hooks", config(webhook_allow_private=True))
