@@ -5,21 +5,27 @@ import hashlib
 import logging
 import re
 import weakref
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar, cast
 
 import stripe
 
 from pulse import projects
+from pulse.config import Config
 from pulse.models import Customer, Project, Subscription
+from pulse.security import SecretBox
 from pulse.status import access_condition
-from pulse.stripe_objects import plain
+from pulse.stripe_objects import JSON, plain
 
 log = logging.getLogger("pulse.billing")
 
 # Clients per event loop: an httpx connection pool belongs to the loop that opened it.
-_CLIENTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str, float, int], stripe.StripeClient]]
+_CLIENTS = weakref.WeakKeyDictionary()
 CLIENT_REFERENCE_MAX = 200  # Stripe's limit for client_reference_id
 _SECRETISH = re.compile(r"\b([sr]k_(?:live|test)_)[A-Za-z0-9*]+")
+T = TypeVar("T")
 
 
 class StripeNotConfigured(Exception):
@@ -29,13 +35,21 @@ class StripeNotConfigured(Exception):
 class StripeFailure(Exception):
     """Stripe refused or could not be reached (API: 502 stripe_error); carries Stripe's message and request id."""
 
-    def __init__(self, message, request_id=None, http_status=None, code=None, param=None, type_=None):
+    def __init__(
+        self,
+        message: str,
+        request_id: str | None = None,
+        http_status: int | None = None,
+        code: str | None = None,
+        param: str | None = None,
+        type_: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.message, self.request_id, self.http_status, self.code = message, request_id, http_status, code
         self.param, self.type = param, type_
 
     @property
-    def missing_customer(self):
+    def missing_customer(self) -> bool:
         """Stripe no longer knows the customer we stored (deleted, or the project switched accounts or modes)."""
         return self.code == "resource_missing" and self.param in ("customer", "id")
 
@@ -43,7 +57,7 @@ class StripeFailure(Exception):
 class StripeRefused(StripeFailure):
     """Stripe refused a value the tenant sent (API: 400 invalid_field on `field`, with Stripe's message)."""
 
-    def __init__(self, failure, field):
+    def __init__(self, failure: StripeFailure, field: str) -> None:
         super().__init__(
             failure.message, failure.request_id, failure.http_status, failure.code, failure.param, failure.type
         )
@@ -52,14 +66,37 @@ class StripeRefused(StripeFailure):
 
 @dataclass(frozen=True)
 class Checkout:
+    """A new Checkout Session: its hosted payment page and its Stripe id (cs_...)."""
+
     url: str
     session_id: str
+
+
+class CheckoutFields(Protocol):
+    """What `create_checkout` reads of a pulse.checkout.CheckoutRequest (not imported: that module imports this one)."""
+
+    @property
+    def external_user_id(self) -> str: ...
+    @property
+    def plan_slug(self) -> str: ...
+    @property
+    def interval(self) -> str: ...
+    @property
+    def price_id(self) -> str: ...
+    @property
+    def success_url(self) -> str: ...
+    @property
+    def cancel_url(self) -> str: ...
+    @property
+    def trial_days(self) -> int | None: ...
 
 
 class HTTPXClient(stripe.HTTPXClient):
     """stripe's httpx client, sending the form body as `content=` (httpx deprecates raw `data=`)."""
 
-    def _get_request_args_kwargs(self, method, url, headers, post_data):
+    def _get_request_args_kwargs(
+        self, method: str, url: str, headers: Mapping[str, str], post_data: Any
+    ) -> tuple[Any, dict[str, Any]]:
         args, kwargs = super()._get_request_args_kwargs(method, url, headers, post_data)
         data = kwargs.pop("data", None)
         if data:
@@ -67,17 +104,17 @@ class HTTPXClient(stripe.HTTPXClient):
         return args, kwargs
 
 
-def _digest(*parts):
+def _digest(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 
-def customer_idempotency_key(project_public_id, external_user_id, replacing=None):
+def customer_idempotency_key(project_public_id: str, external_user_id: str, replacing: str | None = None) -> str:
     """The same Stripe idempotency key for every attempt to create this user's customer, in any process."""
     key = f"pulse-cus-{project_public_id}-{_digest(external_user_id)}"
     return f"{key}-r{_digest(replacing)[:16]}" if replacing else key
 
 
-def secret_key_for(project, box, config):
+def secret_key_for(project: Project, box: SecretBox, config: Config) -> str:
     """The project's Stripe key, else the deployment-wide one; raises StripeNotConfigured."""
     key = projects.stripe_secret_key(project, box, default=config.stripe_secret_key)
     if not key:
@@ -85,14 +122,14 @@ def secret_key_for(project, box, config):
     return key
 
 
-def api_base_for(config, secret_key):
+def api_base_for(config: Config, secret_key: str) -> str:
     """Where calls with `secret_key` go (SPEC 8): a sandbox key only ever to this server's simulator, for
     its one project; every other key only ever to PULSE_STRIPE_API_BASE, whatever that names."""
     project_id = projects.sandbox_project_of(secret_key)
     return f"{projects.local_base(config)}/sandbox/{project_id}" if project_id else config.stripe_api_base
 
 
-def client_for(config, secret_key):
+def client_for(config: Config, secret_key: str) -> stripe.StripeClient:
     """The cached async StripeClient for this key and settings on the running loop."""
     per_loop = _CLIENTS.setdefault(asyncio.get_running_loop(), {})
     api_base = api_base_for(config, secret_key)
@@ -106,28 +143,30 @@ def client_for(config, secret_key):
             max_network_retries=config.stripe_max_retries,
             http_client=http,
         )
-        client._pulse_http = http
+        client._pulse_http = http  # type: ignore[attr-defined]  # ours: the pool close_clients() closes
         per_loop[slot] = client
     return client
 
 
-def project_client(project, box, config):
-    """The StripeClient for `project` (its own key, else the deployment's)."""
+def project_client(project: Project, box: SecretBox, config: Config) -> stripe.StripeClient:
+    """The StripeClient for `project` (its own key, else the deployment's); raises StripeNotConfigured."""
     return client_for(config, secret_key_for(project, box, config))
 
 
-async def close_clients():
+async def close_clients() -> None:
     """Close the HTTP pools of this loop's clients (shutdown, tests)."""
     per_loop = _CLIENTS.pop(asyncio.get_running_loop(), {})
     for client in per_loop.values():
-        await client._pulse_http.close_async()
+        await client._pulse_http.close_async()  # type: ignore[attr-defined]
 
 
-def _scrub(text):
+def _scrub(text: str | None) -> str:
     return _SECRETISH.sub(lambda m: m.group(1) + "…", text or "")
 
 
-async def call(method, *args, tenant_params=None, **kwargs):
+async def call(
+    method: Callable[..., Awaitable[T]], *args: Any, tenant_params: Mapping[str, str] | None = None, **kwargs: Any
+) -> T:
     """Await a StripeClient *_async method, turning Stripe errors into StripeFailure.
 
     `tenant_params` maps Stripe's `param` names to the tenant's field names: an invalid_request_error
@@ -144,7 +183,7 @@ async def call(method, *args, tenant_params=None, **kwargs):
         param = getattr(exc, "param", None) or getattr(exc.error, "param", None)
         error_type = getattr(exc.error, "type", None)
         failure = StripeFailure(message, exc.request_id, exc.http_status, exc.code, param, error_type)
-        field = (tenant_params or {}).get(param)
+        field = (tenant_params or {}).get(param) if param else None
         if field and error_type == "invalid_request_error":
             raise StripeRefused(failure, field) from None
         raise failure from None
@@ -153,7 +192,7 @@ async def call(method, *args, tenant_params=None, **kwargs):
 # ---------------------------------------------------------------- customers (call DB parts inside a db block)
 
 
-def has_access_subscription(customer, project):
+def has_access_subscription(customer: Customer, project: Project) -> bool:
     """True when `customer` holds a subscription that grants access under the project's policy."""
     # The policy is read in the same query: `project` may come from the API-key cache.
     return (
@@ -168,7 +207,8 @@ def has_access_subscription(customer, project):
     )
 
 
-def find_customer(project, external_user_id):
+def find_customer(project: Project, external_user_id: str) -> Customer | None:
+    """The project's customer for the tenant's user id, or None. In a db block."""
     return Customer.get_or_none((Customer.project == project) & (Customer.external_user_id == external_user_id))
 
 
@@ -191,8 +231,15 @@ CHECKOUT_FIELDS = {
 PORTAL_FIELDS = {"return_url": "return_url"}
 
 
-async def create_stripe_customer(client, project, external_user_id, email, replacing=None, per_email=False):
-    """Create the user's Stripe customer with `email`, under the same key from every process.
+async def create_stripe_customer(
+    client: stripe.StripeClient,
+    project: Project,
+    external_user_id: str,
+    email: str,
+    replacing: str | None = None,
+    per_email: bool = False,
+) -> str:
+    """Create the user's Stripe customer with `email`, under the same key from every process; returns its id.
 
     A refused email saves no idempotent result at Stripe, so the corrected retry goes through;
     `per_email` adds the email to the key (for a key already bound to another email at Stripe).
@@ -212,15 +259,17 @@ async def create_stripe_customer(client, project, external_user_id, email, repla
     return created.id
 
 
-async def update_stripe_email(client, stripe_customer_id, email):
+async def update_stripe_email(client: stripe.StripeClient, stripe_customer_id: str, email: str) -> None:
+    """Set the Stripe customer's email; StripeRefused on `email` when Stripe refuses it."""
     await call(
         client.v1.customers.update_async, stripe_customer_id, params={"email": email}, tenant_params=CUSTOMER_FIELDS
     )
 
 
-async def open_checkouts(client, stripe_customer_id):
+async def open_checkouts(client: stripe.StripeClient, stripe_customer_id: str) -> list[JSON]:
     """The customer's open subscription-mode Checkout Sessions at Stripe, as plain dicts (follows pagination)."""
-    found, after = [], None
+    found: list[JSON] = []
+    after: str | None = None
     while True:
         params = {"customer": stripe_customer_id, "status": "open", "limit": 100}
         if after:
@@ -232,7 +281,7 @@ async def open_checkouts(client, stripe_customer_id):
         after = listing["data"][-1]["id"]
 
 
-async def expire_checkout(client, session_id):
+async def expire_checkout(client: stripe.StripeClient, session_id: str) -> str | None:
     """Expire an open Checkout Session so it can no longer be paid; returns its status afterwards."""
     try:
         session = await call(
@@ -246,7 +295,13 @@ async def expire_checkout(client, session_id):
     return session.status
 
 
-async def create_checkout(client, project, stripe_customer_id, request, idempotency_key=None):
+async def create_checkout(
+    client: stripe.StripeClient,
+    project: Project,
+    stripe_customer_id: str,
+    request: CheckoutFields,
+    idempotency_key: str | None = None,
+) -> Checkout:
     """A subscription-mode Checkout Session for `request` (a CheckoutRequest), PaymentPulse metadata on both levels."""
     user = request.external_user_id
     metadata = {
@@ -257,11 +312,11 @@ async def create_checkout(client, project, stripe_customer_id, request, idempote
         # plan_slug holds only while the subscription is still on this price (SPEC 3.3).
         "stripe_price_id": request.price_id,
     }
-    subscription_data = {"metadata": metadata}
+    subscription_data: JSON = {"metadata": metadata}
     if request.trial_days:
         subscription_data["trial_period_days"] = request.trial_days
     options = {"idempotency_key": idempotency_key} if idempotency_key else {}
-    params = {
+    params: JSON = {
         "mode": "subscription",
         "customer": stripe_customer_id,
         "line_items": [{"price": request.price_id, "quantity": 1}],
@@ -275,10 +330,11 @@ async def create_checkout(client, project, stripe_customer_id, request, idempote
     session = await call(
         client.v1.checkout.sessions.create_async, params=params, options=options, tenant_params=CHECKOUT_FIELDS
     )
-    return Checkout(url=session.url, session_id=session.id)
+    # Stripe types `url` optional (an expired or embedded session has none); a new hosted one always has it.
+    return Checkout(url=cast(str, session.url), session_id=session.id)
 
 
-async def create_portal(client, stripe_customer_id, return_url):
+async def create_portal(client: stripe.StripeClient, stripe_customer_id: str, return_url: str) -> str:
     """A Customer Portal session URL; StripeRefused on `return_url` when Stripe refuses it."""
     session = await call(
         client.v1.billing_portal.sessions.create_async,
@@ -288,14 +344,15 @@ async def create_portal(client, stripe_customer_id, return_url):
     return session.url
 
 
-async def retrieve_subscription(client, subscription_id):
+async def retrieve_subscription(client: stripe.StripeClient, subscription_id: str) -> JSON:
     """Stripe's current subscription object (as a plain dict), for sync and webhooks."""
     return plain(await call(client.v1.subscriptions.retrieve_async, subscription_id))
 
 
-async def list_subscriptions(client, stripe_customer_id):
+async def list_subscriptions(client: stripe.StripeClient, stripe_customer_id: str) -> list[JSON]:
     """Every subscription of a Stripe customer, any status, as plain dicts (follows pagination)."""
-    found, after = [], None
+    found: list[JSON] = []
+    after: str | None = None
     while True:
         params = {"customer": stripe_customer_id, "status": "all", "limit": 100}
         if after:
@@ -307,7 +364,7 @@ async def list_subscriptions(client, stripe_customer_id):
         after = listing["data"][-1]["id"]
 
 
-async def check_connection(client):
+async def check_connection(client: stripe.StripeClient) -> dict[str, str | None]:
     """The Stripe account the key belongs to ({"id", "name"}), or StripeFailure."""
     account = plain(await call(client.v1.accounts.retrieve_current_async))
     profile = account.get("business_profile") or {}

@@ -1,5 +1,10 @@
 """What a Stripe event means: its project, Stripe's current state behind it, and applying it (one dict of handlers)."""
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import stripe
+
 from pulse import billing, entitlements, outbox, ownership, projects, subscriptions
 from pulse.config import Config
 from pulse.models import Customer, Project, StripeCustomerHistory
@@ -23,6 +28,7 @@ from pulse.stripe_objects import (
 )
 
 PROCESSED, IGNORED = Outcome.PROCESSED, Outcome.IGNORED
+Result = tuple[Outcome, str | None]  # (PROCESSED, None) or (IGNORED, reason)
 
 
 def route(event: JSON) -> Project | None:
@@ -58,7 +64,7 @@ def route(event: JSON) -> Project | None:
 # ---------------------------------------------------------------- Stripe reads (outside any DB block)
 
 
-async def _retrieve(method, obj_id, found, name):
+async def _retrieve(method: Callable[..., Awaitable[Any]], obj_id: str, found: JSON, name: str) -> bool:
     try:
         found[name] = plain(await billing.call(method, obj_id))
     except billing.StripeFailure as exc:
@@ -69,9 +75,10 @@ async def _retrieve(method, obj_id, found, name):
     return name in found
 
 
-async def _read(client, event):
+async def _read(client: stripe.StripeClient, event: JSON) -> JSON:
     """Stripe's current objects behind `event`: "session", "subscription", "customer" as they apply."""
-    kind, obj, found = event["type"], obj_of(event), {}
+    kind, obj = event["type"], obj_of(event)
+    found: JSON = {}
     sub_id = subscription_id_of(event)
     if kind == "checkout.session.completed":
         session_id = stripe_id(obj.get("id"))
@@ -81,8 +88,9 @@ async def _read(client, event):
             return found
         session = found["session"]
         sub_id = stripe_id(session.get("subscription")) if session.get("mode") == "subscription" else None
-    if (kind in CUSTOMER_EVENTS or kind == entitlements.EVENT) and customer_id_of(obj):
-        await _retrieve(client.v1.customers.retrieve_async, customer_id_of(obj), found, "customer")
+    customer_id = customer_id_of(obj)
+    if (kind in CUSTOMER_EVENTS or kind == entitlements.EVENT) and customer_id:
+        await _retrieve(client.v1.customers.retrieve_async, customer_id, found, "customer")
     if kind == entitlements.EVENT and "customer" in found and not found["customer"].get("deleted"):
         # The summary in the payload is only a hint: Stripe's list now is the truth.
         found["features"] = await entitlements.active_lookup_keys(client, found["customer"]["id"])
@@ -91,10 +99,10 @@ async def _read(client, event):
     return found
 
 
-def _from_payload(event):
+def _from_payload(event: JSON) -> JSON:
     """Without a Stripe key the signed payload is all we have; the same ownership rule judges it."""
     obj, kind = obj_of(event), event["type"]
-    found = {"at": event_snapshot(event.get("created")), "payload_only": True}
+    found: JSON = {"at": event_snapshot(event.get("created")), "payload_only": True}
     if kind in SUBSCRIPTION_EVENTS:
         found["subscription"] = obj
     elif kind in CUSTOMER_EVENTS:
@@ -133,7 +141,7 @@ async def fetch(event: JSON, project: Project, *, config: Config, box: SecretBox
 # ---------------------------------------------------------------- applying (inside one transaction)
 
 
-def _apply_subscription(project, event, fetched, email=None):
+def _apply_subscription(project: Project, event: JSON, fetched: JSON, email: str | None = None) -> Result:
     sub = fetched.get("subscription")
     if sub is None:
         invoice = fetched.get("invoice")
@@ -152,7 +160,7 @@ def _apply_subscription(project, event, fetched, email=None):
     return PROCESSED, None
 
 
-def _apply_checkout(project, event, fetched):
+def _apply_checkout(project: Project, event: JSON, fetched: JSON) -> Result:
     session = fetched["session"]
     if session.get("mode", "subscription") != "subscription":
         return IGNORED, "not a subscription-mode Checkout Session"
@@ -173,13 +181,13 @@ def _apply_checkout(project, event, fetched):
     return PROCESSED, None
 
 
-def _owned_customer(project, fetched):
+def _owned_customer(project: Project, fetched: JSON) -> tuple[JSON, str | None]:
     cus = fetched["customer"]
     reason = ownership.not_owned(project, [cus], stripe_id(cus.get("id")))
     return cus, reason and f"customer {reason}"
 
 
-def _apply_customer_updated(project, event, fetched):
+def _apply_customer_updated(project: Project, event: JSON, fetched: JSON) -> Result:
     cus, reason = _owned_customer(project, fetched)
     if reason or cus.get("deleted"):
         return IGNORED, reason or "the customer is deleted at Stripe"
@@ -189,7 +197,7 @@ def _apply_customer_updated(project, event, fetched):
     return PROCESSED, None
 
 
-def _apply_customer_deleted(project, event, fetched):
+def _apply_customer_deleted(project: Project, event: JSON, fetched: JSON) -> Result:
     cus, reason = _owned_customer(project, fetched)
     if reason:
         return IGNORED, reason
@@ -201,7 +209,7 @@ def _apply_customer_deleted(project, event, fetched):
     return PROCESSED, None
 
 
-def _apply_entitlements(project, event, fetched):
+def _apply_entitlements(project: Project, event: JSON, fetched: JSON) -> Result:
     if "customer" not in fetched:
         return IGNORED, "the event names no customer"
     cus, reason = _owned_customer(project, fetched)
@@ -216,11 +224,11 @@ def _apply_entitlements(project, event, fetched):
     return PROCESSED, None
 
 
-def _apply_subscription_event(project, event, fetched):
+def _apply_subscription_event(project: Project, event: JSON, fetched: JSON) -> Result:
     return _apply_subscription(project, event, fetched)
 
 
-APPLY = {
+APPLY: dict[str, Callable[[Project, JSON, JSON], Result]] = {
     **dict.fromkeys(SUBSCRIPTION_EVENTS | INVOICE_EVENTS, _apply_subscription_event),
     "checkout.session.completed": _apply_checkout,
     "customer.updated": _apply_customer_updated,
@@ -230,7 +238,7 @@ APPLY = {
 HANDLED = frozenset(APPLY)
 
 
-def apply(project: Project, event: JSON, fetched: JSON) -> tuple[Outcome, str | None]:
+def apply(project: Project, event: JSON, fetched: JSON) -> Result:
     """Apply `event` to `project`: (Outcome.PROCESSED, None) or (Outcome.IGNORED, reason). Never awaits.
 
     `fetched` is `fetch()`'s result. Call inside one transaction; nothing changes when ignored.

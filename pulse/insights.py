@@ -1,7 +1,7 @@
 """Read-only queries behind the console: dashboard figures, customer search, event and audit lists."""
 
-from datetime import timedelta
-from typing import NamedTuple
+from datetime import date, datetime, timedelta
+from typing import Any, NamedTuple
 
 import peewee as pw
 
@@ -16,9 +16,9 @@ WEEKS = 12
 OUTCOMES = tuple(Outcome)
 
 
-def status_counts(project):
+def status_counts(project: Project) -> dict[str, int]:
     """{status: count} over the project's subscriptions, every status present (0 when none)."""
-    counts = dict.fromkeys(ALL_STATUSES, 0)
+    counts: dict[str, int] = dict.fromkeys(ALL_STATUSES, 0)
     rows = (
         Subscription.select(Subscription.status, pw.fn.COUNT(Subscription.id))
         .where(Subscription.project == project)
@@ -30,12 +30,12 @@ def status_counts(project):
     return counts
 
 
-def weekly_starts(project, now=None, weeks=WEEKS):
+def weekly_starts(project: Project, now: datetime | None = None, weeks: int = WEEKS) -> list[tuple[date, int]]:
     """[(week start date, count)] of subscriptions started per week, oldest first, the last week ending now."""
     now = now or utcnow()
     today = now.date()
     first = today - timedelta(days=today.weekday()) - timedelta(weeks=weeks - 1)
-    buckets = [[first + timedelta(weeks=i), 0] for i in range(weeks)]
+    buckets: list[list[Any]] = [[first + timedelta(weeks=i), 0] for i in range(weeks)]
     started = pw.fn.COALESCE(Subscription.started_at, Subscription.created_at)
     rows = Subscription.select(started.alias("at")).where(Subscription.project == project, started >= first).tuples()
     for (at,) in rows:
@@ -47,7 +47,8 @@ def weekly_starts(project, now=None, weeks=WEEKS):
     return [(start, count) for start, count in buckets]
 
 
-def last_webhook(project):
+def last_webhook(project: Project) -> WebhookEvent | None:
+    """The project's latest webhook event (any outcome), or None."""
     return WebhookEvent.select().where(WebhookEvent.project == project).order_by(WebhookEvent.id.desc()).first()
 
 
@@ -59,7 +60,9 @@ class Page(NamedTuple):
     newer: int | None
 
 
-def keyset_page(query, id_field, before=0, after=0, limit=PAGE_SIZE):
+def keyset_page(
+    query: pw.ModelSelect, id_field: pw.Field, before: int = 0, after: int = 0, limit: int = PAGE_SIZE
+) -> Page:
     """The page of `query` just older than id `before`, just newer than id `after`, or the newest page.
 
     Rows come newest first (by `id_field`, which only grows). One extra row tells whether more follow in
@@ -79,7 +82,7 @@ def keyset_page(query, id_field, before=0, after=0, limit=PAGE_SIZE):
     return Page(rows, rows[-1].id if more_older else None, rows[0].id if more_newer else None)
 
 
-def recent_failures(project, limit=5):
+def recent_failures(project: Project, limit: int = 5) -> list[WebhookEvent]:
     """The latest failed and bad-signature deliveries, newest first."""
     return list(
         WebhookEvent.select()
@@ -89,7 +92,9 @@ def recent_failures(project, limit=5):
     )
 
 
-def search_customers(project, q="", status="", before=0, after=0, limit=PAGE_SIZE):
+def search_customers(
+    project: Project, q: str = "", status: str = "", before: int = 0, after: int = 0, limit: int = PAGE_SIZE
+) -> tuple[Page, int]:
     """(Page of customers newest first, each with .subscription; total matching): prefix search, status filter."""
     query = Customer.select().where(Customer.project == project)
     q = (q or "").strip()
@@ -108,7 +113,7 @@ def search_customers(project, q="", status="", before=0, after=0, limit=PAGE_SIZ
         )
     page = keyset_page(query, Customer.id, before=before, after=after, limit=limit)
     rows = page.rows
-    by_customer = {}
+    by_customer: dict[int, list[Subscription]] = {}
     if rows:
         for sub in Subscription.select().where(Subscription.customer.in_([c.id for c in rows])):
             by_customer.setdefault(sub.customer_id, []).append(sub)
@@ -118,7 +123,7 @@ def search_customers(project, q="", status="", before=0, after=0, limit=PAGE_SIZ
     return page, query.count()
 
 
-def several_with_access(project, limit=20):
+def several_with_access(project: Project, limit: int = 20) -> tuple[list[Customer], int]:
     """(customers with more than one subscription with access, how many in all): a race or a Dashboard duplicate."""
     counted = (
         Subscription.select(Subscription.customer, pw.fn.COUNT(Subscription.id).alias("n"))
@@ -136,15 +141,19 @@ def several_with_access(project, limit=20):
     return customers, len(counts)
 
 
-def customer_by_external_id(project, external_user_id):
+def customer_by_external_id(project: Project, external_user_id: str) -> Customer | None:
+    """The project's customer with this tenant user id (exact match), or None."""
     return Customer.get_or_none(Customer.project == project, Customer.external_user_id == external_user_id)
 
 
-def subscriptions_of(customer):
+def subscriptions_of(customer: Customer) -> list[Subscription]:
+    """Every subscription of `customer`, any status, newest first."""
     return list(Subscription.select().where(Subscription.customer == customer).order_by(Subscription.id.desc()))
 
 
-def events_of_customer(project, customer, subscriptions, limit=50):
+def events_of_customer(
+    project: Project, customer: Customer, subscriptions: list[Subscription], limit: int = 50
+) -> list[WebhookEvent]:
     """Webhook events that touched this customer: by Stripe customer id or by object id."""
     ids = [s.stripe_subscription_id for s in subscriptions]
     cond = None
@@ -163,14 +172,16 @@ def events_of_customer(project, customer, subscriptions, limit=50):
     )
 
 
-def customer_of_event(project, event):
+def customer_of_event(project: Project, event: WebhookEvent) -> Customer | None:
     """The local customer an event is about (by Stripe customer id), or None."""
     if not event.stripe_customer_id:
         return None
     return Customer.get_or_none(Customer.project == project, Customer.stripe_customer_id == event.stripe_customer_id)
 
 
-def list_events(project, type_="", outcome="", before=0, after=0, limit=PAGE_SIZE):
+def list_events(
+    project: Project, type_: str = "", outcome: str = "", before: int = 0, after: int = 0, limit: int = PAGE_SIZE
+) -> Page:
     """A Page of events newest first, filtered by exact type and outcome."""
     query = WebhookEvent.select().where(WebhookEvent.project == project)
     if type_:
@@ -180,7 +191,8 @@ def list_events(project, type_="", outcome="", before=0, after=0, limit=PAGE_SIZ
     return keyset_page(query, WebhookEvent.id, before=before, after=after, limit=limit)
 
 
-def event_types(project):
+def event_types(project: Project) -> list[str]:
+    """The distinct event types the project has received, sorted."""
     rows = (
         WebhookEvent.select(WebhookEvent.type)
         .where(WebhookEvent.project == project)
@@ -191,7 +203,8 @@ def event_types(project):
     return [t for (t,) in rows if t]
 
 
-def get_event(project, event_id):
+def get_event(project: Project, event_id: int | str) -> WebhookEvent | None:
+    """The project's webhook event with id `event_id`, or None (also for an id that is not a number)."""
     try:
         event_id = int(event_id)
     except (TypeError, ValueError):
@@ -199,7 +212,7 @@ def get_event(project, event_id):
     return WebhookEvent.get_or_none(WebhookEvent.id == event_id, WebhookEvent.project == project)
 
 
-def audit_entries(project, before=0, after=0, limit=100):
+def audit_entries(project: Project, before: int = 0, after: int = 0, limit: int = 100) -> Page:
     """A Page of entries newest first: the project's log plus its members' sign-ins."""
     members = Membership.select(Membership.user).where(Membership.project == project)
     query = AuditLog.select().where(

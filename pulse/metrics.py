@@ -21,12 +21,13 @@ series use today's stored price and quantity (no price history is kept).
 """
 
 from calendar import monthrange
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from fractions import Fraction
 from typing import NamedTuple
 
 from pulse.db import utcnow
-from pulse.models import Subscription
+from pulse.models import Project, Subscription
 
 PAYING = ("active", "past_due")
 # Never paying: Stripe's `paused` status only comes from a trial that ended without a payment method
@@ -56,7 +57,7 @@ class Row(NamedTuple):
     canceled_at: datetime | None
 
 
-def load(project):
+def load(project: Project) -> list[Row]:
     """[Row] of every subscription of the project. In a block."""
     s = Subscription
     query = (
@@ -78,7 +79,7 @@ def load(project):
     return [Row(*values) for values in query]
 
 
-def monthly_amount(row):
+def monthly_amount(row: Row) -> Fraction | None:
     """unit_amount x quantity normalised to one month, as a Fraction of minor units; None when not priced.
 
     quantity None counts as 1 (Stripe's default); interval_count None as 1. Unknown interval -> None.
@@ -90,33 +91,33 @@ def monthly_amount(row):
     return Fraction(row.unit_amount * quantity) * per_month / max(row.interval_count or 1, 1)
 
 
-def _sum_by_currency(rows):
-    totals = {}
+def _sum_by_currency(rows: Iterable[Row]) -> dict[str, int]:
+    totals: dict[str, Fraction] = {}
     for row in rows:
         amount = monthly_amount(row)
-        if amount is not None:
+        if amount is not None and row.currency:  # a priced row always has its currency
             currency = row.currency.lower()
             totals[currency] = totals.get(currency, 0) + amount
     # Rounded once, after summing, to the nearest minor unit; largest first.
     return dict(sorted(((c, round(a)) for c, a in totals.items()), key=lambda item: (-item[1], item[0])))
 
 
-def mrr(rows):
+def mrr(rows: Iterable[Row]) -> dict[str, int]:
     """{currency (lower case): MRR in minor units} over paying subscriptions (see the module rule), largest first."""
     return _sum_by_currency(row for row in rows if row.stripe_status in PAYING)
 
 
-def unpriced(rows):
+def unpriced(rows: Iterable[Row]) -> int:
     """How many paying subscriptions have no stored amount (not yet re-read from Stripe): left out of MRR."""
     return sum(1 for row in rows if row.stripe_status in PAYING and monthly_amount(row) is None)
 
 
-def _paid(row):
+def _paid(row: Row) -> bool:
     """Not on a free plan (an unknown amount counts as paid: it is not yet re-read from Stripe)."""
     return monthly_amount(row) != 0
 
 
-def subscribers(rows):
+def subscribers(rows: Sequence[Row]) -> dict[str, int]:
     """{"active": customers with a paid active or past_due subscription, "trialing": customers with a trial}."""
     return {
         "active": len({r.customer_id for r in rows if r.stripe_status in PAYING and _paid(r)}),
@@ -124,7 +125,7 @@ def subscribers(rows):
     }
 
 
-def paying_span(row):
+def paying_span(row: Row) -> tuple[datetime, datetime | None] | None:
     """(since, until) the subscription was paying by its dates (until None: still is), or None if it never paid.
 
     Paying starts when the trial ends (or at the start without one) and stops at canceled_at once Stripe
@@ -142,7 +143,7 @@ def paying_span(row):
     return since, row.canceled_at
 
 
-def paying_at(row, at):
+def paying_at(row: Row, at: datetime) -> bool:
     """Whether the subscription was paying at `at` (see `paying_span`)."""
     span = paying_span(row)
     return span is not None and span[0] <= at and (span[1] is None or span[1] > at)
@@ -155,11 +156,12 @@ class Conversion(NamedTuple):
     converted: int
 
     @property
-    def rate(self):
+    def rate(self) -> float | None:
+        """converted / ended, from 0 to 1; None when no trial ended in the window."""
         return self.converted / self.ended if self.ended else None
 
 
-def trial_conversion(rows, now=None, window=TRIAL_WINDOW):
+def trial_conversion(rows: Iterable[Row], now: datetime | None = None, window: timedelta = TRIAL_WINDOW) -> Conversion:
     """Conversion of the subscriptions whose trial ended in the last `window` (Stripe's 30 days) before `now`.
 
     Converted: paying now (active/past_due), or paid after the trial and cancelled later. Not converted:
@@ -184,11 +186,12 @@ class Churn(NamedTuple):
     churned: int
 
     @property
-    def rate(self):
+    def rate(self) -> float | None:
+        """churned / subscribers, from 0 to 1; None when the window had no subscribers."""
         return self.churned / self.subscribers if self.subscribers else None
 
 
-def churn(rows, now=None, window=CHURN_WINDOW):
+def churn(rows: Sequence[Row], now: datetime | None = None, window: timedelta = CHURN_WINDOW) -> Churn:
     """Subscriber churn over the last `window` (Stripe's rolling 30 days), counting customers.
 
     Stripe's rule: churned subscribers / (active subscribers at the window's start + new ones in it). A
@@ -203,16 +206,19 @@ def churn(rows, now=None, window=CHURN_WINDOW):
     return Churn(len(seen), len(seen - active))
 
 
-def month_ends(now, months=MONTHS):
+def month_ends(now: datetime, months: int = MONTHS) -> list[datetime]:
     """The last instant of each of the `months` - 1 months before now's, oldest first, then `now` itself."""
-    ends, year, month = [], now.year, now.month
+    ends: list[datetime] = []
+    year, month = now.year, now.month
     for _ in range(months - 1):
         year, month = (year, month - 1) if month > 1 else (year - 1, 12)
         ends.append(datetime(year, month, monthrange(year, month)[1], 23, 59, 59, tzinfo=now.tzinfo))
     return ends[::-1] + [now]
 
 
-def mrr_series(rows, now=None, months=MONTHS):
+def mrr_series(
+    rows: Sequence[Row], now: datetime | None = None, months: int = MONTHS
+) -> list[tuple[datetime, dict[str, int]]]:
     """[(month-end datetime, {currency: MRR in minor units})], oldest first, the last point being `now`.
 
     A past month-end counts the subscriptions paying then by their dates (`paying_at`) at today's stored

@@ -10,9 +10,10 @@ import contextlib
 import json
 import logging
 import unicodedata
+from collections.abc import Callable, Iterable, Iterator
 
 import peewee as pw
-from playhouse.migrate import MySQLMigrator, SqliteMigrator
+from playhouse.migrate import MySQLMigrator, SchemaMigrator, SqliteMigrator
 from playhouse.migrate import migrate as run_operations
 
 from pulse import emails
@@ -20,6 +21,7 @@ from pulse.db import database, is_mysql, utcnow
 from pulse.models import MODELS, CheckoutLease, ExactCharField, User
 
 log = logging.getLogger("pulse.migrations")
+Step = Callable[[pw.Database, SchemaMigrator], None]
 
 
 class SchemaVersion(pw.Model):
@@ -32,11 +34,11 @@ class SchemaVersion(pw.Model):
         table_name = "schema_version"
 
 
-def _initial(db, migrator):
+def _initial(db: pw.Database, migrator: SchemaMigrator) -> None:
     db.create_tables(MODELS)
 
 
-def _customer_history(db, migrator):
+def _customer_history(db: pw.Database, migrator: SchemaMigrator) -> None:
     # Import here: the step creates the table as the models define it at version 2.
     from pulse.models import StripeCustomerHistory, WebhookEvent
 
@@ -44,7 +46,7 @@ def _customer_history(db, migrator):
     run_operations(migrator.add_column("webhook_event", "reason", WebhookEvent.reason))
 
 
-def _plan_items_and_catalog(db, migrator):
+def _plan_items_and_catalog(db: pw.Database, migrator: SchemaMigrator) -> None:
     # Issue 10 items 2-6: the plan item's facts, pause_collection, the paused-collection policy, the catalog.
     from pulse.models import Plan, PlanPrice, Project, Subscription
 
@@ -74,7 +76,7 @@ def _plan_items_and_catalog(db, migrator):
     Subscription.update(plan_slug_fallback=Subscription.plan_slug).execute()
 
 
-def email_identity_plan(rows):
+def email_identity_plan(rows: Iterable[tuple[int, str]]) -> tuple[dict[int, str], list[tuple[int, str, str, str]]]:
     """For (id, email) rows: ({id: key} to set, [(id, email, key, reason)] to flag).
 
     Per key (pulse.emails.key) the oldest account whose stored email is in plain form keeps it.
@@ -82,10 +84,11 @@ def email_identity_plan(rows):
     compatibility form (how look-alikes were registered; on MySQL such an account may even hold
     another person's projects, issue 11 M3). Flagged accounts keep their data but cannot sign in.
     """
-    by_key = {}
+    by_key: dict[str, list[tuple[int, str]]] = {}
     for user_id, email in sorted(rows):
         by_key.setdefault(emails.key(email), []).append((user_id, email))
-    keys, flagged = {}, []
+    keys: dict[int, str] = {}
+    flagged: list[tuple[int, str, str, str]] = []
     for key, members in by_key.items():
         plain = [(i, e) for i, e in members if unicodedata.normalize("NFKC", e.strip()) == e.strip()]
         keeper = plain[0][0] if plain else None
@@ -99,7 +102,7 @@ def email_identity_plan(rows):
     return keys, flagged
 
 
-def _email_identity(db, migrator):
+def _email_identity(db: pw.Database, migrator: SchemaMigrator) -> None:
     # Accounts are keyed by the NFKC, case-folded email, compared byte for byte (issue 11 item 4).
     run_operations(migrator.add_column("user", "email_key", ExactCharField(max_length=254, null=True)))
     rows = list(User.select(User.id, User.email).tuples())
@@ -124,11 +127,11 @@ def _email_identity(db, migrator):
     run_operations(migrator.drop_index("user", "user_email"), migrator.add_index("user", ("email_key",), True))
 
 
-def _checkout_lease(db, migrator):
+def _checkout_lease(db: pw.Database, migrator: SchemaMigrator) -> None:
     db.create_tables([CheckoutLease], safe=True)
 
 
-def _sandbox_projects(db, migrator):
+def _sandbox_projects(db: pw.Database, migrator: SchemaMigrator) -> None:
     # Issue 15: the sandbox flag, and each sandbox project's simulated Stripe state.
     from pulse.models import Project, SandboxState
 
@@ -138,14 +141,14 @@ def _sandbox_projects(db, migrator):
     db.create_tables([SandboxState], safe=True)
 
 
-def _outbox_and_entitlements(db, migrator):
+def _outbox_and_entitlements(db: pw.Database, migrator: SchemaMigrator) -> None:
     # Issue 16: outgoing webhooks (endpoints, the outbox, deliveries) and Stripe entitlements per customer.
     from pulse.models import CustomerFeature, CustomerState, WebhookDelivery, WebhookEndpoint, WebhookMessage
 
     db.create_tables([CustomerState, CustomerFeature, WebhookEndpoint, WebhookMessage, WebhookDelivery], safe=True)
 
 
-def _read_model_feed(db, migrator):
+def _read_model_feed(db: pw.Database, migrator: SchemaMigrator) -> None:
     # Issue 14: the change feed that keeps every process's read model of GET /api/subscription coherent.
     from pulse import changefeed
     from pulse.models import ReadModelChange, WebhookEvent
@@ -167,7 +170,7 @@ def _endpoint_event_filters(db, migrator):
 
 
 # (version, name, step). Steps after the first receive the database and its migrator.
-STEPS = [
+STEPS: list[tuple[int, str, Step]] = [
     (1, "initial schema", _initial),
     (2, "stripe customer history and webhook ignore reasons", _customer_history),
     (3, "plan items, pause_collection, plan catalog", _plan_items_and_catalog),
@@ -181,18 +184,18 @@ STEPS = [
 LATEST = STEPS[-1][0]
 
 
-def _fresh_extras(db):
+def _fresh_extras(db: pw.Database) -> None:
     # What create_tables cannot make from the models: the change feed's triggers (step 11).
     from pulse import changefeed
 
     changefeed.create_triggers(db)
 
 
-def _migrator(db):
+def _migrator(db: pw.Database) -> SchemaMigrator:
     return MySQLMigrator(db) if is_mysql(db) else SqliteMigrator(db)
 
 
-def _set_table_options(db):
+def _set_table_options(db: pw.Database) -> None:
     # Set on every run: one process (the tests) may migrate SQLite and MySQL databases in turn.
     options = ["ENGINE=InnoDB", "DEFAULT CHARSET=utf8mb4", "COLLATE=utf8mb4_unicode_ci"] if is_mysql(db) else []
     for model in MODELS + [SchemaVersion]:
@@ -200,7 +203,7 @@ def _set_table_options(db):
 
 
 @contextlib.contextmanager
-def _migration_lock(db):
+def _migration_lock(db: pw.Database) -> Iterator[None]:
     # Two instances starting at once must not both run the same step.
     if is_mysql(db):
         db.execute_sql("SELECT GET_LOCK('pulse_migrate', 60)")
@@ -222,8 +225,8 @@ def current_version(db: pw.Database | None = None) -> int:
     return top or 0
 
 
-def pending(db: pw.Database | None = None) -> list[tuple]:
-    """Steps not yet applied to the bound database."""
+def pending(db: pw.Database | None = None) -> list[tuple[int, str, Step]]:
+    """Steps not yet applied to the bound database, as (version, name, step), oldest first."""
     version = current_version(db)
     return [step for step in STEPS if step[0] > version]
 

@@ -7,7 +7,8 @@ the one bought at checkout, else null. Checkouts teach the catalog their (price,
 """
 
 import re
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Literal, overload
 
 import peewee as pw
 
@@ -26,7 +27,7 @@ MAX_PRICES = 100
 class PlanConflict(ValueError):
     """A price already sold under another plan_slug (API: 400 invalid_field on `field`)."""
 
-    def __init__(self, field, message):
+    def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field, self.message = field, message
 
@@ -35,19 +36,20 @@ class PlanNotFound(LookupError):
     """No plan with this slug in the project's catalog (API: 404)."""
 
 
-def valid_slug(slug):
+def valid_slug(slug: object) -> bool:
     """True for a plan_slug of 1-100 characters without control characters."""
     return isinstance(slug, str) and 1 <= len(slug) <= SLUG_MAX and not _SLUG_BAD.search(slug)
 
 
-def valid_price_id(price_id):
+def valid_price_id(price_id: object) -> bool:
+    """True for a string Stripe may accept as a price id: 1-255 characters, no whitespace or control characters."""
     return isinstance(price_id, str) and bool(PRICE_ID.fullmatch(price_id))
 
 
 # ---------------------------------------------------------------- the catalog (call inside a db block)
 
 
-def catalog_of(project, price_ids=None):
+def catalog_of(project: Project, price_ids: Iterable[str | None] | None = None) -> dict[str, str]:
     """{stripe_price_id: plan_slug} of the project's catalog, restricted to `price_ids` when given."""
     query = PlanPrice.select(PlanPrice.stripe_price_id, Plan.plan_slug).join(Plan).where(PlanPrice.project == project)
     if price_ids is not None:
@@ -58,7 +60,7 @@ def catalog_of(project, price_ids=None):
     return dict(query.tuples())
 
 
-def _prices_of_slug(project, slug):
+def _prices_of_slug(project: Project, slug: str) -> list[str]:
     return [
         p
         for (p,) in PlanPrice.select(PlanPrice.stripe_price_id)
@@ -68,12 +70,12 @@ def _prices_of_slug(project, slug):
     ]
 
 
-def prices_of_slug(project, slug):
+def prices_of_slug(project: Project, slug: str) -> list[str]:
     """The Stripe price ids of a plan in the catalog ([] when the plan is unknown)."""
     return _prices_of_slug(project, slug)
 
 
-def _shape(plan, price_ids):
+def _shape(plan: Plan, price_ids: Iterable[str]) -> dict[str, Any]:
     return {
         "plan_slug": plan.plan_slug,
         "stripe_price_ids": sorted(price_ids),
@@ -82,9 +84,9 @@ def _shape(plan, price_ids):
     }
 
 
-def list_plans(project):
+def list_plans(project: Project) -> list[dict[str, Any]]:
     """Every plan of the project, by slug: [{"plan_slug", "stripe_price_ids", "created_at", "updated_at"}]."""
-    prices = {}
+    prices: dict[int, list[str]] = {}
     for plan_id, price_id in (
         PlanPrice.select(PlanPrice.plan, PlanPrice.stripe_price_id).where(PlanPrice.project == project).tuples()
     ):
@@ -93,7 +95,12 @@ def list_plans(project):
     return [_shape(plan, prices.get(plan.id, [])) for plan in plans]
 
 
-def _plan(project, slug, create=False):
+@overload
+def _plan(project: Project, slug: str, create: Literal[False] = False) -> Plan | None: ...
+@overload
+def _plan(project: Project, slug: str, create: Literal[True]) -> Plan: ...
+def _plan(project: Project, slug: str, create: bool = False) -> Plan | None:
+    """The project's plan `slug`, or None; with `create`, made when missing (never None then)."""
     plan = Plan.get_or_none(Plan.project == project, Plan.plan_slug == slug)
     if plan is not None or not create:
         return plan
@@ -104,7 +111,7 @@ def _plan(project, slug, create=False):
         return Plan.get(Plan.project == project, Plan.plan_slug == slug)
 
 
-def _conflict(field, price_id, owner):
+def _conflict(field: str, price_id: str, owner: str) -> PlanConflict:
     return PlanConflict(
         field,
         f"Price {price_id} already belongs to plan {owner!r} in this project's plan catalog "
@@ -112,14 +119,14 @@ def _conflict(field, price_id, owner):
     )
 
 
-def check_pair(project, price_id, plan_slug):
+def check_pair(project: Project, price_id: str, plan_slug: str) -> None:
     """Raise PlanConflict (field plan_slug) when the catalog sells `price_id` under another slug."""
     owner = catalog_of(project, [price_id]).get(price_id)
     if owner is not None and owner != plan_slug:
         raise _conflict("plan_slug", price_id, owner)
 
 
-def learn_pair(project, price_id, plan_slug):
+def learn_pair(project: Project, price_id: str, plan_slug: str) -> None:
     """Add a checkout's (price, plan_slug) to the catalog; PlanConflict when it contradicts it. Call in a block."""
     check_pair(project, price_id, plan_slug)
     if catalog_of(project, [price_id]):
@@ -135,7 +142,7 @@ def learn_pair(project, price_id, plan_slug):
         _reresolve(project, [price_id])
 
 
-def set_prices(project, plan_slug, price_ids):
+def set_prices(project: Project, plan_slug: str, price_ids: Iterable[str]) -> tuple[dict[str, Any], bool]:
     """Create or replace plan `plan_slug` with exactly `price_ids`; returns (plan shape, created).
 
     Raises PlanConflict (field stripe_price_ids) when a price belongs to another plan. Subscriptions
@@ -162,7 +169,7 @@ def set_prices(project, plan_slug, price_ids):
         return _shape(plan, wanted), created
 
 
-def delete_plan(project, plan_slug):
+def delete_plan(project: Project, plan_slug: str) -> None:
     """Remove a plan from the catalog; its prices' subscriptions fall back. Raises PlanNotFound."""
     with database.atomic():
         plan = _plan(project, plan_slug)
@@ -173,12 +180,12 @@ def delete_plan(project, plan_slug):
         _reresolve(project, prices)
 
 
-def _reresolve(project, price_ids):
+def _reresolve(project: Project, price_ids: list[str]) -> None:
     """Re-derive plan_slug of the project's subscriptions on `price_ids` after a catalog change."""
     if not price_ids:
         return
     mapping = catalog_of(project, price_ids)
-    by_slug = {}
+    by_slug: dict[str, list[str]] = {}
     for price_id, slug in mapping.items():
         by_slug.setdefault(slug, []).append(price_id)
     for slug, prices in by_slug.items():
@@ -225,7 +232,7 @@ def item_facts(item: JSON | None) -> dict[str, Any]:
     }
 
 
-def _metadata_slug(project, metadata, price_id):
+def _metadata_slug(project: Project, metadata: JSON, price_id: str) -> str | None:
     """The checkout's plan_slug while the price is still the one bought at checkout, else None."""
     slug = metadata.get("plan_slug")
     if not isinstance(slug, str) or not slug:

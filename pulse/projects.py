@@ -4,10 +4,13 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass
+from typing import Any
 
 from pulse import apikeys, emails, security
+from pulse.config import Config
 from pulse.db import database, utcnow
 from pulse.models import AuditLog, Membership, Project, User
+from pulse.security import SecretBox
 
 SANDBOX_KEY_PREFIX = "sk_test_sandbox_"
 
@@ -36,18 +39,20 @@ _SECRET_CHARS = re.compile(r"[0-9A-Za-z_]{8,250}")
 
 @dataclass(frozen=True)
 class NewProject:
+    """What create_project made; `admin_password` is the generated one, to show once."""
+
     project: Project
     api_key: apikeys.IssuedKey
     admin: User
     admin_password: str | None  # only when we generated it
 
 
-def normalize_email(email):
+def normalize_email(email: str) -> str:
     """The identity key of an account's email: NFKC, trimmed, case-folded (pulse.emails.key)."""
     return emails.key(email)
 
 
-def validate_admin_password(password, what="The password"):
+def validate_admin_password(password: str, what: str = "The password") -> None:
     """Raise Refused unless `password` has 10+ characters and at most 72 UTF-8 bytes (bcrypt's limit)."""
     if len(password) < MIN_PASSWORD_LENGTH:
         raise Refused(f"{what} must be at least {MIN_PASSWORD_LENGTH} characters.")
@@ -55,7 +60,7 @@ def validate_admin_password(password, what="The password"):
         raise Refused(f"{what} must be at most {MAX_PASSWORD_BYTES} bytes.")
 
 
-def validate_stripe_secrets(secret_key=None, webhook_secret=None):
+def validate_stripe_secrets(secret_key: str | None = None, webhook_secret: str | None = None) -> None:
     """Raise Refused unless each given value has the shape of a Stripe secret key / signing secret.
 
     Only the shape is checked (prefix, then letters, digits and `_`): whether Stripe accepts the key
@@ -71,18 +76,18 @@ def validate_stripe_secrets(secret_key=None, webhook_secret=None):
         raise Refused("The webhook secret must be a Stripe signing secret (whsec_…).")
 
 
-def validate_admin_email(email):
+def validate_admin_email(email: str | None) -> None:
     """Raise Refused unless `email` is a valid address (pulse.emails.is_valid)."""
     if not emails.is_valid((email or "").strip()):
         raise Refused(f"{email!r} is not a valid email address.")
 
 
-def find_user(email):
+def find_user(email: str) -> User | None:
     """The account whose key is `email`'s key, or None. Call inside a db block."""
     return User.get_or_none(User.email_key == normalize_email(email))
 
 
-def look_alike_of(email):
+def look_alike_of(email: str) -> User | None:
     """An account whose address reads the same as `email` but is another key, or None."""
     wanted, skeleton = normalize_email(email), emails.skeleton(email)
     for user in User.select(User.id, User.email, User.email_key).where(User.email_key.is_null(False)):
@@ -91,7 +96,15 @@ def look_alike_of(email):
     return None
 
 
-def audit(action, *, project=None, user=None, actor=None, ip=None, **detail):
+def audit(
+    action: str,
+    *,
+    project: Project | None = None,
+    user: User | None = None,
+    actor: str | None = None,
+    ip: str | None = None,
+    **detail: Any,
+) -> None:
     """Record who did what; `detail` never carries secrets (callers pass masked values)."""
     AuditLog.create(
         project=project,
@@ -103,7 +116,7 @@ def audit(action, *, project=None, user=None, actor=None, ip=None, **detail):
     )
 
 
-def get_project(public_id):
+def get_project(public_id: str) -> Project:
     """The project with this public id; raises NotFound."""
     project = Project.get_or_none(Project.public_id == public_id)
     if project is None:
@@ -112,16 +125,16 @@ def get_project(public_id):
 
 
 def create_project(
-    name,
-    admin_email,
-    box,
+    name: str,
+    admin_email: str,
+    box: SecretBox,
     *,
-    admin_password=None,
-    stripe_secret_key=None,
-    stripe_webhook_secret=None,
-    actor="cli",
-    sandbox=False,
-):
+    admin_password: str | None = None,
+    stripe_secret_key: str | None = None,
+    stripe_webhook_secret: str | None = None,
+    actor: str = "cli",
+    sandbox: bool = False,
+) -> NewProject:
     """Create a project with its first API key and its admin (new, or an existing account).
 
     The admin is the account with the same email key (NFKC, case-folded). Raises Refused for an
@@ -175,8 +188,17 @@ def create_project(
     return NewProject(project=project, api_key=key, admin=user, admin_password=generated)
 
 
-def set_stripe(project, box, *, secret_key=None, webhook_secret=None, actor="cli", user=None, ip=None):
-    """Store new Stripe credentials (encrypted); None leaves a value as it is.
+def set_stripe(
+    project: Project,
+    box: SecretBox,
+    *,
+    secret_key: str | None = None,
+    webhook_secret: str | None = None,
+    actor: str = "cli",
+    user: User | None = None,
+    ip: str | None = None,
+) -> dict[str, str]:
+    """Store new Stripe credentials (encrypted), None leaving a value as it is; returns {field: masked new value}.
 
     Raises Refused for a bad shape, SandboxRule for any change to a sandbox project's credentials
     (the simulator's own), and for a simulator key on a live project (SPEC 8).
@@ -186,7 +208,7 @@ def set_stripe(project, box, *, secret_key=None, webhook_secret=None, actor="cli
     if sandbox_project_of(secret_key):
         raise SandboxRule("a simulator key (sk_test_sandbox_…) belongs to a sandbox project")
     validate_stripe_secrets(secret_key, webhook_secret)
-    changed = {}
+    changed: dict[str, str] = {}
     if secret_key is not None:
         project.stripe_secret_key = box.encrypt(secret_key)
         changed["stripe_secret_key"] = security.mask_secret(secret_key)
@@ -201,7 +223,7 @@ def set_stripe(project, box, *, secret_key=None, webhook_secret=None, actor="cli
     return changed
 
 
-def stripe_secret_key(project, box, default=None):
+def stripe_secret_key(project: Project, box: SecretBox, default: str | None = None) -> str | None:
     """The project's Stripe secret key, else the deployment-wide one (never for a sandbox project, SPEC 8).
 
     The key decides where calls go (billing.api_base_for): a sandbox project only ever has its simulator
@@ -214,40 +236,40 @@ def stripe_secret_key(project, box, default=None):
     return None if sandbox_project_of(key) else key
 
 
-def new_sandbox_secret_key(public_id):
+def new_sandbox_secret_key(public_id: str) -> str:
     """`sk_test_sandbox_<project id>_<random>`: the simulator's key of one sandbox project."""
     return f"{SANDBOX_KEY_PREFIX}{public_id}_{security.random_base62(32)}"
 
 
-def sandbox_project_of(secret_key):
+def sandbox_project_of(secret_key: str | None) -> str | None:
     """The sandbox project a Stripe key belongs to, or None for any other key."""
     if not secret_key or not secret_key.startswith(SANDBOX_KEY_PREFIX):
         return None
     return secret_key[len(SANDBOX_KEY_PREFIX) :].rpartition("_")[0] or None
 
 
-def local_base(config):
+def local_base(config: Config) -> str:
     """This server's own loopback URL (the simulator's API base and its webhook target)."""
     host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(config.host, config.host)
     return f"http://[{host}]:{config.port}" if ":" in host else f"http://{host}:{config.port}"
 
 
-def webhook_secret(project, box):
+def webhook_secret(project: Project, box: SecretBox) -> str | None:
     """The project's webhook signing secret, or None."""
     return box.decrypt(project.stripe_webhook_secret)
 
 
-def projects_of(user):
+def projects_of(user: User) -> list[Project]:
     """Projects `user` may administer, by name."""
     return list(Project.select().join(Membership).where(Membership.user == user).order_by(Project.name))
 
 
-def is_member(user, project):
+def is_member(user: User, project: Project) -> bool:
     """True when `user` belongs to `project`."""
     return Membership.select().where(Membership.user == user, Membership.project == project).exists()
 
 
-def set_past_due_policy(project, allowed, *, user=None, ip=None):
+def set_past_due_policy(project: Project, allowed: bool, *, user: User | None = None, ip: str | None = None) -> bool:
     """Whether past-due subscriptions keep access (SPEC: the project's setting); audited. Returns True if changed."""
     allowed = bool(allowed)
     if allowed == project.past_due_has_access:
@@ -262,8 +284,10 @@ def set_past_due_policy(project, allowed, *, user=None, ip=None):
     return True
 
 
-def set_paused_collection_policy(project, allowed, *, actor=None, user=None, ip=None):
-    """Whether subscriptions with paused payment collection keep access (SPEC 3.3); audited when it changes."""
+def set_paused_collection_policy(
+    project: Project, allowed: bool, *, actor: str | None = None, user: User | None = None, ip: str | None = None
+) -> bool:
+    """Whether subscriptions with paused payment collection keep access (SPEC 3.3); audited. Returns True if changed."""
     if bool(allowed) == bool(project.paused_collection_has_access):
         return False
     project.paused_collection_has_access = bool(allowed)
@@ -283,7 +307,7 @@ def set_paused_collection_policy(project, allowed, *, actor=None, user=None, ip=
     return True
 
 
-def _announce_policy(project):
+def _announce_policy(project: Project) -> None:
     """A policy change can move has_access of many customers: each one whose answer moved hears of it."""
     from pulse import outbox
     from pulse.models import Subscription

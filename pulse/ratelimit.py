@@ -18,6 +18,8 @@ from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from redis.exceptions import RedisError
 
+from pulse.config import Config, RateLimit
+
 log = logging.getLogger("pulse.ratelimit")
 
 # How long to stop trying Redis after it failed, so an outage costs one timeout, not one per request.
@@ -27,7 +29,7 @@ REDIS_TIMEOUT = 0.5
 IPV6_BUCKET_PREFIX = 64
 
 
-def address_bucket(ip):
+def address_bucket(ip: str | None) -> str:
     """The per-address key of `ip`: an IPv4 address as is, an IPv6 one as its /64 network.
 
     "203.0.113.7" -> "203.0.113.7"; "2001:db8:1:2:aa::1" -> "2001:db8:1:2::/64";
@@ -55,7 +57,8 @@ class Decision:
     reset: int
     retry_after: int  # seconds to wait when refused, else 0
 
-    def headers(self):
+    def headers(self) -> dict[str, str]:
+        """The X-RateLimit-Limit/-Remaining/-Reset headers, plus Retry-After (seconds) when refused."""
         values = {
             "X-RateLimit-Limit": str(self.limit),
             "X-RateLimit-Remaining": str(self.remaining),
@@ -66,7 +69,7 @@ class Decision:
         return values
 
 
-def _item(rate):
+def _item(rate: RateLimit) -> RateLimitItemPerSecond:
     """The `limits` item for a config RateLimit (`limit` per `window` seconds)."""
     return RateLimitItemPerSecond(rate.limit, rate.window)
 
@@ -74,11 +77,11 @@ def _item(rate):
 class Limiter:
     """A moving-window limiter over one `limits` storage."""
 
-    def __init__(self, storage):
+    def __init__(self, storage: MemoryStorage | RedisStorage) -> None:
         self.storage = storage
         self.strategy = MovingWindowRateLimiter(storage)
 
-    async def hit(self, key, rate):
+    async def hit(self, key: str, rate: RateLimit) -> Decision:
         """Count one request against `key` at `rate` -> Decision."""
         item = _item(rate)
         allowed = await self.strategy.hit(item, key)
@@ -95,17 +98,20 @@ class Limiter:
             retry_after=0 if allowed else max(1, math.ceil(frees_at - now)),
         )
 
-    async def close(self):
+    async def close(self) -> None:
+        """Drop the counters and release the storage (shutdown, tests)."""
         await self.storage.reset()
 
 
 class MemoryLimiter(Limiter):
     """One process's counters (`limits` sweeps expired entries in a background task)."""
 
-    def __init__(self):
+    storage: MemoryStorage
+
+    def __init__(self) -> None:
         super().__init__(MemoryStorage())
 
-    async def close(self):
+    async def close(self) -> None:
         # Stop the sweep first: resetting under it makes it fail on a vanished key.
         if self.storage.timer is not None and not self.storage.timer.done():
             self.storage.timer.cancel()
@@ -115,7 +121,9 @@ class MemoryLimiter(Limiter):
 class RedisLimiter(Limiter):
     """Counters shared by every process through Redis; falls back to `fallback` while Redis is down."""
 
-    def __init__(self, url, prefix="pulse:rl", fallback=None):
+    storage: RedisStorage
+
+    def __init__(self, url: str, prefix: str = "pulse:rl", fallback: Limiter | None = None) -> None:
         # limits names the schemes async+redis://, async+rediss://, async+redis+unix://.
         uri = "async+redis+" + url if url.startswith("unix://") else "async+" + url
         storage = RedisStorage(
@@ -129,7 +137,7 @@ class RedisLimiter(Limiter):
         self.fallback = fallback or MemoryLimiter()
         self._down_until = 0.0
 
-    async def hit(self, key, rate):
+    async def hit(self, key: str, rate: RateLimit) -> Decision:
         if time.monotonic() < self._down_until:
             return await self.fallback.hit(key, rate)
         try:
@@ -144,12 +152,13 @@ class RedisLimiter(Limiter):
             self._down_until = time.monotonic() + REDIS_RETRY_AFTER
             return await self.fallback.hit(key, rate)
 
-    async def close(self):
+    async def close(self) -> None:
         await self.fallback.close()
-        await self.storage.bridge.get_connection().aclose()
+        # A redis.asyncio.Redis (implementation="redispy"); limits types the bridge and client more loosely.
+        await self.storage.bridge.get_connection().aclose()  # type: ignore[attr-defined]
 
 
-def make_limiter(config, prefix="pulse:rl"):
+def make_limiter(config: Config, prefix: str = "pulse:rl") -> Limiter:
     """The limiter for `config`: Redis when PULSE_REDIS_URL is set, else in process."""
     if config.redis_url:
         return RedisLimiter(config.redis_url, prefix=prefix)

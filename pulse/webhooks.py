@@ -5,6 +5,7 @@ import concurrent.futures
 import json
 import logging
 import re
+from typing import Any
 
 import peewee
 import stripe
@@ -14,7 +15,7 @@ from pulse.config import Config, RateLimit
 from pulse.db import DatabaseUnavailable, block, database, lock_timeout, locking, retryable, transaction, utcnow
 from pulse.models import Project, WebhookEvent
 from pulse.outcomes import Outcome
-from pulse.ratelimit import address_bucket
+from pulse.ratelimit import Limiter, address_bucket
 from pulse.security import SecretBox
 from pulse.stripe_objects import JSON, customer_id_of, obj_of, stripe_id
 
@@ -38,7 +39,7 @@ _SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
 class WebhookError(Exception):
     """A delivery answered with an error envelope (the handler turns it into ApiError)."""
 
-    def __init__(self, status, code, message):
+    def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
 
@@ -50,7 +51,7 @@ class _Duplicate(Exception):
 # ---------------------------------------------------------------- verifying and parsing
 
 
-def verify(raw, header, secret):
+def verify(raw: bytes, header: str | None, secret: str) -> str | None:
     """Check Stripe-Signature on the raw body; returns None when valid, else a short reason."""
     if not header:
         return "missing Stripe-Signature header"
@@ -70,7 +71,7 @@ def verify(raw, header, secret):
     return None
 
 
-async def record_invalid(project, reason, remote_ip, limiter):
+async def record_invalid(project: Project | None, reason: str, remote_ip: str | None, limiter: Limiter) -> None:
     """Keep a trace of a rejected delivery (no payload: it is unauthenticated input).
 
     Unsigned requests are not rate limited (Stripe's bursts must pass), so the trace is capped by
@@ -98,7 +99,7 @@ async def record_invalid(project, reason, remote_ip, limiter):
         )
 
 
-def parse(raw):
+def parse(raw: bytes | str) -> JSON:
     """The event dict from a verified body, or WebhookError 400 `invalid_payload`."""
     try:
         event = json.loads(raw)
@@ -131,7 +132,7 @@ def parse(raw):
 # ---------------------------------------------------------------- the inbox
 
 
-def _lookup(project, event_id):
+def _lookup(project: Project | None, event_id: str) -> peewee.ModelSelect:
     query = WebhookEvent.select().where(WebhookEvent.stripe_event_id == event_id)
     query = (
         query.where(WebhookEvent.project.is_null()) if project is None else query.where(WebhookEvent.project == project)
@@ -139,7 +140,7 @@ def _lookup(project, event_id):
     return query
 
 
-def _row_fields(event, raw):
+def _row_fields(event: JSON, raw: str) -> dict[str, Any]:
     obj = obj_of(event)
     customer = customer_id_of(obj)
     return dict(
@@ -154,7 +155,7 @@ def _row_fields(event, raw):
     )
 
 
-def _claim(project, event, raw, remote_ip):
+def _claim(project: Project | None, event: JSON, raw: str, remote_ip: str | None) -> WebhookEvent:
     """Insert the inbox row, or take over a failed one; raises _Duplicate when already handled."""
     try:
         with database.atomic():
@@ -186,7 +187,7 @@ def short_error(exc: BaseException) -> str:
     return f"{type(exc).__name__} while applying the event"
 
 
-def _record_failure(project, event, raw, remote_ip, exc):
+def _record_failure(project: Project | None, event: JSON, raw: str, remote_ip: str | None, exc: BaseException) -> None:
     error = short_error(exc)
     log.warning("webhook %s (%s) failed: %s", event["id"], event["type"], error)
     try:
@@ -271,17 +272,17 @@ async def process(
 
 
 _STORE_THREADS = 2
-_store_executor = None
+_store_executor: concurrent.futures.ThreadPoolExecutor | None = None
 
 
-def _store_pool():
+def _store_pool() -> concurrent.futures.ThreadPoolExecutor:
     global _store_executor
     if _store_executor is None:
         _store_executor = concurrent.futures.ThreadPoolExecutor(_STORE_THREADS, thread_name_prefix="inbox-store")
     return _store_executor
 
 
-def enqueue(project, event, raw, remote_ip=None):
+def enqueue(project: Project | None, event: JSON, raw: bytes | str, remote_ip: str | None = None) -> JSON:
     """Store a verified event for the inbox worker (PULSE_WEBHOOK_APPLY=worker); returns the response body.
 
     The answer is 200 once the row is committed: `{"received": true, "queued": true}`, or
@@ -310,10 +311,21 @@ def enqueue(project, event, raw, remote_ip=None):
     return {"received": True, "queued": True}
 
 
-async def receive(project, raw, header, secret, *, config, box, limiter, remote_ip=None):
-    """One delivery: verify, parse, route (project None = deployment-wide), process.
+async def receive(
+    project: Project | None,
+    raw: bytes,
+    header: str | None,
+    secret: str,
+    *,
+    config: Config,
+    box: SecretBox,
+    limiter: Limiter,
+    remote_ip: str | None = None,
+) -> JSON:
+    """One delivery: verify, parse, route (project None = deployment-wide), process; returns the response body.
 
-    `limiter` (pulse.ratelimit.Limiter) caps how many invalid signatures are recorded.
+    Raises WebhookError 400 (invalid_signature, invalid_payload) or 500 (webhook_failed: recorded, Stripe
+    retries). `limiter` (pulse.ratelimit.Limiter) caps how many invalid signatures are recorded.
     """
     reason = verify(raw, header, secret)
     if reason:
