@@ -162,7 +162,7 @@ def _read_model_feed(db: pw.Database, migrator: SchemaMigrator) -> None:
     )
 
 
-def _endpoint_event_filters(db, migrator):
+def _endpoint_event_filters(db: pw.Database, migrator: SchemaMigrator) -> None:
     # Issue 16: which event types each outgoing webhook endpoint receives (Stripe's enabled_events).
     if "enabled_events" in {column.name for column in db.get_columns("webhook_endpoint")}:
         return  # step 10 created the table from the current model
