@@ -96,6 +96,15 @@ def pause_collection(sim, sub_id, paused=True):
     return sim.update_subscription(sub_id, {"pause_collection": {"behavior": "void"} if paused else ""})
 
 
+PORTAL_ACTIONS = {
+    "cancel": cancel_at_period_end,
+    "resume": resume,
+    "pause_collection": pause_collection,
+    "unpause_collection": lambda sim, sub_id: pause_collection(sim, sub_id, paused=False),
+    "cancel_now": lambda sim, sub_id: sim.cancel_now(sub_id),
+}
+
+
 # ---------------------------------------------------------------- the clock
 
 
