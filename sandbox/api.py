@@ -54,8 +54,10 @@ def api_error(exc):
 
 
 def whole(data, name, low, high):
-    """data[name] as an integer in [low, high] (JSON numbers only: no bool, no float), else 400 naming it."""
+    """data[name] as an integer in [low, high] (a JSON number: 3 or 3.0, as the API reads quantity), else 400."""
     value = data[name]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise invalid(name, f"{name} must be a whole number from {low} to {high}.")
     return value
@@ -204,7 +206,7 @@ class PriceHandler(SandboxApiHandler):
         data = {"unit_amount": 2000, "interval": "month", "currency": "usd", **data}
         price_id = text(data, "id", PRICE_ID, "id must be a price id (price_…).")
         amount = whole(data, "unit_amount", 0, 99_999_999)
-        if data["interval"] not in objects.INTERVAL_DAYS:
+        if not isinstance(data["interval"], str) or data["interval"] not in objects.INTERVAL_DAYS:
             raise invalid("interval", "interval must be day, week, month or year.")
         currency = text(data, "currency", re.compile("[a-z]{3}"), "currency must be a 3-letter ISO code in lower case.")
 

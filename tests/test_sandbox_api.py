@@ -133,6 +133,7 @@ async def test_validation_and_conflicts_follow_spec_3_1(http_client, base_url, m
     assert await post(f"subscriptions/{sub_id}/cancel", {"at": 1}) == (400, "invalid_field", "at")
     assert await post("prices", {"unit_amount": 5}) == (422, "missing_field", "id")
     assert await post("prices", {"id": "price_a", "unit_amount": "5"}) == (400, "invalid_field", "unit_amount")
+    assert await post("prices", {"id": "price_a", "interval": {}}) == (400, "invalid_field", "interval")
     assert await post("features/attach", {"price": "price_a"}) == (422, "missing_field", "lookup_key")
     assert await post("features/attach", {"lookup_key": "k"}) == (422, "missing_field", "price")
     both = {"lookup_key": "k", "price": "price_a", "product": "prod_a"}
