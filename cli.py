@@ -10,7 +10,7 @@ from pulse.config import describe as describe_settings
 from pulse.migrations import migrate_database
 from pulse.security import SecretBox
 
-SANDBOX_ADMIN = "admin@sandbox.test"  # `create-project Demo --sandbox` needs no other argument
+SANDBOX_ADMIN = "admin+<project id>@sandbox.test"  # `create-project Demo --sandbox` needs no other argument
 
 
 class CliError(Exception):
@@ -121,12 +121,11 @@ def cmd_create_project(config, args, echo):
     """Create a project, its admin and first API key; -> the key and password (shown once)."""
     if not args.name.strip() or len(args.name) > 200:
         raise CliError("project name must be 1-200 characters", status=2)
-    if args.admin_email is None:
-        if not args.sandbox:
-            raise CliError("the following arguments are required: --admin-email", status=2)
-        args.admin_email = SANDBOX_ADMIN
+    if args.admin_email is None and not args.sandbox:
+        raise CliError("the following arguments are required: --admin-email", status=2)
     try:
-        projects.validate_admin_email(args.admin_email)
+        if args.admin_email is not None:  # None on a sandbox: an account of the project's own
+            projects.validate_admin_email(args.admin_email)
     except projects.Refused:
         raise CliError(f"invalid --admin-email {args.admin_email!r}", status=2) from None
     read_secrets(args, ("admin_password", "stripe_secret_key", "stripe_webhook_secret"))

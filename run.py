@@ -48,6 +48,7 @@ HANDLER_MODULES = [
     "console.plans",
     "console.sandbox",
     "sandbox.api",
+    "sandbox.stripe_api",
     "sandbox.pages",
     "console.webhooks_out",
     "console.fallback",  # the console's catch-all 404: keep it last among console modules

@@ -2,7 +2,7 @@
 
 import functools
 
-from handlers import openapi_manage, openapi_webhook_endpoints
+from handlers import openapi_manage, openapi_sandbox, openapi_webhook_endpoints
 from handlers.base import ApiHandler
 from handlers.openapi_parts import (
     EXTERNAL_USER_ID,
@@ -202,19 +202,25 @@ def document():
             },
         },
         "components": {
-            "schemas": {**SCHEMAS, **openapi_webhook_endpoints.SCHEMAS, **openapi_manage.SCHEMAS},
+            "schemas": {
+                **SCHEMAS,
+                **openapi_webhook_endpoints.SCHEMAS,
+                **openapi_manage.SCHEMAS,
+                **openapi_sandbox.SCHEMAS,
+            },
             "securitySchemes": {
                 "ApiKey": {
                     "type": "apiKey",
                     "in": "header",
                     "name": "X-API-Key",
-                    "description": "pp_live_… (one project).",
+                    "description": "pp_live_… (one project); a sandbox project's pp_test_… (also /sandbox/api/).",
                 }
             },
         },
     }
     doc["paths"].update(openapi_manage.paths())
     doc["paths"].update(openapi_webhook_endpoints.paths())
+    doc["paths"].update(openapi_sandbox.paths())
     return doc
 
 

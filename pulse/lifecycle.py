@@ -84,6 +84,17 @@ def store(project, customer, obj, at):
             return answer_of(project, Customer.get_by_id(customer.id))
 
 
+async def settle(client, project, customer, obj, at, features_moved):
+    """Store Stripe's answer; when the change can move the customer's features, re-read its active
+    entitlements too. -> the public answer as stored after both (never one built before the refresh)."""
+    answer = store(project, customer, obj, at)
+    if not features_moved:
+        return answer
+    await entitlements.refresh_customer(client, project, customer.id)
+    with block():
+        return answer_of(project, Customer.get_by_id(customer.id))
+
+
 async def cancel(client, project, external_user_id, at_period_end=True, key=None):
     """Cancel at the period end (Stripe: cancel_at_period_end) or now (DELETE); -> the public answer."""
     with block():
@@ -99,7 +110,8 @@ async def cancel(client, project, external_user_id, at_period_end=True, key=None
         )
     else:
         obj = await billing.call(client.v1.subscriptions.cancel_async, sub.stripe_subscription_id, None, _options(key))
-    return store(project, customer, plain(obj), at)
+    # Ended now, its Product's features go with it; at the period end nothing moves yet.
+    return await settle(client, project, customer, plain(obj), at, features_moved=not at_period_end)
 
 
 async def resume(client, project, external_user_id, key=None):
@@ -184,12 +196,10 @@ async def change(
         {"items": [_item_change(item, price_id, quantity)], "proration_behavior": proration_behavior},
         _options(key),
     )
-    answer = store(project, customer, plain(obj), at)
     if plan_slug:
         with block():
             plans.learn_pair(project, price_id, plan_slug)
-    await entitlements.refresh_customer(client, project, customer.id)
-    return answer
+    return await settle(client, project, customer, plain(obj), at, features_moved=True)
 
 
 async def preview(

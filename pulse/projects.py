@@ -76,6 +76,11 @@ def validate_stripe_secrets(secret_key: str | None = None, webhook_secret: str |
         raise Refused("The webhook secret must be a Stripe signing secret (whsec_…).")
 
 
+def sandbox_admin_email(public_id: str) -> str:
+    """The default admin of a sandbox project: one account per project, so sandboxes never share a login."""
+    return f"admin+{public_id.lower()}@sandbox.test"
+
+
 def validate_admin_email(email: str | None) -> None:
     """Raise Refused unless `email` is a valid address (pulse.emails.is_valid)."""
     if not emails.is_valid((email or "").strip()):
@@ -141,8 +146,15 @@ def create_project(
     invalid email, password or Stripe secret, and for an address that only looks like an existing
     account's (`vïctim@` beside `victim@`): such an address never gets an account of its own.
     `sandbox`: its Stripe is the built-in simulator, with generated credentials (SPEC 8); raises
-    SandboxRule if Stripe credentials are also given, or a live project is given a simulator key.
+    SandboxRule if Stripe credentials are also given, or a live project is given a simulator key. A
+    sandbox project without `admin_email` gets an account of its own (sandbox_admin_email), never a shared one.
     """
+    public_id = security.public_id("proj")
+    if admin_email is None and sandbox:
+        with database.atomic():
+            while find_user(sandbox_admin_email(public_id)) is not None:  # ids differing only in case
+                public_id = security.public_id("proj")
+        admin_email = sandbox_admin_email(public_id)
     if sandbox and (stripe_secret_key or stripe_webhook_secret):
         raise SandboxRule("a sandbox project uses the built-in simulator: it takes no Stripe keys")
     if sandbox_project_of(stripe_secret_key):
@@ -170,7 +182,6 @@ def create_project(
             if admin_password is None:
                 admin_password = generated = security.generate_password()
             user = User.create(email=email, email_key=email, password_hash=security.hash_password(admin_password))
-        public_id = security.public_id("proj")
         if sandbox:
             stripe_secret_key = new_sandbox_secret_key(public_id)
             stripe_webhook_secret = "whsec_" + security.random_base62(32)

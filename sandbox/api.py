@@ -1,27 +1,23 @@
-"""The simulator over HTTP: Stripe's API at /sandbox/{project}/v1/..., and the sandbox API for scripts.
+"""The sandbox API for scripts and CI (README "Sandbox API"): the clock, payments, cards, portal moves, prices
+and Features on Products of a sandbox project's simulator, for its `pp_test_` API keys only.
 
-Stripe's API answers only the sandbox project's own simulator key (`sk_test_sandbox_…`), which billing
-routes here and nowhere else; the sandbox API (clock, payments, cards, portal moves, prices, Features on
-Products: README "Sandbox API") answers only a sandbox project's `pp_test_` API keys.
+It is part of our JSON API: ApiHandler's key, body and SPEC 3.1 error envelope; a missing object is 404
+`not_found`, a refusal because of an object's state is 409 with a stable code.
 """
 
-import asyncio
-import hmac
-import json
 import re
-import secrets
 
-import tornado.web
-
-from handlers.base import ApiError, ApiHandler
+from handlers.base import ApiError, ApiHandler, invalid, missing
 from pulse import projects
-from pulse.db import block
+from pulse.db import block, from_timestamp, isoformat
 from pulse.models import Project
 from sandbox import delivery, lifecycle, objects, store
 from sandbox.core import StripeError
 
 MAX_ADVANCE = 10 * 366 * 86400
-_background: set = set()
+PRICE_ID = re.compile(r"price_[A-Za-z0-9_]{1,200}")
+LOOKUP_KEY = re.compile(r"[^\x00-\x1f\x7f/]{1,80}")
+NAME = re.compile(r"[^\x00-\x1f\x7f]{1,80}")
 
 
 def page_base(config, project):
@@ -46,79 +42,33 @@ def sandbox_project(public_id):
     return project if project is not None and project.sandbox else None
 
 
-class StripeApiHandler(tornado.web.RequestHandler):
-    """Stripe's HTTP API for one sandbox project, as stripe-python calls it."""
-
-    def initialize(self):
-        self.request_id = "req_" + secrets.token_hex(7)
-
-    def check_xsrf_cookie(self):
-        """Authenticated by the Stripe key in the Authorization header, not a cookie."""
-
-    def _answer(self, status, body, replayed=False):
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.set_header("Request-Id", self.request_id)
-        self.set_header("Cache-Control", "no-store")
-        if replayed:
-            self.set_header("Idempotent-Replayed", "true")
-        self.finish(json.dumps(body))
-
-    async def get(self, project_id, path):
-        await self._serve(project_id, path)
-
-    async def post(self, project_id, path):
-        await self._serve(project_id, path)
-
-    async def delete(self, project_id, path):
-        await self._serve(project_id, path)
-
-    async def _serve(self, project_id, path):
-        auth = self.request.headers.get("Authorization", "")
-        key = auth[len("Bearer ") :] if auth.startswith("Bearer ") else ""
-        project = sandbox_project(project_id)
-        box = self.settings["secret_box"]
-        expected = projects.stripe_secret_key(project, box) if project is not None else None
-        # Only the project's own simulator key: a live project's key (or another sandbox's) gets Stripe's 401.
-        if not key or not expected or not hmac.compare_digest(key.encode(), expected.encode()):
-            message = (
-                "You did not provide an API key."
-                if not key
-                else f"Invalid API Key provided: {key[:8]}{'*' * 8}{key[-4:]}"
-            )
-            return self._answer(401, objects.error_body(message))
-        method = self.request.method
-        raw = self.request.body.decode("utf-8", "replace") if method == "POST" else self.request.query
-        params = objects.decode_form(raw)
-        idem = self.request.headers.get("Idempotency-Key") if method == "POST" else None
-        if method == "GET":  # reads change nothing: no write, no optimistic-lock contention with the changes
-            sim = store.read(project)
-            sim.page_base = page_base(self.settings["config"], project)
-            return self._answer(*sim.handle(method, path, params, key))
-        try:
-            (status, body, replayed), events = store.run(
-                project,
-                lambda sim: sim.handle(method, path, params, key, idem),
-                page_base(self.settings["config"], project),
-            )
-        except store.Busy:
-            return self._answer(
-                409,
-                objects.error_body(
-                    "This object cannot be accessed right now because another "
-                    "API request or Stripe process is currently accessing it.",
-                    code="lock_timeout",
-                ),
-            )
-        if events:  # answered first: PaymentPulse's own call must not wait for its webhooks
-            url = f"{projects.local_base(self.settings['config'])}/api/webhook/{project.public_id}"
-            task = asyncio.ensure_future(delivery.deliver(url, projects.webhook_secret(project, box), events))
-            _background.add(task)
-            task.add_done_callback(_background.discard)
-        self._answer(status, body, replayed)
+def api_error(exc):
+    """The simulator's refusal in our envelope: 404 not_found for a missing object (in the path or the body),
+    409 with its stable code for a state conflict, else 400 invalid_field naming Stripe's parameter."""
+    error = exc.body["error"]
+    if exc.conflict:
+        return ApiError(409, exc.conflict, error["message"])
+    if exc.status == 404 or error.get("code") == "resource_missing":
+        return ApiError(404, "not_found", error["message"])
+    return ApiError(400, "invalid_field", error["message"], field=error.get("param"))
 
 
-# ---------------------------------------------------------------- the sandbox API (pp_test_ keys)
+def whole(data, name, low, high):
+    """data[name] as an integer in [low, high] (a JSON number: 3 or 3.0, as the API reads quantity), else 400."""
+    value = data[name]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise invalid(name, f"{name} must be a whole number from {low} to {high}.")
+    return value
+
+
+def text(data, name, pattern, message):
+    """data[name] when it is a string matching `pattern`, else 400 naming it."""
+    value = data[name]
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise invalid(name, message)
+    return value
 
 
 class SandboxApiHandler(ApiHandler):
@@ -135,13 +85,17 @@ class SandboxApiHandler(ApiHandler):
                 "This API key belongs to a live project; the sandbox API answers only sandbox projects' pp_test_ keys.",
             )
 
+    def body(self, allowed, optional=False):
+        """The JSON body, whose fields must be in `allowed` (400 "unknown parameter"); `optional`: {} for none."""
+        if optional and not self.raw_body.strip():
+            return {}
+        return self.json_body(allowed=allowed)
+
     async def act(self, change):
         try:
             return await perform(self.config, self.settings["secret_box"], self.project, change)
         except StripeError as exc:
-            error = exc.body["error"]
-            code = "not_found" if exc.status == 404 else "invalid_request"
-            raise ApiError(exc.status if exc.status in (400, 404) else 400, code, error["message"]) from None
+            raise api_error(exc) from None
         except lifecycle.Declined as exc:
             raise ApiError(402, "card_declined", str(exc)) from None
         except store.Busy:
@@ -155,7 +109,9 @@ class SandboxApiHandler(ApiHandler):
 
 
 def _clock(sim):
-    return {"now": sim.now(), "advanced_seconds": sim.clock_offset, "after_retries": sim.after_retries}
+    # ISO 8601 like the rest of our API; Stripe's own routes (/sandbox/<project>/v1) keep Unix seconds.
+    now = isoformat(from_timestamp(sim.now()))
+    return {"now": now, "advanced_seconds": sim.clock_offset, "after_retries": sim.after_retries}
 
 
 class ClockHandler(SandboxApiHandler):
@@ -164,24 +120,29 @@ class ClockHandler(SandboxApiHandler):
 
 
 class AdvanceHandler(SandboxApiHandler):
+    UNITS = {"days": 86400, "seconds": 1}
+
     async def post(self):
-        data = self.json_body()
-        seconds = data.get("seconds", 0)
-        days = data.get("days", 0)
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (seconds, days)):
-            raise ApiError(400, "invalid_field", "seconds and days must be whole numbers, 0 or more.")
-        total = seconds + days * 86400
-        if not 0 < total <= MAX_ADVANCE:
-            raise ApiError(400, "invalid_field", "Advance by 1 second to 10 years (give seconds or days).")
+        data = self.body(set(self.UNITS))
+        given = [name for name in self.UNITS if name in data]
+        if not given:
+            raise ApiError(422, "missing_field", "days (or seconds) is required", field="days")
+        if len(given) > 1:
+            raise invalid("seconds", "Give days or seconds, not both.")
+        unit = self.UNITS[given[0]]
+        total = whole(data, given[0], 1, MAX_ADVANCE // unit) * unit
         result, types, accepted = await self.act(lambda sim: (lifecycle.advance(sim, total), _clock(sim))[1])
         self.write_json(dict(result, events=types, delivered=accepted))
 
 
 class SettingsHandler(SandboxApiHandler):
     async def post(self):
-        value = self.json_body().get("after_retries")
+        data = self.body({"after_retries"})
+        if "after_retries" not in data:
+            raise missing("after_retries")
+        value = data["after_retries"]
         if value not in lifecycle.AFTER_RETRIES:
-            raise ApiError(400, "invalid_field", f"after_retries must be one of {', '.join(lifecycle.AFTER_RETRIES)}.")
+            raise invalid("after_retries", f"after_retries must be one of {', '.join(lifecycle.AFTER_RETRIES)}.")
 
         def change(sim):
             sim.after_retries = value
@@ -201,70 +162,65 @@ class SubscriptionsHandler(SandboxApiHandler):
         self.write_json({"data": subs})
 
 
-PORTAL_ACTIONS = {
-    "cancel": lifecycle.cancel_at_period_end,
-    "resume": lifecycle.resume,
-    "pause_collection": lifecycle.pause_collection,
-    "unpause_collection": lambda sim, sub_id: lifecycle.pause_collection(sim, sub_id, paused=False),
-    "cancel_now": lambda sim, sub_id: sim.cancel_now(sub_id),
-}
-
-
 class SubscriptionActionHandler(SandboxApiHandler):
     async def post(self, sub_id, action):
-        data = self.json_body() if self.raw_body.strip() else {}
         if action == "switch":
-            price = data.get("price")
-            if not isinstance(price, str) or not price.startswith("price_"):
-                raise ApiError(400, "invalid_field", "price must be a price id (price_…).")
+            data = self.body({"price"})
+            if "price" not in data:
+                raise missing("price")
+            price = text(data, "price", PRICE_ID, "price must be a price id (price_…).")
             self.reply(await self.act(lambda sim: lifecycle.switch_price(sim, sub_id, price)))
             return
-        if action not in PORTAL_ACTIONS:
-            raise ApiError(404, "not_found", f"Unknown action; one of switch, {', '.join(PORTAL_ACTIONS)}.")
-        self.reply(await self.act(lambda sim: PORTAL_ACTIONS[action](sim, sub_id)))
+        if action not in lifecycle.PORTAL_ACTIONS:
+            raise ApiError(404, "not_found", f"Unknown action; one of switch, {', '.join(lifecycle.PORTAL_ACTIONS)}.")
+        self.body(set(), optional=True)
+        self.reply(await self.act(lambda sim: lifecycle.PORTAL_ACTIONS[action](sim, sub_id)))
 
 
 class PayHandler(SandboxApiHandler):
     async def post(self, session_id):
-        data = self.json_body() if self.raw_body.strip() else {}
+        data = self.body({"card"}, optional=True)
         card = data.get("card", "4242424242424242")
-        if not isinstance(card, str):
-            raise ApiError(400, "invalid_field", "card must be a test card number.")
+        if not isinstance(card, str) or not re.fullmatch(r"[0-9 ]{1,40}", card):
+            raise invalid("card", "card must be a test card number (digits).")
         self.reply(await self.act(lambda sim: lifecycle.pay_checkout(sim, session_id, card)))
 
 
 class CardHandler(SandboxApiHandler):
     async def post(self, customer_id):
-        card = self.json_body().get("card")
-        self.reply(await self.act(lambda sim: lifecycle.set_card(sim, customer_id, card)))
+        data = self.body({"card"})
+        if "card" not in data:
+            raise missing("card")
+        if data["card"] not in lifecycle.CARD_STATES:
+            raise invalid("card", f"card must be one of {', '.join(lifecycle.CARD_STATES)}.")
+        self.reply(await self.act(lambda sim: lifecycle.set_card(sim, customer_id, data["card"])))
 
 
 class PriceHandler(SandboxApiHandler):
     """Define a price before use (otherwise any price id becomes a monthly 20.00 USD price on first use)."""
 
     async def post(self):
-        data = self.json_body()
-        price_id, amount = data.get("id"), data.get("unit_amount", 2000)
-        interval, currency = data.get("interval", "month"), data.get("currency", "usd")
-        if not isinstance(price_id, str) or not re.fullmatch(r"price_[A-Za-z0-9_]{1,200}", price_id):
-            raise ApiError(400, "invalid_field", "id must be a price id (price_…).", "id")
-        if isinstance(amount, bool) or not isinstance(amount, int) or not 0 <= amount <= 99_999_999:
-            raise ApiError(400, "invalid_field", "unit_amount must be a whole number of minor units.", "unit_amount")
-        if interval not in objects.INTERVAL_DAYS:
-            raise ApiError(400, "invalid_field", "interval must be day, week, month or year.", "interval")
-        if not isinstance(currency, str) or not re.fullmatch(r"[a-z]{3}", currency):
-            raise ApiError(400, "invalid_field", "currency must be a 3-letter ISO code in lower case.", "currency")
+        data = self.body({"id", "unit_amount", "interval", "currency"})
+        if "id" not in data:
+            raise missing("id")
+        data = {"unit_amount": 2000, "interval": "month", "currency": "usd", **data}
+        price_id = text(data, "id", PRICE_ID, "id must be a price id (price_…).")
+        amount = whole(data, "unit_amount", 0, 99_999_999)
+        if not isinstance(data["interval"], str) or data["interval"] not in objects.INTERVAL_DAYS:
+            raise invalid("interval", "interval must be day, week, month or year.")
+        currency = text(data, "currency", re.compile("[a-z]{3}"), "currency must be a 3-letter ISO code in lower case.")
 
         def change(sim):
             if price_id in sim.prices:
-                raise StripeError(400, objects.error_body(f"Price {price_id} already exists (prices are immutable)."))
-            return sim.add_price(price_id, interval, amount, currency=currency)
+                message = f"Price {price_id} already exists (prices are immutable)."
+                raise StripeError(400, objects.error_body(message), conflict="price_exists")
+            return sim.add_price(price_id, data["interval"], amount, currency=currency)
 
         self.reply(await self.act(change))
 
 
 class FeaturesHandler(SandboxApiHandler):
-    """A Feature (Stripe Entitlements) on a price's Product: attach or detach it, as the Dashboard does."""
+    """The Features (Stripe Entitlements) on Products: attach or detach them as the Dashboard does."""
 
     def get(self):
         sim = store.read(self.project)
@@ -286,15 +242,31 @@ class FeaturesHandler(SandboxApiHandler):
             }
         )
 
+
+class FeatureActionHandler(SandboxApiHandler):
+    """Attach a Feature to a Product, or detach it."""
+
     async def post(self, action):
-        data = self.json_body()
-        key, target = data.get("lookup_key"), data.get("price") or data.get("product")
-        if not isinstance(key, str) or not re.fullmatch(r"[^\x00-\x1f\x7f/]{1,80}", key):
-            raise ApiError(400, "invalid_field", "lookup_key must be 1-80 characters.", "lookup_key")
-        if not isinstance(target, str) or not re.fullmatch(r"(price|prod)_[A-Za-z0-9_]{1,200}", target):
-            raise ApiError(400, "invalid_field", "Give price (price_…) or product (prod_…).", "price")
+        data = self.body({"lookup_key", "price", "product", "name"})
+        for name in ("lookup_key", "price"):
+            if name not in data and (name != "price" or "product" not in data):
+                raise ApiError(
+                    422, "missing_field", f"{name} is required" + (" (or product)" * (name == "price")), field=name
+                )
+        if "price" in data and "product" in data:
+            raise invalid("product", "Give price or product, not both.")
+        key = text(data, "lookup_key", LOOKUP_KEY, "lookup_key must be 1-80 characters, no control characters or /.")
+        if "price" in data:
+            target = text(data, "price", PRICE_ID, "price must be a price id (price_…).")
+        else:
+            target = text(
+                data, "product", re.compile(r"prod_[A-Za-z0-9_]{1,200}"), "product must be a product id (prod_…)."
+            )
+        name = None
+        if data.get("name") is not None:
+            name = text(data, "name", NAME, "name must be 1-80 characters, no control characters.")
         if action == "attach":
-            self.reply(await self.act(lambda sim: sim.attach_feature(target, key, data.get("name") or None)))
+            self.reply(await self.act(lambda sim: sim.attach_feature(target, key, name)))
         else:
             self.reply(await self.act(lambda sim: sim.detach_feature(target, key)))
 
@@ -310,6 +282,5 @@ default_handlers = [
     (r"/sandbox/api/customers/" + SID + r"/card", CardHandler),
     (r"/sandbox/api/prices", PriceHandler),
     (r"/sandbox/api/features", FeaturesHandler),
-    (r"/sandbox/api/features/(attach|detach)", FeaturesHandler),
-    (r"/sandbox/([A-Za-z0-9_-]{1,40})/v1/(.*)", StripeApiHandler),
+    (r"/sandbox/api/features/(attach|detach)", FeatureActionHandler),
 ]

@@ -20,6 +20,15 @@ IDEMPOTENCY_MAX = 500  # remembered idempotency keys (Stripe keeps them 24 hours
 LIVE_STATUSES = ("trialing", "active", "past_due", "unpaid", "paused", "incomplete")
 
 
+def not_open(session):
+    """Paying a session that is no longer open: Stripe's refusal, a state conflict for the sandbox API."""
+    return invalid(
+        f"This Checkout Session is {session['status']}.",
+        code="checkout_session_not_open",
+        conflict="checkout_session_not_open",
+    )
+
+
 class Simulator(Subscriptions, Invoices, Entitlements):
     """One Stripe account: tables of objects by id, plus the clock offset, settings and pending events."""
 
@@ -154,9 +163,9 @@ class Simulator(Subscriptions, Invoices, Entitlements):
         """The customer paid: create the subscription from the session (metadata from subscription_data).
 
         Like Stripe, only an open session can be paid: an expired or completed one raises StripeError."""
-        session = self.sessions[session_id]
+        session = self._get(self.sessions, "checkout.session", session_id)
         if session["status"] != "open":
-            raise invalid(f"This Checkout Session is {session['status']}.", code="checkout_session_not_open")
+            raise not_open(session)
         data = session["_subscription_data"]
         if interval:
             line = (session["_line_items"] or [{}])[0]
@@ -243,7 +252,7 @@ class Simulator(Subscriptions, Invoices, Entitlements):
         return obj
 
     def _missing(self, kind, obj_id, param="id"):
-        raise StripeError(404, objects.error_body(f"No such {kind}: '{obj_id}'", code="resource_missing", param=param))
+        raise objects.missing(kind, obj_id, param)
 
     def _get(self, table, kind, obj_id, param="id"):
         if obj_id not in table:
@@ -325,6 +334,7 @@ class Simulator(Subscriptions, Invoices, Entitlements):
                     f'Only Checkout Sessions with a status in ["open"] can be expired. This Checkout '
                     f'Session has a status of "{session["status"]}".',
                     code="checkout_session_not_open",
+                    conflict="checkout_session_not_open",
                 )
             session.update(status="expired", url=None)
             self.emit("checkout.session.expired", objects.public(session))

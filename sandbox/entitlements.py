@@ -9,7 +9,7 @@ Features and their attachments are part of the account's state, kept like the re
 import hashlib
 
 from sandbox import objects
-from sandbox.objects import StripeError, invalid
+from sandbox.objects import invalid
 
 EVENT = "entitlements.active_entitlement_summary.updated"
 ENTITLED = ("active", "trialing", "past_due")
@@ -73,9 +73,7 @@ class Entitlements:
             in_use = [item.get("price") or {} for sub in self.subscriptions.values() for item in sub["items"]["data"]]
             price = next((p for p in [*self.prices.values(), *in_use] if p.get("product") == product_id), None)
             if price is None:
-                raise StripeError(
-                    404, objects.error_body(f"No such product: '{product_id}'", code="resource_missing", param=param)
-                )
+                raise objects.missing("product", product_id, param)
             with self.clock():
                 self.products[product_id] = product(product_id, price.get("lookup_key") or price["id"])
         return self.products[product_id]

@@ -5,7 +5,7 @@ actions, and time passing (Stripe's test clocks). Each queues the events Stripe 
 import time
 
 from sandbox import invoices, objects
-from sandbox.core import invalid
+from sandbox.core import invalid, not_open
 
 # Stripe's test cards: https://docs.stripe.com/testing
 CARDS = {
@@ -43,7 +43,7 @@ def pay_checkout(sim, session_id, card="4242424242424242"):
     invoice is paid, and Stripe's events follow. Raises Declined for a declined card."""
     session = sim._get(sim.sessions, "checkout.session", session_id)
     if session["status"] != "open":
-        raise invalid(f"This Checkout Session is {session['status']}.")
+        raise not_open(session)
     outcome = CARDS.get(card.replace(" ", ""), "declined")
     if outcome == "declined":
         raise Declined("Your card was declined.")
@@ -96,21 +96,39 @@ def pause_collection(sim, sub_id, paused=True):
     return sim.update_subscription(sub_id, {"pause_collection": {"behavior": "void"} if paused else ""})
 
 
+PORTAL_ACTIONS = {
+    "cancel": cancel_at_period_end,
+    "resume": resume,
+    "pause_collection": pause_collection,
+    "unpause_collection": lambda sim, sub_id: pause_collection(sim, sub_id, paused=False),
+    "cancel_now": lambda sim, sub_id: sim.cancel_now(sub_id),
+}
+
+
 # ---------------------------------------------------------------- the clock
 
 
 def _due(sub):
-    """(when, what) of the subscription's next scheduled change, or None."""
+    """(when, what) of the subscription's next scheduled change, or None.
+
+    Every live state has its own next step (trial end, a retry, a renewal); a scheduled cancel due no later
+    wins over it, as at Stripe: a trial set to cancel at its end ends without an invoice, and a past_due,
+    unpaid or paused subscription still cancels when it was told to."""
     item = sub["items"]["data"][0]
-    if sub["status"] == "trialing" and sub["trial_end"]:
-        return sub["trial_end"], "trial_end"
-    if sub["status"] == "past_due" and sub.get("_retry_at"):
-        return sub["_retry_at"], "retry"
-    if sub["status"] == "active":
-        if sub["cancel_at"] and (sub["cancel_at_period_end"] or sub["cancel_at"] <= item["current_period_end"]):
-            return sub["cancel_at"], "cancel"
-        return item["current_period_end"], "renew"
-    return None
+    status = sub["status"]
+    steps = []
+    if sub["cancel_at"] and status in ("trialing", "active", "past_due", "unpaid", "paused"):
+        steps.append((sub["cancel_at"], 0, "cancel"))
+    if status == "trialing" and sub["trial_end"]:
+        steps.append((sub["trial_end"], 1, "trial_end"))
+    if status == "past_due" and sub.get("_retry_at"):
+        steps.append((sub["_retry_at"], 1, "retry"))
+    if status == "active":
+        steps.append((item["current_period_end"], 1, "renew"))
+    if not steps:
+        return None
+    when, _, what = min(steps)
+    return when, what
 
 
 def _renew(sim, sub_id):

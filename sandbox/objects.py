@@ -49,7 +49,7 @@ def _listify(node):
     if not isinstance(node, dict):
         return node
     node = {key: _listify(value) for key, value in node.items()}
-    if node and all(key.isdigit() for key in node):
+    if node and all(key.isascii() and key.isdigit() for key in node):  # "²".isdigit(), but int("²") fails
         return [node[key] for key in sorted(node, key=int)]
     return node
 
@@ -66,16 +66,27 @@ def merge_metadata(current, update):
 
 
 class StripeError(Exception):
-    """An API error as Stripe answers it: HTTP status and the `{"error": {...}}` body."""
+    """An API error as Stripe answers it: HTTP status and the `{"error": {...}}` body.
 
-    def __init__(self, status, body, headers=None):
+    `conflict`: for a refusal because of an object's state (a complete session, a canceled subscription),
+    the stable code the sandbox API answers with 409; Stripe's own answer stays its 400."""
+
+    def __init__(self, status, body, headers=None, conflict=None):
         super().__init__(body["error"]["message"])
-        self.status, self.body, self.headers = status, body, headers or {}
+        self.status, self.body, self.headers, self.conflict = status, body, headers or {}, conflict
 
 
-def invalid(message, param=None, code=None):
+def invalid(message, param=None, code=None, conflict=None):
     """Stripe's 400 invalid_request_error (code resource_missing for an unknown id in a parameter)."""
-    return StripeError(400, error_body(message, code=code, param=param))
+    return StripeError(400, error_body(message, code=code, param=param), conflict=conflict)
+
+
+def missing(kind, obj_id, param="id"):
+    """Stripe's resource_missing: 404 for the object in the URL (`param` "id"), 400 for one named in a parameter."""
+    return StripeError(
+        404 if param == "id" else 400,
+        error_body(f"No such {kind}: '{obj_id}'", code="resource_missing", param=param),
+    )
 
 
 def unrecognized(method, parts):

@@ -159,9 +159,7 @@ class PortalPage(PageHandler):
             price = self.get_body_argument("price", "")
             change = lambda sim: lifecycle.switch_price(sim, sub_id, price)  # noqa: E731
         elif action in ("cancel", "resume", "pause_collection", "unpause_collection"):
-            from sandbox.api import PORTAL_ACTIONS
-
-            change = lambda sim: PORTAL_ACTIONS[action](sim, sub_id)  # noqa: E731
+            change = lambda sim: lifecycle.PORTAL_ACTIONS[action](sim, sub_id)  # noqa: E731
         else:
             return self.show(portal_id, 400, "Unknown action.")
         try:

@@ -118,9 +118,12 @@ class Subscriptions:
 
     def update_subscription(self, sub_id, params):
         """POST /v1/subscriptions/:id, with customer.subscription.updated (and invoice.* when invoicing now)."""
-        sub = self.subscriptions[sub_id]
+        sub = self._get(self.subscriptions, "subscription", sub_id)
         if sub["status"] in ENDED and set(params) - {"metadata", "cancellation_details"}:
-            raise invalid("A canceled subscription can only update its cancellation_details and metadata.")
+            raise invalid(
+                "A canceled subscription can only update its cancellation_details and metadata.",
+                conflict="subscription_ended",
+            )
         behavior = params.get("proration_behavior", "create_prorations")
         if behavior not in PRORATIONS:
             raise invalid(f"Invalid proration_behavior: must be one of {', '.join(PRORATIONS)}", "proration_behavior")
@@ -169,11 +172,12 @@ class Subscriptions:
 
     def cancel_now(self, sub_id):
         """DELETE /v1/subscriptions/:id: ends it at once (customer.subscription.deleted)."""
-        sub = self.subscriptions[sub_id]
+        sub = self._get(self.subscriptions, "subscription", sub_id)
         if sub["status"] in ENDED:
             raise invalid(
                 f"A canceled subscription can only update its cancellation_details and metadata. "
-                f"No such subscription: '{sub_id}' is already canceled."
+                f"No such subscription: '{sub_id}' is already canceled.",
+                conflict="subscription_ended",
             )
         before = self.subscription(sub_id)
         sub.pop("_pending", None)  # Stripe drops pending prorations unless invoice_now
@@ -211,6 +215,6 @@ class Subscriptions:
             return self.update_subscription(sub_id, params)
         if len(parts) == 3 and parts[2] == "resume" and method == "POST":
             if sub["status"] != "paused":
-                raise invalid("Only subscriptions with status `paused` can be resumed.")
+                raise invalid("Only subscriptions with status `paused` can be resumed.", conflict="not_paused")
             return self.resume_paused(sub_id)
         raise objects.unrecognized(method, parts)

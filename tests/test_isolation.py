@@ -14,6 +14,7 @@ from pulse import db, plans
 from pulse.models import ApiKey, Customer, WebhookEvent
 from sandbox import api as sandbox_api
 from sandbox import pages as sandbox_pages
+from sandbox import stripe_api as sandbox_stripe_api
 from tests.billing_support import checkout_body
 from tests.console_support import PASSWORD, Console, seed
 from tests.stripe_events import sign
@@ -59,7 +60,7 @@ OTHER = {"/api/webhook/([A-Za-z0-9_-]{1,40})/?", r"/api/openapi\.json"}
 # The simulator of sandbox projects: its Stripe API by the project's simulator key, its pages by session id,
 # its sandbox API by a sandbox project's key; isolation tested in tests/test_sandbox.py
 # (test_live_keys_never_reach_the_simulator_and_sandboxes_never_mix).
-SANDBOX = {rule[0] for module in (sandbox_api, sandbox_pages) for rule in module.default_handlers}
+SANDBOX = {rule[0] for module in (sandbox_api, sandbox_stripe_api, sandbox_pages) for rule in module.default_handlers}
 
 
 @pytest.fixture

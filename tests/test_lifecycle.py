@@ -286,3 +286,24 @@ async def test_entitlements_event_before_the_checkout_event_is_kept(fake_stripe,
     assert body_of(await call("GET", "/api/entitlements/api_access?external_user_id=user-2"))["has_access"] is True
     assert body_of(await deliver(event("checkout.session.completed", session)))["outcome"] == "processed"
     assert (await read(hooked, "user-2"))["features"] == ["api_access"]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_every_lifecycle_answer_is_the_stored_state_after_the_call_features_included(
+    call, fake_stripe, subscribed, read, hooked
+):
+    """The answer of change was built before its own entitlements refresh: its features were the old plan's."""
+    fake_stripe.add_price("price_team", "month", 5000)
+    fake_stripe.attach_feature("price_team", "admin_panel")
+    steps = [
+        ("/api/subscription/change", {"stripe_price_id": "price_team"}, ["admin_panel"]),
+        ("/api/subscription/cancel", {"at_period_end": True}, ["admin_panel"]),
+        ("/api/subscription/resume", {}, ["admin_panel"]),
+        ("/api/subscription/cancel", {"at_period_end": False}, []),  # ended now: Stripe lists no entitlement
+    ]
+    for path, body, features in steps:
+        resp = await call("POST", path, {"external_user_id": "user-1", **body})
+        assert resp.code == 200, resp.body
+        answer = body_of(resp)
+        assert answer["features"] == features, (path, answer)
+        assert answer == await read(hooked, "user-1"), path

@@ -223,7 +223,8 @@ def test_cli_keeps_sandbox_and_live_credentials_apart(db_url):
     )
     assert done.returncode == 2 and "sandbox" in done.stderr
     sandbox = server.cli("create-project", "Demo", "--sandbox")
-    assert sandbox["admin_email"] == "admin@sandbox.test" and sandbox["api_key"].startswith("pp_test_")
+    assert sandbox["admin_email"] == f"admin+{sandbox['project_id'].lower()}@sandbox.test"
+    assert sandbox["api_key"].startswith("pp_test_")
     done = run_cli(server, "set-stripe", sandbox["project_id"], "--secret-key", "sk_live_" + "1" * 24)
     assert done.returncode == 2 and "simulator" in done.stderr
     live = server.cli("create-project", "Live", "--admin-email", "a@live.test")
@@ -284,11 +285,19 @@ def test_routing_rules_are_structural(in_process):
 
 
 def test_create_project_sandbox_json(db_url):
-    """`create-project --sandbox --json` prints one JSON object (the README's quick start pipes it)."""
+    """`create-project --sandbox --json` prints one JSON object (the README's quick start pipes it). Run twice
+    (`make demo` twice), each project has its own new admin account and prints its password: sandboxes
+    handed to different developers never share a login."""
     server = LiveServer(db_url)
-    done = run_cli(server, "create-project", "Demo", "--sandbox", "--json")
-    assert done.returncode == 0
-    assert set(json.loads(done.stdout)) >= {"project_id", "api_key", "admin_email", "admin_password", "sandbox"}
+    created = []
+    for _ in range(2):
+        done = run_cli(server, "create-project", "Demo", "--sandbox", "--json")
+        assert done.returncode == 0, done.stderr
+        created.append(json.loads(done.stdout))
+        assert set(created[-1]) >= {"project_id", "api_key", "admin_email", "admin_password", "sandbox"}
+    assert created[0]["admin_email"] != created[1]["admin_email"]
+    done = run_cli(server, "create-project", "Demo", "--sandbox")
+    assert done.returncode == 0 and "admin password: " in done.stdout and "sign in as admin+proj_" in done.stdout
 
 
 def test_real_stripes_deployment_endpoint_never_routes_to_a_sandbox_project(in_process):

@@ -108,5 +108,13 @@ def test_sandbox_billing_flow_in_a_real_browser(db_url):
                 # Every console page of the project says Sandbox.
                 page.goto(f"{base}/console/p/{project_id}/")
                 expect(page.locator(".badge-sandbox")).to_be_visible()
+
+                # SPEC 5 on a phone (QA #8): the clock page, with its subscription, and the hosted pages fit 390 px.
+                page.set_viewport_size({"width": 390, "height": 844})
+                for url in (session["url"], portal["url"], f"{base}/console/p/{project_id}/sandbox"):
+                    page.goto(url)
+                    width = page.evaluate("document.documentElement.scrollWidth")
+                    assert width <= 390, (url, width)
+                expect(page.locator("tr[data-id] .status").first).to_have_text("unpaid")  # the row is on the page
             finally:
                 browser.close()

@@ -49,7 +49,8 @@ def test_cancel_resume_change_preview_invoices_and_features_on_a_sandbox_project
         for price, amount in (("price_pro_monthly", 2000), ("price_team_monthly", 5000)):
             status, body = tenant.api("POST", "/sandbox/api/prices", {"id": price, "unit_amount": amount})
             assert status == 200 and body["result"]["unit_amount"] == amount, body
-        assert tenant.api("POST", "/sandbox/api/prices", {"id": "price_pro_monthly", "unit_amount": 1})[0] == 400
+        status, body = tenant.api("POST", "/sandbox/api/prices", {"id": "price_pro_monthly", "unit_amount": 1})
+        assert (status, body["error"]["code"]) == (409, "price_exists")  # prices are immutable
         for price, key in (("price_pro_monthly", "api_access"), ("price_team_monthly", "api_access")):
             status, body = tenant.api("POST", "/sandbox/api/features/attach", {"price": price, "lookup_key": key})
             assert status == 200 and body["result"]["object"] == "product_feature" and body["events"] == [], body
@@ -187,14 +188,15 @@ def test_renewals_on_the_clock_are_invoices_with_pending_prorations_and_features
 def test_the_feature_api_answers_only_sandbox_keys_and_checks_its_fields(db_url):
     with LiveServer(db_url) as server:
         tenant = sandbox_project(server)
-        for body in (
-            {"price": "price_pro_monthly"},
-            {"lookup_key": "api_access"},
-            {"lookup_key": "a/b", "price": "price_pro_monthly"},
-            {"lookup_key": "api_access", "price": "cus_123"},
+        for body, expected in (
+            ({"price": "price_pro_monthly"}, (422, "missing_field", "lookup_key")),
+            ({"lookup_key": "api_access"}, (422, "missing_field", "price")),
+            ({"lookup_key": "a/b", "price": "price_pro_monthly"}, (400, "invalid_field", "lookup_key")),
+            ({"lookup_key": "api_access", "price": "cus_123"}, (400, "invalid_field", "price")),
         ):
             status, answer = tenant.api("POST", "/sandbox/api/features/attach", body)
-            assert (status, answer["error"]["code"]) == (400, "invalid_field"), (body, answer)
+            error = answer["error"]
+            assert (status, error["code"], error["field"]) == expected, (body, answer)
         status, answer = tenant.api(
             "POST", "/sandbox/api/features/attach", {"product": "prod_unknown", "lookup_key": "api_access"}
         )
