@@ -190,7 +190,10 @@ def main(argv=None):
     stripe = harness.FakeStripeProcess(args.stripe_latency)
     stripe_url = stripe.url
     stripe.add_customers(scenarios.PREFIX, args.webhook_customers)
-    extra_env = {"PULSE_WEBHOOK_APPLY": args.webhook_apply, **dict(item.split("=", 1) for item in args.service_env)}
+    extra_env = {"PULSE_WEBHOOK_APPLY": args.webhook_apply}
+    if harness.SERVICE_CPUS:  # export children run where the worker does, off the serving core
+        extra_env["PULSE_EXPORT_CPUS"] = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    extra_env.update(item.split("=", 1) for item in args.service_env)
     results["service_env"] = extra_env
     backends, bare = [], None
     paths = {

@@ -60,10 +60,19 @@ def _detach(keep_fd):
             with contextlib.suppress(OSError):
                 if stat.S_ISSOCK(os.fstat(fd).st_mode):
                     os.close(fd)
+    _pin()
     handle = db.database.obj
     _inherited.append(handle._state)  # never used or closed here: it is the parent's
     handle._state = peewee._ConnectionLocal()
     handle._pulse_connect_failed_at = None
+
+
+def _pin():
+    """Move the child to PULSE_EXPORT_CPUS (a comma list), when set: off the cores that serve requests."""
+    cpus = os.environ.get("PULSE_EXPORT_CPUS", "").strip()
+    if cpus:
+        with contextlib.suppress(OSError, ValueError):
+            os.sched_setaffinity(0, {int(cpu) for cpu in cpus.split(",")})
 
 
 def _write(fd, project, fmt, bom):
