@@ -22,6 +22,7 @@ from pulse import db, export
 log = logging.getLogger("pulse.exportproc")
 
 DONE, UNAVAILABLE, FAILED = 0, 3, 1
+NICE = 10  # an export is batch work: it takes the CPU the request handlers leave
 # Excel reads a CSV without a byte order mark in the local code page: "Zoë" would show as "ZoÃ«".
 BOM = "\ufeff"
 # The parent's connections, kept referenced in the child so they are never closed (or reused) there.
@@ -68,7 +69,9 @@ def _detach(keep_fd):
 
 
 def _pin():
-    """Move the child to PULSE_EXPORT_CPUS (a comma list), when set: off the cores that serve requests."""
+    """Lower the child's priority (serving requests comes first), and move it to PULSE_EXPORT_CPUS when set."""
+    with contextlib.suppress(OSError):
+        os.nice(int(os.environ.get("PULSE_EXPORT_NICE", NICE)))
     cpus = os.environ.get("PULSE_EXPORT_CPUS", "").strip()
     if cpus:
         with contextlib.suppress(OSError, ValueError):
