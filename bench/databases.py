@@ -49,12 +49,17 @@ def sqlite_fresh():
 def seed_customers(database_url, project_public_id, count, prefix, with_subscription=True, batch=2000):
     """Insert `count` customers (each with an active subscription) straight into the database."""
     from pulse import db
-    from pulse.models import Customer, Project, Subscription
+    from pulse.models import Customer, Plan, PlanPrice, Project, Subscription
 
     db.bind(database_url)
     now = db.utcnow()
     with db.block() as conn:
         project = Project.get(Project.public_id == project_public_id)
+        if with_subscription:
+            # The catalog sells the seeded price, as a tenant's would: without it the first checkout
+            # learns the pair and re-resolves (and announces) every seeded subscription at once.
+            plan = Plan.create(project=project.id, plan_slug="pro")
+            PlanPrice.create(project=project.id, plan=plan, stripe_price_id="price_bench_pro")
         for start in range(0, count, batch):
             ids = range(start, min(start + batch, count))
             with conn.atomic():
