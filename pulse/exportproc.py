@@ -26,7 +26,7 @@ NICE = 10  # an export is batch work: it takes the CPU the request handlers leav
 # Excel reads a CSV without a byte order mark in the local code page: "Zoë" would show as "ZoÃ«".
 BOM = "\ufeff"
 # The parent's connections, kept referenced in the child so they are never closed (or reused) there.
-_inherited = []
+_inherited: list = []
 
 
 def start(project, fmt, bom=False):
