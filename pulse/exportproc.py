@@ -32,7 +32,12 @@ _inherited: list = []
 def start(project, fmt, bom=False):
     """Fork a child writing the export of `project` in `fmt`; returns (pid, fd of the pipe's read end)."""
     read_fd, write_fd = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(read_fd)
+        os.close(write_fd)
+        raise
     if pid == 0:  # pragma: no cover - the child; coverage is not collected there
         code = FAILED
         try:
