@@ -1,14 +1,17 @@
 """What handlers/ (the JSON API) and console/ share: client address, HTTPS, export streaming, db health."""
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
+import os
 import re
+import signal
 
 import tornado.web
-from tornado.iostream import StreamClosedError
+from tornado.iostream import PipeIOStream, StreamClosedError
 
-from pulse import export
+from pulse import export, exportproc
 from pulse.db import DatabaseUnavailable, block
 
 log = logging.getLogger("pulse.web")
@@ -158,39 +161,64 @@ def hsts_transform(config):
 
 # ---------------------------------------------------------------- export streaming
 
-# Excel reads a CSV without a byte order mark in the local code page: "Zoë" would show as "ZoÃ«".
-BOM = "\ufeff"
+# The most the serving loop takes from the export child's pipe at once (its buffer is 64 KiB).
+PIPE_READ = 65536
 
 
 async def stream(handler, project, fmt, bom=False):
-    """Send `project`'s export in `fmt` through `handler` page by page (the API's and the console's download);
-    with `bom`, a CSV starts with the UTF-8 byte order mark (for spreadsheets)."""
+    """Send `project`'s export in `fmt` through `handler` as a forked child writes it (the API's and the
+    console's download); with `bom`, a CSV starts with the UTF-8 byte order mark (for spreadsheets)."""
     handler.set_header("Content-Type", export.FORMATS[fmt])
     handler.set_header("Content-Disposition", f'attachment; filename="{export.filename(project, fmt)}"')
-    sent = False
+    pid, fd = exportproc.start(project, fmt, bom)
+    pipe = PipeIOStream(fd)
+    sent, code = False, None
     try:
-        for index, chunk in enumerate(export.chunks(project, fmt)):
-            if index == 0 and bom and fmt == "csv":
-                chunk = BOM + chunk
-            handler.write(chunk)
-            await handler.flush()  # one page at a time on the wire: memory stays at one page
+        while True:
+            try:
+                data = await pipe.read_bytes(PIPE_READ, partial=True)
+            except StreamClosedError:
+                break  # the child closed its end: it is exiting
+            handler.write(data)
+            await handler.flush()  # the child waits on the full pipe meanwhile: one read in memory here
             sent = True
-            # A flush the socket takes at once is an already-done future, and awaiting it does
-            # not yield: without this the whole export would run before any other request.
-            await asyncio.sleep(0)
+        code = await _exit_status(pid)
     except StreamClosedError:
-        return  # the client went away: stop reading pages
-    except DatabaseUnavailable:
-        if not sent:
-            raise
-        # Headers and part of the body are out: cut the connection so the client sees a truncated
-        # transfer instead of a well-formed but incomplete file.
-        log.warning(
-            "export interrupted: database unavailable", extra={"request_id": getattr(handler, "request_id", None)}
-        )
-        handler.request.connection.stream.close()
+        return  # the client went away: the child is stopped below
+    finally:
+        pipe.close()
+        if code is None:
+            _stop(pid)
+    if code == exportproc.DONE:
+        handler.finish()
         return
-    handler.finish()
+    if not sent:
+        if code == exportproc.UNAVAILABLE:
+            raise DatabaseUnavailable()
+        raise RuntimeError(f"export child ended with status {code}")
+    # Headers and part of the body are out: cut the connection so the client sees a truncated
+    # transfer instead of a well-formed but incomplete file.
+    log.warning("export interrupted (status %s)", code, extra={"request_id": getattr(handler, "request_id", None)})
+    handler.request.connection.stream.close()
+
+
+async def _exit_status(pid):
+    """The exit status of the export child, which has closed its pipe and is exiting."""
+    delay = 0.001
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _stop(pid):
+    """Kill and reap the export child (the client went away, or the request was cancelled)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)  # SIGKILL cannot be caught: this returns at once
 
 
 # ---------------------------------------------------------------- health

@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from bench import harness, report, scenarios
+from bench import databases, harness, load, report, scenarios
 
 log = logging.getLogger("bench")
 RESULTS = Path(__file__).resolve().parent / "results.json"
@@ -106,7 +106,7 @@ class Backend:
         )
         self.project_id, self.key = created["project_id"], created["api_key"]
         log.info("%s: seeding %d users", name, users)
-        harness.seed_customers(url, self.project_id, users, scenarios.PREFIX)
+        databases.seed_customers(url, self.project_id, users, scenarios.PREFIX)
         self.service, self.base = harness.start_service(self.env)
         self.worker = harness.start_worker(self.env) if self.env.get("PULSE_WEBHOOK_APPLY") == "worker" else None
         self.warm_up = harness.wait_warm(self.service)
@@ -150,7 +150,7 @@ def machine():
     except (OSError, StopIteration):
         pass
     wrk_version = "bench.loadgen (Python fallback: wrk missing)"
-    if harness.have_wrk():
+    if load.have_wrk():
         out = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
         wrk_version = (out.stdout + out.stderr).split("\n")[0].strip()
     return {
@@ -166,7 +166,7 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="bench: %(message)s")
     wanted = {int(s) for s in args.scenarios.split(",") if s.strip()}
-    if not harness.have_wrk():
+    if not load.have_wrk():
         log.warning(
             "wrk is not installed (Debian: apt-get install wrk): falling back to bench.loadgen, a Python "
             "load generator that saturates sooner; results.json records which one ran"
@@ -190,7 +190,10 @@ def main(argv=None):
     stripe = harness.FakeStripeProcess(args.stripe_latency)
     stripe_url = stripe.url
     stripe.add_customers(scenarios.PREFIX, args.webhook_customers)
-    extra_env = {"PULSE_WEBHOOK_APPLY": args.webhook_apply, **dict(item.split("=", 1) for item in args.service_env)}
+    extra_env = {"PULSE_WEBHOOK_APPLY": args.webhook_apply}
+    if harness.SERVICE_CPUS:  # export children run where the worker does, off the serving core
+        extra_env["PULSE_EXPORT_CPUS"] = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    extra_env.update(item.split("=", 1) for item in args.service_env)
     results["service_env"] = extra_env
     backends, bare = [], None
     paths = {
@@ -199,8 +202,8 @@ def main(argv=None):
     probe_paths = scenarios.workload_paths("zipf", scenarios.PREFIX, args.users, 50_000)
     try:
         if not args.no_sqlite:
-            backends.append(Backend("sqlite", *harness.sqlite_fresh(), stripe_url, args.users, extra_env))
-        mysql = None if args.no_mysql else harness.mysql_fresh(args.mysql_url)
+            backends.append(Backend("sqlite", *databases.sqlite_fresh(), stripe_url, args.users, extra_env))
+        mysql = None if args.no_mysql else databases.mysql_fresh(args.mysql_url)
         if mysql:
             backends.append(Backend("mysql", *mysql, stripe_url, args.users, extra_env))
         first = backends[0]
@@ -236,7 +239,7 @@ def main(argv=None):
                 )
             if 3 in wanted:
                 log.info("scenario 3 (%s): exporting %d customers", backend.name, args.users)
-                rows = harness.customer_count(backend.url, backend.project_id)
+                rows = databases.customer_count(backend.url, backend.project_id)
                 out[f"3_export_{backend.name}"] = scenarios.export(
                     backend.base, backend.key, backend.key, backend.service.pid, rows, probe_paths, rate=args.probe_rate
                 )
@@ -262,7 +265,7 @@ def main(argv=None):
                     rate=args.probe_rate,
                 )
                 row.update(
-                    harness.applied(
+                    databases.applied(
                         backend.url, backend.project_id, row.pop("acknowledged"), len(bodies), row.pop("started")
                     )
                 )

@@ -11,7 +11,7 @@ import time
 
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
-from bench import harness
+from bench import harness, load
 
 log = logging.getLogger("bench")
 PREFIX = "bench-user-"
@@ -35,10 +35,10 @@ WORKLOADS = ("one", "zipf", "random")
 
 def workload_paths(kind, prefix, users, count=300_000):
     if kind == "one":
-        return harness.paths_file([7], prefix)
+        return load.paths_file([7], prefix)
     if kind == "zipf":
-        return harness.paths_file(harness.zipf_users(users, count), prefix)
-    return harness.paths_file(harness.random_users(users, count), prefix)
+        return load.paths_file(load.zipf_users(users, count), prefix)
+    return load.paths_file(load.random_users(users, count), prefix)
 
 
 def hot_path(targets, bare_base, paths, rounds=3, duration=5.0, connections=50):
@@ -55,10 +55,10 @@ def hot_path(targets, bare_base, paths, rounds=3, duration=5.0, connections=50):
     any_key = next(iter(targets.values()))[1]
 
     def measure(label, base, key, service, kind):
-        before = harness.cache_stats(service) if service else None
+        before = load.cache_stats(service) if service else None
         # Each run goes on where the last one of its workload stopped: a replayed sequence would
         # find the answers its previous run left in memory.
-        result = harness.wrk(
+        result = load.wrk(
             base + "/api/subscription",
             {"X-API-Key": key},
             duration,
@@ -68,7 +68,7 @@ def hot_path(targets, bare_base, paths, rounds=3, duration=5.0, connections=50):
         )
         offsets[label] = offsets.get(label, 0) + result["requests"]
         if service:
-            result["hit_rate"] = harness.hit_rate(before, harness.cache_stats(service))
+            result["hit_rate"] = load.hit_rate(before, load.cache_stats(service))
         if result["non_2xx"] or result["errors"]:
             log.warning("%s: %d non-2xx answers, %d socket errors", label, result["non_2xx"], result["errors"])
         return result
@@ -94,7 +94,7 @@ def hot_path(targets, bare_base, paths, rounds=3, duration=5.0, connections=50):
                     mine["p99_ms"],
                     mine.get("hit_rate"),
                 )
-    generator = "wrk -t1" if harness.have_wrk() else "bench.loadgen"
+    generator = "wrk -t1" if load.have_wrk() else "bench.loadgen"
     out = {
         "settings": f"{generator} -c{connections} -d{duration:g}s, {rounds} rounds of service/bare pairs, medians",
         "bare": _medians(runs["bare"]),
@@ -163,7 +163,7 @@ async def _checkout_batch(http, base, key, batch_no, count):
 def checkouts(base, key, probe_paths, count=100, probe_seconds=4.0, rate=200.0):
     """100 concurrent checkouts with Stripe at 300 ms; open-loop hot-path p99 idle vs during back-to-back batches."""
     headers = {"X-API-Key": key}
-    idle = harness.probe(base, probe_paths, headers, rate, 3.0)
+    idle = load.probe(base, probe_paths, headers, rate, 3.0)
 
     async def run():
         http = client()
@@ -171,7 +171,7 @@ def checkouts(base, key, probe_paths, count=100, probe_seconds=4.0, rate=200.0):
             # A production process is warm: stripe-python imports its services lazily on first use.
             await _checkout_batch(http, base, key, "warm", 1)
             first = await _checkout_batch(http, base, key, 0, count)  # alone: the wall-time figure
-            probe = harness.probe_start(base, probe_paths, headers, rate, probe_seconds)
+            probe = load.probe_start(base, probe_paths, headers, rate, probe_seconds)
             walls, batch_no = [], 1
             deadline = time.monotonic() + probe_seconds
             while time.monotonic() < deadline - 0.2:
@@ -180,7 +180,7 @@ def checkouts(base, key, probe_paths, count=100, probe_seconds=4.0, rate=200.0):
                 batch_no += 1
                 if any(code != 200 for code in codes):
                     log.warning("checkout batch %d: statuses %s", batch_no, sorted(set(codes)))
-            return first, walls, await asyncio.get_running_loop().run_in_executor(None, harness.probe_result, probe)
+            return first, walls, await asyncio.get_running_loop().run_in_executor(None, load.probe_result, probe)
         finally:
             http.close()
 
@@ -203,7 +203,7 @@ def checkouts(base, key, probe_paths, count=100, probe_seconds=4.0, rate=200.0):
 def export(base, export_key, hot_key, pid, rows_expected, probe_paths, rate=200.0):
     """Stream the CSV export of `rows_expected` customers; rows/s, RSS growth, open-loop hot-path p99 during it."""
     headers = {"X-API-Key": hot_key}
-    idle = harness.probe(base, probe_paths, headers, rate, 3.0)
+    idle = load.probe(base, probe_paths, headers, rate, 3.0)
     harness.reset_peak(pid)
     before = harness.memory_kb(pid)
     samples = [before["VmRSS"]]
@@ -215,7 +215,7 @@ def export(base, export_key, hot_key, pid, rows_expected, probe_paths, rate=200.
 
     async def run():
         http = client()
-        probe = harness.probe_start(base, probe_paths, headers, rate)
+        probe = load.probe_start(base, probe_paths, headers, rate)
 
         async def sample():
             while True:
@@ -238,7 +238,7 @@ def export(base, export_key, hot_key, pid, rows_expected, probe_paths, rate=200.
         finally:
             sampler.cancel()
             http.close()
-        during = await asyncio.get_running_loop().run_in_executor(None, harness.probe_result, probe, True)
+        during = await asyncio.get_running_loop().run_in_executor(None, load.probe_result, probe, True)
         return response.code, elapsed, during
 
     code, elapsed, during = asyncio.run(run())
@@ -312,7 +312,7 @@ def webhooks(base, project_id, secret, bodies, probe_paths, hot_key, concurrency
     path = f"{base}/api/webhook/{project_id}"
     headers = {"X-API-Key": hot_key}
     begun = []
-    idle = harness.probe(base, probe_paths, headers, rate, 3.0)
+    idle = load.probe(base, probe_paths, headers, rate, 3.0)
 
     async def run():
         http = client()
@@ -338,7 +338,7 @@ def webhooks(base, project_id, secret, bodies, probe_paths, hot_key, concurrency
                     if b'"duplicate": true' in response.body.replace(b'":true', b'": true'):
                         duplicates += 1
 
-        probe = harness.probe_start(base, probe_paths, headers, rate)
+        probe = load.probe_start(base, probe_paths, headers, rate)
         started = time.monotonic()
         begun.append(started)
         try:
@@ -346,7 +346,7 @@ def webhooks(base, project_id, secret, bodies, probe_paths, hot_key, concurrency
         finally:
             http.close()
         elapsed = time.monotonic() - started
-        during = await asyncio.get_running_loop().run_in_executor(None, harness.probe_result, probe, True)
+        during = await asyncio.get_running_loop().run_in_executor(None, load.probe_result, probe, True)
         return elapsed, statuses, duplicates, acknowledged, during
 
     elapsed, statuses, duplicates, acknowledged, during = asyncio.run(run())

@@ -2,8 +2,6 @@
 
 from handlers.base import ApiError, ApiHandler
 from pulse import projects, webhooks
-from pulse.db import block
-from pulse.models import Project
 from web import client_ip
 
 
@@ -31,8 +29,7 @@ class _WebhookHandler(ApiHandler):
 
 class ProjectWebhookHandler(_WebhookHandler):
     async def post(self, project_id):
-        with block():
-            project = Project.get_or_none(Project.public_id == project_id)
+        project = projects.for_delivery(project_id)
         if project is None:
             raise ApiError(404, "not_found", "No such project.")
         self.project = project

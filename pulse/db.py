@@ -3,6 +3,7 @@
 import contextlib
 import logging
 import os
+import re
 import select
 import threading
 import time
@@ -100,19 +101,27 @@ def _create_private(url):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
+# Storing a webhook delivery in the inbox (and marking it) changes nothing any cache holds: during
+# a burst of deliveries it must not empty the API-key and hot-path caches on every insert.
+_INBOX_WRITE = re.compile(r"(INSERT INTO|UPDATE) [`\"]webhook_event[`\"] ", re.IGNORECASE)
+
+
 class WriteGeneration:
     """Mixin: a counter that moves on every write statement and commit made through this handle.
 
     In-process caches (API keys, the hot path) remember the generation they read at and drop an
     answer once it has moved, so nothing read before a change committed is served after it. The
     count moves before and after each write runs (a read that overlaps one cannot be stored) and
-    after each commit, in any thread of the process. Reads (SELECT) leave it alone.
+    after each commit, in any thread of the process. Reads (SELECT) leave it alone, and so do the
+    inbox's own writes and the commit of a transaction that made only those.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._write_generation = 0
         self._write_generation_lock = threading.Lock()
+        # Per thread: False while the open transaction has written only inbox rows (its commit is skipped).
+        self._cached_write = threading.local()
 
     def write_generation(self) -> int:
         """The current count; equal values mean no write or commit happened in between."""
@@ -123,8 +132,16 @@ class WriteGeneration:
             self._write_generation += 1
 
     def execute_sql(self, sql, params=None, *args, **kwargs):
-        if sql.lstrip()[:6].upper() == "SELECT":
+        head = sql.lstrip()[:40]
+        if head[:6].upper() == "SELECT":
             return super().execute_sql(sql, params, *args, **kwargs)
+        if head[:5].upper() == "BEGIN":  # SQLite's; a transaction changes nothing until its commit
+            self._cached_write.__dict__.pop("pending", None)
+            return super().execute_sql(sql, params, *args, **kwargs)
+        if _INBOX_WRITE.match(head):
+            self._cached_write.__dict__.setdefault("pending", False)
+            return super().execute_sql(sql, params, *args, **kwargs)
+        self._cached_write.pending = True
         self._wrote()
         try:
             return super().execute_sql(sql, params, *args, **kwargs)
@@ -135,7 +152,8 @@ class WriteGeneration:
         try:
             return super().commit(*args, **kwargs)
         finally:
-            self._wrote()
+            if self._cached_write.__dict__.pop("pending", True):
+                self._wrote()
 
 
 class PulseSqliteDatabase(WriteGeneration, peewee.SqliteDatabase):

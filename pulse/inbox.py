@@ -53,19 +53,19 @@ def due(limit, skip):
         .limit(limit + len(skip))
     )
     ids = [row_id for (row_id,) in query.tuples()]
-    _seen["id"] = max([_seen["id"], *ids])
+    if ids:
+        # Every stored event was received before now, so a re-read that starts after this query may
+        # serve all of them: during a burst the backlog's events about one object share one read.
+        newest = WebhookEvent.select(peewee.fn.MAX(WebhookEvent.id)).scalar() or 0
+        _seen["id"] = max([_seen["id"], newest, *ids])
     return [row_id for row_id in ids if row_id not in skip][:limit]
 
 
-async def apply_one(row_id, *, config, box):
-    """Apply inbox row `row_id` if it is still pending (or due for a retry); never raises."""
-    with block():
-        row = (
-            WebhookEvent.select(WebhookEvent, Project)
-            .join(Project, peewee.JOIN.LEFT_OUTER)
-            .where(WebhookEvent.id == row_id)
-            .first()
-        )  # the event and its project in one round trip
+async def apply_one(row_id, *, config, box, row=None):
+    """Apply inbox row `row_id` (`row`: it with its project, when already read) if still pending; never raises."""
+    if row is None:
+        with block():
+            row = rows([row_id]).get(row_id)
     if row is None or row.outcome not in (Outcome.RECEIVED, Outcome.FAILED):
         return
     project = row.project if row.project_id else None
@@ -77,32 +77,97 @@ async def apply_one(row_id, *, config, box):
     except Exception as exc:  # a Stripe outage: retried with backoff
         _failed(row_id, event, exc)
         return
+    done = asyncio.get_running_loop().create_future()
+    _ready.append((row_id, project, event, fetched, done))
+    if len(_ready) == 1:
+        # Every event whose re-read completes in this loop turn joins the same transaction.
+        asyncio.get_running_loop().call_soon(_commit_ready)
+    await done
+
+
+def rows(ids):
+    """Inbox rows `ids` with their projects, in one round trip: {id: row}. Call in a block."""
+    query = (
+        WebhookEvent.select(WebhookEvent, Project)
+        .join(Project, peewee.JOIN.LEFT_OUTER)
+        .where(WebhookEvent.id.in_(list(ids)))
+    )
+    return {row.id: row for row in query}
+
+
+# Events re-read and waiting to be applied: (row id, project, event, fetched, future).
+_ready: list = []
+BATCH = 64  # events applied in one transaction at most
+
+
+def _commit_ready():
+    """Apply the ready events (up to BATCH) in one transaction: one commit, one log flush for all of them."""
+    batch, _ready[:] = _ready[:BATCH], _ready[BATCH:]
+    if _ready:
+        asyncio.get_running_loop().call_soon(_commit_ready)
+    try:
+        _commit_batch(batch)
+    finally:
+        for *_, done in batch:
+            if not done.done():
+                done.set_result(None)
+
+
+def _commit_batch(batch):
+    """Apply `batch` in one transaction; each event in its own if that fails (a deadlock, a bad event)."""
+    try:
+        with block(), transaction():
+            results = _apply_batch(batch)
+    except Exception:  # nothing of the batch is kept: each event gets its own transaction and retries
+        for row_id, project, event, fetched, _ in batch:
+            _apply_alone(row_id, project, event, fetched)
+        return
+    for item, (outcome, reason) in zip(batch, results, strict=True):
+        if reason and outcome is not None:
+            log.info("webhook %s (%s) ignored: %s", item[2]["id"], item[2]["type"], reason)
+
+
+def _apply_batch(batch):
+    """Lock each inbox row of the batch, apply it if still pending, mark it; [(outcome, reason)]. In a transaction.
+
+    One row at a time, by primary key: MariaDB runs `id IN (...)` over a few dozen ids as a range
+    scan that also locks the gaps, and then deadlocks with the deliveries being stored meanwhile.
+    """
+    results, now = [], utcnow()
+    for row_id, project, event, fetched, _ in batch:
+        locked = locking(WebhookEvent.select(WebhookEvent.outcome).where(WebhookEvent.id == row_id)).first()
+        if locked is None or locked.outcome not in (Outcome.RECEIVED, Outcome.FAILED):
+            results.append((None, None))  # another worker (or a Stripe retry, inline) got there first
+            continue
+        outcome, reason = _outcome(project, event, fetched)
+        results.append((outcome, reason))
+        WebhookEvent.update(
+            outcome=outcome, processed_at=now, error=None, retry_at=None, reason=reason and reason[:255]
+        ).where(WebhookEvent.id == row_id).execute()
+    return results
+
+
+def _outcome(project, event, fetched):
+    return events.apply(project, event, fetched) if project is not None else (Outcome.IGNORED, webhooks.UNROUTED)
+
+
+def _apply_alone(row_id, project, event, fetched):
+    """Apply one re-read event in its own transaction, retrying deadlocks; a failure is recorded for a retry."""
     failure = None
     for _ in range(3):  # a deadlock between concurrent applies is retried, not failed
-        with block():
-            try:
-                with transaction():
-                    locked = locking(WebhookEvent.select().where(WebhookEvent.id == row_id)).first()
-                    if locked is None or locked.outcome not in (Outcome.RECEIVED, Outcome.FAILED):
-                        return  # another worker (or a Stripe retry, inline) got there first
-                    outcome, reason = (
-                        events.apply(project, event, fetched)
-                        if project is not None
-                        else (Outcome.IGNORED, webhooks.UNROUTED)
-                    )
-                    WebhookEvent.update(
-                        outcome=outcome,
-                        processed_at=utcnow(),
-                        error=None,
-                        retry_at=None,
-                        reason=reason and reason[:255],
-                    ).where(WebhookEvent.id == row_id).execute()
-            except Exception as exc:
-                failure = exc
-            else:
-                if reason:
-                    log.info("webhook %s (%s) ignored: %s", event["id"], event["type"], reason)
-                return
+        try:
+            with block():
+                try:
+                    with transaction():
+                        (outcome, reason), *_ = _apply_batch([(row_id, project, event, fetched, None)])
+                except Exception as exc:
+                    failure = exc
+                else:
+                    if reason and outcome is not None:
+                        log.info("webhook %s (%s) ignored: %s", event["id"], event["type"], reason)
+                    return
+        except DatabaseUnavailable:
+            return  # still pending: due() hands it out again once the database is back
         if not retryable(failure):
             break
     _failed(row_id, event, failure)
@@ -112,7 +177,7 @@ async def apply_one(row_id, *, config, box):
 # inbox id stored before the read started, the read). An event stored before a read started is
 # older than what that read returns, so the read serves it as its own would (newer-wins keeps).
 _reads: dict = {}
-_seen = {"id": 0}  # the highest inbox id due() has returned in this process
+_seen = {"id": 0}  # the highest inbox id stored when due() last looked
 READS_KEPT = 10_000
 
 
@@ -134,8 +199,8 @@ async def _fetch(row_id, project, event, config, box):
         return await events.fetch(event, project, config=config, box=box)
     shared = _reads.get(key)
     if shared is None or shared[0] < row_id or (shared[1].done() and shared[1].exception() is not None):
-        # Every id up to the highest one due() has returned was handed out (the event was received)
-        # before now, even if its row committed later.
+        # Every id up to the highest one due() has seen stored was handed out (the event was
+        # received) before now, even if its row committed later.
         newest = max(_seen["id"], row_id)
         if len(_reads) >= READS_KEPT:
             _reads.clear()
@@ -169,6 +234,7 @@ async def run(config, box, stop):
     """Apply due events until `stop` is set, CONCURRENCY at a time; then let the ones in flight finish."""
     inflight = {}
     _reads.clear()
+    _ready.clear()
     _seen["id"] = 0
     while not stop.is_set():
         free = CONCURRENCY - len(inflight)
@@ -180,8 +246,16 @@ async def run(config, box, stop):
             except DatabaseUnavailable:
                 await asyncio.sleep(1.0)
                 continue
+        found = {}
+        if ids:
+            try:
+                with block():
+                    found = rows(ids)
+            except DatabaseUnavailable:
+                await asyncio.sleep(1.0)
+                continue
         for row_id in ids:
-            task = asyncio.ensure_future(apply_one(row_id, config=config, box=box))
+            task = asyncio.ensure_future(apply_one(row_id, config=config, box=box, row=found.get(row_id)))
             inflight[row_id] = task
             task.add_done_callback(lambda _t, row_id=row_id: inflight.pop(row_id, None))
         if not ids:

@@ -2,13 +2,14 @@
 
 import json
 import re
+import time
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 from pulse import apikeys, emails, security
 from pulse.config import Config
-from pulse.db import database, utcnow
+from pulse.db import block, database, utcnow
 from pulse.models import AuditLog, Membership, Project, User
 from pulse.security import SecretBox
 
@@ -232,6 +233,30 @@ def set_stripe(
         apikeys.invalidate(project.id)  # cached key lookups carry the project row
         audit("settings.stripe_updated", project=project, actor=actor, user=user, ip=ip, **changed)
     return changed
+
+
+# Webhook deliveries name their project by public id. A burst is hundreds a second, each a round
+# trip on the serving loop: a lookup is reused for ROUTE_TTL while nothing was written through this
+# process (a change made here shows at once, one made elsewhere within the second).
+ROUTE_TTL = 1.0
+_routes: dict[tuple[int, str], tuple[float, int, Project]] = {}
+
+
+def for_delivery(public_id: str) -> Project | None:
+    """The project with `public_id` for a webhook delivery, or None; opens its own db block when it must read."""
+    db = database.obj
+    slot = (id(db), public_id)
+    hit, now = _routes.get(slot), time.monotonic()
+    if hit is not None and hit[0] > now and hit[1] == db.write_generation():
+        return hit[2]
+    with block():
+        generation = db.write_generation()
+        project = Project.get_or_none(Project.public_id == public_id)
+    if project is not None:
+        if len(_routes) >= 1000:
+            _routes.clear()
+        _routes[slot] = (now + ROUTE_TTL, generation, project)
+    return project
 
 
 def stripe_secret_key(project: Project, box: SecretBox, default: str | None = None) -> str | None:

@@ -141,7 +141,7 @@ async def test_csv_byte_order_mark_only_when_asked(api, project):
 
 @pytest.mark.slow
 @pytest.mark.gen_test(timeout=240)
-async def test_100k_customers_are_streamed_page_by_page(api, project, make_project, monkeypatch):
+async def test_100k_customers_are_streamed_page_by_page(api, project, make_project, monkeypatch, tmp_path):
     p = project.project
     created = datetime(2026, 1, 1)
     with db.block():
@@ -178,23 +178,26 @@ async def test_100k_customers_are_streamed_page_by_page(api, project, make_proje
     other = make_project(name="Other")
     add_customer(other.project, "user-intruder")
 
-    page_sizes = []
+    # Pages are read in the export's child process: it reports each page's size through a file.
+    sizes_file = tmp_path / "page-sizes"
     real_page = export.page
 
     def counting_page(*args, **kwargs):
         rows, last = real_page(*args, **kwargs)
-        page_sizes.append(len(rows))
+        with open(sizes_file, "a") as sizes:
+            sizes.write(f"{len(rows)}\n")
         return rows, last
 
     monkeypatch.setattr(export, "page", counting_page)
     received = []
     for fmt in ("csv", "json"):
-        page_sizes.clear()
+        sizes_file.write_text("")
         received.clear()
         response = await api(
             "GET", f"/api/customers/export?format={fmt}", streaming_callback=received.append, request_timeout=200
         )
         assert response.code == 200
+        page_sizes = [int(size) for size in sizes_file.read_text().split()]
         # Never more than one page of rows in hand, and the body left in many pieces.
         assert max(page_sizes) == export.PAGE_SIZE and len(page_sizes) == 100_000 // export.PAGE_SIZE + 1
         assert len(received) > 10  # the client got it in pieces (the network coalesces some pages)
@@ -245,3 +248,51 @@ async def test_database_outage_before_the_first_page_is_a_clean_503(api, monkeyp
     response = await api("GET", "/api/customers/export?format=csv")
     assert response.code == 503 and body_of(response)["error"]["code"] == "database_unavailable"
     assert "Content-Disposition" not in response.headers
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_client_going_away_stops_the_export_child(api, project, base_url, monkeypatch, tmp_path):
+    import asyncio
+    import os
+    import time
+
+    from pulse import exportproc
+
+    with db.block():
+        Customer.insert_many(
+            [{"project": project.project.id, "external_user_id": f"u{i}"} for i in range(export.PAGE_SIZE * 10)]
+        ).execute()
+    pages_file, real_page, pids = tmp_path / "pages", export.page, []
+
+    def slow_page(*args, **kwargs):  # runs in the child: ten pages take 2 s there
+        time.sleep(0.2)
+        with open(pages_file, "a") as pages:
+            pages.write("page\n")
+        return real_page(*args, **kwargs)
+
+    def recording_start(*args, **kwargs):
+        pid, fd = real_start(*args, **kwargs)
+        pids.append(pid)
+        return pid, fd
+
+    real_start = exportproc.start
+    monkeypatch.setattr(export, "page", slow_page)
+    monkeypatch.setattr(exportproc, "start", recording_start)
+    host, port = base_url.split("//")[1].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    key = project.api_key.api_key
+    writer.write(f"GET /api/customers/export?format=csv HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\n\r\n".encode())
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+    assert await reader.read(100)  # the first page is on its way
+    writer.close()
+    (pid,) = pids
+    for _ in range(150):
+        try:
+            os.kill(pid, 0)  # succeeds until the server has reaped the child
+        except ProcessLookupError:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        pytest.fail("the export child still runs after its client went away")
+    assert len(pages_file.read_text().split()) < 10  # stopped early, not run to the end
+    assert (await api("GET", "/api/health", key="")).code == 200

@@ -80,3 +80,33 @@ async def test_a_failed_event_waits_for_its_retry_time_and_a_stripe_retry_makes_
         row = WebhookEvent.get_by_id(row.id)
         assert (row.outcome, row.retry_at) == (Outcome.PROCESSED, None)
         assert Subscription.select().where(Subscription.stripe_subscription_id == sub["id"]).count() == 1
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_one_bad_event_in_a_batch_fails_alone_and_the_others_are_applied(
+    app, config, fake_stripe, hooked, monkeypatch
+):
+    from pulse import events
+
+    project = hooked.project
+    _, good = stripe_events.new_subscription(fake_stripe, "good", project_id=project.public_id)
+    _, bad = stripe_events.new_subscription(fake_stripe, "bad", project_id=project.public_id)
+    real = events.APPLY["customer.subscription.updated"]
+
+    def apply(project, event, fetched):
+        if fetched["subscription"]["id"] == bad["id"]:
+            raise RuntimeError("a bug in one event's apply")
+        return real(project, event, fetched)
+
+    monkeypatch.setitem(events.APPLY, "customer.subscription.updated", apply)
+    queued = [
+        stripe_events.event("customer.subscription.updated", fake_stripe.subscription(s["id"])) for s in (bad, good)
+    ]
+    for event in queued:
+        queue(project, event)
+    await drain(config, seconds=2.0)
+    with db.block():
+        rows = {row.stripe_event_id: row for row in WebhookEvent.select()}
+        assert rows[queued[0]["id"]].outcome == Outcome.FAILED and "RuntimeError" in rows[queued[0]["id"]].error
+        assert rows[queued[1]["id"]].outcome == Outcome.PROCESSED  # not rolled back with the bad one
+        assert Subscription.select().where(Subscription.stripe_subscription_id == good["id"]).count() == 1

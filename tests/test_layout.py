@@ -129,7 +129,7 @@ def test_route_modules_end_with_their_route_list_and_are_all_served():
 
 
 # Over the ceiling before it was checked here; each is to be split by idea, not by line count.
-LONG_FILES = {"bench/harness.py"}
+LONG_FILES: set[str] = set()
 
 
 def test_files_stay_under_the_400_line_ceiling():

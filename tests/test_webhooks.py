@@ -337,6 +337,25 @@ async def test_unknown_project_and_missing_secrets(fake_stripe, make_project, de
     assert resp.code == 503 and body_of(resp)["error"]["code"] == "webhook_not_configured"
 
 
+@pytest.mark.gen_test(timeout=30)
+async def test_a_new_signing_secret_counts_for_the_next_delivery_despite_the_project_cache(
+    fake_stripe, hooked, deliver, box
+):
+    from pulse import projects
+
+    unhandled = event("customer.created", customer_object("cus_rotated", "r@example.test"))
+    assert (await deliver(unhandled)).code == 200  # the project is now cached
+    new_secret = "whsec_rotated_" + "c" * 24
+    with db.block():
+        projects.set_stripe(hooked.project, box, webhook_secret=new_secret)
+    assert (
+        await deliver(event("customer.created", customer_object("cus_rotated", "r@example.test")))
+    ).code == 400  # the old one
+    assert (
+        await deliver(event("customer.created", customer_object("cus_rotated", "r@example.test")), secret=new_secret)
+    ).code == 200
+
+
 # ---------------------------------------------------------------- the deployment-wide endpoint
 
 

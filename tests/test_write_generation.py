@@ -5,7 +5,7 @@ from urllib.parse import quote
 import pytest
 
 from pulse import apikeys, db
-from pulse.models import ApiKey, Customer, Subscription
+from pulse.models import ApiKey, Customer, Subscription, WebhookEvent
 from pulse.status import map_status
 from tests.billing_support import add_customer, add_subscription
 from tests.support import body_of
@@ -44,3 +44,21 @@ def test_a_write_retires_a_cached_key_lookup(app, project):
         # A direct write, not apikeys.revoke (which clears the cache itself).
         ApiKey.update(revoked_at=db.utcnow()).execute()
         assert apikeys.authenticate(key) is None
+
+
+def test_storing_a_webhook_delivery_leaves_it_alone_and_a_mixed_transaction_moves_it(app, project):
+    from pulse import webhooks
+    from tests import stripe_events
+
+    event = stripe_events.event("customer.updated", {"id": "cus_gen", "object": "customer"})
+    with db.block() as handle:
+        before = handle.write_generation()
+    assert webhooks.enqueue(project.project, event, stripe_events.body_of_event(event))["queued"]
+    assert webhooks.enqueue(project.project, event, stripe_events.body_of_event(event))["duplicate"]
+    with db.block() as handle:
+        # A burst of deliveries must not retire every cached key and answer on each insert.
+        assert handle.write_generation() == before
+        with handle.atomic():
+            WebhookEvent.update(error="x").where(WebhookEvent.id == 0).execute()
+            Customer.update(email="y@example.test").where(Customer.id == 0).execute()
+        assert handle.write_generation() > before
