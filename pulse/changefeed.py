@@ -13,11 +13,15 @@ after a higher one has been read: an id skipped over is re-checked for GAP_WAIT 
 import time
 from datetime import timedelta
 
+import peewee
+
 from pulse.db import is_mysql, utcnow
 from pulse.models import ReadModelChange
 
 TABLE = ReadModelChange._meta.table_name
 PAGE = 2000
+# One feed row: (project_id, customer_id or None, external_user_id or None); both None names the whole project.
+Change = tuple[int, int | None, str | None]
 # How long a skipped id (a transaction still open, or rolled back) is looked for again. Longer than
 # any write transaction lasts: MySQL's lock wait timeout makes them short.
 GAP_WAIT = 30.0
@@ -54,11 +58,12 @@ _TRIGGERS = (
 )
 
 
-def trigger_names():
+def trigger_names() -> list[str]:
+    """The feed's trigger names (pulse_rm_<table>_<event>), in _TRIGGERS order."""
     return [f"pulse_rm_{table}_{event.lower()}" for table, event, _ in _TRIGGERS]
 
 
-def create_triggers(db):
+def create_triggers(db: peewee.Database) -> None:
     """(Re)create the feed's triggers on `db` (MySQL with binary logging needs log_bin_trust_function_creators)."""
     for name, (table, event, rows) in zip(trigger_names(), _TRIGGERS, strict=True):
         values = ", ".join(f"({', '.join(row)})" for row in rows)
@@ -71,14 +76,14 @@ def create_triggers(db):
 class Feed:
     """One process's position in the feed of one database."""
 
-    def __init__(self):
-        self.last = None  # highest id read; None until the first look
-        self.gaps = {}  # skipped id -> when first skipped
+    def __init__(self) -> None:
+        self.last: int | None = None  # highest id read; None until the first look
+        self.gaps: dict[int, float] = {}  # skipped id -> when first skipped
         self.step = 1
         self.looked_at = 0.0
         self.pruned_at = time.monotonic()
 
-    def changes(self, db):
+    def changes(self, db: peewee.Database) -> list[Change] | None:
         """The (project_id, customer_id, external_user_id) rows committed since the last call.
 
         Returns None when the caller must drop everything it holds (first look, or too long since
@@ -95,14 +100,15 @@ class Feed:
             self._prune(db)
         return None if stale else found
 
-    def _start(self, db):
+    def _start(self, db: peewee.Database) -> None:
         if is_mysql(db):
             self.step = int(db.execute_sql("SELECT @@auto_increment_increment").fetchone()[0] or 1)
         self.last = db.execute_sql(f"SELECT MAX(id) FROM {TABLE}").fetchone()[0] or 0
         self.gaps = {}
 
-    def _read(self, db, now):
-        found = []
+    def _read(self, db: peewee.Database, now: float) -> list[Change]:
+        assert self.last is not None  # changes() reads only once _start() has set a position
+        found: list[Change] = []
         param = db.param
         while True:
             gaps = sorted(self.gaps)[:500]
@@ -128,7 +134,7 @@ class Feed:
             self.last, self.gaps = None, {}
         return found
 
-    def _prune(self, db):
+    def _prune(self, db: peewee.Database) -> None:
         # Never the newest row: SQLite (and MySQL before 8) would hand its id out again.
         ReadModelChange.delete().where(
             (ReadModelChange.created_at < utcnow() - timedelta(seconds=KEEP)) & (ReadModelChange.id < (self.last or 0))

@@ -7,9 +7,9 @@ import re
 import select
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import peewee
 from playhouse.db_url import parse
@@ -60,11 +60,11 @@ def is_mysql(db: peewee.Database | None = None) -> bool:
     return isinstance(target, peewee.MySQLDatabase)
 
 
-def open_database(url):
+def open_database(url: str) -> "PulseSqliteDatabase | PulseMySQLDatabase":
     """Open (lazily) the database at `url` with the settings we rely on."""
     if url.startswith("sqlite"):
         _create_private(url)
-        db = PulseSqliteDatabase(
+        db: PulseSqliteDatabase | PulseMySQLDatabase = PulseSqliteDatabase(
             **parse(url),
             pragmas={
                 "journal_mode": "wal",
@@ -74,7 +74,7 @@ def open_database(url):
             },
         )
     else:
-        params = {
+        params: dict[str, Any] = {
             "charset": "utf8mb4",
             "connect_timeout": CONNECT_TIMEOUT,
             "read_timeout": QUERY_TIMEOUT,
@@ -88,7 +88,7 @@ def open_database(url):
     return db
 
 
-def _create_private(url):
+def _create_private(url: str) -> None:
     """Create a new SQLite file 0600: it holds emails, payloads and hashes (L9).
 
     SQLite gives the -wal and -shm files the mode of the database file, so they are 0600 too.
@@ -106,7 +106,14 @@ def _create_private(url):
 _INBOX_WRITE = re.compile(r"(INSERT INTO|UPDATE) [`\"]webhook_event[`\"] ", re.IGNORECASE)
 
 
-class WriteGeneration:
+if TYPE_CHECKING:
+    # So mypy sees the database methods this mixin extends (Any to it: Peewee is untyped).
+    from peewee import Database as _Database
+else:
+    _Database = object
+
+
+class WriteGeneration(_Database):
     """Mixin: a counter that moves on every write statement and commit made through this handle.
 
     In-process caches (API keys, the hot path) remember the generation they read at and drop an
@@ -116,7 +123,7 @@ class WriteGeneration:
     inbox's own writes and the commit of a transaction that made only those.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._write_generation = 0
         self._write_generation_lock = threading.Lock()
@@ -127,11 +134,12 @@ class WriteGeneration:
         """The current count; equal values mean no write or commit happened in between."""
         return self._write_generation
 
-    def _wrote(self):
+    def _wrote(self) -> None:
         with self._write_generation_lock:
             self._write_generation += 1
 
-    def execute_sql(self, sql, params=None, *args, **kwargs):
+    def execute_sql(self, sql: str, params: Sequence[Any] | None = None, *args: Any, **kwargs: Any) -> Any:
+        """Peewee's execute_sql (-> a DB-API cursor), moving the generation around each write that caches see."""
         head = sql.lstrip()[:40]
         if head[:6].upper() == "SELECT":
             return super().execute_sql(sql, params, *args, **kwargs)
@@ -148,7 +156,8 @@ class WriteGeneration:
         finally:
             self._wrote()
 
-    def commit(self, *args, **kwargs):
+    def commit(self, *args: Any, **kwargs: Any) -> Any:
+        """Peewee's commit, then the generation moves unless the transaction wrote only inbox rows."""
         try:
             return super().commit(*args, **kwargs)
         finally:
@@ -163,7 +172,7 @@ class PulseSqliteDatabase(WriteGeneration, peewee.SqliteDatabase):
 class PulseMySQLDatabase(WriteGeneration, peewee.MySQLDatabase):
     """MySQL with the write generation; its handshake is bounded by connect_timeout (PyMySQL waits read_timeout)."""
 
-    def _connect(self):
+    def _connect(self) -> Any:
         params = dict(self.connect_params, read_timeout=self.connect_params.get("connect_timeout", CONNECT_TIMEOUT))
         conn = peewee.mysql.connect(db=self.database, autocommit=True, **params)
         # From now on queries get the longer read timeout (PyMySQL applies it on the next read).
@@ -178,7 +187,7 @@ def bind(url: str) -> peewee.Database:
     return db
 
 
-def _is_connection_error(exc):
+def _is_connection_error(exc: BaseException) -> bool:
     if isinstance(exc, peewee.InterfaceError):
         return True
     code = _code(exc)
@@ -196,7 +205,7 @@ def _is_connection_error(exc):
     )
 
 
-def _peer_closed(db):
+def _peer_closed(db: peewee.Database) -> bool:
     """True when the server already closed our idle connection (EOF or an error packet is waiting)."""
     sock = getattr(db.connection(), "_sock", None)
     if sock is None:
@@ -208,7 +217,7 @@ def _peer_closed(db):
     return bool(readable)
 
 
-def _connect(db):
+def _connect(db: peewee.Database) -> None:
     # Kept on the database object: another database bound in the same process is not "down".
     failed_at = getattr(db, "_pulse_connect_failed_at", None)
     if failed_at is not None and time.monotonic() - failed_at < _RETRY_AFTER:
@@ -221,7 +230,7 @@ def _connect(db):
     db._pulse_connect_failed_at = None
 
 
-def _ensure_connected(db):
+def _ensure_connected(db: peewee.Database) -> None:
     if db.is_closed():
         _connect(db)
     elif is_mysql(db) and _peer_closed(db):
@@ -291,7 +300,7 @@ def locking(query: peewee.ModelSelect) -> peewee.ModelSelect:
     return query.for_update() if is_mysql() else query
 
 
-def _code(exc):
+def _code(exc: BaseException) -> int | None:
     return exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
 
 

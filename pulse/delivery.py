@@ -20,7 +20,9 @@ import random
 import secrets
 import socket
 import time
+from collections.abc import Collection
 from datetime import UTC, datetime
+from typing import Any, Self, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -28,10 +30,12 @@ import peewee as pw
 from standardwebhooks.webhooks import Webhook
 
 from pulse import __version__
+from pulse.config import Config
 from pulse.db import DatabaseUnavailable, block, transaction, utcnow
 from pulse.endpoints import address_refusal
 from pulse.models import WebhookDelivery, WebhookEndpoint, WebhookMessage
 from pulse.outbox import FAILED, PENDING, SUCCEEDED, WAKERS, now_ms
+from pulse.security import SecretBox
 
 log = logging.getLogger("pulse.delivery")
 
@@ -43,20 +47,23 @@ KEEP_DAYS = 30  # delivered (or given up) messages are kept this long for the co
 PURGE_EVERY_S = 3600
 STOP_GRACE_S = 5.0  # stop() waits at most this long for the loop and the cancelled sends to end
 USER_AGENT = f"PaymentPulse-Webhooks/{__version__}"
+Job = dict[str, Any]  # a claimed delivery: id, attempts, public_id, payload, created_ms, url, secret, endpoint_pk
 
 
-def backoff_ms(attempts, base_s):
+def backoff_ms(attempts: int, base_s: float) -> int:
     """Delay before the next attempt after `attempts` failures: base x 2^(n-1), capped at 6 h, +-10 % jitter."""
     delay = min(base_s * 2 ** max(attempts - 1, 0), MAX_BACKOFF_S)
     return int(delay * 1000 * random.uniform(0.9, 1.1))
 
 
-def lease_ms(config):
+def lease_ms(config: Config) -> int:
     """How long a claim holds: the whole attempt (DNS lookup included) is bounded by the timeout, plus a margin."""
     return int((config.webhook_timeout + 2) * 1000)
 
 
-def claim(owner, limit, config, exclude=(), busy=None):
+def claim(
+    owner: str, limit: int, config: Config, exclude: Collection[int] = (), busy: dict[int, int] | None = None
+) -> list[Job]:
     """Lease up to `limit` due deliveries for `owner` -> [(delivery id, message id, payload, url, secret token)].
 
     `busy` ({endpoint pk: sends in flight}, updated here) keeps each endpoint under MAX_IN_FLIGHT_PER_ENDPOINT.
@@ -87,7 +94,7 @@ def claim(owner, limit, config, exclude=(), busy=None):
         .order_by(WebhookDelivery.next_attempt_ms, WebhookDelivery.id)
         .limit(limit + len(exclude))
     )
-    claimed = []
+    claimed: list[Job] = []
     for row in list(due):
         endpoint = row.endpoint_id
         if row.id in exclude or len(claimed) >= limit or busy.get(endpoint, 0) >= MAX_IN_FLIGHT_PER_ENDPOINT:
@@ -132,7 +139,14 @@ def claim(owner, limit, config, exclude=(), busy=None):
     return claimed
 
 
-def record(job, owner, config, status_code=None, latency_ms=None, error=None):
+def record(
+    job: Job,
+    owner: str,
+    config: Config,
+    status_code: int | None = None,
+    latency_ms: int | None = None,
+    error: str | None = None,
+) -> str:
     """Store an attempt's result: succeeded on 2xx, else retry later or fail for good; endpoints may be disabled."""
     now = now_ms()
     delivery_id = job["id"]
@@ -178,7 +192,7 @@ def record(job, owner, config, status_code=None, latency_ms=None, error=None):
     return FAILED if expired else PENDING
 
 
-def purge(now=None):
+def purge(now: int | None = None) -> int:
     """Delete messages older than KEEP_DAYS whose deliveries are all finished (the console shows the rest)."""
     cutoff = (now or now_ms()) - KEEP_DAYS * 86400 * 1000
     open_ = WebhookDelivery.select(WebhookDelivery.id).where(
@@ -192,10 +206,12 @@ class Refused(Exception):
     """The target is not allowed (SSRF rule) or cannot be resolved."""
 
 
-async def resolve(url, config):
+async def resolve(url: str, config: Config) -> tuple[str, str, str]:
     """(URL with the host replaced by a checked IP, Host header, TLS server name); raises Refused."""
     parts = urlsplit(url)
     host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    if host is None:  # check_url stores none such; getaddrinfo(None) would answer with this machine's addresses
+        raise Refused("the URL has no host")
     try:
         ipaddress.ip_address(host)
         addresses = [host]
@@ -204,7 +220,7 @@ async def resolve(url, config):
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as exc:
             raise Refused(f"cannot resolve the host ({type(exc).__name__})") from None
-        addresses = [info[4][0] for info in infos]
+        addresses = [str(info[4][0]) for info in infos]  # always str for AF_INET/AF_INET6
     if not addresses:
         raise Refused("the host has no address")
     for address in addresses:  # every address is checked: DNS may answer differently next time
@@ -218,7 +234,7 @@ async def resolve(url, config):
     return pinned, host_header, host
 
 
-def signed_headers(msg_id, payload, secret):
+def signed_headers(msg_id: str, payload: str, secret: str) -> dict[str, str]:
     """The Standard Webhooks headers for one attempt (timestamp = now)."""
     now = datetime.now(UTC)
     return {
@@ -233,18 +249,19 @@ def signed_headers(msg_id, payload, secret):
 class Deliverer:
     """One process's delivery loop: `start()` on the running loop, `await stop()`."""
 
-    def __init__(self, config, box):
+    def __init__(self, config: Config, box: SecretBox) -> None:
         self.config, self.box = config, box
         self.owner = f"{socket.gethostname()[:20]}-{secrets.token_hex(6)}"
-        self.in_flight = {}  # delivery id -> task
-        self.endpoint_of = {}  # delivery id -> endpoint pk, of the sends in flight
+        self.in_flight: dict[int, asyncio.Task[None]] = {}  # delivery id -> task
+        self.endpoint_of: dict[int, int] = {}  # delivery id -> endpoint pk, of the sends in flight
         self._wake = asyncio.Event()
-        self._task = None
-        self._client = None
+        self._task: asyncio.Task[None] | None = None
+        self._client: httpx.AsyncClient | None = None
         self._db_down = False
         self._stopping = False
 
-    def start(self):
+    def start(self) -> Self:
+        """Open the HTTP client and start the loop on the running event loop; returns self."""
         loop = asyncio.get_running_loop()
         self._client = httpx.AsyncClient(
             follow_redirects=False, trust_env=False, timeout=httpx.Timeout(self.config.webhook_timeout)
@@ -254,13 +271,13 @@ class Deliverer:
         self._task = loop.create_task(self._run())
         return self
 
-    def _waker(self):
+    def _waker(self) -> None:
         try:
             self._loop.call_soon_threadsafe(self._wake.set)
         except RuntimeError:  # the loop is closed
             pass
 
-    async def stop(self):
+    async def stop(self) -> None:
         """End the loop and cancel the sends in flight (their leases are released); bounded by STOP_GRACE_S."""
         self._stopping = True  # the loop ends at its next turn even if a cancellation were lost
         if self._waker in WAKERS:
@@ -289,7 +306,7 @@ class Deliverer:
                 async with asyncio.timeout(STOP_GRACE_S):
                     await self._client.aclose()
 
-    async def _run(self):
+    async def _run(self) -> None:
         purged_at = 0.0
         while not self._stopping:
             try:
@@ -312,7 +329,7 @@ class Deliverer:
                 async with asyncio.timeout(self.config.webhook_poll):
                     await self._wake.wait()
 
-    def _claim_more(self):
+    def _claim_more(self) -> None:
         for _ in range(3):  # again once an endpoint filled its share: the rows after its own are due too
             room = MAX_IN_FLIGHT - len(self.in_flight)
             if room <= 0:
@@ -328,7 +345,7 @@ class Deliverer:
             if not jobs or sum(count >= MAX_IN_FLIGHT_PER_ENDPOINT for count in busy.values()) == full:
                 return
 
-    async def _deliver(self, job):
+    async def _deliver(self, job: Job) -> None:
         try:
             status_code, latency, error = await self.send(job)
             with block():
@@ -348,7 +365,7 @@ class Deliverer:
             self.endpoint_of.pop(job["id"], None)
             self._wake.set()  # the next message of this customer may be due now
 
-    async def send(self, job):
+    async def send(self, job: Job) -> tuple[int | None, int | None, str | None]:
         """One HTTP attempt -> (status code or None, latency ms, error text or None). Never raises for the network."""
         started = time.monotonic()
         try:
@@ -357,15 +374,15 @@ class Deliverer:
         except (TimeoutError, httpx.TimeoutException):
             return None, int((time.monotonic() - started) * 1000), "timed out"
 
-    async def _attempt(self, job, started):
+    async def _attempt(self, job: Job, started: float) -> tuple[int | None, int | None, str | None]:
         try:
             pinned, host_header, server_name = await resolve(job["url"], self.config)
-            secret = self.box.decrypt(job["secret"])
+            secret = cast(str, self.box.decrypt(job["secret"]))  # NOT NULL: the token of a whsec_ secret
             headers = signed_headers(job["public_id"], job["payload"], secret)
             headers["host"] = host_header
             extensions = {"sni_hostname": server_name} if pinned.startswith("https") else {}
-            # Streamed and closed unread: the endpoint's answer body is never downloaded.
-            async with self._client.stream(
+            # Streamed and closed unread: the endpoint's answer body is never downloaded. start() opened the client.
+            async with cast(httpx.AsyncClient, self._client).stream(
                 "POST", pinned, content=job["payload"].encode("utf-8"), headers=headers, extensions=extensions
             ) as response:
                 pass

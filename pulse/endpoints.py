@@ -5,13 +5,14 @@ import ipaddress
 import json
 import secrets
 import socket
+from typing import Any
 from urllib.parse import urlsplit
 
 from pulse.config import Config
 from pulse.db import isoformat, utcnow
-from pulse.models import WebhookDelivery, WebhookEndpoint
+from pulse.models import Project, WebhookDelivery, WebhookEndpoint
 from pulse.outbox import ALL_EVENTS, EVENT_TYPES, PENDING, now_ms, wake
-from pulse.security import public_id
+from pulse.security import SecretBox, public_id
 
 MAX_ENDPOINTS = 16
 # What an endpoint may subscribe to; webhook.test is sent to whichever endpoint asked for it.
@@ -21,12 +22,12 @@ SUBSCRIBABLE = tuple(event_type for event_type in EVENT_TYPES if event_type != "
 class EndpointError(ValueError):
     """A webhook endpoint request we refuse: `field` and a message (API: 400 invalid_field)."""
 
-    def __init__(self, field, message):
+    def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field, self.message = field, message
 
 
-def loopback_host(host):
+def loopback_host(host: str) -> bool:
     """Whether `host` names the loopback interface (localhost or a loopback literal)."""
     if host.lower() in ("localhost", "localhost.") or host.lower().endswith(".localhost"):
         return True
@@ -95,7 +96,7 @@ def _ip_literal(host: str) -> str:
         return host
 
 
-def check_url(url, config):
+def check_url(url: object, config: Config) -> str:
     """The endpoint URL if acceptable, else EndpointError: https (http only to loopback), no credentials."""
     if not isinstance(url, str) or not url or len(url) > 2048 or any(ch.isspace() or ord(ch) < 32 for ch in url):
         raise EndpointError("url", "url must be an absolute https URL of at most 2048 characters")
@@ -131,7 +132,7 @@ def check_description(value: object) -> str:
     return value
 
 
-def check_events(value):
+def check_events(value: object) -> list[str]:
     """enabled_events to store (None: all): a non-empty list of SUBSCRIBABLE types or "*"; else EndpointError."""
     if value is None:
         return [ALL_EVENTS]
@@ -144,17 +145,18 @@ def check_events(value):
     return [ALL_EVENTS] if ALL_EVENTS in value else sorted(set(value))
 
 
-def new_secret():
+def new_secret() -> str:
     """A Standard Webhooks secret: whsec_ and 32 random bytes in base64."""
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
 
 
-def events_of(endpoint):
+def events_of(endpoint: WebhookEndpoint) -> list[str]:
     """The endpoint's enabled_events as a list (["*"]: every type)."""
     return json.loads(endpoint.enabled_events)
 
 
-def endpoint_json(endpoint):
+def endpoint_json(endpoint: WebhookEndpoint) -> dict[str, Any]:
+    """The public JSON of an endpoint (no secret); created_at is ISO 8601 UTC with Z."""
     return {
         "id": endpoint.public_id,
         "url": endpoint.url,
@@ -166,7 +168,14 @@ def endpoint_json(endpoint):
     }
 
 
-def create_endpoint(project, url, box, config, description="", enabled_events=None):
+def create_endpoint(
+    project: Project,
+    url: object,
+    box: SecretBox,
+    config: Config,
+    description: str | None = "",
+    enabled_events: object = None,
+) -> tuple[WebhookEndpoint, str]:
     """A new endpoint -> (WebhookEndpoint, its whsec_ secret, shown this once). Raises EndpointError.
 
     `enabled_events`: the event types it receives (a list, see check_events); None means all.
@@ -188,12 +197,14 @@ def create_endpoint(project, url, box, config, description="", enabled_events=No
     return endpoint, secret
 
 
-def update_endpoint(endpoint, description=None, enabled_events=None):
+def update_endpoint(
+    endpoint: WebhookEndpoint, description: str | None = None, enabled_events: object = None
+) -> WebhookEndpoint:
     """Change what the endpoint receives and its description (None: unchanged); raises EndpointError.
 
     New filters apply to the changes announced from now on; messages already queued are sent.
     """
-    changes = {}
+    changes: dict[str, str] = {}
     if description is not None:
         check_description(description)
         changes["description"] = description
@@ -204,15 +215,17 @@ def update_endpoint(endpoint, description=None, enabled_events=None):
     return WebhookEndpoint.get_by_id(endpoint.id)
 
 
-def endpoints_of(project):
+def endpoints_of(project: Project) -> list[WebhookEndpoint]:
+    """The project's endpoints, oldest first. In a block."""
     return list(WebhookEndpoint.select().where(WebhookEndpoint.project == project).order_by(WebhookEndpoint.id))
 
 
-def get_endpoint(project, endpoint_id):
+def get_endpoint(project: Project, endpoint_id: str) -> WebhookEndpoint | None:
+    """The project's endpoint with public id `endpoint_id`, or None. In a block."""
     return WebhookEndpoint.get_or_none(WebhookEndpoint.project == project, WebhookEndpoint.public_id == endpoint_id)
 
 
-def delete_endpoint(project, endpoint_id):
+def delete_endpoint(project: Project, endpoint_id: str) -> bool:
     """Delete the endpoint and its deliveries; False when the project has no such endpoint."""
     return bool(
         WebhookEndpoint.delete()
@@ -221,7 +234,7 @@ def delete_endpoint(project, endpoint_id):
     )
 
 
-def enable_endpoint(endpoint):
+def enable_endpoint(endpoint: WebhookEndpoint) -> None:
     """Re-enable a disabled endpoint: its pending deliveries resume at once."""
     WebhookEndpoint.update(enabled=True, disabled_reason=None, failing_since=None, updated_at=utcnow()).where(
         WebhookEndpoint.id == endpoint.id

@@ -7,21 +7,25 @@ A change of features is a change of the public answer: pulse.outbox sends subscr
 """
 
 import json
+from collections.abc import Iterable
+from typing import Any
 
 import peewee as pw
+import stripe
 
 from pulse import billing, outbox
 from pulse.db import block, transaction, utcnow
-from pulse.models import Customer, CustomerFeature, CustomerState
+from pulse.models import Customer, CustomerFeature, CustomerState, Project
 from pulse.stripe_objects import plain
 
 EVENT = "entitlements.active_entitlement_summary.updated"
 MAX_PAGES = 20
 
 
-async def active_lookup_keys(client, stripe_customer_id):
+async def active_lookup_keys(client: stripe.StripeClient, stripe_customer_id: str) -> list[str]:
     """Stripe's active entitlements of a customer -> sorted lookup keys (every page). Raises StripeFailure."""
-    keys, params = set(), {"customer": stripe_customer_id, "limit": 100}
+    keys: set[str] = set()
+    params: dict[str, Any] = {"customer": stripe_customer_id, "limit": 100}
     for _ in range(MAX_PAGES):
         page = plain(await billing.call(client.v1.entitlements.active_entitlements.list_async, params))
         data = [item for item in page.get("data") or [] if isinstance(item, dict)]
@@ -32,7 +36,7 @@ async def active_lookup_keys(client, stripe_customer_id):
     return sorted(keys)
 
 
-def store(project, customer_id, lookup_keys, at_ms):
+def store(project: Project, customer_id: int, lookup_keys: Iterable[str], at_ms: int) -> bool:
     """Replace a customer's stored features unless newer ones are stored; True when stored. In a transaction."""
     state = outbox.state_row(project, customer_id)
     if state.features_at > at_ms:
@@ -55,7 +59,7 @@ def store(project, customer_id, lookup_keys, at_ms):
     return True
 
 
-async def refresh_customer(client, project, customer_id):
+async def refresh_customer(client: stripe.StripeClient, project: Project, customer_id: int) -> list[str] | None:
     """Re-read a customer's active entitlements from Stripe and store them (after a lifecycle change)."""
     from pulse import subscriptions as subs
 
@@ -74,7 +78,7 @@ async def refresh_customer(client, project, customer_id):
     return keys
 
 
-def features_of(customer_id):
+def features_of(customer_id: int) -> list[str]:
     """Stored lookup keys of a customer (sorted). In a block."""
     return [
         row.lookup_key
@@ -84,7 +88,7 @@ def features_of(customer_id):
     ]
 
 
-def has_feature(project_id, external_user_id, lookup_key):
+def has_feature(project_id: int, external_user_id: str, lookup_key: str) -> tuple[bool, bool]:
     """(customer found, has_access) from the database only: one indexed query. In a block."""
     row = (
         Customer.select(Customer.id, CustomerFeature.id.alias("feature_id"))

@@ -13,6 +13,9 @@ consumer may await between chunks and memory stays at one page whatever the tabl
 import csv
 import io
 import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import date
+from typing import Any
 
 from pulse import status
 from pulse.db import block, isoformat, utcnow
@@ -44,12 +47,14 @@ CSV_COLUMNS = (
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def filename(project, fmt, today=None):
+def filename(project: Project, fmt: str, today: date | None = None) -> str:
     """customers-<project public id>-<YYYY-MM-DD>.<fmt>"""
     return f"customers-{project.public_id}-{(today or utcnow().date()).isoformat()}.{fmt}"
 
 
-def page(project_id, after_id=0, size=PAGE_SIZE, policy=status.DEFAULT_POLICY):
+def page(
+    project_id: int, after_id: int = 0, size: int = PAGE_SIZE, policy: status.Policy = status.DEFAULT_POLICY
+) -> tuple[list[dict[str, Any]], int | None]:
     """One page of export rows for customers with id > after_id: (rows, last id or None). Call in a block."""
     customers = list(
         Customer.select(
@@ -62,7 +67,7 @@ def page(project_id, after_id=0, size=PAGE_SIZE, policy=status.DEFAULT_POLICY):
     )
     if not customers:
         return [], None
-    by_customer = {}
+    by_customer: dict[int, list[dict[str, Any]]] = {}
     columns = [getattr(Subscription, name) for name in status.PUBLIC_COLUMNS]
     subs = (
         Subscription.select(Subscription.id, Subscription.customer, Subscription.started_at, *columns)
@@ -71,7 +76,7 @@ def page(project_id, after_id=0, size=PAGE_SIZE, policy=status.DEFAULT_POLICY):
     )
     for sub in subs:
         by_customer.setdefault(sub["customer"], []).append(sub)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for customer in customers:
         subs = by_customer.get(customer["id"], [])
         sub = status.current(subs, policy)
@@ -88,22 +93,23 @@ def page(project_id, after_id=0, size=PAGE_SIZE, policy=status.DEFAULT_POLICY):
     return rows, customers[-1]["id"]
 
 
-def pages(project, size=PAGE_SIZE):
+def pages(project: Project, size: int = PAGE_SIZE) -> Iterator[list[dict[str, Any]]]:
     """Yield lists of export rows (dicts as in the JSON export), one short database block per page."""
     with block():
         policy = status.policy_of(Project.get_by_id(project.id))  # fresh, not the cached key's
     after_id = 0
     while True:
         with block():
-            rows, after_id = page(project.id, after_id, size, policy)
-        if not rows:
+            rows, last_id = page(project.id, after_id, size, policy)
+        if last_id is None:  # no customer after after_id (rows is empty)
             return
         yield rows
         if len(rows) < size:
             return
+        after_id = last_id
 
 
-def safe_cell(value):
+def safe_cell(value: object) -> str:
     """A CSV cell: '' for None, true/false, and text that a spreadsheet will not run as a formula."""
     if value is None:
         return ""
@@ -113,7 +119,7 @@ def safe_cell(value):
     return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
-def csv_line(row):
+def csv_line(row: Mapping[str, Any]) -> list[str]:
     """The CSV cells of one export row, in CSV_COLUMNS order."""
     sub = dict(row["subscription"] or {})
     pause = sub.pop("pause_collection", None) or {}
@@ -123,13 +129,13 @@ def csv_line(row):
     return [safe_cell(value) for value in values]
 
 
-def _csv_text(lines):
+def _csv_text(lines: Iterable[Sequence[object]]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\r\n").writerows(lines)
     return buffer.getvalue()
 
 
-def chunks(project, fmt, size=PAGE_SIZE):
+def chunks(project: Project, fmt: str, size: int = PAGE_SIZE) -> Iterator[str]:
     """Yield the export of `project` as text chunks (one per page) in `fmt` ("json" or "csv").
 
     Nothing is yielded before the first page is read, so a database outage is still a clean 503.

@@ -18,6 +18,7 @@ import stat
 import peewee
 
 from pulse import db, export
+from pulse.models import Project
 
 log = logging.getLogger("pulse.exportproc")
 
@@ -29,7 +30,7 @@ BOM = "\ufeff"
 _inherited: list = []
 
 
-def start(project, fmt, bom=False):
+def start(project: Project, fmt: str, bom: bool = False) -> tuple[int, int]:
     """Fork a child writing the export of `project` in `fmt`; returns (pid, fd of the pipe's read end)."""
     read_fd, write_fd = os.pipe()
     try:
@@ -50,7 +51,7 @@ def start(project, fmt, bom=False):
     return pid, read_fd
 
 
-def _detach(keep_fd):
+def _detach(keep_fd: int) -> None:
     """In the child: drop the parent's signal handling, sockets and database connection."""
     gc.disable()  # a collection would touch (and so copy) every page of the parent's heap
     with contextlib.suppress(ValueError):
@@ -73,7 +74,7 @@ def _detach(keep_fd):
     handle._pulse_connect_failed_at = None
 
 
-def _pin():
+def _pin() -> None:
     """Lower the child's priority (serving requests comes first), and move it to PULSE_EXPORT_CPUS when set."""
     with contextlib.suppress(OSError):
         os.nice(int(os.environ.get("PULSE_EXPORT_NICE", NICE)))
@@ -83,7 +84,7 @@ def _pin():
             os.sched_setaffinity(0, {int(cpu) for cpu in cpus.split(",")})
 
 
-def _write(fd, project, fmt, bom):
+def _write(fd: int, project: Project, fmt: str, bom: bool) -> int:
     """Write every chunk of the export to `fd`; the exit status for the parent."""
     try:
         with os.fdopen(fd, "wb") as out:

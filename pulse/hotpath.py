@@ -5,6 +5,7 @@ import json
 import logging
 import time
 import weakref
+from typing import Any
 
 import peewee as pw
 
@@ -19,6 +20,8 @@ _compiled: dict[type, tuple[str, list, int, int]] = {}
 log = logging.getLogger("pulse.hotpath")
 # Answers served from memory and read from the database since the process started (log_stats).
 STATS = {"hits": 0, "misses": 0, "reports": 0}
+# (customer found, the JSON body as bytes or None without a subscription): what answer() returns.
+Answer = tuple[bool, bytes | None]
 
 # The read model: answers stay in memory until the change feed (pulse.changefeed) names their user.
 # Another process's change shows once this process looks at the feed, at most POLL seconds after
@@ -28,7 +31,7 @@ POLL = 0.5
 CACHE_MAX = 200_000
 
 
-def _select():
+def _select() -> pw.ModelSelect:
     # One round trip: the customer, the project's access policy (fresh, never cached), its
     # subscriptions, and how many of the user's subscriptions grant access, as plain tuples.
     others = Subscription.alias("others")
@@ -57,7 +60,7 @@ def _select():
     )
 
 
-def _query(project_id, external_user_id):
+def _query(project_id: int, external_user_id: str) -> pw.ModelSelect:
     # The current subscription first (status.current_order).
     return (
         _select()
@@ -68,7 +71,7 @@ def _query(project_id, external_user_id):
     )
 
 
-def _compile(db):
+def _compile(db: pw.Database) -> tuple[str, list[Any], int, int]:
     """(sql, params, project slot, user slot) for this database; Peewee builds it once, not per request."""
     key = type(db)
     if key not in _compiled:
@@ -80,14 +83,14 @@ def _compile(db):
 class _State:
     """Per database handle: the answers, who they belong to, and the position in the change feed."""
 
-    def __init__(self):
-        self.answers = {}  # (project id, external user id) -> (customer found, JSON bytes or None)
-        self.customers = {}  # customer id -> its answer's key
+    def __init__(self) -> None:
+        self.answers: dict[tuple[int, str], Answer] = {}  # (project id, external user id) -> answer
+        self.customers: dict[int, tuple[int, str]] = {}  # customer id -> its answer's key
         self.feed = changefeed.Feed()
-        self.generation = None
+        self.generation: int | None = None
         self.synced_at = float("-inf")
 
-    def sync(self, db, now):
+    def sync(self, db: pw.Database, now: float) -> None:
         generation = db.write_generation()  # before reading: a write meanwhile makes the next call look again
         changes = self.feed.changes(db)
         if changes is None:
@@ -97,7 +100,7 @@ class _State:
                 self.forget(project_id, customer_id, external_user_id)
         self.generation, self.synced_at = generation, now
 
-    def forget(self, project_id, customer_id, external_user_id):
+    def forget(self, project_id: int, customer_id: int | None, external_user_id: str | None) -> None:
         if external_user_id is not None:
             self.answers.pop((project_id, external_user_id), None)
         if customer_id is not None:
@@ -107,7 +110,7 @@ class _State:
         if customer_id is None and external_user_id is None:  # the project's policy changed
             self.answers = {key: answer for key, answer in self.answers.items() if key[0] != project_id}
 
-    def remember(self, key, customer_id, answer):
+    def remember(self, key: tuple[int, str], customer_id: int | None, answer: Answer) -> None:
         if len(self.answers) >= CACHE_MAX:
             # Full: forget the tenth stored longest ago (dicts keep insertion order).
             for old in list(itertools.islice(self.answers, CACHE_MAX // 10)):
@@ -120,10 +123,10 @@ class _State:
 
 
 # Keyed by the handle itself (weakly): tests and tools rebind the proxy between databases.
-_states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_states: weakref.WeakKeyDictionary[pw.Database, _State] = weakref.WeakKeyDictionary()
 
 
-def _state_of(db):
+def _state_of(db: pw.Database) -> _State:
     """The read model of `db`, brought up to date with the feed when due (a local write, or POLL elapsed)."""
     state = _states.get(db)
     if state is None:
@@ -134,7 +137,7 @@ def _state_of(db):
     return state
 
 
-def answer(project_id, external_user_id):
+def answer(project_id: int, external_user_id: str) -> Answer:
     """`(customer_found, body)` for GET /api/subscription: body is the JSON (bytes), None without a subscription.
 
     Opens its own db block, and only when it needs the database: an answer held in memory, with
@@ -163,13 +166,13 @@ def answer(project_id, external_user_id):
         return hit
 
 
-def subscription_of(project_id, external_user_id):
+def subscription_of(project_id: int, external_user_id: str) -> tuple[bool, dict[str, Any] | None]:
     """`(customer_found, body)` as answer() gives, with body as a dict."""
     found, body = answer(project_id, external_user_id)
     return found, None if body is None else json.loads(body)
 
 
-def _read(db, project_id, external_user_id):
+def _read(db: pw.Database, project_id: int, external_user_id: str) -> tuple[int | None, Answer]:
     sql, params, project_slot, user_slot = _compile(db)
     params = list(params)
     params[project_slot], params[user_slot] = project_id, external_user_id
@@ -179,7 +182,7 @@ def _read(db, project_id, external_user_id):
     return row[0], _answer_of(row)
 
 
-def _answer_of(row):
+def _answer_of(row: tuple[Any, ...]) -> Answer:
     """(customer found, JSON bytes or None) from one row of _select()."""
     sub = dict(zip(status.PUBLIC_COLUMNS, row[8:-1], strict=True))  # the last column is the features
     if sub["stripe_subscription_id"] is None:
@@ -197,7 +200,7 @@ WARM_MAX = 100_000
 WARM_PAGE = 500
 
 
-def _warm_page(db, state, after):
+def _warm_page(db: pw.Database, state: _State, after: int) -> int | None:
     """Load the answers of the customers after id `after` (one page); the last id read, or None at the end."""
     ids = [
         row[0]
@@ -228,7 +231,7 @@ def _warm_page(db, state, after):
     return ids[-1]
 
 
-async def warm_up():
+async def warm_up() -> None:
     """Fill this process's read model with up to WARM_MAX answers, a page per loop turn (started by server.py).
 
     A process that starts cold would read the database for every user's first request; this
@@ -236,7 +239,8 @@ async def warm_up():
     """
     import asyncio
 
-    started, after, count = time.monotonic(), 0, 0
+    started, count = time.monotonic(), 0
+    after: int | None = 0  # the last customer id loaded; None once every page is read
     try:
         while after is not None and count < WARM_MAX:
             with block() as db:
@@ -250,7 +254,7 @@ async def warm_up():
     log.info("read model warmed: %d answers in %.1f s", count, time.monotonic() - started)
 
 
-def log_stats():
+def log_stats() -> None:
     """Log the cache counters (the server calls this on SIGUSR1; `make bench` reads the line)."""
     STATS["reports"] += 1
     entries = sum(len(state.answers) for state in list(_states.values()))

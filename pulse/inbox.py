@@ -13,16 +13,19 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Collection, Iterable, Sequence
 from datetime import timedelta
 
 import peewee
 
 from pulse import events, projects, webhooks
 from pulse import subscriptions as subs
+from pulse.config import Config
 from pulse.db import DatabaseUnavailable, block, locking, retryable, transaction, utcnow
 from pulse.models import Project, WebhookEvent
 from pulse.outcomes import Outcome
-from pulse.stripe_objects import CUSTOMER_EVENTS, customer_id_of, obj_of, stripe_id, subscription_id_of
+from pulse.security import SecretBox
+from pulse.stripe_objects import CUSTOMER_EVENTS, JSON, customer_id_of, obj_of, stripe_id, subscription_id_of
 
 log = logging.getLogger("pulse.inbox")
 
@@ -34,12 +37,12 @@ MAX_ATTEMPTS = 12  # then it stays failed: Stripe's retries and the console's re
 STOP_GRACE = 10.0
 
 
-def backoff(attempts):
+def backoff(attempts: int) -> float:
     """Seconds before retry number `attempts` (1 = the first retry)."""
     return min(RETRY_MAX, RETRY_BASE * 2 ** max(0, attempts - 1))
 
 
-def due(limit, skip):
+def due(limit: int, skip: Collection[int]) -> list[int]:
     """Ids of up to `limit` events to apply now: pending ones, and failed ones whose retry time has come."""
     now = utcnow()
     pending = WebhookEvent.outcome == Outcome.RECEIVED
@@ -61,7 +64,7 @@ def due(limit, skip):
     return [row_id for row_id in ids if row_id not in skip][:limit]
 
 
-async def apply_one(row_id, *, config, box, row=None):
+async def apply_one(row_id: int, *, config: Config, box: SecretBox, row: WebhookEvent | None = None) -> None:
     """Apply inbox row `row_id` (`row`: it with its project, when already read) if still pending; never raises."""
     if row is None:
         with block():
@@ -85,7 +88,7 @@ async def apply_one(row_id, *, config, box, row=None):
     await done
 
 
-def rows(ids):
+def rows(ids: Iterable[int]) -> dict[int, WebhookEvent]:
     """Inbox rows `ids` with their projects, in one round trip: {id: row}. Call in a block."""
     query = (
         WebhookEvent.select(WebhookEvent, Project)
@@ -96,11 +99,12 @@ def rows(ids):
 
 
 # Events re-read and waiting to be applied: (row id, project, event, fetched, future).
-_ready: list = []
+Ready = tuple[int, Project | None, JSON, JSON, asyncio.Future[None]]
+_ready: list[Ready] = []
 BATCH = 64  # events applied in one transaction at most
 
 
-def _commit_ready():
+def _commit_ready() -> None:
     """Apply the ready events (up to BATCH) in one transaction: one commit, one log flush for all of them."""
     batch, _ready[:] = _ready[:BATCH], _ready[BATCH:]
     if _ready:
@@ -113,7 +117,7 @@ def _commit_ready():
                 done.set_result(None)
 
 
-def _commit_batch(batch):
+def _commit_batch(batch: list[Ready]) -> None:
     """Apply `batch` in one transaction; each event in its own if that fails (a deadlock, a bad event)."""
     try:
         with block(), transaction():
@@ -127,13 +131,16 @@ def _commit_batch(batch):
             log.info("webhook %s (%s) ignored: %s", item[2]["id"], item[2]["type"], reason)
 
 
-def _apply_batch(batch):
+def _apply_batch(
+    batch: Sequence[tuple[int, Project | None, JSON, JSON, object]],
+) -> list[tuple[Outcome | None, str | None]]:
     """Lock each inbox row of the batch, apply it if still pending, mark it; [(outcome, reason)]. In a transaction.
 
     One row at a time, by primary key: MariaDB runs `id IN (...)` over a few dozen ids as a range
     scan that also locks the gaps, and then deadlocks with the deliveries being stored meanwhile.
     """
-    results, now = [], utcnow()
+    results: list[tuple[Outcome | None, str | None]] = []
+    now = utcnow()
     for row_id, project, event, fetched, _ in batch:
         locked = locking(WebhookEvent.select(WebhookEvent.outcome).where(WebhookEvent.id == row_id)).first()
         if locked is None or locked.outcome not in (Outcome.RECEIVED, Outcome.FAILED):
@@ -147,11 +154,11 @@ def _apply_batch(batch):
     return results
 
 
-def _outcome(project, event, fetched):
+def _outcome(project: Project | None, event: JSON, fetched: JSON) -> events.Result:
     return events.apply(project, event, fetched) if project is not None else (Outcome.IGNORED, webhooks.UNROUTED)
 
 
-def _apply_alone(row_id, project, event, fetched):
+def _apply_alone(row_id: int, project: Project | None, event: JSON, fetched: JSON) -> None:
     """Apply one re-read event in its own transaction, retrying deadlocks; a failure is recorded for a retry."""
     failure = None
     for _ in range(3):  # a deadlock between concurrent applies is retried, not failed
@@ -170,18 +177,21 @@ def _apply_alone(row_id, project, event, fetched):
             return  # still pending: due() hands it out again once the database is back
         if not retryable(failure):
             break
+    assert failure is not None  # every turn that did not return set it
     _failed(row_id, event, failure)
 
 
+# (project id, livemode, "session" | "customer" | "subscription", Stripe object id)
+ReadKey = tuple[int, bool, str, str]
 # Re-reads shared between events about the same object: (project, livemode, what, id) -> (highest
 # inbox id stored before the read started, the read). An event stored before a read started is
 # older than what that read returns, so the read serves it as its own would (newer-wins keeps).
-_reads: dict = {}
+_reads: dict[ReadKey, tuple[int, asyncio.Future[JSON]]] = {}
 _seen = {"id": 0}  # the highest inbox id stored when due() last looked
 READS_KEPT = 10_000
 
 
-def _read_key(project, event):
+def _read_key(project: Project, event: JSON) -> ReadKey | None:
     obj = obj_of(event)
     if event["type"] == "checkout.session.completed":
         what, object_id = "session", stripe_id(obj.get("id"))
@@ -192,7 +202,7 @@ def _read_key(project, event):
     return (project.id, bool(event.get("livemode")), what, object_id) if object_id else None
 
 
-async def _fetch(row_id, project, event, config, box):
+async def _fetch(row_id: int, project: Project, event: JSON, config: Config, box: SecretBox) -> JSON:
     """events.fetch for inbox row `row_id`, reusing a read of the same object that started after the row was stored."""
     key, stripe_key = _read_key(project, event), projects.stripe_secret_key(project, box, config.stripe_secret_key)
     if key is None or not stripe_key:  # without a key the payload itself is judged: nothing to share
@@ -208,7 +218,7 @@ async def _fetch(row_id, project, event, config, box):
     return dict(await asyncio.shield(shared[1]))
 
 
-def _failed(row_id, event, exc):
+def _failed(row_id: int, event: JSON, exc: BaseException) -> None:
     error = webhooks.short_error(exc)
     try:
         with block():
@@ -230,15 +240,15 @@ def _failed(row_id, event, exc):
         log.error("webhook %s: the failure could not be recorded (%s)", event["id"], type(record_exc).__name__)
 
 
-async def run(config, box, stop):
+async def run(config: Config, box: SecretBox, stop: asyncio.Event) -> None:
     """Apply due events until `stop` is set, CONCURRENCY at a time; then let the ones in flight finish."""
-    inflight = {}
+    inflight: dict[int, asyncio.Future[None]] = {}
     _reads.clear()
     _ready.clear()
     _seen["id"] = 0
     while not stop.is_set():
         free = CONCURRENCY - len(inflight)
-        ids = []
+        ids: list[int] = []
         if free > 0:
             try:
                 with block():
@@ -246,7 +256,7 @@ async def run(config, box, stop):
             except DatabaseUnavailable:
                 await asyncio.sleep(1.0)
                 continue
-        found = {}
+        found: dict[int, WebhookEvent] = {}
         if ids:
             try:
                 with block():
@@ -257,7 +267,8 @@ async def run(config, box, stop):
         for row_id in ids:
             task = asyncio.ensure_future(apply_one(row_id, config=config, box=box, row=found.get(row_id)))
             inflight[row_id] = task
-            task.add_done_callback(lambda _t, row_id=row_id: inflight.pop(row_id, None))
+            # mypy cannot type a lambda whose default argument binds the loop variable.
+            task.add_done_callback(lambda _t, row_id=row_id: inflight.pop(row_id, None))  # type: ignore[misc]
         if not ids:
             try:
                 await asyncio.wait_for(stop.wait(), IDLE_POLL)
@@ -269,10 +280,10 @@ async def run(config, box, stop):
         await asyncio.wait(list(inflight.values()), timeout=STOP_GRACE)
 
 
-def main(config, box):
+def main(config: Config, box: SecretBox) -> int:
     """`run.py worker`: apply the inbox until SIGTERM/SIGINT."""
 
-    async def serve():
+    async def serve() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -8,14 +8,17 @@ follows changes nothing. The subscription acted on is the user's current one (pu
 
 import hashlib
 import json
+from typing import Any, cast
+
+import stripe
 
 from pulse import billing, entitlements, plans
 from pulse import subscriptions as subs
 from pulse.db import block, from_timestamp, isoformat, transaction
-from pulse.models import Customer, Subscription
+from pulse.models import Customer, Project, Subscription
 from pulse.outbox import answer_of
 from pulse.status import Status, current, policy_of
-from pulse.stripe_objects import invoice_subscription_id, plain
+from pulse.stripe_objects import JSON, invoice_subscription_id, plain
 
 PRORATION_BEHAVIORS = ("create_prorations", "none", "always_invoice")
 # Stripe's request parameter -> ours, for a 400 that names the caller's field.
@@ -33,19 +36,19 @@ STRIPE_PARAMS = {
 class LifecycleError(Exception):
     """A request we refuse before or after Stripe: HTTP status, stable code, message, field."""
 
-    def __init__(self, status, code, message, field=None):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.field = status, code, message, field
 
 
-def stripe_field(exc):
+def stripe_field(exc: BaseException) -> str | None:
     """Our field for a Stripe invalid_request_error naming a parameter (400 invalid_field), else None."""
     if isinstance(exc, billing.StripeFailure) and exc.http_status == 400 and exc.param in STRIPE_PARAMS:
         return STRIPE_PARAMS[exc.param]
     return None
 
 
-def idempotency_key(project, operation, given, request):
+def idempotency_key(project: Project, operation: str, given: str | None, request: object) -> str | None:
     """A Stripe idempotency key from the client's Idempotency-Key: its retries reach Stripe as one request."""
     if not given:
         return None
@@ -53,11 +56,11 @@ def idempotency_key(project, operation, given, request):
     return f"pulse-{operation}-{project.public_id}-{digest}"
 
 
-def _options(key):
+def _options(key: str | None) -> dict[str, str] | None:
     return {"idempotency_key": key} if key else None
 
 
-def target(project, external_user_id):
+def target(project: Project, external_user_id: str) -> tuple[Customer, Subscription]:
     """(customer, current Subscription row) of a user; LifecycleError 404 without one. Call in a block."""
     customer = Customer.get_or_none(Customer.project == project, Customer.external_user_id == external_user_id)
     if customer is None:
@@ -65,10 +68,10 @@ def target(project, external_user_id):
     rows = list(Subscription.select().where(Subscription.customer == customer))
     if not rows:
         raise LifecycleError(404, "not_found", "No subscription for this external_user_id.")
-    return customer, current(rows, policy_of(project))
+    return customer, cast(Subscription, current(rows, policy_of(project)))  # rows is not empty: never None
 
 
-def _live(sub):
+def _live(sub: Subscription) -> Subscription:
     if sub.status == Status.CANCELLED:
         raise LifecycleError(
             409, "subscription_ended", "The user's subscription has ended; start a new one with POST /api/checkout."
@@ -76,7 +79,7 @@ def _live(sub):
     return sub
 
 
-def store(project, customer, obj, at):
+def store(project: Project, customer: Customer, obj: JSON, at: int) -> dict[str, Any] | None:
     """Store Stripe's answer (newer wins) and return the user's public answer, in one transaction."""
     with block():
         with transaction():
@@ -84,7 +87,9 @@ def store(project, customer, obj, at):
             return answer_of(project, Customer.get_by_id(customer.id))
 
 
-async def settle(client, project, customer, obj, at, features_moved):
+async def settle(
+    client: stripe.StripeClient, project: Project, customer: Customer, obj: JSON, at: int, features_moved: bool
+) -> dict[str, Any] | None:
     """Store Stripe's answer; when the change can move the customer's features, re-read its active
     entitlements too. -> the public answer as stored after both (never one built before the refresh)."""
     answer = store(project, customer, obj, at)
@@ -95,7 +100,13 @@ async def settle(client, project, customer, obj, at, features_moved):
         return answer_of(project, Customer.get_by_id(customer.id))
 
 
-async def cancel(client, project, external_user_id, at_period_end=True, key=None):
+async def cancel(
+    client: stripe.StripeClient,
+    project: Project,
+    external_user_id: str,
+    at_period_end: bool = True,
+    key: str | None = None,
+) -> dict[str, Any] | None:
     """Cancel at the period end (Stripe: cancel_at_period_end) or now (DELETE); -> the public answer."""
     with block():
         customer, sub = target(project, external_user_id)
@@ -114,7 +125,9 @@ async def cancel(client, project, external_user_id, at_period_end=True, key=None
     return await settle(client, project, customer, plain(obj), at, features_moved=not at_period_end)
 
 
-async def resume(client, project, external_user_id, key=None):
+async def resume(
+    client: stripe.StripeClient, project: Project, external_user_id: str, key: str | None = None
+) -> dict[str, Any] | None:
     """Undo a scheduled cancellation (cancel_at_period_end and cancel_at); -> the public answer."""
     with block():
         customer, sub = target(project, external_user_id)
@@ -131,13 +144,13 @@ async def resume(client, project, external_user_id, key=None):
     return store(project, customer, plain(obj), at)
 
 
-def price_for(project, stripe_price_id, plan_slug):
+def price_for(project: Project, stripe_price_id: str | None, plan_slug: str | None) -> str:
     """The price a change moves to: the given one, else the plan's only price in the catalog. In a block."""
     if stripe_price_id:
         if plan_slug:
             plans.check_pair(project, stripe_price_id, plan_slug)
         return stripe_price_id
-    prices = plans.prices_of_slug(project, plan_slug)
+    prices = plans.prices_of_slug(project, cast(str, plan_slug))  # callers give a price id, a slug or both
     if not prices:
         raise LifecycleError(
             400,
@@ -155,7 +168,7 @@ def price_for(project, stripe_price_id, plan_slug):
     return prices[0]
 
 
-async def _plan_item(client, project, sub):
+async def _plan_item(client: stripe.StripeClient, project: Project, sub: Subscription) -> JSON:
     obj = plain(await billing.call(client.v1.subscriptions.retrieve_async, sub.stripe_subscription_id))
     with block():
         catalog = plans.catalog_of(project, plans.price_ids_of(obj))
@@ -165,24 +178,24 @@ async def _plan_item(client, project, sub):
     return item
 
 
-def _item_change(item, price_id, quantity):
-    change = {"id": item["id"], "price": price_id}
+def _item_change(item: JSON, price_id: str, quantity: int | None) -> dict[str, Any]:
+    change: dict[str, Any] = {"id": item["id"], "price": price_id}
     if quantity is not None:
         change["quantity"] = quantity
     return change
 
 
 async def change(
-    client,
-    project,
-    external_user_id,
+    client: stripe.StripeClient,
+    project: Project,
+    external_user_id: str,
     *,
-    price_id=None,
-    plan_slug=None,
-    quantity=None,
-    proration_behavior="create_prorations",
-    key=None,
-):
+    price_id: str | None = None,
+    plan_slug: str | None = None,
+    quantity: int | None = None,
+    proration_behavior: str = "create_prorations",
+    key: str | None = None,
+) -> dict[str, Any] | None:
     """Swap the plan item to another price (and/or quantity); -> the public answer."""
     with block():
         customer, sub = target(project, external_user_id)
@@ -203,15 +216,15 @@ async def change(
 
 
 async def preview(
-    client,
-    project,
-    external_user_id,
+    client: stripe.StripeClient,
+    project: Project,
+    external_user_id: str,
     *,
-    price_id=None,
-    plan_slug=None,
-    quantity=None,
-    proration_behavior="create_prorations",
-):
+    price_id: str | None = None,
+    plan_slug: str | None = None,
+    quantity: int | None = None,
+    proration_behavior: str = "create_prorations",
+) -> dict[str, Any]:
     """Stripe's invoice preview of a change, nothing changed: amount due now, the next invoice, currency."""
     with block():
         customer, sub = target(project, external_user_id)
@@ -261,7 +274,7 @@ async def preview(
     }
 
 
-def _is_proration(line):
+def _is_proration(line: JSON) -> bool:
     # API 2025-03-31+ moved `proration` under parent.subscription_item_details.
     if "proration" in line:
         return bool(line["proration"])
@@ -269,7 +282,8 @@ def _is_proration(line):
     return bool(details.get("proration"))
 
 
-def invoice_json(invoice):
+def invoice_json(invoice: JSON) -> dict[str, Any]:
+    """The public JSON of a Stripe invoice: amounts in the currency's smallest unit, times ISO 8601 UTC with Z."""
     return {
         "id": invoice.get("id"),
         "number": invoice.get("number"),
@@ -288,7 +302,13 @@ def invoice_json(invoice):
     }
 
 
-async def invoices(client, project, external_user_id, limit=10, starting_after=None):
+async def invoices(
+    client: stripe.StripeClient,
+    project: Project,
+    external_user_id: str,
+    limit: int = 10,
+    starting_after: str | None = None,
+) -> dict[str, Any]:
     """One page of the user's invoices, newest first, paged as Stripe pages (starting_after = last id)."""
     with block():
         customer = Customer.get_or_none(Customer.project == project, Customer.external_user_id == external_user_id)

@@ -303,3 +303,17 @@ def test_private_and_link_local_targets_are_allowed_only_by_the_setting(host):
             check_url(f"https://{loopback}/hooks", config(webhook_allow_private=True))
     with pytest.raises(EndpointError, match="multicast"):
         check_url("https://224.0.0.1/hooks", config(webhook_allow_private=True))
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_url_without_a_host_is_refused_at_send_time():
+    """resolve() refuses a URL with no host instead of resolving None to this machine (found by mypy)."""
+    from pulse.config import load_config
+    from pulse.delivery import Refused, resolve
+    from tests.support import TEST_SECRET
+
+    config = load_config(
+        environ={}, database_url="sqlite:///:memory:", secret_key=TEST_SECRET, webhook_allow_loopback=True
+    )
+    with pytest.raises(Refused, match="no host"):
+        await resolve("https:///hooks", config)
