@@ -8,7 +8,7 @@ import logging
 import random
 import secrets
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import peewee
 
@@ -21,6 +21,7 @@ log = logging.getLogger("pulse.checkout")
 
 POLL_SECONDS = 0.1  # how often a waiting checkout looks at the lease again
 HOLD_MARGIN = 2.0  # seconds a hold outlasts one Stripe call (our own database round trips)
+RELEASED = datetime(2000, 1, 1)  # a released lease's expires_at: lapsed for everyone, whatever their clock
 RENEW_AFTER = 1.0  # renewing only past this age keeps a hold longer than the next Stripe call (< HOLD_MARGIN)
 
 
@@ -58,13 +59,14 @@ async def start_checkout(project, box, config, request, client_key=None):
     client = billing.project_client(project, box, config)
     user = request.external_user_id
     with block():
-        plans.check_pair(project, request.price_id, request.plan_slug)  # 400 before any Stripe call
+        learnt = _check_pair(project, request)  # 400 before any Stripe call
         customer = billing.find_customer(project, user)
         _refuse_if_subscribed(project, customer)
     # Concurrent first checkouts share one Stripe customer through its idempotency key, before queueing.
-    customer = await _ensure_stripe_customer(client, project, request, customer)
+    customer, stored = await _ensure_stripe_customer(client, project, request, customer)
+    ours = {customer.stripe_customer_id} if stored else set()  # Stripe customers this request stored first
     hold = timedelta(seconds=_call_bound(config) + HOLD_MARGIN)
-    async with _lease(project, user, hold, wait=hold.total_seconds()) as renew:
+    async with _lease(project, user, hold, wait=hold.total_seconds()) as (renew, first_holder):
         replacing = None
         while True:
             with block():
@@ -72,10 +74,15 @@ async def start_checkout(project, box, config, request, client_key=None):
                 _refuse_if_subscribed(project, customer)
             try:
                 await renew()
-                customer = await _ensure_stripe_customer(client, project, request, customer, replacing)
+                customer, stored = await _ensure_stripe_customer(client, project, request, customer, replacing)
+                if stored:
+                    ours.add(customer.stripe_customer_id)
                 await _update_email(client, customer, request.email)
                 key = _session_key(project, client_key, request, customer.stripe_customer_id)
-                await _expire_open_sessions(client, customer.stripe_customer_id, keep=key, renew=renew)
+                # Sessions are opened under the lease once the customer is stored: none yet for a customer this
+                # request stored first, if no checkout of this user ever held the lease (issue 14: one list call).
+                if not (first_holder and customer.stripe_customer_id in ours):
+                    await _expire_open_sessions(client, customer.stripe_customer_id, keep=key, renew=renew)
                 await renew()
                 session = await billing.create_checkout(client, project, customer.stripe_customer_id, request, key)
                 break
@@ -86,9 +93,18 @@ async def start_checkout(project, box, config, request, client_key=None):
                 replacing = customer.stripe_customer_id
                 with block():
                     _forget_stripe_customer(project, customer)
-    with block():
-        plans.learn_pair(project, request.price_id, request.plan_slug)  # only now that Stripe accepted the price
+    if not learnt:
+        with block():
+            plans.learn_pair(project, request.price_id, request.plan_slug)  # only now that Stripe accepted the price
     return session
+
+
+def _check_pair(project, request):
+    """True when the catalog already sells the price under this plan_slug (nothing to learn); else as check_pair."""
+    owner = plans.catalog_of(project, [request.price_id]).get(request.price_id)
+    if owner is not None and owner != request.plan_slug:
+        plans.check_pair(project, request.price_id, request.plan_slug)  # PlanConflict, with its message
+    return owner == request.plan_slug
 
 
 def _refuse_if_subscribed(project, customer):
@@ -97,9 +113,12 @@ def _refuse_if_subscribed(project, customer):
 
 
 async def _ensure_stripe_customer(client, project, request, customer, replacing=None):
-    """The user's row with a Stripe customer (created with `request.email`), stored only once Stripe accepted it."""
+    """(The user's row with a Stripe customer, True when this call stored that customer first).
+
+    A new customer is created with `request.email` and stored only once Stripe accepted it.
+    """
     if customer is not None and customer.stripe_customer_id:
-        return customer
+        return customer, False
     if replacing is None and customer is not None:
         # After customer.deleted the plain key would replay the deleted customer's creation at Stripe (24 h).
         with block():
@@ -116,12 +135,12 @@ async def _ensure_stripe_customer(client, project, request, customer, replacing=
         with block():
             customer = billing.find_customer(project, user)
         if customer is not None and customer.stripe_customer_id:
-            return customer
+            return customer, False
         stripe_id = await billing.create_stripe_customer(
             client, project, user, request.email, replacing, per_email=True
         )
     with block():
-        return _store_stripe_customer(project, user, request.email, stripe_id)
+        return _store_stripe_customer(project, user, request.email, stripe_id, customer)
 
 
 async def _update_email(client, customer, email):
@@ -159,30 +178,33 @@ def _call_bound(config):
 # ---------------------------------------------------------------- the Customer row (call inside a db block)
 
 
-def _store_stripe_customer(project, external_user_id, email, stripe_customer_id):
-    """The user's row with the Stripe customer Stripe just accepted, inserted if new; an id already stored wins."""
-    found = billing.find_customer(project, external_user_id)
+def _store_stripe_customer(project, external_user_id, email, stripe_customer_id, found):
+    """(The user's row with the Stripe customer Stripe just accepted, True when this call stored it).
+
+    `found` is the row as last read (None: there was none): inserted if new; an id already stored wins.
+    """
     if found is None:
         try:
             with database.atomic():
-                return Customer.create(
+                created = Customer.create(
                     project=project,
                     external_user_id=external_user_id,
                     email=email,
                     stripe_customer_id=stripe_customer_id,
                 )
+            return created, True
         except peewee.IntegrityError:
             found = billing.find_customer(project, external_user_id)
             if found is None:
                 raise
     with transaction():
-        (
+        stored = (
             Customer.update(stripe_customer_id=stripe_customer_id, email=email, updated_at=utcnow())
             .where((Customer.id == found.id) & Customer.stripe_customer_id.is_null())
             .execute()
         )
         outbox.customer_changed(project, found.id)  # the answer shows the Stripe customer and email
-    return Customer.get_by_id(found.id)
+    return Customer.get_by_id(found.id), bool(stored)
 
 
 def _forget_stripe_customer(project, customer):
@@ -206,18 +228,21 @@ def _store_email(customer, email):
 
 @contextlib.asynccontextmanager
 async def _lease(project, user, hold, wait):
-    """Hold the user's CheckoutLease for the block, waiting up to `wait` seconds; yields `renew()`.
+    """Hold the user's CheckoutLease for the block, waiting up to `wait` seconds; yields (renew, first_holder).
 
     The hold lapses after `hold` (a crashed process frees it); renew(), called before each Stripe call,
     extends it once it is RENEW_AFTER old and raises CheckoutBusy if another request took over a lapsed hold.
+    Released rows are kept (lapsed), so `first_holder` (the row was new) means no checkout of this user
+    held the lease before, and so none opened a Checkout Session for a Stripe customer stored since.
     """
     token = secrets.token_hex(16)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     while True:
         with block():
-            if _acquire(project, user, token, hold):
-                break
+            first_holder = _acquire(project, user, token, hold)
+        if first_holder is not None:
+            break
         if loop.time() >= deadline:
             raise CheckoutBusy()
         await asyncio.sleep(POLL_SECONDS * random.uniform(0.5, 1.5))
@@ -240,11 +265,14 @@ async def _lease(project, user, hold, wait):
             raise CheckoutBusy()
 
     try:
-        yield renew
+        yield renew, first_holder
     finally:
         try:
             with block():
-                CheckoutLease.delete().where(_mine(project, user) & (CheckoutLease.token == token)).execute()
+                # Lapsed, not deleted: the row tells the next holder that this user's checkouts ran before.
+                CheckoutLease.update(expires_at=RELEASED).where(
+                    _mine(project, user) & (CheckoutLease.token == token)
+                ).execute()
         except DatabaseUnavailable:
             log.warning("could not release a checkout lease; it lapses by itself")
 
@@ -254,6 +282,7 @@ def _mine(project, user):
 
 
 def _acquire(project, user, token, hold):
+    """None while another request holds the lease; else True when the row is new (first holder ever), False."""
     now = utcnow()
     held = CheckoutLease.get_or_none(_mine(project, user))
     if held is None:
@@ -262,14 +291,15 @@ def _acquire(project, user, token, hold):
                 CheckoutLease.create(project=project.id, external_user_id=user, token=token, expires_at=now + hold)
             return True
         except peewee.IntegrityError:
-            return False  # another request got there first
+            return None  # another request got there first
     if held.expires_at >= now:
-        return False  # a read, not a write, while we wait: writes empty the hot path's cache
+        return None  # a read, not a write, while we wait: writes empty the hot path's cache
     # The holder's time ran out (its process died): take over with a compare-and-set on the lapsed row.
-    return bool(
+    taken = (
         CheckoutLease.update(token=token, expires_at=now + hold)
         .where(
             _mine(project, user) & (CheckoutLease.token == held.token) & (CheckoutLease.expires_at == held.expires_at)
         )
         .execute()
     )
+    return False if taken else None

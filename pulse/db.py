@@ -102,8 +102,11 @@ def _create_private(url: str) -> None:
 
 
 # Storing a webhook delivery in the inbox (and marking it) changes nothing any cache holds: during
-# a burst of deliveries it must not empty the API-key and hot-path caches on every insert.
-_INBOX_WRITE = re.compile(r"(INSERT INTO|UPDATE) [`\"]webhook_event[`\"] ", re.IGNORECASE)
+# a burst of deliveries it must not empty the API-key and hot-path caches on every insert. Nor do
+# checkout leases (taken and released by every checkout; no cache reads them).
+_UNCACHED_WRITE = re.compile(
+    r"(INSERT INTO|UPDATE|DELETE FROM) [`\"](webhook_event|checkout_lease)[`\"] ", re.IGNORECASE
+)
 
 
 if TYPE_CHECKING:
@@ -146,7 +149,7 @@ class WriteGeneration(_Database):
         if head[:5].upper() == "BEGIN":  # SQLite's; a transaction changes nothing until its commit
             self._cached_write.__dict__.pop("pending", None)
             return super().execute_sql(sql, params, *args, **kwargs)
-        if _INBOX_WRITE.match(head):
+        if _UNCACHED_WRITE.match(head):
             self._cached_write.__dict__.setdefault("pending", False)
             return super().execute_sql(sql, params, *args, **kwargs)
         self._cached_write.pending = True

@@ -5,7 +5,7 @@ from urllib.parse import quote
 import pytest
 
 from pulse import apikeys, db
-from pulse.models import ApiKey, Customer, Subscription, WebhookEvent
+from pulse.models import ApiKey, CheckoutLease, Customer, Subscription, WebhookEvent
 from pulse.status import map_status
 from tests.billing_support import add_customer, add_subscription
 from tests.support import body_of
@@ -62,3 +62,14 @@ def test_storing_a_webhook_delivery_leaves_it_alone_and_a_mixed_transaction_move
             WebhookEvent.update(error="x").where(WebhookEvent.id == 0).execute()
             Customer.update(email="y@example.test").where(Customer.id == 0).execute()
         assert handle.write_generation() > before
+
+
+def test_checkout_leases_leave_it_alone(app, project):
+    with db.block() as handle:
+        before = handle.write_generation()
+        with handle.atomic():
+            CheckoutLease.create(project=project.project, external_user_id="u", token="t", expires_at=db.utcnow())
+        CheckoutLease.update(token="u").where(CheckoutLease.token == "t").execute()
+        CheckoutLease.delete().where(CheckoutLease.token == "u").execute()
+        # Every checkout takes and releases one: a burst must not retire every cached key and answer.
+        assert handle.write_generation() == before
