@@ -4,7 +4,8 @@ Each serving process runs one `Deliverer` on its event loop. A delivery is claim
 conditional UPDATE in a short transaction (several processes never send one at once), sent with
 no database connection held, then recorded. Only the oldest pending delivery of an (endpoint,
 order key) is claimable, so one customer's messages arrive in order. A process killed mid-send
-leaves its lease to expire: the delivery is sent again, with the same webhook-id.
+leaves its lease to expire: the delivery is sent again, with the same webhook-id. Between claims
+the loop turns a bulk change's queued customers into messages, one batch a turn (pulse.fanout).
 
 Timeouts use `asyncio.timeout`, not `asyncio.wait_for`: on Python 3.11 wait_for swallows a
 cancellation that arrives as the awaited thing completes (CPython gh-86296), which once left
@@ -27,7 +28,7 @@ import httpx
 import peewee as pw
 from standardwebhooks.webhooks import Webhook
 
-from pulse import __version__
+from pulse import __version__, fanout
 from pulse.db import DatabaseUnavailable, block, transaction, utcnow
 from pulse.endpoints import address_refusal
 from pulse.models import WebhookDelivery, WebhookEndpoint, WebhookMessage
@@ -292,11 +293,14 @@ class Deliverer:
     async def _run(self):
         purged_at = 0.0
         while not self._stopping:
+            more = False
             try:
                 if time.monotonic() - purged_at > PURGE_EVERY_S:
                     purged_at = time.monotonic()
                     with block():
                         purge()
+                with block():  # a bulk change's announcements (pulse.fanout), one batch per turn
+                    more = fanout.expand() >= fanout.BATCH
                 self._claim_more()
                 if self._db_down:
                     self._db_down = False
@@ -308,6 +312,9 @@ class Deliverer:
             except Exception as exc:  # keep the loop alive; the next poll tries again
                 log.error("outbox claim failed: %s", type(exc).__name__)
             self._wake.clear()
+            if more:  # the next batch once the loop has served what waits
+                await asyncio.sleep(0)
+                continue
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.webhook_poll):
                     await self._wake.wait()

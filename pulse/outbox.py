@@ -4,7 +4,8 @@ A message row (and one delivery row per enabled endpoint) is written in the tran
 change it announces, so a change is never announced without being stored, nor stored without being
 announced; pulse.delivery sends the rows. Bodies follow Standard Webhooks: {type, timestamp, data}.
 `subscription.updated` is written by `customer_changed`, which the writers of pulse.subscriptions,
-pulse.plans, pulse.projects and pulse.entitlements call after each change of stored state.
+pulse.plans, pulse.projects and pulse.entitlements call after each change of stored state (a change
+to many customers at once goes through pulse.fanout's queue).
 """
 
 import json

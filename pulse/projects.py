@@ -344,14 +344,11 @@ def set_paused_collection_policy(
 
 
 def _announce_policy(project: Project) -> None:
-    """A policy change can move has_access of many customers: each one whose answer moved hears of it."""
-    from pulse import outbox
+    """A policy change can move has_access of many customers: each one whose answer moved hears of it (pulse.fanout)."""
+    from pulse import fanout
     from pulse.models import Subscription
 
-    outbox.customers_changed(
-        project,
-        outbox.customers_of_subscriptions(
-            (Subscription.project == project)
-            & ((Subscription.status == "past_due") | Subscription.pause_behavior.is_null(False))
-        ),
+    where = (Subscription.project == project) & (
+        (Subscription.status == "past_due") | Subscription.pause_behavior.is_null(False)
     )
+    fanout.announce(project, fanout.collect(where))

@@ -1,0 +1,84 @@
+"""Announcing a bulk change: many customers' `subscription.updated`, written in batches after the request.
+
+A change that may move many customers' answers at once (the plan catalog, an access setting) calls
+`collect` in its transaction before the change and `announce` after it. Up to INLINE_MAX customers
+are announced in that transaction, as any change is; beyond that one OutboxFanout row per customer
+is written by a single INSERT ... SELECT in the same transaction (so a commit followed by a crash
+loses nothing), and the delivery loop of any process (pulse.delivery) turns the rows into messages,
+BATCH customers per transaction. A batch's rows are locked (SKIP LOCKED on MySQL; SQLite's write
+lock) and deleted in the transaction that writes its messages: two processes never expand one row,
+and a batch that fails is expanded again from the start.
+
+Order: a customer's message is the diff against the answer last announced to that customer, taken
+under its CustomerState lock (pulse.outbox), and messages with one order key are delivered in id
+order. A change announced before the queue reaches a customer therefore carries the bulk change with
+it (its `changed` lists plan_slug as well), and the queued row then finds nothing left to say: the
+tenant never hears an older answer after a newer one, and never hears one change twice.
+"""
+
+from typing import Any
+
+from pulse import outbox
+from pulse.db import is_mysql, locking, transaction
+from pulse.models import OutboxFanout, Project, Subscription
+
+INLINE_MAX = 20  # customers announced inside the changing transaction; a larger change goes to the queue
+BATCH = 100  # customers per expanding transaction: one turn of the delivery loop
+
+
+def collect(where: Any) -> list[int] | None:
+    """The customers of the Subscription rows matching `where`, or None once queued. Call before the change.
+
+    In the changing transaction; pass the result to `announce` after the change. A locking read on
+    MySQL: it sees the latest committed rows, as the change will.
+    """
+    query = Subscription.select(Subscription.customer).where(where).distinct().limit(INLINE_MAX + 1)
+    found = [customer_id for (customer_id,) in locking(query).tuples()]
+    if len(found) <= INLINE_MAX:
+        return found
+    OutboxFanout.insert_from(
+        Subscription.select(Subscription.project, Subscription.customer).where(where).distinct(),
+        [OutboxFanout.project, OutboxFanout.customer],
+    ).execute()
+    return None
+
+
+def announce(project: Project, collected: list[int] | None) -> None:
+    """After the change, in its transaction: announce what `collect` found, or wake the loop that expands the queue."""
+    if collected is None:
+        outbox.wake()  # runs after the commit (the request's block ends first)
+    else:
+        outbox.customers_changed(project, collected)
+
+
+def expand(limit: int = BATCH) -> int:
+    """Announce up to `limit` queued customers in one transaction; returns how many rows it looked at (0: none queued).
+
+    Call inside a db block, outside a transaction.
+    """
+    ids = [row_id for (row_id,) in OutboxFanout.select(OutboxFanout.id).order_by(OutboxFanout.id).limit(limit).tuples()]
+    if not ids:
+        return 0
+    with transaction():
+        query = OutboxFanout.select(OutboxFanout.id, OutboxFanout.project, OutboxFanout.customer).where(
+            OutboxFanout.id.in_(ids)
+        )
+        rows = list((query.for_update("FOR UPDATE SKIP LOCKED") if is_mysql() else query).tuples())
+        if not rows:
+            return len(ids)  # another process holds (or has expanded) them
+        project_of = {customer_id: project_id for _, project_id, customer_id in rows}
+        # Every customer's lock before the first plain read: on MySQL that read fixes the snapshot the
+        # answers come from, so it must follow each change committed by a holder of one of these locks.
+        for customer_id in sorted(project_of):
+            outbox.state_row(project_of[customer_id], customer_id)
+        projects = {project.id: project for project in Project.select().where(Project.id.in_(set(project_of.values())))}
+        for customer_id in sorted(project_of):
+            if project_of[customer_id] in projects:  # else deleted meanwhile, its rows with it
+                outbox.customer_changed(projects[project_of[customer_id]], customer_id)
+        OutboxFanout.delete().where(OutboxFanout.id.in_([row_id for row_id, _, _ in rows])).execute()
+    return len(ids)
+
+
+def queued() -> int:
+    """How many queued customers wait to be announced."""
+    return OutboxFanout.select().count()
