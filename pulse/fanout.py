@@ -56,7 +56,7 @@ def announce(project: Project, collected: list[int] | None) -> None:
 
 
 def expand(limit: int = BATCH) -> int:
-    """Announce up to `limit` queued customers in one transaction; returns how many rows it looked at (0: none queued).
+    """Announce up to `limit` queued customers in one transaction; returns how many (0: none, or all held elsewhere).
 
     Call inside a db block, outside a transaction. A fixed number of statements per batch.
     """
@@ -68,10 +68,10 @@ def expand(limit: int = BATCH) -> int:
             OutboxFanout.id.in_(ids)
         )
         rows = list((query.for_update("FOR UPDATE SKIP LOCKED") if is_mysql() else query).tuples())
-        if rows:
+        if rows:  # else another process holds (or has expanded) them: its batch, not ours
             _announce({customer_id: project_id for _, project_id, customer_id in rows})
             OutboxFanout.delete().where(OutboxFanout.id.in_([row_id for row_id, _, _ in rows])).execute()
-    return len(ids)  # rows another process holds (or has expanded) count as looked at
+    return len(rows)
 
 
 def _announce(project_of: dict[int, int]) -> None:

@@ -174,7 +174,8 @@ def _outbox_fanout(db: pw.Database, migrator: SchemaMigrator) -> None:
     from pulse.models import OutboxFanout
 
     db.create_tables([OutboxFanout], safe=True)
-    run_operations(migrator.add_index("subscription", ("project_id", "stripe_price_id"), False))
+    if "subscription_project_id_stripe_price_id" not in {index.name for index in db.get_indexes("subscription")}:
+        run_operations(migrator.add_index("subscription", ("project_id", "stripe_price_id"), False))
 
 
 # (version, name, step). Steps after the first receive the database and its migrator.
