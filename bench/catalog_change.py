@@ -15,7 +15,7 @@ import tempfile
 import time
 from datetime import timedelta
 
-from pulse import db, outbox, plans, projects
+from pulse import changefeed, db, outbox, plans, projects
 from pulse.migrations import migrate_database
 from pulse.models import Customer, CustomerState, Subscription, WebhookEndpoint, WebhookMessage
 from pulse.security import SecretBox
@@ -127,6 +127,9 @@ def main(argv=None):
             "Bench", "bench@catalog.test", SecretBox("k" * 32), admin_password="correct horse battery"
         ).project
     _seed(project, args.n)
+    feed = changefeed.Feed()
+    with db.block() as handle:
+        feed.changes(handle)  # a process's read model, positioned before the change
     counter, logger = _Count(), logging.getLogger("peewee")
     logger.addHandler(counter)
     logger.setLevel(logging.DEBUG)
@@ -141,6 +144,10 @@ def main(argv=None):
         "request_s": round(request_s, 3),
         "statements": counter.count,
     }
+    started = time.perf_counter()
+    with db.block() as handle:
+        result["feed_rows"] = len(feed.changes(handle) or [])  # what each process reads once after the change
+    result["feed_read_s"] = round(time.perf_counter() - started, 3)
     try:
         from pulse import fanout
     except ImportError:  # the code before the queue

@@ -172,3 +172,22 @@ def test_a_queue_committed_by_a_process_that_died_is_expanded_once_by_two_others
     found = updates(project)
     assert sorted(found) == sorted(moving)
     assert all([data["changed"] for data in found[user]] == [["plan_slug"]] for user in moving)
+
+
+def test_step_20_adds_the_queue_and_the_price_index_to_an_older_database(db_url, monkeypatch):
+    from pulse import migrations
+    from tests.migration_support import back_to_version_1
+
+    db.bind(db_url)
+    with db.block() as database:
+        back_to_version_1(database)
+        assert not database.table_exists("outbox_fanout")
+    with monkeypatch.context() as patched:
+        patched.setattr(migrations, "STEPS", [step for step in migrations.STEPS if step[0] < 20])
+        migrations.migrate_database()
+    assert migrations.migrate_database() == ["bulk announcements queue, subscription price index"]
+    with db.block() as database:
+        assert database.table_exists("outbox_fanout")
+        indexes = {index.name: index.columns for index in database.get_indexes("subscription")}
+        assert indexes["subscription_project_id_stripe_price_id"] == ["project_id", "stripe_price_id"]
+    assert migrations.current_version() == migrations.LATEST
