@@ -169,6 +169,15 @@ def _endpoint_event_filters(db: pw.Database, migrator: SchemaMigrator) -> None:
     db.execute_sql("ALTER TABLE webhook_endpoint ADD COLUMN enabled_events VARCHAR(255) NOT NULL DEFAULT '[\"*\"]'")
 
 
+def _outbox_fanout(db: pw.Database, migrator: SchemaMigrator) -> None:
+    # Issue 14: bulk changes announce their customers from a queue, and the catalog finds a price's rows by index.
+    from pulse.models import OutboxFanout
+
+    db.create_tables([OutboxFanout], safe=True)
+    if "subscription_project_id_stripe_price_id" not in {index.name for index in db.get_indexes("subscription")}:
+        run_operations(migrator.add_index("subscription", ("project_id", "stripe_price_id"), False))
+
+
 # (version, name, step). Steps after the first receive the database and its migrator.
 STEPS: list[tuple[int, str, Step]] = [
     (1, "initial schema", _initial),
@@ -180,6 +189,7 @@ STEPS: list[tuple[int, str, Step]] = [
     (10, "outgoing webhooks outbox, customer entitlements", _outbox_and_entitlements),
     (11, "read model change feed, inbox retry time", _read_model_feed),
     (12, "outgoing webhook endpoints: enabled event types", _endpoint_event_filters),
+    (20, "bulk announcements queue, subscription price index", _outbox_fanout),
 ]
 LATEST = STEPS[-1][0]
 

@@ -26,10 +26,7 @@ def exact_collation(db: Any) -> str:
 
 
 class ExactCharField(pw.CharField):
-    """VARCHAR compared byte for byte: MySQL's default collation would make "User-1", "user-1" and "user-1 " one id.
-
-    Used for every identifier we did not mint: tenants' user ids, Stripe ids, idempotency keys.
-    """
+    """VARCHAR compared byte for byte, for ids we did not mint (MySQL would make "User-1" and "user-1 " one)."""
 
     def ddl_datatype(self, ctx: Any) -> Any:
         datatype = super().ddl_datatype(ctx)
@@ -147,6 +144,7 @@ class Subscription(BaseModel):
             (("customer", "status"), False),
             (("project", "status"), False),
             (("project", "started_at"), False),
+            (("project", "stripe_price_id"), False),  # the catalog's bulk updates (pulse.plans)
         )
 
 
@@ -279,18 +277,13 @@ class SandboxState(BaseModel):
 
 
 class CustomerState(BaseModel):
-    """What the tenant's app was last told about a customer, and the customer's Stripe entitlements.
-
-    `answer` is the JSON of GET /api/subscription as last announced by subscription.updated (null:
-    no subscription yet); `features` the lookup keys of Stripe's active entitlements (JSON list),
-    stored as of `features_at` (ms, newer wins like Subscription.snapshot_at).
-    """
+    """What the tenant's app was last told about a customer, and the customer's Stripe entitlements."""
 
     project = pw.ForeignKeyField(Project, on_delete="CASCADE")
     customer = pw.ForeignKeyField(Customer, unique=True, on_delete="CASCADE")
-    answer = LongTextField(null=True)
-    features = pw.TextField(default="[]")
-    features_at = pw.BigIntegerField(default=0)
+    answer = LongTextField(null=True)  # GET /api/subscription's JSON as last announced (null: no subscription)
+    features = pw.TextField(default="[]")  # lookup keys of Stripe's active entitlements (JSON list)
+    features_at = pw.BigIntegerField(default=0)  # ms; a newer one wins, like Subscription.snapshot_at
     updated_at = pw.DateTimeField(default=utcnow)
 
 
@@ -362,6 +355,13 @@ class WebhookDelivery(BaseModel):
         )
 
 
+class OutboxFanout(BaseModel):
+    """A customer a bulk change may have moved, announced later by the delivery loop (pulse.fanout)."""
+
+    project = pw.ForeignKeyField(Project, on_delete="CASCADE")
+    customer = pw.ForeignKeyField(Customer, on_delete="CASCADE")
+
+
 class ReadModelChange(BaseModel):
     """A committed change to what GET /api/subscription answers; rows come from triggers (pulse.changefeed)."""
 
@@ -395,4 +395,5 @@ MODELS = [
     WebhookMessage,
     WebhookDelivery,
     ReadModelChange,
+    OutboxFanout,
 ]

@@ -4,7 +4,8 @@ A message row (and one delivery row per enabled endpoint) is written in the tran
 change it announces, so a change is never announced without being stored, nor stored without being
 announced; pulse.delivery sends the rows. Bodies follow Standard Webhooks: {type, timestamp, data}.
 `subscription.updated` is written by `customer_changed`, which the writers of pulse.subscriptions,
-pulse.plans, pulse.projects and pulse.entitlements call after each change of stored state.
+pulse.plans, pulse.projects and pulse.entitlements call after each change of stored state (a change
+to many customers at once goes through pulse.fanout's queue).
 """
 
 import json
@@ -90,6 +91,52 @@ def enqueue(project, event_type, data, order_key, endpoints=None):
     return message
 
 
+def enqueue_many(project, event_type, items):
+    """enqueue for a batch: one message per (data, order key), in a fixed number of statements; returns the count."""
+    enabled = WebhookEndpoint.select().where(WebhookEndpoint.project == project, WebhookEndpoint.enabled == True)  # noqa: E712
+    targets = [endpoint for endpoint in enabled if receives(endpoint, event_type)]
+    if not targets or not items:
+        return 0
+    created, stamp = now_ms(), isoformat(utcnow())
+    project = project.id if isinstance(project, Project) else project
+    messages = []
+    for data, _ in items:
+        msg_id = public_id("msg", 24)
+        body = {"type": event_type, "timestamp": stamp, "id": msg_id, "data": data}
+        payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+        messages.append(
+            {
+                "public_id": msg_id,
+                "project": project,
+                "event_type": event_type,
+                "payload": payload,
+                "created_ms": created,
+            }
+        )
+    WebhookMessage.insert_many(messages).execute()
+    ids = [message["public_id"] for message in messages]
+    pk = dict(
+        WebhookMessage.select(WebhookMessage.public_id, WebhookMessage.id)
+        .where(WebhookMessage.public_id.in_(ids))
+        .tuples()
+    )
+    WebhookDelivery.insert_many(
+        [
+            {
+                "project": project,
+                "message": pk[message["public_id"]],
+                "endpoint": endpoint.id,
+                "order_key": order_key[:64],
+                "next_attempt_ms": created,
+            }
+            for message, (_, order_key) in zip(messages, items, strict=True)
+            for endpoint in targets
+        ]
+    ).execute()
+    wake()
+    return len(messages)
+
+
 def resend(delivery):
     """Send a delivery again (same webhook-id): a new pending delivery after the ones it ordered."""
     WebhookDelivery.create(
@@ -139,22 +186,32 @@ def answer_of(project, customer):
     """GET /api/subscription's body for `customer` now (with `features`), or None without a subscription."""
     rows = list(Subscription.select().where(Subscription.customer == customer.id))
     state = CustomerState.get_or_none(CustomerState.customer == customer.id)
+    identity = {
+        "external_user_id": customer.external_user_id,
+        "email": customer.email,
+        "stripe_customer_id": customer.stripe_customer_id,
+    }
+    return answer_from(project, identity, rows, state.features if state is not None else None)
+
+
+def answer_from(project, identity, rows, features):
+    """answer_of from what it reads: the customer's fields, its Subscription rows (models or dicts), features JSON."""
     if not rows:
         return None
     policy = policy_of(project)
     row = current(rows, policy)
-    body = public_subscription(
-        row,
-        policy,
-        sum(1 for r in rows if row_has_access(r, policy)),
-        {
-            "external_user_id": customer.external_user_id,
-            "email": customer.email,
-            "stripe_customer_id": customer.stripe_customer_id,
-        },
-    )
-    body["features"] = json.loads(state.features) if state is not None else []
+    body = public_subscription(row, policy, sum(1 for r in rows if row_has_access(r, policy)), identity)
+    body["features"] = json.loads(features) if features else []
     return body
+
+
+def update_of(old, new):
+    """subscription.updated's data for an answer moved from `old` to `new`, or None when there is nothing to say."""
+    if new is None or new == old:
+        return None
+    changed = sorted(key for key in new if old is None or old.get(key) != new[key])
+    previous = {key: old.get(key) for key in changed} if old is not None else {}
+    return {"object": new, "changed": changed, "previous_attributes": previous}
 
 
 def state_row(project, customer_id):
@@ -189,16 +246,8 @@ def customer_changed(project, customer_id):
     CustomerState.update(
         answer=json.dumps(new, sort_keys=True) if new is not None else None, updated_at=utcnow()
     ).where(CustomerState.id == state.id).execute()
-    if new is None:
-        return None
-    changed = sorted(key for key in new if old is None or old.get(key) != new[key])
-    previous = {key: old.get(key) for key in changed} if old is not None else {}
-    return enqueue(
-        project,
-        "subscription.updated",
-        {"object": new, "changed": changed, "previous_attributes": previous},
-        customer_order_key(customer.id),
-    )
+    data = update_of(old, new)
+    return None if data is None else enqueue(project, "subscription.updated", data, customer_order_key(customer.id))
 
 
 def customers_changed(project, customer_ids):

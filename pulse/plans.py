@@ -6,13 +6,16 @@ catalog, then the price's `lookup_key`, then the checkout metadata only while th
 the one bought at checkout, else null. Checkouts teach the catalog their (price, plan_slug) pair.
 """
 
+import functools
+import operator
 import re
 from collections.abc import Iterable
 from typing import Any, Literal, overload
 
 import peewee as pw
 
-from pulse.db import database, isoformat, utcnow
+from pulse import fanout
+from pulse.db import database, is_mysql, isoformat, transaction, utcnow
 from pulse.models import Plan, PlanPrice, Project, Subscription
 from pulse.status import INTERVALS
 from pulse.stripe_objects import JSON, int_of, plan_item, price_ids_of, price_of, recurring_of, unit_amount_of
@@ -131,7 +134,7 @@ def learn_pair(project: Project, price_id: str, plan_slug: str) -> None:
     check_pair(project, price_id, plan_slug)
     if catalog_of(project, [price_id]):
         return
-    with database.atomic():
+    with transaction():
         plan = _plan(project, plan_slug, create=True)
         try:
             with database.atomic():
@@ -149,7 +152,7 @@ def set_prices(project: Project, plan_slug: str, price_ids: Iterable[str]) -> tu
     on the prices that moved get their plan_slug at once. Call inside a db block.
     """
     wanted = list(dict.fromkeys(price_ids))
-    with database.atomic():
+    with transaction():
         owners = catalog_of(project, wanted)
         for price_id in wanted:
             if owners.get(price_id, plan_slug) != plan_slug:
@@ -171,7 +174,7 @@ def set_prices(project: Project, plan_slug: str, price_ids: Iterable[str]) -> tu
 
 def delete_plan(project: Project, plan_slug: str) -> None:
     """Remove a plan from the catalog; its prices' subscriptions fall back. Raises PlanNotFound."""
-    with database.atomic():
+    with transaction():
         plan = _plan(project, plan_slug)
         if plan is None:
             raise PlanNotFound(plan_slug)
@@ -188,28 +191,27 @@ def _reresolve(project: Project, price_ids: list[str]) -> None:
     by_slug: dict[str, list[str]] = {}
     for price_id, slug in mapping.items():
         by_slug.setdefault(slug, []).append(price_id)
-    for slug, prices in by_slug.items():
-        (
-            Subscription.update(plan_slug=slug)
-            .where(Subscription.project == project, Subscription.stripe_price_id.in_(prices))
-            .execute()
-        )
+    # (rows that move, their new plan_slug): only rows whose plan_slug differs are written and announced.
+    moves = [(_on(project, prices) & _differs(slug), slug) for slug, prices in by_slug.items()]
     dropped = [p for p in price_ids if p not in mapping]
     if dropped:
-        (
-            Subscription.update(plan_slug=pw.fn.COALESCE(Subscription.plan_slug_fallback, ""))
-            .where(Subscription.project == project, Subscription.stripe_price_id.in_(dropped))
-            .execute()
-        )
-    # The tenant hears of each customer whose plan_slug moved (subscription.updated).
-    from pulse import outbox  # here: pulse.outbox reads the catalog's results through pulse.status only
+        fallback = pw.fn.COALESCE(Subscription.plan_slug_fallback, "")
+        moves.append((_on(project, dropped) & _differs(fallback), fallback))
+    # The tenant hears of each customer whose answer moved (subscription.updated); a large change through
+    # a queue that the delivery loop expands in batches, so the request stays short (pulse.fanout).
+    collected = fanout.collect(functools.reduce(operator.or_, (where for where, _ in moves)))
+    for where, value in moves:
+        Subscription.update(plan_slug=value).where(where).execute()
+    fanout.announce(project, collected)
 
-    outbox.customers_changed(
-        project,
-        outbox.customers_of_subscriptions(
-            (Subscription.project == project) & Subscription.stripe_price_id.in_(list(price_ids))
-        ),
-    )
+
+def _on(project: Project, prices: list[str]) -> Any:
+    return (Subscription.project == project) & Subscription.stripe_price_id.in_(prices)
+
+
+def _differs(value: Any) -> Any:
+    """Rows whose plan_slug is not `value` byte for byte (MySQL's collation would find "Pro" equal to "pro ")."""
+    return (pw.fn.BINARY(Subscription.plan_slug) if is_mysql() else Subscription.plan_slug) != value
 
 
 # ---------------------------------------------------------------- the plan of a Stripe subscription

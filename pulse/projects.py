@@ -9,7 +9,7 @@ from typing import Any
 
 from pulse import apikeys, emails, security
 from pulse.config import Config
-from pulse.db import block, database, utcnow
+from pulse.db import block, database, transaction, utcnow
 from pulse.models import AuditLog, Membership, Project, User
 from pulse.security import SecretBox
 
@@ -152,7 +152,7 @@ def create_project(
     """
     public_id = security.public_id("proj")
     if admin_email is None and sandbox:
-        with database.atomic():
+        with transaction():
             while find_user(sandbox_admin_email(public_id)) is not None:  # ids differing only in case
                 public_id = security.public_id("proj")
         admin_email = sandbox_admin_email(public_id)
@@ -166,7 +166,7 @@ def create_project(
     validate_stripe_secrets(stripe_secret_key, stripe_webhook_secret)
     email = normalize_email(admin_email)
     generated = None
-    with database.atomic():
+    with transaction():
         user = find_user(email)
         if user is None:
             typed = admin_email.strip()
@@ -344,14 +344,11 @@ def set_paused_collection_policy(
 
 
 def _announce_policy(project: Project) -> None:
-    """A policy change can move has_access of many customers: each one whose answer moved hears of it."""
-    from pulse import outbox
+    """A policy change can move has_access of many customers: each one whose answer moved hears of it (pulse.fanout)."""
+    from pulse import fanout
     from pulse.models import Subscription
 
-    outbox.customers_changed(
-        project,
-        outbox.customers_of_subscriptions(
-            (Subscription.project == project)
-            & ((Subscription.status == "past_due") | Subscription.pause_behavior.is_null(False))
-        ),
+    where = (Subscription.project == project) & (
+        (Subscription.status == "past_due") | Subscription.pause_behavior.is_null(False)
     )
+    fanout.announce(project, fanout.collect(where))

@@ -7,6 +7,7 @@ from pulse.models import (
     CheckoutLease,
     CustomerFeature,
     CustomerState,
+    OutboxFanout,
     Plan,
     PlanPrice,
     ReadModelChange,
@@ -23,6 +24,9 @@ def back_to_version_1(database):
     migrator = migrations._migrator(database)
     if not db.is_mysql():
         database.execute_sql("PRAGMA foreign_keys = OFF")  # SQLite drops columns by rebuilding the table
+    # step 20: the bulk announcements queue and the subscription price index
+    database.drop_tables([OutboxFanout])
+    run_operations(migrator.drop_index("subscription", "subscription_project_id_stripe_price_id"))
     # step 12: the event types each outgoing webhook endpoint receives
     run_operations(migrator.drop_column("webhook_endpoint", "enabled_events"))
     # step 11: the read model's change feed and the inbox retry time
