@@ -14,8 +14,10 @@ import time
 from dataclasses import dataclass
 
 from limits import RateLimitItemPerSecond
-from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter as SyncMovingWindowRateLimiter
 from redis.exceptions import RedisError
 
 from pulse.config import Config, RateLimit
@@ -74,48 +76,52 @@ def _item(rate: RateLimit) -> RateLimitItemPerSecond:
     return RateLimitItemPerSecond(rate.limit, rate.window)
 
 
-class Limiter:
-    """A moving-window limiter over one `limits` storage."""
+def _decision(rate: RateLimit, allowed: bool, frees_at: float, remaining: int) -> Decision:
+    now = time.time()
+    if remaining >= rate.limit:  # nothing in the window (cannot follow an admitted hit)
+        frees_at = now + rate.window
+    return Decision(
+        allowed=allowed,
+        limit=rate.limit,
+        remaining=max(0, remaining),
+        reset=math.ceil(frees_at),
+        retry_after=0 if allowed else max(1, math.ceil(frees_at - now)),
+    )
 
-    def __init__(self, storage: MemoryStorage | RedisStorage) -> None:
-        self.storage = storage
-        self.strategy = MovingWindowRateLimiter(storage)
+
+class Limiter:
+    """A moving-window limiter: `hit(key, rate)` counts a request and answers a Decision."""
+
+    async def hit(self, key: str, rate: RateLimit) -> Decision:
+        """Count one request against `key` at `rate` -> Decision."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Drop the counters and release the storage (shutdown, tests)."""
+
+
+class MemoryLimiter(Limiter):
+    """One process's counters, in `limits`' synchronous memory storage (microseconds, no await).
+
+    Not `limits.aio`'s MemoryStorage: its sweep holds a key's asyncio lock while it waits for a
+    thread of the loop's default executor, so under load (100 checkouts resolving Stripe's host
+    there) every request of that API key waited behind the queue: p99 1.3 s (docs/performance.md).
+    """
+
+    def __init__(self) -> None:
+        self.storage = MemoryStorage()
+        self.strategy = SyncMovingWindowRateLimiter(self.storage)
 
     async def hit(self, key: str, rate: RateLimit) -> Decision:
         """Count one request against `key` at `rate` -> Decision."""
         item = _item(rate)
-        allowed = await self.strategy.hit(item, key)
-        # A second round trip: `limits` reports the window (oldest entry, count) separately.
-        frees_at, remaining = await self.strategy.get_window_stats(item, key)
-        now = time.time()
-        if remaining >= rate.limit:  # nothing in the window (cannot follow an admitted hit)
-            frees_at = now + rate.window
-        return Decision(
-            allowed=allowed,
-            limit=rate.limit,
-            remaining=max(0, remaining),
-            reset=math.ceil(frees_at),
-            retry_after=0 if allowed else max(1, math.ceil(frees_at - now)),
-        )
+        allowed = self.strategy.hit(item, key)
+        frees_at, remaining = self.strategy.get_window_stats(item, key)
+        return _decision(rate, allowed, frees_at, remaining)
 
     async def close(self) -> None:
-        """Drop the counters and release the storage (shutdown, tests)."""
-        await self.storage.reset()
-
-
-class MemoryLimiter(Limiter):
-    """One process's counters (`limits` sweeps expired entries in a background task)."""
-
-    storage: MemoryStorage
-
-    def __init__(self) -> None:
-        super().__init__(MemoryStorage())
-
-    async def close(self) -> None:
-        # Stop the sweep first: resetting under it makes it fail on a vanished key.
-        if self.storage.timer is not None and not self.storage.timer.done():
-            self.storage.timer.cancel()
-        await self.storage.reset()
+        """Drop the counters (shutdown, tests)."""
+        self.storage.reset()
 
 
 class RedisLimiter(Limiter):
@@ -133,7 +139,8 @@ class RedisLimiter(Limiter):
             socket_timeout=REDIS_TIMEOUT,
             socket_connect_timeout=REDIS_TIMEOUT,
         )
-        super().__init__(storage)
+        self.storage = storage
+        self.strategy = MovingWindowRateLimiter(storage)
         self.fallback = fallback or MemoryLimiter()
         self._down_until = 0.0
 
@@ -141,7 +148,11 @@ class RedisLimiter(Limiter):
         if time.monotonic() < self._down_until:
             return await self.fallback.hit(key, rate)
         try:
-            return await super().hit(key, rate)
+            item = _item(rate)
+            allowed = await self.strategy.hit(item, key)
+            # A second round trip: `limits` reports the window (oldest entry, count) separately.
+            frees_at, remaining = await self.strategy.get_window_stats(item, key)
+            return _decision(rate, allowed, frees_at, remaining)
         except (TimeoutError, RedisError, OSError) as exc:
             # Fail open to per-process counting: an outage must not take the API down with it.
             log.warning(
