@@ -15,7 +15,7 @@ from pulse import projects
 from pulse.config import Config
 from pulse.models import Customer, Project, Subscription
 from pulse.security import SecretBox
-from pulse.status import access_condition
+from pulse.status import Policy, policy_of, row_has_access
 from pulse.stripe_objects import JSON, plain
 
 log = logging.getLogger("pulse.billing")
@@ -194,17 +194,19 @@ async def call(
 
 def has_access_subscription(customer: Customer, project: Project) -> bool:
     """True when `customer` holds a subscription that grants access under the project's policy."""
-    # The policy is read in the same query: `project` may come from the API-key cache.
-    return (
-        Subscription.select()
-        .join(Project, on=(Project.id == Subscription.project))
-        .where(
-            (Subscription.customer == customer)
-            & (Subscription.project == project.id)
-            & access_condition(Subscription, Project)
-        )
-        .exists()
+    # The policy is read fresh: `project` may come from the API-key cache. The customer's rows are
+    # found by customer alone and judged by status.row_has_access: filtered by project in SQL, SQLite
+    # (no ANALYZE statistics) walked every subscription of the project through its (project_id,
+    # started_at) index instead of the customer's few (issue 14: 55 % of a checkout at 100k).
+    rows = list(
+        Subscription.select(Subscription.status, Subscription.pause_behavior).where(Subscription.customer == customer)
     )
+    if any(row_has_access(row, Policy(False, False)) for row in rows):
+        return True  # access under any policy
+    if not any(row_has_access(row, Policy(True, True)) for row in rows):
+        return False  # access under no policy
+    fresh = Project.get_by_id(project.id)
+    return any(row_has_access(row, policy_of(fresh)) for row in rows)
 
 
 def find_customer(project: Project, external_user_id: str) -> Customer | None:

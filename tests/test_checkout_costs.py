@@ -142,3 +142,53 @@ async def test_a_session_opened_by_the_holder_we_waited_for_is_expired_even_for_
     assert response.code == 200, response.body
     assert fake_stripe.session(theirs)["status"] == "expired"
     assert open_sessions(fake_stripe) == [body_of(response)["session_id"]]
+
+
+def test_the_already_subscribed_check_reads_the_customers_rows_not_the_projects(tmp_path):
+    """Issue 14: filtered by project in SQL, SQLite walked every subscription of the project (55 % of a checkout)."""
+    from pulse.migrations import migrate_database
+    from pulse.models import Customer, Project, Subscription
+
+    db.bind(f"sqlite:///{tmp_path / 'plan.db'}")
+    migrate_database()
+    handle = db.database.obj
+    steps = []
+    try:
+        with db.block():
+            project = Project.create(public_id="proj_cost", name="Cost")
+            ada = Customer.create(project=project, external_user_id="ada", email="ada@example.test")
+            Subscription.create(
+                project=project,
+                customer=ada,
+                stripe_subscription_id="sub_ada",
+                stripe_status="canceled",
+                status="cancelled",
+            )
+
+            def vm_steps():
+                count = [0]
+                handle.connection().set_progress_handler(lambda: count.__setitem__(0, count[0] + 1) or 0, 10)
+                assert not billing.has_access_subscription(ada, project)  # a miss reads every candidate
+                handle.connection().set_progress_handler(None, 10)
+                return count[0]
+
+            for size in (10, 3000):
+                while Subscription.select().count() < size:
+                    other = Customer.create(
+                        project=project,
+                        external_user_id=f"u{size}-{len(steps)}-x" + str(Subscription.select().count()),
+                        email="x@example.test",
+                    )
+                    Subscription.create(
+                        project=project,
+                        customer=other,
+                        stripe_subscription_id=f"sub_{other.id}",
+                        stripe_status="active",
+                        status="active",
+                        started_at=db.utcnow(),
+                    )
+                steps.append(vm_steps())
+    finally:
+        db.database.close()
+    # SQLite's virtual-machine steps (every 10), not time: an index lookup stays flat as the project grows.
+    assert steps[1] <= steps[0] * 2, steps
